@@ -1,0 +1,104 @@
+"""Write a CLIP byte-level BPE tokenizer (vocab.json, merges.txt) for tiny models, offline.
+
+Stable Diffusion pipelines expect a ``CLIPTokenizer``; with no model hub we write its vocabulary
+ourselves: every byte (alone and word-final), plus merges that make each given word one token.
+Words not in the list still tokenize, byte by byte, so any prompt is valid input.
+"""
+
+import json
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+END_OF_WORD = "</w>"
+
+
+@lru_cache(maxsize=1)
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _word_symbols(word: str) -> list[str]:
+    table = _byte_to_unicode()
+    chars = [table[b] for b in word.encode("utf-8")]
+    chars[-1] += END_OF_WORD
+    return chars
+
+
+def build_clip_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merge list under which each of ``words`` (lower-cased) is a single token.
+
+    Returns:
+        ``(vocab, merges)``: token -> id, and the ordered BPE merges.
+
+    Raises:
+        ValueError: if a word is empty or contains whitespace.
+    """
+    base = list(_byte_to_unicode().values())
+    tokens = [*base, *(c + END_OF_WORD for c in base)]
+    seen = set(tokens)
+    merges: list[tuple[str, str]] = []
+    seen_merges: set[tuple[str, str]] = set()
+    for raw in words:
+        word = raw.strip().lower()
+        if not word or any(ch.isspace() for ch in word):
+            raise ValueError(f"words must be non-empty and without whitespace, got {raw!r}")
+        symbols = _word_symbols(word)
+        prefix = symbols[0]
+        for symbol in symbols[1:]:
+            pair = (prefix, symbol)
+            prefix = prefix + symbol
+            if pair not in seen_merges:
+                seen_merges.add(pair)
+                merges.append(pair)
+            if prefix not in seen:
+                seen.add(prefix)
+                tokens.append(prefix)
+    tokens += [BOS, EOS]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def write_clip_tokenizer(
+    folder: str | Path, words: Iterable[str], *, model_max_length: int = 77
+) -> Path:
+    """Write a ``CLIPTokenizer`` folder (``from_pretrained``-loadable) whose vocabulary has ``words``.
+
+    Args:
+        folder: destination; created if missing.
+        words: words to make single tokens (e.g. a prompt grammar's vocabulary).
+        model_max_length: the padded prompt length, 77 as in Stable Diffusion.
+
+    Returns:
+        The folder's path.
+    """
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab, merges = build_clip_vocab(words)
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+    (out / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": model_max_length,
+        "bos_token": BOS,
+        "eos_token": EOS,
+        "unk_token": EOS,
+        "pad_token": EOS,
+        "do_lower_case": True,
+        "clean_up_tokenization_spaces": True,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2), encoding="utf-8")
+    return out

@@ -1,0 +1,158 @@
+"""The DDIM update with the log-density of the step, the policy of DDPO."""
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ddpo._typing import Latents, PerSample
+from ddpo.core._broadcast import float_dtype, per_sample
+
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
+_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class DDIMStepOutput(NamedTuple):
+    """Result of :func:`ddim_step_with_logprob`.
+
+    Attributes:
+        prev_sample: ``x_{t-1}``, ``(batch, channels, height, width)``, in ``sample``'s dtype.
+        log_prob: log-density of ``prev_sample`` under the step's Gaussian, ``(batch,)``, float32+.
+        mean: the Gaussian's mean ``mu_theta(x_t, t)``, same shape as ``sample``, float32+.
+        std_dev: the Gaussian's standard deviation ``sigma_t``, ``(batch,)``, float32+.
+        pred_original_sample: the model's estimate of ``x_0``, float32+.
+    """
+
+    prev_sample: Latents
+    log_prob: PerSample
+    mean: Latents
+    std_dev: PerSample
+    pred_original_sample: Latents
+
+
+def ddim_step_with_logprob(
+    model_output: Latents,
+    sample: Latents,
+    alpha_bar_t: PerSample,
+    alpha_bar_prev: PerSample,
+    *,
+    eta: float,
+    prediction_type: PredictionType = "epsilon",
+    noise: Latents | None = None,
+    prev_sample: Latents | None = None,
+    log_prob_reduction: Literal["mean", "sum"] = "mean",
+    clip_sample_range: float | None = None,
+) -> DDIMStepOutput:
+    """One stochastic DDIM step ``x_t -> x_{t-1}`` and the log-density of ``x_{t-1}``.
+
+    DDPO (Black et al., 2023, arXiv 2305.13301, Sec. 4.2 and Eq. 4) treats each denoising step as
+    an isotropic Gaussian policy ``pi(x_{t-1} | x_t) = N(mu_theta(x_t, t), sigma_t^2 I)`` with the
+    DDIM mean and variance (Song et al., 2021, Eq. 12 and 16)::
+
+        x0_hat   = (x_t - sqrt(1 - a_t) eps_hat) / sqrt(a_t)
+        sigma_t  = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+        mu       = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma_t^2) eps_hat
+        log_prob = reduce(-(x_{t-1} - mu)^2 / (2 sigma_t^2) - log sigma_t - log sqrt(2 pi))
+
+    where ``a`` is ``alpha_bar`` (diffusers' ``alphas_cumprod``). The arithmetic follows diffusers'
+    ``DDIMScheduler.step`` so that, given the same noise, ``prev_sample`` agrees with it.
+
+    Exactly one of ``noise`` (sampling: ``x_{t-1} = mu + sigma_t * noise``) or ``prev_sample``
+    (scoring a stored transition) must be given. The log-density is always taken at a detached
+    ``x_{t-1}``, so its gradient flows to ``model_output`` through ``mu`` only.
+
+    Args:
+        model_output: network output ``(batch, channels, height, width)``: epsilon, v or x0.
+        sample: ``x_t``, same shape.
+        alpha_bar_t: ``alpha_bar`` at each sample's current timestep, ``(batch,)``.
+        alpha_bar_prev: ``alpha_bar`` at each sample's previous timestep, ``(batch,)``.
+        eta: DDIM stochasticity; must be > 0 for the log-density to exist.
+        prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``, as in diffusers.
+        noise: standard normal noise for sampling mode, same shape as ``sample``.
+        prev_sample: the stored ``x_{t-1}`` for scoring mode, same shape as ``sample``.
+        log_prob_reduction: ``"mean"`` over channels, height and width (the reference; its clip
+            range of 1e-4 assumes it) or ``"sum"`` (the exact log-density).
+        clip_sample_range: if set, clamp ``x0_hat`` to ``[-r, r]`` (diffusers' ``clip_sample``).
+
+    Returns:
+        :class:`DDIMStepOutput` with ``prev_sample``, ``log_prob``, ``mean``, ``std_dev`` and
+        ``pred_original_sample``.
+
+    Raises:
+        ValueError: on ``eta <= 0``, an unknown ``prediction_type`` or ``log_prob_reduction``, or
+            unless exactly one of ``noise`` and ``prev_sample`` is given.
+    """
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0 for the step to have a log-density, got eta={eta!r}")
+    if prediction_type not in _PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type must be one of {_PREDICTION_TYPES}, got {prediction_type!r}"
+        )
+    if log_prob_reduction not in ("mean", "sum"):
+        raise ValueError(
+            f"log_prob_reduction must be 'mean' or 'sum', got {log_prob_reduction!r}"
+        )
+    if (noise is None) == (prev_sample is None):
+        raise ValueError(
+            "give exactly one of noise (sampling) and prev_sample (scoring); got "
+            f"noise={'a tensor' if noise is not None else None}, "
+            f"prev_sample={'a tensor' if prev_sample is not None else None}"
+        )
+    if clip_sample_range is not None and not clip_sample_range > 0:
+        raise ValueError(f"clip_sample_range must be > 0 or None, got {clip_sample_range!r}")
+
+    dtype = float_dtype(model_output, sample, alpha_bar_t, alpha_bar_prev)
+    x_t = sample.to(dtype)
+    out = model_output.to(dtype)
+    a_t = per_sample(alpha_bar_t.to(dtype), x_t)
+    a_prev = per_sample(alpha_bar_prev.to(dtype), x_t)
+    beta_t = 1 - a_t
+
+    # 1. The model's estimates of x_0 and of the noise (diffusers' DDIM, "formula (12)").
+    if prediction_type == "epsilon":
+        pred_original_sample = (x_t - beta_t.sqrt() * out) / a_t.sqrt()
+        pred_epsilon = out
+    elif prediction_type == "sample":
+        pred_original_sample = out
+        pred_epsilon = (x_t - a_t.sqrt() * pred_original_sample) / beta_t.sqrt()
+    else:  # v_prediction
+        pred_original_sample = a_t.sqrt() * x_t - beta_t.sqrt() * out
+        pred_epsilon = a_t.sqrt() * out + beta_t.sqrt() * x_t
+
+    # 2. Optional clipping of x_0 (the noise estimate is kept, as diffusers does by default).
+    if clip_sample_range is not None:
+        pred_original_sample = pred_original_sample.clamp(-clip_sample_range, clip_sample_range)
+
+    # 3. sigma_t = eta * sqrt(variance), "formula (16)".
+    variance = (1 - a_prev) / beta_t * (1 - a_t / a_prev)
+    std_dev_t = eta * variance.sqrt()
+
+    # 4. The mean mu = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps.
+    direction = (1 - a_prev - std_dev_t**2).sqrt() * pred_epsilon
+    mean = a_prev.sqrt() * pred_original_sample + direction
+
+    # 5. Sample, or take the stored transition.
+    if noise is not None:
+        x_prev = mean + std_dev_t * noise.to(dtype)
+    else:
+        assert prev_sample is not None
+        x_prev = prev_sample.to(dtype)
+
+    # 6. Gaussian log-density at the detached x_{t-1}, reduced over non-batch dims.
+    log_density = (
+        -((x_prev.detach() - mean) ** 2) / (2 * std_dev_t**2) - std_dev_t.log() - _LOG_SQRT_2PI
+    )
+    dims = tuple(range(1, log_density.ndim))
+    log_prob = log_density.mean(dim=dims) if log_prob_reduction == "mean" else log_density.sum(dims)
+
+    std_per_sample: Float[Tensor, " batch"] = std_dev_t.reshape(std_dev_t.shape[0])
+    return DDIMStepOutput(
+        prev_sample=x_prev.to(sample.dtype),
+        log_prob=log_prob,
+        mean=mean,
+        std_dev=std_per_sample,
+        pred_original_sample=pred_original_sample,
+    )

@@ -1,0 +1,60 @@
+"""Development sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`, `nox -s demo`.
+
+torch is installed first from ``DDPO_TORCH`` (default ``torch==2.13.0``, the CPU build that this
+project's machines keep on disk); ``pyproject.toml`` itself only asks for a version range.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+TORCH = os.environ.get("DDPO_TORCH", "torch==2.13.0")
+
+
+def _install(session: nox.Session, *groups: str) -> None:
+    session.install("--upgrade", "pip")
+    session.install(TORCH)
+    requirements = [r for g in groups for r in nox.project.dependency_groups(PYPROJECT, g)]
+    session.install("-e", ".", *requirements)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (runtime shape checks on); extra arguments go to pytest."""
+    _install(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and common bugs with ruff."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", "ddpo", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "ddpo", "tests", "benchmarks", "examples", "noxfile.py")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package with mypy in strict mode."""
+    _install(session, "typecheck")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks (CPU preset by default); extra arguments go to benchmarks/run.py."""
+    _install(session, "bench")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(default=False)
+def demo(session: nox.Session) -> None:
+    """Run the default DDPO training job (`ddpo train`); extra arguments go to the CLI."""
+    _install(session)
+    session.run("ddpo", "train", *session.posargs)
