@@ -3,7 +3,6 @@
 import math
 from typing import Literal, NamedTuple
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -92,9 +91,7 @@ def ddim_step_with_logprob(
             f"prediction_type must be one of {_PREDICTION_TYPES}, got {prediction_type!r}"
         )
     if log_prob_reduction not in ("mean", "sum"):
-        raise ValueError(
-            f"log_prob_reduction must be 'mean' or 'sum', got {log_prob_reduction!r}"
-        )
+        raise ValueError(f"log_prob_reduction must be 'mean' or 'sum', got {log_prob_reduction!r}")
     if (noise is None) == (prev_sample is None):
         raise ValueError(
             "give exactly one of noise (sampling) and prev_sample (scoring); got "
