@@ -1,0 +1,143 @@
+"""Sampling: images/s of our rollout with log-probs against stock diffusers, same process.
+
+Contenders, on the SAME components (UNet with the same LoRA layers, VAE, text encoder, tokenizer;
+a fresh DDIM scheduler from the same config), prompts, steps, batch, guidance scale, eta and
+seeded generator, both decoding to a float tensor (``output_type="pt"``):
+
+- ``ddpo``: ``DefaultDDPOStableDiffusionPipeline.__call__`` (keeps every latent and log-prob);
+- ``diffusers``: ``diffusers.StableDiffusionPipeline.__call__``.
+
+They run interleaved after a warm-up; the figure is the ratio of medians (ours / stock: 1.05
+means 5 % slower). With ``--no-mfu`` unset, FLOPs of one call are counted with
+``FlopCounterMode``; on CUDA the model FLOP utilisation is that over time and over the measured
+dense matmul peak in the run's dtype.
+"""
+
+import argparse
+from typing import Any
+
+import torch
+
+import harness
+import presets
+
+NAME = "sampling"
+
+
+def stock_pipeline(pipeline: Any) -> Any:
+    """A stock ``StableDiffusionPipeline`` over our pipeline's components (shared, not copied)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    stock = StableDiffusionPipeline(
+        vae=pipeline.vae,
+        text_encoder=pipeline.text_encoder,
+        tokenizer=pipeline.tokenizer,
+        unet=pipeline.unet,
+        scheduler=DDIMScheduler.from_config(pipeline.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    stock.set_progress_bar_config(disable=True)
+    return stock
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time both samplers; return settings, one row per contender and the summary figures."""
+    preset = presets.resolve(args)
+    device = harness.resolve_device(getattr(args, "device", "auto"))
+    dtype = harness.resolve_dtype(preset.dtype)
+    pipeline = presets.load_pipeline(preset, device)
+    harness.apply_unet_options(pipeline.unet, **presets.options(args))
+    pipeline.unet.eval()
+    stock = stock_pipeline(pipeline)
+    batch_prompts = presets.prompts(preset.sample_batch_size)
+    common: dict[str, Any] = {
+        "num_inference_steps": preset.num_steps,
+        "guidance_scale": preset.guidance_scale,
+        "eta": preset.eta,
+        "output_type": "pt",
+    }
+
+    def generator() -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(0)
+
+    def ours() -> Any:
+        with torch.no_grad(), harness.autocast(device, dtype):
+            return pipeline(batch_prompts, generator=generator(), **common)
+
+    def theirs() -> Any:
+        with torch.no_grad(), harness.autocast(device, dtype):
+            return stock(batch_prompts, generator=generator(), **common)
+
+    # Both produce the same work: check the shapes once, outside the timing.
+    out_ours, out_theirs = ours(), theirs()
+    ours_images = torch.as_tensor(out_ours.images)
+    theirs_images = torch.as_tensor(out_theirs.images)
+    if ours_images.shape != theirs_images.shape:
+        raise RuntimeError(f"image shapes differ: {ours_images.shape} vs {theirs_images.shape}")
+    if tuple(out_ours.log_probs.shape) != (preset.sample_batch_size, preset.num_steps):
+        raise RuntimeError(f"log_probs shape {tuple(out_ours.log_probs.shape)} unexpected")
+    del out_ours, out_theirs
+
+    contenders = {"ddpo": ours, "diffusers": theirs}
+    timings = harness.time_interleaved(
+        contenders, device, repeats=preset.repeats, warmup=preset.warmup
+    )
+    memory = {}
+    for name, fn in contenders.items():
+        with harness.measure_peak(device) as peak:
+            fn()
+        memory[name] = peak
+
+    flops: dict[str, int] = {}
+    peak_flops = None
+    if not getattr(args, "no_mfu", False):
+        flops = {name: harness.count_flops(fn) for name, fn in contenders.items()}
+        if device.type == "cuda":
+            peak_flops = harness.matmul_peak_flops(device, dtype)
+
+    rows = []
+    for name in contenders:
+        seconds = timings.median(name)
+        row: dict[str, Any] = {
+            "contender": name,
+            "median_s": seconds,
+            "images_per_s": preset.sample_batch_size / seconds,
+            "unet_evals_per_s": preset.sample_batch_size * preset.num_steps / seconds,
+            "spread": timings.spread(name),
+            "peak_mib": memory[name].peak_mib,
+            "memory_kind": memory[name].kind,
+        }
+        if name in flops:
+            row["gflop_per_call"] = flops[name] / 1e9
+            row["tflop_per_s"] = flops[name] / seconds / 1e12
+            if peak_flops is not None:
+                row["mfu"] = flops[name] / seconds / peak_flops
+        rows.append(row)
+    ratio = timings.median("ddpo") / timings.median("diffusers")
+    summary: dict[str, Any] = {
+        "time_ratio_ours_over_stock": ratio,
+        "overhead_pct": 100.0 * (ratio - 1.0),
+        "target_overhead_pct": 5.0,
+        "ddpo_images_per_s": rows[0]["images_per_s"],
+        "diffusers_images_per_s": rows[1]["images_per_s"],
+    }
+    if peak_flops is not None:
+        summary["matmul_peak_tflop_per_s"] = peak_flops / 1e12
+    return {
+        "name": NAME,
+        "settings": presets.describe(preset, args, device),
+        "environment": harness.environment(device),
+        "timings_s": timings.seconds,
+        "rows": rows,
+        "summary": summary,
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    presets.add_arguments(parser)
+    print(json.dumps(run(parser.parse_args()), indent=2))
