@@ -14,17 +14,20 @@ Timestep fraction 1, one inner epoch, TRL's defaults; sizes from the preset
 
 import argparse
 import io
+import json
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
-from PIL import Image
 
 import bench_training
 import harness
+import numpy as np
 import presets
+import torch
+from PIL import Image
 
 NAME = "epoch"
 
@@ -177,39 +180,126 @@ def composed_epoch(
     return phases
 
 
+def trainer_available() -> bool:
+    """Whether ``ddpo.trainer.DDPOTrainer`` can be imported here."""
+    try:
+        from ddpo.trainer import DDPOTrainer  # noqa: F401
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def trainer_epoch(
+    pipeline: Any,
+    preset: presets.Preset,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> tuple[dict[str, float], harness.PeakMemory]:
+    """Run a warm-up epoch and a timed epoch through ``DDPOTrainer``; read its phase timings.
+
+    The trainer logs ``time_sample_s`` (sampling and, when not overlapped, rewards),
+    ``time_reward_s``, ``time_advantages_s``, ``time_train_s`` and ``time_epoch_s`` per epoch to
+    ``metrics.jsonl``; memory is the timed epoch's peak as a whole.
+    """
+    import tempfile
+
+    from ddpo.trainer import DDPOConfig, DDPOTrainer
+
+    animals = ("cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider")
+    counter = iter(range(10**9))
+
+    def prompt_fn() -> tuple[str, dict[str, Any]]:
+        return f"a photo of a {animals[next(counter) % len(animals)]}", {}
+
+    def reward_fn(images: Any, prompts: Any, metadata: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        return jpeg_compressibility(torch.as_tensor(images)), {}
+
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[preset.dtype]
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = DDPOConfig(
+            num_epochs=2,
+            save_freq=0,
+            output_dir=out_dir,
+            mixed_precision=mixed,
+            sample_num_steps=preset.num_steps,
+            sample_eta=preset.eta,
+            sample_guidance_scale=preset.guidance_scale,
+            sample_batch_size=preset.sample_batch_size,
+            sample_num_batches_per_epoch=preset.sample_num_batches_per_epoch,
+            train_batch_size=preset.train_batch_size,
+            gradient_checkpointing=presets.options(args)["gradient_checkpointing"],
+            accelerator_kwargs={"cpu": True} if device.type == "cpu" else {},
+        )
+        trainer = DDPOTrainer(config, reward_fn, prompt_fn, pipeline)
+        global_step = 0
+        if preset.warmup > 0:
+            global_step = trainer.step(0, global_step)
+        with harness.measure_peak(device) as peak:
+            trainer.step(1, global_step)
+        lines = (Path(trainer.output_dir) / "metrics.jsonl").read_text().splitlines()
+        metrics = json.loads(lines[-1])
+    phases = {
+        "sampling": metrics["time_sample_s"],
+        "reward": metrics["time_reward_s"],
+        "advantages": metrics["time_advantages_s"],
+        "training": metrics["time_train_s"],
+    }
+    phases["other"] = max(metrics["time_epoch_s"] - sum(phases.values()), 0.0)
+    return phases, peak
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run one untimed warm-up epoch (1 sampling batch) and one timed epoch; report phases."""
+    """One warm-up epoch (1 sampling batch) and one timed epoch; report the phases.
+
+    ``--epoch-mode trainer`` runs ``DDPOTrainer.step`` (phase times as the trainer logs them,
+    one peak for the whole epoch); ``composed`` runs the epoch composed here (time and peak
+    memory per phase); ``auto`` (default) is ``trainer`` where it can be imported.
+    """
     preset = presets.resolve(args)
     device = harness.resolve_device(getattr(args, "device", "auto"))
     dtype = harness.resolve_dtype(preset.dtype)
+    mode = getattr(args, "epoch_mode", "auto") or "auto"
+    if mode not in ("auto", "trainer", "composed"):
+        raise ValueError(f"epoch_mode must be auto, trainer or composed, got {mode!r}")
+    if mode == "auto":
+        mode = "trainer" if trainer_available() else "composed"
     pipeline = presets.load_pipeline(preset, device)
-    harness.apply_unet_options(pipeline.unet, **presets.options(args))
-    if preset.warmup > 0:
-        from dataclasses import replace
+    options = presets.options(args)
+    if mode == "trainer":
+        options["gradient_checkpointing"] = False  # the trainer switches it on from its config
+    harness.apply_unet_options(pipeline.unet, **options)
 
-        composed_epoch(pipeline, replace(preset, sample_num_batches_per_epoch=1), device, dtype)
-    phases = composed_epoch(pipeline, preset, device, dtype)
+    if mode == "trainer":
+        seconds, epoch_peak = trainer_epoch(pipeline, preset, device, args)
+        peaks = {name: math.nan for name in seconds}
+        memory_kind = epoch_peak.kind
+        total_peak = epoch_peak.peak_mib
+    else:
+        if preset.warmup > 0:
+            warm = replace(preset, sample_num_batches_per_epoch=1)
+            composed_epoch(pipeline, warm, device, dtype)
+        phases = composed_epoch(pipeline, preset, device, dtype)
+        seconds, peaks = phases.seconds, phases.peak_mib
+        memory_kind = phases.memory_kind
+        total_peak = max(peaks.values())
 
-    total = sum(phases.seconds.values())
+    total = sum(seconds.values())
     samples = preset.sample_num_batches_per_epoch * preset.sample_batch_size
     rows = [
-        {
-            "phase": name,
-            "seconds": seconds,
-            "share": seconds / total,
-            "peak_mib": phases.peak_mib[name],
-        }
-        for name, seconds in phases.seconds.items()
+        {"phase": name, "seconds": value, "share": value / total, "peak_mib": peaks[name]}
+        for name, value in seconds.items()
     ]
-    rows.append({"phase": "total", "seconds": total, "share": 1.0, "peak_mib": max(phases.peak_mib.values())})
+    rows.append({"phase": "total", "seconds": total, "share": 1.0, "peak_mib": total_peak})
     summary = {
-        "mode": "composed",
+        "mode": mode,
         "epoch_seconds": total,
         "samples": samples,
         "transitions": samples * preset.num_steps,
         "samples_per_s": samples / total,
-        "memory_kind": phases.memory_kind,
+        "memory_kind": memory_kind,
     }
+    if preset.name == "sd15":
+        summary["target_epoch_seconds_256_samples_h100"] = 150.0
     return {
         "name": NAME,
         "settings": presets.describe(preset, args, device),

@@ -18,10 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import harness
 import presets
+import torch
 
 NAME = "flops"
 H100_SXM_DENSE_BF16_TFLOPS = 989.0
@@ -119,5 +118,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     presets.add_arguments(parser)
-    parser.add_argument("--peak-tflops", type=float, default=None)
     print(json.dumps(run(parser.parse_args()), indent=2))

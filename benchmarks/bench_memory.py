@@ -19,11 +19,10 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
-import torch
-
 import bench_training
 import harness
 import presets
+import torch
 
 NAME = "memory"
 TARGET_SD15_TRAIN_MIB = 10 * 1000**3 / 2**20  # 10 GB

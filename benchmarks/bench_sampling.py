@@ -16,10 +16,9 @@ dense matmul peak in the run's dtype.
 import argparse
 from typing import Any
 
-import torch
-
 import harness
 import presets
+import torch
 
 NAME = "sampling"
 

@@ -18,10 +18,9 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 import harness
 import presets
+import torch
 
 NAME = "training"
 MAX_GRAD_NORM = 1.0  # TRL's default train_max_grad_norm

@@ -248,7 +248,11 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
 
 def matmul_peak_flops(
-    device: torch.device, dtype: torch.dtype = torch.bfloat16, *, size: int = 8192, repeats: int = 20
+    device: torch.device,
+    dtype: torch.dtype = torch.bfloat16,
+    *,
+    size: int = 8192,
+    repeats: int = 20,
 ) -> float:
     """Measured dense matmul throughput (FLOP/s) of ``device`` in ``dtype``: the MFU denominator.
 
@@ -320,8 +324,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
-    try:
+    with contextlib.suppress(OSError):
         info["load_average_1m"] = os.getloadavg()[0]
-    except OSError:
-        pass
     return info

@@ -21,9 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import harness
+import torch
 
 SD15_FORMAT = "bench-sd15-random-v1"
 
@@ -109,6 +108,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gradient-checkpointing", action="store_true", help="UNet gradient checkpointing"
     )
     parser.add_argument("--no-mfu", action="store_true", help="skip FLOP counting and MFU")
+    parser.add_argument(
+        "--epoch-mode",
+        choices=("auto", "trainer", "composed"),
+        default="auto",
+        help="epoch benchmark: through DDPOTrainer, or composed from pipeline + core",
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="flops benchmark: peak to compare with"
+    )
 
 
 def resolve(args: argparse.Namespace) -> Preset:
@@ -164,6 +172,7 @@ def describe(preset: Preset, args: argparse.Namespace, device: torch.device) -> 
         "num_steps": preset.num_steps,
         "sample_batch_size": preset.sample_batch_size,
         "train_batch_size": preset.train_batch_size,
+        "sample_num_batches_per_epoch": preset.sample_num_batches_per_epoch,
         "guidance_scale": preset.guidance_scale,
         "eta": preset.eta,
         "repeats": preset.repeats,

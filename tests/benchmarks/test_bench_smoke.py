@@ -87,8 +87,10 @@ def test_epoch_reports_each_phase(results: dict[str, dict[str, Any]]) -> None:
     assert _positive(rows["total"]["peak_mib"])
     summary = results["epoch"]["summary"]
     assert summary["mode"] in ("trainer", "composed")
-    assert summary["samples"] == results["epoch"]["settings"]["sample_batch_size"] * (
-        results["epoch"]["settings"]["sample_num_batches_per_epoch"]
+    assert (
+        summary["samples"]
+        == results["epoch"]["settings"]["sample_batch_size"]
+        * (results["epoch"]["settings"]["sample_num_batches_per_epoch"])
     )
 
 
@@ -107,6 +109,7 @@ def test_flops_budget_adds_up(results: dict[str, dict[str, Any]]) -> None:
     total = values["epoch_sampling_pflop"] + values["epoch_training_pflop"]
     assert math.isclose(values["epoch_total_pflop"], total, rel_tol=1e-9)
     # A backward pass costs more than a forward pass.
-    assert values["unet_fwd_bwd_gflop_per_sample_guided"] > values[
-        "unet_forward_gflop_per_sample_guided"
-    ]
+    assert (
+        values["unet_fwd_bwd_gflop_per_sample_guided"]
+        > values["unet_forward_gflop_per_sample_guided"]
+    )
