@@ -12,7 +12,9 @@ Phases, each measured on its own (CUDA: ``torch.cuda.max_memory_allocated`` afte
   target figure for ``sd15`` (10 GB or less on one GPU).
 
 ``peak_mib`` is the phase's peak, ``model_mib`` what was resident when it started (weights,
-optimizer state of earlier phases); on CPU both include the Python process itself.
+optimizer state of earlier phases), ``phase_delta_mib`` their difference (what the phase itself
+needs on top); on CPU the first two include the Python process itself (about 0.4 GB with torch,
+diffusers and transformers imported).
 """
 
 import argparse
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "phase": phase,
                 "peak_mib": peak.peak_mib,
                 "model_mib": peak.start_mib,
+                "phase_delta_mib": peak.peak_mib - peak.start_mib,
                 "memory_kind": peak.kind,
                 **extra,
             }

@@ -69,25 +69,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with torch.no_grad(), harness.autocast(device, dtype):
             return stock(batch_prompts, generator=generator(), **common)
 
-    # Both produce the same work: check the shapes once, outside the timing.
-    out_ours, out_theirs = ours(), theirs()
-    ours_images = torch.as_tensor(out_ours.images)
-    theirs_images = torch.as_tensor(out_theirs.images)
-    if ours_images.shape != theirs_images.shape:
-        raise RuntimeError(f"image shapes differ: {ours_images.shape} vs {theirs_images.shape}")
-    if tuple(out_ours.log_probs.shape) != (preset.sample_batch_size, preset.num_steps):
-        raise RuntimeError(f"log_probs shape {tuple(out_ours.log_probs.shape)} unexpected")
-    del out_ours, out_theirs
-
     contenders = {"ddpo": ours, "diffusers": theirs}
     timings = harness.time_interleaved(
         contenders, device, repeats=preset.repeats, warmup=preset.warmup
     )
-    memory = {}
+    memory, outputs = {}, {}
     for name, fn in contenders.items():
         with harness.measure_peak(device) as peak:
-            fn()
+            outputs[name] = fn()
         memory[name] = peak
+    # Both did the same work: same image shape; ours also kept the log-probs.
+    ours_images = torch.as_tensor(outputs["ddpo"].images)
+    theirs_images = torch.as_tensor(outputs["diffusers"].images)
+    if ours_images.shape != theirs_images.shape:
+        raise RuntimeError(f"image shapes differ: {ours_images.shape} vs {theirs_images.shape}")
+    log_probs_shape = tuple(outputs["ddpo"].log_probs.shape)
+    if log_probs_shape != (preset.sample_batch_size, preset.num_steps):
+        raise RuntimeError(f"log_probs shape {log_probs_shape} unexpected")
+    del outputs
 
     flops: dict[str, int] = {}
     peak_flops = None
@@ -102,8 +101,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row: dict[str, Any] = {
             "contender": name,
             "median_s": seconds,
+            "min_s": timings.minimum(name),
+            "cpu_s": timings.cpu_median(name),
             "images_per_s": preset.sample_batch_size / seconds,
-            "unet_evals_per_s": preset.sample_batch_size * preset.num_steps / seconds,
+            "denoise_steps_per_s": preset.sample_batch_size * preset.num_steps / seconds,
             "spread": timings.spread(name),
             "peak_mib": memory[name].peak_mib,
             "memory_kind": memory[name].kind,
@@ -114,10 +115,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if peak_flops is not None:
                 row["mfu"] = flops[name] / seconds / peak_flops
         rows.append(row)
-    ratio = timings.median("ddpo") / timings.median("diffusers")
+    ratios = timings.ratios("ddpo", "diffusers")
     summary: dict[str, Any] = {
-        "time_ratio_ours_over_stock": ratio,
-        "overhead_pct": 100.0 * (ratio - 1.0),
+        "time_ratio_ours_over_stock": ratios["median"],
+        "overhead_pct": 100.0 * (ratios["median"] - 1.0),
+        "overhead_pct_min": 100.0 * (ratios["min"] - 1.0),
+        "overhead_pct_cpu_time": 100.0 * (ratios["cpu_median"] - 1.0),
         "target_overhead_pct": 5.0,
         "ddpo_images_per_s": rows[0]["images_per_s"],
         "diffusers_images_per_s": rows[1]["images_per_s"],
@@ -129,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": presets.describe(preset, args, device),
         "environment": harness.environment(device),
         "timings_s": timings.seconds,
+        "cpu_timings_s": timings.cpu_seconds,
         "rows": rows,
         "summary": summary,
     }

@@ -164,6 +164,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         row: dict[str, Any] = {
             "contender": name,
             "median_s": seconds,
+            "min_s": timings.minimum(name),
+            "cpu_s": timings.cpu_median(name),
             "transitions_per_s": batch / seconds,
             "spread": timings.spread(name),
             "peak_mib": memory[name].peak_mib,
@@ -175,10 +177,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if peak_flops is not None:
                 row["mfu"] = flops[name] / seconds / peak_flops
         rows.append(row)
-    ratio = timings.median("ddpo") / timings.median("bare")
+    ratios = timings.ratios("ddpo", "bare")
     summary: dict[str, Any] = {
-        "time_ratio_ours_over_bare": ratio,
-        "overhead_pct": 100.0 * (ratio - 1.0),
+        "time_ratio_ours_over_bare": ratios["median"],
+        "overhead_pct": 100.0 * (ratios["median"] - 1.0),
+        "overhead_pct_min": 100.0 * (ratios["min"] - 1.0),
+        "overhead_pct_cpu_time": 100.0 * (ratios["cpu_median"] - 1.0),
         "target_overhead_pct": 15.0,
         "ddpo_transitions_per_s": rows[0]["transitions_per_s"],
         "bare_transitions_per_s": rows[1]["transitions_per_s"],
@@ -191,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": presets.describe(preset, args, device),
         "environment": harness.environment(device),
         "timings_s": timings.seconds,
+        "cpu_timings_s": timings.cpu_seconds,
         "rows": rows,
         "summary": summary,
     }

@@ -61,12 +61,15 @@ def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCon
 # Timing
 
 
-def time_call(fn: Callable[[], Any], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes, device work included.
+def time_call(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """Wall seconds and process CPU seconds of one call of ``fn``, device work included.
 
     CUDA: the device is synchronised, an event pair brackets the call, and the device is
-    synchronised again before the elapsed time is read. CPU: ``time.perf_counter``.
+    synchronised again before the elapsed time is read. CPU: ``time.perf_counter``. The CPU time
+    (``time.process_time``, all threads) is the less noisy figure on a shared CPU: time spent
+    waiting for a core while other processes run is not counted.
     """
+    cpu_start = time.process_time()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         start = torch.cuda.Event(enable_timing=True)
@@ -75,25 +78,40 @@ def time_call(fn: Callable[[], Any], device: torch.device) -> float:
         fn()
         end.record()
         torch.cuda.synchronize(device)
-        return float(start.elapsed_time(end)) / 1000.0
+        return float(start.elapsed_time(end)) / 1000.0, time.process_time() - cpu_start
     start_s = time.perf_counter()
     fn()
-    return time.perf_counter() - start_s
+    return time.perf_counter() - start_s, time.process_time() - cpu_start
 
 
 @dataclass
 class Timings:
-    """Repeated timings of several contenders measured interleaved."""
+    """Repeated timings (wall and CPU seconds) of several contenders measured interleaved."""
 
     seconds: dict[str, list[float]] = field(default_factory=dict)
+    cpu_seconds: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self, name: str) -> float:
         return statistics.median(self.seconds[name])
 
+    def minimum(self, name: str) -> float:
+        return min(self.seconds[name])
+
+    def cpu_median(self, name: str) -> float:
+        return statistics.median(self.cpu_seconds[name])
+
     def spread(self, name: str) -> float:
-        """(max - min) / median of one contender's repeats: a noise indicator."""
+        """(max - min) / median of one contender's wall times: a noise indicator."""
         values = self.seconds[name]
         return (max(values) - min(values)) / statistics.median(values)
+
+    def ratios(self, ours: str, reference: str) -> dict[str, float]:
+        """Time ratios ``ours / reference``: of medians (the figure), of minima, of CPU time."""
+        return {
+            "median": self.median(ours) / self.median(reference),
+            "min": self.minimum(ours) / self.minimum(reference),
+            "cpu_median": self.cpu_median(ours) / self.cpu_median(reference),
+        }
 
 
 def time_interleaved(
@@ -117,11 +135,13 @@ def time_interleaved(
         for name in names:
             contenders[name]()
     synchronize(device)
-    timings = Timings({name: [] for name in names})
+    timings = Timings({name: [] for name in names}, {name: [] for name in names})
     for round_index in range(repeats):
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
-            timings.seconds[name].append(time_call(contenders[name], device))
+            wall, cpu = time_call(contenders[name], device)
+            timings.seconds[name].append(wall)
+            timings.cpu_seconds[name].append(cpu)
     return timings
 
 
@@ -268,7 +288,7 @@ def matmul_peak_flops(
             torch.matmul(a, b, out=out)
 
     burst()
-    best = min(time_call(burst, device) for _ in range(3))
+    best = min(time_call(burst, device)[0] for _ in range(3))
     return 2.0 * size**3 * repeats / best
 
 

@@ -64,9 +64,9 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
         model="ddpo-tiny-random",
-        num_steps=20,
-        sample_batch_size=4,
-        train_batch_size=4,
+        num_steps=10,
+        sample_batch_size=2,
+        train_batch_size=2,
         sample_num_batches_per_epoch=2,
         repeats=5,
         warmup=1,
