@@ -131,11 +131,14 @@ def ddim_step_with_logprob(
     direction = (1 - a_prev - std_dev_t**2).sqrt() * pred_epsilon
     mean = a_prev.sqrt() * pred_original_sample + direction
 
-    # 5. Sample, or take the stored transition.
+    # 5. Sample, or take the stored transition. A sample is rounded to the caller's dtype first,
+    #    so that its log-density is that of the x_{t-1} returned (and later re-scored).
     if noise is not None:
-        x_prev = mean + std_dev_t * noise.to(dtype)
+        x_prev_out = (mean + std_dev_t * noise.to(dtype)).to(sample.dtype)
+        x_prev = x_prev_out.to(dtype)
     else:
         assert prev_sample is not None
+        x_prev_out = prev_sample.to(sample.dtype)
         x_prev = prev_sample.to(dtype)
 
     # 6. Gaussian log-density at the detached x_{t-1}, reduced over non-batch dims.
@@ -147,7 +150,7 @@ def ddim_step_with_logprob(
 
     std_per_sample: Float[Tensor, " batch"] = std_dev_t.reshape(std_dev_t.shape[0])
     return DDIMStepOutput(
-        prev_sample=x_prev.to(sample.dtype),
+        prev_sample=x_prev_out,
         log_prob=log_prob,
         mean=mean,
         std_dev=std_per_sample,

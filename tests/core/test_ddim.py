@@ -335,3 +335,17 @@ def test_wrong_shapes_and_dtypes_fail_the_type_check(change: dict[str, torch.Ten
     inputs = {**random_step(0), **change}
     with pytest.raises(TYPE_ERRORS):
         ddim_step_with_logprob(**inputs, eta=1.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, prediction_type=prediction_types, eta=etas)
+def test_low_precision_scoring_reproduces_sampling(
+    seed: int, prediction_type: str, eta: float
+) -> None:
+    """With bfloat16 latents the log-prob of sampling is that of the returned (rounded)
+    ``prev_sample``, so re-scoring the stored transition gives ratio 1 in PPO's first epoch."""
+    inputs = {k: v.to(torch.bfloat16) if v.ndim > 1 else v for k, v in random_step(seed).items()}
+    kw: Any = {"eta": eta, "prediction_type": prediction_type}
+    sampled = ddim_step_with_logprob(**inputs, **kw)
+    scored = ddim_step_with_logprob(**_scoring(inputs, sampled.prev_sample), **kw)
+    torch.testing.assert_close(scored.log_prob, sampled.log_prob, rtol=1e-6, atol=1e-6)
