@@ -96,7 +96,9 @@ def test_group_advantages_invariant_to_per_group_affine_maps(
 
 @settings(max_examples=30, deadline=None)
 @given(data=grouped(), value=reward)
-def test_all_equal_groups_are_exactly_zero(data: tuple[list[float], list[int]], value: float) -> None:
+def test_all_equal_groups_are_exactly_zero(
+    data: tuple[list[float], list[int]], value: float
+) -> None:
     values, groups = data
     r, g = torch.tensor(values, dtype=torch.float64), torch.tensor(groups)
     r[g == 0] = value

@@ -125,7 +125,9 @@ def test_dtypes_and_sequence_rewards() -> None:
     tracker = PerPromptStatTracker(4, 1)
     out = tracker.update(["a", "b", "a"], [1.0, 2.0, 4.0])
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        out, torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64), atol=1e-5, rtol=0
+    )
     out32 = PerPromptStatTracker(4, 1).update(["a"], torch.tensor([1.0], dtype=torch.bfloat16))
     assert out32.dtype == torch.float32
 
@@ -136,7 +138,9 @@ def test_get_stats_and_state_dict_round_trip() -> None:
     stats = tracker.get_stats()
     assert stats["a"]["count"] == 3 and stats["b"]["count"] == 1
     assert stats["a"]["mean"] == pytest.approx(5.0)
-    assert stats["a"]["std"] == pytest.approx(torch.tensor([3.0, 5.0, 7.0]).std(correction=0).item())
+    assert stats["a"]["std"] == pytest.approx(
+        torch.tensor([3.0, 5.0, 7.0]).std(correction=0).item()
+    )
 
     snapshot = json.loads(json.dumps(tracker.state_dict()))
     restored = PerPromptStatTracker(buffer_size=3, min_count=2)

@@ -145,9 +145,7 @@ def test_invalid_clip_range_raises(clip_range: Any) -> None:
         ppo_clip_loss(x, x, x, clip_range=clip_range)
 
 
-@pytest.mark.parametrize(
-    "shapes", [((3,), (4,), (3,)), ((3,), (3,), (1,)), ((2, 3), (2, 3), (2,))]
-)
+@pytest.mark.parametrize("shapes", [((3,), (4,), (3,)), ((3,), (3,), (1,)), ((2, 3), (2, 3), (2,))])
 def test_mismatched_shapes_fail_the_type_check(shapes: tuple[tuple[int, ...], ...]) -> None:
     tensors = [torch.zeros(s) for s in shapes]
     with pytest.raises(TYPE_ERRORS):
