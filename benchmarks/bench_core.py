@@ -1,0 +1,183 @@
+"""Micro-benchmark of every public ``ddpo.core`` function, with and without runtime shape checks.
+
+Each variant is timed in its own fresh interpreter (``DDPO_TYPECHECK`` unset, then ``=1``), so
+the two differ only in the jaxtyping/beartype wrappers. Timings are the fastest block of
+``torch.utils.benchmark`` on one thread over a few alternating rounds, in microseconds per call.
+
+Run alone: ``python benchmarks/bench_core.py --measure [--preset tiny]`` prints the raw JSON.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # realistic: SD latents of 512x512 images, batch 8, 50 steps, an epoch of 64 rewards
+    "default": {"batch": 8, "latent": (4, 64, 64), "steps": 50, "rewards": 64, "prompts": 16},
+    "tiny": {"batch": 2, "latent": (4, 8, 8), "steps": 10, "rewards": 8, "prompts": 4},
+}
+MIN_RUN_TIME = {"default": 0.3, "tiny": 0.05}
+ROUNDS = {"default": 3, "tiny": 2}
+
+
+def cases(preset: str, device: str) -> list[tuple[str, str, Callable[[], Any]]]:
+    """``(function, shape description, zero-argument call)`` for every public core function."""
+    import torch
+
+    import ddpo.core as core
+
+    p = PRESETS[preset]
+    g = torch.Generator().manual_seed(0)
+    b, (c, h, w), steps, n = p["batch"], p["latent"], p["steps"], p["rewards"]
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device)
+
+    latents = [randn(b, c, h, w) for _ in range(4)]
+    model_output, sample, noise, other = latents
+    alpha_bar_t = torch.full((b,), 0.5, device=device)
+    alpha_bar_prev = torch.full((b,), 0.6, device=device)
+    std_dev = torch.full((b,), 0.1, device=device)
+    log_prob, old_log_prob, adv = randn(b), randn(b), randn(b)
+    rewards = randn(n)
+    prompts = [f"prompt {i % p['prompts']}" for i in range(n)]
+    group_ids = torch.arange(n, device=device) % p["prompts"]
+    permutation = torch.stack([torch.randperm(steps, generator=g) for _ in range(b)]).to(device)
+    state = core.init_per_prompt_stats(buffer_size=16, min_count=16)
+    _, state = core.update_per_prompt_stats(state, prompts, rewards)
+    ab = (alpha_bar_t, alpha_bar_prev)
+    lat = f"{b}x{c}x{h}x{w}"
+    return [
+        (
+            "ddim_step_with_logprob",
+            f"{lat} sample",
+            lambda: core.ddim_step_with_logprob(model_output, sample, *ab, eta=1.0, noise=noise),
+        ),
+        (
+            "ddim_step_with_logprob",
+            f"{lat} score",
+            lambda: core.ddim_step_with_logprob(
+                model_output, sample, *ab, eta=1.0, prev_sample=other
+            ),
+        ),
+        (
+            "classifier_free_guidance",
+            lat,
+            lambda: core.classifier_free_guidance(model_output, other, 7.5),
+        ),
+        ("ppo_clip_loss", f"{b}", lambda: core.ppo_clip_loss(log_prob, old_log_prob, adv)),
+        ("score_function_loss", f"{b}", lambda: core.score_function_loss(log_prob, adv)),
+        ("normalize_advantages", f"{n}", lambda: core.normalize_advantages(rewards)),
+        (
+            "group_normalize_advantages",
+            f"{n}, {p['prompts']} groups",
+            lambda: core.group_normalize_advantages(rewards, group_ids),
+        ),
+        (
+            "update_per_prompt_stats",
+            f"{n}, {p['prompts']} prompts",
+            lambda: core.update_per_prompt_stats(state, prompts, rewards),
+        ),
+        ("clip_advantages", f"{n}", lambda: core.clip_advantages(rewards)),
+        ("gaussian_kl", lat, lambda: core.gaussian_kl(model_output, other, std_dev)),
+        (
+            "subsample_timesteps",
+            f"{b}x{steps}",
+            lambda: core.subsample_timesteps(permutation, timestep_fraction=0.5),
+        ),
+    ]
+
+
+def measure(preset: str, device: str) -> dict[str, Any]:
+    """Time every case in this process; ``checked`` says whether shape checks are on."""
+    import torch
+    from torch.utils import benchmark
+
+    import ddpo.core
+
+    checked = hasattr(ddpo.core.ppo_clip_loss, "__wrapped__")
+    times = {}
+    for name, shape, call in cases(preset, device):
+        timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=1)
+        measurement = timer.blocked_autorange(min_run_time=MIN_RUN_TIME[preset])
+        times[f"{name} [{shape}]"] = min(measurement.times)
+    return {"checked": checked, "torch": torch.__version__, "seconds": times}
+
+
+def _fastest(runs: Iterable[dict[str, float]]) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for run_ in runs:
+        for key, seconds in run_.items():
+            best[key] = min(seconds, best.get(key, seconds))
+    return best
+
+
+def _measure_in_subprocess(preset: str, device: str, typecheck: bool) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "DDPO_TYPECHECK"}
+    if typecheck:
+        env["DDPO_TYPECHECK"] = "1"
+    cmd = [sys.executable, __file__, "--measure", "--preset", preset, "--device", device]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["checked"] != typecheck:
+        raise RuntimeError(f"DDPO_TYPECHECK={int(typecheck)} did not set checks {typecheck}")
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Benchmark entry point for ``benchmarks/run.py``."""
+    # Alternate the two variants for a few rounds and keep each case's fastest time: the least
+    # disturbed by other processes on a shared machine.
+    rounds = [
+        (
+            _measure_in_subprocess(args.preset, args.device, typecheck=False),
+            _measure_in_subprocess(args.preset, args.device, typecheck=True),
+        )
+        for _ in range(ROUNDS[args.preset])
+    ]
+    plain = {**rounds[0][0], "seconds": _fastest(r[0]["seconds"] for r in rounds)}
+    checked = {**rounds[0][1], "seconds": _fastest(r[1]["seconds"] for r in rounds)}
+    rows = []
+    for key, seconds in plain["seconds"].items():
+        us, us_checked = seconds * 1e6, checked["seconds"][key] * 1e6
+        name, shape = key.rstrip("]").split(" [", 1)
+        rows.append(
+            {
+                "function": name,
+                "shape": shape,
+                "µs/call": us,
+                "µs/call checked": us_checked,
+                "overhead µs": us_checked - us,
+                "overhead %": 100 * (us_checked - us) / us,
+            }
+        )
+    overheads = sorted(r["overhead µs"] for r in rows)
+    return {
+        "title": f"ddpo.core per call ({args.preset} preset, {args.device}, 1 thread)",
+        "columns": list(rows[0]),
+        "rows": rows,
+        "notes": [
+            f"shape-check overhead per call: median {overheads[len(overheads) // 2]:.0f} µs, "
+            f"range {overheads[0]:.0f} to {overheads[-1]:.0f} µs (torch {plain['torch']})"
+        ],
+        "overhead_us_median": overheads[len(overheads) // 2],
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--measure", action="store_true", help="time in this process, print JSON")
+    parser.add_argument("--preset", choices=tuple(PRESETS), default="default")
+    parser.add_argument("--device", default="cpu")
+    cli = parser.parse_args()
+    if cli.measure:
+        print(json.dumps(measure(cli.preset, cli.device)))
+    else:
+        cli.out = None
+        from rich import print as rprint
+
+        rprint(run(cli))
