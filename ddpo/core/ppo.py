@@ -45,7 +45,7 @@ def ppo_clip_loss(
 ) -> PPOLossOutput:
     """PPO's clipped surrogate loss on per-sample (or per-sample-and-step) log-probabilities.
 
-    DDPO_IS (Black et al., 2023, arXiv 2305.13301, Sec. 4.3, Eq. 5) with PPO's clipping
+    The DDPO_IS estimator (Black et al., 2023, arXiv 2305.13301, Sec. 4.3) with PPO's clipping
     (Schulman et al., 2017, Eq. 7), written as a loss to minimise::
 
         ratio         = exp(log_prob - old_log_prob)
@@ -97,8 +97,8 @@ def ppo_clip_loss(
 def score_function_loss(log_prob: AnyBatch, advantages: AnyBatch) -> Scalar:
     """The score-function (REINFORCE) loss of DDPO_SF, ``-mean(A * log_prob)``.
 
-    Its gradient is the DDPO_SF estimator (Black et al., 2023, arXiv 2305.13301, Sec. 4.3,
-    Eq. 4): ``-E[sum_t grad log p_theta(x_{t-1} | x_t) * A]``, averaged over the batch (and steps).
+    Its gradient is the DDPO_SF estimator (Black et al., 2023, arXiv 2305.13301, Sec. 4.3),
+    ``-E[sum_t grad log p_theta(x_{t-1} | x_t) * A]``, averaged over the batch (and steps).
 
     Args:
         log_prob: log-probabilities under the current policy, any shape ``(*batch)``.
