@@ -3,11 +3,15 @@
 Each variant is timed in its own fresh interpreter (``DDPO_TYPECHECK`` unset, then ``=1``), so
 the two differ only in the jaxtyping/beartype wrappers. Timings are the fastest block of
 ``torch.utils.benchmark`` on one thread over a few alternating rounds, in microseconds per call.
+On a loaded machine the two processes can still see different load; the ``paired`` column is the
+more robust estimate of the checking cost (see :func:`measure`).
 
 Run alone: ``python benchmarks/bench_core.py --measure [--preset tiny]`` prints the raw JSON.
 """
 
 import argparse
+import functools
+import inspect
 import json
 import os
 import subprocess
@@ -22,10 +26,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 MIN_RUN_TIME = {"default": 0.3, "tiny": 0.05}
 ROUNDS = {"default": 3, "tiny": 2}
+PAIRED_ROUNDS = 5
+
+Case = tuple[str, str, tuple[Any, ...], dict[str, Any]]
 
 
-def cases(preset: str, device: str) -> list[tuple[str, str, Callable[[], Any]]]:
-    """``(function, shape description, zero-argument call)`` for every public core function."""
+def cases(preset: str, device: str) -> list[Case]:
+    """``(function, shape description, args, kwargs)`` for every public core function."""
     import torch
 
     import ddpo.core as core
@@ -37,10 +44,8 @@ def cases(preset: str, device: str) -> list[tuple[str, str, Callable[[], Any]]]:
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).to(device)
 
-    latents = [randn(b, c, h, w) for _ in range(4)]
-    model_output, sample, noise, other = latents
-    alpha_bar_t = torch.full((b,), 0.5, device=device)
-    alpha_bar_prev = torch.full((b,), 0.6, device=device)
+    model_output, sample, noise, other = (randn(b, c, h, w) for _ in range(4))
+    alpha_bars = (torch.full((b,), 0.5, device=device), torch.full((b,), 0.6, device=device))
     std_dev = torch.full((b,), 0.1, device=device)
     log_prob, old_log_prob, adv = randn(b), randn(b), randn(b)
     rewards = randn(n)
@@ -49,63 +54,59 @@ def cases(preset: str, device: str) -> list[tuple[str, str, Callable[[], Any]]]:
     permutation = torch.stack([torch.randperm(steps, generator=g) for _ in range(b)]).to(device)
     state = core.init_per_prompt_stats(buffer_size=16, min_count=16)
     _, state = core.update_per_prompt_stats(state, prompts, rewards)
-    ab = (alpha_bar_t, alpha_bar_prev)
     lat = f"{b}x{c}x{h}x{w}"
+    step = (model_output, sample, *alpha_bars)
     return [
-        (
-            "ddim_step_with_logprob",
-            f"{lat} sample",
-            lambda: core.ddim_step_with_logprob(model_output, sample, *ab, eta=1.0, noise=noise),
-        ),
-        (
-            "ddim_step_with_logprob",
-            f"{lat} score",
-            lambda: core.ddim_step_with_logprob(
-                model_output, sample, *ab, eta=1.0, prev_sample=other
-            ),
-        ),
-        (
-            "classifier_free_guidance",
-            lat,
-            lambda: core.classifier_free_guidance(model_output, other, 7.5),
-        ),
-        ("ppo_clip_loss", f"{b}", lambda: core.ppo_clip_loss(log_prob, old_log_prob, adv)),
-        ("score_function_loss", f"{b}", lambda: core.score_function_loss(log_prob, adv)),
-        ("normalize_advantages", f"{n}", lambda: core.normalize_advantages(rewards)),
-        (
-            "group_normalize_advantages",
-            f"{n}, {p['prompts']} groups",
-            lambda: core.group_normalize_advantages(rewards, group_ids),
-        ),
-        (
-            "update_per_prompt_stats",
-            f"{n}, {p['prompts']} prompts",
-            lambda: core.update_per_prompt_stats(state, prompts, rewards),
-        ),
-        ("clip_advantages", f"{n}", lambda: core.clip_advantages(rewards)),
-        ("gaussian_kl", lat, lambda: core.gaussian_kl(model_output, other, std_dev)),
-        (
-            "subsample_timesteps",
-            f"{b}x{steps}",
-            lambda: core.subsample_timesteps(permutation, timestep_fraction=0.5),
-        ),
+        ("ddim_step_with_logprob", f"{lat} sample", step, {"eta": 1.0, "noise": noise}),
+        ("ddim_step_with_logprob", f"{lat} score", step, {"eta": 1.0, "prev_sample": other}),
+        ("classifier_free_guidance", lat, (model_output, other, 7.5), {}),
+        ("ppo_clip_loss", f"{b}", (log_prob, old_log_prob, adv), {}),
+        ("score_function_loss", f"{b}", (log_prob, adv), {}),
+        ("normalize_advantages", f"{n}", (rewards,), {}),
+        ("group_normalize_advantages", f"{n}, {p['prompts']} groups", (rewards, group_ids), {}),
+        ("update_per_prompt_stats", f"{n}, {p['prompts']} prompts", (state, prompts, rewards), {}),
+        ("clip_advantages", f"{n}", (rewards,), {}),
+        ("gaussian_kl", lat, (model_output, other, std_dev), {}),
+        ("subsample_timesteps", f"{b}x{steps}", (permutation,), {"timestep_fraction": 0.5}),
     ]
 
 
-def measure(preset: str, device: str) -> dict[str, Any]:
-    """Time every case in this process; ``checked`` says whether shape checks are on."""
-    import torch
+def _fastest_block(call: Callable[[], Any], min_run_time: float) -> float:
+    """Seconds per call of the fastest block of ``torch.utils.benchmark`` on one thread."""
     from torch.utils import benchmark
 
-    import ddpo.core
+    timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=1)
+    return min(timer.blocked_autorange(min_run_time=min_run_time).times)
 
-    checked = hasattr(ddpo.core.ppo_clip_loss, "__wrapped__")
-    times = {}
-    for name, shape, call in cases(preset, device):
-        timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=1)
-        measurement = timer.blocked_autorange(min_run_time=MIN_RUN_TIME[preset])
-        times[f"{name} [{shape}]"] = min(measurement.times)
-    return {"checked": checked, "torch": torch.__version__, "seconds": times}
+
+def measure(preset: str, device: str) -> dict[str, Any]:
+    """Time every case in this process; ``checked`` says whether shape checks are on.
+
+    With checks on, each function is also timed against its unchecked original
+    (``inspect.unwrap``) in alternating blocks: a paired estimate of the checking cost of the
+    outer call that is robust to load from other processes (it leaves out the checks of inner
+    helpers such as ``per_sample``, so it is a lower bound).
+    """
+    import torch
+
+    import ddpo.core as core
+
+    checked = hasattr(core.ppo_clip_loss, "__wrapped__")
+    times, paired = {}, {}
+    budget = MIN_RUN_TIME[preset]
+    for name, shape, args, kwargs in cases(preset, device):
+        fn = getattr(core, name)
+        key = f"{name} [{shape}]"
+        wrapped = functools.partial(fn, *args, **kwargs)
+        times[key] = _fastest_block(wrapped, budget)
+        if checked:
+            raw = functools.partial(inspect.unwrap(fn), *args, **kwargs)
+            with_checks, without = [], []
+            for _ in range(PAIRED_ROUNDS):
+                with_checks.append(_fastest_block(wrapped, budget / PAIRED_ROUNDS))
+                without.append(_fastest_block(raw, budget / PAIRED_ROUNDS))
+            paired[key] = min(with_checks) - min(without)
+    return {"checked": checked, "torch": torch.__version__, "seconds": times, "paired": paired}
 
 
 def _fastest(runs: Iterable[dict[str, float]]) -> dict[str, float]:
@@ -128,6 +129,10 @@ def _measure_in_subprocess(preset: str, device: str, typecheck: bool) -> dict[st
     return result
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark entry point for ``benchmarks/run.py``."""
     # Alternate the two variants for a few rounds and keep each case's fastest time: the least
@@ -139,11 +144,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         for _ in range(ROUNDS[args.preset])
     ]
-    plain = {**rounds[0][0], "seconds": _fastest(r[0]["seconds"] for r in rounds)}
-    checked = {**rounds[0][1], "seconds": _fastest(r[1]["seconds"] for r in rounds)}
-    rows = []
-    for key, seconds in plain["seconds"].items():
-        us, us_checked = seconds * 1e6, checked["seconds"][key] * 1e6
+    plain = _fastest(r[0]["seconds"] for r in rounds)
+    checked = _fastest(r[1]["seconds"] for r in rounds)
+    paired = _fastest(r[1]["paired"] for r in rounds)
+    rows: list[dict[str, Any]] = []
+    for key, seconds in plain.items():
+        us, us_checked = seconds * 1e6, checked[key] * 1e6
         name, shape = key.rstrip("]").split(" [", 1)
         rows.append(
             {
@@ -153,18 +159,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "µs/call checked": us_checked,
                 "overhead µs": us_checked - us,
                 "overhead %": 100 * (us_checked - us) / us,
+                "paired overhead µs": paired[key] * 1e6,
             }
         )
-    overheads = sorted(r["overhead µs"] for r in rows)
+    across = _median([r["overhead µs"] for r in rows])
+    within = _median([r["paired overhead µs"] for r in rows])
     return {
         "title": f"ddpo.core per call ({args.preset} preset, {args.device}, 1 thread)",
         "columns": list(rows[0]),
         "rows": rows,
         "notes": [
-            f"shape-check overhead per call: median {overheads[len(overheads) // 2]:.0f} µs, "
-            f"range {overheads[0]:.0f} to {overheads[-1]:.0f} µs (torch {plain['torch']})"
+            f"median shape-check overhead per call: {across:.0f} µs across processes, "
+            f"{within:.0f} µs paired in one process (torch {rounds[0][0]['torch']})"
         ],
-        "overhead_us_median": overheads[len(overheads) // 2],
+        "overhead_us_median": across,
+        "paired_overhead_us_median": within,
     }
 
 
@@ -177,7 +186,4 @@ if __name__ == "__main__":
     if cli.measure:
         print(json.dumps(measure(cli.preset, cli.device)))
     else:
-        cli.out = None
-        from rich import print as rprint
-
-        rprint(run(cli))
+        print(json.dumps(run(cli), indent=2))
