@@ -1,10 +1,10 @@
 """Micro-benchmark of every public ``ddpo.core`` function, with and without runtime shape checks.
 
 Each variant is timed in its own fresh interpreter (``DDPO_TYPECHECK`` unset, then ``=1``), so
-the two differ only in the jaxtyping/beartype wrappers. Timings are the fastest block of
-``torch.utils.benchmark`` on one thread over a few alternating rounds, in microseconds per call.
-On a loaded machine the two processes can still see different load; the ``paired`` column is the
-more robust estimate of the checking cost (see :func:`measure`).
+the two differ only in the jaxtyping/beartype wrappers. Times are of the fastest short block on
+one thread over a few alternating rounds, in microseconds per call. On a loaded machine the two
+processes can still see different load; the ``paired`` column (checked vs unwrapped in the
+checked process, blocks interleaved) is the more robust estimate of the checking cost.
 
 Run alone: ``python benchmarks/bench_core.py --measure [--preset tiny]`` prints the raw JSON.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,9 +25,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {"batch": 8, "latent": (4, 64, 64), "steps": 50, "rewards": 64, "prompts": 16},
     "tiny": {"batch": 2, "latent": (4, 8, 8), "steps": 10, "rewards": 8, "prompts": 4},
 }
-MIN_RUN_TIME = {"default": 0.3, "tiny": 0.05}
+MIN_RUN_TIME = {"default": 0.3, "tiny": 0.1}
 ROUNDS = {"default": 3, "tiny": 2}
-PAIRED_ROUNDS = 5
+BLOCK_TIME = 1e-3
 
 Case = tuple[str, str, tuple[Any, ...], dict[str, Any]]
 
@@ -71,42 +72,69 @@ def cases(preset: str, device: str) -> list[Case]:
     ]
 
 
-def _fastest_block(call: Callable[[], Any], min_run_time: float) -> float:
-    """Seconds per call of the fastest block of ``torch.utils.benchmark`` on one thread."""
-    from torch.utils import benchmark
+def _block_timer(call: Callable[[], Any], device: str) -> Callable[[], float]:
+    """A function that runs ``call`` for one short block and returns seconds per call.
 
-    timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=1)
-    return min(timer.blocked_autorange(min_run_time=min_run_time).times)
+    Blocks last about ``BLOCK_TIME`` so that the fastest of many is rarely interrupted by other
+    processes; CUDA work is synchronized at the end of each block.
+    """
+    import torch
+
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    call()  # warm up
+    sync()
+    start = time.perf_counter()
+    call()
+    sync()
+    number = max(1, int(BLOCK_TIME / max(time.perf_counter() - start, 1e-9)))
+
+    def block() -> float:
+        start = time.perf_counter()
+        for _ in range(number):
+            call()
+        sync()
+        return (time.perf_counter() - start) / number
+
+    return block
 
 
 def measure(preset: str, device: str) -> dict[str, Any]:
     """Time every case in this process; ``checked`` says whether shape checks are on.
 
-    With checks on, each function is also timed against its unchecked original
-    (``inspect.unwrap``) in alternating blocks: a paired estimate of the checking cost of the
-    outer call that is robust to load from other processes (it leaves out the checks of inner
-    helpers such as ``per_sample``, so it is a lower bound).
+    Each case runs in short blocks for ``MIN_RUN_TIME`` seconds; its time is the fastest block's
+    time per call. With checks on, blocks of each function alternate with blocks of its
+    unchecked original (``inspect.unwrap``): a paired estimate of the outer call's checking cost
+    that is robust to load from other processes (inner helpers such as ``per_sample`` stay
+    checked in both, so it is a lower bound).
     """
     import torch
 
     import ddpo.core as core
 
+    torch.set_num_threads(1)
     checked = hasattr(core.ppo_clip_loss, "__wrapped__")
-    times, paired = {}, {}
-    budget = MIN_RUN_TIME[preset]
+    times, unwrapped = {}, {}
     for name, shape, args, kwargs in cases(preset, device):
         fn = getattr(core, name)
         key = f"{name} [{shape}]"
-        wrapped = functools.partial(fn, *args, **kwargs)
-        times[key] = _fastest_block(wrapped, budget)
+        variants = [_block_timer(functools.partial(fn, *args, **kwargs), device)]
         if checked:
             raw = functools.partial(inspect.unwrap(fn), *args, **kwargs)
-            with_checks, without = [], []
-            for _ in range(PAIRED_ROUNDS):
-                with_checks.append(_fastest_block(wrapped, budget / PAIRED_ROUNDS))
-                without.append(_fastest_block(raw, budget / PAIRED_ROUNDS))
-            paired[key] = min(with_checks) - min(without)
-    return {"checked": checked, "torch": torch.__version__, "seconds": times, "paired": paired}
+            variants.append(_block_timer(raw, device))
+        best = [float("inf")] * len(variants)
+        deadline = time.perf_counter() + MIN_RUN_TIME[preset] * len(variants)
+        while time.perf_counter() < deadline:
+            for i, block in enumerate(variants):
+                best[i] = min(best[i], block())
+        times[key] = best[0]
+        if checked:
+            unwrapped[key] = best[1]
+    return {
+        "checked": checked,
+        "torch": torch.__version__,
+        "seconds": times,
+        "unwrapped_seconds": unwrapped,
+    }
 
 
 def _fastest(runs: Iterable[dict[str, float]]) -> dict[str, float]:
@@ -146,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     plain = _fastest(r[0]["seconds"] for r in rounds)
     checked = _fastest(r[1]["seconds"] for r in rounds)
-    paired = _fastest(r[1]["paired"] for r in rounds)
+    unwrapped = _fastest(r[1]["unwrapped_seconds"] for r in rounds)
     rows: list[dict[str, Any]] = []
     for key, seconds in plain.items():
         us, us_checked = seconds * 1e6, checked[key] * 1e6
@@ -159,7 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "µs/call checked": us_checked,
                 "overhead µs": us_checked - us,
                 "overhead %": 100 * (us_checked - us) / us,
-                "paired overhead µs": paired[key] * 1e6,
+                "paired overhead µs": us_checked - unwrapped[key] * 1e6,
             }
         )
     across = _median([r["overhead µs"] for r in rows])
