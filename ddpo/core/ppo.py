@@ -24,16 +24,17 @@ class PPOLossOutput(NamedTuple):
     clip_fraction: Scalar
 
 
-def _clip_bounds(clip_range: float | tuple[float, float]) -> tuple[float, float]:
+def _clip_bounds(clip_range: object) -> tuple[float, float]:
     """Validate ``clip_range`` and return ``(low, high)``."""
-    low, high = clip_range if isinstance(clip_range, tuple) else (clip_range, clip_range)
-    for value in (low, high):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(
-                f"clip_range must be a float > 0 or a (low, high) pair of floats > 0, "
-                f"got clip_range={clip_range!r}"
-            )
-    return low, high
+    bounds = tuple(clip_range) if isinstance(clip_range, tuple | list) else (clip_range,) * 2
+    if len(bounds) != 2 or not all(
+        isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in bounds
+    ):
+        raise ValueError(
+            "clip_range must be a float > 0 or a (low, high) pair of floats > 0, "
+            f"got clip_range={clip_range!r}"
+        )
+    return float(bounds[0]), float(bounds[1])
 
 
 def ppo_clip_loss(

@@ -1,5 +1,6 @@
 """Tests of ddpo.core.ppo: TRL parity, properties, gradients, errors."""
 
+import inspect
 import math
 from typing import Any
 
@@ -143,6 +144,17 @@ def test_invalid_clip_range_raises(clip_range: Any) -> None:
     x = torch.zeros(3)
     with pytest.raises(ValueError, match="clip_range"):
         ppo_clip_loss(x, x, x, clip_range=clip_range)
+
+
+@pytest.mark.parametrize("clip_range", [(0.1, 0.2, 0.3), (0.1,), "0.1", [0.1, 0.2]])
+def test_malformed_clip_range_raises_naming_it(clip_range: Any) -> None:
+    """Wrong types fail the suite's type check; unchecked, a ValueError names the argument."""
+    x = torch.zeros(3)
+    with pytest.raises((ValueError, *TYPE_ERRORS), match="clip_range"):
+        ppo_clip_loss(x, x, x, clip_range=clip_range)
+    if not isinstance(clip_range, list):
+        with pytest.raises(ValueError, match="clip_range"):
+            inspect.unwrap(ppo_clip_loss)(x, x, x, clip_range=clip_range)
 
 
 @pytest.mark.parametrize("shapes", [((3,), (4,), (3,)), ((3,), (3,), (1,)), ((2, 3), (2, 3), (2,))])
