@@ -300,18 +300,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if preset.name == "sd15":
         summary["target_epoch_seconds_256_samples_h100"] = 150.0
-    return {
-        "name": NAME,
-        "settings": presets.describe(preset, args, device),
-        "environment": harness.environment(device),
-        "rows": rows,
-        "summary": summary,
-    }
-
-
-if __name__ == "__main__":
-    import json
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    presets.add_arguments(parser)
-    print(json.dumps(run(parser.parse_args()), indent=2))
+    return harness.result(
+        NAME,
+        settings=presets.describe(preset, args, device),
+        environment=harness.environment(device),
+        rows=rows,
+        summary=summary,
+    )

@@ -101,21 +101,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         {"quantity": "peak_tflop_per_s", "value": peak_tflops},
         {"quantity": "time_at_50pct_of_peak_s", "value": total / (0.5 * peak_tflops * 1e12)},
     ]
-    return {
-        "name": NAME,
-        "settings": presets.describe(preset, args, device),
-        "environment": harness.environment(device),
-        "rows": rows,
-        "summary": {
+    return harness.result(
+        NAME,
+        settings=presets.describe(preset, args, device),
+        environment=harness.environment(device),
+        rows=rows,
+        summary={
             "samples_per_epoch": samples,
             "peak_source": peak_source,
             "epoch_total_pflop": total / 1e15,
             "time_at_50pct_of_peak_s": total / (0.5 * peak_tflops * 1e12),
         },
-    }
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    presets.add_arguments(parser)
-    print(json.dumps(run(parser.parse_args()), indent=2))
+    )

@@ -94,18 +94,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if preset.name == "sd15" and device.type == "cuda":
         summary["target_train_checkpointed_mib"] = TARGET_SD15_TRAIN_MIB
         summary["meets_target"] = rows[-1]["peak_mib"] <= TARGET_SD15_TRAIN_MIB
-    return {
-        "name": NAME,
-        "settings": presets.describe(preset, args, device),
-        "environment": harness.environment(device),
-        "rows": rows,
-        "summary": summary,
-    }
-
-
-if __name__ == "__main__":
-    import json
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    presets.add_arguments(parser)
-    print(json.dumps(run(parser.parse_args()), indent=2))
+    return harness.result(
+        NAME,
+        settings=presets.describe(preset, args, device),
+        environment=harness.environment(device),
+        rows=rows,
+        summary=summary,
+    )

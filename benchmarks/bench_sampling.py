@@ -127,20 +127,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if peak_flops is not None:
         summary["matmul_peak_tflop_per_s"] = peak_flops / 1e12
-    return {
-        "name": NAME,
-        "settings": presets.describe(preset, args, device),
-        "environment": harness.environment(device),
-        "timings_s": timings.seconds,
-        "cpu_timings_s": timings.cpu_seconds,
-        "rows": rows,
-        "summary": summary,
-    }
-
-
-if __name__ == "__main__":
-    import json
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    presets.add_arguments(parser)
-    print(json.dumps(run(parser.parse_args()), indent=2))
+    return harness.result(
+        NAME,
+        settings=presets.describe(preset, args, device),
+        environment=harness.environment(device),
+        timings_s=timings.seconds,
+        cpu_timings_s=timings.cpu_seconds,
+        rows=rows,
+        summary=summary,
+    )

@@ -347,3 +347,51 @@ def environment(device: torch.device) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         info["load_average_1m"] = os.getloadavg()[0]
     return info
+
+
+def result(
+    name: str,
+    *,
+    settings: dict[str, Any],
+    environment: dict[str, Any],
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """A model benchmark's result in the runner's shape.
+
+    ``title``, ``columns``, ``rows`` and ``notes`` (the summary and the settings, one line each)
+    are what ``run.py`` prints; ``name``, ``settings``, ``environment``, ``summary`` and
+    ``extra`` (e.g. every repeat's time) go to the JSON too.
+    """
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) + "}"
+        return str(value)
+
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    title = (
+        f"{name} ({settings.get('preset')} preset, {settings.get('device')}, "
+        f"{settings.get('dtype')}, {settings.get('num_steps')} steps, "
+        f"batch {settings.get('sample_batch_size')}/{settings.get('train_batch_size')})"
+    )
+    notes = [
+        "summary: " + "; ".join(f"{k}={fmt(v)}" for k, v in summary.items()),
+        "settings: " + ", ".join(f"{k}={fmt(v)}" for k, v in settings.items()),
+    ]
+    return {
+        "name": name,
+        "title": title,
+        "columns": columns,
+        "rows": rows,
+        "notes": notes,
+        "summary": summary,
+        "settings": settings,
+        "environment": environment,
+        **extra,
+    }

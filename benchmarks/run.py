@@ -1,110 +1,128 @@
-"""Run the benchmarks: print a table per benchmark and write ``<out>/<name>.json``.
+"""Run ddpo's benchmarks, print a table per benchmark and write one JSON file each.
 
-    python benchmarks/run.py                       # every benchmark, tiny preset, CPU or CUDA
-    python benchmarks/run.py --only sampling,training --preset sd15 --dtype bf16
+    python benchmarks/run.py [--preset default|tiny|sd15] [--only core,sampling] [--out DIR]
 
-Each benchmark is a module ``bench_<name>.py`` in this folder with ``run(args) -> dict``; the
-dict holds ``name``, ``settings``, ``environment``, ``rows`` (the table: a list of flat dicts)
-and ``summary`` (the headline figures). Options are in ``presets.add_arguments``.
+A benchmark is a module ``benchmarks/bench_<name>.py`` with a function ``run(args) -> dict``
+(``args`` the parsed command line: ``preset``, ``device``, ``out`` and the model-benchmark
+options of ``presets.add_arguments``) returning::
+
+    {"title": str, "columns": [str, ...], "rows": [{column: value, ...}, ...], "notes": [str]}
+
+(model benchmarks add ``name``, ``settings``, ``environment`` and ``summary``). Adding a
+benchmark is adding such a module; ``--only`` picks benchmarks by ``<name>``.
+
+Presets: ``default`` (core at realistic shapes, model benchmarks on the tiny model: the CPU run
+of ``nox -s bench``), ``tiny`` (core at smoke sizes, model benchmarks on the tiny model), ``sd15``
+(model benchmarks on the Stable Diffusion 1.5 architecture, for a GPU: ``--device cuda``; core
+at its realistic shapes).
 """
 
 import argparse
-import importlib
+import importlib.util
 import json
-import math
+import platform
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
+if str(HERE) not in sys.path:  # the model benchmarks import their shared helpers by name
     sys.path.insert(0, str(HERE))
 
 import presets  # noqa: E402
 
-BENCHMARKS: dict[str, str] = {
-    "core": "bench_core",
-    "sampling": "bench_sampling",
-    "training": "bench_training",
-    "epoch": "bench_epoch",
-    "memory": "bench_memory",
-    "flops": "bench_flops",
-}
+PRESET_CHOICES = ("default", "tiny", "sd15")
+CORE_PRESET = {"default": "default", "tiny": "tiny", "sd15": "default"}
 
 
-def available() -> list[str]:
-    """The benchmarks whose module is present in this folder."""
-    return [name for name, module in BENCHMARKS.items() if (HERE / f"{module}.py").is_file()]
+def available() -> dict[str, Path]:
+    """Benchmark name -> module path, for every ``bench_<name>.py`` next to this file."""
+    return {p.stem.removeprefix("bench_"): p for p in sorted(HERE.glob("bench_*.py"))}
 
 
-def _format(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "-"
-        return f"{value:.4g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_format(v)}" for k, v in value.items())
-    return str(value)
-
-
-def print_result(result: dict[str, Any]) -> None:
-    """Print a benchmark's rows and summary as rich tables."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=max(Console().width, 120))
-    settings = result.get("settings", {})
-    title = f"{result['name']}: " + ", ".join(f"{k}={_format(v)}" for k, v in settings.items())
-    rows = result.get("rows", [])
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(key for key in row if key not in columns)
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("contender", "phase") else "right")
-    for row in rows:
-        table.add_row(*(_format(row.get(column)) for column in columns))
-    console.print(table)
-    summary = result.get("summary", {})
-    if summary:
-        console.print("  " + "; ".join(f"{k}: {_format(v)}" for k, v in summary.items()))
+def load(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"ddpo_bench_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    names = available()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--preset",
+        choices=PRESET_CHOICES,
+        default="default",
+        help="'default' (CPU run), 'tiny' (quick smoke run), 'sd15' (SD 1.5 sizes, for a GPU)",
+    )
     parser.add_argument(
         "--only",
-        default=",".join(available()),
-        help=f"comma-separated benchmarks among {','.join(available())} (default: all)",
+        default=",".join(names),
+        help=f"comma-separated benchmarks to run (default: all of {', '.join(names)})",
     )
-    parser.add_argument("--out", default=str(HERE / "out"), help="folder for the JSON results")
+    parser.add_argument("--out", type=Path, default=HERE / "out", help="folder for JSON results")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     presets.add_arguments(parser)
     args = parser.parse_args(argv)
-    names = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = [name for name in names if name not in available()]
-    if unknown or not names:
-        parser.error(f"--only: unknown benchmark(s) {unknown}; choose among {available()}")
-    args.only = names
+    args.only = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in args.only if n not in names]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; available: {sorted(names)}")
     return args
+
+
+def show(console: Console, result: dict[str, Any]) -> None:
+    table = Table(title=result["title"], title_justify="left")
+    for column in result["columns"]:
+        table.add_column(column, justify="left" if column == result["columns"][0] else "right")
+    for row in result["rows"]:
+        table.add_row(*(_fmt(row.get(c)) for c in result["columns"]))
+    console.print(table)
+    for note in result.get("notes", []):
+        console.print(f"  {note}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != value:  # NaN: not measured
+            return "-"
+        return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
+    return "" if value is None else str(value)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    console = Console(width=None if sys.stdout.isatty() else 140)
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = available()
     for name in args.only:
-        module = importlib.import_module(BENCHMARKS[name])
         start = time.perf_counter()
-        result = module.run(args)
-        result["wall_s"] = time.perf_counter() - start
-        (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        print_result(result)
-        print(f"  ({name}: {result['wall_s']:.1f} s, written to {out / f'{name}.json'})\n")
+        bench_args = argparse.Namespace(**vars(args))
+        if name == "core":
+            bench_args.preset = CORE_PRESET[args.preset]
+        result = load(name, names[name]).run(bench_args)
+        result["meta"] = {
+            "benchmark": name,
+            "preset": args.preset,
+            "device": args.device,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "seconds": round(time.perf_counter() - start, 2),
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        show(console, result)
+        path = args.out / f"{name}.json"
+        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        console.print(f"  wrote {path} ({result['meta']['seconds']} s)")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

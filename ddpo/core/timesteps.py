@@ -1,16 +1,20 @@
 """Choosing which denoising steps of each trajectory to train on."""
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from ddpo._typing import StepIndices
 
 
-def subsample_timesteps(permutation: StepIndices, *, timestep_fraction: float = 1.0) -> StepIndices:
+def subsample_timesteps(
+    permutation: StepIndices, *, timestep_fraction: float = 1.0
+) -> Int[Tensor, "batch train_steps"]:
     """The first ``int(steps * timestep_fraction)`` entries of each sample's step permutation.
 
     The reference trains each sample on a random subset of its denoising steps: it shuffles the
     steps of every trajectory independently and keeps a fraction of them (Black et al., 2023,
-    arXiv 2305.13301, Appendix; ``train.timestep_fraction``). Randomness comes in as data: pass
+    arXiv 2305.13301; ``train.timestep_fraction`` of its code). Randomness comes in as data: pass
     e.g. ``torch.stack([torch.randperm(steps, generator=g) for _ in range(batch)])``.
 
     Args:

@@ -88,7 +88,13 @@ def test_matches_trl_reference(
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize(
     ("num_inference_steps", "eta", "set_alpha_to_one", "clip_sample"),
-    [(50, 1.0, False, False), (20, 0.5, True, False), (7, 0.3, False, True), (100, 1.0, True, False), (3, 0.8, True, True)],
+    [
+        (50, 1.0, False, False),
+        (20, 0.5, True, False),
+        (7, 0.3, False, True),
+        (100, 1.0, True, False),
+        (3, 0.8, True, True),
+    ],
 )
 def test_matches_diffusers_ddim_step(
     prediction_type: str,
@@ -137,7 +143,9 @@ def test_matches_diffusers_ddim_step(
             eta=eta,
             variance_noise=noise[i : i + 1],
         )
-        torch.testing.assert_close(ours.prev_sample[i : i + 1], ref.prev_sample, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours.prev_sample[i : i + 1], ref.prev_sample, rtol=1e-5, atol=1e-5
+        )
         torch.testing.assert_close(
             ours.pred_original_sample[i : i + 1], ref.pred_original_sample, rtol=1e-5, atol=1e-5
         )
@@ -213,9 +221,7 @@ def test_bfloat16_inputs_agree_with_float32(seed: int, prediction_type: str, eta
     inputs = random_step(seed)
     kw: Any = {"eta": eta, "prediction_type": prediction_type}
     reference = ddim_step_with_logprob(**inputs, **kw)
-    low = {
-        k: v.to(torch.bfloat16) if v.ndim > 1 else v for k, v in inputs.items()
-    }  # latents only
+    low = {k: v.to(torch.bfloat16) if v.ndim > 1 else v for k, v in inputs.items()}  # latents only
     out = ddim_step_with_logprob(**low, **kw)
     assert out.prev_sample.dtype == torch.bfloat16
     assert out.log_prob.dtype == torch.float32 and out.mean.dtype == torch.float32
@@ -335,3 +341,17 @@ def test_wrong_shapes_and_dtypes_fail_the_type_check(change: dict[str, torch.Ten
     inputs = {**random_step(0), **change}
     with pytest.raises(TYPE_ERRORS):
         ddim_step_with_logprob(**inputs, eta=1.0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, prediction_type=prediction_types, eta=etas)
+def test_low_precision_scoring_reproduces_sampling(
+    seed: int, prediction_type: str, eta: float
+) -> None:
+    """With bfloat16 latents the log-prob of sampling is that of the returned (rounded)
+    ``prev_sample``, so re-scoring the stored transition gives ratio 1 in PPO's first epoch."""
+    inputs = {k: v.to(torch.bfloat16) if v.ndim > 1 else v for k, v in random_step(seed).items()}
+    kw: Any = {"eta": eta, "prediction_type": prediction_type}
+    sampled = ddim_step_with_logprob(**inputs, **kw)
+    scored = ddim_step_with_logprob(**_scoring(inputs, sampled.prev_sample), **kw)
+    torch.testing.assert_close(scored.log_prob, sampled.log_prob, rtol=1e-6, atol=1e-6)
