@@ -22,6 +22,14 @@ LOSS_TYPES: tuple[str, ...] = ("ppo", "score_function")
 ADVANTAGE_MODES: tuple[str, ...] = ("auto", "per_prompt", "global", "group")
 MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
 LOG_WITH: tuple[str, ...] = ("tensorboard", "wandb")
+# Accelerator arguments that come from the config's own fields.
+RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
+    "log_with",
+    "mixed_precision",
+    "project_config",
+    "project_dir",
+    "gradient_accumulation_steps",
+)
 
 
 def _default_exp_name() -> str:
@@ -49,8 +57,9 @@ class DDPOConfig:
     """Name of this run: names the output folder and the tracker run. Empty: ``<exp_name>_<UTC
     timestamp>``, a new folder for each run."""
     seed: int = 0
-    """Seed of everything random: sampling noise (per process: ``seed + process index``), batch
-    and timestep shuffles, and the LoRA/initialisation done after the trainer starts."""
+    """Seed of everything random in the loop: sampling noise and shuffles (derived from the seed,
+    process index, epoch and batch) and the global Python/numpy/torch RNGs the prompt function
+    may use (``seed + process index``)."""
     log_with: Literal["wandb", "tensorboard"] | None = None
     """Tracker: ``"tensorboard"`` (offline, writes event files under ``<output_dir>/logs``),
     ``"wandb"`` (needs wandb installed), or None for no tracker (metrics still go to
@@ -156,7 +165,8 @@ class DDPOConfig:
     when resuming from a checkpoint inside it."""
     loss_type: LossType = "ppo"
     """``"ppo"`` (DDPO-IS: clipped importance-sampling ratio, the paper's main method) or
-    ``"score_function"`` (DDPO-SF: REINFORCE, one gradient step per batch of samples)."""
+    ``"score_function"`` (DDPO-SF: REINFORCE; the paper pairs it with one optimizer step per
+    epoch of samples)."""
     advantage_mode: AdvantageMode = "auto"
     """How rewards become advantages: ``"per_prompt"`` (normalise by per-prompt buffered stats,
     as the paper), ``"global"`` (normalise by the epoch's mean and std), ``"group"`` (normalise
@@ -180,11 +190,6 @@ class DDPOConfig:
         if self.advantage_mode == "auto":
             return "per_prompt" if self.per_prompt_stat_tracking else "global"
         return self.advantage_mode
-
-    @property
-    def samples_per_epoch_per_process(self) -> int:
-        """Images each process samples per epoch."""
-        return self.sample_batch_size * self.sample_num_batches_per_epoch
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a flat, JSON-serialisable dict (for trackers and checkpoints)."""
@@ -352,6 +357,17 @@ class DDPOConfig:
                 f"advantage_mode={self.advantage_mode!r}; set advantage_mode to 'per_prompt' "
                 "or 'auto', or per_prompt_stat_tracking to False"
             )
+        if (
+            self.resolved_advantage_mode == "per_prompt"
+            and self.per_prompt_stat_tracking_min_count > self.per_prompt_stat_tracking_buffer_size
+        ):
+            raise ValueError(
+                "DDPOConfig.per_prompt_stat_tracking_min_count "
+                f"({self.per_prompt_stat_tracking_min_count}) must be <= "
+                "per_prompt_stat_tracking_buffer_size "
+                f"({self.per_prompt_stat_tracking_buffer_size}) (a larger one would never use "
+                "the buffer)"
+            )
         for name in ("tracker_kwargs", "accelerator_kwargs", "project_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"DDPOConfig.{name} must be a dict, got {getattr(self, name)!r}")
@@ -361,6 +377,12 @@ class DDPOConfig:
         if self.run_name and (os.sep in self.run_name or self.run_name in (".", "..")):
             raise ValueError(
                 f"DDPOConfig.run_name must be a plain folder name, got {self.run_name!r}"
+            )
+        clash = sorted(set(self.accelerator_kwargs) & set(RESERVED_ACCELERATOR_KWARGS))
+        if clash:
+            raise ValueError(
+                f"DDPOConfig.accelerator_kwargs must not set {clash} (they come from the config's "
+                f"own fields), got {self.accelerator_kwargs!r}"
             )
         if "project_dir" in self.project_kwargs:
             raise ValueError(

@@ -58,14 +58,6 @@ ImageSamplesHook = Callable[[list[list[Any]], int, Any], Any]
 
 METRICS_FILENAME = "metrics.jsonl"
 
-# Reserved accelerator arguments: set from the config's own fields.
-_RESERVED_ACCELERATOR_KWARGS = (
-    "log_with",
-    "mixed_precision",
-    "project_config",
-    "project_dir",
-    "gradient_accumulation_steps",
-)
 _SAMPLE_STREAM = 1
 _TRAIN_STREAM = 2
 
@@ -125,13 +117,7 @@ class DDPOTrainer:
                 "DDPOTrainer: image_samples_hook must be callable or None, got "
                 f"{image_samples_hook!r}"
             )
-        clash = sorted(set(config.accelerator_kwargs) & set(_RESERVED_ACCELERATOR_KWARGS))
-        if clash:
-            raise ValueError(
-                f"DDPOConfig.accelerator_kwargs must not set {clash} (they come from the config's "
-                f"own fields), got {config.accelerator_kwargs!r}"
-            )
-        resume = ckpt.resolve_resume(config.resume_from) if config.resume_from else None
+        resume = ckpt.resolve_resume(config.resume_from)[0] if config.resume_from else None
 
         self.config = config
         self.reward_function = reward_function
@@ -171,17 +157,17 @@ class DDPOTrainer:
             torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
             torch.backends.cudnn.allow_tf32 = config.allow_tf32
 
-        # 5. The pipeline on this process's device; frozen parts in the inference dtype.
+        # 5. The pipeline on this process's device (its dtypes are the pipeline's own choice:
+        #    load it with torch_dtype=float16 to halve the frozen weights' memory).
         device = self.accelerator.device
-        inference_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
-            self.mixed_precision, torch.float32
-        )
         sd_pipeline.set_progress_bar_config(disable=True)
         sd_pipeline.vae.requires_grad_(False)
         sd_pipeline.text_encoder.requires_grad_(False)
-        sd_pipeline.vae.to(device, dtype=inference_dtype)
-        sd_pipeline.text_encoder.to(device, dtype=inference_dtype)
-        sd_pipeline.unet.to(device)
+        if callable(getattr(sd_pipeline, "to", None)):
+            sd_pipeline.to(device)
+        else:
+            for module in (sd_pipeline.unet, sd_pipeline.vae, sd_pipeline.text_encoder):
+                module.to(device)
         if config.gradient_checkpointing:
             sd_pipeline.unet.enable_gradient_checkpointing()
 
@@ -488,9 +474,7 @@ class DDPOTrainer:
                     self.stat_tracker.update(prompts_all, rewards_all), dtype=torch.float32
                 )
             else:
-                ids: dict[str, int] = {}
-                group_ids = torch.tensor([ids.setdefault(p, len(ids)) for p in prompts_all])
-                advantages = group_normalize_advantages(rewards_all, group_ids, std="group")
+                advantages = group_normalize_advantages(rewards_all, prompts_all, std="group")
         return clip_advantages(advantages.float(), adv_clip_max=config.train_adv_clip_max)
 
     # ------------------------------------------------------------------------------------------
@@ -651,7 +635,7 @@ class DDPOTrainer:
         }
         if config.train_use_8bit_adam:
             try:
-                import bitsandbytes as bnb  # type: ignore[import-not-found]
+                import bitsandbytes as bnb
             except ImportError as err:  # pragma: no cover - checked in DDPOConfig.validate
                 raise ImportError(
                     "DDPOConfig.train_use_8bit_adam=True needs bitsandbytes (pip install "
