@@ -257,6 +257,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """
     preset = presets.resolve(args)
     device = harness.resolve_device(getattr(args, "device", "auto"))
+    harness.set_threads(device, getattr(args, "threads", None))
     dtype = harness.resolve_dtype(preset.dtype)
     mode = getattr(args, "epoch_mode", "auto") or "auto"
     if mode not in ("auto", "trainer", "composed"):

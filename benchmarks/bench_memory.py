@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure each phase's peak memory; return one row per phase."""
     preset = presets.resolve(args)
     device = harness.resolve_device(getattr(args, "device", "auto"))
+    harness.set_threads(device, getattr(args, "threads", None))
     dtype = harness.resolve_dtype(preset.dtype)
     opts = presets.options(args)
     opts["gradient_checkpointing"] = False  # measured both ways below

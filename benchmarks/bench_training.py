@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Time both training steps; return settings, one row per contender and the summary."""
     preset = presets.resolve(args)
     device = harness.resolve_device(getattr(args, "device", "auto"))
+    harness.set_threads(device, getattr(args, "threads", None))
     dtype = harness.resolve_dtype(preset.dtype)
     pipeline = presets.load_pipeline(preset, device)
     harness.apply_unet_options(pipeline.unet, **presets.options(args))

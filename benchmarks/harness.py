@@ -44,6 +44,22 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def set_threads(device: torch.device, threads: int | None) -> int:
+    """Set torch's intra-op threads: ``threads``, or 1 on CPU when None (CUDA: unchanged).
+
+    One thread by default on CPU because on a shared machine OpenMP threads spin-wait for
+    siblings that the OS has descheduled: wall and CPU time then measure the neighbours, and two
+    contenders that do the same work differ by tens of percent from one run to the next.
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    elif device.type == "cpu":
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work (no-op on CPU)."""
     if device.type == "cuda":

@@ -101,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-batches", type=int, default=None, help="sampling calls/epoch")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default on CPU: 1)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
     parser.add_argument("--channels-last", action="store_true", help="channels-last UNet")
     parser.add_argument(
@@ -179,6 +182,7 @@ def describe(preset: Preset, args: argparse.Namespace, device: torch.device) -> 
         "repeats": preset.repeats,
         "warmup": preset.warmup,
         "lora_rank": preset.lora_rank,
+        "threads": torch.get_num_threads(),
         **options(args),
     }
 
