@@ -79,11 +79,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with harness.measure_peak(device) as peak:
             outputs[name] = fn()
         memory[name] = peak
-    # Both did the same work: same image shape; ours also kept the log-probs.
+    # Both did the same work: same images from the same generator (the difference is recorded;
+    # 0 when our noise draws match diffusers'), and ours also kept the log-probs.
     ours_images = torch.as_tensor(outputs["ddpo"].images)
     theirs_images = torch.as_tensor(outputs["diffusers"].images)
     if ours_images.shape != theirs_images.shape:
         raise RuntimeError(f"image shapes differ: {ours_images.shape} vs {theirs_images.shape}")
+    max_image_diff = float((ours_images.float() - theirs_images.float()).abs().max())
     log_probs_shape = tuple(outputs["ddpo"].log_probs.shape)
     if log_probs_shape != (preset.sample_batch_size, preset.num_steps):
         raise RuntimeError(f"log_probs shape {log_probs_shape} unexpected")
@@ -124,6 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "overhead_pct_cpu_time": 100.0 * (ratios["cpu_median"] - 1.0),
         "target_overhead_pct": 5.0,
         "ddpo_images_per_s": rows[0]["images_per_s"],
+        "max_abs_image_diff": max_image_diff,
         "diffusers_images_per_s": rows[1]["images_per_s"],
     }
     if peak_flops is not None:
