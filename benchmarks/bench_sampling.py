@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     harness.set_threads(device, getattr(args, "threads", None))
     dtype = harness.resolve_dtype(preset.dtype)
     pipeline = presets.load_pipeline(preset, device)
-    harness.apply_unet_options(pipeline.unet, **presets.options(args))
+    options = presets.options(args)
+    compile_unet = options.pop("compile")
+    harness.apply_unet_options(pipeline.unet, **options)
     pipeline.unet.eval()
     stock = stock_pipeline(pipeline)
     batch_prompts = presets.prompts(preset.sample_batch_size)
@@ -71,6 +73,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return stock(batch_prompts, generator=generator(), **common)
 
     contenders = {"ddpo": ours, "diffusers": theirs}
+    # FLOPs are counted on the eager module (compiling does not change the model's FLOPs, and
+    # FlopCounterMode does not see inside compiled graphs); then compile if asked.
+    flops: dict[str, int] = {}
+    if not getattr(args, "no_mfu", False):
+        flops = {name: harness.count_flops(fn) for name, fn in contenders.items()}
+    if compile_unet:
+        harness.apply_unet_options(pipeline.unet, compile=True)
     timings = harness.time_interleaved(
         contenders, device, repeats=preset.repeats, warmup=preset.warmup
     )
@@ -91,12 +100,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise RuntimeError(f"log_probs shape {log_probs_shape} unexpected")
     del outputs
 
-    flops: dict[str, int] = {}
     peak_flops = None
-    if not getattr(args, "no_mfu", False):
-        flops = {name: harness.count_flops(fn) for name, fn in contenders.items()}
-        if device.type == "cuda":
-            peak_flops = harness.matmul_peak_flops(device, dtype)
+    if flops and device.type == "cuda":
+        peak_flops = harness.matmul_peak_flops(device, dtype)
 
     rows = []
     for name in contenders:

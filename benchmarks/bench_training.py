@@ -41,7 +41,6 @@ def training_inputs(
     channels = unet.config.in_channels
     side = unet.config.sample_size
     generator = torch.Generator(device="cpu").manual_seed(0)
-    param = next(unet.parameters())
     latents = torch.randn(batch_size, channels, side, side, generator=generator)
     next_latents = latents + 0.1 * torch.randn(latents.shape, generator=generator)
     picks = torch.randint(0, num_steps, (batch_size,), generator=generator)
@@ -50,8 +49,9 @@ def training_inputs(
         prompt_embeds = pipeline.encode_prompt(presets.prompts(batch_size))
         negative_embeds = pipeline.encode_prompt([""] * batch_size)
     return {
-        "latents": latents.to(device=device, dtype=param.dtype),
-        "next_latents": next_latents.to(device=device, dtype=param.dtype),
+        # float32 like the trajectories the pipeline returns and the trainer stores
+        "latents": latents.to(device),
+        "next_latents": next_latents.to(device),
         "timesteps": timesteps,
         "prompt_embeds": prompt_embeds.to(device),
         "negative_prompt_embeds": negative_embeds.to(device),
@@ -133,7 +133,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     harness.set_threads(device, getattr(args, "threads", None))
     dtype = harness.resolve_dtype(preset.dtype)
     pipeline = presets.load_pipeline(preset, device)
-    harness.apply_unet_options(pipeline.unet, **presets.options(args))
+    options = presets.options(args)
+    compile_unet = options.pop("compile")
+    harness.apply_unet_options(pipeline.unet, **options)
     inputs = training_inputs(pipeline, preset.train_batch_size, preset.num_steps, device)
     contenders = make_steps(
         pipeline,
@@ -143,6 +145,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         device=device,
         dtype=dtype,
     )
+    # FLOPs are counted on the eager module (compiling does not change the model's FLOPs, and
+    # FlopCounterMode does not see inside compiled graphs); then compile if asked.
+    flops: dict[str, int] = {}
+    if not getattr(args, "no_mfu", False):
+        flops = {name: harness.count_flops(fn) for name, fn in contenders.items()}
+    if compile_unet:
+        harness.apply_unet_options(pipeline.unet, compile=True)
     timings = harness.time_interleaved(
         contenders, device, repeats=preset.repeats, warmup=preset.warmup
     )
@@ -151,12 +160,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with harness.measure_peak(device) as peak:
             fn()
         memory[name] = peak
-    flops: dict[str, int] = {}
     peak_flops = None
-    if not getattr(args, "no_mfu", False):
-        flops = {name: harness.count_flops(fn) for name, fn in contenders.items()}
-        if device.type == "cuda":
-            peak_flops = harness.matmul_peak_flops(device, dtype)
+    if flops and device.type == "cuda":
+        peak_flops = harness.matmul_peak_flops(device, dtype)
 
     batch = preset.train_batch_size
     rows = []
