@@ -113,3 +113,27 @@ def test_flops_budget_adds_up(results: dict[str, dict[str, Any]]) -> None:
         values["unet_fwd_bwd_gflop_per_sample_guided"]
         > values["unet_forward_gflop_per_sample_guided"]
     )
+
+
+def test_composed_epoch_reports_time_and_memory_per_phase(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--device",
+        "cpu",
+        "--only",
+        "epoch",
+        "--epoch-mode",
+        "composed",
+        "--out",
+        str(tmp_path),
+        *SMALLEST,
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "epoch.json").read_text())
+    assert result["summary"]["mode"] == "composed"
+    rows = {row["phase"]: row for row in result["rows"]}
+    for phase in ("encode_prompts", "sampling", "reward", "advantages", "training"):
+        assert _positive(rows[phase]["seconds"]), rows[phase]
+        assert _positive(rows[phase]["peak_mib"]), rows[phase]
