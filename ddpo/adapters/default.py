@@ -534,7 +534,9 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         return out
 
     def _write_lora(self, unet: nn.Module, out: Path) -> None:
-        metadata = {"r": self.lora_rank, "lora_alpha": self.lora_alpha}
+        # the adapter's full LoRA config, so that diffusers' loader rebuilds the same adapter
+        config: Any = unet.peft_config
+        metadata: dict[str, Any] = config["default"].to_dict()
         StableDiffusionPipeline.save_lora_weights(
             save_directory=out,
             unet_lora_layers=_lora_state_dict_diffusers(unet),
