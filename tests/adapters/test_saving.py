@@ -222,3 +222,39 @@ def test_use_the_fine_tuned_model_readme_flow(
             assert saved.size == (64, 64)
             pixels = np.asarray(saved.convert("RGB")).reshape(-1, 3)
         assert len(np.unique(pixels, axis=0)) > 10  # an image, not a blank
+
+
+def test_lora_trained_elsewhere_with_other_targets_loads(tiny_path: Path, tmp_path: Path) -> None:
+    """LoRA weights saved by stock diffusers (rank 2 on to_q/to_v only) load with their config."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    from ddpo.adapters.registry import write_base_model
+
+    stock = _stock(tiny_path)
+    config = LoraConfig(r=2, lora_alpha=3, target_modules=["to_q", "to_v"])
+    stock.unet.add_adapter(config)
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for name, param in sorted(stock.unet.named_parameters()):
+            if "lora_" in name:
+                param.copy_(0.1 * torch.randn(param.shape, generator=gen))
+    expected = stock(PROMPTS, generator=torch.Generator().manual_seed(0), **KWARGS).images
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(stock.unet))
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=layers, unet_lora_adapter_metadata=config.to_dict()
+    )
+    write_base_model(tmp_path, str(tiny_path), "main")
+    ours = DefaultDDPOStableDiffusionPipeline(tmp_path)
+    ours.set_progress_bar_config(disable=True)
+    assert (ours.lora_rank, ours.lora_alpha) == (2, 3.0)
+    assert all(".to_q." in n or ".to_v." in n for n in ours.trainable_parameters())
+    torch.testing.assert_close(_images(ours), expected, atol=1e-5, rtol=0)
+
+
+def test_lora_folder_without_a_base_is_an_error(tuned_lora_pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tuned_lora_pipeline.save_lora_weights(tmp_path / "lora")
+    (folder / "ddpo_base_model.json").unlink()
+    with pytest.raises(ValueError, match=r"no model_index\.json nor ddpo_base_model\.json"):
+        DefaultDDPOStableDiffusionPipeline(folder)
