@@ -330,19 +330,6 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
 
     # ---- sampling ------------------------------------------------------------------------
 
-    def encode_prompt(self, prompts: Any) -> PromptEmbeds:
-        texts = check_prompts(prompts, name="prompts")
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
-        with torch.no_grad():
-            embeds: Tensor = self.text_encoder(ids)[0]
-        return embeds
-
     def scheduler_step(
         self,
         model_output: Latents,
@@ -443,6 +430,15 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         batch = n_prompts * num_images_per_prompt
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"generator list has {len(generator)} entries for {batch} images")
+        channels = int(self._sd.unet.config.in_channels)
+        shape = (batch, channels, height // scale, width // scale)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] != n_prompts:
+            raise ValueError(
+                f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} rows for "
+                f"{n_prompts} prompts"
+            )
         do_guidance = guidance_scale > 1.0
         device = self.device
 
@@ -467,12 +463,11 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
 
             # 3. Timesteps and initial noise x_T (drawn as diffusers draws it).
             self.scheduler.set_timesteps(num_inference_steps, device=device)
-            channels = int(self._sd.unet.config.in_channels)
-            shape = (batch, channels, height // scale, width // scale)
             if latents is None:
-                latents = randn_tensor(shape, generator=generator, device=device)
-            elif tuple(latents.shape) != shape:
-                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+                # drawn in the text encoder's dtype, as diffusers does, then kept in float32
+                latents = randn_tensor(
+                    shape, generator=generator, device=device, dtype=prompt_embeds.dtype
+                )
             x_t = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
 
             # 4. Denoise, keeping every latent and log-prob.
