@@ -276,6 +276,11 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         return pipe
 
     @property
+    def sd_pipeline(self) -> StableDiffusionPipeline:
+        """The wrapped diffusers pipeline under TRL's attribute name."""
+        return self.pipeline
+
+    @property
     def unet(self) -> nn.Module:
         unet: nn.Module = self._sd.unet
         return unet

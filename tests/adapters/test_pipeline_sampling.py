@@ -195,6 +195,7 @@ def test_device_argument_and_to(tiny_path) -> None:  # type: ignore[no-untyped-d
     assert pipe.device == torch.device("cpu")
     assert pipe.to("cpu") is pipe
     assert pipe.pipeline.unet is pipe.unet
+    assert pipe.sd_pipeline is pipe.pipeline  # TRL's attribute name
 
 
 @pytest.mark.gpu
