@@ -619,7 +619,7 @@ class DDPOTrainer:
         local = torch.tensor(
             [float(np.mean([m[k] for m in window])) for k in keys],
             device=self.accelerator.device,
-            dtype=torch.float64,
+            dtype=torch.float32,
         )
         reduced = self.accelerator.reduce(local, reduction="mean")
         return {k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)}

@@ -10,11 +10,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
 
 from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+from ddpo.trainer.trainer import PromptRNG
 
 MODEL = "ddpo-tiny-random"
 PROMPTS = ("a red circle", "a blue square", "a green star")
@@ -256,6 +258,29 @@ def _expect_reward_error(
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_prompt_rng_is_isolated_and_round_trips() -> None:
+    rng = PromptRNG.seeded(7)
+    with rng.active():
+        first = [random.random(), float(np.random.rand())]
+    random.random()  # other code drawing from the global RNGs in between ...
+    np.random.rand()
+    restored = PromptRNG.from_json(json.loads(json.dumps(rng.to_json())))
+    with rng.active():
+        second = [random.random(), float(np.random.rand())]
+    with restored.active():
+        again = [random.random(), float(np.random.rand())]
+    reference = PromptRNG.seeded(7)
+    with reference.active():
+        expected = [
+            random.random(),
+            float(np.random.rand()),
+            random.random(),
+            float(np.random.rand()),
+        ]
+    assert first + second == expected  # ... does not shift the prompt stream
+    assert again == second
+
+
 def test_errors_before_any_model_work(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     config = tiny_config(tmp_path / "run", resume_from=str(missing))
@@ -385,6 +410,10 @@ def test_two_processes_keep_identical_weights(tmp_path: Path, pipeline_factory: 
     assert all(torch.equal(init0[k], init1[k]) for k in init0)  # ... from rank 0's weights
     assert all(torch.equal(final0[k], final1[k]) for k in final0)  # and stayed identical
     assert any(not torch.equal(init0[k], final0[k]) for k in init0)
+    # The checkpoint holds every rank's RNG states next to the shared weights and optimizer.
+    names = {p.name for p in (tmp_path / "run" / "checkpoints" / "checkpoint_1").iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl", "prompt_rng_0.json"} <= names
+    assert {"prompt_rng_1.json", "trainable_weights.safetensors", "optimizer.bin"} <= names
     # Control: training through the unwrapped UNet (TRL's bug) lets the ranks diverge.
     unsynced0, unsynced1 = load("unsynced0.st"), load("unsynced1.st")
     assert any(not torch.equal(unsynced0[k], unsynced1[k]) for k in unsynced0)
