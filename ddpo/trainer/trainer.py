@@ -157,7 +157,8 @@ class DDPOTrainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
 
-        # 4. Seeds (the global RNGs feed the prompt function) and TF32.
+        # 4. Seed the global RNGs (per process; e.g. for randomness inside reward functions),
+        #    and TF32.
         set_seed(config.seed, device_specific=True)
         if torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
@@ -179,7 +180,6 @@ class DDPOTrainer:
 
         # 6. Optimizer over the trainable parameters; prepare the UNet itself (DDP-wrapped
         #    when distributed) so that the training forward pass all-reduces gradients.
-        self.trainable_names = self._trainable_names()
         params = [p for _, p in self._trainable_named_parameters()]
         optimizer = self._make_optimizer(params)
         self.unet, self.optimizer = self.accelerator.prepare(sd_pipeline.unet, optimizer)
@@ -636,9 +636,6 @@ class DDPOTrainer:
                 "grad; nothing to train"
             )
         return named
-
-    def _trainable_names(self) -> list[str]:
-        return [n for n, _ in self._trainable_named_parameters()]
 
     def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         config = self.config
