@@ -419,3 +419,19 @@ def test_two_processes_keep_identical_weights(tmp_path: Path, pipeline_factory: 
     # Control: training through the unwrapped UNet (TRL's bug) lets the ranks diverge.
     unsynced0, unsynced1 = load("unsynced0.st"), load("unsynced1.st")
     assert any(not torch.equal(unsynced0[k], unsynced1[k]) for k in unsynced0)
+
+
+def test_push_to_hub_failure_keeps_everything_local(
+    tmp_path: Path, pipeline_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    config = tiny_config(tmp_path / "run", push_to_hub=True, hub_model_id="someone/tiny-ddpo")
+    trainer = DDPOTrainer(config, brightness, pick_prompt, pipeline_factory())
+    with pytest.raises(RuntimeError, match=r"push_to_hub to 'someone/tiny-ddpo' failed .* saved"):
+        trainer.train()
+    trainer.close()
+    final = tmp_path / "run" / "final"
+    assert (final / "model_index.json").is_file()
+    assert len(read_metrics(tmp_path / "run")) == 1
