@@ -22,6 +22,8 @@ _LAZY: dict[str, str] = {
     "DefaultDDPOStableDiffusionPipeline": "ddpo.adapters",
     "DDPOPipelineOutput": "ddpo.adapters",
     "DDPOSchedulerOutput": "ddpo.adapters",
+    "DDPOConfig": "ddpo.trainer.config",
+    "DDPOTrainer": "ddpo.trainer.trainer",
 }
 
 
