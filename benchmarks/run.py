@@ -102,12 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 140)
     args.out.mkdir(parents=True, exist_ok=True)
     names = available()
+    failed = []
     for name in args.only:
         start = time.perf_counter()
         bench_args = argparse.Namespace(**vars(args))
         if name == "core":
             bench_args.preset = CORE_PRESET[args.preset]
-        result = load(name, names[name]).run(bench_args)
+        try:
+            result = load(name, names[name]).run(bench_args)
+        except Exception:  # one broken benchmark should not hide the others' results
+            console.print_exception()
+            failed.append(name)
+            continue
         result["meta"] = {
             "benchmark": name,
             "preset": args.preset,
@@ -121,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"{name}.json"
         path.write_text(json.dumps(result, indent=2, default=str) + "\n")
         console.print(f"  wrote {path} ({result['meta']['seconds']} s)")
-    return 0
+    if failed:
+        console.print(f"[red]failed: {', '.join(failed)}[/red]")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

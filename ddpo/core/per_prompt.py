@@ -173,9 +173,9 @@ class PerPromptStatTracker:
         advantages, self.state = update_per_prompt_stats(self.state, prompts, rewards)
         return advantages
 
-    def get_stats(self) -> dict[str, dict[str, float]]:
+    def get_stats(self) -> dict[str, dict[str, float | int]]:
         """Per prompt: the ``mean``, population ``std`` and ``count`` of its buffer."""
-        stats: dict[str, dict[str, float]] = {}
+        stats: dict[str, dict[str, float | int]] = {}
         for prompt, buffer in self.state.buffers:
             mean, std = _mean_std(buffer)
             stats[prompt] = {"mean": mean, "std": std, "count": len(buffer)}

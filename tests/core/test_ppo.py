@@ -197,3 +197,17 @@ def test_score_function_gradient_equals_ppo_gradient_at_ratio_one() -> None:
 def test_score_function_loss_shapes_must_agree() -> None:
     with pytest.raises(TYPE_ERRORS):
         score_function_loss(torch.zeros(3), torch.zeros(2))
+
+
+def test_gradcheck_float64() -> None:
+    """PPO and score-function losses w.r.t. log-probs, ratios away from the clip kinks."""
+    g = torch.Generator().manual_seed(4)
+    old = torch.randn(6, generator=g, dtype=torch.float64)
+    # ratios exp(+-0.05), exp(+-0.3): inside and outside a 0.1 clip range, none on its edge
+    offsets = torch.tensor([0.05, -0.05, 0.3, -0.3, 0.3, -0.3], dtype=torch.float64)
+    log_prob = (old + offsets).requires_grad_(True)
+    adv = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda lp: ppo_clip_loss(lp, old, adv, clip_range=0.1).loss, (log_prob,)
+    )
+    assert torch.autograd.gradcheck(lambda lp: score_function_loss(lp, adv), (log_prob,))
