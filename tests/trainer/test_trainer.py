@@ -435,3 +435,23 @@ def test_push_to_hub_failure_keeps_everything_local(
     final = tmp_path / "run" / "final"
     assert (final / "model_index.json").is_file()
     assert len(read_metrics(tmp_path / "run")) == 1
+
+
+def test_non_finite_gradients_never_reach_the_optimizer(
+    tmp_path: Path, pipeline_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = pipeline_factory()
+    score = pipeline.score_transitions
+
+    def poisoned(*args: Any, **kwargs: Any) -> Any:
+        out = score(*args, **kwargs)
+        return out._replace(log_prob=out.log_prob * float("nan"))
+
+    monkeypatch.setattr(pipeline, "score_transitions", poisoned)
+    trainer = DDPOTrainer(tiny_config(tmp_path / "run"), brightness, pick_prompt, pipeline)
+    before = trainer.trainable_state_dict()
+    with pytest.raises(FloatingPointError, match="gradient norm is nan"):
+        trainer.train()
+    trainer.close()
+    after = trainer.trainable_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
