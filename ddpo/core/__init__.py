@@ -1,14 +1,46 @@
 """DDPO's math as pure, shape-annotated tensor functions.
 
+- policy: :func:`ddim_step_with_logprob` (``ddim``), :func:`classifier_free_guidance`
+  (``guidance``), :func:`gaussian_kl` to a reference policy (``kl``);
+- losses: :func:`ppo_clip_loss` (DDPO_IS) and :func:`score_function_loss` (DDPO_SF) (``ppo``);
+- advantages: :func:`normalize_advantages`, :func:`group_normalize_advantages`,
+  :func:`clip_advantages` (``advantages``), and per-prompt statistics with history,
+  :func:`init_per_prompt_stats` / :func:`update_per_prompt_stats` or
+  :class:`PerPromptStatTracker` (``per_prompt``);
+- training steps: :func:`subsample_timesteps` (``timesteps``).
+
 Imports only torch, jaxtyping and the standard library (``tests/test_layering.py`` enforces it).
+Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPECHECK=1``.
 """
 
+from ddpo.core.advantages import clip_advantages, group_normalize_advantages, normalize_advantages
 from ddpo.core.ddim import DDIMStepOutput, PredictionType, ddim_step_with_logprob
 from ddpo.core.guidance import classifier_free_guidance
+from ddpo.core.kl import gaussian_kl
+from ddpo.core.per_prompt import (
+    PerPromptStatState,
+    PerPromptStatTracker,
+    init_per_prompt_stats,
+    update_per_prompt_stats,
+)
+from ddpo.core.ppo import PPOLossOutput, ppo_clip_loss, score_function_loss
+from ddpo.core.timesteps import subsample_timesteps
 
 __all__ = [
     "DDIMStepOutput",
+    "PPOLossOutput",
+    "PerPromptStatState",
+    "PerPromptStatTracker",
     "PredictionType",
     "classifier_free_guidance",
+    "clip_advantages",
     "ddim_step_with_logprob",
+    "gaussian_kl",
+    "group_normalize_advantages",
+    "init_per_prompt_stats",
+    "normalize_advantages",
+    "ppo_clip_loss",
+    "score_function_loss",
+    "subsample_timesteps",
+    "update_per_prompt_stats",
 ]
