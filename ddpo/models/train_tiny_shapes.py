@@ -62,6 +62,9 @@ class TrainSettings:
     warmup_steps: int = 100
     log_every: int = 50
     save_every: int = 200
+    # continue training the UNet and text encoder of this pipeline folder ("" = from scratch);
+    # its VAE (and scaling factor) is kept and the VAE phase skipped
+    init_from: str = ""
 
 
 def _lr_lambda(total: int, warmup: int) -> Any:
@@ -121,12 +124,10 @@ def build_components(settings: TrainSettings, tokenizer_dir: Path) -> dict[str, 
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    text_encoder = CLIPTextModel(text_config)
+    text_encoder: Any = CLIPTextModel(text_config)
     # word identity must dominate the (random, jointly trained) encoder's output from the start
     with torch.no_grad():
-        text_encoder.get_input_embeddings().weight.normal_(
-            std=settings.token_embedding_std
-        )
+        text_encoder.get_input_embeddings().weight.normal_(std=settings.token_embedding_std)
     schedule = {
         "num_train_timesteps": 1000,
         "beta_start": 0.00085,
@@ -209,8 +210,11 @@ def train_unet(
     noise_scheduler = components["noise_scheduler"]
     _log("encoding the UNet training set")
     means, stds, captions = encode_dataset(vae, settings)
-    scaling_factor = float(1.0 / (means + stds * torch.randn_like(stds)).std())
-    vae.register_to_config(scaling_factor=scaling_factor)
+    if settings.init_from:
+        scaling_factor = float(vae.config.scaling_factor)
+    else:
+        scaling_factor = float(1.0 / (means + stds * torch.randn_like(stds)).std())
+        vae.register_to_config(scaling_factor=scaling_factor)
     _log(f"latents {tuple(means.shape)}, scaling_factor {scaling_factor:.4f}")
     ids = tokenizer(
         [*captions, ""],
@@ -315,13 +319,21 @@ def train(settings: TrainSettings, out: str | Path) -> Path:
     )
     torch.manual_seed(settings.seed)
     components = build_components(settings, tokenizer_dir)
+    if settings.init_from:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        source = Path(settings.init_from)
+        components["vae"] = AutoencoderKL.from_pretrained(source / "vae")
+        components["unet"] = UNet2DConditionModel.from_pretrained(source / "unet")
+        components["text_encoder"] = CLIPTextModel.from_pretrained(source / "text_encoder")
     counts = {
         k: sum(p.numel() for p in components[k].parameters())
         for k in ("vae", "unet", "text_encoder")
     }
     _log(f"parameters: {counts}")
     torch.manual_seed(settings.seed + 1)  # the global RNG draws the VAE's posterior samples
-    vae_history = train_vae(components["vae"], settings)
+    vae_history = [] if settings.init_from else train_vae(components["vae"], settings)
     vae_seconds = time.perf_counter() - start
     components["vae"].requires_grad_(False)
     components["unet"], unet_history = train_unet(components, settings, out)
