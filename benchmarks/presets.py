@@ -15,7 +15,6 @@ Presets:
 
 import argparse
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -280,28 +279,13 @@ def sd15_path(cache_dir: str | Path | None = None) -> Path:
     Written to a temporary sibling and renamed into place, so a half-written model is never seen.
     About 4 GB on disk (float32 weights); building takes a minute or so on a CPU.
     """
-    from diffusers import StableDiffusionPipeline
+    from ddpo.adapters.tiny import build_pipeline_folder
 
     root = Path(cache_dir) if cache_dir is not None else _cache_dir()
-    target = root / SD15_FORMAT
-    if (target / "model_index.json").is_file():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        with tempfile.TemporaryDirectory() as tokenizer_dir:
-            components = sd15_components(tokenizer_dir=tokenizer_dir)
-            StableDiffusionPipeline(**components).save_pretrained(staging, safe_serialization=True)
-        del components
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    with tempfile.TemporaryDirectory() as tokenizer_dir:
+        return build_pipeline_folder(
+            root / SD15_FORMAT, lambda: sd15_components(tokenizer_dir=tokenizer_dir)
+        )
 
 
 def model_location(preset: Preset) -> str:

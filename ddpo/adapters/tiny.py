@@ -10,6 +10,7 @@ Nothing is downloaded.
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,14 +185,26 @@ def tiny_pipeline_path(cache_dir: str | Path | None = None, *, seed: int = 0) ->
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = root / f"{TINY_MODEL_NAME}-v{_FORMAT_VERSION}-seed{seed}"
+    return build_pipeline_folder(target, lambda: tiny_model_components(seed))
+
+
+def build_pipeline_folder(target: Path, make_components: Callable[[], dict[str, Any]]) -> Path:
+    """Save ``StableDiffusionPipeline(**make_components())`` to ``target`` unless it is there.
+
+    The folder is written into a temporary sibling and renamed into place, so concurrent
+    processes never see a half-written model; the loser of a race discards its copy.
+
+    Returns:
+        ``target``, a folder that ``StableDiffusionPipeline.from_pretrained`` loads.
+    """
     if (target / "model_index.json").is_file():
         return target
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        components = tiny_model_components(seed)
-        pipeline: Any = StableDiffusionPipeline(**components)
+        pipeline: Any = StableDiffusionPipeline(**make_components())
         pipeline.save_pretrained(staging, safe_serialization=True)
+        del pipeline
         try:
             staging.rename(target)
         except OSError:
@@ -207,6 +220,7 @@ __all__ = [
     "TINY_MODEL_NAME",
     "TINY_WORDS",
     "TinyModelConfig",
+    "build_pipeline_folder",
     "default_cache_dir",
     "tiny_model_components",
     "tiny_pipeline_path",
