@@ -16,6 +16,7 @@ One epoch, in the order of the algorithm (Black et al. 2023, Algorithm 1):
 5. log (trackers and ``<output_dir>/metrics.jsonl``), then checkpoint every ``save_freq`` epochs.
 """
 
+import functools
 import json
 import logging
 import numbers
@@ -577,18 +578,18 @@ class DDPOTrainer:
     ) -> dict[str, torch.Tensor]:
         config = self.config
         pipeline = self.sd_pipeline
-        negative = batch["negative_prompt_embeds"] if train_cfg else None
+        score = functools.partial(
+            pipeline.score_transitions,
+            batch["latents"][:, j],
+            batch["next_latents"][:, j],
+            batch["timesteps"][:, j],
+            batch["prompt_embeds"],
+            batch["negative_prompt_embeds"] if train_cfg else None,
+            guidance_scale=guidance_scale,
+            eta=config.sample_eta,
+        )
         with self.accelerator.autocast():
-            out = pipeline.score_transitions(
-                batch["latents"][:, j],
-                batch["next_latents"][:, j],
-                batch["timesteps"][:, j],
-                batch["prompt_embeds"],
-                negative,
-                guidance_scale=guidance_scale,
-                eta=config.sample_eta,
-                unet=self.unet,
-            )
+            out = score(unet=self.unet)
         log_prob = out.log_prob.float()
         old_log_prob = batch["log_probs"][:, j]
         advantages = batch["advantages"]
@@ -598,15 +599,7 @@ class DDPOTrainer:
         metrics = {"approx_kl": ppo.approx_kl, "clip_fraction": ppo.clip_fraction}
         if config.kl_coef > 0:
             with torch.no_grad(), pipeline.reference_policy(), self.accelerator.autocast():
-                ref = pipeline.score_transitions(
-                    batch["latents"][:, j],
-                    batch["next_latents"][:, j],
-                    batch["timesteps"][:, j],
-                    batch["prompt_embeds"],
-                    negative,
-                    guidance_scale=guidance_scale,
-                    eta=config.sample_eta,
-                )
+                ref = score()
             kl = gaussian_kl(out.mean.float(), ref.mean.float(), out.std_dev.float()).mean()
             loss = loss + config.kl_coef * kl
             metrics["kl"] = kl.detach()
