@@ -150,7 +150,7 @@ class AestheticScorer(nn.Module):
 
         try:
             clip = CLIPModel.from_pretrained(
-                clip_model_name_or_path, revision=revision, token=token
+                clip_model_name_or_path, revision=revision or "main", token=token
             )
         except Exception as exc:
             raise OSError(
