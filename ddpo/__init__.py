@@ -17,7 +17,10 @@ if os.environ.get("DDPO_TYPECHECK", "").strip().lower() in ("1", "true", "yes", 
 __version__ = "0.1.0.dev0"
 
 # Public names resolved lazily, so that `import ddpo.core` stays free of diffusers.
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "DDPOConfig": "ddpo.trainer.config",
+    "DDPOTrainer": "ddpo.trainer.trainer",
+}
 
 
 def __getattr__(name: str) -> Any:

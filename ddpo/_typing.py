@@ -17,6 +17,13 @@ PerSample = Float[Tensor, " batch"]
 PerSampleBool = Bool[Tensor, " batch"]
 """One flag per sample, ``(batch,)``."""
 
+PerSampleInt = Int[Tensor, " batch"]
+"""One integer per sample, ``(batch,)`` (e.g. a group id)."""
+
+AnyBatch = Float[Tensor, "*batch"]
+"""Floats of any shape, the same for every argument annotated with it (e.g. per-sample log-probs
+``(batch,)`` or per-sample-and-step ``(batch, steps)``)."""
+
 Scalar = Float[Tensor, ""]
 """A zero-dimensional float tensor."""
 
@@ -30,9 +37,11 @@ PromptEmbeds = Float[Tensor, "batch tokens dim"]
 """Text-encoder hidden states, ``(batch, tokens, dim)``."""
 
 __all__ = [
+    "AnyBatch",
     "Latents",
     "PerSample",
     "PerSampleBool",
+    "PerSampleInt",
     "PromptEmbeds",
     "Scalar",
     "StepIndices",

@@ -5,7 +5,7 @@ from jaxtyping import Shaped
 from torch import Tensor
 
 
-def per_sample(values: Shaped[Tensor, " batch"], like: Shaped[Tensor, "batch *rest"]) -> Tensor:
+def per_sample(values: Shaped[Tensor, " batch"], like: Shaped[Tensor, "batch ..."]) -> Tensor:
     """Reshape ``values`` of shape ``(batch,)`` to ``(batch, 1, ..., 1)`` matching ``like``'s rank.
 
     Raises:

@@ -3,7 +3,6 @@
 import math
 from typing import Literal, NamedTuple
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -92,9 +91,7 @@ def ddim_step_with_logprob(
             f"prediction_type must be one of {_PREDICTION_TYPES}, got {prediction_type!r}"
         )
     if log_prob_reduction not in ("mean", "sum"):
-        raise ValueError(
-            f"log_prob_reduction must be 'mean' or 'sum', got {log_prob_reduction!r}"
-        )
+        raise ValueError(f"log_prob_reduction must be 'mean' or 'sum', got {log_prob_reduction!r}")
     if (noise is None) == (prev_sample is None):
         raise ValueError(
             "give exactly one of noise (sampling) and prev_sample (scoring); got "
@@ -134,11 +131,14 @@ def ddim_step_with_logprob(
     direction = (1 - a_prev - std_dev_t**2).sqrt() * pred_epsilon
     mean = a_prev.sqrt() * pred_original_sample + direction
 
-    # 5. Sample, or take the stored transition.
+    # 5. Sample, or take the stored transition. A sample is rounded to the caller's dtype first,
+    #    so that its log-density is that of the x_{t-1} returned (and later re-scored).
     if noise is not None:
-        x_prev = mean + std_dev_t * noise.to(dtype)
+        x_prev_out = (mean + std_dev_t * noise.to(dtype)).to(sample.dtype)
+        x_prev = x_prev_out.to(dtype)
     else:
         assert prev_sample is not None
+        x_prev_out = prev_sample.to(sample.dtype)
         x_prev = prev_sample.to(dtype)
 
     # 6. Gaussian log-density at the detached x_{t-1}, reduced over non-batch dims.
@@ -150,7 +150,7 @@ def ddim_step_with_logprob(
 
     std_per_sample: Float[Tensor, " batch"] = std_dev_t.reshape(std_dev_t.shape[0])
     return DDIMStepOutput(
-        prev_sample=x_prev.to(sample.dtype),
+        prev_sample=x_prev_out,
         log_prob=log_prob,
         mean=mean,
         std_dev=std_per_sample,

@@ -1,0 +1,46 @@
+"""Choosing which denoising steps of each trajectory to train on."""
+
+import torch
+
+from ddpo._typing import StepIndices
+
+
+def subsample_timesteps(permutation: StepIndices, *, timestep_fraction: float = 1.0) -> StepIndices:
+    """The first ``int(steps * timestep_fraction)`` entries of each sample's step permutation.
+
+    The reference trains each sample on a random subset of its denoising steps: it shuffles the
+    steps of every trajectory independently and keeps a fraction of them (Black et al., 2023,
+    arXiv 2305.13301, Appendix; ``train.timestep_fraction``). Randomness comes in as data: pass
+    e.g. ``torch.stack([torch.randperm(steps, generator=g) for _ in range(batch)])``.
+
+    Args:
+        permutation: a permutation of ``0..steps-1`` per sample, ``(batch, steps)``, integers.
+        timestep_fraction: the fraction of steps to keep, in ``(0, 1]`` (reference: 1.0).
+
+    Returns:
+        Step indices ``(batch, int(steps * timestep_fraction))``, a view of ``permutation``.
+
+    Raises:
+        ValueError: if ``timestep_fraction`` is not in ``(0, 1]``, keeps no step, or a row of
+            ``permutation`` is not a permutation of ``0..steps-1``.
+    """
+    if not 0 < timestep_fraction <= 1:
+        raise ValueError(
+            f"timestep_fraction must be in (0, 1], got timestep_fraction={timestep_fraction!r}"
+        )
+    steps = permutation.shape[1]
+    num_train = int(steps * timestep_fraction)
+    if num_train < 1:
+        raise ValueError(
+            f"timestep_fraction={timestep_fraction!r} keeps int({steps} * {timestep_fraction!r})"
+            " = 0 of the steps; it must keep at least one"
+        )
+    # 1. Every row must be a permutation of 0..steps-1 (sorted, it is arange(steps)).
+    expected = torch.arange(steps, device=permutation.device, dtype=permutation.dtype)
+    if not bool((permutation.sort(dim=1).values == expected).all()):
+        raise ValueError(
+            f"permutation must hold a permutation of 0..{steps - 1} in every row, got "
+            f"{permutation.tolist() if permutation.numel() <= 64 else 'other values'}"
+        )
+    # 2. Keep the first num_train of each.
+    return permutation[:, :num_train]
