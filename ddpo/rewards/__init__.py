@@ -4,6 +4,7 @@
 rewards come back as a ``(batch,)`` tensor. The aesthetic scorer imports transformers lazily.
 """
 
+from ddpo.rewards.brightness import brightness
 from ddpo.rewards.combine import WeightedSumReward, weighted_sum
 from ddpo.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
 
@@ -11,6 +12,7 @@ __all__ = [
     "AestheticScorer",
     "WeightedSumReward",
     "aesthetic_score",
+    "brightness",
     "jpeg_compressibility",
     "jpeg_incompressibility",
     "jpeg_size_kb",
