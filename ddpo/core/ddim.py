@@ -61,7 +61,9 @@ def ddim_step_with_logprob(
 
     Exactly one of ``noise`` (sampling: ``x_{t-1} = mu + sigma_t * noise``) or ``prev_sample``
     (scoring a stored transition) must be given. The log-density is always taken at a detached
-    ``x_{t-1}``, so its gradient flows to ``model_output`` through ``mu`` only.
+    ``x_{t-1}``, so its gradient flows to ``model_output`` through ``mu`` only. A sampled
+    ``x_{t-1}`` is first rounded to ``sample``'s dtype, so that re-scoring the returned
+    ``prev_sample`` (e.g. in bfloat16) reproduces ``log_prob``.
 
     Args:
         model_output: network output ``(batch, channels, height, width)``: epsilon, v or x0.

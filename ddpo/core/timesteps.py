@@ -1,11 +1,15 @@
 """Choosing which denoising steps of each trajectory to train on."""
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from ddpo._typing import StepIndices
 
 
-def subsample_timesteps(permutation: StepIndices, *, timestep_fraction: float = 1.0) -> StepIndices:
+def subsample_timesteps(
+    permutation: StepIndices, *, timestep_fraction: float = 1.0
+) -> Int[Tensor, "batch train_steps"]:
     """The first ``int(steps * timestep_fraction)`` entries of each sample's step permutation.
 
     The reference trains each sample on a random subset of its denoising steps: it shuffles the

@@ -589,14 +589,14 @@ class DDPOTrainer:
                 )
             kl = gaussian_kl(out.mean.float(), ref.mean.float(), out.std_dev.float()).mean()
             loss = loss + config.kl_coef * kl
-            metrics["kl"] = float(kl)
+            metrics["kl"] = float(kl.detach())
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"DDPO loss is {loss.item()} at training timestep slot {j}; refusing to step the "
+                f"DDPO loss is {loss.detach().item()} at training timestep slot {j}; refusing to step the "
                 "optimizer (check the learning rate, mixed_precision and the reward scale)"
             )
         self.accelerator.backward(loss)
-        metrics["loss"] = float(loss)
+        metrics["loss"] = float(loss.detach())
         return metrics
 
     def _reduce_metrics(self, window: list[dict[str, float]]) -> dict[str, float]:

@@ -88,7 +88,13 @@ def test_matches_trl_reference(
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize(
     ("num_inference_steps", "eta", "set_alpha_to_one", "clip_sample"),
-    [(50, 1.0, False, False), (20, 0.5, True, False), (7, 0.3, False, True), (100, 1.0, True, False), (3, 0.8, True, True)],
+    [
+        (50, 1.0, False, False),
+        (20, 0.5, True, False),
+        (7, 0.3, False, True),
+        (100, 1.0, True, False),
+        (3, 0.8, True, True),
+    ],
 )
 def test_matches_diffusers_ddim_step(
     prediction_type: str,
@@ -137,7 +143,9 @@ def test_matches_diffusers_ddim_step(
             eta=eta,
             variance_noise=noise[i : i + 1],
         )
-        torch.testing.assert_close(ours.prev_sample[i : i + 1], ref.prev_sample, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours.prev_sample[i : i + 1], ref.prev_sample, rtol=1e-5, atol=1e-5
+        )
         torch.testing.assert_close(
             ours.pred_original_sample[i : i + 1], ref.pred_original_sample, rtol=1e-5, atol=1e-5
         )
@@ -213,9 +221,7 @@ def test_bfloat16_inputs_agree_with_float32(seed: int, prediction_type: str, eta
     inputs = random_step(seed)
     kw: Any = {"eta": eta, "prediction_type": prediction_type}
     reference = ddim_step_with_logprob(**inputs, **kw)
-    low = {
-        k: v.to(torch.bfloat16) if v.ndim > 1 else v for k, v in inputs.items()
-    }  # latents only
+    low = {k: v.to(torch.bfloat16) if v.ndim > 1 else v for k, v in inputs.items()}  # latents only
     out = ddim_step_with_logprob(**low, **kw)
     assert out.prev_sample.dtype == torch.bfloat16
     assert out.log_prob.dtype == torch.float32 and out.mean.dtype == torch.float32

@@ -1,0 +1,70 @@
+"""The public surface of ddpo.core: names, annotations and keyword-only hyper-parameters."""
+
+import inspect
+import typing
+
+import pytest
+
+import ddpo.core
+
+FUNCTIONS = [name for name in ddpo.core.__all__ if inspect.isfunction(getattr(ddpo.core, name))]
+AGREED = {
+    "ddim_step_with_logprob",
+    "classifier_free_guidance",
+    "ppo_clip_loss",
+    "score_function_loss",
+    "normalize_advantages",
+    "init_per_prompt_stats",
+    "update_per_prompt_stats",
+    "group_normalize_advantages",
+    "clip_advantages",
+    "gaussian_kl",
+    "subsample_timesteps",
+}
+# Hyper-parameters of the agreed interfaces that must be keyword-only.
+KEYWORD_ONLY = {
+    "ddim_step_with_logprob": {"eta", "prediction_type", "noise", "prev_sample"},
+    "ppo_clip_loss": {"clip_range"},
+    "normalize_advantages": {"eps"},
+    "init_per_prompt_stats": {"buffer_size", "min_count"},
+    "group_normalize_advantages": {"std", "eps"},
+    "clip_advantages": {"adv_clip_max"},
+    "gaussian_kl": {"reduction"},
+    "subsample_timesteps": {"timestep_fraction"},
+}
+
+
+def test_agreed_names_are_exported() -> None:
+    assert set(FUNCTIONS) == AGREED
+    for name in ("PerPromptStatTracker", "PerPromptStatState", "PPOLossOutput", "DDIMStepOutput"):
+        assert name in ddpo.core.__all__
+
+
+@pytest.mark.parametrize("name", sorted(AGREED))
+def test_every_parameter_and_return_is_annotated(name: str) -> None:
+    function = inspect.unwrap(getattr(ddpo.core, name))
+    hints = typing.get_type_hints(function)
+    params = inspect.signature(function).parameters
+    assert set(params) <= set(hints), f"{name}: unannotated {set(params) - set(hints)}"
+    assert "return" in hints
+    assert function.__doc__ and "Returns:" in function.__doc__
+
+
+@pytest.mark.parametrize("name", sorted(KEYWORD_ONLY))
+def test_hyper_parameters_are_keyword_only(name: str) -> None:
+    params = inspect.signature(inspect.unwrap(getattr(ddpo.core, name))).parameters
+    for hyper in KEYWORD_ONLY[name]:
+        assert params[hyper].kind is inspect.Parameter.KEYWORD_ONLY, (name, hyper)
+
+
+def test_reference_defaults() -> None:
+    def default(name: str, param: str) -> object:
+        fn = inspect.unwrap(getattr(ddpo.core, name))
+        return inspect.signature(fn).parameters[param].default
+
+    assert default("ppo_clip_loss", "clip_range") == 1e-4
+    assert default("clip_advantages", "adv_clip_max") == 5.0
+    assert default("normalize_advantages", "eps") == 1e-8
+    assert default("init_per_prompt_stats", "buffer_size") == 16
+    assert default("init_per_prompt_stats", "min_count") == 16
+    assert default("subsample_timesteps", "timestep_fraction") == 1.0

@@ -1,0 +1,232 @@
+"""DDPOConfig: TRL's fields and defaults, our fields, validation (fast: no model)."""
+
+import ast
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+import ddpo
+from ddpo import DDPOConfig
+
+# TRL 0.11's DDPOConfig, field -> default (trl/trainer/ddpo_config.py), minus exp_name (derived
+# from sys.argv).
+TRL_DEFAULTS = {
+    "run_name": "",
+    "seed": 0,
+    "log_with": None,
+    "tracker_kwargs": {},
+    "accelerator_kwargs": {},
+    "project_kwargs": {},
+    "tracker_project_name": "trl",
+    "logdir": "logs",
+    "num_epochs": 100,
+    "save_freq": 1,
+    "num_checkpoint_limit": 5,
+    "mixed_precision": "fp16",
+    "allow_tf32": True,
+    "resume_from": "",
+    "sample_num_steps": 50,
+    "sample_eta": 1.0,
+    "sample_guidance_scale": 5.0,
+    "sample_batch_size": 1,
+    "sample_num_batches_per_epoch": 2,
+    "train_batch_size": 1,
+    "train_use_8bit_adam": False,
+    "train_learning_rate": 3e-4,
+    "train_adam_beta1": 0.9,
+    "train_adam_beta2": 0.999,
+    "train_adam_weight_decay": 1e-4,
+    "train_adam_epsilon": 1e-8,
+    "train_gradient_accumulation_steps": 1,
+    "train_max_grad_norm": 1.0,
+    "train_num_inner_epochs": 1,
+    "train_cfg": True,
+    "train_adv_clip_max": 5.0,
+    "train_clip_range": 1e-4,
+    "train_timestep_fraction": 1.0,
+    "per_prompt_stat_tracking": False,
+    "per_prompt_stat_tracking_buffer_size": 16,
+    "per_prompt_stat_tracking_min_count": 16,
+    "async_reward_computation": False,
+    "max_workers": 2,
+    "negative_prompts": "",
+    "push_to_hub": False,
+}
+OURS = {
+    "output_dir": "",
+    "loss_type": "ppo",
+    "advantage_mode": "auto",
+    "kl_coef": 0.0,
+    "gradient_checkpointing": False,
+    "hub_model_id": "",
+}
+# Fields read by the trainer through a config property rather than directly.
+READ_VIA_PROPERTY = {
+    "advantage_mode": "resolved_advantage_mode",
+    "per_prompt_stat_tracking": "resolved_advantage_mode",
+}
+
+
+def test_trl_fields_and_defaults() -> None:
+    config = DDPOConfig()
+    fields = [f.name for f in dataclasses.fields(DDPOConfig)]
+    assert fields[0] == "exp_name"
+    assert fields[1 : 1 + len(TRL_DEFAULTS)] == list(TRL_DEFAULTS)
+    for name, default in (TRL_DEFAULTS | OURS).items():
+        assert getattr(config, name) == default, name
+    assert set(fields) == {"exp_name", *TRL_DEFAULTS, *OURS}
+    assert config.exp_name  # script name, never empty
+
+
+def test_public_import() -> None:
+    assert ddpo.DDPOConfig is DDPOConfig
+    assert ddpo.DDPOTrainer.__name__ == "DDPOTrainer"
+
+
+def test_every_field_is_read_by_the_trainer() -> None:
+    """No decorative field: each is read as an attribute outside config.py."""
+    package = Path(ddpo.__file__).parent
+    read: set[str] = set()
+    for path in package.rglob("*.py"):
+        if path.name == "config.py" and path.parent.name == "trainer":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                read.add(node.attr)
+    config_src = (package / "trainer" / "config.py").read_text()
+    for f in dataclasses.fields(DDPOConfig):
+        if f.name in READ_VIA_PROPERTY:
+            prop = READ_VIA_PROPERTY[f.name]
+            assert prop in read, prop
+            body = config_src[config_src.index(f"def {prop}") :]
+            assert f"self.{f.name}" in body[: body.index("\n    def ")], f.name
+        else:
+            assert f.name in read, f"DDPOConfig.{f.name} is never read"
+
+
+def test_every_field_documented() -> None:
+    src = Path(ddpo.trainer.config.__file__).read_text()
+    for f in dataclasses.fields(DDPOConfig):
+        head = src.index(f"    {f.name}: ")
+        after = src[head:].split("\n", 2)
+        # the next line (or the one after a wrapped default) opens a docstring
+        assert '"""' in after[1] or '"""' in after[2], f.name
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sample_batch_size": 2, "train_batch_size": 4}, "sample_batch_size .2. must be >="),
+        ({"sample_batch_size": 6, "train_batch_size": 4}, "multiple of train_batch_size"),
+        ({"num_epochs": 0}, "num_epochs must be > 0, got 0"),
+        ({"sample_num_steps": -1}, "sample_num_steps must be > 0"),
+        ({"train_batch_size": 0}, "train_batch_size must be > 0"),
+        ({"sample_eta": 0.0}, "sample_eta must be > 0"),
+        ({"train_timestep_fraction": 0.0}, "train_timestep_fraction must be in"),
+        ({"train_timestep_fraction": 1.5}, "train_timestep_fraction must be in"),
+        ({"train_clip_range": 0.0}, "train_clip_range must be > 0"),
+        ({"train_learning_rate": -1.0}, "train_learning_rate must be > 0"),
+        ({"mixed_precision": "fp8"}, "mixed_precision must be one of"),
+        ({"loss_type": "dpo"}, "loss_type must be one of .* got 'dpo'"),
+        ({"advantage_mode": "median"}, "advantage_mode must be one of .* got 'median'"),
+        ({"per_prompt_stat_tracking": True, "advantage_mode": "global"}, "contradicts"),
+        ({"log_with": "mlflow"}, "log_with must be None or one of"),
+        ({"kl_coef": -0.1}, "kl_coef must be >= 0"),
+        ({"train_adam_beta1": 1.0}, "train_adam_beta1 must be in"),
+        ({"save_freq": -1}, "save_freq must be >= 0"),
+        ({"max_workers": 0}, "max_workers must be > 0"),
+        ({"sample_eta": float("nan")}, "sample_eta must be finite"),
+        ({"run_name": "a/b"}, "run_name must be a plain folder name"),
+        ({"accelerator_kwargs": {"mixed_precision": "no"}}, "accelerator_kwargs must not set"),
+        ({"project_kwargs": {"project_dir": "x"}}, "project_kwargs must not set 'project_dir'"),
+        (
+            {"per_prompt_stat_tracking": True, "per_prompt_stat_tracking_min_count": 20},
+            "min_count .20. must be <=",
+        ),
+    ],
+)
+def test_validation_errors_name_field_and_value(kwargs: dict[str, object], match: str) -> None:
+    # Set the fields after construction so that validate() itself is tested (with the jaxtyping
+    # hook on, beartype would reject Literal violations in __init__ first).
+    config = DDPOConfig()
+    for name, value in kwargs.items():
+        setattr(config, name, value)
+    with pytest.raises(ValueError, match=match):
+        config.validate()
+
+
+def test_constructor_validates() -> None:
+    with pytest.raises(ValueError, match="sample_eta must be > 0"):
+        DDPOConfig(sample_eta=-1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"sample_batch_size": 2.0}, "sample_batch_size must be an int, got 2.0"),
+        ({"num_epochs": True}, "num_epochs must be an int"),
+        ({"train_learning_rate": "1e-3"}, "train_learning_rate must be a float"),
+        ({"tracker_kwargs": []}, "tracker_kwargs must be a dict"),
+    ],
+)
+def test_type_errors(kwargs: dict[str, object], match: str) -> None:
+    config = DDPOConfig()
+    for name, value in kwargs.items():
+        setattr(config, name, value)
+    with pytest.raises(TypeError, match=match):
+        config.validate()
+
+
+def test_epoch_divisible_into_optimizer_steps_needs_num_processes() -> None:
+    config = DDPOConfig(
+        sample_batch_size=4,
+        train_batch_size=2,
+        sample_num_batches_per_epoch=1,
+        train_gradient_accumulation_steps=4,
+    )  # fine without the process count: 4 samples per epoch, 8 per optimizer step
+    with pytest.raises(ValueError, match=r"samples per epoch .* multiple of samples per optimizer"):
+        config.validate(num_processes=2)
+
+
+def test_epoch_divisibility_rule() -> None:
+    config = DDPOConfig(
+        sample_batch_size=4,
+        train_batch_size=2,
+        sample_num_batches_per_epoch=1,
+        train_gradient_accumulation_steps=4,
+    )
+    with pytest.raises(ValueError, match=r"= 4\) must be a multiple .* = 8\)"):
+        config.validate(num_processes=1)
+    config.sample_num_batches_per_epoch = 2
+    config.validate(num_processes=1)
+    config.validate(num_processes=4)
+
+
+def test_resolved_advantage_mode_follows_trl_flag() -> None:
+    assert DDPOConfig().resolved_advantage_mode == "global"
+    assert DDPOConfig(per_prompt_stat_tracking=True).resolved_advantage_mode == "per_prompt"
+    assert DDPOConfig(advantage_mode="group").resolved_advantage_mode == "group"
+    assert DDPOConfig(advantage_mode="per_prompt").resolved_advantage_mode == "per_prompt"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes installed"
+)
+def test_8bit_adam_without_bitsandbytes_is_a_clear_error() -> None:
+    with pytest.raises(ImportError, match="train_use_8bit_adam=True needs bitsandbytes"):
+        DDPOConfig(train_use_8bit_adam=True)
+
+
+def test_to_dict_is_flat_and_json_serialisable() -> None:
+    import json
+
+    config = DDPOConfig(
+        tracker_kwargs={"wandb": {"entity": "me"}}, accelerator_kwargs={"cpu": True}
+    )
+    flat = config.to_dict()
+    json.dumps(flat)
+    assert flat["accelerator_kwargs/cpu"] is True
+    assert flat["tracker_kwargs/wandb"] == repr({"entity": "me"})
+    assert flat["sample_eta"] == 1.0
