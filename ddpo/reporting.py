@@ -53,7 +53,7 @@ def _format(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.3g}"
+        return f"{value:.4g}"
     return str(value)
 
 
@@ -168,7 +168,9 @@ class ImageGridHook:
         if rewards_all:
             summary["reward_mean"] = float(np.mean(rewards_all))
         for key, values in numeric.items():
-            summary[f"{key}_mean"] = float(np.mean(values))
+            finite = [v for v in values if math.isfinite(v)]  # NaN: "not applicable"
+            if finite:
+                summary[f"{key}_mean"] = float(np.mean(finite))
         self.epochs.append(summary)
 
         if images and self.folder is not None:
@@ -246,11 +248,12 @@ def reward_curve(
 
     # axes and ticks
     draw.rectangle([left, top, width - right, height - bottom], outline=(120, 120, 120))
+    decimals = max(0, 1 - math.floor(math.log10((y_max - y_min) / 4)))
     for k in range(5):
         value = y_min + (y_max - y_min) * k / 4
         _, y = px(x_min, value)
         draw.line([left - 4, y, left, y], fill=(120, 120, 120))
-        draw.text((4, y - 6), f"{value:.3g}", fill=_TEXT, font=_FONT)
+        draw.text((4, y - 6), f"{value:.{decimals}f}", fill=_TEXT, font=_FONT)
     ticks = sorted({round(x_min + x_span * k / min(x_span, 5)) for k in range(min(x_span, 5) + 1)})
     for tick in ticks:
         x, _ = px(tick, y_min)
