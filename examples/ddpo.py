@@ -10,12 +10,18 @@ and reads top to bottom as a DDPO run does: a reward function, a prompt function
 that logs samples to tensorboard, the config, the pipeline, the trainer, train, save.
 """
 
-import numpy as np
-import torch
+import sys
+from pathlib import Path
 
-from ddpo import DDPOTrainer, DefaultDDPOStableDiffusionPipeline
-from ddpo.cli import build_prompt_fn, build_reward_fn, parse_train_args
-from ddpo.reporting import image_grid, read_metrics, reward_curve
+# This script is named like the package: keep its own folder off the import path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ddpo import DDPOTrainer, DefaultDDPOStableDiffusionPipeline  # noqa: E402
+from ddpo.cli import build_prompt_fn, build_reward_fn, parse_train_args  # noqa: E402
+from ddpo.reporting import image_grid, read_metrics, reward_curve  # noqa: E402
 
 
 def image_outputs_logger(image_data, global_step, accelerate_logger):
