@@ -20,6 +20,10 @@ __version__ = "0.1.0.dev0"
 _LAZY: dict[str, str] = {
     "DDPOConfig": "ddpo.trainer.config",
     "DDPOTrainer": "ddpo.trainer.trainer",
+    "DDPOStableDiffusionPipeline": "ddpo.adapters",
+    "DefaultDDPOStableDiffusionPipeline": "ddpo.adapters",
+    "DDPOPipelineOutput": "ddpo.adapters",
+    "DDPOSchedulerOutput": "ddpo.adapters",
 }
 
 

@@ -5,6 +5,7 @@ ourselves: every byte (alone and word-final), plus merges that make each given w
 Words not in the list still tokenize, byte by byte, so any prompt is valid input.
 """
 
+import itertools
 import json
 from collections.abc import Iterable
 from functools import lru_cache
@@ -36,6 +37,28 @@ def _word_symbols(word: str) -> list[str]:
     return chars
 
 
+def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: repeatedly join the adjacent pair of lowest merge rank."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b)), i) for i, (a, b) in enumerate(itertools.pairwise(symbols))]
+        ranked = [(r, i) for r, i in pairs if r is not None]
+        if not ranked:
+            break
+        best = min(ranked)[0]
+        first, second = next((symbols[i], symbols[i + 1]) for r, i in ranked if r == best)
+        merged: list[str] = []
+        i = 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
+                merged.append(first + second)
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
 def build_clip_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Vocabulary and merge list under which each of ``words`` (lower-cased) is a single token.
 
@@ -49,22 +72,23 @@ def build_clip_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[s
     tokens = [*base, *(c + END_OF_WORD for c in base)]
     seen = set(tokens)
     merges: list[tuple[str, str]] = []
-    seen_merges: set[tuple[str, str]] = set()
+    ranks: dict[tuple[str, str], int] = {}
     for raw in words:
         word = raw.strip().lower()
         if not word or any(ch.isspace() for ch in word):
             raise ValueError(f"words must be non-empty and without whitespace, got {raw!r}")
-        symbols = _word_symbols(word)
-        prefix = symbols[0]
-        for symbol in symbols[1:]:
-            pair = (prefix, symbol)
-            prefix = prefix + symbol
-            if pair not in seen_merges:
-                seen_merges.add(pair)
-                merges.append(pair)
-            if prefix not in seen:
-                seen.add(prefix)
-                tokens.append(prefix)
+        # Merges of earlier words may already split this word; BPE applies merges by rank, so
+        # the new merges (ranked after all existing ones) join whatever those leave, left to
+        # right. They come after every earlier word's merges and so cannot change its tokens.
+        symbols = _apply_merges(_word_symbols(word), ranks)
+        while len(symbols) > 1:
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            if pair[0] + pair[1] not in seen:  # every merge result must be in the vocabulary
+                seen.add(pair[0] + pair[1])
+                tokens.append(pair[0] + pair[1])
+            symbols = _apply_merges(symbols, ranks)
     tokens += [BOS, EOS]
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
@@ -72,7 +96,7 @@ def build_clip_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[s
 def write_clip_tokenizer(
     folder: str | Path, words: Iterable[str], *, model_max_length: int = 77
 ) -> Path:
-    """Write a ``CLIPTokenizer`` folder (``from_pretrained``-loadable) whose vocabulary has ``words``.
+    """Write a ``CLIPTokenizer`` folder (``from_pretrained``-loadable) with ``words`` as tokens.
 
     Args:
         folder: destination; created if missing.

@@ -1,0 +1,620 @@
+"""``DefaultDDPOStableDiffusionPipeline``: the DDPO interface over diffusers' Stable Diffusion."""
+
+import contextlib
+import copy
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Final, Literal, final
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.utils.state_dict_utils import (
+    convert_state_dict_to_diffusers,
+    convert_unet_state_dict_to_peft,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from ddpo._typing import Latents, PromptEmbeds
+from ddpo.adapters.interface import (
+    DDPOPipelineOutput,
+    DDPOSchedulerOutput,
+    DDPOStableDiffusionPipeline,
+    _unwrap,
+    check_eta,
+    check_prompts,
+    scheduler_step_with_logprob,
+)
+from ddpo.adapters.registry import (
+    BUILTIN_MODELS,
+    LORA_WEIGHTS_NAME,
+    read_base_model,
+    read_model_index,
+    resolve_pretrained,
+    write_base_model,
+)
+
+LORA_TARGET_MODULES: Final[tuple[str, ...]] = ("to_k", "to_q", "to_v", "to_out.0")
+"""UNet attention projections that get LoRA adapters (as in TRL and ddpo-pytorch)."""
+
+OutputType = Literal["pil", "pt", "np", "latent"]
+_OUTPUT_TYPES = ("pil", "pt", "np", "latent")
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+_UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def _ddim_config(folder: Path) -> dict[str, Any]:
+    """The folder's scheduler config, checked to be convertible to DDIM (before loading weights)."""
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{folder} has no scheduler/scheduler_config.json")
+    config: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+    name = config.get("_class_name", "?")
+    compatible = {"DDIMScheduler", *DDIMScheduler._compatibles}
+    if name not in compatible:
+        raise ValueError(
+            f"scheduler {name!r} of {folder} cannot be turned into a DDIM scheduler (it is not a "
+            f"DDPM-family noise schedule; compatible: {sorted(compatible)})"
+        )
+    if config.get("trained_betas") is None:
+        schedule = config.get("beta_schedule", "linear")
+        if schedule not in _DDIM_BETA_SCHEDULES:
+            raise ValueError(
+                f"scheduler {name!r} of {folder} has beta_schedule={schedule!r}, which DDIM does "
+                f"not support (supported: {_DDIM_BETA_SCHEDULES})"
+            )
+    prediction = config.get("prediction_type", "epsilon")
+    if prediction not in _PREDICTION_TYPES:
+        raise ValueError(
+            f"scheduler {name!r} of {folder} has prediction_type={prediction!r}; DDIM supports "
+            f"{_PREDICTION_TYPES}"
+        )
+    if config.get("thresholding", False):
+        raise ValueError(f"scheduler {name!r} of {folder} uses thresholding, not supported")
+    return config
+
+
+def _alpha(value: float) -> Any:
+    """LoRA alpha as peft's config declares it (an int) when it is integral."""
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _lora_parameters_to_float32(unet: nn.Module) -> None:
+    for name, param in unet.named_parameters():
+        is_lora = "lora_" in name
+        param.requires_grad_(is_lora)
+        if is_lora:
+            param.data = param.data.to(torch.float32)
+
+
+def _lora_state_dict_diffusers(unet: nn.Module) -> dict[str, Tensor]:
+    """The UNet's LoRA weights in diffusers' key format (``unet.`` prefix added by the saver)."""
+    peft_state = get_peft_model_state_dict(unet)
+    converted: dict[str, Tensor] = convert_state_dict_to_diffusers(peft_state)
+    return {k: v.detach().to(torch.float32).contiguous() for k, v in converted.items()}
+
+
+def _peft_state_from_file(path: Path) -> dict[str, Tensor]:
+    """LoRA weights of a diffusers ``pytorch_lora_weights.safetensors`` in peft's key format."""
+    raw = load_file(path)
+    unet_only = {k.removeprefix("unet."): v for k, v in raw.items() if k.startswith("unet.")}
+    if not unet_only:
+        raise ValueError(f"{path} holds no UNet LoRA weights (no keys starting with 'unet.')")
+    converted: dict[str, Tensor] = convert_unet_state_dict_to_peft(unet_only)
+    return converted
+
+
+def _lora_rank_alpha(path: Path) -> tuple[int, float]:
+    """Rank and alpha of the LoRA weights in ``path`` (alpha from metadata, else = rank)."""
+    state = _peft_state_from_file(path)
+    ranks = {int(v.shape[0]) for k, v in state.items() if "lora_A" in k}
+    if len(ranks) != 1:
+        raise ValueError(f"{path}: expected one LoRA rank, found {sorted(ranks)}")
+    rank = ranks.pop()
+    alpha: float = rank
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    raw = metadata.get("lora_adapter_metadata")
+    if raw:
+        unet_meta = json.loads(raw)
+        alpha = float(unet_meta.get("unet.lora_alpha", unet_meta.get("lora_alpha", alpha)))
+    return rank, alpha
+
+
+@final
+class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
+    """DDPO over diffusers' ``StableDiffusionPipeline`` (wrapped), with LoRA through peft.
+
+    Loads a built-in name, a local folder or a hub id; swaps the scheduler for DDIM with the
+    model's config; disables the safety checker; freezes VAE and text encoder. With
+    ``use_lora=True`` only rank-``lora_rank`` adapters on the UNet's attention projections train,
+    kept in float32 even when ``torch_dtype`` is half precision; otherwise the whole UNet
+    trains in float32 and a frozen copy is kept as the KL reference.
+
+    A folder with ``pytorch_lora_weights.safetensors`` (from :meth:`save_lora_weights` or
+    :meth:`save_checkpoint`) loads those LoRA weights on top of its base model, which is the
+    folder itself (if it has ``model_index.json``) or the one named in ``ddpo_base_model.json``.
+
+    Args:
+        pretrained_model_name: built-in name (``"ddpo-tiny-random"``, ``"ddpo-tiny-shapes"``),
+            local folder or hub id.
+        pretrained_model_revision: hub revision.
+        use_lora: train LoRA adapters (default) instead of the whole UNet.
+        lora_rank: adapter rank (ignored when loading LoRA weights, which carry their own).
+        lora_alpha: adapter scale numerator (effective scale ``lora_alpha / lora_rank``).
+        torch_dtype: dtype of the frozen weights (``None``: as saved, usually float32).
+        device: where to put the model (``None``: stay on CPU; the trainer moves it).
+
+    Raises:
+        ValueError: unknown model, non-SD folder, scheduler not convertible to DDIM, or bad
+            arguments; all checked before weights are loaded.
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name: str | os.PathLike[str],
+        *,
+        pretrained_model_revision: str = "main",
+        use_lora: bool = True,
+        lora_rank: int = 4,
+        lora_alpha: float | int = 4,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank <= 0:
+            raise ValueError(f"lora_rank must be a positive integer, got {lora_rank!r}")
+        if not lora_alpha > 0:
+            raise ValueError(f"lora_alpha must be > 0, got {lora_alpha!r}")
+        if torch_dtype is not None and torch_dtype not in _DTYPES:
+            raise ValueError(f"torch_dtype must be one of {_DTYPES} or None, got {torch_dtype!r}")
+
+        # 1. Resolve and check everything before loading weights.
+        folder = resolve_pretrained(pretrained_model_name, pretrained_model_revision)
+        base_name, base_revision = str(folder), pretrained_model_revision
+        if os.fspath(pretrained_model_name) in BUILTIN_MODELS:
+            base_name = os.fspath(pretrained_model_name)
+        lora_file: Path | None = None
+        if (folder / LORA_WEIGHTS_NAME).is_file():
+            lora_file = folder / LORA_WEIGHTS_NAME
+            if not (folder / "model_index.json").is_file():  # LoRA only: load its base
+                base_name, base_revision = read_base_model(folder)
+                folder = resolve_pretrained(base_name, base_revision)
+        read_model_index(folder)
+        ddim_config = _ddim_config(folder)
+
+        # 2. Load the wrapped diffusers pipeline, DDIM, no safety checker, frozen VAE/text.
+        sd = StableDiffusionPipeline.from_pretrained(
+            folder, torch_dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
+        )
+        sd.scheduler = DDIMScheduler.from_config(ddim_config)
+        sd.vae.requires_grad_(False)
+        sd.text_encoder.requires_grad_(False)
+        sd.vae.eval()
+        sd.text_encoder.eval()
+        sd.unet.eval()
+        self._sd: Any = sd  # diffusers' pipeline (untyped attributes)
+        self.use_lora = use_lora
+        self.lora_rank = lora_rank
+        self.lora_alpha = float(lora_alpha)
+        self.pretrained_model_name = base_name
+        self.pretrained_model_revision = base_revision
+        self._frozen_unet: nn.Module | None = None
+
+        # 3. Trainable parameters: LoRA adapters (float32) or the full UNet (float32).
+        unet = sd.unet
+        unet.requires_grad_(False)
+        if lora_file is not None:
+            self.lora_rank, self.lora_alpha = _lora_rank_alpha(lora_file)
+        if use_lora or lora_file is not None:
+            unet.add_adapter(
+                LoraConfig(
+                    r=self.lora_rank,
+                    lora_alpha=_alpha(self.lora_alpha),
+                    init_lora_weights="gaussian",
+                    target_modules=list(LORA_TARGET_MODULES),
+                )
+            )
+            if lora_file is not None:
+                self._load_lora_state(unet, lora_file)
+            _lora_parameters_to_float32(unet)
+        if not use_lora:
+            if lora_file is not None:  # fold loaded LoRA weights into the full UNet
+                unet.fuse_lora()
+                unet.unload_lora()
+            unet.to(torch.float32)
+            unet.requires_grad_(True)
+            self._frozen_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+        if device is not None:
+            self.to(device)
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    @staticmethod
+    def _load_lora_state(unet: nn.Module, path: Path) -> None:
+        state = _peft_state_from_file(path)
+        result = set_peft_model_state_dict(unet, state, adapter_name="default")
+        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
+        unexpected = list(getattr(result, "unexpected_keys", []))
+        if missing or unexpected:
+            raise ValueError(
+                f"LoRA weights in {path} do not match the UNet: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}"
+            )
+
+    def to(self, device: str | torch.device) -> "DefaultDDPOStableDiffusionPipeline":
+        """Move every component (and the frozen reference UNet) to ``device``."""
+        self._sd.to(device)
+        if self._frozen_unet is not None:
+            self._frozen_unet.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the UNet."""
+        return next(self.unet.parameters()).device
+
+    @property
+    def pipeline(self) -> StableDiffusionPipeline:
+        """The wrapped diffusers pipeline."""
+        pipe: StableDiffusionPipeline = self._sd
+        return pipe
+
+    @property
+    def unet(self) -> nn.Module:
+        unet: nn.Module = self._sd.unet
+        return unet
+
+    @property
+    def vae(self) -> nn.Module:
+        vae: nn.Module = self._sd.vae
+        return vae
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._sd.tokenizer
+
+    @property
+    def scheduler(self) -> Any:
+        return self._sd.scheduler
+
+    @property
+    def text_encoder(self) -> nn.Module:
+        text_encoder: nn.Module = self._sd.text_encoder
+        return text_encoder
+
+    @property
+    def autocast(self) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
+        # LoRA handles its own dtypes (float32 adapters over a half-precision base); the full UNet
+        # defers to the trainer's (accelerate's) autocast, as TRL's pipeline did.
+        return contextlib.nullcontext if self.use_lora else None
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self._sd.set_progress_bar_config(**kwargs)
+
+    def get_trainable_layers(self) -> nn.Module:
+        """The UNet; its parameters with ``requires_grad`` are the trainable ones."""
+        return self.unet
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Name -> parameter of every trainable parameter (LoRA adapters, or the whole UNet)."""
+        return {n: p for n, p in self.unet.named_parameters() if p.requires_grad}
+
+    @contextlib.contextmanager
+    def reference_policy(self) -> Iterator[None]:
+        """The pre-fine-tuning UNet: adapters disabled (LoRA) or the frozen copy (full UNet)."""
+        if self._frozen_unet is None:
+            with super().reference_policy():
+                yield
+            return
+        self._reference_unet = self._frozen_unet
+        try:
+            yield
+        finally:
+            self._reference_unet = None
+
+    # ---- sampling ------------------------------------------------------------------------
+
+    def encode_prompt(self, prompts: Any) -> PromptEmbeds:
+        texts = check_prompts(prompts, name="prompts")
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.text_encoder.device)
+        with torch.no_grad():
+            embeds: Tensor = self.text_encoder(ids)[0]
+        return embeds
+
+    def scheduler_step(
+        self,
+        model_output: Latents,
+        timestep: int | Tensor,
+        sample: Latents,
+        eta: float | int = 1.0,
+        use_clipped_model_output: bool = False,
+        prev_sample: Latents | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> DDPOSchedulerOutput:
+        """One DDIM step with its log-prob via :func:`ddpo.core.ddim_step_with_logprob`."""
+        if use_clipped_model_output:
+            raise ValueError("use_clipped_model_output=True is not supported")
+        out = scheduler_step_with_logprob(
+            self.scheduler,
+            model_output,
+            timestep,
+            sample,
+            eta=eta,
+            prev_sample=prev_sample,
+            generator=generator,
+        )
+        return DDPOSchedulerOutput(latents=out.prev_sample, log_probs=out.log_prob)
+
+    def __call__(
+        self,
+        prompt: Any = None,
+        *,
+        prompt_embeds: PromptEmbeds | None = None,
+        negative_prompt: Any = None,
+        negative_prompt_embeds: PromptEmbeds | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float | int = 7.5,
+        eta: float | int = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: Latents | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        output_type: str = "pil",
+        num_images_per_prompt: int = 1,
+    ) -> DDPOPipelineOutput:
+        """Sample images with DDIM, recording every latent and every step's log-probability.
+
+        Behaves like diffusers' ``StableDiffusionPipeline.__call__`` (same noise from the same
+        generator, so the same images) and additionally returns the trajectory.
+
+        Args:
+            prompt: a prompt or a list of prompts (or give ``prompt_embeds``); anything else
+                raises ``TypeError`` (checked here, hence the loose annotation).
+            prompt_embeds: precomputed text embeddings ``(batch, tokens, dim)``.
+            negative_prompt: prompt(s) to guide away from (default: the empty prompt).
+            negative_prompt_embeds: precomputed negative embeddings.
+            num_inference_steps: number of DDIM steps ``T``.
+            guidance_scale: classifier-free guidance weight (no guidance at ``<= 1``).
+            eta: DDIM stochasticity, ``> 0`` (1.0 as in DDPO).
+            generator: a torch generator, or one per image, for reproducible sampling.
+            latents: initial noise ``x_T`` (otherwise drawn with ``generator``).
+            height, width: image size in pixels (default: the UNet's sample size times 8).
+            output_type: ``"pil"``, ``"pt"`` (float ``(batch, 3, H, W)`` in [0, 1]), ``"np"`` or
+                ``"latent"``.
+            num_images_per_prompt: images sampled per prompt.
+
+        Returns:
+            :class:`DDPOPipelineOutput` with ``images``, ``latents`` ``(batch, T + 1, C, h, w)``
+            and ``log_probs`` ``(batch, T)``; ``self.scheduler.timesteps`` holds the timesteps.
+        """
+        # 1. Check arguments before any model work.
+        check_eta(eta)
+        if output_type not in _OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {_OUTPUT_TYPES}, got {output_type!r}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
+            raise ValueError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt!r}")
+        if (prompt is None) == (prompt_embeds is None):
+            raise ValueError("give exactly one of prompt and prompt_embeds")
+        prompts = check_prompts(prompt) if prompt is not None else None
+        negatives = (
+            check_prompts(negative_prompt, name="negative_prompt")
+            if negative_prompt is not None
+            else None
+        )
+        n_prompts = len(prompts) if prompts is not None else int(prompt_embeds.shape[0])  # type: ignore[union-attr]
+        if negatives is not None and len(negatives) not in (1, n_prompts):
+            raise ValueError(
+                f"negative_prompt has {len(negatives)} entries for {n_prompts} prompts"
+            )
+        scale = self._sd.vae_scale_factor
+        sample_size = int(self._sd.unet.config.sample_size)
+        height = height if height is not None else sample_size * scale
+        width = width if width is not None else sample_size * scale
+        if height % scale or width % scale or height <= 0 or width <= 0:
+            raise ValueError(
+                f"height and width must be positive multiples of {scale}, got {height}x{width}"
+            )
+        batch = n_prompts * num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != batch:
+            raise ValueError(f"generator list has {len(generator)} entries for {batch} images")
+        do_guidance = guidance_scale > 1.0
+        device = self.device
+
+        with torch.no_grad():
+            # 2. Prompt embeddings, computed once for the batch.
+            if prompts is not None:
+                prompt_embeds = self.encode_prompt(prompts)
+            assert prompt_embeds is not None
+            prompt_embeds = prompt_embeds.to(device).repeat_interleave(num_images_per_prompt, 0)
+            if do_guidance and negative_prompt_embeds is None:
+                texts = negatives if negatives is not None else [""]
+                if len(texts) == 1:
+                    texts = texts * n_prompts
+                negative_prompt_embeds = self.encode_prompt(texts)
+            if do_guidance:
+                assert negative_prompt_embeds is not None
+                negative_prompt_embeds = negative_prompt_embeds.to(device).repeat_interleave(
+                    num_images_per_prompt, 0
+                )
+            else:
+                negative_prompt_embeds = None
+
+            # 3. Timesteps and initial noise x_T (drawn as diffusers draws it).
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            channels = int(self._sd.unet.config.in_channels)
+            shape = (batch, channels, height // scale, width // scale)
+            if latents is None:
+                latents = randn_tensor(shape, generator=generator, device=device)
+            elif tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            x_t = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
+
+            # 4. Denoise, keeping every latent and log-prob.
+            all_latents = [x_t]
+            all_log_probs = []
+            for t in self._sd.progress_bar(self.scheduler.timesteps):
+                timesteps = t.to(device).expand(batch)
+                model_output = self._guided_model_output(
+                    self.unet,
+                    x_t,
+                    timesteps,
+                    prompt_embeds,
+                    negative_prompt_embeds,
+                    guidance_scale,
+                )
+                step = scheduler_step_with_logprob(
+                    self.scheduler, model_output, timesteps, x_t, eta=eta, generator=generator
+                )
+                x_t = step.prev_sample.to(torch.float32)
+                all_latents.append(x_t)
+                all_log_probs.append(step.log_prob.to(torch.float32))
+
+            # 5. Decode.
+            images = self._decode(x_t, output_type)
+        return DDPOPipelineOutput(
+            images=images,
+            latents=torch.stack(all_latents, dim=1),
+            log_probs=torch.stack(all_log_probs, dim=1),
+        )
+
+    def _decode(self, latents: Latents, output_type: str) -> Any:
+        if output_type == "latent":
+            return latents
+        vae = self._sd.vae
+        scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+        decoded = vae.decode(scaled, return_dict=False)[0]
+        processor = self._sd.image_processor
+        if output_type == "pt":
+            images: Tensor = processor.postprocess(decoded, output_type="pt")
+            return images.to(torch.float32)
+        if output_type == "np":
+            array: np.ndarray[Any, Any] = processor.postprocess(decoded.float(), output_type="np")
+            return array
+        return processor.postprocess(decoded.float(), output_type="pil")
+
+    # ---- saving and loading --------------------------------------------------------------
+
+    def save_lora_weights(self, output_dir: str | os.PathLike[str]) -> Path:
+        """Write the LoRA adapters as diffusers' ``pytorch_lora_weights.safetensors``.
+
+        Stock diffusers loads it with ``StableDiffusionPipeline.from_pretrained(base)`` and
+        ``.load_lora_weights(output_dir)``; ``ddpo_base_model.json`` beside it names the base,
+        so ``DefaultDDPOStableDiffusionPipeline(output_dir)`` loads base and adapters.
+
+        Returns:
+            The folder.
+
+        Raises:
+            ValueError: if the pipeline has no LoRA adapters (``use_lora=False``).
+        """
+        if not self.use_lora:
+            raise ValueError("save_lora_weights needs use_lora=True; use save_pretrained instead")
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self._write_lora(_unwrap(self.unet), out)
+        return out
+
+    def _write_lora(self, unet: nn.Module, out: Path) -> None:
+        metadata = {"r": self.lora_rank, "lora_alpha": self.lora_alpha}
+        StableDiffusionPipeline.save_lora_weights(
+            save_directory=out,
+            unet_lora_layers=_lora_state_dict_diffusers(unet),
+            weight_name=LORA_WEIGHTS_NAME,
+            safe_serialization=True,
+            unet_lora_adapter_metadata=metadata,
+        )
+        write_base_model(out, self.pretrained_model_name, self.pretrained_model_revision)
+
+    def save_pretrained(self, output_dir: str | os.PathLike[str]) -> None:
+        """Write a full diffusers pipeline folder holding the fine-tuned weights.
+
+        LoRA adapters are fused into (a copy of) the UNet, so stock
+        ``StableDiffusionPipeline.from_pretrained(output_dir)`` and
+        ``DefaultDDPOStableDiffusionPipeline(output_dir)`` both give the fine-tuned images. The
+        scheduler saved is the DDIM scheduler. Weights are safetensors.
+        """
+        out = Path(output_dir)
+        unet: nn.Module = _unwrap(self.unet)
+        if getattr(unet, "_hf_peft_config_loaded", False):
+            fused = copy.deepcopy(unet)
+            fused.fuse_lora()  # type: ignore[operator]
+            fused.unload_lora()  # type: ignore[operator]
+            unet = fused
+        if unet is not _unwrap(self.unet):  # the fused copy: store it in the base dtype
+            unet = unet.to(self._sd.vae.dtype)
+        components = dict(self._sd.components)
+        components["unet"] = unet
+        pipeline: Any = StableDiffusionPipeline(**components)
+        pipeline.save_pretrained(out, safe_serialization=True)
+
+    def save_checkpoint(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
+        """``accelerate`` ``save_state`` pre-hook: save the UNet's trained weights (safetensors).
+
+        LoRA: ``pytorch_lora_weights.safetensors`` (+ ``ddpo_base_model.json``) in
+        ``output_dir``; full UNet: ``output_dir/unet`` in diffusers' format. The UNet's entry
+        is popped from ``weights`` so accelerate does not save it again.
+        """
+        index = self._find_unet(models)
+        unet = _unwrap(models[index])
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if self.use_lora:
+            self._write_lora(unet, out)
+        else:
+            unet.save_pretrained(out / "unet", safe_serialization=True)  # type: ignore[operator]
+        if index < len(weights):
+            weights.pop(index)
+
+    def load_checkpoint(self, models: list[Any], input_dir: str) -> None:
+        """``accelerate`` ``load_state`` pre-hook: load what :meth:`save_checkpoint` wrote.
+
+        Pops the UNet from ``models`` so accelerate does not load it again. No pickle.
+        """
+        index = self._find_unet(models)
+        unet = _unwrap(models[index])
+        folder = Path(input_dir)
+        if self.use_lora:
+            self._load_lora_state(unet, folder / LORA_WEIGHTS_NAME)
+            _lora_parameters_to_float32(unet)
+        else:
+            weights_file = folder / "unet" / _UNET_WEIGHTS
+            if not weights_file.is_file():
+                raise ValueError(f"no UNet checkpoint at {weights_file}")
+            state = load_file(weights_file, device=str(next(unet.parameters()).device))
+            unet.load_state_dict(state)
+        models.pop(index)
+
+    def _find_unet(self, models: list[Any]) -> int:
+        target = _unwrap(self.unet)
+        for i, model in enumerate(models):
+            if _unwrap(model) is target:
+                return i
+        for i, model in enumerate(models):
+            if isinstance(_unwrap(model), UNet2DConditionModel):
+                return i
+        raise ValueError(
+            f"no UNet among the {len(models)} models given to the checkpoint hook: "
+            f"{[type(m).__name__ for m in models]}"
+        )
+
+
+__all__ = ["LORA_TARGET_MODULES", "DefaultDDPOStableDiffusionPipeline", "OutputType"]

@@ -1,0 +1,357 @@
+"""The DDPO pipeline interface: a Stable Diffusion pipeline that records its denoising trajectory.
+
+``DDPOStableDiffusionPipeline`` has the members of TRL's interface of the same name, so the
+trainer accepts any implementation of it. Besides the abstract members it carries working
+default implementations of what the trainer calls per step (:meth:`encode_prompt`,
+:meth:`score_transitions`, :meth:`reference_policy`), built only from ``unet``, ``scheduler``,
+``text_encoder`` and ``tokenizer``, with all step math in :mod:`ddpo.core`.
+"""
+
+import abc
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from ddpo._typing import Latents, PerSample, PromptEmbeds
+from ddpo.adapters.scheduling import ddim_alpha_bars
+from ddpo.core import DDIMStepOutput, classifier_free_guidance, ddim_step_with_logprob
+
+
+@dataclass
+class DDPOPipelineOutput:
+    """What a DDPO pipeline call returns.
+
+    Attributes:
+        images: the decoded images: a list of PIL images (``output_type="pil"``, the default), a
+            float tensor ``(batch, 3, H, W)`` in ``[0, 1]`` (``"pt"``) or a numpy array
+            ``(batch, H, W, 3)`` in ``[0, 1]`` (``"np"``).
+        latents: every latent of the trajectory, ``x_T`` first, ``(batch, T + 1, C, h, w)``.
+        log_probs: the log-density of each denoising step, ``(batch, T)``.
+    """
+
+    images: Any
+    latents: Float[Tensor, "batch steps_plus_one channels height width"]
+    log_probs: Float[Tensor, "batch steps"]
+
+
+@dataclass
+class DDPOSchedulerOutput:
+    """One DDIM step: the next latents ``x_{t-1}`` and their log-density, per sample."""
+
+    latents: Latents
+    log_probs: PerSample
+
+
+def check_prompts(prompt: Any, *, name: str = "prompt") -> list[str]:
+    """``prompt`` as a list of strings; a single string becomes a one-element list.
+
+    Raises:
+        TypeError: if ``prompt`` is neither a string nor a list/tuple of strings (naming it).
+    """
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
+        if not prompt:
+            raise ValueError(f"{name} must not be empty, got {prompt!r}")
+        return list(prompt)
+    bad = [p for p in prompt if not isinstance(p, str)] if isinstance(prompt, (list, tuple)) else []
+    detail = f" (non-string items: {bad[:3]!r})" if bad else ""
+    raise TypeError(f"{name} must be a string or a list of strings, got {prompt!r}{detail}")
+
+
+def check_eta(eta: Any) -> None:
+    """Raise ``ValueError`` naming ``eta`` unless ``eta > 0`` (log-probs need a stochastic step)."""
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
+        raise ValueError(
+            f"eta must be > 0 for DDPO (the DDIM step needs noise to have a log-probability), "
+            f"got eta={eta!r}"
+        )
+
+
+def _per_sample_timesteps(timestep: int | Tensor, sample: Tensor) -> Int[Tensor, " batch"]:
+    t = torch.as_tensor(timestep, device=sample.device).long()
+    if t.ndim == 0:
+        t = t.expand(sample.shape[0])
+    return t.reshape(-1)
+
+
+def scheduler_step_with_logprob(
+    scheduler: Any,
+    model_output: Latents,
+    timestep: int | Tensor,
+    sample: Latents,
+    *,
+    eta: float | int = 1.0,
+    prev_sample: Latents | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> DDIMStepOutput:
+    """One DDIM step of a diffusers DDIM ``scheduler`` with its log-probability (sample or score).
+
+    Draws the step's noise with ``generator`` exactly as diffusers' ``DDIMScheduler.step`` does
+    (so a stock pipeline with the same generator draws the same images), then delegates the math
+    to :func:`ddpo.core.ddim_step_with_logprob`. With ``prev_sample`` given, scores it instead.
+
+    Args:
+        scheduler: a DDIM-like scheduler after ``set_timesteps``.
+        model_output: the (guided) model prediction, ``(batch, C, h, w)``.
+        timestep: the current timestep: an int, a 0-d tensor, or one per sample.
+        sample: ``x_t``, ``(batch, C, h, w)``.
+        eta: DDIM stochasticity, ``> 0``.
+        prev_sample: a stored ``x_{t-1}`` to score, or ``None`` to sample one.
+        generator: torch generator(s) for the noise (one, or one per sample).
+
+    Returns:
+        :class:`ddpo.core.DDIMStepOutput`.
+    """
+    check_eta(eta)
+    alpha_bar_t, alpha_bar_prev = ddim_alpha_bars(
+        scheduler, _per_sample_timesteps(timestep, sample)
+    )
+    noise = None
+    if prev_sample is None:
+        noise = randn_tensor(
+            model_output.shape,
+            generator=generator,
+            device=model_output.device,
+            dtype=model_output.dtype,
+        )
+    clip = scheduler.config.get("clip_sample", False)
+    return ddim_step_with_logprob(
+        model_output,
+        sample,
+        alpha_bar_t,
+        alpha_bar_prev,
+        eta=float(eta),
+        prediction_type=scheduler.config.get("prediction_type", "epsilon"),
+        noise=noise,
+        prev_sample=prev_sample,
+        clip_sample_range=float(scheduler.config.get("clip_sample_range", 1.0)) if clip else None,
+    )
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The model inside DDP/FSDP/``torch.compile`` wrappers."""
+    while True:
+        if hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
+            module = module._orig_mod
+        elif hasattr(module, "module") and isinstance(module.module, nn.Module):
+            module = module.module
+        else:
+            return module
+
+
+class DDPOStableDiffusionPipeline(abc.ABC):
+    """A Stable Diffusion pipeline for DDPO: samples with log-probs and re-scores transitions.
+
+    Implement the abstract members (those of TRL's interface) for your own model; the trainer
+    then also uses the default :meth:`encode_prompt`, :meth:`score_transitions` and
+    :meth:`reference_policy` below, which need only ``unet``, ``scheduler`` (DDIM),
+    ``text_encoder`` and ``tokenizer``.
+    """
+
+    use_lora: bool = False
+    """Whether only LoRA adapters are trained (the trainer reads it, as TRL's did)."""
+
+    _reference_unet: nn.Module | None = None
+    """Set while :meth:`reference_policy` is active to a module that replaces the UNet."""
+
+    @abc.abstractmethod
+    def __call__(self, *args: Any, **kwargs: Any) -> DDPOPipelineOutput:
+        """Sample images, returning them with every latent and every step's log-prob."""
+
+    @abc.abstractmethod
+    def scheduler_step(
+        self,
+        model_output: Latents,
+        timestep: int | Tensor,
+        sample: Latents,
+        eta: float | int = 1.0,
+        use_clipped_model_output: bool = False,
+        prev_sample: Latents | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> DDPOSchedulerOutput:
+        """One DDIM step with its log-probability (sampling, or scoring ``prev_sample``)."""
+
+    @property
+    @abc.abstractmethod
+    def unet(self) -> nn.Module:
+        """The denoising network (its trainable parameters are the policy's)."""
+
+    @property
+    @abc.abstractmethod
+    def vae(self) -> nn.Module:
+        """The image autoencoder."""
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self) -> Any:
+        """The text tokenizer."""
+
+    @property
+    @abc.abstractmethod
+    def scheduler(self) -> Any:
+        """The DDIM scheduler; after a call its ``timesteps`` hold the T timesteps used."""
+
+    @property
+    @abc.abstractmethod
+    def text_encoder(self) -> nn.Module:
+        """The text encoder."""
+
+    @property
+    @abc.abstractmethod
+    def autocast(self) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
+        """A context-manager factory for the UNet's forward, or ``None`` for the trainer's own."""
+
+    @abc.abstractmethod
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Configure the sampling progress bar (e.g. ``disable=True``)."""
+
+    @abc.abstractmethod
+    def save_pretrained(self, output_dir: str) -> None:
+        """Save the (fine-tuned) pipeline so that diffusers can load it."""
+
+    @abc.abstractmethod
+    def get_trainable_layers(self) -> Any:
+        """The module (or parameters) the optimizer trains."""
+
+    @abc.abstractmethod
+    def save_checkpoint(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
+        """``accelerate`` ``save_state`` pre-hook: save the trained weights, pop them from lists."""
+
+    @abc.abstractmethod
+    def load_checkpoint(self, models: list[Any], input_dir: str) -> None:
+        """``accelerate`` ``load_state`` pre-hook: load the trained weights, pop the model."""
+
+    # ---- default implementations (override for speed) -----------------------------------
+
+    def _text_device(self) -> torch.device:
+        return next(self.text_encoder.parameters()).device
+
+    def encode_prompt(self, prompts: Any) -> PromptEmbeds:
+        """Text-encoder hidden states of ``prompts`` (a list of strings), padded to max length.
+
+        Returns:
+            ``(batch, tokens, dim)`` (no gradient).
+
+        Raises:
+            TypeError: if ``prompts`` is not a list of strings.
+        """
+        texts = check_prompts(prompts, name="prompts")
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self._text_device())
+        with torch.no_grad():
+            embeds: Tensor = self.text_encoder(ids)[0]
+        return embeds
+
+    def _guided_model_output(
+        self,
+        unet: nn.Module,
+        latents: Latents,
+        timesteps: Int[Tensor, " batch"],
+        prompt_embeds: PromptEmbeds,
+        negative_prompt_embeds: PromptEmbeds | None,
+        guidance_scale: float | int,
+    ) -> Latents:
+        """The UNet's prediction, with classifier-free guidance in one batched call if asked."""
+        params = next(_unwrap(unet).parameters(), None)
+        dtype = params.dtype if params is not None else latents.dtype
+        guided = negative_prompt_embeds is not None and guidance_scale != 1.0
+        if guided:
+            assert negative_prompt_embeds is not None
+            model_input = torch.cat([latents, latents])
+            embeds = torch.cat([negative_prompt_embeds, prompt_embeds])
+            t = torch.cat([timesteps, timesteps])
+        else:
+            model_input, embeds, t = latents, prompt_embeds, timesteps
+        model_input = self.scheduler.scale_model_input(model_input, t)
+        factory = self.autocast
+        with factory() if factory is not None else contextlib.nullcontext():
+            out = unet(model_input.to(dtype), t, encoder_hidden_states=embeds.to(dtype)).sample
+        if not guided:
+            return out
+        uncond, cond = out.chunk(2)
+        return classifier_free_guidance(uncond, cond, guidance_scale)
+
+    def score_transitions(
+        self,
+        latents: Latents,
+        next_latents: Latents,
+        timesteps: Int[Tensor, " batch"],
+        prompt_embeds: PromptEmbeds,
+        negative_prompt_embeds: PromptEmbeds | None = None,
+        *,
+        guidance_scale: float | int,
+        eta: float | int,
+        unet: nn.Module | None = None,
+    ) -> DDIMStepOutput:
+        """Log-probabilities of stored transitions ``x_t -> x_{t-1}`` under the current weights.
+
+        One batched UNet call (unconditional and conditional together when guided), then
+        :func:`ddpo.core.ddim_step_with_logprob` in scoring mode. Gradients flow to the UNet's
+        trainable parameters (call it under ``torch.no_grad()`` when none are needed).
+
+        Args:
+            latents: ``x_t`` per sample, ``(batch, C, h, w)``.
+            next_latents: the stored ``x_{t-1}``, same shape.
+            timesteps: each sample's timestep ``t``, ``(batch,)``.
+            prompt_embeds: the prompts' text embeddings, ``(batch, tokens, dim)``.
+            negative_prompt_embeds: unconditional/negative embeddings for guidance, or ``None``.
+            guidance_scale: classifier-free guidance weight (no guidance at 1 or without
+                negative embeddings).
+            eta: the DDIM stochasticity used when sampling, ``> 0``.
+            unet: a module to call instead of ``self.unet`` (e.g. the trainer's DDP-wrapped
+                UNet, so that gradients are synchronized).
+
+        Returns:
+            :class:`ddpo.core.DDIMStepOutput` whose ``log_prob`` is ``(batch,)``.
+        """
+        check_eta(eta)
+        model = self._reference_unet
+        if model is None:
+            model = unet if unet is not None else self.unet
+        model_output = self._guided_model_output(
+            model, latents, timesteps, prompt_embeds, negative_prompt_embeds, guidance_scale
+        )
+        return scheduler_step_with_logprob(
+            self.scheduler, model_output, timesteps, latents, eta=eta, prev_sample=next_latents
+        )
+
+    @contextlib.contextmanager
+    def reference_policy(self) -> Iterator[None]:
+        """Context under which the UNet computes the policy before fine-tuning (for a KL term).
+
+        The default handles a UNet with peft LoRA adapters by disabling them; implementations
+        that train the full UNet override it (e.g. with a frozen copy).
+        """
+        base = _unwrap(self.unet)
+        if not getattr(base, "_hf_peft_config_loaded", False):
+            raise NotImplementedError(
+                f"{type(self).__name__}.reference_policy: the UNet has no LoRA adapters to "
+                "disable; override reference_policy to provide the reference model"
+            )
+        base.disable_adapters()  # type: ignore[operator]
+        try:
+            yield
+        finally:
+            base.enable_adapters()  # type: ignore[operator]
+
+
+__all__ = [
+    "DDPOPipelineOutput",
+    "DDPOSchedulerOutput",
+    "DDPOStableDiffusionPipeline",
+    "check_eta",
+    "check_prompts",
+    "scheduler_step_with_logprob",
+]

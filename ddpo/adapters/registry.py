@@ -1,0 +1,151 @@
+"""Resolve a model name (built-in, local folder or hub id) to a local folder, with clear errors.
+
+Built-in names need no network: ``"ddpo-tiny-random"`` (the random test model, built on first
+use into the cache folder) and ``"ddpo-tiny-shapes"`` (the trained tiny model shipped with the
+package). Everything is checked here, before any weights are loaded.
+"""
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ddpo.adapters.tiny import TINY_MODEL_NAME, tiny_pipeline_path
+
+TINY_SHAPES_NAME = "ddpo-tiny-shapes"
+BUILTIN_MODELS: tuple[str, ...] = (TINY_MODEL_NAME, TINY_SHAPES_NAME)
+"""Names :func:`resolve_pretrained` knows without a folder or a hub."""
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+"""File name of LoRA weights in diffusers' format (what ``load_lora_weights`` looks for)."""
+
+BASE_MODEL_FILE = "ddpo_base_model.json"
+"""Next to LoRA weights: names the base model they apply to."""
+
+SD_COMPONENTS: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+"""Components a Stable Diffusion folder's ``model_index.json`` must list."""
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
+
+
+def _tiny_shapes_path() -> Path:
+    try:
+        from ddpo.models import tiny_shapes_path  # type: ignore[attr-defined,unused-ignore]
+    except ImportError as err:
+        raise FileNotFoundError(
+            f"the packaged model {TINY_SHAPES_NAME!r} is missing: ddpo.models.tiny_shapes_path "
+            f"cannot be imported ({err}); use {TINY_MODEL_NAME!r} or a model folder instead"
+        ) from err
+    path = Path(tiny_shapes_path())
+    if not path.is_dir():
+        raise FileNotFoundError(f"the packaged model {TINY_SHAPES_NAME!r} is missing at {path}")
+    return path
+
+
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - diffusers depends on it
+        return True
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def resolve_pretrained(name: str | os.PathLike[str], revision: str = "main") -> Path:
+    """The local folder of model ``name``.
+
+    ``name`` is a built-in name (:data:`BUILTIN_MODELS`), an existing local folder, or a hub id
+    (``owner/model``) already in the local cache, or, when the hub is reachable and
+    ``HF_HUB_OFFLINE`` is not set, downloaded through diffusers.
+
+    Raises:
+        ValueError: if ``name`` is none of these (the message names it).
+        FileNotFoundError: for ``"ddpo-tiny-shapes"`` when the packaged model is missing.
+        TypeError: if ``name`` is not a string or path.
+    """
+    if not isinstance(name, (str, os.PathLike)):
+        raise TypeError(f"pretrained_model_name must be a string or path, got {name!r}")
+    text = os.fspath(name)
+    if text == TINY_MODEL_NAME:
+        return tiny_pipeline_path()
+    if text == TINY_SHAPES_NAME:
+        return _tiny_shapes_path()
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path.resolve()
+    if path.exists():
+        raise ValueError(f"pretrained_model_name {text!r} is a file, not a model folder")
+    if not _HUB_ID.fullmatch(text) or text.startswith((".", "~")):
+        raise ValueError(f"pretrained_model_name {text!r}: no such model folder")
+    from diffusers import DiffusionPipeline
+
+    offline = _hub_offline()
+    try:
+        folder = DiffusionPipeline.download(text, revision=revision, local_files_only=offline)
+    except Exception as err:
+        where = "the local hub cache (offline)" if offline else "the hub"
+        raise ValueError(
+            f"pretrained_model_name {text!r} (revision {revision!r}) is not a local folder, not a "
+            f"built-in model {BUILTIN_MODELS}, and not found in {where}: {err}"
+        ) from err
+    return Path(folder)
+
+
+def read_model_index(folder: Path) -> dict[str, Any]:
+    """``model_index.json`` of a Stable Diffusion folder, checked to list the SD components.
+
+    Raises:
+        ValueError: if the file is missing or lacks one of :data:`SD_COMPONENTS` (naming both).
+    """
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise ValueError(
+            f"{folder} is not a Stable Diffusion model folder: it has no model_index.json "
+            f"(expected components {SD_COMPONENTS})"
+        )
+    index: dict[str, Any] = json.loads(index_file.read_text(encoding="utf-8"))
+    missing = [c for c in SD_COMPONENTS if not index.get(c) or index[c][0] is None]
+    if missing:
+        found = sorted(k for k in index if not k.startswith("_"))
+        raise ValueError(
+            f"{folder} is not a Stable Diffusion architecture ({index.get('_class_name')!r}): "
+            f"missing components {missing}, found {found}"
+        )
+    return index
+
+
+def read_base_model(folder: Path) -> tuple[str, str]:
+    """``(name, revision)`` of the base model recorded next to LoRA-only weights in ``folder``.
+
+    Raises:
+        ValueError: if ``folder`` has no :data:`BASE_MODEL_FILE`.
+    """
+    record = folder / BASE_MODEL_FILE
+    if not record.is_file():
+        raise ValueError(
+            f"{folder} holds LoRA weights ({LORA_WEIGHTS_NAME}) but no model_index.json nor "
+            f"{BASE_MODEL_FILE} naming their base model"
+        )
+    data = json.loads(record.read_text(encoding="utf-8"))
+    return str(data["pretrained_model_name"]), str(data.get("pretrained_model_revision", "main"))
+
+
+def write_base_model(folder: Path, name: str, revision: str) -> None:
+    """Record the base model of LoRA weights saved in ``folder``."""
+    record = {"pretrained_model_name": name, "pretrained_model_revision": revision}
+    (folder / BASE_MODEL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+__all__ = [
+    "BASE_MODEL_FILE",
+    "BUILTIN_MODELS",
+    "LORA_WEIGHTS_NAME",
+    "SD_COMPONENTS",
+    "TINY_SHAPES_NAME",
+    "read_base_model",
+    "read_model_index",
+    "resolve_pretrained",
+    "write_base_model",
+]

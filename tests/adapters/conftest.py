@@ -1,0 +1,78 @@
+"""Shared tiny pipelines for the adapter tests (built once per session, never downloaded)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+# The test machines have 2 cores shared by several processes; intra-op threads of these tiny
+# models only contend with each other, so one thread is several times faster here.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private cache folder for this session's tiny model."""
+    return tmp_path_factory.mktemp("ddpo-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tiny_cache: Path) -> Path:
+    """Folder of the random tiny Stable Diffusion model (``save_pretrained`` layout)."""
+    from ddpo.adapters.tiny import tiny_pipeline_path
+
+    return tiny_pipeline_path(tiny_cache)
+
+
+@pytest.fixture
+def use_tiny_cache(tiny_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point ``DDPO_CACHE_DIR`` at the session's cache (for tests that resolve names)."""
+    monkeypatch.setenv("DDPO_CACHE_DIR", str(tiny_cache))
+    yield tiny_cache
+
+
+@pytest.fixture(scope="session")
+def lora_pipeline(tiny_path: Path):  # type: ignore[no-untyped-def]
+    """The default pipeline with fresh LoRA adapters (shared: tests must not change weights)."""
+    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
+
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def full_pipeline(tiny_path: Path):  # type: ignore[no-untyped-def]
+    """The default pipeline training the full UNet (shared: tests must not change weights)."""
+    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
+
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_path, use_lora=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def perturb_trainable(pipe, seed: int = 1, scale: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    """Give every trainable parameter a seeded random offset (a stand-in for fine-tuning)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in sorted(pipe.trainable_parameters().items()):
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float32)
+            param.add_((scale * noise).to(param.dtype))
+
+
+@pytest.fixture(scope="session")
+def tuned_lora_pipeline(tiny_path: Path):  # type: ignore[no-untyped-def]
+    """A LoRA pipeline whose adapters were changed (so saved LoRA weights matter)."""
+    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
+
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_path, lora_rank=4, lora_alpha=8)
+    pipe.set_progress_bar_config(disable=True)
+    perturb_trainable(pipe, seed=1, scale=0.3)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def perturb():  # type: ignore[no-untyped-def]
+    """The :func:`perturb_trainable` helper, for tests that build their own pipelines."""
+    return perturb_trainable

@@ -1,0 +1,111 @@
+"""The embedded tiny model and the name registry."""
+
+import json
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpo.adapters import TINY_MODEL_NAME, resolve_pretrained, tiny_model_components
+from ddpo.adapters.tiny import TINY_WORDS, default_cache_dir, tiny_pipeline_path
+
+
+@pytest.mark.slow
+def test_components_are_deterministic_per_seed() -> None:
+    a, b, c = tiny_model_components(0), tiny_model_components(0), tiny_model_components(1)
+    for name in ("unet", "vae", "text_encoder"):
+        sa, sb, sc = (x[name].state_dict() for x in (a, b, c))
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), name
+        assert not all(torch.equal(sa[k], sc[k]) for k in sa), name
+
+
+@pytest.mark.slow
+def test_tokenizer_has_the_vocabulary_as_single_tokens() -> None:
+    tokenizer = tiny_model_components(0)["tokenizer"]
+    for word in ("red", "circle", "cat", "photo", "a"):
+        ids = tokenizer(word).input_ids
+        assert len(ids) == 3, (word, ids)  # start, word, end
+    assert len(tokenizer("a photo of a purple zebra").input_ids) == 2 + 6
+    assert tokenizer.model_max_length == 77
+    assert "circle" in TINY_WORDS
+
+
+@pytest.mark.slow
+def test_cached_folder_is_stable_diffusion_and_reused(tmp_path: Path) -> None:
+    path = tiny_pipeline_path(tmp_path)
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (path / part).is_dir(), part
+    assert not list(path.rglob("*.bin")) and not list(path.rglob("*.pt"))  # safetensors only
+    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert tiny_pipeline_path(tmp_path) == path
+    assert weights.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    # the saved weights are the seeded components
+    fresh = tiny_model_components(0)["unet"].state_dict()
+    saved = load_file(weights)
+    assert set(saved) == set(fresh) and all(torch.equal(saved[k], fresh[k]) for k in saved)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+@pytest.mark.slow
+def test_concurrent_builds_give_one_complete_folder(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        paths = list(pool.map(lambda _: tiny_pipeline_path(tmp_path), range(3)))
+    assert len(set(paths)) == 1
+    assert (paths[0] / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [paths[0].name]
+
+
+def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DDPO_CACHE_DIR", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("DDPO_CACHE_DIR")
+    assert default_cache_dir() == Path.home() / ".cache" / "ddpo"
+
+
+@pytest.mark.slow
+def test_registry_resolves_the_tiny_name(use_tiny_cache: Path, tiny_path: Path) -> None:
+    assert resolve_pretrained(TINY_MODEL_NAME) == tiny_path
+    assert resolve_pretrained(str(tiny_path)) == tiny_path.resolve()
+
+
+def test_registry_reports_a_missing_packaged_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ddpo.models", None)  # makes the import fail
+    with pytest.raises(FileNotFoundError, match="packaged model 'ddpo-tiny-shapes' is missing"):
+        resolve_pretrained("ddpo-tiny-shapes")
+
+
+def test_registry_resolves_the_packaged_model_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import types
+
+    fake = types.ModuleType("ddpo.models")
+    fake.tiny_shapes_path = lambda: tmp_path  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "ddpo.models", fake)
+    assert resolve_pretrained("ddpo-tiny-shapes") == tmp_path
+
+
+def test_top_level_exports() -> None:
+    import ddpo
+    import ddpo.adapters as adapters
+    from ddpo import (
+        DDPOPipelineOutput,
+        DDPOSchedulerOutput,
+        DDPOStableDiffusionPipeline,
+        DefaultDDPOStableDiffusionPipeline,
+    )
+
+    assert DDPOStableDiffusionPipeline is adapters.DDPOStableDiffusionPipeline
+    assert DefaultDDPOStableDiffusionPipeline is adapters.DefaultDDPOStableDiffusionPipeline
+    assert DDPOPipelineOutput is adapters.DDPOPipelineOutput
+    assert DDPOSchedulerOutput is adapters.DDPOSchedulerOutput
+    assert issubclass(DefaultDDPOStableDiffusionPipeline, DDPOStableDiffusionPipeline)
+    assert {"DDPOStableDiffusionPipeline", "DefaultDDPOStableDiffusionPipeline"} <= set(dir(ddpo))
+    for name in adapters.__all__:
+        assert hasattr(adapters, name), name
