@@ -265,25 +265,24 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
         trainer.close()
     final_dir = output_dir / "final"
 
-    # 3. Report: reward curve, table.
+    # 3. Report: reward curve, table. Per-sample reward metadata (e.g. the alignment reward's
+    #    `correct`, shown as `accuracy`) is averaged per epoch by the image hook.
     metrics = read_metrics(output_dir / METRICS_FILENAME)
     by_epoch = {row["epoch"]: row for row in hook.epochs}
     extra_keys: list[str] = []
     for row in metrics:
         for key, value in by_epoch.get(row["epoch"], {}).items():
             if key.endswith("_mean") and key != "reward_mean":
-                row[key] = value
-                if key not in extra_keys:
-                    extra_keys.append(key)
+                name = "accuracy" if key == "correct_mean" else key
+                row[name] = value
+                if name not in extra_keys:
+                    extra_keys.append(name)
+    extra_keys.sort(key=lambda k: k != "accuracy")
     curve_path = output_dir / "reward_curve.png"
-    accuracy_key = next((k for k in extra_keys if "accura" in k or "correct" in k), None)
     if main_process and metrics:
         extra = None
-        if accuracy_key is not None:
-            extra = (
-                accuracy_key.removesuffix("_mean"),
-                [r.get(accuracy_key, 0.0) for r in metrics],
-            )
+        if "accuracy" in extra_keys:
+            extra = ("accuracy", [r.get("accuracy", 0.0) for r in metrics])
         reward_curve(
             [r["epoch"] for r in metrics],
             [r["reward_mean"] for r in metrics],
@@ -291,7 +290,7 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
             title=f"{args.reward}: mean reward per epoch ({args.pretrained_model})",
             extra=extra,
         ).save(curve_path)
-        columns = ["epoch", "reward_mean", "reward_std", *extra_keys[:4]]
+        columns = ["epoch", "reward_mean", "reward_std", *extra_keys[:5]]
         console.print(
             epoch_table(metrics, columns, title=f"DDPO run: {args.reward} reward per epoch")
         )

@@ -181,6 +181,10 @@ class ImageGridHook:
                 f.write(json.dumps(summary) + "\n")
             if tracker is not None and hasattr(tracker, "log_images"):
                 _log_grid(tracker, grid, global_step)
+        if tracker is not None and hasattr(tracker, "log"):
+            means = {f"reward_metadata/{k}": v for k, v in summary.items() if k.endswith("_mean")}
+            if means:
+                tracker.log(means, step=global_step)
         self.epoch += 1
 
 

@@ -42,6 +42,7 @@ def test_hook_writes_a_grid_per_epoch_and_summarises_metadata(tmp_path: Path) ->
         {"correct": torch.tensor([0.0, 1.0]), "label": ["x", "y"], "scalar": 3.0},
     ]
     logged: list[tuple[dict[str, np.ndarray], int]] = []
+    scalars: list[tuple[dict[str, float], int]] = []
 
     class Tracker:
         name = "tensorboard"
@@ -49,6 +50,9 @@ def test_hook_writes_a_grid_per_epoch_and_summarises_metadata(tmp_path: Path) ->
         def log_images(self, values, step, **kwargs):  # type: ignore[no-untyped-def]
             assert kwargs == {"dataformats": "NHWC"}
             logged.append((values, step))
+
+        def log(self, values, step):  # type: ignore[no-untyped-def]
+            scalars.append((values, step))
 
     hook([batch, batch], 7, Tracker())
     hook([batch], 9, None)
@@ -60,6 +64,9 @@ def test_hook_writes_a_grid_per_epoch_and_summarises_metadata(tmp_path: Path) ->
     lines = (tmp_path / "images" / "epochs.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [2, 3]
     assert len(logged) == 1 and logged[0][1] == 7
+    assert scalars == [
+        ({"reward_metadata/reward_mean": 0.5, "reward_metadata/correct_mean": 0.5}, 7)
+    ]
     assert logged[0][0]["samples"].shape[0] == 1 and logged[0][0]["samples"].shape[-1] == 3
     # no folder: summaries only, nothing written
     silent = ImageGridHook(None)
