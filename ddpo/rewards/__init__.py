@@ -4,6 +4,12 @@
 rewards come back as a ``(batch,)`` tensor. The aesthetic scorer imports transformers lazily.
 """
 
+from ddpo.rewards.alignment import (
+    alignment_accuracy,
+    alignment_prompt_fn,
+    alignment_reward_fn,
+    alignment_scores,
+)
 from ddpo.rewards.brightness import brightness
 from ddpo.rewards.combine import WeightedSumReward, weighted_sum
 from ddpo.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
@@ -12,6 +18,10 @@ __all__ = [
     "AestheticScorer",
     "WeightedSumReward",
     "aesthetic_score",
+    "alignment_accuracy",
+    "alignment_prompt_fn",
+    "alignment_reward_fn",
+    "alignment_scores",
     "brightness",
     "jpeg_compressibility",
     "jpeg_incompressibility",

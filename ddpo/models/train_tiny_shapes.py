@@ -1,0 +1,349 @@
+"""Train the tiny text-to-image model ``ddpo-tiny-shapes`` on the synthetic shapes data, on a CPU.
+
+Two phases, both on batches rendered by :mod:`ddpo.data.shapes` from ``--seed``:
+
+1. an ``AutoencoderKL`` (64x64x3 <-> 16x16x4 latents) with a reconstruction (MSE) loss and a
+   small KL term; its ``scaling_factor`` is then set to 1 / std of the latents;
+2. a ``UNet2DConditionModel`` together with a randomly initialised ``CLIPTextModel`` (trained
+   jointly) with diffusers' noise-prediction objective: ``DDPMScheduler.add_noise`` and the MSE
+   between the predicted and the true noise, dropping the caption to ``""`` for 10 % of the
+   samples so that classifier-free guidance works. The saved UNet weights are an exponential
+   moving average.
+
+The result is saved with ``StableDiffusionPipeline.save_pretrained`` (safetensors) together with
+``training_log.json`` (settings, losses per logging interval, wall times)::
+
+    python -m ddpo.models.train_tiny_shapes --out /tmp/tiny-shapes --seed 0
+"""
+
+import argparse
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ddpo.adapters.tokenizer import write_clip_tokenizer
+from ddpo.data.shapes import IMAGE_SIZE, batches, vocabulary
+
+CFG_DROPOUT_DEFAULT = 0.1
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Every knob of a training run (recorded in ``training_log.json``)."""
+
+    seed: int = 0
+    threads: int = 1
+    # autoencoder
+    vae_steps: int = 500
+    vae_batch_size: int = 16
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-4
+    vae_channels: tuple[int, ...] = (16, 32, 32)
+    # text encoder + unet
+    unet_steps: int = 1200
+    unet_batch_size: int = 32
+    unet_lr: float = 1e-3
+    unet_channels: tuple[int, ...] = (32, 48, 64)
+    unet_data_size: int = 8192
+    text_hidden_size: int = 32
+    text_layers: int = 2
+    model_max_length: int = 16
+    cfg_dropout: float = CFG_DROPOUT_DEFAULT
+    ema_decay: float = 0.995
+    warmup_steps: int = 100
+    log_every: int = 50
+    save_every: int = 200
+
+
+def _lr_lambda(total: int, warmup: int) -> Any:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def build_components(settings: TrainSettings, tokenizer_dir: Path) -> dict[str, Any]:
+    """Untrained vae, unet, text encoder, tokenizer and schedulers for ``settings``."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    n_vae = len(settings.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n_vae,
+        up_block_types=("UpDecoderBlock2D",) * n_vae,
+        block_out_channels=settings.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+    )
+    latent_size = IMAGE_SIZE // 2 ** (n_vae - 1)
+    n_unet = len(settings.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=latent_size,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=settings.unet_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
+        cross_attention_dim=settings.text_hidden_size,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.text_hidden_size,
+        intermediate_size=settings.text_hidden_size * 2,
+        num_hidden_layers=settings.text_layers,
+        num_attention_heads=2,
+        max_position_embeddings=settings.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    schedule = {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+    }
+    noise_scheduler = DDPMScheduler(**schedule)
+    scheduler = DDIMScheduler(**schedule, set_alpha_to_one=False, steps_offset=1)
+    return {
+        "vae": vae,
+        "unet": unet,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "noise_scheduler": noise_scheduler,
+        "scheduler": scheduler,
+    }
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def train_vae(vae: Any, settings: TrainSettings) -> list[dict[str, float]]:
+    """Phase 1: reconstruction + KL on rendered batches; returns the logged losses."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(settings.vae_steps, settings.warmup_steps)
+    )
+    data = batches(settings.vae_batch_size, seed=settings.seed * 2 + 1, split="all")
+    history: list[dict[str, float]] = []
+    sums = {"mse": 0.0, "kl": 0.0}
+    vae.train()
+    for step in range(settings.vae_steps):
+        images = next(data)[0] * 2 - 1
+        posterior = vae.encode(images).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(reconstruction, images)
+        kl = posterior.kl().mean() / posterior.mean[0].numel()
+        loss = mse + settings.vae_kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        sums["mse"] += float(mse.detach())
+        sums["kl"] += float(kl.detach())
+        if (step + 1) % settings.log_every == 0:
+            entry = {"step": step + 1, **{k: v / settings.log_every for k, v in sums.items()}}
+            history.append(entry)
+            sums = dict.fromkeys(sums, 0.0)
+            _log(f"vae step {step + 1}: mse {entry['mse']:.5f} kl/elem {entry['kl']:.3f}")
+    vae.eval()
+    return history
+
+
+@torch.no_grad()
+def encode_dataset(vae: Any, settings: TrainSettings) -> tuple[Tensor, Tensor, list[str]]:
+    """Render ``unet_data_size`` training images; return latent means, stds and captions."""
+    data = batches(256, seed=settings.seed * 2 + 2, split="train")
+    means, stds, captions = [], [], []
+    while sum(len(m) for m in means) < settings.unet_data_size:
+        images, texts, _ = next(data)
+        posterior = vae.encode(images * 2 - 1).latent_dist
+        means.append(posterior.mean)
+        stds.append(posterior.std)
+        captions += texts
+    n = settings.unet_data_size
+    return torch.cat(means)[:n], torch.cat(stds)[:n], captions[:n]
+
+
+def train_unet(
+    components: dict[str, Any], settings: TrainSettings, out: Path | None = None
+) -> tuple[Any, list[dict[str, float]]]:
+    """Phase 2: epsilon-prediction MSE for the UNet and the text encoder; EMA UNet returned."""
+    vae, unet = components["vae"], components["unet"]
+    text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
+    noise_scheduler = components["noise_scheduler"]
+    _log("encoding the UNet training set")
+    means, stds, captions = encode_dataset(vae, settings)
+    scaling_factor = float(1.0 / (means + stds * torch.randn_like(stds)).std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    _log(f"latents {tuple(means.shape)}, scaling_factor {scaling_factor:.4f}")
+    ids = tokenizer(
+        [*captions, ""],
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    caption_ids, empty_ids = ids[:-1], ids[-1]
+
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=settings.unet_lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(settings.unet_steps, settings.warmup_steps)
+    )
+    ema_unet = copy.deepcopy(unet).requires_grad_(False)
+    ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
+    generator = torch.Generator().manual_seed(settings.seed * 2 + 3)
+    history: list[dict[str, float]] = []
+    running = 0.0
+    unet.train()
+    text_encoder.train()
+    n = means.shape[0]
+    order = torch.randperm(n, generator=generator)
+    cursor = 0
+    for step in range(settings.unet_steps):
+        if cursor + settings.unet_batch_size > n:
+            order, cursor = torch.randperm(n, generator=generator), 0
+        index = order[cursor : cursor + settings.unet_batch_size]
+        cursor += settings.unet_batch_size
+        b = index.numel()
+        # 1. latents x_0 ~ q(z | image), scaled as Stable Diffusion scales them
+        eps_vae = torch.randn(means[index].shape, generator=generator)
+        latents = (means[index] + stds[index] * eps_vae) * scaling_factor
+        # 2. caption dropout for classifier-free guidance
+        drop = torch.rand(b, generator=generator) < settings.cfg_dropout
+        input_ids = torch.where(drop[:, None], empty_ids[None, :], caption_ids[index])
+        # 3. x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; predict eps
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(
+            0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator
+        )
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        encoder_hidden_states = text_encoder(input_ids)[0]
+        prediction = unet(noisy, timesteps, encoder_hidden_states).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        decay = min(settings.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
+                for p, q in zip(model.parameters(), ema.parameters(), strict=True):
+                    q.lerp_(p, 1 - decay)
+        running += float(loss.detach())
+        if (step + 1) % settings.log_every == 0:
+            history.append({"step": step + 1, "mse": running / settings.log_every})
+            running = 0.0
+            _log(f"unet step {step + 1}: eps mse {history[-1]['mse']:.4f}")
+        if out is not None and settings.save_every > 0 and (step + 1) % settings.save_every == 0:
+            folder = out / "checkpoints" / f"step-{step + 1}"
+            save_pipeline({**components, "unet": ema_unet, "text_encoder": ema_text}, folder)
+            _log(f"saved the EMA pipeline at step {step + 1} to {folder}")
+    components["text_encoder"] = ema_text.eval()
+    return ema_unet.eval(), history
+
+
+def save_pipeline(components: dict[str, Any], out: Path) -> None:
+    """Save the full ``StableDiffusionPipeline`` folder (safetensors) into ``out``."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=components["vae"],
+        text_encoder=components["text_encoder"],
+        tokenizer=components["tokenizer"],
+        unet=components["unet"],
+        scheduler=components["scheduler"],
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def train(settings: TrainSettings, out: str | Path) -> Path:
+    """Run both phases and save the pipeline and ``training_log.json`` into ``out``."""
+    if settings.threads <= 0:
+        raise ValueError(f"threads must be positive, got {settings.threads}")
+    for name in ("vae_steps", "unet_steps", "vae_batch_size", "unet_batch_size", "log_every"):
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"{name} must be positive, got {getattr(settings, name)}")
+    if not 0.0 <= settings.cfg_dropout < 1.0:
+        raise ValueError(f"cfg_dropout must be in [0, 1), got {settings.cfg_dropout}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    start = time.perf_counter()
+    tokenizer_dir = write_clip_tokenizer(
+        out / "tokenizer", vocabulary(), model_max_length=settings.model_max_length
+    )
+    components = build_components(settings, tokenizer_dir)
+    counts = {
+        k: sum(p.numel() for p in components[k].parameters())
+        for k in ("vae", "unet", "text_encoder")
+    }
+    _log(f"parameters: {counts}")
+    vae_history = train_vae(components["vae"], settings)
+    vae_seconds = time.perf_counter() - start
+    components["vae"].requires_grad_(False)
+    components["unet"], unet_history = train_unet(components, settings, out)
+    total_seconds = time.perf_counter() - start
+    save_pipeline(components, out)
+    log = {
+        "settings": asdict(settings),
+        "parameters": counts,
+        "scaling_factor": components["vae"].config.scaling_factor,
+        "vae_losses": vae_history,
+        "unet_losses": unet_history,
+        "wall_seconds": {"vae": vae_seconds, "total": total_seconds},
+        "torch_version": torch.__version__,
+    }
+    (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    _log(f"saved to {out} after {total_seconds / 60:.1f} min")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m ddpo.models.train_tiny_shapes --out DIR [--seed 0 ...]``."""
+    defaults = TrainSettings()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--out", required=True, help="output folder for the pipeline")
+    for field, value in asdict(defaults).items():
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, tuple):
+            parser.add_argument(flag, type=int, nargs="+", default=list(value))
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    train(TrainSettings(**fields), out)
+
+
+if __name__ == "__main__":
+    main()
