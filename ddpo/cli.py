@@ -235,6 +235,11 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
         raise ValueError(f"grid_images must be positive, got {args.grid_images}")
     if args.lora_rank <= 0:
         raise ValueError(f"lora_rank must be positive, got {args.lora_rank}")
+    if args.reward == "alignment" and args.prompts != "shapes":
+        raise ValueError(
+            f"reward='alignment' scores prompts of the shapes grammar only; got "
+            f"prompts={args.prompts!r} (use --prompts=shapes or another reward)"
+        )
     config = args.ddpo_config
     push = config.push_to_hub
     # The trainer pushes without a token; we push ourselves once everything is on disk.

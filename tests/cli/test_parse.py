@@ -134,3 +134,12 @@ def test_rewards_by_name() -> None:
         fn = build_reward_fn(TrainArgs(reward=name))  # type: ignore[arg-type]
         rewards, _ = fn(images, ("a", "b"), ({}, {}))
         assert len(rewards) == 2
+
+
+def test_alignment_reward_needs_shapes_prompts() -> None:
+    from ddpo.cli import run_train
+
+    with pytest.raises(ValueError, match="prompts='simple_animals'"):
+        run_train(TrainArgs(reward="alignment", prompts="simple_animals"))
+    with pytest.raises(ValueError, match="grid_images"):
+        run_train(TrainArgs(grid_images=0))
