@@ -5,6 +5,7 @@ Layout of a run folder::
     <run>/checkpoints/checkpoint_<N>/      N = epochs completed when it was written
         trainable_weights.safetensors      the UNet parameters that train (LoRA or all)
         per_prompt_stats.json              the per-prompt tracker state (null without one)
+        prompt_rng_<i>.json                process i's random stream of the prompt function
         optimizer.bin, random_states_<i>.pkl, scaler.pt, ...   (accelerate's save_state)
         ddpo_checkpoint.json               written last: epoch, global step, format version
 
@@ -26,6 +27,7 @@ CHECKPOINTS_DIRNAME = "checkpoints"
 MARKER_FILENAME = "ddpo_checkpoint.json"
 WEIGHTS_FILENAME = "trainable_weights.safetensors"
 TRACKER_FILENAME = "per_prompt_stats.json"
+PROMPT_RNG_PREFIX = "prompt_rng_"
 TMP_PREFIX = ".tmp-"
 FORMAT_VERSION = 1
 

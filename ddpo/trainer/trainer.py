@@ -20,9 +20,11 @@ import json
 import logging
 import numbers
 import os
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ METRICS_FILENAME = "metrics.jsonl"
 
 _SAMPLE_STREAM = 1
 _TRAIN_STREAM = 2
+_PROMPT_STREAM = 3
 
 
 def derive_seed(*keys: int) -> int:
@@ -128,8 +131,11 @@ class DDPOTrainer:
 
         # 2. The accelerator. Gradients accumulate over trained timesteps and micro-batches.
         self.mixed_precision = _effective_mixed_precision(config)
+        # The run folder is only known once the processes agree on its name (below); trackers
+        # read the logging folder when they start, so a provisional one suffices here.
         project_config = ProjectConfiguration(
-            **config.project_kwargs, automatic_checkpoint_naming=False
+            **({"logging_dir": config.logdir} | config.project_kwargs),
+            automatic_checkpoint_naming=False,
         )
         self.accelerator = Accelerator(
             log_with=config.log_with,
@@ -144,7 +150,7 @@ class DDPOTrainer:
 
         # 3. The run folder, the same on every process; never an existing run's silently.
         self.run_name, self.output_dir = self._resolve_output_dir(resume)
-        project_config.set_directories(str(self.output_dir))
+        project_config.project_dir = str(self.output_dir)
         if "logging_dir" not in config.project_kwargs:
             project_config.logging_dir = str(self.output_dir / "logs")
         if self.accelerator.is_main_process:
@@ -200,7 +206,14 @@ class DDPOTrainer:
                 init_kwargs=config.tracker_kwargs,
             )
 
-        # 9. Resume, and the reward pool.
+        # 9. The prompt function's own random stream: Python's and numpy's global RNGs are
+        #    swapped for it while prompts are drawn, so that other users of the global RNGs
+        #    (libraries, runtime type checkers) cannot shift the prompts, and a resume continues
+        #    the exact sequence (the stream is checkpointed).
+        prompt_seed = derive_seed(config.seed, _PROMPT_STREAM, self.accelerator.process_index)
+        self._prompt_rng = PromptRNG.seeded(prompt_seed)
+
+        # 10. Resume, and the reward pool.
         self.first_epoch = 0
         self.global_step = 0
         if resume is not None:
@@ -411,7 +424,8 @@ class DDPOTrainer:
         prompts: list[str] = []
         metadata: list[dict[str, Any]] = []
         for _ in range(batch_size):
-            drawn = self.prompt_function()
+            with self._prompt_rng.active():
+                drawn = self.prompt_function()
             if not (isinstance(drawn, tuple | list) and len(drawn) == 2):
                 raise TypeError(
                     f"prompt function {_name(self.prompt_function)} must return "
@@ -592,8 +606,9 @@ class DDPOTrainer:
             metrics["kl"] = float(kl.detach())
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"DDPO loss is {loss.detach().item()} at training timestep slot {j}; refusing to step the "
-                "optimizer (check the learning rate, mixed_precision and the reward scale)"
+                f"DDPO loss is {loss.detach().item()} at training timestep slot {j}; refusing to "
+                "step the optimizer (check the learning rate, mixed_precision and the reward "
+                "scale)"
             )
         self.accelerator.backward(loss)
         metrics["loss"] = float(loss.detach())
@@ -678,6 +693,8 @@ class DDPOTrainer:
             tracker_state = self.stat_tracker.state_dict() if self.stat_tracker else None
             ckpt.write_json(tmp / ckpt.TRACKER_FILENAME, tracker_state)
             ckpt.write_json(tmp / "config.json", self.config.to_dict())
+        index = accelerator.process_index
+        ckpt.write_json(tmp / f"{ckpt.PROMPT_RNG_PREFIX}{index}.json", self._prompt_rng.to_json())
         accelerator.wait_for_everyone()
         final = tmp.parent / ckpt.checkpoint_name(epoch)
         if accelerator.is_main_process:
@@ -711,6 +728,13 @@ class DDPOTrainer:
             for name, param in named.items():
                 param.copy_(state[name].to(device=param.device, dtype=param.dtype))
         self.accelerator.load_state(str(info.path))
+        rng_file = info.path / f"{ckpt.PROMPT_RNG_PREFIX}{self.accelerator.process_index}.json"
+        if not rng_file.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {info.path} has no {rng_file.name}: it was written by a run with "
+                "fewer processes; resume with the same number of processes"
+            )
+        self._prompt_rng = PromptRNG.from_json(json.loads(rng_file.read_text()))
         tracker_state = json.loads((info.path / ckpt.TRACKER_FILENAME).read_text())
         if self.stat_tracker is not None and tracker_state is not None:
             self.stat_tracker.load_state_dict(tracker_state)
@@ -820,6 +844,51 @@ class DDPOTrainer:
 
 
 # ----------------------------------------------------------------------------------------------
+class PromptRNG:
+    """Python and numpy global-RNG states reserved for the prompt function."""
+
+    def __init__(self, python_state: Any, numpy_state: Any) -> None:
+        self.python_state = python_state
+        self.numpy_state = numpy_state
+
+    @classmethod
+    def seeded(cls, seed: int) -> "PromptRNG":
+        """Fresh states from a seed."""
+        python_state = random.Random(seed).getstate()
+        numpy_state = np.random.RandomState(seed % 2**32).get_state()
+        return cls(python_state, numpy_state)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Swap these states into ``random`` and ``numpy.random`` for the duration."""
+        outer_python, outer_numpy = random.getstate(), np.random.get_state()
+        random.setstate(self.python_state)
+        np.random.set_state(self.numpy_state)
+        try:
+            yield
+        finally:
+            self.python_state, self.numpy_state = random.getstate(), np.random.get_state()
+            random.setstate(outer_python)
+            np.random.set_state(outer_numpy)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (for checkpoints)."""
+        version, internal, gauss = self.python_state
+        name, keys, pos, has_gauss, cached = self.numpy_state
+        return {
+            "python": [version, list(internal), gauss],
+            "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PromptRNG":
+        """Inverse of `to_json`."""
+        version, internal, gauss = data["python"]
+        name, keys, pos, has_gauss, cached = data["numpy"]
+        numpy_state = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+        return cls((version, tuple(internal), gauss), numpy_state)
+
+
 def _effective_mixed_precision(config: DDPOConfig) -> str:
     on_cpu = bool(config.accelerator_kwargs.get("cpu")) or not torch.cuda.is_available()
     if config.mixed_precision == "fp16" and on_cpu:
