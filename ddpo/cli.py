@@ -20,7 +20,6 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -244,7 +243,6 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
     push = config.push_to_hub
     # The trainer pushes without a token; we push ourselves once everything is on disk.
     trainer_config = dataclasses.replace(config, push_to_hub=False)
-    trainer_config = _with_logging_dir(trainer_config)
 
     # 1. Reward, prompts, image hook, pipeline, trainer.
     reward_fn = build_reward_fn(args)
@@ -306,36 +304,6 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
     if push and main_process:
         hub_repo = _push(trainer, args.hf_user_access_token, output_dir, final_dir)
     return TrainResult(output_dir, metrics, curve_path, final_dir, hub_repo)
-
-
-def _with_logging_dir(config: DDPOConfig) -> DDPOConfig:
-    """``config`` with the output folder and tracker ``logging_dir`` fixed up front.
-
-    accelerate wants ``logging_dir`` when the Accelerator is built with a tracker, which is
-    before DDPOTrainer has chosen the run folder; so choose it here the way DDPOTrainer does
-    (``<logdir>/<run_name>``, ``<logdir>/<exp_name>_<UTC time>``, or the resumed run).
-    """
-    if config.log_with is None or "logging_dir" in config.project_kwargs:
-        return config
-    output_dir = config.output_dir
-    if not output_dir and config.run_name:
-        output_dir = str(Path(config.logdir) / config.run_name)
-    elif not output_dir and config.resume_from:
-        from ddpo.trainer import checkpoint
-
-        output_dir = str(checkpoint.resolve_resume(config.resume_from)[0].path.parent.parent)
-    elif not output_dir:
-        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        name, suffix = f"{config.exp_name}_{stamp}", 1
-        while (Path(config.logdir) / name).exists():
-            name, suffix = f"{config.exp_name}_{stamp}-{suffix}", suffix + 1
-        output_dir = str(Path(config.logdir) / name)
-    logging_dir = str(Path(output_dir).expanduser().resolve() / "logs")
-    return dataclasses.replace(
-        config,
-        output_dir=output_dir,
-        project_kwargs={**config.project_kwargs, "logging_dir": logging_dir},
-    )
 
 
 def _push(trainer: Any, token: str | None, output_dir: Path, final_dir: Path) -> str:
