@@ -34,8 +34,12 @@ _TEXT = (20, 20, 20)
 _FONT = ImageFont.load_default()
 
 
+_LINE_SPACING = 4
+
+
 def _text_height(lines: int) -> int:
-    return 12 * lines + 4
+    _, top, _, bottom = _FONT.getbbox("Ag")
+    return (bottom - top + _LINE_SPACING) * lines + 6
 
 
 def _per_sample(value: Any, batch: int) -> list[Any] | None:
@@ -104,15 +108,17 @@ def image_grid(
         if scale > 1:
             tile = tile.resize((cell_w, cell_h), Image.Resampling.NEAREST)
         grid.paste(tile, (x, y))
-        draw.multiline_text((x, y + cell_h + 2), "\n".join(lines), fill=_TEXT, font=_FONT)
+        draw.multiline_text(
+            (x, y + cell_h + 2), "\n".join(lines), fill=_TEXT, font=_FONT, spacing=_LINE_SPACING
+        )
     return grid
 
 
 class ImageGridHook:
     """``image_samples_hook`` writing ``<folder>/epoch_<NNNN>.png`` each epoch.
 
-    Each image is captioned with its prompt, its reward and the reward metadata that has one
-    value per sample (for instance the alignment reward's per-sample correctness). The grid is
+    Each image is captioned with its prompt, its reward and the yes/no reward metadata with one
+    value per sample (for instance the alignment reward's per-sample ``correct``). The grid is
     also logged to the tracker when there is one (``tracker.log_images``). Per epoch it records
     the local mean reward and the mean of every numeric per-sample metadata key in
     :attr:`epochs` (a list of dicts) and appends them to ``<folder>/epochs.jsonl``.
@@ -160,7 +166,12 @@ class ImageGridHook:
                 else:
                     array = to_uint8_nhwc([batch_images[i]])[0]
                     images.append(torch.from_numpy(array).permute(2, 0, 1).float() / 255)
-                extra = " ".join(f"{k}={_format(v[i])}" for k, v in per_sample_meta.items())
+                # captions show the yes/no metadata (e.g. `correct`); sub-scores go to the summary
+                extra = " ".join(
+                    f"{k}={_format(v[i])}"
+                    for k, v in per_sample_meta.items()
+                    if isinstance(v[i], bool)
+                )
                 reward_text = f"r={reward_list[i]:.3g}" if i < len(reward_list) else ""
                 captions.append(f"{prompts[i]} | {reward_text} {extra}".strip())
 
