@@ -39,7 +39,7 @@ _LINE_SPACING = 4
 
 def _text_height(lines: int) -> int:
     _, top, _, bottom = _FONT.getbbox("Ag")
-    return (bottom - top + _LINE_SPACING) * lines + 6
+    return int(bottom - top + _LINE_SPACING) * lines + 6
 
 
 def _per_sample(value: Any, batch: int) -> list[Any] | None:
