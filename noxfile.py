@@ -1,4 +1,4 @@
-"""Development sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`, `nox -s demo`.
+"""Development sessions: tests, lint, typecheck, bench and demo (`nox -s NAME`).
 
 torch is installed first from ``DDPO_TORCH`` (default ``torch==2.13.0``, the CPU build that this
 project's machines keep on disk); ``pyproject.toml`` itself only asks for a version range.
@@ -36,7 +36,9 @@ def lint(session: nox.Session) -> None:
     """Check style and common bugs with ruff."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
     session.run("ruff", "check", "ddpo", "tests", "benchmarks", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "ddpo", "tests", "benchmarks", "examples", "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "ddpo", "tests", "benchmarks", "examples", "noxfile.py"
+    )
 
 
 @nox.session

@@ -18,12 +18,12 @@ __version__ = "0.1.0.dev0"
 
 # Public names resolved lazily, so that `import ddpo.core` stays free of diffusers.
 _LAZY: dict[str, str] = {
-    "DDPOConfig": "ddpo.trainer.config",
-    "DDPOTrainer": "ddpo.trainer.trainer",
     "DDPOStableDiffusionPipeline": "ddpo.adapters",
     "DefaultDDPOStableDiffusionPipeline": "ddpo.adapters",
     "DDPOPipelineOutput": "ddpo.adapters",
     "DDPOSchedulerOutput": "ddpo.adapters",
+    "DDPOConfig": "ddpo.trainer.config",
+    "DDPOTrainer": "ddpo.trainer.trainer",
 }
 
 

@@ -17,6 +17,7 @@ from diffusers.utils.state_dict_utils import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -31,7 +32,6 @@ from ddpo.adapters.interface import (
     scheduler_step_with_logprob,
 )
 from ddpo.adapters.registry import (
-    BUILTIN_MODELS,
     LORA_WEIGHTS_NAME,
     read_base_model,
     read_model_index,
@@ -81,7 +81,7 @@ def _ddim_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def _alpha(value: float) -> Any:
+def _alpha(value: float | int) -> Any:
     """LoRA alpha as peft's config declares it (an int) when it is integral."""
     return int(value) if float(value).is_integer() else float(value)
 
@@ -111,23 +111,28 @@ def _peft_state_from_file(path: Path) -> dict[str, Tensor]:
     return converted
 
 
-def _lora_rank_alpha(path: Path) -> tuple[int, float]:
-    """Rank and alpha of the LoRA weights in ``path`` (alpha from metadata, else = rank)."""
+def _saved_lora_config(path: Path) -> LoraConfig:
+    """The ``LoraConfig`` of saved LoRA weights: rank from the tensors; alpha and target modules
+    from the file's adapter metadata when present (else alpha = rank, our target modules)."""
     state = _peft_state_from_file(path)
     ranks = {int(v.shape[0]) for k, v in state.items() if "lora_A" in k}
     if len(ranks) != 1:
-        raise ValueError(f"{path}: expected one LoRA rank, found {sorted(ranks)}")
+        raise ValueError(f"{path}: expected LoRA weights of one rank, found ranks {sorted(ranks)}")
     rank = ranks.pop()
-    alpha: float = rank
-    from safetensors import safe_open
-
+    alpha: Any = rank
+    targets = list(LORA_TARGET_MODULES)
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
-    raw = metadata.get("lora_adapter_metadata")
-    if raw:
-        unet_meta = json.loads(raw)
-        alpha = float(unet_meta.get("unet.lora_alpha", unet_meta.get("lora_alpha", alpha)))
-    return rank, alpha
+    if metadata.get("lora_adapter_metadata"):
+        saved = json.loads(metadata["lora_adapter_metadata"])
+        alpha = saved.get("unet.lora_alpha", alpha)
+        targets = list(saved.get("unet.target_modules") or targets)
+    return LoraConfig(
+        r=rank,
+        lora_alpha=_alpha(float(alpha)),
+        init_lora_weights="gaussian",
+        target_modules=targets,
+    )
 
 
 @final
@@ -178,10 +183,11 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             raise ValueError(f"torch_dtype must be one of {_DTYPES} or None, got {torch_dtype!r}")
 
         # 1. Resolve and check everything before loading weights.
-        folder = resolve_pretrained(pretrained_model_name, pretrained_model_revision)
-        base_name, base_revision = str(folder), pretrained_model_revision
-        if os.fspath(pretrained_model_name) in BUILTIN_MODELS:
-            base_name = os.fspath(pretrained_model_name)
+        given = os.fspath(pretrained_model_name)
+        folder = resolve_pretrained(given, pretrained_model_revision)
+        # record hub ids and built-in names as given (portable), local folders as absolute paths
+        base_name = str(folder) if Path(given).expanduser().is_dir() else given
+        base_revision = pretrained_model_revision
         lora_file: Path | None = None
         if (folder / LORA_WEIGHTS_NAME).is_file():
             lora_file = folder / LORA_WEIGHTS_NAME
@@ -190,6 +196,14 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
                 folder = resolve_pretrained(base_name, base_revision)
         read_model_index(folder)
         ddim_config = _ddim_config(folder)
+        lora_config = LoraConfig(
+            r=lora_rank,
+            lora_alpha=_alpha(lora_alpha),
+            init_lora_weights="gaussian",
+            target_modules=list(LORA_TARGET_MODULES),
+        )
+        if lora_file is not None:  # the saved adapter's own rank, alpha and target modules
+            lora_config = _saved_lora_config(lora_file)
 
         # 2. Load the wrapped diffusers pipeline, DDIM, no safety checker, frozen VAE/text.
         sd = StableDiffusionPipeline.from_pretrained(
@@ -203,8 +217,8 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         sd.unet.eval()
         self._sd: Any = sd  # diffusers' pipeline (untyped attributes)
         self.use_lora = use_lora
-        self.lora_rank = lora_rank
-        self.lora_alpha = float(lora_alpha)
+        self.lora_rank = int(lora_config.r)
+        self.lora_alpha = float(lora_config.lora_alpha)
         self.pretrained_model_name = base_name
         self.pretrained_model_revision = base_revision
         self._frozen_unet: nn.Module | None = None
@@ -212,26 +226,19 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         # 3. Trainable parameters: LoRA adapters (float32) or the full UNet (float32).
         unet = sd.unet
         unet.requires_grad_(False)
-        if lora_file is not None:
-            self.lora_rank, self.lora_alpha = _lora_rank_alpha(lora_file)
+        if not use_lora:
+            unet.to(torch.float32)
         if use_lora or lora_file is not None:
-            unet.add_adapter(
-                LoraConfig(
-                    r=self.lora_rank,
-                    lora_alpha=_alpha(self.lora_alpha),
-                    init_lora_weights="gaussian",
-                    target_modules=list(LORA_TARGET_MODULES),
-                )
-            )
+            unet.add_adapter(lora_config)
             if lora_file is not None:
                 self._load_lora_state(unet, lora_file)
             _lora_parameters_to_float32(unet)
         if not use_lora:
-            if lora_file is not None:  # fold loaded LoRA weights into the full UNet
+            if lora_file is not None:  # fold the loaded LoRA weights into the full UNet
                 unet.fuse_lora()
                 unet.unload_lora()
-            unet.to(torch.float32)
             unet.requires_grad_(True)
+            # the KL reference for full fine-tuning: a frozen copy (doubles the UNet's memory)
             self._frozen_unet = copy.deepcopy(unet).requires_grad_(False).eval()
         if device is not None:
             self.to(device)
@@ -267,6 +274,11 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         """The wrapped diffusers pipeline."""
         pipe: StableDiffusionPipeline = self._sd
         return pipe
+
+    @property
+    def sd_pipeline(self) -> StableDiffusionPipeline:
+        """The wrapped diffusers pipeline under TRL's attribute name."""
+        return self.pipeline
 
     @property
     def unet(self) -> nn.Module:
@@ -322,19 +334,6 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             self._reference_unet = None
 
     # ---- sampling ------------------------------------------------------------------------
-
-    def encode_prompt(self, prompts: Any) -> PromptEmbeds:
-        texts = check_prompts(prompts, name="prompts")
-        ids = self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
-        with torch.no_grad():
-            embeds: Tensor = self.text_encoder(ids)[0]
-        return embeds
 
     def scheduler_step(
         self,
@@ -436,6 +435,15 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         batch = n_prompts * num_images_per_prompt
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(f"generator list has {len(generator)} entries for {batch} images")
+        channels = int(self._sd.unet.config.in_channels)
+        shape = (batch, channels, height // scale, width // scale)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] != n_prompts:
+            raise ValueError(
+                f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} rows for "
+                f"{n_prompts} prompts"
+            )
         do_guidance = guidance_scale > 1.0
         device = self.device
 
@@ -460,12 +468,11 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
 
             # 3. Timesteps and initial noise x_T (drawn as diffusers draws it).
             self.scheduler.set_timesteps(num_inference_steps, device=device)
-            channels = int(self._sd.unet.config.in_channels)
-            shape = (batch, channels, height // scale, width // scale)
             if latents is None:
-                latents = randn_tensor(shape, generator=generator, device=device)
-            elif tuple(latents.shape) != shape:
-                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+                # drawn in the text encoder's dtype, as diffusers does, then kept in float32
+                latents = randn_tensor(
+                    shape, generator=generator, device=device, dtype=prompt_embeds.dtype
+                )
             x_t = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
 
             # 4. Denoise, keeping every latent and log-prob.
@@ -534,7 +541,9 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         return out
 
     def _write_lora(self, unet: nn.Module, out: Path) -> None:
-        metadata = {"r": self.lora_rank, "lora_alpha": self.lora_alpha}
+        # the adapter's full LoRA config, so that diffusers' loader rebuilds the same adapter
+        config: Any = unet.peft_config
+        metadata: dict[str, Any] = config["default"].to_dict()
         StableDiffusionPipeline.save_lora_weights(
             save_directory=out,
             unet_lora_layers=_lora_state_dict_diffusers(unet),

@@ -9,6 +9,7 @@ default implementations of what the trainer calls per step (:meth:`encode_prompt
 
 import abc
 import contextlib
+import numbers
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +68,7 @@ def check_prompts(prompt: Any, *, name: str = "prompt") -> list[str]:
 
 def check_eta(eta: Any) -> None:
     """Raise ``ValueError`` naming ``eta`` unless ``eta > 0`` (log-probs need a stochastic step)."""
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not float(eta) > 0:
         raise ValueError(
             f"eta must be > 0 for DDPO (the DDIM step needs noise to have a log-probability), "
             f"got eta={eta!r}"

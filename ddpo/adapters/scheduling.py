@@ -1,5 +1,6 @@
 """Translate a diffusers DDIM scheduler's tables into the ``alpha_bar`` tensors of ``ddpo.core``."""
 
+import weakref
 from typing import Any
 
 import torch
@@ -56,19 +57,45 @@ def ddim_alpha_bars(
     """
     check_ddim_scheduler(scheduler)
     num_train = int(scheduler.config.num_train_timesteps)
-    if timesteps.numel() > 0 and (int(timesteps.min()) < 0 or int(timesteps.max()) >= num_train):
-        raise ValueError(
-            f"timesteps must lie in [0, {num_train}), got values from {int(timesteps.min())} "
-            f"to {int(timesteps.max())}"
-        )
-    device = timesteps.device
-    table = torch.as_tensor(scheduler.alphas_cumprod).to(device=device, dtype=torch.float32)
-    final = torch.as_tensor(scheduler.final_alpha_cumprod).to(device=device, dtype=torch.float32)
+    # The range check reads values: only on CPU, where it costs no device synchronisation (an
+    # out-of-range index on an accelerator fails in the indexing kernel instead).
+    if timesteps.device.type == "cpu" and timesteps.numel() > 0:
+        low, high = int(timesteps.min()), int(timesteps.max())
+        if low < 0 or high >= num_train:
+            raise ValueError(
+                f"timesteps must lie in [0, {num_train}), got values from {low} to {high}"
+            )
+    table, final = _tables_on(scheduler, timesteps.device)
     t = timesteps.long()
     prev = t - num_train // scheduler.num_inference_steps
     alpha_bar_t = table[t]
     alpha_bar_prev = torch.where(prev >= 0, table[prev.clamp(min=0)], final)
     return alpha_bar_t, alpha_bar_prev
+
+
+_TABLES: "weakref.WeakKeyDictionary[Any, dict[torch.device, tuple[Any, Tensor, Tensor]]]"
+_TABLES = weakref.WeakKeyDictionary()
+
+
+def _tables_on(scheduler: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The scheduler's ``alphas_cumprod`` and ``final_alpha_cumprod`` as float32 on ``device``.
+
+    Cached per scheduler and device (dropped if the scheduler's table object is replaced), so
+    a sampling or training step copies nothing from the host.
+    """
+    source = scheduler.alphas_cumprod
+    try:
+        per_scheduler = _TABLES.setdefault(scheduler, {})
+    except TypeError:  # not weak-referenceable: no cache
+        per_scheduler = {}
+    cached = per_scheduler.get(device)
+    if cached is None or cached[0] is not source:
+        table = torch.as_tensor(source).to(device=device, dtype=torch.float32)
+        final = torch.as_tensor(scheduler.final_alpha_cumprod).to(
+            device=device, dtype=torch.float32
+        )
+        cached = per_scheduler[device] = (source, table, final)
+    return cached[1], cached[2]
 
 
 __all__ = ["check_ddim_scheduler", "ddim_alpha_bars"]

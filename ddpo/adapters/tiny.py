@@ -23,7 +23,7 @@ from ddpo.adapters.tokenizer import write_clip_tokenizer
 TINY_MODEL_NAME = "ddpo-tiny-random"
 """Registry name of the random tiny model (:func:`ddpo.adapters.registry.resolve_pretrained`)."""
 
-_FORMAT_VERSION = 1  # bump when the architecture or vocabulary changes, to rebuild caches
+_FORMAT_VERSION = 2  # bump when the architecture or vocabulary changes, to rebuild caches
 
 TINY_WORDS: tuple[str, ...] = (
     # articles, prepositions and glue words of simple prompts

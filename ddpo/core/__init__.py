@@ -1,6 +1,16 @@
 """DDPO's math as pure, shape-annotated tensor functions.
 
+- policy: :func:`ddim_step_with_logprob` (``ddim``), :func:`classifier_free_guidance`
+  (``guidance``), :func:`gaussian_kl` to a reference policy (``kl``);
+- losses: :func:`ppo_clip_loss` (DDPO_IS) and :func:`score_function_loss` (DDPO_SF) (``ppo``);
+- advantages: :func:`normalize_advantages`, :func:`group_normalize_advantages`,
+  :func:`clip_advantages` (``advantages``), and per-prompt statistics with history,
+  :func:`init_per_prompt_stats` / :func:`update_per_prompt_stats` or
+  :class:`PerPromptStatTracker` (``per_prompt``);
+- training steps: :func:`subsample_timesteps` (``timesteps``).
+
 Imports only torch, jaxtyping and the standard library (``tests/test_layering.py`` enforces it).
+Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPECHECK=1``.
 """
 
 from ddpo.core.advantages import clip_advantages, group_normalize_advantages, normalize_advantages

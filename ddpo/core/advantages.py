@@ -33,7 +33,7 @@ def normalize_advantages(rewards: PerSample, *, eps: float = 1e-8) -> PerSample:
 
     ``A_i = (r_i - mean(r)) / (std(r) + eps)`` with the population standard deviation, as the
     reference DDPO code does without per-prompt tracking (Black et al., 2023, arXiv 2305.13301,
-    Sec. 4.3, "we normalize the rewards").
+    Sec. 4.3).
 
     Args:
         rewards: one reward per sample, ``(batch,)``, any float dtype.

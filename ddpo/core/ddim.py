@@ -63,7 +63,9 @@ def ddim_step_with_logprob(
     (scoring a stored transition) must be given. The log-density is always taken at a detached
     ``x_{t-1}``, so its gradient flows to ``model_output`` through ``mu`` only. A sampled
     ``x_{t-1}`` is first rounded to ``sample``'s dtype, so that re-scoring the returned
-    ``prev_sample`` (e.g. in bfloat16) reproduces ``log_prob``.
+    ``prev_sample`` (e.g. in bfloat16) reproduces ``log_prob``. Where ``alpha_bar_prev == 1`` (the
+    last step of a scheduler with ``set_alpha_to_one=True``) ``sigma_t = 0`` and the log-density
+    is undefined (NaN); Stable Diffusion's schedule has ``set_alpha_to_one=False``.
 
     Args:
         model_output: network output ``(batch, channels, height, width)``: epsilon, v or x0.

@@ -17,14 +17,14 @@ def gaussian_kl(
 
     At a denoising step both the fine-tuned and the reference policy are
     ``N(mu, sigma_t^2 I)`` with the same ``sigma_t`` (the DDIM step of Black et al., 2023,
-    arXiv 2305.13301, Eq. 4), so per element::
+    arXiv 2305.13301, Sec. 4.3), so per element::
 
         KL(N(mu, s^2) || N(mu_ref, s^2)) = (mu - mu_ref)^2 / (2 s^2)
 
     reduced over channels, height and width. ``"mean"`` matches
     :func:`~ddpo.core.ddim_step_with_logprob`'s default ``log_prob_reduction``, ``"sum"`` is the
     KL of the whole latent. Used by KL-regularized variants (e.g. DPOK, Fan et al., 2023,
-    arXiv 2305.16381, Eq. 8). Gradients flow to both means; pass ``ref_mean`` computed under
+    arXiv 2305.16381). Gradients flow to both means; pass ``ref_mean`` computed under
     ``torch.no_grad()`` for a fixed reference.
 
     Args:

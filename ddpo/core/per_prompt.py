@@ -74,8 +74,8 @@ def update_per_prompt_stats(
 ) -> tuple[PerSample, PerPromptStatState]:
     """Add a batch's rewards to their prompts' buffers and normalize them per prompt.
 
-    The reference's per-prompt tracking (Black et al., 2023, arXiv 2305.13301, Appendix, "we
-    normalize rewards per prompt"): for each prompt ``p`` of the batch, its rewards are first
+    The per-prompt advantage normalization of DDPO (Black et al., 2023, arXiv 2305.13301,
+    Sec. 4.3, as in its reference code): for each prompt ``p`` of the batch, its rewards are first
     appended to ``p``'s buffer (at most ``buffer_size``, oldest dropped), then::
 
         A_i = (r_i - mean(B)) / (std(B) + 1e-6)
@@ -173,9 +173,9 @@ class PerPromptStatTracker:
         advantages, self.state = update_per_prompt_stats(self.state, prompts, rewards)
         return advantages
 
-    def get_stats(self) -> dict[str, dict[str, float]]:
+    def get_stats(self) -> dict[str, dict[str, float | int]]:
         """Per prompt: the ``mean``, population ``std`` and ``count`` of its buffer."""
-        stats: dict[str, dict[str, float]] = {}
+        stats: dict[str, dict[str, float | int]] = {}
         for prompt, buffer in self.state.buffers:
             mean, std = _mean_std(buffer)
             stats[prompt] = {"mean": mean, "std": std, "count": len(buffer)}

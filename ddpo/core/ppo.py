@@ -24,16 +24,17 @@ class PPOLossOutput(NamedTuple):
     clip_fraction: Scalar
 
 
-def _clip_bounds(clip_range: float | tuple[float, float]) -> tuple[float, float]:
+def _clip_bounds(clip_range: object) -> tuple[float, float]:
     """Validate ``clip_range`` and return ``(low, high)``."""
-    low, high = clip_range if isinstance(clip_range, tuple) else (clip_range, clip_range)
-    for value in (low, high):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(
-                f"clip_range must be a float > 0 or a (low, high) pair of floats > 0, "
-                f"got clip_range={clip_range!r}"
-            )
-    return low, high
+    bounds = tuple(clip_range) if isinstance(clip_range, tuple | list) else (clip_range,) * 2
+    if len(bounds) != 2 or not all(
+        isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in bounds
+    ):
+        raise ValueError(
+            "clip_range must be a float > 0 or a (low, high) pair of floats > 0, "
+            f"got clip_range={clip_range!r}"
+        )
+    return float(bounds[0]), float(bounds[1])
 
 
 def ppo_clip_loss(
@@ -45,7 +46,7 @@ def ppo_clip_loss(
 ) -> PPOLossOutput:
     """PPO's clipped surrogate loss on per-sample (or per-sample-and-step) log-probabilities.
 
-    DDPO_IS (Black et al., 2023, arXiv 2305.13301, Sec. 4.3, Eq. 5) with PPO's clipping
+    The DDPO_IS estimator (Black et al., 2023, arXiv 2305.13301, Sec. 4.3) with PPO's clipping
     (Schulman et al., 2017, Eq. 7), written as a loss to minimise::
 
         ratio         = exp(log_prob - old_log_prob)
@@ -97,8 +98,8 @@ def ppo_clip_loss(
 def score_function_loss(log_prob: AnyBatch, advantages: AnyBatch) -> Scalar:
     """The score-function (REINFORCE) loss of DDPO_SF, ``-mean(A * log_prob)``.
 
-    Its gradient is the DDPO_SF estimator (Black et al., 2023, arXiv 2305.13301, Sec. 4.3,
-    Eq. 4): ``-E[sum_t grad log p_theta(x_{t-1} | x_t) * A]``, averaged over the batch (and steps).
+    Its gradient is the DDPO_SF estimator (Black et al., 2023, arXiv 2305.13301, Sec. 4.3),
+    ``-E[sum_t grad log p_theta(x_{t-1} | x_t) * A]``, averaged over the batch (and steps).
 
     Args:
         log_prob: log-probabilities under the current policy, any shape ``(*batch)``.

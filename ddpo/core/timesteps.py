@@ -14,7 +14,7 @@ def subsample_timesteps(
 
     The reference trains each sample on a random subset of its denoising steps: it shuffles the
     steps of every trajectory independently and keeps a fraction of them (Black et al., 2023,
-    arXiv 2305.13301, Appendix; ``train.timestep_fraction``). Randomness comes in as data: pass
+    arXiv 2305.13301; ``train.timestep_fraction`` of its code). Randomness comes in as data: pass
     e.g. ``torch.stack([torch.randperm(steps, generator=g) for _ in range(batch)])``.
 
     Args:

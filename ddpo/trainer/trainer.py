@@ -157,7 +157,8 @@ class DDPOTrainer:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
 
-        # 4. Seeds (the global RNGs feed the prompt function) and TF32.
+        # 4. Seed the global RNGs (per process; e.g. for randomness inside reward functions),
+        #    and TF32.
         set_seed(config.seed, device_specific=True)
         if torch.cuda.is_available():
             torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
@@ -179,7 +180,6 @@ class DDPOTrainer:
 
         # 6. Optimizer over the trainable parameters; prepare the UNet itself (DDP-wrapped
         #    when distributed) so that the training forward pass all-reduces gradients.
-        self.trainable_names = self._trainable_names()
         params = [p for _, p in self._trainable_named_parameters()]
         optimizer = self._make_optimizer(params)
         self.unet, self.optimizer = self.accelerator.prepare(sd_pipeline.unet, optimizer)
@@ -537,16 +537,24 @@ class DDPOTrainer:
             f"epoch {epoch}.{inner_epoch}: training", total=num_micro * kept.shape[1]
         )
         self.unet.train()
-        window: list[dict[str, float]] = []
+        window: list[dict[str, torch.Tensor]] = []
         for start in range(0, num_samples, config.train_batch_size):
             batch = {k: v[start : start + config.train_batch_size] for k, v in shuffled.items()}
             for j in range(kept.shape[1]):
                 with self.accelerator.accumulate(self.unet):
                     metrics = self._train_timestep(batch, j, guidance_scale, train_cfg)
                     if self.accelerator.sync_gradients:
-                        self.accelerator.clip_grad_norm_(
+                        grad_norm = self.accelerator.clip_grad_norm_(
                             self.trainable_parameters, config.train_max_grad_norm
                         )
+                        # One host sync per optimizer step: nothing non-finite is applied.
+                        if grad_norm is not None and not torch.isfinite(grad_norm):
+                            raise FloatingPointError(
+                                f"gradient norm is {float(grad_norm)} at epoch {epoch}, "
+                                f"optimizer step {global_step + 1}; refusing to step the "
+                                "optimizer (check the learning rate, mixed_precision and the "
+                                "reward scale)"
+                            )
                     self.optimizer.step()
                     self.optimizer.zero_grad()
                 window.append(metrics)
@@ -566,7 +574,7 @@ class DDPOTrainer:
 
     def _train_timestep(
         self, batch: dict[str, torch.Tensor], j: int, guidance_scale: float, train_cfg: bool
-    ) -> dict[str, float]:
+    ) -> dict[str, torch.Tensor]:
         config = self.config
         pipeline = self.sd_pipeline
         negative = batch["negative_prompt_embeds"] if train_cfg else None
@@ -586,10 +594,8 @@ class DDPOTrainer:
         advantages = batch["advantages"]
         ppo = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range=config.train_clip_range)
         loss = ppo.loss if config.loss_type == "ppo" else score_function_loss(log_prob, advantages)
-        metrics = {
-            "approx_kl": float(ppo.approx_kl),
-            "clip_fraction": float(ppo.clip_fraction),
-        }
+        # Diagnostics stay on the device as detached tensors; read once per optimizer step.
+        metrics = {"approx_kl": ppo.approx_kl, "clip_fraction": ppo.clip_fraction}
         if config.kl_coef > 0:
             with torch.no_grad(), pipeline.reference_policy(), self.accelerator.autocast():
                 ref = pipeline.score_transitions(
@@ -603,23 +609,15 @@ class DDPOTrainer:
                 )
             kl = gaussian_kl(out.mean.float(), ref.mean.float(), out.std_dev.float()).mean()
             loss = loss + config.kl_coef * kl
-            metrics["kl"] = float(kl.detach())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"DDPO loss is {loss.detach().item()} at training timestep slot {j}; refusing to "
-                "step the optimizer (check the learning rate, mixed_precision and the reward "
-                "scale)"
-            )
+            metrics["kl"] = kl.detach()
         self.accelerator.backward(loss)
-        metrics["loss"] = float(loss.detach())
+        metrics["loss"] = loss.detach()
         return metrics
 
-    def _reduce_metrics(self, window: list[dict[str, float]]) -> dict[str, float]:
+    def _reduce_metrics(self, window: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         keys = sorted(window[0])
-        local = torch.tensor(
-            [float(np.mean([m[k] for m in window])) for k in keys],
-            device=self.accelerator.device,
-            dtype=torch.float64,
+        local = torch.stack([torch.stack([m[k].float() for m in window]).mean() for k in keys]).to(
+            self.accelerator.device
         )
         reduced = self.accelerator.reduce(local, reduction="mean")
         return {k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)}
@@ -636,9 +634,6 @@ class DDPOTrainer:
                 "grad; nothing to train"
             )
         return named
-
-    def _trainable_names(self) -> list[str]:
-        return [n for n, _ in self._trainable_named_parameters()]
 
     def _make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
         config = self.config

@@ -68,7 +68,7 @@ def tuned_lora_pipeline(tiny_path: Path):  # type: ignore[no-untyped-def]
 
     pipe = DefaultDDPOStableDiffusionPipeline(tiny_path, lora_rank=4, lora_alpha=8)
     pipe.set_progress_bar_config(disable=True)
-    perturb_trainable(pipe, seed=1, scale=0.3)
+    perturb_trainable(pipe, seed=1, scale=0.1)
     return pipe
 
 

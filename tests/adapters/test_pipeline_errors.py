@@ -143,6 +143,7 @@ def test_check_prompts_names_the_bad_items() -> None:
         ({"height": 60}, "multiples of 8"),
         ({"generator": [torch.Generator()] * 3}, "generator list has 3"),
         ({"negative_prompt": ["x", "y", "z"]}, "negative_prompt has 3"),
+        ({"latents": torch.zeros(2, 4, 4, 4)}, r"latents must have shape \(2, 4, 8, 8\)"),
     ],
 )
 def test_bad_call_arguments(lora_pipeline, kwargs: dict[str, object], match: str) -> None:  # type: ignore[no-untyped-def]

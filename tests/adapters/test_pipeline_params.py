@@ -62,8 +62,16 @@ def test_half_precision_base_keeps_float32_adapters(tiny_path, dtype: torch.dtyp
                output_type="pt", generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.latents.dtype == torch.float32 and torch.isfinite(out.log_probs).all()
     assert out.images.dtype == torch.float32
-    # gradients reach the float32 adapters through the bfloat16 base
+    # re-scoring right after sampling gives the sampled log-probs with a bfloat16 base too
     embeds = pipe.encode_prompt(["a red circle", "a cat"])
+    negative = pipe.encode_prompt(["", ""])
+    with torch.no_grad():
+        again = [pipe.score_transitions(out.latents[:, j], out.latents[:, j + 1],
+                                        pipe.scheduler.timesteps[j].expand(2), embeds, negative,
+                                        guidance_scale=5.0, eta=1.0).log_prob
+                 for j in range(3)]  # fmt: skip
+    torch.testing.assert_close(torch.stack(again, 1), out.log_probs, atol=1e-5, rtol=0)
+    # gradients reach the float32 adapters through the bfloat16 base
     scored = pipe.score_transitions(out.latents[:, 0], out.latents[:, 1],
                                     pipe.scheduler.timesteps[0].expand(2), embeds,
                                     guidance_scale=1.0, eta=1.0)  # fmt: skip

@@ -171,3 +171,43 @@ def test_scheduler_step_samples_and_scores(lora_pipeline) -> None:  # type: igno
     ref = pipe.scheduler.step(model_output, t, sample, eta=1.0,
                               generator=torch.Generator().manual_seed(1)).prev_sample  # fmt: skip
     torch.testing.assert_close(drawn.latents, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_progress_bar_follows_its_config(lora_pipeline, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    pipe = lora_pipeline
+    try:
+        pipe.set_progress_bar_config(disable=False, desc="denoising")
+        pipe("a cat", num_inference_steps=3, guidance_scale=1.0, output_type="latent")
+        shown = capsys.readouterr().err
+        pipe.set_progress_bar_config(disable=True)
+        pipe("a cat", num_inference_steps=3, guidance_scale=1.0, output_type="latent")
+        hidden = capsys.readouterr().err
+    finally:
+        pipe.set_progress_bar_config(disable=True)
+    assert "denoising" in shown and "3/3" in shown
+    assert "denoising" not in hidden
+
+
+def test_device_argument_and_to(tiny_path) -> None:  # type: ignore[no-untyped-def]
+    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
+
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_path, device="cpu", use_lora=False)
+    assert pipe.device == torch.device("cpu")
+    assert pipe.to("cpu") is pipe
+    assert pipe.pipeline.unet is pipe.unet
+    assert pipe.sd_pipeline is pipe.pipeline  # TRL's attribute name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_ratio_one_on_cuda(tiny_path, dtype: torch.dtype) -> None:  # type: ignore[no-untyped-def]
+    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
+
+    pipe = DefaultDDPOStableDiffusionPipeline(tiny_path, torch_dtype=dtype, device="cuda")
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(PROMPTS[:4], num_inference_steps=6, guidance_scale=5.0, output_type="pt",
+               generator=torch.Generator("cuda").manual_seed(0))  # fmt: skip
+    assert out.latents.device.type == "cuda" and out.images.shape == (4, 3, 64, 64)
+    new = _rescore(pipe, out, PROMPTS[:4], 5.0)
+    torch.testing.assert_close(new, out.log_probs, atol=1e-5, rtol=0)

@@ -50,6 +50,11 @@ def test_cached_folder_is_stable_diffusion_and_reused(tmp_path: Path) -> None:
     saved = load_file(weights)
     assert set(saved) == set(fresh) and all(torch.equal(saved[k], fresh[k]) for k in saved)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+    # the saved tokenizer still holds every word as one token
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
+    assert [w for w in TINY_WORDS if len(tokenizer(w).input_ids) != 3] == []
 
 
 @pytest.mark.slow

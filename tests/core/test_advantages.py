@@ -1,5 +1,7 @@
 """Tests of ddpo.core.advantages: global and group normalization, clipping."""
 
+import math
+from fractions import Fraction
 from typing import Any
 
 import beartype.roar
@@ -26,9 +28,17 @@ def population_std(x: torch.Tensor) -> torch.Tensor:
 @settings(max_examples=50, deadline=None)
 @given(rewards=rewards_lists)
 def test_normalize_matches_the_formula(rewards: list[float]) -> None:
+    """Against exact rational arithmetic (a float64 mean can be off by an ulp, which the
+    ``+ 1e-8`` then turns into a nonzero advantage for tied rewards)."""
+    exact = [Fraction(v) for v in rewards]
+    mean = sum(exact) / len(exact)
+    std = math.sqrt(sum((v - mean) ** 2 for v in exact) / len(exact))
+    expected = [float((v - mean) / Fraction(std + 1e-8)) for v in exact]
     r = torch.tensor(rewards, dtype=torch.float64)
-    expected = (r - r.mean()) / (population_std(r) + 1e-8)
-    torch.testing.assert_close(normalize_advantages(r), expected, rtol=1e-6, atol=1e-6)
+    out = normalize_advantages(r)
+    torch.testing.assert_close(
+        out, torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=1e-6
+    )
 
 
 @settings(max_examples=50, deadline=None)

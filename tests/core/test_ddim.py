@@ -211,12 +211,15 @@ def test_sum_is_mean_times_number_of_elements(seed: int, prediction_type: str, e
 
 
 @settings(max_examples=20, deadline=None)
-@given(seed=seeds, prediction_type=prediction_types, eta=etas)
+@given(seed=seeds, prediction_type=prediction_types, eta=st.floats(0.5, 1.0))
 def test_bfloat16_inputs_agree_with_float32(seed: int, prediction_type: str, eta: float) -> None:
     """bfloat16 latents work, compute in float32, and agree with float32 within bf16 rounding.
 
     The alpha bars stay float32: in bfloat16 ``1 - alpha_bar`` near the end of the schedule
-    rounds to zero (the adapters keep the scheduler table in float32).
+    rounds to zero (the adapters keep the scheduler table in float32). The sampled ``x_{t-1}`` is
+    rounded to bfloat16 (8 significant bits) and its log-density shifts by about
+    ``|x| 2^-8 / sigma_t`` per element, so the comparison uses DDPO's ``eta`` range (0.5 to 1)
+    where ``sigma_t`` is not tiny.
     """
     inputs = random_step(seed)
     kw: Any = {"eta": eta, "prediction_type": prediction_type}
@@ -228,7 +231,7 @@ def test_bfloat16_inputs_agree_with_float32(seed: int, prediction_type: str, eta
     # Inputs are rounded to 8 significant bits; x0 estimates can amplify that by 1/sqrt(a_t).
     scale = 1 + reference.prev_sample.abs()
     assert ((out.prev_sample.float() - reference.prev_sample).abs() <= 0.06 * scale).all()
-    torch.testing.assert_close(out.log_prob, reference.log_prob, rtol=0.02, atol=0.02)
+    torch.testing.assert_close(out.log_prob, reference.log_prob, rtol=0.02, atol=0.05)
 
 
 def test_float64_inputs_compute_in_float64() -> None:

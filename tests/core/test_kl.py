@@ -68,3 +68,15 @@ def test_kl_errors() -> None:
         gaussian_kl(mean, ref[:2], std)
     with pytest.raises(TYPE_ERRORS):
         gaussian_kl(mean, ref, std[:2])
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), reduction=st.sampled_from(["mean", "sum"]))
+def test_kl_batch_equals_per_sample_and_bfloat16_agrees(seed: int, reduction: Any) -> None:
+    mean, ref, std = _means(seed)
+    kl = gaussian_kl(mean, ref, std, reduction=reduction)
+    for i in range(mean.shape[0]):
+        one = gaussian_kl(mean[i : i + 1], ref[i : i + 1], std[i : i + 1], reduction=reduction)
+        torch.testing.assert_close(one, kl[i : i + 1])
+    low = gaussian_kl(mean.bfloat16(), ref.bfloat16(), std, reduction=reduction)
+    torch.testing.assert_close(low, kl, rtol=0.03, atol=0.03)

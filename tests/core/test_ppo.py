@@ -1,5 +1,6 @@
 """Tests of ddpo.core.ppo: TRL parity, properties, gradients, errors."""
 
+import inspect
 import math
 from typing import Any
 
@@ -145,6 +146,17 @@ def test_invalid_clip_range_raises(clip_range: Any) -> None:
         ppo_clip_loss(x, x, x, clip_range=clip_range)
 
 
+@pytest.mark.parametrize("clip_range", [(0.1, 0.2, 0.3), (0.1,), "0.1", [0.1, 0.2]])
+def test_malformed_clip_range_raises_naming_it(clip_range: Any) -> None:
+    """Wrong types fail the suite's type check; unchecked, a ValueError names the argument."""
+    x = torch.zeros(3)
+    with pytest.raises((ValueError, *TYPE_ERRORS), match="clip_range"):
+        ppo_clip_loss(x, x, x, clip_range=clip_range)
+    if not isinstance(clip_range, list):
+        with pytest.raises(ValueError, match="clip_range"):
+            inspect.unwrap(ppo_clip_loss)(x, x, x, clip_range=clip_range)
+
+
 @pytest.mark.parametrize("shapes", [((3,), (4,), (3,)), ((3,), (3,), (1,)), ((2, 3), (2, 3), (2,))])
 def test_mismatched_shapes_fail_the_type_check(shapes: tuple[tuple[int, ...], ...]) -> None:
     tensors = [torch.zeros(s) for s in shapes]
@@ -185,3 +197,17 @@ def test_score_function_gradient_equals_ppo_gradient_at_ratio_one() -> None:
 def test_score_function_loss_shapes_must_agree() -> None:
     with pytest.raises(TYPE_ERRORS):
         score_function_loss(torch.zeros(3), torch.zeros(2))
+
+
+def test_gradcheck_float64() -> None:
+    """PPO and score-function losses w.r.t. log-probs, ratios away from the clip kinks."""
+    g = torch.Generator().manual_seed(4)
+    old = torch.randn(6, generator=g, dtype=torch.float64)
+    # ratios exp(+-0.05), exp(+-0.3): inside and outside a 0.1 clip range, none on its edge
+    offsets = torch.tensor([0.05, -0.05, 0.3, -0.3, 0.3, -0.3], dtype=torch.float64)
+    log_prob = (old + offsets).requires_grad_(True)
+    adv = torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0, -1.0], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda lp: ppo_clip_loss(lp, old, adv, clip_range=0.1).loss, (log_prob,)
+    )
+    assert torch.autograd.gradcheck(lambda lp: score_function_loss(lp, adv), (log_prob,))

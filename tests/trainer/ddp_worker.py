@@ -39,7 +39,7 @@ def main() -> None:
         train_timestep_fraction=0.5,
         train_learning_rate=1e-2,
         train_clip_range=1.0,
-        save_freq=0,
+        save_freq=1,
         mixed_precision="no",
         output_dir=str(out_dir / "run"),
         accelerator_kwargs={"cpu": True},

@@ -10,11 +10,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
 
 from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+from ddpo.trainer.trainer import PromptRNG
 
 MODEL = "ddpo-tiny-random"
 PROMPTS = ("a red circle", "a blue square", "a green star")
@@ -139,6 +141,7 @@ def test_full_unet_score_function_group_tensorboard(tmp_path: Path, pipeline_fac
         gradient_checkpointing=True,
         log_with="tensorboard",
         train_learning_rate=1e-4,
+        kl_coef=0.05,  # the reference policy of a full UNet is the pipeline's frozen copy
     )
     pipeline = pipeline_factory(use_lora=False)
     trainer = DDPOTrainer(config, brightness, pick_prompt, pipeline, lambda *a: calls.append(a))
@@ -154,7 +157,7 @@ def test_full_unet_score_function_group_tensorboard(tmp_path: Path, pipeline_fac
     events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
     (metrics,) = read_metrics(tmp_path / "run")
-    assert math.isfinite(metrics["loss"]) and "kl" not in metrics
+    assert math.isfinite(metrics["loss"]) and metrics["kl"] > 0
 
 
 def test_async_rewards_equal_sync(tmp_path: Path, pipeline_factory: Any) -> None:
@@ -175,6 +178,7 @@ def test_async_rewards_equal_sync(tmp_path: Path, pipeline_factory: Any) -> None
         results[mode] = (read_metrics(tmp_path / f"run-{mode}"), trainer.trainable_state_dict())
         assert (threads == {threading.current_thread().name}) is (not mode)
     (sync_metrics, sync_weights), (async_metrics, async_weights) = results[False], results[True]
+    assert "kl" not in sync_metrics[0]  # kl_coef=0: no reference pass
     assert sync_metrics[0]["reward_mean"] == async_metrics[0]["reward_mean"]
     assert sync_metrics[0]["loss"] == async_metrics[0]["loss"]
     assert all(torch.equal(sync_weights[k], async_weights[k]) for k in sync_weights)
@@ -254,6 +258,29 @@ def _expect_reward_error(
     after = trainer.trainable_state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # no optimizer step
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_prompt_rng_is_isolated_and_round_trips() -> None:
+    rng = PromptRNG.seeded(7)
+    with rng.active():
+        first = [random.random(), float(np.random.rand())]
+    random.random()  # other code drawing from the global RNGs in between ...
+    np.random.rand()
+    restored = PromptRNG.from_json(json.loads(json.dumps(rng.to_json())))
+    with rng.active():
+        second = [random.random(), float(np.random.rand())]
+    with restored.active():
+        again = [random.random(), float(np.random.rand())]
+    reference = PromptRNG.seeded(7)
+    with reference.active():
+        expected = [
+            random.random(),
+            float(np.random.rand()),
+            random.random(),
+            float(np.random.rand()),
+        ]
+    assert first + second == expected  # ... does not shift the prompt stream
+    assert again == second
 
 
 def test_errors_before_any_model_work(tmp_path: Path) -> None:
@@ -385,6 +412,46 @@ def test_two_processes_keep_identical_weights(tmp_path: Path, pipeline_factory: 
     assert all(torch.equal(init0[k], init1[k]) for k in init0)  # ... from rank 0's weights
     assert all(torch.equal(final0[k], final1[k]) for k in final0)  # and stayed identical
     assert any(not torch.equal(init0[k], final0[k]) for k in init0)
+    # The checkpoint holds every rank's RNG states next to the shared weights and optimizer.
+    names = {p.name for p in (tmp_path / "run" / "checkpoints" / "checkpoint_1").iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl", "prompt_rng_0.json"} <= names
+    assert {"prompt_rng_1.json", "trainable_weights.safetensors", "optimizer.bin"} <= names
     # Control: training through the unwrapped UNet (TRL's bug) lets the ranks diverge.
     unsynced0, unsynced1 = load("unsynced0.st"), load("unsynced1.st")
     assert any(not torch.equal(unsynced0[k], unsynced1[k]) for k in unsynced0)
+
+
+def test_push_to_hub_failure_keeps_everything_local(
+    tmp_path: Path, pipeline_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    config = tiny_config(tmp_path / "run", push_to_hub=True, hub_model_id="someone/tiny-ddpo")
+    trainer = DDPOTrainer(config, brightness, pick_prompt, pipeline_factory())
+    with pytest.raises(RuntimeError, match=r"push_to_hub to 'someone/tiny-ddpo' failed .* saved"):
+        trainer.train()
+    trainer.close()
+    final = tmp_path / "run" / "final"
+    assert (final / "model_index.json").is_file()
+    assert len(read_metrics(tmp_path / "run")) == 1
+
+
+def test_non_finite_gradients_never_reach_the_optimizer(
+    tmp_path: Path, pipeline_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline = pipeline_factory()
+    score = pipeline.score_transitions
+
+    def poisoned(*args: Any, **kwargs: Any) -> Any:
+        out = score(*args, **kwargs)
+        return out._replace(log_prob=out.log_prob * float("nan"))
+
+    monkeypatch.setattr(pipeline, "score_transitions", poisoned)
+    trainer = DDPOTrainer(tiny_config(tmp_path / "run"), brightness, pick_prompt, pipeline)
+    before = trainer.trainable_state_dict()
+    with pytest.raises(FloatingPointError, match="gradient norm is nan"):
+        trainer.train()
+    trainer.close()
+    after = trainer.trainable_state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

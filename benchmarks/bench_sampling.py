@@ -1,0 +1,148 @@
+"""Sampling: images/s of our rollout with log-probs against stock diffusers, same process.
+
+Contenders, on the SAME components (UNet with the same LoRA layers, VAE, text encoder, tokenizer;
+a fresh DDIM scheduler from the same config), prompts, steps, batch, guidance scale, eta and
+seeded generator, both decoding to a float tensor (``output_type="pt"``):
+
+- ``ddpo``: ``DefaultDDPOStableDiffusionPipeline.__call__`` (keeps every latent and log-prob);
+- ``diffusers``: ``diffusers.StableDiffusionPipeline.__call__``.
+
+They run interleaved after a warm-up; the figure is the ratio of medians (ours / stock: 1.05
+means 5 % slower). With ``--no-mfu`` unset, FLOPs of one call are counted with
+``FlopCounterMode``; on CUDA the model FLOP utilisation is that over time and over the measured
+dense matmul peak in the run's dtype.
+"""
+
+import argparse
+from typing import Any
+
+import harness
+import presets
+import torch
+
+NAME = "sampling"
+
+
+def stock_pipeline(pipeline: Any) -> Any:
+    """A stock ``StableDiffusionPipeline`` over our pipeline's components (shared, not copied)."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    stock = StableDiffusionPipeline(
+        vae=pipeline.vae,
+        text_encoder=pipeline.text_encoder,
+        tokenizer=pipeline.tokenizer,
+        unet=pipeline.unet,
+        scheduler=DDIMScheduler.from_config(pipeline.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    stock.set_progress_bar_config(disable=True)
+    return stock
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time both samplers; return settings, one row per contender and the summary figures."""
+    preset = presets.resolve(args)
+    device = harness.resolve_device(getattr(args, "device", "auto"))
+    harness.set_threads(device, getattr(args, "threads", None))
+    dtype = harness.resolve_dtype(preset.dtype)
+    pipeline = presets.load_pipeline(preset, device)
+    options = presets.options(args)
+    compile_unet = options.pop("compile")
+    harness.apply_unet_options(pipeline.unet, **options)
+    pipeline.unet.eval()
+    stock = stock_pipeline(pipeline)
+    batch_prompts = presets.prompts(preset.sample_batch_size)
+    common: dict[str, Any] = {
+        "num_inference_steps": preset.num_steps,
+        "guidance_scale": preset.guidance_scale,
+        "eta": preset.eta,
+        "output_type": "pt",
+    }
+
+    def generator() -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(0)
+
+    def ours() -> Any:
+        with torch.no_grad(), harness.autocast(device, dtype):
+            return pipeline(batch_prompts, generator=generator(), **common)
+
+    def theirs() -> Any:
+        with torch.no_grad(), harness.autocast(device, dtype):
+            return stock(batch_prompts, generator=generator(), **common)
+
+    contenders = {"ddpo": ours, "diffusers": theirs}
+    # FLOPs are counted on the eager module (compiling does not change the model's FLOPs, and
+    # FlopCounterMode does not see inside compiled graphs); then compile if asked.
+    flops: dict[str, int] = {}
+    if not getattr(args, "no_mfu", False):
+        flops = {name: harness.count_flops(fn) for name, fn in contenders.items()}
+    if compile_unet:
+        harness.apply_unet_options(pipeline.unet, compile=True)
+    timings = harness.time_interleaved(
+        contenders, device, repeats=preset.repeats, warmup=preset.warmup
+    )
+    memory, outputs = {}, {}
+    for name, fn in contenders.items():
+        with harness.measure_peak(device) as peak:
+            outputs[name] = fn()
+        memory[name] = peak
+    # Both did the same work: same images from the same generator (the difference is recorded;
+    # 0 when our noise draws match diffusers'), and ours also kept the log-probs.
+    ours_images = torch.as_tensor(outputs["ddpo"].images)
+    theirs_images = torch.as_tensor(outputs["diffusers"].images)
+    if ours_images.shape != theirs_images.shape:
+        raise RuntimeError(f"image shapes differ: {ours_images.shape} vs {theirs_images.shape}")
+    max_image_diff = float((ours_images.float() - theirs_images.float()).abs().max())
+    log_probs_shape = tuple(outputs["ddpo"].log_probs.shape)
+    if log_probs_shape != (preset.sample_batch_size, preset.num_steps):
+        raise RuntimeError(f"log_probs shape {log_probs_shape} unexpected")
+    del outputs
+
+    peak_flops = None
+    if flops and device.type == "cuda":
+        peak_flops = harness.matmul_peak_flops(device, dtype)
+
+    rows = []
+    for name in contenders:
+        seconds = timings.median(name)
+        row: dict[str, Any] = {
+            "contender": name,
+            "median_s": seconds,
+            "min_s": timings.minimum(name),
+            "cpu_s": timings.cpu_median(name),
+            "images_per_s": preset.sample_batch_size / seconds,
+            "denoise_steps_per_s": preset.sample_batch_size * preset.num_steps / seconds,
+            "spread": timings.spread(name),
+            "peak_mib": memory[name].peak_mib,
+            "memory_kind": memory[name].kind,
+        }
+        if name in flops:
+            row["gflop_per_call"] = flops[name] / 1e9
+            row["tflop_per_s"] = flops[name] / seconds / 1e12
+            if peak_flops is not None:
+                row["mfu"] = flops[name] / seconds / peak_flops
+        rows.append(row)
+    ratios = timings.ratios("ddpo", "diffusers")
+    summary: dict[str, Any] = {
+        "time_ratio_ours_over_stock": ratios["median"],
+        "overhead_pct": 100.0 * (ratios["median"] - 1.0),
+        "overhead_pct_min": 100.0 * (ratios["min"] - 1.0),
+        "overhead_pct_cpu_time": 100.0 * (ratios["cpu_median"] - 1.0),
+        "target_overhead_pct": 5.0,
+        "ddpo_images_per_s": rows[0]["images_per_s"],
+        "max_abs_image_diff": max_image_diff,
+        "diffusers_images_per_s": rows[1]["images_per_s"],
+    }
+    if peak_flops is not None:
+        summary["matmul_peak_tflop_per_s"] = peak_flops / 1e12
+    return harness.result(
+        NAME,
+        settings=presets.describe(preset, args, device),
+        environment=harness.environment(device),
+        timings_s=timings.seconds,
+        cpu_timings_s=timings.cpu_seconds,
+        rows=rows,
+        summary=summary,
+    )

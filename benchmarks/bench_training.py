@@ -1,0 +1,208 @@
+"""Training: transitions/s of our re-scoring + PPO update against a bare UNet forward/backward.
+
+One training step on ``train_batch_size`` transitions (sample x timestep), with classifier-free
+guidance as DDPO trains (the UNet sees a doubled batch: unconditional and conditional):
+
+- ``ddpo``: ``pipeline.score_transitions`` (UNet with guidance, DDIM log-prob of the stored next
+  latents under the current weights) -> ``ppo_clip_loss`` -> backward -> gradient clipping ->
+  AdamW step over the trainable (LoRA) parameters;
+- ``bare``: the UNet on the same doubled batch -> mean square of its output as the loss ->
+  backward -> the same clipping and AdamW step over the same parameters.
+
+The gap between them is everything our training step adds around the UNet: the DDIM log-prob,
+guidance, the PPO loss and any extra copies. Interleaved repeats after a warm-up; the figure is
+the ratio of medians (ours / bare).
+"""
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+import harness
+import presets
+import torch
+
+NAME = "training"
+MAX_GRAD_NORM = 1.0  # TRL's default train_max_grad_norm
+LEARNING_RATE = 3e-4  # TRL's default train_learning_rate
+CLIP_RANGE = 1e-4  # TRL's default train_clip_range
+
+
+def training_inputs(
+    pipeline: Any, batch_size: int, num_steps: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Random transitions shaped as a rollout's: latents, next latents, timesteps, embeddings.
+
+    Throughput does not depend on the values; the timesteps are the scheduler's, the embeddings
+    come from the text encoder (prompts and the empty negative prompt).
+    """
+    pipeline.scheduler.set_timesteps(num_steps, device=device)
+    unet = pipeline.unet
+    channels = unet.config.in_channels
+    side = unet.config.sample_size
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    latents = torch.randn(batch_size, channels, side, side, generator=generator)
+    next_latents = latents + 0.1 * torch.randn(latents.shape, generator=generator)
+    picks = torch.randint(0, num_steps, (batch_size,), generator=generator)
+    timesteps = pipeline.scheduler.timesteps.to(device)[picks.to(device)]
+    with torch.no_grad():
+        prompt_embeds = pipeline.encode_prompt(presets.prompts(batch_size))
+        negative_embeds = pipeline.encode_prompt([""] * batch_size)
+    return {
+        # float32 like the trajectories the pipeline returns and the trainer stores
+        "latents": latents.to(device),
+        "next_latents": next_latents.to(device),
+        "timesteps": timesteps,
+        "prompt_embeds": prompt_embeds.to(device),
+        "negative_prompt_embeds": negative_embeds.to(device),
+        "advantages": torch.randn(batch_size, generator=generator).to(device),
+    }
+
+
+def make_steps(
+    pipeline: Any,
+    inputs: dict[str, torch.Tensor],
+    *,
+    guidance_scale: float,
+    eta: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, Callable[[], Any]]:
+    """The two training steps over the same inputs, parameters and optimizer settings."""
+    from ddpo.core import ppo_clip_loss
+
+    unet = pipeline.unet
+    unet.train()
+    params = harness.trainable_parameters(unet)
+    if not params:
+        raise RuntimeError("the UNet has no trainable parameters")
+    optimizers = {
+        name: torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=1e-4)
+        for name in ("ddpo", "bare")
+    }
+
+    def score() -> Any:
+        return pipeline.score_transitions(
+            inputs["latents"],
+            inputs["next_latents"],
+            inputs["timesteps"],
+            inputs["prompt_embeds"],
+            inputs["negative_prompt_embeds"],
+            guidance_scale=guidance_scale,
+            eta=eta,
+        )
+
+    with torch.no_grad(), harness.autocast(device, dtype):
+        old_log_prob = score().log_prob.detach().float()
+
+    def ddpo_step() -> None:
+        with harness.autocast(device, dtype):
+            out = score()
+            loss = ppo_clip_loss(
+                out.log_prob, old_log_prob, inputs["advantages"], clip_range=CLIP_RANGE
+            ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizers["ddpo"].step()
+        optimizers["ddpo"].zero_grad(set_to_none=True)
+
+    doubled = {
+        "sample": torch.cat([inputs["latents"]] * 2),
+        "timestep": torch.cat([inputs["timesteps"]] * 2),
+        "encoder_hidden_states": torch.cat(
+            [inputs["negative_prompt_embeds"], inputs["prompt_embeds"]]
+        ),
+    }
+
+    def bare_step() -> None:
+        with harness.autocast(device, dtype):
+            output = unet(**doubled).sample
+            loss = output.float().square().mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizers["bare"].step()
+        optimizers["bare"].zero_grad(set_to_none=True)
+
+    return {"ddpo": ddpo_step, "bare": bare_step}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time both training steps; return settings, one row per contender and the summary."""
+    preset = presets.resolve(args)
+    device = harness.resolve_device(getattr(args, "device", "auto"))
+    harness.set_threads(device, getattr(args, "threads", None))
+    dtype = harness.resolve_dtype(preset.dtype)
+    pipeline = presets.load_pipeline(preset, device)
+    options = presets.options(args)
+    compile_unet = options.pop("compile")
+    harness.apply_unet_options(pipeline.unet, **options)
+    inputs = training_inputs(pipeline, preset.train_batch_size, preset.num_steps, device)
+    contenders = make_steps(
+        pipeline,
+        inputs,
+        guidance_scale=preset.guidance_scale,
+        eta=preset.eta,
+        device=device,
+        dtype=dtype,
+    )
+    # FLOPs are counted on the eager module (compiling does not change the model's FLOPs, and
+    # FlopCounterMode does not see inside compiled graphs); then compile if asked.
+    flops: dict[str, int] = {}
+    if not getattr(args, "no_mfu", False):
+        flops = {name: harness.count_flops(fn) for name, fn in contenders.items()}
+    if compile_unet:
+        harness.apply_unet_options(pipeline.unet, compile=True)
+    timings = harness.time_interleaved(
+        contenders, device, repeats=preset.repeats, warmup=preset.warmup
+    )
+    memory = {}
+    for name, fn in contenders.items():
+        with harness.measure_peak(device) as peak:
+            fn()
+        memory[name] = peak
+    peak_flops = None
+    if flops and device.type == "cuda":
+        peak_flops = harness.matmul_peak_flops(device, dtype)
+
+    batch = preset.train_batch_size
+    rows = []
+    for name in contenders:
+        seconds = timings.median(name)
+        row: dict[str, Any] = {
+            "contender": name,
+            "median_s": seconds,
+            "min_s": timings.minimum(name),
+            "cpu_s": timings.cpu_median(name),
+            "transitions_per_s": batch / seconds,
+            "spread": timings.spread(name),
+            "peak_mib": memory[name].peak_mib,
+            "memory_kind": memory[name].kind,
+        }
+        if name in flops:
+            row["gflop_per_step"] = flops[name] / 1e9
+            row["tflop_per_s"] = flops[name] / seconds / 1e12
+            if peak_flops is not None:
+                row["mfu"] = flops[name] / seconds / peak_flops
+        rows.append(row)
+    ratios = timings.ratios("ddpo", "bare")
+    summary: dict[str, Any] = {
+        "time_ratio_ours_over_bare": ratios["median"],
+        "overhead_pct": 100.0 * (ratios["median"] - 1.0),
+        "overhead_pct_min": 100.0 * (ratios["min"] - 1.0),
+        "overhead_pct_cpu_time": 100.0 * (ratios["cpu_median"] - 1.0),
+        "target_overhead_pct": 15.0,
+        "ddpo_transitions_per_s": rows[0]["transitions_per_s"],
+        "bare_transitions_per_s": rows[1]["transitions_per_s"],
+        "trainable_parameters": sum(p.numel() for p in harness.trainable_parameters(pipeline.unet)),
+    }
+    if peak_flops is not None:
+        summary["matmul_peak_tflop_per_s"] = peak_flops / 1e12
+    return harness.result(
+        NAME,
+        settings=presets.describe(preset, args, device),
+        environment=harness.environment(device),
+        timings_s=timings.seconds,
+        cpu_timings_s=timings.cpu_seconds,
+        rows=rows,
+        summary=summary,
+    )

@@ -1,0 +1,139 @@
+"""Smoke test of the model benchmarks: each runs through the runner at the smallest settings.
+
+Checks that the runner writes one JSON per benchmark with the documented fields, finite and
+positive. Never asserts a timing.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALLEST = ["--steps", "2", "--batch-size", "1", "--repeats", "1", "--warmup", "0"]
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench")
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--preset",
+        "tiny",
+        "--device",
+        "cpu",
+        "--only",
+        "sampling,training,epoch,memory,flops",
+        "--out",
+        str(out),
+        *SMALLEST,
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = {}
+    for name in ("sampling", "training", "epoch", "memory", "flops"):
+        path = out / f"{name}.json"
+        assert path.is_file(), f"{path} missing; runner output:\n{done.stdout[-2000:]}"
+        found[name] = json.loads(path.read_text())
+    return found
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_result_names_its_settings_and_machine(results: dict[str, dict[str, Any]]) -> None:
+    for name, result in results.items():
+        assert result["name"] == name
+        assert result["settings"]["preset"] == "tiny"
+        assert result["settings"]["num_steps"] == 2
+        assert result["environment"]["torch"]
+        assert result["rows"], name
+
+
+def test_sampling_reports_both_contenders(results: dict[str, dict[str, Any]]) -> None:
+    rows = {row["contender"]: row for row in results["sampling"]["rows"]}
+    assert set(rows) == {"ddpo", "diffusers"}
+    for row in rows.values():
+        for field in ("median_s", "images_per_s", "peak_mib", "gflop_per_call", "tflop_per_s"):
+            assert _positive(row[field]), (field, row)
+    assert _positive(results["sampling"]["summary"]["time_ratio_ours_over_stock"])
+
+
+def test_training_reports_both_contenders(results: dict[str, dict[str, Any]]) -> None:
+    rows = {row["contender"]: row for row in results["training"]["rows"]}
+    assert set(rows) == {"ddpo", "bare"}
+    for row in rows.values():
+        for field in ("median_s", "transitions_per_s", "peak_mib", "gflop_per_step"):
+            assert _positive(row[field]), (field, row)
+    summary = results["training"]["summary"]
+    assert _positive(summary["time_ratio_ours_over_bare"])
+    assert summary["trainable_parameters"] > 0
+
+
+def test_epoch_reports_each_phase(results: dict[str, dict[str, Any]]) -> None:
+    rows = {row["phase"]: row for row in results["epoch"]["rows"]}
+    for phase in ("sampling", "reward", "advantages", "training", "total"):
+        assert phase in rows, sorted(rows)
+        assert _positive(rows[phase]["seconds"]), rows[phase]
+    assert _positive(rows["total"]["peak_mib"])
+    summary = results["epoch"]["summary"]
+    assert summary["mode"] in ("trainer", "composed")
+    assert (
+        summary["samples"]
+        == results["epoch"]["settings"]["sample_batch_size"]
+        * (results["epoch"]["settings"]["sample_num_batches_per_epoch"])
+    )
+
+
+def test_memory_reports_each_phase(results: dict[str, dict[str, Any]]) -> None:
+    rows = {row["phase"]: row for row in results["memory"]["rows"]}
+    assert set(rows) == {"load", "sampling", "train_step", "train_step_checkpointed"}
+    for row in rows.values():
+        assert _positive(row["peak_mib"]), row
+        assert row["memory_kind"].startswith("cpu_peak_rss")
+
+
+def test_flops_budget_adds_up(results: dict[str, dict[str, Any]]) -> None:
+    values = {row["quantity"]: row["value"] for row in results["flops"]["rows"]}
+    for value in values.values():
+        assert _positive(value)
+    total = values["epoch_sampling_pflop"] + values["epoch_training_pflop"]
+    assert math.isclose(values["epoch_total_pflop"], total, rel_tol=1e-9)
+    # A backward pass costs more than a forward pass.
+    assert (
+        values["unet_fwd_bwd_gflop_per_sample_guided"]
+        > values["unet_forward_gflop_per_sample_guided"]
+    )
+
+
+def test_composed_epoch_reports_time_and_memory_per_phase(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--device",
+        "cpu",
+        "--only",
+        "epoch",
+        "--epoch-mode",
+        "composed",
+        "--out",
+        str(tmp_path),
+        *SMALLEST,
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "epoch.json").read_text())
+    assert result["summary"]["mode"] == "composed"
+    rows = {row["phase"]: row for row in result["rows"]}
+    for phase in ("encode_prompts", "sampling", "reward", "advantages", "training"):
+        assert _positive(rows[phase]["seconds"]), rows[phase]
+        assert _positive(rows[phase]["peak_mib"]), rows[phase]
