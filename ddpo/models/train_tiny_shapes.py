@@ -48,13 +48,14 @@ class TrainSettings:
     vae_kl_weight: float = 1e-4
     vae_channels: tuple[int, ...] = (16, 32, 32)
     # text encoder + unet
-    unet_steps: int = 1200
+    unet_steps: int = 1000
     unet_batch_size: int = 32
     unet_lr: float = 1e-3
     unet_channels: tuple[int, ...] = (32, 48, 64)
     unet_data_size: int = 8192
     text_hidden_size: int = 32
     text_layers: int = 2
+    token_embedding_std: float = 1.0
     model_max_length: int = 16
     cfg_dropout: float = CFG_DROPOUT_DEFAULT
     ema_decay: float = 0.995
@@ -104,6 +105,10 @@ def build_components(settings: TrainSettings, tokenizer_dir: Path) -> dict[str, 
         cross_attention_dim=settings.text_hidden_size,
         attention_head_dim=8,
         norm_num_groups=8,
+        # a pooled-caption embedding added to the timestep embedding: a global conditioning
+        # path (colour, background) besides cross-attention, which a tiny model learns fast
+        addition_embed_type="text",
+        addition_embed_type_num_heads=2,
     )
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -117,6 +122,11 @@ def build_components(settings: TrainSettings, tokenizer_dir: Path) -> dict[str, 
         pad_token_id=tokenizer.pad_token_id,
     )
     text_encoder = CLIPTextModel(text_config)
+    # word identity must dominate the (random, jointly trained) encoder's output from the start
+    with torch.no_grad():
+        text_encoder.get_input_embeddings().weight.normal_(
+            std=settings.token_embedding_std
+        )
     schedule = {
         "num_train_timesteps": 1000,
         "beta_start": 0.00085,
@@ -140,14 +150,14 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def train_vae(vae: Any, settings: TrainSettings) -> list[dict[str, float]]:
+def train_vae(vae: Any, settings: TrainSettings) -> list[dict[str, int | float]]:
     """Phase 1: reconstruction + KL on rendered batches; returns the logged losses."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(settings.vae_steps, settings.warmup_steps)
     )
     data = batches(settings.vae_batch_size, seed=settings.seed * 2 + 1, split="all")
-    history: list[dict[str, float]] = []
+    history: list[dict[str, int | float]] = []
     sums = {"mse": 0.0, "kl": 0.0}
     vae.train()
     for step in range(settings.vae_steps):
@@ -177,7 +187,9 @@ def train_vae(vae: Any, settings: TrainSettings) -> list[dict[str, float]]:
 def encode_dataset(vae: Any, settings: TrainSettings) -> tuple[Tensor, Tensor, list[str]]:
     """Render ``unet_data_size`` training images; return latent means, stds and captions."""
     data = batches(256, seed=settings.seed * 2 + 2, split="train")
-    means, stds, captions = [], [], []
+    means: list[Tensor] = []
+    stds: list[Tensor] = []
+    captions: list[str] = []
     while sum(len(m) for m in means) < settings.unet_data_size:
         images, texts, _ = next(data)
         posterior = vae.encode(images * 2 - 1).latent_dist
@@ -190,7 +202,7 @@ def encode_dataset(vae: Any, settings: TrainSettings) -> tuple[Tensor, Tensor, l
 
 def train_unet(
     components: dict[str, Any], settings: TrainSettings, out: Path | None = None
-) -> tuple[Any, list[dict[str, float]]]:
+) -> tuple[Any, list[dict[str, int | float]]]:
     """Phase 2: epsilon-prediction MSE for the UNet and the text encoder; EMA UNet returned."""
     vae, unet = components["vae"], components["unet"]
     text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
@@ -217,7 +229,7 @@ def train_unet(
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False)
     generator = torch.Generator().manual_seed(settings.seed * 2 + 3)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, int | float]] = []
     running = 0.0
     unet.train()
     text_encoder.train()
@@ -272,7 +284,7 @@ def save_pipeline(components: dict[str, Any], out: Path) -> None:
     """Save the full ``StableDiffusionPipeline`` folder (safetensors) into ``out``."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(
+    pipe: Any = StableDiffusionPipeline(
         vae=components["vae"],
         text_encoder=components["text_encoder"],
         tokenizer=components["tokenizer"],
@@ -297,17 +309,18 @@ def train(settings: TrainSettings, out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
     start = time.perf_counter()
     tokenizer_dir = write_clip_tokenizer(
         out / "tokenizer", vocabulary(), model_max_length=settings.model_max_length
     )
+    torch.manual_seed(settings.seed)
     components = build_components(settings, tokenizer_dir)
     counts = {
         k: sum(p.numel() for p in components[k].parameters())
         for k in ("vae", "unet", "text_encoder")
     }
     _log(f"parameters: {counts}")
+    torch.manual_seed(settings.seed + 1)  # the global RNG draws the VAE's posterior samples
     vae_history = train_vae(components["vae"], settings)
     vae_seconds = time.perf_counter() - start
     components["vae"].requires_grad_(False)
@@ -341,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.add_argument(flag, type=type(value), default=value)
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
     train(TrainSettings(**fields), out)
 
 

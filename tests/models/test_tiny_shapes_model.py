@@ -1,0 +1,125 @@
+"""The packaged ddpo-tiny-shapes model: files, offline loading, measured quality, training."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddpo.models import tiny_shapes_path
+from ddpo.models.evaluate_tiny_shapes import chance_accuracy, evaluate, generate, load_pipeline
+from ddpo.models.train_tiny_shapes import TrainSettings, main, train
+
+
+def test_packaged_folder_is_small_and_complete() -> None:
+    root = tiny_shapes_path()
+    files = [p for p in root.rglob("*") if p.is_file()]
+    sizes = {p.relative_to(root).as_posix(): p.stat().st_size for p in files}
+    assert sum(sizes.values()) < 10_000_000
+    assert max(sizes.values()) < 5_000_000
+    for name in (
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "scheduler/scheduler_config.json",
+    ):
+        assert name in sizes, name
+    index = json.loads((root / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["safety_checker"] == [None, None]
+    assert index["feature_extractor"] == [None, None]
+    scheduler = json.loads((root / "scheduler/scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "DDIMScheduler"
+    assert scheduler["set_alpha_to_one"] is False and scheduler["steps_offset"] == 1
+    weights = load_file(root / "unet/diffusion_pytorch_model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values())
+
+
+@pytest.mark.slow
+def test_loads_offline_with_stock_diffusers_and_draws_64px_images() -> None:
+    pipe = load_pipeline()
+    assert pipe.vae.config.scaling_factor != 1.0
+    images = generate(pipe, ["a red circle", "a blue square"], num_inference_steps=4)
+    assert images.shape == (2, 3, 64, 64)
+    assert bool(torch.isfinite(images).all())
+    assert float((images[0] - images[1]).abs().mean()) > 0.02
+
+
+@pytest.mark.slow
+def test_heldout_alignment_accuracy_is_well_above_chance() -> None:
+    report, _, _ = evaluate(load_pipeline(), n=48, seed=1)
+    # measured on 96 prompts (see the README); margins leave room for sampling noise
+    assert report["colour_accuracy"] >= 0.5
+    assert report["colour_shape_accuracy"] >= 4 * report["chance_colour_shape_accuracy"]
+    assert report["accuracy"] >= 20 * report["chance_accuracy"]
+    assert report["accuracy"] > report["shuffled_accuracy"]
+    assert report["reward_mean"] > report["shuffled_reward_mean"] + 0.1
+
+
+@pytest.mark.slow
+def test_prompted_colour_shows_in_the_mean_colour() -> None:
+    pipe = load_pipeline()
+    colours = {"red": 0, "green": 1, "blue": 2}
+    prompts = [
+        f"a {c} square in the center on a gray background" for c in colours for _ in range(3)
+    ]
+    images = generate(pipe, prompts, seed=2)
+    center = images[:, :, 20:44, 20:44].mean(dim=(2, 3)).view(3, 3, 3).mean(dim=1)  # (colour, rgb)
+    for row, channel in enumerate(colours.values()):
+        # the prompted channel is the largest of the three in the image centre
+        assert int(center[row].argmax()) == channel, center
+    # and it is larger there than in the images of the other colours
+    assert bool((center.diagonal() > center.sum(0) / 3).all()), center
+
+
+def test_chance_accuracy() -> None:
+    both = {"colour": "red", "shape": "circle", "position": "left", "background": "blue"}
+    assert chance_accuracy([both]) == pytest.approx(1 / (6 * 4 * 5 * 8))
+    assert chance_accuracy([{**both, "position": None, "background": None}]) == 1 / 24
+
+
+_TINY = {
+    "vae_steps": 2,
+    "vae_batch_size": 2,
+    "vae_channels": (8, 8, 8),
+    "unet_steps": 2,
+    "unet_batch_size": 2,
+    "unet_channels": (8, 16, 16),
+    "unet_data_size": 8,
+    "text_hidden_size": 16,
+    "log_every": 1,
+    "save_every": 0,
+    "warmup_steps": 1,
+}
+
+
+@pytest.mark.slow
+def test_training_script_is_reproducible_and_saves_a_loadable_pipeline(tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    train(TrainSettings(**_TINY), tmp_path / "a")  # type: ignore[arg-type]
+    args = [f"--{k.replace('_', '-')}" for k in _TINY]
+    argv = ["--out", str(tmp_path / "b")]
+    for flag, value in zip(args, _TINY.values(), strict=True):
+        argv += [flag, *(map(str, value) if isinstance(value, tuple) else [str(value)])]
+    main(argv)
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        first, second = load_file(tmp_path / "a" / part), load_file(tmp_path / "b" / part)
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first)
+    log = json.loads((tmp_path / "a/training_log.json").read_text())
+    assert log["settings"]["unet_steps"] == 2 and len(log["unet_losses"]) == 2
+    assert len(log["vae_losses"]) == 2 and log["wall_seconds"]["total"] > 0
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "a")
+    assert pipe.unet.config.block_out_channels == [8, 16, 16]
+
+
+def test_bad_settings_raise(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unet_steps"):
+        train(TrainSettings(unet_steps=0), tmp_path)
+    with pytest.raises(ValueError, match="cfg_dropout"):
+        train(TrainSettings(cfg_dropout=1.5), tmp_path)
