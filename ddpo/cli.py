@@ -37,6 +37,7 @@ __all__ = [
     "default_preset",
     "main",
     "parse_train_args",
+    "repeat_prompts",
     "run_sample",
     "run_train",
 ]
@@ -114,6 +115,9 @@ class TrainArgs:
     aesthetic_mlp_weights: str = "trl-lib/ddpo-aesthetic-predictor"
     """Aesthetic MLP weights (``.safetensors``/``.pth`` file, folder, or hub repository holding
     ``aesthetic-model.pth``)."""
+    prompt_repeats: int = 4
+    """Draw each prompt this many times in a row, so that ``advantage_mode="group"`` compares
+    images of the same prompt (1: a fresh prompt for every image)."""
     grid_images: int = 16
     """Images per epoch in the ``images/epoch_NNNN.png`` grid."""
 
@@ -205,6 +209,28 @@ def build_prompt_fn(name: str, *, seed: int) -> Callable[[], tuple[str, dict[str
     raise ValueError(f"prompts must be one of {PROMPT_SETS}, got {name!r}")
 
 
+def repeat_prompts(
+    prompt_fn: Callable[[], tuple[str, dict[str, Any]]], repeats: int
+) -> Callable[[], tuple[str, dict[str, Any]]]:
+    """A prompt function returning each prompt of ``prompt_fn`` ``repeats`` times in a row.
+
+    Raises:
+        ValueError: if ``repeats`` is not positive.
+    """
+    if repeats <= 0:
+        raise ValueError(f"prompt_repeats must be positive, got {repeats}")
+    state: dict[str, Any] = {"left": 0, "item": None}
+
+    def draw() -> tuple[str, dict[str, Any]]:
+        if state["left"] == 0:
+            state["item"], state["left"] = prompt_fn(), repeats
+        state["left"] -= 1
+        prompt, metadata = state["item"]
+        return prompt, dict(metadata)
+
+    return draw
+
+
 # ---------------------------------------------------------------------------------------------
 # ddpo train
 
@@ -232,6 +258,8 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
     console = console or Console()
     if args.grid_images <= 0:
         raise ValueError(f"grid_images must be positive, got {args.grid_images}")
+    if args.prompt_repeats <= 0:
+        raise ValueError(f"prompt_repeats must be positive, got {args.prompt_repeats}")
     if args.lora_rank <= 0:
         raise ValueError(f"lora_rank must be positive, got {args.lora_rank}")
     if args.reward == "alignment" and args.prompts != "shapes":
@@ -246,7 +274,10 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
 
     # 1. Reward, prompts, image hook, pipeline, trainer.
     reward_fn = build_reward_fn(args)
-    prompt_fn = build_prompt_fn(args.prompts, seed=config.seed + 1000 * _process_index())
+    prompt_fn = repeat_prompts(
+        build_prompt_fn(args.prompts, seed=config.seed + 1000 * _process_index()),
+        args.prompt_repeats,
+    )
     hook = ImageGridHook(max_images=args.grid_images)
     pipeline = DefaultDDPOStableDiffusionPipeline(
         args.pretrained_model,

@@ -143,3 +143,18 @@ def test_alignment_reward_needs_shapes_prompts() -> None:
         run_train(TrainArgs(reward="alignment", prompts="simple_animals"))
     with pytest.raises(ValueError, match="grid_images"):
         run_train(TrainArgs(grid_images=0))
+
+
+def test_repeat_prompts() -> None:
+    from ddpo.cli import repeat_prompts
+
+    base = build_prompt_fn("simple_animals", seed=0)
+    reference = build_prompt_fn("simple_animals", seed=0)
+    expected = [reference() for _ in range(3)]
+    repeated = repeat_prompts(base, 3)
+    drawn = [repeated() for _ in range(9)]
+    assert drawn == [item for item in expected for _ in range(3)]
+    drawn[0][1]["animal"] = "changed"  # metadata dicts are copies
+    assert drawn[1][1]["animal"] == expected[0][1]["animal"] != "changed"
+    with pytest.raises(ValueError, match="prompt_repeats"):
+        repeat_prompts(base, 0)
