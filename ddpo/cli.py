@@ -329,7 +329,11 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
             title=f"{args.reward}: mean reward per epoch ({args.pretrained_model})",
             extra=extra,
         ).save(curve_path)
-        columns = ["epoch", "reward_mean", "reward_std", *extra_keys[:5]]
+        # The table keeps to the reward (and alignment accuracy); every other per-epoch mean
+        # is in images/epochs.jsonl and the tracker.
+        columns = ["epoch", "reward_mean", "reward_std", *extra_keys[:1]]
+        if extra_keys[:1] != ["accuracy"]:
+            columns = columns[:3]
         console.print(
             epoch_table(metrics, columns, title=f"DDPO run: {args.reward} reward per epoch")
         )
