@@ -1,0 +1,84 @@
+"""Several rewards in one: a weighted sum that also reports each term."""
+
+from collections.abc import Callable, Mapping
+from typing import Any, final
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+__all__ = ["RewardFn", "WeightedSumReward", "as_reward_tensor", "weighted_sum"]
+
+RewardFn = Callable[[Any, Any, Any], tuple[Any, Any]]
+
+
+def as_reward_tensor(rewards: Any, *, name: str, batch_size: int) -> Float[torch.Tensor, " batch"]:
+    """``rewards`` (tensor, array or list of numbers) as a float32 CPU tensor ``(batch,)``.
+
+    Raises:
+        ValueError: naming ``name``, if the length is not ``batch_size`` or a value is not finite.
+    """
+    if isinstance(rewards, torch.Tensor):
+        values = rewards.detach().float().cpu()
+    else:
+        values = torch.as_tensor(np.asarray(rewards, dtype=np.float32))
+    values = values.reshape(-1)
+    if values.numel() != batch_size:
+        raise ValueError(
+            f"reward {name!r} returned {values.numel()} values for a batch of {batch_size}"
+        )
+    bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"reward {name!r} returned non-finite values at sample indices {bad}")
+    return values
+
+
+@final
+class WeightedSumReward:
+    """``sum_k weight_k * reward_k(images, prompts, metadata)`` as one reward function.
+
+    The returned metadata holds, per term ``name``, its unweighted per-sample values under
+    ``name`` and each key ``k`` of its own metadata under ``f"{name}/{k}"``.
+
+    Args:
+        rewards: ``{name: (reward_fn, weight)}``, at least one entry, finite weights.
+
+    Raises:
+        ValueError: if ``rewards`` is empty, a weight is not a finite number or a name has a
+            ``/``.
+    """
+
+    def __init__(self, rewards: Mapping[str, tuple[RewardFn, float]]) -> None:
+        if not rewards:
+            raise ValueError("rewards must name at least one reward, got {}")
+        for name, entry in rewards.items():
+            if not isinstance(entry, tuple) or len(entry) != 2 or not callable(entry[0]):
+                raise ValueError(f"rewards[{name!r}] must be (reward_fn, weight), got {entry!r}")
+            weight = entry[1]
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise ValueError(f"rewards[{name!r}] weight must be a number, got {weight!r}")
+            if not np.isfinite(weight):
+                raise ValueError(f"rewards[{name!r}] weight must be finite, got {weight!r}")
+            if "/" in name:
+                raise ValueError(f"reward names must not contain '/', got {name!r}")
+        self.rewards = dict(rewards)
+
+    def __call__(
+        self, images: Any, prompts: Any, prompt_metadata: Any
+    ) -> tuple[Float[torch.Tensor, " batch"], dict[str, Any]]:
+        batch_size = len(prompts)
+        total = torch.zeros(batch_size)
+        metadata: dict[str, Any] = {}
+        for name, (fn, weight) in self.rewards.items():
+            raw, term_metadata = fn(images, prompts, prompt_metadata)
+            values = as_reward_tensor(raw, name=name, batch_size=batch_size)
+            total = total + float(weight) * values
+            metadata[name] = values
+            for key, value in dict(term_metadata or {}).items():
+                metadata[f"{name}/{key}"] = value
+        return total, metadata
+
+
+def weighted_sum(rewards: Mapping[str, tuple[RewardFn, float]]) -> WeightedSumReward:
+    """A reward function summing ``{name: (reward_fn, weight)}``; see :class:`WeightedSumReward`."""
+    return WeightedSumReward(rewards)

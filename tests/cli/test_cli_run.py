@@ -1,0 +1,131 @@
+"""`ddpo train`, `ddpo sample` and examples/ddpo.py end to end in subprocesses, tiny settings."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--pretrained_model=ddpo-tiny-random",
+    "--ddpo_config.num_epochs=1",
+    "--ddpo_config.sample_batch_size=2",
+    "--ddpo_config.sample_num_batches_per_epoch=1",
+    "--ddpo_config.train_batch_size=2",
+    "--ddpo_config.train_gradient_accumulation_steps=1",
+    "--ddpo_config.sample_num_steps=2",
+    "--ddpo_config.train_timestep_fraction=1.0",
+]
+
+
+def _run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {
+        **os.environ,
+        "TOKENIZERS_PARALLELISM": "false",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environ,
+        timeout=600,
+    )
+
+
+def test_train_writes_the_run_folder_then_reports_the_unreachable_hub(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _run(
+        [
+            "-m",
+            "ddpo",
+            "train",
+            *TINY,
+            "--reward=jpeg_compressibility",
+            "--prompts=simple_animals",
+            f"--ddpo_config.output_dir={out}",
+            "--ddpo_config.push_to_hub",
+            "--ddpo_config.hub_model_id=someone/tiny-ddpo",
+            "--hf_user_access_token=hf_not_a_real_token",
+        ],
+        tmp_path,
+        HF_ENDPOINT="http://127.0.0.1:9",
+    )
+    # 1. The upload fails, saying so and where the local files are.
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "could not upload" in result.stderr and "Hugging Face Hub" in result.stderr
+    assert "127.0.0.1:9" in result.stderr
+    assert str(out / "final") in result.stderr.replace("\n", "")
+    # 2. Everything was saved before the upload.
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0]
+    assert metrics[0]["reward_mean"] < 0  # minus a JPEG size
+    with Image.open(out / "images" / "epoch_0000.png") as grid:
+        assert grid.width > 64 and grid.height > 64
+    with Image.open(out / "reward_curve.png") as curve:
+        assert curve.size == (640, 400)
+    assert (out / "final" / "model_index.json").is_file()
+    assert (out / "final" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "no tensorboard event file"
+    assert "reward_mean" in result.stdout  # the closing table
+
+    # 3. `ddpo sample` draws from the fine-tuned folder.
+    samples = tmp_path / "samples"
+    result = _run(
+        [
+            "-m",
+            "ddpo",
+            "sample",
+            "--model",
+            str(out / "final"),
+            "--prompt",
+            "a cat",
+            "a dog",
+            "--num-images",
+            "2",
+            "--num_inference_steps=2",
+            "--out",
+            str(samples),
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    pngs = sorted(samples.glob("*.png"))
+    assert [p.name for p in pngs] == [
+        "00_a-cat_000.png",
+        "00_a-cat_001.png",
+        "01_a-dog_000.png",
+        "01_a-dog_001.png",
+    ]
+    with Image.open(pngs[0]) as image:
+        assert image.mode == "RGB"
+
+
+def test_example_script_runs(tmp_path: Path) -> None:
+    out = tmp_path / "example"
+    result = _run(
+        [
+            str(ROOT / "examples" / "ddpo.py"),
+            *TINY,
+            "--reward=brightness",
+            "--prompts=nouns_activities",
+            "--use_lora",
+            f"--ddpo_config.output_dir={out}",
+            "--ddpo_config.log_with=None",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 0: reward_mean" in result.stdout
+    assert (out / "metrics.jsonl").is_file()
+    assert list((out / "images").glob("step_*.png"))
+    assert (out / "reward_curve.png").is_file()
+    assert (out / "final" / "model_index.json").is_file()
+    assert (out / "sample_from_final.png").is_file()

@@ -1,0 +1,99 @@
+"""The aesthetic scorer with a tiny random CLIP and a random MLP, both saved and loaded by path."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from ddpo.rewards.aesthetic import AestheticMLP, AestheticScorer, aesthetic_score
+
+pytestmark = pytest.mark.slow
+
+PROJECTION_DIM = 24
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+            "num_hidden_layers": 1, "vocab_size": 100, "max_position_embeddings": 16,
+        },
+        vision_config={
+            "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+            "num_hidden_layers": 1, "image_size": 32, "patch_size": 8,
+        },
+        projection_dim=PROJECTION_DIM,
+    )  # fmt: skip
+    folder = tmp_path_factory.mktemp("aesthetic")
+    clip_dir = folder / "clip"
+    CLIPModel(config).save_pretrained(clip_dir)
+    mlp = AestheticMLP(PROJECTION_DIM)
+    safetensors_path = folder / "mlp.safetensors"
+    save_file({k: v.contiguous() for k, v in mlp.state_dict().items()}, str(safetensors_path))
+    pth_path = folder / "mlp.pth"
+    torch.save(mlp.state_dict(), pth_path)
+    return clip_dir, safetensors_path, pth_path
+
+
+def _images(batch: int = 3, size: int = 40) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def test_scores_are_finite_shaped_deterministic_and_image_dependent(tiny_clip) -> None:  # type: ignore[no-untyped-def]
+    clip_dir, safetensors_path, pth_path = tiny_clip
+    scorer = AestheticScorer(str(clip_dir), str(safetensors_path))
+    assert scorer.mlp.input_size == PROJECTION_DIM
+    images = _images()
+    scores = scorer(images)
+    assert scores.shape == (3,) and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+    torch.testing.assert_close(scorer(images), scores, rtol=0, atol=0)
+    assert len(set(scores.tolist())) == 3  # different images, different scores
+    # the original .pth format gives the same scorer
+    torch.testing.assert_close(AestheticScorer(str(clip_dir), str(pth_path))(images), scores)
+    # batched equals one by one; uint8 input agrees with float input
+    single = torch.cat([scorer(images[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(single, scores, rtol=1e-4, atol=1e-5)
+    as_uint8 = (images * 255).round().to(torch.uint8)
+    torch.testing.assert_close(scorer(as_uint8), scorer(as_uint8.float() / 255))
+
+
+def test_preprocess_follows_clip_image_size(tiny_clip) -> None:  # type: ignore[no-untyped-def]
+    clip_dir, safetensors_path, _ = tiny_clip
+    scorer = AestheticScorer(str(clip_dir), str(safetensors_path))
+    pixels = scorer.preprocess(torch.rand(2, 3, 48, 64))
+    assert pixels.shape == (2, 3, 32, 32)
+    grey = scorer.preprocess(torch.full((1, 3, 40, 40), 0.5))
+    expected = (0.5 - scorer.image_mean) / scorer.image_std
+    torch.testing.assert_close(grey, expected.expand_as(grey), rtol=1e-4, atol=1e-4)
+
+
+def test_reward_function_contract(tiny_clip) -> None:  # type: ignore[no-untyped-def]
+    clip_dir, safetensors_path, _ = tiny_clip
+    reward = aesthetic_score(str(clip_dir), str(safetensors_path))
+    rewards, metadata = reward(_images(2), ("a", "b"), ({}, {}))
+    assert rewards.shape == (2,) and metadata == {}
+
+
+def test_mlp_must_fit_the_projection_dim(tiny_clip, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    clip_dir, _, _ = tiny_clip
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({k: v.contiguous() for k, v in AestheticMLP(8).state_dict().items()}, str(wrong))
+    with pytest.raises(ValueError, match=r"projection_dim, got \(1024, 8\)"):
+        AestheticScorer(str(clip_dir), str(wrong))
+
+
+def test_unreachable_hub_ids_fail_with_a_clear_message(tiny_clip, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    clip_dir, _, _ = tiny_clip
+    with pytest.raises(OSError, match=r"clip_model_name_or_path='nobody/no-such-clip'.*Hub"):
+        AestheticScorer("nobody/no-such-clip", "nobody/no-such-mlp")
+    with pytest.raises(OSError, match=r"mlp_weights_path_or_hub_id='nobody/no-such-mlp'.*Hub"):
+        AestheticScorer(str(clip_dir), "nobody/no-such-mlp")
