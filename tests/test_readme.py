@@ -24,7 +24,7 @@ def test_readme_snippets_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "readme"}
     for block in python_blocks():
-        exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+        exec(compile(block, str(README), "exec"), namespace)
     metrics = (tmp_path / "runs" / "jpeg" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2  # num_epochs=2 in the snippet
     assert (tmp_path / "runs" / "jpeg" / "final" / "model_index.json").is_file()
