@@ -104,26 +104,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if flops and device.type == "cuda":
         peak_flops = harness.matmul_peak_flops(device, dtype)
 
-    rows = []
-    for name in contenders:
-        seconds = timings.median(name)
-        row: dict[str, Any] = {
-            "contender": name,
-            "median_s": seconds,
-            "min_s": timings.minimum(name),
-            "cpu_s": timings.cpu_median(name),
-            "images_per_s": preset.sample_batch_size / seconds,
-            "denoise_steps_per_s": preset.sample_batch_size * preset.num_steps / seconds,
-            "spread": timings.spread(name),
-            "peak_mib": memory[name].peak_mib,
-            "memory_kind": memory[name].kind,
-        }
-        if name in flops:
-            row["gflop_per_call"] = flops[name] / 1e9
-            row["tflop_per_s"] = flops[name] / seconds / 1e12
-            if peak_flops is not None:
-                row["mfu"] = flops[name] / seconds / peak_flops
-        rows.append(row)
+    steps_per_call = preset.sample_batch_size * preset.num_steps
+    rows = harness.contender_rows(
+        list(contenders),
+        timings,
+        memory,
+        flops,
+        peak_flops,
+        work=preset.sample_batch_size,
+        work_key="images_per_s",
+        flop_key="gflop_per_call",
+        extra=lambda seconds: {"denoise_steps_per_s": steps_per_call / seconds},
+    )
     ratios = timings.ratios("ddpo", "diffusers")
     summary: dict[str, Any] = {
         "time_ratio_ours_over_stock": ratios["median"],

@@ -165,25 +165,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peak_flops = harness.matmul_peak_flops(device, dtype)
 
     batch = preset.train_batch_size
-    rows = []
-    for name in contenders:
-        seconds = timings.median(name)
-        row: dict[str, Any] = {
-            "contender": name,
-            "median_s": seconds,
-            "min_s": timings.minimum(name),
-            "cpu_s": timings.cpu_median(name),
-            "transitions_per_s": batch / seconds,
-            "spread": timings.spread(name),
-            "peak_mib": memory[name].peak_mib,
-            "memory_kind": memory[name].kind,
-        }
-        if name in flops:
-            row["gflop_per_step"] = flops[name] / 1e9
-            row["tflop_per_s"] = flops[name] / seconds / 1e12
-            if peak_flops is not None:
-                row["mfu"] = flops[name] / seconds / peak_flops
-        rows.append(row)
+    rows = harness.contender_rows(
+        list(contenders),
+        timings,
+        memory,
+        flops,
+        peak_flops,
+        work=batch,
+        work_key="transitions_per_s",
+        flop_key="gflop_per_step",
+    )
     ratios = timings.ratios("ddpo", "bare")
     summary: dict[str, Any] = {
         "time_ratio_ours_over_bare": ratios["median"],

@@ -283,6 +283,45 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def contender_rows(
+    contenders: list[str],
+    timings: "Timings",
+    memory: dict[str, "PeakMemory"],
+    flops: dict[str, int],
+    peak_flops: float | None,
+    *,
+    work: float,
+    work_key: str,
+    flop_key: str,
+    extra: Callable[[float], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One table row per contender: times, ``work / median`` as ``work_key``, memory, FLOP/s, MFU.
+
+    ``extra(seconds)`` adds benchmark-specific columns after ``work_key``.
+    """
+    rows = []
+    for name in contenders:
+        seconds = timings.median(name)
+        row: dict[str, Any] = {
+            "contender": name,
+            "median_s": seconds,
+            "min_s": timings.minimum(name),
+            "cpu_s": timings.cpu_median(name),
+            work_key: work / seconds,
+            **(extra(seconds) if extra is not None else {}),
+            "spread": timings.spread(name),
+            "peak_mib": memory[name].peak_mib,
+            "memory_kind": memory[name].kind,
+        }
+        if name in flops:
+            row[flop_key] = flops[name] / 1e9
+            row["tflop_per_s"] = flops[name] / seconds / 1e12
+            if peak_flops is not None:
+                row["mfu"] = flops[name] / seconds / peak_flops
+        rows.append(row)
+    return rows
+
+
 def matmul_peak_flops(
     device: torch.device,
     dtype: torch.dtype = torch.bfloat16,
