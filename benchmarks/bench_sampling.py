@@ -43,14 +43,7 @@ def stock_pipeline(pipeline: Any) -> Any:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Time both samplers; return settings, one row per contender and the summary figures."""
-    preset = presets.resolve(args)
-    device = harness.resolve_device(getattr(args, "device", "auto"))
-    harness.set_threads(device, getattr(args, "threads", None))
-    dtype = harness.resolve_dtype(preset.dtype)
-    pipeline = presets.load_pipeline(preset, device)
-    options = presets.options(args)
-    compile_unet = options.pop("compile")
-    harness.apply_unet_options(pipeline.unet, **options)
+    preset, device, dtype, pipeline, compile_unet = presets.prepare(args)
     pipeline.unet.eval()
     stock = stock_pipeline(pipeline)
     batch_prompts = presets.prompts(preset.sample_batch_size)

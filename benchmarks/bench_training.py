@@ -128,14 +128,7 @@ def make_steps(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Time both training steps; return settings, one row per contender and the summary."""
-    preset = presets.resolve(args)
-    device = harness.resolve_device(getattr(args, "device", "auto"))
-    harness.set_threads(device, getattr(args, "threads", None))
-    dtype = harness.resolve_dtype(preset.dtype)
-    pipeline = presets.load_pipeline(preset, device)
-    options = presets.options(args)
-    compile_unet = options.pop("compile")
-    harness.apply_unet_options(pipeline.unet, **options)
+    preset, device, dtype, pipeline, compile_unet = presets.prepare(args)
     inputs = training_inputs(pipeline, preset.train_batch_size, preset.num_steps, device)
     contenders = make_steps(
         pipeline,

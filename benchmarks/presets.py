@@ -204,9 +204,10 @@ def sd15_components(seed: int = 0, *, tokenizer_dir: str | Path) -> dict[str, An
     Text: CLIP ViT-L/14's text tower (width 768, 12 layers, 12 heads, MLP 3072, 49408 tokens,
     77 positions, quick-GELU). Scheduler: SD 1.5's noise schedule as DDIM.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from ddpo.adapters.tiny import sd_v1_ddim_scheduler
     from ddpo.adapters.tokenizer import write_clip_tokenizer
 
     words = ("a", "photo", "of", "cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider")
@@ -251,16 +252,7 @@ def sd15_components(seed: int = 0, *, tokenizer_dir: str | Path) -> dict[str, An
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+    scheduler = sd_v1_ddim_scheduler()
     return {
         "unet": unet.eval(),
         "vae": vae.eval(),
@@ -293,6 +285,23 @@ def model_location(preset: Preset) -> str:
     if preset.model == "sd15":
         return str(sd15_path())
     return preset.model
+
+
+def prepare(args: argparse.Namespace) -> tuple[Preset, torch.device, torch.dtype, Any, bool]:
+    """Preset, device (threads set), dtype, and the pipeline with the UNet options applied.
+
+    Returns ``(preset, device, dtype, pipeline, compile_unet)``; compiling is left to the caller
+    (after its FLOP count, which must see the eager UNet).
+    """
+    preset = resolve(args)
+    device = harness.resolve_device(getattr(args, "device", "auto"))
+    harness.set_threads(device, getattr(args, "threads", None))
+    dtype = harness.resolve_dtype(preset.dtype)
+    pipeline = load_pipeline(preset, device)
+    unet_options = options(args)
+    compile_unet = unet_options.pop("compile")
+    harness.apply_unet_options(pipeline.unet, **unet_options)
+    return preset, device, dtype, pipeline, compile_unet
 
 
 def load_pipeline(preset: Preset, device: torch.device, *, use_lora: bool = True) -> Any:

@@ -67,8 +67,8 @@ class TinyModelConfig:
     max_prompt_tokens: int = 77
 
 
-def _scheduler() -> DDIMScheduler:
-    # Stable Diffusion v1's noise schedule, as a DDIM scheduler.
+def sd_v1_ddim_scheduler() -> DDIMScheduler:
+    """Stable Diffusion v1's noise schedule as a DDIM scheduler (as SD 1.x checkpoints ship it)."""
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_start=0.00085,
@@ -157,7 +157,7 @@ def tiny_model_components(
         "vae": vae.eval(),
         "text_encoder": text_encoder.eval(),
         "tokenizer": tokenizer,
-        "scheduler": _scheduler(),
+        "scheduler": sd_v1_ddim_scheduler(),
         "safety_checker": None,
         "feature_extractor": None,
         "requires_safety_checker": False,
@@ -222,6 +222,7 @@ __all__ = [
     "TinyModelConfig",
     "build_pipeline_folder",
     "default_cache_dir",
+    "sd_v1_ddim_scheduler",
     "tiny_model_components",
     "tiny_pipeline_path",
 ]
