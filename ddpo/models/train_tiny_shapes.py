@@ -42,13 +42,13 @@ class TrainSettings:
     seed: int = 0
     threads: int = 1
     # autoencoder
-    vae_steps: int = 500
+    vae_steps: int = 2500
     vae_batch_size: int = 16
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-4
     vae_channels: tuple[int, ...] = (16, 32, 32)
     # text encoder + unet
-    unet_steps: int = 1000
+    unet_steps: int = 3000
     unet_batch_size: int = 32
     unet_lr: float = 1e-3
     unet_channels: tuple[int, ...] = (32, 48, 64)
@@ -58,13 +58,20 @@ class TrainSettings:
     token_embedding_std: float = 1.0
     model_max_length: int = 16
     cfg_dropout: float = CFG_DROPOUT_DEFAULT
+    # "v_prediction" (default) or "epsilon"; with a zero terminal SNR only v works
+    prediction_type: str = "v_prediction"
+    # rescale the betas so that the last timestep is pure noise (Lin et al. 2023), and sample
+    # with "trailing" timesteps that start there
+    zero_terminal_snr: bool = True
     ema_decay: float = 0.995
     warmup_steps: int = 100
     log_every: int = 50
-    save_every: int = 200
+    save_every: int = 500
     # continue training the UNet and text encoder of this pipeline folder ("" = from scratch);
     # its VAE (and scaling factor) is kept and the VAE phase skipped
     init_from: str = ""
+    # take only the VAE (and its scaling factor) of this pipeline folder, skipping the VAE phase
+    vae_from: str = ""
 
 
 def _lr_lambda(total: int, warmup: int) -> Any:
@@ -134,9 +141,14 @@ def build_components(settings: TrainSettings, tokenizer_dir: Path) -> dict[str, 
         "beta_end": 0.012,
         "beta_schedule": "scaled_linear",
         "clip_sample": False,
+        "prediction_type": settings.prediction_type,
+        "rescale_betas_zero_snr": settings.zero_terminal_snr,
     }
     noise_scheduler = DDPMScheduler(**schedule)
-    scheduler = DDIMScheduler(**schedule, set_alpha_to_one=False, steps_offset=1)
+    spacing = "trailing" if settings.zero_terminal_snr else "leading"
+    scheduler = DDIMScheduler(
+        **schedule, set_alpha_to_one=False, steps_offset=1, timestep_spacing=spacing
+    )
     return {
         "vae": vae,
         "unet": unet,
@@ -204,13 +216,13 @@ def encode_dataset(vae: Any, settings: TrainSettings) -> tuple[Tensor, Tensor, l
 def train_unet(
     components: dict[str, Any], settings: TrainSettings, out: Path | None = None
 ) -> tuple[Any, list[dict[str, int | float]]]:
-    """Phase 2: epsilon-prediction MSE for the UNet and the text encoder; EMA UNet returned."""
+    """Phase 2: the diffusion MSE for the UNet and the text encoder; EMA UNet returned."""
     vae, unet = components["vae"], components["unet"]
     text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
     noise_scheduler = components["noise_scheduler"]
     _log("encoding the UNet training set")
     means, stds, captions = encode_dataset(vae, settings)
-    if settings.init_from:
+    if settings.init_from or settings.vae_from:
         scaling_factor = float(vae.config.scaling_factor)
     else:
         scaling_factor = float(1.0 / (means + stds * torch.randn_like(stds)).std())
@@ -252,7 +264,8 @@ def train_unet(
         # 2. caption dropout for classifier-free guidance
         drop = torch.rand(b, generator=generator) < settings.cfg_dropout
         input_ids = torch.where(drop[:, None], empty_ids[None, :], caption_ids[index])
-        # 3. x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; predict eps
+        # 3. x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps; predict eps, or
+        #    v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.randint(
             0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator
@@ -260,7 +273,11 @@ def train_unet(
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
         encoder_hidden_states = text_encoder(input_ids)[0]
         prediction = unet(noisy, timesteps, encoder_hidden_states).sample
-        loss = F.mse_loss(prediction, noise)
+        if settings.prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        loss = F.mse_loss(prediction, target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -275,7 +292,7 @@ def train_unet(
         if (step + 1) % settings.log_every == 0:
             history.append({"step": step + 1, "mse": running / settings.log_every})
             running = 0.0
-            _log(f"unet step {step + 1}: eps mse {history[-1]['mse']:.4f}")
+            _log(f"unet step {step + 1}: mse {history[-1]['mse']:.4f}")
         if out is not None and settings.save_every > 0 and (step + 1) % settings.save_every == 0:
             folder = out / "checkpoints" / f"step-{step + 1}"
             save_pipeline({**components, "unet": ema_unet, "text_encoder": ema_text}, folder)
@@ -310,6 +327,20 @@ def train(settings: TrainSettings, out: str | Path) -> Path:
             raise ValueError(f"{name} must be positive, got {getattr(settings, name)}")
     if not 0.0 <= settings.cfg_dropout < 1.0:
         raise ValueError(f"cfg_dropout must be in [0, 1), got {settings.cfg_dropout}")
+    if settings.prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(
+            f"prediction_type must be 'epsilon' or 'v_prediction', got {settings.prediction_type!r}"
+        )
+    if settings.zero_terminal_snr and settings.prediction_type != "v_prediction":
+        raise ValueError(
+            "zero_terminal_snr=True needs prediction_type='v_prediction' (the noise cannot be "
+            f"predicted from pure noise), got prediction_type={settings.prediction_type!r}"
+        )
+    if settings.init_from and settings.vae_from:
+        raise ValueError(
+            f"give at most one of init_from ({settings.init_from!r}) and vae_from "
+            f"({settings.vae_from!r})"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(settings.threads)
@@ -327,13 +358,18 @@ def train(settings: TrainSettings, out: str | Path) -> Path:
         components["vae"] = AutoencoderKL.from_pretrained(source / "vae")
         components["unet"] = UNet2DConditionModel.from_pretrained(source / "unet")
         components["text_encoder"] = CLIPTextModel.from_pretrained(source / "text_encoder")
+    elif settings.vae_from:
+        from diffusers import AutoencoderKL
+
+        components["vae"] = AutoencoderKL.from_pretrained(Path(settings.vae_from) / "vae")
     counts = {
         k: sum(p.numel() for p in components[k].parameters())
         for k in ("vae", "unet", "text_encoder")
     }
     _log(f"parameters: {counts}")
     torch.manual_seed(settings.seed + 1)  # the global RNG draws the VAE's posterior samples
-    vae_history = [] if settings.init_from else train_vae(components["vae"], settings)
+    reuse_vae = bool(settings.init_from or settings.vae_from)
+    vae_history = [] if reuse_vae else train_vae(components["vae"], settings)
     vae_seconds = time.perf_counter() - start
     components["vae"].requires_grad_(False)
     components["unet"], unet_history = train_unet(components, settings, out)
@@ -362,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
         flag = "--" + field.replace("_", "-")
         if isinstance(value, tuple):
             parser.add_argument(flag, type=int, nargs="+", default=list(value))
+        elif isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
         else:
             parser.add_argument(flag, type=type(value), default=value)
     args = vars(parser.parse_args(argv))

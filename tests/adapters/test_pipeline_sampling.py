@@ -211,3 +211,48 @@ def test_ratio_one_on_cuda(tiny_path, dtype: torch.dtype) -> None:  # type: igno
     assert out.latents.device.type == "cuda" and out.images.shape == (4, 3, 64, 64)
     new = _rescore(pipe, out, PROMPTS[:4], 5.0)
     torch.testing.assert_close(new, out.log_probs, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def zero_snr_v_path(tiny_path, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The tiny test model with a v-prediction, zero-terminal-SNR, trailing DDIM scheduler
+    (the scheduler setting the packaged ``ddpo-tiny-shapes`` model uses)."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("zero-snr") / "pipe"
+    shutil.copytree(tiny_path, folder)
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_file.read_text())
+    config.update(prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                  timestep_spacing="trailing")  # fmt: skip
+    config_file.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 5.0])
+def test_zero_terminal_snr_v_prediction_matches_stock_and_rescores(
+    zero_snr_v_path, guidance_scale: float
+) -> None:  # type: ignore[no-untyped-def]
+    """The first trailing timestep has alpha_bar = 0 exactly: sampling must still equal stock
+    diffusers' DDIM, and re-scoring must give ratio 1 with finite log-probs."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from ddpo import DefaultDDPOStableDiffusionPipeline
+
+    ours = DefaultDDPOStableDiffusionPipeline(str(zero_snr_v_path), use_lora=True)
+    ours.set_progress_bar_config(disable=True)
+    assert ours.scheduler.config.prediction_type == "v_prediction"
+    stock = StableDiffusionPipeline.from_pretrained(zero_snr_v_path, safety_checker=None)
+    stock.scheduler = DDIMScheduler.from_config(stock.scheduler.config)
+    stock.set_progress_bar_config(disable=True)
+    kwargs = {"num_inference_steps": 5, "guidance_scale": guidance_scale, "eta": 1.0,
+              "output_type": "pt"}  # fmt: skip
+    ref = stock(PROMPTS[:2], generator=torch.Generator().manual_seed(5), **kwargs).images
+    out = ours(PROMPTS[:2], generator=torch.Generator().manual_seed(5), **kwargs)
+    assert int(ours.scheduler.timesteps[0]) == 999
+    assert float(ours.scheduler.alphas_cumprod[999]) == 0.0
+    torch.testing.assert_close(out.images, ref, atol=1e-5, rtol=0)
+    assert bool(torch.isfinite(out.log_probs).all())
+    ratio = torch.exp(_rescore(ours, out, PROMPTS[:2], guidance_scale) - out.log_probs)
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-5, rtol=0)

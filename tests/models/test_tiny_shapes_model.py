@@ -133,6 +133,38 @@ def test_bad_settings_raise(tmp_path: Path) -> None:
         train(TrainSettings(unet_steps=0), tmp_path)
     with pytest.raises(ValueError, match="cfg_dropout"):
         train(TrainSettings(cfg_dropout=1.5), tmp_path)
+    with pytest.raises(ValueError, match=r"prediction_type must be .* got 'sample'"):
+        train(TrainSettings(prediction_type="sample"), tmp_path)
+    with pytest.raises(ValueError, match=r"zero_terminal_snr=True needs .*'epsilon'"):
+        train(TrainSettings(prediction_type="epsilon"), tmp_path)
+    with pytest.raises(ValueError, match=r"init_from .*'a'.* vae_from .*'b'"):
+        train(TrainSettings(init_from="a", vae_from="b"), tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+@pytest.mark.slow
+def test_noise_schedule_options_reach_the_saved_scheduler_and_vae_from(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler
+
+    train(TrainSettings(**_TINY), tmp_path / "v")  # type: ignore[arg-type]
+    v = DDIMScheduler.from_pretrained(tmp_path / "v" / "scheduler")
+    assert v.config.prediction_type == "v_prediction"
+    assert v.config.rescale_betas_zero_snr and v.config.timestep_spacing == "trailing"
+    assert float(v.alphas_cumprod[-1]) == 0.0
+    argv = ["--out", str(tmp_path / "eps"), "--prediction-type", "epsilon",
+            "--no-zero-terminal-snr", "--vae-from", str(tmp_path / "v")]  # fmt: skip
+    for key, value in _TINY.items():
+        values = value if isinstance(value, tuple) else [value]
+        argv += [f"--{key.replace('_', '-')}", *map(str, values)]
+    main(argv)
+    eps = DDIMScheduler.from_pretrained(tmp_path / "eps" / "scheduler")
+    assert eps.config.prediction_type == "epsilon" and not eps.config.rescale_betas_zero_snr
+    assert eps.config.timestep_spacing == "leading" and float(eps.alphas_cumprod[-1]) > 0
+    log = json.loads((tmp_path / "eps/training_log.json").read_text())
+    assert log["vae_losses"] == [] and log["settings"]["vae_from"] == str(tmp_path / "v")
+    first = AutoencoderKL.from_pretrained(tmp_path / "v" / "vae").state_dict()
+    second = AutoencoderKL.from_pretrained(tmp_path / "eps" / "vae").state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 @pytest.mark.slow
