@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ddpo import DDPOTrainer, DefaultDDPOStableDiffusionPipeline  # noqa: E402
-from ddpo.cli import build_prompt_fn, build_reward_fn, parse_train_args  # noqa: E402
+from ddpo.cli import build_reward_fn, parse_train_args, preset_prompt_fn  # noqa: E402
 from ddpo.reporting import image_grid, read_metrics, reward_curve  # noqa: E402
 
 
@@ -42,9 +42,11 @@ if __name__ == "__main__":
     config = args.ddpo_config
 
     # 2. Reward and prompt functions: (images, prompts, metadata) -> (rewards, metadata) and
-    #    () -> (prompt, metadata). Any callables with these shapes work.
+    #    () -> (prompt, metadata). Any callables with these shapes work. The preset's prompt
+    #    function takes each prompt of its pool prompt_repeats times in a row, so that group
+    #    advantages compare images of the same prompt.
     reward_fn = build_reward_fn(args)
-    prompt_fn = build_prompt_fn(args.prompts, seed=config.seed)
+    prompt_fn = preset_prompt_fn(args, seed=config.seed)
 
     # 3. The pipeline: LoRA adapters or the whole UNet.
     pipeline = DefaultDDPOStableDiffusionPipeline(

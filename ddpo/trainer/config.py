@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 LossType = Literal["ppo", "score_function"]
-AdvantageMode = Literal["auto", "per_prompt", "global", "group"]
+AdvantageMode = Literal["auto", "per_prompt", "global", "group", "group_global"]
 
 LOSS_TYPES: tuple[str, ...] = ("ppo", "score_function")
-ADVANTAGE_MODES: tuple[str, ...] = ("auto", "per_prompt", "global", "group")
+ADVANTAGE_MODES: tuple[str, ...] = ("auto", "per_prompt", "global", "group", "group_global")
 MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
 LOG_WITH: tuple[str, ...] = ("tensorboard", "wandb")
 # Accelerator arguments that come from the config's own fields.
@@ -170,7 +170,9 @@ class DDPOConfig:
     advantage_mode: AdvantageMode = "auto"
     """How rewards become advantages: ``"per_prompt"`` (normalise by per-prompt buffered stats,
     as the paper), ``"global"`` (normalise by the epoch's mean and std), ``"group"`` (normalise
-    within the epoch's samples of each prompt, no buffer), ``"auto"`` (TRL: per-prompt when
+    within the epoch's samples of each prompt, no buffer), ``"group_global"`` (centre within each
+    prompt's samples, divide by the whole epoch's std: near-identical samples of a prompt get
+    near-zero advantages instead of +-1), ``"auto"`` (TRL: per-prompt when
     ``per_prompt_stat_tracking`` is set, else global)."""
     kl_coef: float = 0.0
     """Weight of a KL-to-reference penalty (Gaussian KL between the DDIM step means of the
@@ -351,7 +353,7 @@ class DDPOConfig:
                 f"DDPOConfig.advantage_mode must be one of {ADVANTAGE_MODES}, "
                 f"got {self.advantage_mode!r}"
             )
-        if self.per_prompt_stat_tracking and self.advantage_mode in ("global", "group"):
+        if self.per_prompt_stat_tracking and self.advantage_mode not in ("auto", "per_prompt"):
             raise ValueError(
                 f"DDPOConfig.per_prompt_stat_tracking=True contradicts "
                 f"advantage_mode={self.advantage_mode!r}; set advantage_mode to 'per_prompt' "

@@ -489,7 +489,8 @@ class DDPOTrainer:
                     self.stat_tracker.update(prompts_all, rewards_all), dtype=torch.float32
                 )
             else:
-                advantages = group_normalize_advantages(rewards_all, prompts_all, std="group")
+                std = "global" if self.advantage_mode == "group_global" else "group"
+                advantages = group_normalize_advantages(rewards_all, prompts_all, std=std)
         return clip_advantages(advantages.float(), adv_clip_max=config.train_adv_clip_max)
 
     # ------------------------------------------------------------------------------------------

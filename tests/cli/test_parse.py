@@ -158,3 +158,37 @@ def test_repeat_prompts() -> None:
     assert drawn[1][1]["animal"] == expected[0][1]["animal"] != "changed"
     with pytest.raises(ValueError, match="prompt_repeats"):
         repeat_prompts(base, 0)
+
+
+def test_pool_prompts_cycles_a_fixed_pool() -> None:
+    from ddpo.cli import pool_prompts
+
+    reference = build_prompt_fn("shapes", seed=3)
+    expected = [reference() for _ in range(3)]
+    pooled = pool_prompts(build_prompt_fn("shapes", seed=3), 3)
+    drawn = [pooled() for _ in range(7)]
+    assert drawn == [*expected, *expected, expected[0]]
+    drawn[0][1]["colour"] = "changed"  # metadata dicts are copies
+    assert pooled()[1]["colour"] == expected[1][1]["colour"]
+    with pytest.raises(ValueError, match="prompt_pool must be positive, got 0"):
+        pool_prompts(reference, 0)
+
+
+def test_preset_prompt_fn_pool_is_shared_across_processes() -> None:
+    from ddpo.cli import preset_prompt_fn
+
+    args = TrainArgs(prompt_pool=2, prompt_repeats=2)
+    first = preset_prompt_fn(args, seed=5, process_index=0)
+    second = preset_prompt_fn(args, seed=5, process_index=1)
+    drawn = [first() for _ in range(8)]
+    assert drawn == [second() for _ in range(8)]
+    prompts = [p for p, _ in drawn]
+    assert prompts[0] == prompts[1] != prompts[2] == prompts[3]
+    assert prompts[:4] == prompts[4:]  # two prompts, each twice, then again
+    # without a pool, each process draws its own prompts
+    fresh = TrainArgs(prompt_pool=0, prompt_repeats=1)
+    rank0 = preset_prompt_fn(fresh, seed=5, process_index=0)
+    rank1 = preset_prompt_fn(fresh, seed=5, process_index=1)
+    assert [rank0()[0] for _ in range(20)] != [rank1()[0] for _ in range(20)]
+    with pytest.raises(ValueError, match="prompt_pool must be >= 0, got -1"):
+        preset_prompt_fn(TrainArgs(prompt_pool=-1), seed=0)

@@ -208,6 +208,7 @@ def test_resolved_advantage_mode_follows_trl_flag() -> None:
     assert DDPOConfig().resolved_advantage_mode == "global"
     assert DDPOConfig(per_prompt_stat_tracking=True).resolved_advantage_mode == "per_prompt"
     assert DDPOConfig(advantage_mode="group").resolved_advantage_mode == "group"
+    assert DDPOConfig(advantage_mode="group_global").resolved_advantage_mode == "group_global"
     assert DDPOConfig(advantage_mode="per_prompt").resolved_advantage_mode == "per_prompt"
 
 

@@ -160,6 +160,35 @@ def test_full_unet_score_function_group_tensorboard(tmp_path: Path, pipeline_fac
     assert math.isfinite(metrics["loss"]) and metrics["kl"] > 0
 
 
+@pytest.mark.parametrize("mode", ["group", "group_global"])
+def test_group_advantage_modes(tmp_path: Path, pipeline_factory: Any, mode: str) -> None:
+    """``group`` divides each prompt's centred rewards by that prompt's std (near-identical samples
+    become +-1); ``group_global`` divides them by the whole batch's std (they stay near 0)."""
+    from ddpo.core import group_normalize_advantages
+
+    config = tiny_config(tmp_path / "run", advantage_mode=mode)
+    trainer = DDPOTrainer(config, brightness, pick_prompt, pipeline_factory(use_lora=False))
+    rewards = torch.tensor([0.10, 0.11, 0.90, 0.70])
+    prompts = ["a red circle", "a red circle", "a blue square", "a blue square"]
+    advantages = trainer._advantages(rewards, prompts)
+    std = "global" if mode == "group_global" else "group"
+    expected = group_normalize_advantages(rewards, prompts, std=std)
+    torch.testing.assert_close(advantages, expected)
+    batch_std = float(rewards.std(unbiased=False))
+    if mode == "group":
+        torch.testing.assert_close(advantages.abs(), torch.ones(4), atol=3e-2, rtol=0)
+    else:
+        centred = torch.tensor([-0.005, 0.005, 0.10, -0.10])
+        torch.testing.assert_close(advantages, centred / batch_std, atol=1e-3, rtol=0)
+    before = trainer.trainable_state_dict()
+    trainer.train()
+    trainer.close()
+    after = trainer.trainable_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    (metrics,) = read_metrics(tmp_path / "run")
+    assert math.isfinite(metrics["loss"])
+
+
 def test_async_rewards_equal_sync(tmp_path: Path, pipeline_factory: Any) -> None:
     results = {}
     for mode in (False, True):
