@@ -489,8 +489,11 @@ class DDPOTrainer:
                     self.stat_tracker.update(prompts_all, rewards_all), dtype=torch.float32
                 )
             else:
-                std = "global" if self.advantage_mode == "group_global" else "group"
-                advantages = group_normalize_advantages(rewards_all, prompts_all, std=std)
+                advantages = group_normalize_advantages(
+                    rewards_all,
+                    prompts_all,
+                    std="global" if self.advantage_mode == "group_global" else "group",
+                )
         return clip_advantages(advantages.float(), adv_clip_max=config.train_adv_clip_max)
 
     # ------------------------------------------------------------------------------------------
