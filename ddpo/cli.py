@@ -14,6 +14,7 @@ the Hugging Face Hub after all of that is saved.
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -48,6 +49,7 @@ RewardName = Literal[
     "alignment", "jpeg_compressibility", "jpeg_incompressibility", "aesthetic", "brightness"
 ]
 PromptSetName = Literal["shapes", "simple_animals", "imagenet_animals", "nouns_activities"]
+PromptFn = Callable[[], tuple[str, dict[str, Any]]]
 REWARDS: tuple[str, ...] = RewardName.__args__  # type: ignore[attr-defined]
 PROMPT_SETS: tuple[str, ...] = PromptSetName.__args__  # type: ignore[attr-defined]
 
@@ -245,30 +247,21 @@ def repeat_prompts(
     return draw
 
 
-def pool_prompts(
-    prompt_fn: Callable[[], tuple[str, dict[str, Any]]], size: int
-) -> Callable[[], tuple[str, dict[str, Any]]]:
-    """A prompt function cycling, in order, through ``size`` prompts drawn once from ``prompt_fn``.
-
-    Raises:
-        ValueError: if ``size`` is not positive.
-    """
+def pool_prompts(prompt_fn: PromptFn, size: int) -> PromptFn:
+    """A prompt function cycling, in order, through ``size`` prompts drawn once from ``prompt_fn``
+    (``prompt_pool``; a ``ValueError`` if ``size`` is not positive)."""
     if size <= 0:
         raise ValueError(f"prompt_pool must be positive, got {size}")
-    pool = [prompt_fn() for _ in range(size)]
-    state = {"next": 0}
+    pool = itertools.cycle([prompt_fn() for _ in range(size)])
 
     def draw() -> tuple[str, dict[str, Any]]:
-        prompt, metadata = pool[state["next"] % size]
-        state["next"] += 1
+        prompt, metadata = next(pool)
         return prompt, dict(metadata)
 
     return draw
 
 
-def preset_prompt_fn(
-    args: TrainArgs, *, seed: int, process_index: int = 0
-) -> Callable[[], tuple[str, dict[str, Any]]]:
+def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> PromptFn:
     """The prompt function of a run: ``--prompts``, each prompt repeated ``--prompt_repeats``
     times. With ``--prompt_pool`` every process cycles through the same pool, drawn with
     ``seed``; without it each process draws fresh prompts with ``seed + 1000 * process_index``.
