@@ -267,10 +267,9 @@ def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> P
     ``seed``; without it each process draws fresh prompts with ``seed + 1000 * process_index``.
 
     Raises:
-        ValueError: if the prompt set is unknown or a count is not positive.
+        ValueError: if the prompt set is unknown, ``prompt_pool`` is negative or
+            ``prompt_repeats`` is not positive (checked by `repeat_prompts`).
     """
-    if args.prompt_repeats <= 0:
-        raise ValueError(f"prompt_repeats must be positive, got {args.prompt_repeats}")
     if args.prompt_pool < 0:
         raise ValueError(f"prompt_pool must be >= 0, got {args.prompt_pool}")
     if args.prompt_pool:
@@ -307,10 +306,6 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
     console = console or Console()
     if args.grid_images <= 0:
         raise ValueError(f"grid_images must be positive, got {args.grid_images}")
-    if args.prompt_repeats <= 0:
-        raise ValueError(f"prompt_repeats must be positive, got {args.prompt_repeats}")
-    if args.prompt_pool < 0:
-        raise ValueError(f"prompt_pool must be >= 0, got {args.prompt_pool}")
     if args.lora_rank <= 0:
         raise ValueError(f"lora_rank must be positive, got {args.lora_rank}")
     if args.reward == "alignment" and args.prompts != "shapes":
@@ -323,9 +318,10 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
     # The trainer pushes without a token; we push ourselves once everything is on disk.
     trainer_config = dataclasses.replace(config, push_to_hub=False)
 
-    # 1. Reward, prompts, image hook, pipeline, trainer.
-    reward_fn = build_reward_fn(args)
+    # 1. Prompts (which check prompt_repeats and prompt_pool), reward, image hook, pipeline,
+    #    trainer.
     prompt_fn = preset_prompt_fn(args, seed=config.seed, process_index=_process_index())
+    reward_fn = build_reward_fn(args)
     hook = ImageGridHook(max_images=args.grid_images)
     pipeline = DefaultDDPOStableDiffusionPipeline(
         args.pretrained_model,
