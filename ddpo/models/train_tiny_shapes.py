@@ -384,6 +384,16 @@ def train(settings: TrainSettings, out: str | Path) -> Path:
         "wall_seconds": {"vae": vae_seconds, "total": total_seconds},
         "torch_version": torch.__version__,
     }
+    if settings.init_from:
+        # keep the history of the run this one continues (its settings, losses and times)
+        source_log = Path(settings.init_from) / "training_log.json"
+        if source_log.is_file():
+            previous = json.loads(source_log.read_text())
+            log["init_log"] = previous
+            earlier = previous.get("wall_seconds", {})
+            log["wall_seconds"]["all_phases"] = total_seconds + earlier.get(
+                "all_phases", earlier.get("total", 0.0)
+            )
     (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
     _log(f"saved to {out} after {total_seconds / 60:.1f} min")
     return out
