@@ -4,6 +4,7 @@
 - :class:`ImageGridHook`: a DDPOTrainer ``image_samples_hook`` that writes one grid PNG per epoch,
   logs the images to the tracker (tensorboard or wandb) when there is one, and keeps per-epoch
   summaries of the reward metadata (e.g. alignment accuracy).
+- :func:`select_grid_indices`: which samples the grid shows (every prompt of the epoch).
 - :func:`reward_curve`: the per-epoch mean reward (with a +/- std band) as a PNG.
 - :func:`read_metrics` and :func:`epoch_table`: ``metrics.jsonl`` as a rich table.
 """
@@ -13,13 +14,15 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ddpo.rewards._images import to_uint8_nhwc
+from ddpo.trainer.run_folder import drop_epochs_from
+from ddpo.trainer.tracking import wrap_tracker
 
 __all__ = [
     "ImageGridHook",
@@ -27,6 +30,7 @@ __all__ = [
     "image_grid",
     "read_metrics",
     "reward_curve",
+    "select_grid_indices",
 ]
 
 _BACKGROUND = (255, 255, 255)
@@ -119,14 +123,17 @@ class ImageGridHook:
 
     Each image is captioned with its prompt, its reward and the yes/no reward metadata with one
     value per sample (for instance the alignment reward's per-sample ``correct``). The grid is
-    also logged to the tracker when there is one (``tracker.log_images``). Per epoch it records
-    the local mean reward and the mean of every numeric per-sample metadata key in
-    :attr:`epochs` (a list of dicts) and appends them to ``<folder>/epochs.jsonl``.
+    also logged to the tracker when there is one (``tracker.log_images`` through
+    :func:`ddpo.trainer.tracking.wrap_tracker`). Per epoch it records the local mean reward and
+    the mean of every numeric per-sample metadata key in :attr:`epochs` (a list of dicts) and
+    appends them to ``<folder>/epochs.jsonl`` (dropping, on its first write, the rows of a resumed
+    run's epochs from ``first_epoch`` on, which are logged again).
 
     Args:
         folder: where the grids go (created on first use); None until known, e.g. set it to
             ``trainer.output_dir / "images"`` after building the trainer.
-        max_images: images per grid (the first ones of the epoch).
+        max_images: images per grid, covering every prompt of the epoch (see
+            :func:`select_grid_indices`).
         first_epoch: index of the first epoch this hook sees (``trainer.first_epoch``).
     """
 
@@ -139,10 +146,10 @@ class ImageGridHook:
         self.max_images = max_images
         self.epoch = first_epoch
         self.epochs: list[dict[str, Any]] = []
+        self._log_trimmed = False
 
     def __call__(self, image_data: list[list[Any]], global_step: int, tracker: Any) -> None:
-        images: list[torch.Tensor] = []
-        captions: list[str] = []
+        batches: list[_Batch] = []
         rewards_all: list[float] = []
         numeric: dict[str, list[float]] = {}
         for batch_images, prompts, _prompt_metadata, rewards, reward_metadata in image_data:
@@ -157,23 +164,13 @@ class ImageGridHook:
                 per_sample_meta[key] = values
                 if all(isinstance(v, bool | int | float) for v in values):
                     numeric.setdefault(key, []).extend(float(v) for v in values)
-            tensor = torch.as_tensor(batch_images) if not isinstance(batch_images, list) else None
-            for i in range(batch):
-                if len(images) >= self.max_images:
-                    break
-                if tensor is not None:
-                    images.append(tensor[i].detach().float().cpu())
-                else:
-                    array = to_uint8_nhwc([batch_images[i]])[0]
-                    images.append(torch.from_numpy(array).permute(2, 0, 1).float() / 255)
-                # captions show the yes/no metadata (e.g. `correct`); sub-scores go to the summary
-                extra = " ".join(
-                    f"{k}={_format(v[i])}"
-                    for k, v in per_sample_meta.items()
-                    if isinstance(v[i], bool)
-                )
-                reward_text = f"r={reward_list[i]:.3g}" if i < len(reward_list) else ""
-                captions.append(f"{prompts[i]} | {reward_text} {extra}".strip())
+            batches.append(_Batch(batch_images, list(prompts), reward_list, per_sample_meta))
+
+        images: list[torch.Tensor] = []
+        captions: list[str] = []
+        for b, i in select_grid_indices([batch.prompts for batch in batches], self.max_images):
+            images.append(batches[b].image(i))
+            captions.append(batches[b].caption(i))
 
         summary: dict[str, Any] = {"epoch": self.epoch, "global_step": global_step}
         if rewards_all:
@@ -188,10 +185,14 @@ class ImageGridHook:
             self.folder.mkdir(parents=True, exist_ok=True)
             grid = image_grid(torch.stack(images), captions)
             grid.save(self.folder / f"epoch_{self.epoch:04d}.png")
-            with open(self.folder / "epochs.jsonl", "a") as f:
+            log = self.folder / "epochs.jsonl"
+            if not self._log_trimmed:
+                drop_epochs_from(log, self.epoch)
+                self._log_trimmed = True
+            with open(log, "a") as f:
                 f.write(json.dumps(summary) + "\n")
             if tracker is not None and hasattr(tracker, "log_images"):
-                _log_grid(tracker, grid, global_step)
+                wrap_tracker(tracker).log_images({"samples": [grid]}, step=global_step)
         if tracker is not None and hasattr(tracker, "log"):
             means = {f"reward_metadata/{k}": v for k, v in summary.items() if k.endswith("_mean")}
             if means:
@@ -199,12 +200,68 @@ class ImageGridHook:
         self.epoch += 1
 
 
-def _log_grid(tracker: Any, grid: Image.Image, step: int) -> None:
-    array = np.asarray(grid)[None]
-    if getattr(tracker, "name", "") == "tensorboard":
-        tracker.log_images({"samples": array}, step=step, dataformats="NHWC")
-    else:
-        tracker.log_images({"samples": [grid]}, step=step)
+def select_grid_indices(
+    prompts_per_batch: Sequence[Sequence[Any]], max_images: int
+) -> list[tuple[int, int]]:
+    """The ``(batch, index)`` samples an epoch grid of at most ``max_images`` images shows.
+
+    The grid covers every prompt of the epoch, not only the first batch's: samples are grouped
+    by prompt (distinct prompts in first-seen order over all batches). With at most
+    ``max_images`` prompts, images are dealt round-robin: one sample of each prompt, then a
+    second of each, and so on until ``max_images`` are taken or the samples run out. With more
+    prompts than that, ``max_images`` prompts spread evenly over the first-seen order (the
+    ``k * n // max_images``-th of ``n``) get one sample each. The pairs come back grouped by
+    prompt in first-seen order, each prompt's samples in epoch order.
+
+    Args:
+        prompts_per_batch: the prompts of each batch, one per sample.
+        max_images: the most samples to pick.
+
+    Raises:
+        ValueError: if ``max_images`` is not positive.
+    """
+    if max_images <= 0:
+        raise ValueError(f"max_images must be positive, got {max_images}")
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for b, prompts in enumerate(prompts_per_batch):
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(str(prompt), []).append((b, i))
+    members = list(groups.values())
+    n = len(members)
+    if n > max_images:
+        return [members[k * n // max_images][0] for k in range(max_images)]
+    taken = [0] * n
+    total = 0
+    for round_ in range(max_images):
+        for p in range(n):
+            if total < max_images and round_ < len(members[p]):
+                taken[p] += 1
+                total += 1
+    return [pair for p in range(n) for pair in members[p][: taken[p]]]
+
+
+class _Batch(NamedTuple):
+    """One batch of an epoch's ``image_data`` as the grid reads it."""
+
+    images: Any
+    prompts: list[Any]
+    rewards: list[float]
+    metadata: dict[str, list[Any]]
+
+    def image(self, i: int) -> torch.Tensor:
+        """Sample ``i`` as a float ``(3, H, W)`` CPU tensor in [0, 1]."""
+        if not isinstance(self.images, list):
+            return torch.as_tensor(self.images)[i].detach().float().cpu()
+        array = to_uint8_nhwc([self.images[i]])[0]
+        return torch.from_numpy(array).permute(2, 0, 1).float() / 255
+
+    def caption(self, i: int) -> str:
+        """Prompt, reward and the yes/no metadata (e.g. ``correct``) of sample ``i``."""
+        extra = " ".join(
+            f"{k}={_format(v[i])}" for k, v in self.metadata.items() if isinstance(v[i], bool)
+        )
+        reward_text = f"r={self.rewards[i]:.3g}" if i < len(self.rewards) else ""
+        return f"{self.prompts[i]} | {reward_text} {extra}".strip()
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -8,7 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpo.reporting import ImageGridHook, epoch_table, image_grid, read_metrics, reward_curve
+from ddpo.reporting import (
+    ImageGridHook,
+    epoch_table,
+    image_grid,
+    read_metrics,
+    reward_curve,
+    select_grid_indices,
+)
 
 
 def _images(batch: int, size: int = 16) -> torch.Tensor:
@@ -96,3 +103,44 @@ def test_read_metrics_and_table(tmp_path: Path) -> None:
     table = epoch_table(rows, ["epoch", "reward_mean", "missing"], title="t")
     assert table.row_count == 2
     assert [c.header for c in table.columns] == ["epoch", "reward_mean", "missing"]
+
+
+def test_hook_grid_shows_every_prompt_of_the_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the CLI's layout: each batch one prompt repeated (sample_batch_size=16)
+    batches = [
+        [_images(16), ("a red circle",) * 16, ({},) * 16, torch.full((16,), 0.25), {}],
+        [_images(16), ("a blue square",) * 16, ({},) * 16, torch.full((16,), 0.75), {}],
+    ]
+    drawn: list[list[str]] = []
+    real_grid = image_grid
+
+    def spy(images: torch.Tensor, captions: list[str], **kwargs: int) -> Image.Image:
+        drawn.append(list(captions))
+        return real_grid(images, captions, **kwargs)
+
+    monkeypatch.setattr("ddpo.reporting.image_grid", spy)
+    hook = ImageGridHook(tmp_path, max_images=4)
+    hook(batches, 0, None)
+    assert [c.split(" | ")[0] for c in drawn[0]] == ["a red circle"] * 2 + ["a blue square"] * 2
+    assert hook.epochs[0]["reward_mean"] == 0.5  # statistics still over all 32 samples
+
+
+def test_select_grid_indices_deals_prompts_round_robin() -> None:
+    # two batches, one prompt each: two samples of each prompt, grouped by prompt
+    assert select_grid_indices([["a"] * 16, ["b"] * 16], 4) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # uneven counts: the rarer prompt gives what it has, the others fill the grid
+    prompts = [["a", "a", "b", "a"], ["c", "a", "a", "a"]]
+    assert select_grid_indices(prompts, 5) == [(0, 0), (0, 1), (0, 3), (0, 2), (1, 0)]
+    # fewer samples than max_images: all of them
+    assert select_grid_indices([["a", "b"]], 16) == [(0, 0), (0, 1)]
+    assert select_grid_indices([], 4) == []
+    with pytest.raises(ValueError, match="max_images"):
+        select_grid_indices([["a"]], 0)
+
+
+def test_select_grid_indices_spreads_many_prompts_over_the_epoch() -> None:
+    # 8 distinct prompts over 4 batches, 4 images: one each of prompts 0, 2, 4, 6
+    prompts = [[f"p{2 * b}", f"p{2 * b + 1}"] for b in range(4)]
+    assert select_grid_indices(prompts, 4) == [(0, 0), (1, 0), (2, 0), (3, 0)]
