@@ -112,46 +112,50 @@ def tiny_model_components(
         write_clip_tokenizer(tokenizer_dir, words, model_max_length=cfg.max_prompt_tokens)
         tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
 
-    torch.manual_seed(seed)
-    unet: Any = UNet2DConditionModel(
-        sample_size=cfg.image_size // 8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=cfg.unet_channels,
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=cfg.text_dim,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    )
-    torch.manual_seed(seed + 1)
-    vae: Any = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * len(cfg.vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(cfg.vae_channels),
-        block_out_channels=cfg.vae_channels,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=cfg.image_size,
-    )
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=cfg.text_dim,
-            intermediate_size=2 * cfg.text_dim,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=4,
-            max_position_embeddings=cfg.max_prompt_tokens,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            projection_dim=cfg.text_dim,
+    # Seeded from the global generator inside fork_rng: building a model (e.g. the first use of
+    # the cache) must not move the caller's RNG, or what the caller draws next would depend
+    # on whether the model was already on disk.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet: Any = UNet2DConditionModel(
+            sample_size=cfg.image_size // 8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=cfg.unet_channels,
+            layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=cfg.text_dim,
+            attention_head_dim=8,
+            norm_num_groups=8,
         )
-    )
+        torch.manual_seed(seed + 1)
+        vae: Any = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * len(cfg.vae_channels),
+            up_block_types=("UpDecoderBlock2D",) * len(cfg.vae_channels),
+            block_out_channels=cfg.vae_channels,
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=cfg.image_size,
+        )
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=cfg.text_dim,
+                intermediate_size=2 * cfg.text_dim,
+                num_hidden_layers=cfg.text_layers,
+                num_attention_heads=4,
+                max_position_embeddings=cfg.max_prompt_tokens,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                projection_dim=cfg.text_dim,
+            )
+        )
     return {
         "unet": unet.eval(),
         "vae": vae.eval(),

@@ -22,6 +22,28 @@ LOSS_TYPES: tuple[str, ...] = ("ppo", "score_function")
 ADVANTAGE_MODES: tuple[str, ...] = ("auto", "per_prompt", "global", "group", "group_global")
 MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
 LOG_WITH: tuple[str, ...] = ("tensorboard", "wandb")
+MAX_SEED = 2**32 - 1
+BOOL_FIELDS: tuple[str, ...] = (
+    "allow_tf32",
+    "train_use_8bit_adam",
+    "train_cfg",
+    "per_prompt_stat_tracking",
+    "async_reward_computation",
+    "push_to_hub",
+    "gradient_checkpointing",
+    "resume_allow_config_changes",
+)
+STR_FIELDS: tuple[str, ...] = (
+    "exp_name",
+    "run_name",
+    "logdir",
+    "output_dir",
+    "resume_from",
+    "tracker_project_name",
+    "negative_prompts",
+    "hub_model_id",
+    "mixed_precision",
+)
 # Accelerator arguments that come from the config's own fields.
 RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
     "log_with",
@@ -181,6 +203,11 @@ class DDPOConfig:
     """Enable the UNet's gradient checkpointing (less memory, more compute)."""
     hub_model_id: str = ""
     """Hub repository for ``push_to_hub`` (default: the run name)."""
+    resume_allow_config_changes: bool = False
+    """When resuming, accept changes to the fields that make the continued run differ from an
+    uninterrupted one (seeds, sizes, sampler, loss and optimizer settings). Without it such
+    changes are an error that lists them; fields that do not change the run (``num_epochs``,
+    logging, ``save_freq``, ...) may always change."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -232,6 +259,14 @@ class DDPOConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise TypeError(f"DDPOConfig.{name} must be an int, got {value!r}")
+        # bool fields take True or False only: "False" is truthy and 0/1 hide a typo.
+        for name in BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(
+                    f"DDPOConfig.{name} must be True or False, got {value!r} "
+                    f"({type(value).__name__})"
+                )
         float_fields = (
             "sample_eta",
             "sample_guidance_scale",
@@ -289,11 +324,18 @@ class DDPOConfig:
                     f"DDPOConfig.{name} must be in [0, 1), got {getattr(self, name)!r}"
                 )
 
-        # 3. Sampler and training-step ranges.
-        if self.sample_eta <= 0:
+        # 3. Seed, sampler and training-step ranges.
+        if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(
-                f"DDPOConfig.sample_eta must be > 0 (DDPO needs a stochastic DDIM sampler), "
-                f"got {self.sample_eta!r}"
+                f"DDPOConfig.seed must be in [0, 2**32 - 1] (numpy's and accelerate's seeding "
+                f"range), got {self.seed!r}"
+            )
+        if not 0 < self.sample_eta <= 1:
+            raise ValueError(
+                "DDPOConfig.sample_eta must be in (0, 1]: DDPO needs a stochastic DDIM sampler "
+                "(eta > 0), and above 1 the step's standard deviation exceeds "
+                "sqrt(1 - alpha_bar_prev), so the DDIM mean's coefficient "
+                f"sqrt(1 - alpha_bar_prev - sigma_t^2) does not exist; got {self.sample_eta!r}"
             )
         if not 0.0 < self.train_timestep_fraction <= 1.0:
             raise ValueError(
@@ -373,9 +415,14 @@ class DDPOConfig:
         for name in ("tracker_kwargs", "accelerator_kwargs", "project_kwargs"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"DDPOConfig.{name} must be a dict, got {getattr(self, name)!r}")
-        for name in ("exp_name", "run_name", "logdir", "output_dir", "resume_from"):
+        for name in STR_FIELDS:
             if not isinstance(getattr(self, name), str):
                 raise TypeError(f"DDPOConfig.{name} must be a str, got {getattr(self, name)!r}")
+        if not self.tracker_project_name:
+            raise ValueError(
+                "DDPOConfig.tracker_project_name must be a non-empty str (the trackers' project "
+                f"name), got {self.tracker_project_name!r}"
+            )
         if self.run_name and (os.sep in self.run_name or self.run_name in (".", "..")):
             raise ValueError(
                 f"DDPOConfig.run_name must be a plain folder name, got {self.run_name!r}"

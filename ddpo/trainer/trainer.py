@@ -49,6 +49,8 @@ from ddpo.core import (
 )
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer.config import DDPOConfig
+from ddpo.trainer.run_folder import check_output_dir, drop_epochs_from, fixed_output_dir
+from ddpo.trainer.tracking import wrap_tracker
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +124,11 @@ class DDPOTrainer:
                 f"{image_samples_hook!r}"
             )
         resume = ckpt.resolve_resume(config.resume_from)[0] if config.resume_from else None
+        if resume is not None:
+            ckpt.verify_checkpoint(resume.path)
+            ckpt.check_resume_config(resume.path, config)
+        check_output_dir(config)
+        _check_pipeline(sd_pipeline, config)
 
         self.config = config
         self.reward_function = reward_function
@@ -201,10 +208,15 @@ class DDPOTrainer:
 
         # 8. Trackers (main process only inside accelerate).
         if config.log_with is not None:
+            init_kwargs = dict(config.tracker_kwargs)
+            if config.log_with == "tensorboard" and resume is not None:
+                # Drop the events logged after the checkpoint (they are logged again).
+                board = {"purge_step": resume.global_step + 1} | init_kwargs.get("tensorboard", {})
+                init_kwargs["tensorboard"] = board
             self.accelerator.init_trackers(
                 config.tracker_project_name,
                 config=_tracker_config(config, self.run_name),
-                init_kwargs=config.tracker_kwargs,
+                init_kwargs=init_kwargs,
             )
 
         # 9. The prompt function's own random stream: Python's and numpy's global RNGs are
@@ -402,6 +414,16 @@ class DDPOTrainer:
                 output_type="pt",
             )
         latents = output.latents
+        _check_rollout(
+            latents,
+            output.log_probs,
+            pipeline.scheduler.timesteps,
+            config=config,
+            dtype=_param_dtype(pipeline.unet),
+            mixed_precision=self.mixed_precision,
+            epoch=epoch,
+            batch_index=batch_index,
+        )
         timesteps = pipeline.scheduler.timesteps.to(latents.device)
         batch = {
             "prompts": prompts,
@@ -421,9 +443,9 @@ class DDPOTrainer:
             )
         return batch, images
 
-    def _draw_prompts(self, batch_size: int) -> tuple[tuple[str, ...], tuple[dict[str, Any], ...]]:
+    def _draw_prompts(self, batch_size: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         prompts: list[str] = []
-        metadata: list[dict[str, Any]] = []
+        metadata: list[Any] = []
         for _ in range(batch_size):
             with self._prompt_rng.active():
                 drawn = self.prompt_function()
@@ -439,7 +461,8 @@ class DDPOTrainer:
                     f"not a str: {prompt!r}"
                 )
             prompts.append(prompt)
-            metadata.append(dict(meta) if meta is not None else {})
+            # Any metadata is passed on as it is, as TRL did (a dict, a string, an object...).
+            metadata.append(meta)
         return tuple(prompts), tuple(metadata)
 
     @torch.no_grad()
@@ -687,6 +710,7 @@ class DDPOTrainer:
             ckpt.write_json(tmp / "config.json", self.config.to_dict())
         index = accelerator.process_index
         ckpt.write_json(tmp / f"{ckpt.PROMPT_RNG_PREFIX}{index}.json", self._prompt_rng.to_json())
+        ckpt.write_json(tmp / f"{ckpt.CALLABLE_STATE_PREFIX}{index}.json", self._callable_states())
         accelerator.wait_for_everyone()
         final = tmp.parent / ckpt.checkpoint_name(epoch)
         if accelerator.is_main_process:
@@ -705,7 +729,15 @@ class DDPOTrainer:
         info = ckpt.read_marker(Path(path))
         if info is None:
             raise FileNotFoundError(f"{path} is not a complete checkpoint folder")
-        state = safetensors.torch.load_file(str(info.path / ckpt.WEIGHTS_FILENAME))
+        ckpt.verify_checkpoint(info.path, num_processes=self.accelerator.num_processes)
+        weights_file = info.path / ckpt.WEIGHTS_FILENAME
+        try:
+            state = safetensors.torch.load_file(str(weights_file))
+        except Exception as err:  # safetensors raises its own error type for a damaged header
+            raise ckpt.CheckpointError(
+                f"checkpoint file {weights_file} cannot be read ({type(err).__name__}: {err}); "
+                "resume from an earlier checkpoint"
+            ) from err
         named = dict(self._trainable_named_parameters())
         missing = sorted(set(named) - set(state))
         unexpected = sorted(set(state) - set(named))
@@ -719,19 +751,61 @@ class DDPOTrainer:
         with torch.no_grad():
             for name, param in named.items():
                 param.copy_(state[name].to(device=param.device, dtype=param.dtype))
-        self.accelerator.load_state(str(info.path))
-        rng_file = info.path / f"{ckpt.PROMPT_RNG_PREFIX}{self.accelerator.process_index}.json"
-        if not rng_file.is_file():
-            raise FileNotFoundError(
-                f"checkpoint {info.path} has no {rng_file.name}: it was written by a run with "
-                "fewer processes; resume with the same number of processes"
-            )
-        self._prompt_rng = PromptRNG.from_json(json.loads(rng_file.read_text()))
-        tracker_state = json.loads((info.path / ckpt.TRACKER_FILENAME).read_text())
+        try:
+            self.accelerator.load_state(str(info.path))
+        except Exception as err:
+            raise ckpt.CheckpointError(
+                f"the optimizer, scaler or RNG state files in {info.path} cannot be loaded "
+                f"({type(err).__name__}: {err}); resume from an earlier checkpoint"
+            ) from err
+        index = self.accelerator.process_index
+        rng_file = info.path / f"{ckpt.PROMPT_RNG_PREFIX}{index}.json"
+        self._prompt_rng = PromptRNG.from_json(ckpt.read_json(rng_file))
+        tracker_state = ckpt.read_json(info.path / ckpt.TRACKER_FILENAME)
         if self.stat_tracker is not None and tracker_state is not None:
             self.stat_tracker.load_state_dict(tracker_state)
+        states_file = info.path / f"{ckpt.CALLABLE_STATE_PREFIX}{index}.json"
+        if states_file.is_file():
+            self._load_callable_states(ckpt.read_json(states_file), states_file)
+        elif any(_stateful(fn) for fn in (self.prompt_function, self.reward_function)):
+            raise ckpt.CheckpointError(
+                f"checkpoint {info.path} has no {states_file.name}, but the prompt or reward "
+                "function keeps state (state_dict/load_state_dict); it was written by an older "
+                "version, so this run cannot resume exactly from it"
+            )
         self.first_epoch, self.global_step = info.epoch, info.global_step
+        if self.accelerator.is_main_process:
+            drop_epochs_from(self.output_dir / METRICS_FILENAME, info.epoch)
         logger.info("resumed from %s (epoch %d, step %d)", info.path, info.epoch, info.global_step)
+
+    def _callable_states(self) -> dict[str, Any]:
+        """The prompt and reward functions' own state (None for a stateless function)."""
+        return {
+            "prompt_function": _state_of(self.prompt_function),
+            "reward_function": _state_of(self.reward_function),
+        }
+
+    def _load_callable_states(self, states: dict[str, Any], source: Path) -> None:
+        functions: tuple[tuple[str, Any], ...] = (
+            ("prompt_function", self.prompt_function),
+            ("reward_function", self.reward_function),
+        )
+        for key, fn in functions:
+            state = states.get(key)
+            if state is None and _stateful(fn):
+                raise ckpt.CheckpointError(
+                    f"{source} holds no state for the {key.replace('_', ' ')} {_name(fn)}, which "
+                    "keeps state (state_dict/load_state_dict): the checkpoint was written with "
+                    "another function; resume with the function that wrote it"
+                )
+            if state is not None:
+                if not _stateful(fn):
+                    raise ckpt.CheckpointError(
+                        f"{source} holds a state for the {key.replace('_', ' ')}, but "
+                        f"{_name(fn)} has no load_state_dict: resume with the function that "
+                        "wrote the checkpoint"
+                    )
+                fn.load_state_dict(state)
 
     # ------------------------------------------------------------------------------------------
     # Final weights
@@ -770,46 +844,25 @@ class DDPOTrainer:
     # Helpers
     def _resolve_output_dir(self, resume: ckpt.CheckpointInfo | None) -> tuple[str, Path]:
         config = self.config
-        resume_run = resume.path.parent.parent.resolve() if resume is not None else None
-        run_name = config.run_name
-        if config.output_dir:
-            out = Path(config.output_dir).expanduser()
-            run_name = run_name or out.name
-        elif run_name:
-            out = Path(config.logdir) / run_name
-        elif resume_run is not None:
-            out, run_name = resume_run, resume_run.name
-        else:
-            # A new timestamped name, agreed on by every process.
-            stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-            candidate = f"{config.exp_name}_{stamp}"
-            suffix = 1
-            while (Path(config.logdir) / candidate).exists():
-                candidate = f"{config.exp_name}_{stamp}-{suffix}"
-                suffix += 1
-            run_name = broadcast_object_list([candidate])[0]
-            out = Path(config.logdir) / run_name
-        out = out.resolve()
-        # Never write into an existing run unless resuming it.
-        if out.exists() and any(out.iterdir()) and out != resume_run:
-            raise FileExistsError(
-                f"output folder {out} exists and is not empty; set DDPOConfig.resume_from to "
-                "continue that run, or choose another output_dir / run_name"
-            )
-        if resume is not None and out == resume_run:
-            later = [c for c in ckpt.list_checkpoints(out) if c.epoch > resume.epoch]
-            if later:
-                raise FileExistsError(
-                    f"resuming {resume.path} inside {out} would overwrite its later checkpoints "
-                    f"{[str(c.path) for c in later]}; resume from the newest one or set another "
-                    "output_dir"
-                )
-        return run_name, out
+        fixed = fixed_output_dir(config, resume)
+        if fixed is not None:
+            return fixed
+        # A new timestamped name, agreed on by every process.
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        candidate = f"{config.exp_name}_{stamp}"
+        suffix = 1
+        while (Path(config.logdir) / candidate).exists():
+            candidate = f"{config.exp_name}_{stamp}-{suffix}"
+            suffix += 1
+        run_name = broadcast_object_list([candidate])[0]
+        return run_name, (Path(config.logdir) / run_name).resolve()
 
     def _tracker(self) -> Any:
         if self.config.log_with is None or not self.accelerator.trackers:
             return None
-        return self.accelerator.get_tracker(self.config.log_with)
+        # Wrapped so that what TRL's documented hook passes to log_images (lists of PIL images,
+        # arrays, tensors) reaches tensorboard and wandb in the form each one takes.
+        return wrap_tracker(self.accelerator.get_tracker(self.config.log_with))
 
     def _progress(self) -> Progress:
         return Progress(
@@ -922,7 +975,8 @@ def _parameters_of(layers: Any) -> Iterator[torch.nn.Parameter]:
 
 
 def _name(fn: Any) -> str:
-    return str(getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn))
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return str(name or type(fn).__qualname__)
 
 
 def _rewards_to_tensor(rewards: Any, *, name: str, offset: int) -> torch.Tensor:
@@ -961,3 +1015,112 @@ def _is_real(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool
     return isinstance(value, numbers.Real) and not isinstance(value, complex)
+
+
+_PIPELINE_MEMBERS = (
+    "unet",
+    "vae",
+    "text_encoder",
+    "scheduler",
+    "encode_prompt",
+    "score_transitions",
+)
+
+
+def _check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
+    """TypeError unless ``sd_pipeline`` is a pipeline object; ValueError if the config asks more
+    DDIM steps than its scheduler has timesteps. Cheap: no model work."""
+    if isinstance(sd_pipeline, str | os.PathLike):
+        raise TypeError(
+            f"DDPOTrainer: sd_pipeline must be a pipeline object, got the string {sd_pipeline!r}; "
+            f"pass DefaultDDPOStableDiffusionPipeline({str(sd_pipeline)!r}) (from ddpo import "
+            "DefaultDDPOStableDiffusionPipeline) or your own DDPOStableDiffusionPipeline"
+        )
+    missing = [m for m in _PIPELINE_MEMBERS if not hasattr(sd_pipeline, m)]
+    if missing or not callable(sd_pipeline):
+        raise TypeError(
+            f"DDPOTrainer: sd_pipeline must be a DDPOStableDiffusionPipeline (e.g. "
+            f"DefaultDDPOStableDiffusionPipeline('ddpo-tiny-shapes')); got "
+            f"{type(sd_pipeline).__name__}, which lacks {missing or ['__call__']}"
+        )
+    scheduler_config = getattr(sd_pipeline.scheduler, "config", None)
+    num_train = getattr(scheduler_config, "num_train_timesteps", None)
+    if isinstance(num_train, int) and config.sample_num_steps > num_train:
+        raise ValueError(
+            f"DDPOConfig.sample_num_steps={config.sample_num_steps} is more than the pipeline's "
+            f"scheduler allows ({type(sd_pipeline.scheduler).__name__} has "
+            f"num_train_timesteps={num_train}); use at most {num_train} steps"
+        )
+
+
+def _param_dtype(module: Any) -> torch.dtype | None:
+    param = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    return None if param is None else param.dtype
+
+
+def _check_rollout(
+    latents: torch.Tensor,
+    log_probs: torch.Tensor,
+    timesteps: torch.Tensor,
+    *,
+    config: DDPOConfig,
+    dtype: torch.dtype | None,
+    mixed_precision: str,
+    epoch: int,
+    batch_index: int,
+) -> None:
+    """FloatingPointError naming the first denoising step whose latents or log-probs are not
+    finite, and the sampler settings, right where it arises (one host sync per batch).
+
+    Args:
+        latents: ``(batch, T + 1, C, h, w)``, ``x_T`` first; log_probs: ``(batch, T)``.
+    """
+    latents_ok = torch.isfinite(latents).flatten(2).all(dim=2).all(dim=0)  # (T + 1,)
+    log_probs_ok = torch.isfinite(log_probs).all(dim=0)  # (T,)
+    if bool(latents_ok.all()) and bool(log_probs_ok.all()):
+        return
+    steps_ok = (latents_ok[1:] & log_probs_ok).tolist()
+    step = steps_ok.index(False) if False in steps_ok else -1
+    what = []
+    if step >= 0 and not bool(latents_ok[step + 1]):
+        what.append("the next latents")
+    if step >= 0 and not bool(log_probs_ok[step]):
+        what.append("the log-probability")
+    if not bool(latents_ok[0]):
+        step, what = -1, ["the initial noise x_T"]
+    timestep = int(timesteps[step]) if 0 <= step < len(timesteps) else None
+    where = (
+        "before the first step"
+        if step < 0
+        else f"at denoising step {step} of {config.sample_num_steps} (timestep {timestep})"
+    )
+    raise FloatingPointError(
+        f"sampling produced non-finite values ({' and '.join(what)}) {where}, epoch {epoch}, "
+        f"sampling batch {batch_index}; settings: sample_num_steps={config.sample_num_steps}, "
+        f"sample_eta={config.sample_eta}, sample_guidance_scale={config.sample_guidance_scale}, "
+        f"UNet dtype={dtype}, mixed_precision={mixed_precision!r}. This is the sampler or the "
+        "model, not the reward or the learning rate: check the model's weights and scheduler "
+        "(e.g. epsilon prediction with a zero-terminal-SNR schedule), or try mixed_precision="
+        "'no' / a float32 model"
+    )
+
+
+def _stateful(fn: Any) -> bool:
+    """Whether a prompt or reward function keeps checkpointable state."""
+    return callable(getattr(fn, "state_dict", None)) and callable(
+        getattr(fn, "load_state_dict", None)
+    )
+
+
+def _state_of(fn: Any) -> Any:
+    if not _stateful(fn):
+        return None
+    state = fn.state_dict()
+    try:
+        json.dumps(state)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"{_name(fn)}.state_dict() must return JSON-serialisable data (dicts, lists, str, "
+            f"numbers, None) to be checkpointed: {err}"
+        ) from err
+    return state

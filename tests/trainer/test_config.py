@@ -61,6 +61,7 @@ OURS = {
     "kl_coef": 0.0,
     "gradient_checkpointing": False,
     "hub_model_id": "",
+    "resume_allow_config_changes": False,
 }
 # Fields read by the trainer through a config property rather than directly.
 READ_VIA_PROPERTY = {
@@ -123,7 +124,11 @@ def test_every_field_documented() -> None:
         ({"num_epochs": 0}, "num_epochs must be > 0, got 0"),
         ({"sample_num_steps": -1}, "sample_num_steps must be > 0"),
         ({"train_batch_size": 0}, "train_batch_size must be > 0"),
-        ({"sample_eta": 0.0}, "sample_eta must be > 0"),
+        ({"sample_eta": 0.0}, r"sample_eta must be in \(0, 1\]: .* got 0.0"),
+        ({"sample_eta": 1.5}, r"sample_eta must be in \(0, 1\]: .*above 1.* got 1.5"),
+        ({"seed": -1}, r"seed must be in \[0, 2\*\*32 - 1\] .* got -1"),
+        ({"seed": 2**32}, r"seed must be in \[0, 2\*\*32 - 1\] .* got 4294967296"),
+        ({"tracker_project_name": ""}, "tracker_project_name must be a non-empty str"),
         ({"train_timestep_fraction": 0.0}, "train_timestep_fraction must be in"),
         ({"train_timestep_fraction": 1.5}, "train_timestep_fraction must be in"),
         ({"train_clip_range": 0.0}, "train_clip_range must be > 0"),
@@ -158,7 +163,7 @@ def test_validation_errors_name_field_and_value(kwargs: dict[str, object], match
 
 
 def test_constructor_validates() -> None:
-    with pytest.raises(ValueError, match="sample_eta must be > 0"):
+    with pytest.raises(ValueError, match="sample_eta must be in"):
         DDPOConfig(sample_eta=-1.0)
 
 
@@ -169,6 +174,14 @@ def test_constructor_validates() -> None:
         ({"num_epochs": True}, "num_epochs must be an int"),
         ({"train_learning_rate": "1e-3"}, "train_learning_rate must be a float"),
         ({"tracker_kwargs": []}, "tracker_kwargs must be a dict"),
+        # a string or an int in a bool field used to switch the option on silently
+        ({"train_cfg": "False"}, "train_cfg must be True or False, got 'False' .str."),
+        ({"allow_tf32": 0}, "allow_tf32 must be True or False, got 0 .int."),
+        ({"push_to_hub": "no"}, "push_to_hub must be True or False"),
+        ({"async_reward_computation": 1}, "async_reward_computation must be True or False"),
+        ({"negative_prompts": ["ugly"]}, r"negative_prompts must be a str, got \['ugly'\]"),
+        ({"tracker_project_name": None}, "tracker_project_name must be a str, got None"),
+        ({"hub_model_id": None}, "hub_model_id must be a str, got None"),
     ],
 )
 def test_type_errors(kwargs: dict[str, object], match: str) -> None:
