@@ -44,6 +44,15 @@ def ddim_alpha_bars(
     negative (the last step) ``alpha_bar_prev`` is ``scheduler.final_alpha_cumprod``, exactly as
     diffusers' ``DDIMScheduler.step`` does.
 
+    One deliberate difference: with ``prediction_type="epsilon"``, an ``alpha_bar`` of exactly 0
+    (the last entry of a zero-terminal-SNR table, ``rescale_betas_zero_snr=True``) is read as
+    ``2**-24``, the floor diffusers' Euler, DPM-Solver and UniPC schedulers put on that entry. There
+    ``x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)`` divides by 0 and diffusers' DDIM step
+    returns inf or NaN; with the floor it is ``4096 (x_t - eps)`` to float rounding, finite (an
+    epsilon model cannot predict ``x_0`` from pure noise, so no value is right there; the floor
+    only keeps the rollout finite). ``"v_prediction"`` and ``"sample"`` are finite at 0 and keep
+    the table as it is, so their steps match diffusers'.
+
     Args:
         scheduler: a DDIM-like diffusers scheduler after ``set_timesteps``.
         timesteps: one integer timestep per sample, ``(batch,)``.
@@ -65,7 +74,8 @@ def ddim_alpha_bars(
             raise ValueError(
                 f"timesteps must lie in [0, {num_train}), got values from {low} to {high}"
             )
-    table, final = _tables_on(scheduler, timesteps.device)
+    floor_zero = scheduler.config.get("prediction_type", "epsilon") == "epsilon"
+    table, final = _tables_on(scheduler, timesteps.device, floor_zero=floor_zero)
     t = timesteps.long()
     prev = t - num_train // scheduler.num_inference_steps
     alpha_bar_t = table[t]
@@ -73,28 +83,40 @@ def ddim_alpha_bars(
     return alpha_bar_t, alpha_bar_prev
 
 
-_TABLES: "weakref.WeakKeyDictionary[Any, dict[torch.device, tuple[Any, Tensor, Tensor]]]"
+# The zero-terminal-SNR floor of diffusers' Euler, DPM-Solver and UniPC schedulers: "close to 0
+# without being 0 so first sigma is not inf" (the smallest positive float16 subnormal).
+_ZERO_SNR_ALPHA_BAR_FLOOR = 2.0**-24
+
+_TABLES: (
+    "weakref.WeakKeyDictionary[Any, dict[tuple[torch.device, bool], tuple[Any, Tensor, Tensor]]]"
+)
 _TABLES = weakref.WeakKeyDictionary()
 
 
-def _tables_on(scheduler: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+def _tables_on(scheduler: Any, device: torch.device, *, floor_zero: bool) -> tuple[Tensor, Tensor]:
     """The scheduler's ``alphas_cumprod`` and ``final_alpha_cumprod`` as float32 on ``device``.
 
-    Cached per scheduler and device (dropped if the scheduler's table object is replaced), so
-    a sampling or training step copies nothing from the host.
+    With ``floor_zero``, entries of exactly 0 become ``2**-24`` (see
+    :func:`ddim_alpha_bars`); others are untouched. Cached per scheduler, device and
+    ``floor_zero`` (dropped if the scheduler's table object is replaced), so a sampling or
+    training step copies nothing from the host.
     """
     source = scheduler.alphas_cumprod
     try:
         per_scheduler = _TABLES.setdefault(scheduler, {})
     except TypeError:  # not weak-referenceable: no cache
         per_scheduler = {}
-    cached = per_scheduler.get(device)
+    key = (device, floor_zero)
+    cached = per_scheduler.get(key)
     if cached is None or cached[0] is not source:
         table = torch.as_tensor(source).to(device=device, dtype=torch.float32)
         final = torch.as_tensor(scheduler.final_alpha_cumprod).to(
             device=device, dtype=torch.float32
         )
-        cached = per_scheduler[device] = (source, table, final)
+        if floor_zero:
+            table = table.masked_fill(table == 0, _ZERO_SNR_ALPHA_BAR_FLOOR)
+            final = final.masked_fill(final == 0, _ZERO_SNR_ALPHA_BAR_FLOOR)
+        cached = per_scheduler[key] = (source, table, final)
     return cached[1], cached[2]
 
 

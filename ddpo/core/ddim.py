@@ -3,6 +3,7 @@
 import math
 from typing import Literal, NamedTuple
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -53,26 +54,50 @@ def ddim_step_with_logprob(
 
         x0_hat   = (x_t - sqrt(1 - a_t) eps_hat) / sqrt(a_t)
         sigma_t  = eta * sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
-        mu       = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - sigma_t^2) eps_hat
-        log_prob = reduce(-(x_{t-1} - mu)^2 / (2 sigma_t^2) - log sigma_t - log sqrt(2 pi))
+        mu       = sqrt(a_prev) x0_hat + c_t eps_hat,   c_t = sqrt(1 - a_prev - sigma_t^2)
+        log_prob = reduce(-z^2 / 2 - log sigma_t - log sqrt(2 pi)),   z = (x_{t-1} - mu) / sigma_t
 
     where ``a`` is ``alpha_bar`` (diffusers' ``alphas_cumprod``). The arithmetic follows diffusers'
-    ``DDIMScheduler.step`` so that, given the same noise, ``prev_sample`` agrees with it.
+    ``DDIMScheduler.step`` so that, given the same noise, ``prev_sample`` agrees with it to float
+    rounding, with one change: ``c_t^2`` is evaluated as ``(1 - a_prev) - eta^2 v_t``, where
+    ``v_t = sigma_t^2 / eta^2`` is not the square of a square root, and clamped at 0. It equals
+    ``(1 - a_prev) ((1 - eta^2) + eta^2 a_t (1 - a_prev) / (a_prev (1 - a_t))) >= 0`` for
+    ``0 < eta <= 1``, and at ``a_t = 0`` with ``eta = 1`` (the first step of a zero-terminal-SNR
+    schedule; Lin et al., 2024, arXiv 2305.08891) it is exactly 0, where diffusers' ``1 - a_prev
+    - sigma_t^2`` rounds to about ``-6e-8`` (NaN) or ``+6e-8`` (``c_t = 2.4e-4``).
 
     Exactly one of ``noise`` (sampling: ``x_{t-1} = mu + sigma_t * noise``) or ``prev_sample``
     (scoring a stored transition) must be given. The log-density is always taken at a detached
     ``x_{t-1}``, so its gradient flows to ``model_output`` through ``mu`` only. A sampled
     ``x_{t-1}`` is first rounded to ``sample``'s dtype, so that re-scoring the returned
-    ``prev_sample`` (e.g. in bfloat16) reproduces ``log_prob``. Where ``alpha_bar_prev == 1`` (the
-    last step of a scheduler with ``set_alpha_to_one=True``) ``sigma_t = 0`` and the log-density
-    is undefined (NaN); Stable Diffusion's schedule has ``set_alpha_to_one=False``.
+    ``prev_sample`` (e.g. in bfloat16) reproduces ``log_prob``.
+
+    Non-finite corners, left as the math has them (nothing here changes the inputs):
+
+    * ``sigma_t = 0``: the step is deterministic and has no density; ``log_prob`` is defined as
+      0 there (a probability ratio of 1 with no gradient: the step drops out of the losses). This
+      happens where ``alpha_bar_prev == 1`` (the last step with ``set_alpha_to_one=True``) and
+      where ``alpha_bar_prev == alpha_bar_t`` (diffusers' last step from ``t = 0`` with
+      ``set_alpha_to_one=False``, reached by ``"linspace"`` and by ``"trailing"`` spacing with
+      667 or more steps; unclipped, that step maps ``x_t`` to itself). Stable Diffusion's
+      ``"leading"`` schedule with ``steps_offset=1`` never reaches it.
+    * Tiny ``sigma_t`` (tiny ``eta``): the density is taken through ``z``, so it stays finite
+      while ``sigma_t`` itself is representable (``sigma_t^2`` underflows below ``sigma_t = 4e-23``
+      in float32). It is ``-inf`` only where ``z^2`` overflows, i.e. a stored ``x_{t-1}`` lies
+      ``2e19 sigma_t`` from the mean, e.g. after rounding to bfloat16 with ``sigma_t < 1e-22``.
+    * ``alpha_bar_t = 0`` with ``prediction_type="epsilon"``: ``x0_hat`` divides by 0 and is
+      infinite, since pure noise carries no information about ``x_0``. ``"v_prediction"`` and
+      ``"sample"`` are finite there. The adapters floor a zero ``alpha_bar`` at ``2**-24`` for
+      epsilon prediction, as diffusers' Euler scheduler does (see
+      :func:`ddpo.adapters.ddim_alpha_bars`).
 
     Args:
         model_output: network output ``(batch, channels, height, width)``: epsilon, v or x0.
         sample: ``x_t``, same shape.
         alpha_bar_t: ``alpha_bar`` at each sample's current timestep, ``(batch,)``.
         alpha_bar_prev: ``alpha_bar`` at each sample's previous timestep, ``(batch,)``.
-        eta: DDIM stochasticity; must be > 0 for the log-density to exist.
+        eta: DDIM stochasticity in ``(0, 1]``: > 0 for the log-density to exist, <= 1 for
+            ``sigma_t^2 <= 1 - a_prev`` (Song et al.; ``eta = 1`` is DDPM's variance).
         prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``, as in diffusers.
         noise: standard normal noise for sampling mode, same shape as ``sample``.
         prev_sample: the stored ``x_{t-1}`` for scoring mode, same shape as ``sample``.
@@ -85,11 +110,17 @@ def ddim_step_with_logprob(
         ``pred_original_sample``.
 
     Raises:
-        ValueError: on ``eta <= 0``, an unknown ``prediction_type`` or ``log_prob_reduction``, or
-            unless exactly one of ``noise`` and ``prev_sample`` is given.
+        ValueError: on ``eta`` outside ``(0, 1]``, an unknown ``prediction_type`` or
+            ``log_prob_reduction``, or unless exactly one of ``noise`` and ``prev_sample`` is
+            given.
     """
     if not eta > 0:
         raise ValueError(f"eta must be > 0 for the step to have a log-density, got eta={eta!r}")
+    if not eta <= 1:
+        raise ValueError(
+            "eta must be <= 1: above it sigma_t^2 exceeds 1 - alpha_bar_prev and the DDIM mean "
+            f"coefficient sqrt(1 - alpha_bar_prev - sigma_t^2) does not exist, got eta={eta!r}"
+        )
     if prediction_type not in _PREDICTION_TYPES:
         raise ValueError(
             f"prediction_type must be one of {_PREDICTION_TYPES}, got {prediction_type!r}"
@@ -131,8 +162,16 @@ def ddim_step_with_logprob(
     variance = (1 - a_prev) / beta_t * (1 - a_t / a_prev)
     std_dev_t = eta * variance.sqrt()
 
-    # 4. The mean mu = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps.
-    direction = (1 - a_prev - std_dev_t**2).sqrt() * pred_epsilon
+    # 4. The mean mu = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps. diffusers squares
+    #    sigma = eta * sqrt(variance); at zero terminal SNR (a_t = 0) with eta = 1 the variance is
+    #    exactly 1 - a_prev, but the squared square root differs from it by an ulp, so the
+    #    radicand rounds to -6e-8 (NaN) or +6e-8 (a coefficient of 2.4e-4 that should be 0).
+    #    Using eta^2 * variance instead makes it exactly 0 there and changes nothing else beyond
+    #    an ulp of sigma^2. For 0 < eta <= 1 the radicand is >= 0 (it equals (1 - a_prev) *
+    #    ((1 - eta^2) + eta^2 a_t (1 - a_prev) / (a_prev (1 - a_t)))); the clamp only removes
+    #    rounding below 0 near a_t = 0 and never moves a value by more than that rounding.
+    direction_coeff = ((1 - a_prev) - eta**2 * variance).clamp(min=0).sqrt()
+    direction = direction_coeff * pred_epsilon
     mean = a_prev.sqrt() * pred_original_sample + direction
 
     # 5. Sample, or take the stored transition. A sample is rounded to the caller's dtype first,
@@ -145,10 +184,18 @@ def ddim_step_with_logprob(
         x_prev_out = prev_sample.to(sample.dtype)
         x_prev = prev_sample.to(dtype)
 
-    # 6. Gaussian log-density at the detached x_{t-1}, reduced over non-batch dims.
-    log_density = (
-        -((x_prev.detach() - mean) ** 2) / (2 * std_dev_t**2) - std_dev_t.log() - _LOG_SQRT_2PI
-    )
+    # 6. Gaussian log-density at the detached x_{t-1}, reduced over non-batch dims. Through
+    #    z = (x - mu) / sigma rather than (x - mu)^2 / sigma^2, whose sigma^2 underflows to 0
+    #    (giving 0/0) once sigma < 4e-23 in float32, where z is still finite.
+    #    A step with sigma_t = 0 is deterministic (x_{t-1} = mu) and has no density: its log_prob
+    #    is defined as 0, a probability ratio of 1 without gradient, so that the step drops out of
+    #    the policy-gradient losses instead of making them NaN. (torch.where on a safe sigma, so
+    #    that no NaN enters the backward pass either.)
+    deterministic = std_dev_t == 0
+    safe_std = torch.where(deterministic, torch.ones_like(std_dev_t), std_dev_t)
+    z = (x_prev.detach() - mean) / safe_std
+    log_density = -0.5 * z**2 - safe_std.log() - _LOG_SQRT_2PI
+    log_density = torch.where(deterministic, torch.zeros_like(log_density), log_density)
     dims = tuple(range(1, log_density.ndim))
     log_prob = log_density.mean(dim=dims) if log_prob_reduction == "mean" else log_density.sum(dims)
 

@@ -1,6 +1,8 @@
 """Tests of ddpo.core.ddim: TRL and diffusers parity, properties, gradients, errors."""
 
 import inspect
+import json
+from pathlib import Path
 from typing import Any
 
 import beartype.roar
@@ -11,11 +13,19 @@ from diffusers import DDIMScheduler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ddpo
 from ddpo.core import ddim_step_with_logprob
 
 TYPE_ERRORS = (jaxtyping.TypeCheckError, beartype.roar.BeartypeException)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TRL_CASES = ("eps50_eta1", "eps20_eta05", "v25_eta1", "x0_10_eta08")
+# The packaged model's scheduler: v-prediction, zero terminal SNR, trailing spacing.
+ZERO_SNR_CONFIG = (
+    Path(ddpo.__file__).parent / "models/ddpo-tiny-shapes/scheduler/scheduler_config.json"
+)
+# Step counts at which diffusers' 1 - alpha_bar_prev - sigma_t^2 rounds below 0 at t = 999
+# (alpha_bar_t = 0) with eta = 1, making its DDIM step NaN.
+ZERO_SNR_NAN_STEP_COUNTS = (6, 10, 13, 14, 19, 20, 23, 24, 25)
 
 
 def alpha_bars(
@@ -28,6 +38,14 @@ def alpha_bars(
         prev >= 0, table[prev.clamp(min=0)], scheduler.final_alpha_cumprod.to(table.dtype)
     )
     return table[timesteps], alpha_bar_prev
+
+
+def zero_snr_scheduler(num_inference_steps: int, prediction_type: str) -> DDIMScheduler:
+    """The packaged model's DDIM scheduler (``alpha_bar = 0`` at t = 999) after set_timesteps."""
+    config = json.loads(ZERO_SNR_CONFIG.read_text())
+    scheduler = DDIMScheduler.from_config({**config, "prediction_type": prediction_type})
+    scheduler.set_timesteps(num_inference_steps)
+    return scheduler
 
 
 def random_step(
@@ -151,6 +169,98 @@ def test_matches_diffusers_ddim_step(
         )
 
 
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+@pytest.mark.parametrize("eta", [1.0, 0.6])
+@pytest.mark.parametrize("num_inference_steps", [1, 5, 6, 7, 10, 50])
+def test_matches_diffusers_on_the_zero_snr_schedule(
+    prediction_type: str, eta: float, num_inference_steps: int
+) -> None:
+    """At every timestep of the zero-terminal-SNR trailing schedule ``prev_sample`` equals
+    diffusers' wherever diffusers' is finite, and is finite wherever the math allows.
+
+    At t = 999 (``alpha_bar_t = 0``) with ``eta = 1`` the exact direction coefficient
+    ``sqrt(1 - alpha_bar_prev - sigma_t^2)`` is 0; diffusers' radicand there is 0 or an ulp
+    either side, so its coefficient is NaN (6 steps), ``2^-12`` (7 steps) or 0 (5 steps): the
+    comparison allows ``2^-11 |eps_hat|`` at that step, ``eps_hat`` being ``x_t`` there.
+    """
+    scheduler = zero_snr_scheduler(num_inference_steps, prediction_type)
+    timesteps = scheduler.timesteps
+    batch = len(timesteps)
+    g = torch.Generator().manual_seed(num_inference_steps)
+    model_output, sample, noise = (torch.randn(batch, 2, 3, 3, generator=g) for _ in range(3))
+    alpha_bar_t, alpha_bar_prev = alpha_bars(scheduler, timesteps)
+    ours = ddim_step_with_logprob(
+        model_output,
+        sample,
+        alpha_bar_t,
+        alpha_bar_prev,
+        eta=eta,
+        prediction_type=prediction_type,  # type: ignore[arg-type]
+        noise=noise,
+    )
+    compared = 0
+    for i in range(batch):
+        ref = scheduler.step(
+            model_output[i : i + 1],
+            int(timesteps[i]),
+            sample[i : i + 1],
+            eta=eta,
+            variance_noise=noise[i : i + 1],
+        ).prev_sample
+        mine = ours.prev_sample[i : i + 1]
+        # x0_hat = (x_t - eps) / 0 for epsilon prediction at alpha_bar_t = 0, in both.
+        infinite_x0 = prediction_type == "epsilon" and float(alpha_bar_t[i]) == 0
+        assert bool(torch.isfinite(mine).all()) != infinite_x0
+        if not bool(torch.isfinite(ref).all()):
+            assert float(alpha_bar_t[i]) == 0  # diffusers fails only at zero SNR
+            continue
+        slack = 2**-11 * sample[i : i + 1].abs() if float(alpha_bar_t[i]) == 0 else 0.0
+        assert ((mine - ref).abs() <= 1e-5 + 1e-5 * ref.abs() + slack).all()
+        compared += 1
+    assert compared >= batch - 1
+
+
+@pytest.mark.parametrize("num_inference_steps", ZERO_SNR_NAN_STEP_COUNTS)
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "sample"])
+def test_zero_snr_first_step_has_no_direction_term(
+    num_inference_steps: int, prediction_type: str
+) -> None:
+    """Regression: at t = 999 of the zero-SNR schedule with ``eta = 1``, ``sigma_t^2 = 1 -
+    alpha_bar_prev`` and the mean's coefficient of ``eps_hat`` is exactly 0, so the step is
+    finite at the step counts where diffusers' (and formerly this) step is NaN."""
+    scheduler = zero_snr_scheduler(num_inference_steps, prediction_type)
+    timesteps = scheduler.timesteps[:1].expand(3)
+    alpha_bar_t, alpha_bar_prev = alpha_bars(scheduler, timesteps)
+    assert int(timesteps[0]) == 999 and float(alpha_bar_t[0]) == 0.0
+    g = torch.Generator().manual_seed(num_inference_steps)
+    model_output, sample, noise = (torch.randn(3, 4, 4, 4, generator=g) for _ in range(3))
+    out = ddim_step_with_logprob(
+        model_output,
+        sample,
+        alpha_bar_t,
+        alpha_bar_prev,
+        eta=1.0,
+        prediction_type=prediction_type,  # type: ignore[arg-type]
+        noise=noise,
+    )
+    for name, value in out._asdict().items():
+        assert bool(torch.isfinite(value).all()), name
+    # mu = sqrt(alpha_bar_prev) x0_hat + 0 * eps_hat, bit for bit.
+    x0_term = alpha_bar_prev.sqrt().reshape(3, 1, 1, 1) * out.pred_original_sample
+    assert torch.equal(out.mean, x0_term)
+    torch.testing.assert_close(out.std_dev, (1 - alpha_bar_prev).sqrt())
+    rescored = ddim_step_with_logprob(
+        model_output,
+        sample,
+        alpha_bar_t,
+        alpha_bar_prev,
+        eta=1.0,
+        prediction_type=prediction_type,  # type: ignore[arg-type]
+        prev_sample=out.prev_sample,
+    )
+    torch.testing.assert_close(rescored.log_prob, out.log_prob, rtol=1e-6, atol=1e-6)
+
+
 # --- properties --------------------------------------------------------------------------
 
 
@@ -240,6 +350,23 @@ def test_float64_inputs_compute_in_float64() -> None:
     assert out.log_prob.dtype == torch.float64 and out.prev_sample.dtype == torch.float64
 
 
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, prediction_type=prediction_types, log10_eta=st.floats(-30.0, -24.0))
+def test_log_prob_is_finite_where_sigma_squared_underflows(
+    seed: int, prediction_type: str, log10_eta: float
+) -> None:
+    """With ``eta`` of 1e-30 to 1e-24, ``sigma_t^2`` underflows to 0 in float32 but ``sigma_t``
+    does not: sampling and re-scoring give the finite peak ``-log sigma_t - log sqrt(2 pi)``."""
+    inputs = random_step(seed)
+    kw: Any = {"eta": 10.0**log10_eta, "prediction_type": prediction_type}
+    sampled = ddim_step_with_logprob(**inputs, **kw)
+    assert bool((sampled.std_dev > 0).all()) and bool((sampled.std_dev**2 == 0).all())
+    scored = ddim_step_with_logprob(**_scoring(inputs, sampled.prev_sample), **kw)
+    expected = -sampled.std_dev.log() - 0.5 * torch.log(torch.tensor(2 * torch.pi))
+    torch.testing.assert_close(sampled.log_prob, expected)
+    torch.testing.assert_close(scored.log_prob, expected)
+
+
 # --- gradients ---------------------------------------------------------------------------
 
 
@@ -306,6 +433,7 @@ _raw_ddim = inspect.unwrap(ddim_step_with_logprob)
     [
         ({"eta": 0.0}, "eta"),
         ({"eta": -1.0}, "eta"),
+        ({"eta": 1.5}, "eta"),
         ({"eta": 1.0, "clip_sample_range": 0.0}, "clip_sample_range"),
         ({"eta": 1.0, "prediction_type": "x0"}, "prediction_type"),
         ({"eta": 1.0, "log_prob_reduction": "max"}, "log_prob_reduction"),
@@ -358,3 +486,27 @@ def test_low_precision_scoring_reproduces_sampling(
     sampled = ddim_step_with_logprob(**inputs, **kw)
     scored = ddim_step_with_logprob(**_scoring(inputs, sampled.prev_sample), **kw)
     torch.testing.assert_close(scored.log_prob, sampled.log_prob, rtol=1e-6, atol=1e-6)
+
+
+def test_deterministic_step_has_log_prob_zero_and_finite_gradient() -> None:
+    """Where ``alpha_bar_prev == alpha_bar_t`` (the last step from ``t = 0``) ``sigma_t = 0``: the
+    log-prob is defined as 0 (ratio 1) and no NaN reaches the gradient."""
+    g = torch.Generator().manual_seed(0)
+    model_output = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    sample = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    alpha_bar = torch.tensor([0.9991, 0.5], dtype=torch.float64)
+    alpha_bar_prev = torch.tensor([0.9991, 0.7], dtype=torch.float64)  # sample 0: deterministic
+    out = ddim_step_with_logprob(
+        model_output,
+        sample,
+        alpha_bar,
+        alpha_bar_prev,
+        eta=1.0,
+        prediction_type="v_prediction",
+        prev_sample=sample + 0.1,
+    )
+    assert float(out.std_dev[0]) == 0 and float(out.std_dev[1]) > 0
+    assert float(out.log_prob[0].detach()) == 0 and bool(torch.isfinite(out.log_prob[1]))
+    out.log_prob.sum().backward()
+    assert model_output.grad is not None and bool(torch.isfinite(model_output.grad).all())
+    assert bool((model_output.grad[0] == 0).all()) and bool((model_output.grad[1] != 0).any())
