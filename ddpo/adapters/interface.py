@@ -67,10 +67,15 @@ def check_prompts(prompt: Any, *, name: str = "prompt") -> list[str]:
 
 
 def check_eta(eta: Any) -> None:
-    """Raise ``ValueError`` naming ``eta`` unless ``eta > 0`` (log-probs need a stochastic step)."""
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not float(eta) > 0:
+    """Raise ``ValueError`` naming ``eta`` unless ``0 < eta <= 1``.
+
+    Log-probabilities need a stochastic step (``eta > 0``); above 1 the step's standard
+    deviation exceeds ``sqrt(1 - alpha_bar_prev)`` and the DDIM mean does not exist.
+    """
+    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 < float(eta) <= 1:
         raise ValueError(
-            f"eta must be > 0 for DDPO (the DDIM step needs noise to have a log-probability), "
+            "eta must be in (0, 1] for DDPO (the DDIM step needs noise to have a "
+            "log-probability, and above 1 its variance exceeds 1 - alpha_bar_prev), "
             f"got eta={eta!r}"
         )
 

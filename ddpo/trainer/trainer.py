@@ -16,6 +16,7 @@ One epoch, in the order of the algorithm (Black et al. 2023, Algorithm 1):
 5. log (trackers and ``<output_dir>/metrics.jsonl``), then checkpoint every ``save_freq`` epochs.
 """
 
+import copy
 import functools
 import json
 import logging
@@ -1043,14 +1044,30 @@ def _check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
             f"DefaultDDPOStableDiffusionPipeline('ddpo-tiny-shapes')); got "
             f"{type(sd_pipeline).__name__}, which lacks {missing or ['__call__']}"
         )
-    scheduler_config = getattr(sd_pipeline.scheduler, "config", None)
-    num_train = getattr(scheduler_config, "num_train_timesteps", None)
-    if isinstance(num_train, int) and config.sample_num_steps > num_train:
+    scheduler = sd_pipeline.scheduler
+    num_train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    steps = config.sample_num_steps
+    if isinstance(num_train, int) and steps > num_train:
         raise ValueError(
-            f"DDPOConfig.sample_num_steps={config.sample_num_steps} is more than the pipeline's "
-            f"scheduler allows ({type(sd_pipeline.scheduler).__name__} has "
-            f"num_train_timesteps={num_train}); use at most {num_train} steps"
+            f"DDPOConfig.sample_num_steps={steps} is more than the pipeline's scheduler allows "
+            f"({type(scheduler).__name__} has num_train_timesteps={num_train}); use at most "
+            f"{num_train} steps"
         )
+    if isinstance(num_train, int) and callable(getattr(scheduler, "set_timesteps", None)):
+        # The timesteps the sampler will use, on a copy: some spacings cannot make every count
+        # (e.g. "leading" with steps_offset=1 at 1000 steps starts at t = 1000; diffusers'
+        # "trailing" yields one timestep too many, ending at t = -1, for 61, 103, 121, ... steps).
+        probe = copy.deepcopy(scheduler)
+        probe.set_timesteps(steps)
+        timesteps = torch.as_tensor(probe.timesteps)
+        if len(timesteps) != steps or int(timesteps.min()) < 0 or int(timesteps.max()) >= num_train:
+            spacing = getattr(scheduler.config, "timestep_spacing", "?")
+            raise ValueError(
+                f"DDPOConfig.sample_num_steps={steps}: the pipeline's {type(scheduler).__name__} "
+                f"(timestep_spacing={spacing!r}) gives {len(timesteps)} timesteps from "
+                f"{int(timesteps.max())} to {int(timesteps.min())} for it, outside [0, "
+                f"{num_train}) or not one per step; choose another step count"
+            )
 
 
 def _param_dtype(module: Any) -> torch.dtype | None:
@@ -1099,9 +1116,9 @@ def _check_rollout(
         f"sampling batch {batch_index}; settings: sample_num_steps={config.sample_num_steps}, "
         f"sample_eta={config.sample_eta}, sample_guidance_scale={config.sample_guidance_scale}, "
         f"UNet dtype={dtype}, mixed_precision={mixed_precision!r}. This is the sampler or the "
-        "model, not the reward or the learning rate: check the model's weights and scheduler "
-        "(e.g. epsilon prediction with a zero-terminal-SNR schedule), or try mixed_precision="
-        "'no' / a float32 model"
+        "model, not the reward or the learning rate: check the model's weights (finite, and "
+        "in range for their dtype) and its scheduler config, or try mixed_precision='no' with a "
+        "float32 model"
     )
 
 

@@ -397,3 +397,12 @@ def test_trl_documented_image_hook_logs_to_tensorboard(
     logged = [image for tag in tags for image in accumulator.Images(tag)]
     assert {image.step for image in logged} == {0, 2}  # the global step at each epoch's start
     assert all((image.width, image.height) == (256, 256) for image in logged)
+
+
+def test_step_counts_the_scheduler_cannot_make_fail_before_sampling(tmp_path: Path) -> None:
+    # The packaged model's "trailing" DDIM schedule: diffusers yields 62 timesteps for 61 steps.
+    pipeline = DefaultDDPOStableDiffusionPipeline("ddpo-tiny-shapes")
+    config = tiny_config(tmp_path / "run", sample_num_steps=61)
+    with pytest.raises(ValueError, match=r"sample_num_steps=61: .*'trailing'.* gives 62"):
+        DDPOTrainer(config, brightness, pick_prompt, pipeline)
+    assert not (tmp_path / "run").exists()
