@@ -14,8 +14,8 @@ the Hugging Face Hub after all of that is saved.
 """
 
 import dataclasses
-import itertools
 import json
+import logging
 import os
 import re
 import sys
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ddpo.prompts import CheckpointablePromptFn, PoolPrompts, RepeatPrompts
 from ddpo.trainer.config import DDPOConfig
 
 __all__ = [
@@ -184,6 +185,17 @@ class HubUploadError(RuntimeError):
     """The upload to the Hub failed; the message says where the local files are."""
 
 
+#: What a bad flag, path or setting raises while ``ddpo`` sets up, before any work starts (the
+#: checks in this module, the run-folder and checkpoint checks, the model registry and
+#: pipeline). `main` prints such an error as one line, ``ddpo: <message>``, and exits with 2.
+_USER_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    FileExistsError,
+    FileNotFoundError,
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Rewards and prompts by name
 
@@ -216,8 +228,9 @@ def build_reward_fn(args: TrainArgs) -> Callable[..., Any]:
     raise ValueError(f"reward must be one of {REWARDS}, got {name!r}")
 
 
-def build_prompt_fn(name: str, *, seed: int) -> Callable[[], tuple[str, dict[str, Any]]]:
-    """The prompt function ``name`` with its own generator seeded by ``seed``.
+def build_prompt_fn(name: str, *, seed: int) -> CheckpointablePromptFn:
+    """The prompt function ``name`` with its own generator seeded by ``seed`` (checkpointable:
+    ``state_dict`` / ``load_state_dict``).
 
     Raises:
         ValueError: if the name is unknown.
@@ -233,46 +246,33 @@ def build_prompt_fn(name: str, *, seed: int) -> Callable[[], tuple[str, dict[str
     raise ValueError(f"prompts must be one of {PROMPT_SETS}, got {name!r}")
 
 
-def repeat_prompts(
-    prompt_fn: Callable[[], tuple[str, dict[str, Any]]], repeats: int
-) -> Callable[[], tuple[str, dict[str, Any]]]:
-    """A prompt function returning each prompt of ``prompt_fn`` ``repeats`` times in a row.
+def repeat_prompts(prompt_fn: PromptFn, repeats: int) -> RepeatPrompts:
+    """A prompt function returning each prompt of ``prompt_fn`` ``repeats`` times in a row
+    (a checkpointable `ddpo.prompts.RepeatPrompts`).
 
     Raises:
         ValueError: if ``repeats`` is not positive.
     """
     if repeats <= 0:
         raise ValueError(f"prompt_repeats must be positive, got {repeats}")
-    state: dict[str, Any] = {"left": 0, "item": None}
-
-    def draw() -> tuple[str, dict[str, Any]]:
-        if state["left"] == 0:
-            state["item"], state["left"] = prompt_fn(), repeats
-        state["left"] -= 1
-        prompt, metadata = state["item"]
-        return prompt, dict(metadata)
-
-    return draw
+    return RepeatPrompts(prompt_fn, repeats)
 
 
-def pool_prompts(prompt_fn: PromptFn, size: int) -> PromptFn:
+def pool_prompts(prompt_fn: PromptFn, size: int) -> PoolPrompts:
     """A prompt function cycling, in order, through ``size`` prompts drawn once from ``prompt_fn``
-    (``prompt_pool``; a ``ValueError`` if ``size`` is not positive)."""
+    (``prompt_pool``; a checkpointable `ddpo.prompts.PoolPrompts`; a ``ValueError`` if ``size``
+    is not positive)."""
     if size <= 0:
         raise ValueError(f"prompt_pool must be positive, got {size}")
-    pool = itertools.cycle([prompt_fn() for _ in range(size)])
-
-    def draw() -> tuple[str, dict[str, Any]]:
-        prompt, metadata = next(pool)
-        return prompt, dict(metadata)
-
-    return draw
+    return PoolPrompts(prompt_fn, size)
 
 
-def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> PromptFn:
+def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> RepeatPrompts:
     """The prompt function of a run: ``--prompts``, each prompt repeated ``--prompt_repeats``
     times. With ``--prompt_pool`` every process cycles through the same pool, drawn with
     ``seed``; without it each process draws fresh prompts with ``seed + 1000 * process_index``.
+    It is checkpointable (``state_dict`` / ``load_state_dict``), so a resumed run continues
+    its prompt stream.
 
     Raises:
         ValueError: if the prompt set is unknown, ``prompt_pool`` is negative or
@@ -280,6 +280,7 @@ def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> P
     """
     if args.prompt_pool < 0:
         raise ValueError(f"prompt_pool must be >= 0, got {args.prompt_pool}")
+    prompt_fn: PromptFn
     if args.prompt_pool:
         prompt_fn = pool_prompts(build_prompt_fn(args.prompts, seed=seed), args.prompt_pool)
     else:
@@ -297,19 +298,36 @@ def _process_index() -> int:
     return int(PartialState().process_index)
 
 
+@dataclass
+class _TrainSetup:
+    """What `run_train` builds before it trains."""
+
+    args: TrainArgs
+    trainer: Any
+    hook: Any
+    console: Any
+    push: bool
+
+
 def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
     """Run ``ddpo train``: build reward, prompts, pipeline and trainer, train, report, push.
 
     Raises:
         ValueError: bad arguments (before any model loads).
+        FileExistsError: the output folder is taken (before any model loads).
         HubUploadError: when ``push_to_hub`` is set and the upload fails (after saving).
+    """
+    return _train_and_report(_setup_train(args, console=console))
+
+
+def _setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
+    """Check the arguments and the output folder, then build prompts, reward, pipeline, trainer.
+
+    Everything this raises (a `_USER_ERRORS`) is a bad flag, path or setting.
     """
     from rich.console import Console
 
-    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
-    from ddpo.reporting import ImageGridHook, epoch_table, read_metrics, reward_curve
-    from ddpo.trainer import DDPOTrainer
-    from ddpo.trainer.trainer import METRICS_FILENAME
+    from ddpo.trainer.run_folder import check_output_dir
 
     console = console or Console()
     if args.grid_images <= 0:
@@ -322,12 +340,18 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
             f"prompts={args.prompts!r} (use --prompts=shapes or another reward)"
         )
     config = args.ddpo_config
-    push = config.push_to_hub
+    # A taken output folder is reported now, not after the model has loaded.
+    check_output_dir(config)
+
+    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
+    from ddpo.reporting import ImageGridHook
+    from ddpo.trainer import DDPOTrainer
+
     # The trainer pushes without a token; we push ourselves once everything is on disk.
     trainer_config = dataclasses.replace(config, push_to_hub=False)
 
-    # 1. Prompts (which check prompt_repeats and prompt_pool), reward, image hook, pipeline,
-    #    trainer.
+    # Prompts (which check prompt_repeats and prompt_pool), reward, image hook, pipeline,
+    # trainer.
     prompt_fn = preset_prompt_fn(args, seed=config.seed, process_index=_process_index())
     reward_fn = build_reward_fn(args)
     hook = ImageGridHook(max_images=args.grid_images)
@@ -339,9 +363,18 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
         lora_alpha=args.lora_rank,
     )
     trainer = DDPOTrainer(trainer_config, reward_fn, prompt_fn, pipeline, image_samples_hook=hook)
-    output_dir = Path(trainer.output_dir)
-    hook.folder = output_dir / "images"
+    hook.folder = Path(trainer.output_dir) / "images"
     hook.epoch = trainer.first_epoch
+    return _TrainSetup(args, trainer, hook, console, config.push_to_hub)
+
+
+def _train_and_report(setup: _TrainSetup) -> TrainResult:
+    """Train, then write the reward curve, print the table and push (`run_train`'s steps 2-4)."""
+    from ddpo.reporting import epoch_table, read_metrics, reward_curve
+    from ddpo.trainer.trainer import METRICS_FILENAME
+
+    args, trainer, hook, console = setup.args, setup.trainer, setup.hook, setup.console
+    output_dir = Path(trainer.output_dir)
     main_process = trainer.accelerator.is_main_process
 
     # 2. Train (writes metrics.jsonl, tracker logs, checkpoints and final/).
@@ -388,7 +421,7 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
 
     # 4. Upload last, once everything is saved.
     hub_repo = None
-    if push and main_process:
+    if setup.push and main_process:
         hub_repo = _push(trainer, args.hf_user_access_token, output_dir, final_dir)
     return TrainResult(output_dir, metrics, curve_path, final_dir, hub_repo)
 
@@ -417,14 +450,23 @@ def _slug(text: str) -> str:
 def run_sample(args: SampleArgs) -> list[Path]:
     """Run ``ddpo sample``: write ``num_images`` PNGs per prompt into ``args.out``.
 
+    With ``eta=0`` the images come from the wrapped diffusers pipeline's deterministic DDIM
+    (no log-probabilities needed); otherwise from the DDPO pipeline's stochastic sampler.
+
     Returns:
         The written files, prompt by prompt.
 
     Raises:
         ValueError: bad arguments (before the model loads).
     """
-    import torch
+    return _draw_samples(args, _load_sampler(args))
 
+
+def _load_sampler(args: SampleArgs) -> Any:
+    """Check the arguments, then load the model (a `DefaultDDPOStableDiffusionPipeline`).
+
+    Everything this raises (a `_USER_ERRORS`) is a bad flag, path or setting.
+    """
     from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
 
     if not args.prompt:
@@ -433,14 +475,30 @@ def run_sample(args: SampleArgs) -> list[Path]:
         raise ValueError(f"num_images must be positive, got {args.num_images}")
     if args.num_inference_steps <= 0:
         raise ValueError(f"num_inference_steps must be positive, got {args.num_inference_steps}")
-    pipeline = DefaultDDPOStableDiffusionPipeline(args.model, use_lora=True)
+    if not 0 <= args.eta <= 1:
+        raise ValueError(
+            f"eta must be in [0, 1] (0: deterministic DDIM, 1: the stochastic sampler DDPO "
+            f"trains), got {args.eta}"
+        )
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out {str(out)!r} is a file, not a folder; choose another --out")
+    return DefaultDDPOStableDiffusionPipeline(args.model, use_lora=True)
+
+
+def _draw_samples(args: SampleArgs, pipeline: Any) -> list[Path]:
+    import torch
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    # eta=0 is deterministic DDIM, which has no log-probabilities (the DDPO pipeline needs
+    # eta > 0): the wrapped diffusers pipeline samples it, with the same DDIM scheduler.
+    sampler = pipeline.pipeline if args.eta == 0 else pipeline
     written: list[Path] = []
     for index, prompt in enumerate(args.prompt):
         generator = torch.Generator().manual_seed(args.seed + index)
         with torch.no_grad():
-            result = pipeline(
+            result = sampler(
                 prompt=[prompt] * args.num_images,
                 num_inference_steps=args.num_inference_steps,
                 guidance_scale=args.guidance_scale,
@@ -460,9 +518,18 @@ def run_sample(args: SampleArgs) -> list[Path]:
 # Parsing
 
 
+class _ConfigError(Exception):
+    """`DDPOConfig`'s check failed while tyro built it (not a ValueError, so tyro lets it out)."""
+
+
 def _tyro_registry() -> Any:
-    """Let tyro parse `DDPOConfig`'s ``dict[str, Any]`` fields as JSON strings."""
-    from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec
+    """Let tyro parse `DDPOConfig`'s ``dict[str, Any]`` fields as JSON strings, and let
+    `DDPOConfig`'s own checks reach `parse_train_args` (tyro would draw them in a box)."""
+    from tyro.constructors import (
+        ConstructorRegistry,
+        PrimitiveConstructorSpec,
+        StructConstructorSpec,
+    )
 
     registry = ConstructorRegistry()
 
@@ -478,6 +545,29 @@ def _tyro_registry() -> Any:
             str_from_instance=lambda value: [json.dumps(value)],
         )
 
+    building: list[bool] = []
+
+    @registry.struct_rule
+    def _config_errors_out(type_info: Any) -> Any:
+        if type_info.type is not DDPOConfig or building:
+            return None
+        building.append(True)  # the next rule (tyro's dataclass rule) builds the spec
+        try:
+            spec = ConstructorRegistry.get_struct_spec(type_info)
+        finally:
+            building.pop()
+        if not isinstance(spec, StructConstructorSpec):
+            return spec
+        instantiate = spec.instantiate
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return instantiate(*args, **kwargs)
+            except (ValueError, ImportError) as err:
+                raise _ConfigError(str(err)) from err
+
+        return dataclasses.replace(spec, instantiate=checked)
+
     return registry
 
 
@@ -489,16 +579,26 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def parse_train_args(argv: Sequence[str] | None = None, *, prog: str = "ddpo train") -> TrainArgs:
-    """`TrainArgs` from command-line flags (``--help`` prints every field's documentation)."""
+    """`TrainArgs` from command-line flags (``--help`` prints every field's documentation).
+
+    Raises:
+        SystemExit: after ``--help`` (status 0); for a bad flag or value (status 2) once the
+            error is printed to stderr: tyro's message for a flag it cannot parse, one line
+            ``ddpo: <message>`` for a setting `DDPOConfig` rejects.
+    """
     import tyro
 
-    with _tyro_registry():
-        return tyro.cli(
-            TrainArgs,
-            args=list(sys.argv[1:] if argv is None else argv),
-            prog=prog,
-            use_underscores=True,
-        )
+    try:
+        with _tyro_registry():
+            return tyro.cli(
+                TrainArgs,
+                args=list(sys.argv[1:] if argv is None else argv),
+                prog=prog,
+                use_underscores=True,
+            )
+    except _ConfigError as err:
+        print(f"ddpo: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _parse_sample_args(argv: Sequence[str]) -> SampleArgs:
@@ -516,23 +616,75 @@ _USAGE = """usage: ddpo {train,sample} [FLAGS]
 Run `ddpo train --help` or `ddpo sample --help` for every flag."""
 
 
+#: Start-up log messages of diffusers and transformers that say nothing to a ``ddpo`` user:
+#: ``(logger name, part of the message)``. Only these are hidden, and only by `main`.
+_HARMLESS_LOG_MESSAGES: tuple[tuple[str, str], ...] = (
+    # Importing diffusers' pipelines touches transformers' image processors; ddpo needs neither
+    # torchvision nor those processors.
+    ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to"),
+)
+
+
+class _DropMessages(logging.Filter):
+    """Drop a logger's records whose message contains one of ``fragments``."""
+
+    def __init__(self, fragments: tuple[str, ...]) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+def _hide_harmless_messages() -> None:
+    """Hide `_HARMLESS_LOG_MESSAGES` (once per process; other messages are untouched)."""
+    for name in {logger for logger, _ in _HARMLESS_LOG_MESSAGES}:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            fragments = tuple(text for owner, text in _HARMLESS_LOG_MESSAGES if owner == name)
+            logger.addFilter(_DropMessages(fragments))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ddpo`` console script; returns the exit status."""
+    """Entry point of the ``ddpo`` console script; returns the exit status.
+
+    0: done. 2: a bad command, flag, path or setting, reported as one line ``ddpo: <message>``
+    (or tyro's message for a flag it cannot parse) before any model loads or trains. 1: the
+    upload to the Hub failed (everything is saved locally). An error while training shows its
+    traceback.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(_USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
+    if command not in ("train", "sample"):
+        print(f"ddpo: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
+        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _hide_harmless_messages()
+
+    # 1. Parse and set up: every error here is the user's to fix, and is reported in a line.
     try:
         if command == "train":
-            run_train(parse_train_args(rest))
-        elif command == "sample":
-            files = run_sample(_parse_sample_args(rest))
-            print(f"wrote {len(files)} images to {files[0].parent if files else '-'}")
+            train_setup = _setup_train(parse_train_args(rest))
         else:
-            print(f"ddpo: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
-            return 2
+            sample_args = _parse_sample_args(rest)
+            sampler = _load_sampler(sample_args)
+    except SystemExit as stop:  # --help (0), or a flag tyro could not parse (already printed)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
+    except _USER_ERRORS as err:
+        print(f"ddpo: {err}", file=sys.stderr)
+        return 2
+
+    # 2. Work: an error here is a crash, shown with its traceback (but a failed upload is not).
+    try:
+        if command == "train":
+            _train_and_report(train_setup)
+        else:
+            files = _draw_samples(sample_args, sampler)
+            print(f"wrote {len(files)} images to {files[0].parent if files else '-'}")
     except HubUploadError as err:
         print(f"ddpo: {err}", file=sys.stderr)
         return 1

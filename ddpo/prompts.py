@@ -8,26 +8,53 @@ as the DDPO reference did; pass ``rng=random.Random(seed)`` (or build a bound fu
 - :func:`imagenet_animals`: one of the 398 ImageNet-1k animal classes (indices 0-397).
 - :func:`nouns_activities`: ``"a <animal> <activity>"`` from the reference's prompt-alignment
   task, e.g. ``"an octopus riding a bike"``.
+
+The prompt-function objects built here (:class:`SeededPromptFn`, and the wrappers
+:class:`RepeatPrompts` and :class:`PoolPrompts`) are checkpointable: ``state_dict()`` returns
+their position in the prompt stream as JSON-serialisable data, and ``load_state_dict(state)``
+puts a freshly built function back there, so a resumed run draws the prompts an uninterrupted
+run would have drawn. A wrapper's state nests its inner function's (``"inner"``).
 """
 
 import random
 from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from ddpo._prompt_lists import ACTIVITIES, IMAGENET_ANIMALS, SIMPLE_ANIMALS
 
 PromptFn = Callable[[], tuple[str, dict[str, Any]]]
+
+
+@runtime_checkable
+class CheckpointablePromptFn(Protocol):
+    """A prompt function that can save and restore its place in its prompt stream.
+
+    ``state_dict()`` returns JSON-serialisable data (dicts with str keys, lists, str, numbers,
+    None); ``load_state_dict(state)`` makes a freshly built function continue from there.
+    """
+
+    def __call__(self) -> tuple[str, dict[str, Any]]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
 
 __all__ = [
     "ACTIVITIES",
     "IMAGENET_ANIMALS",
     "PROMPT_FUNCTIONS",
     "SIMPLE_ANIMALS",
+    "CheckpointablePromptFn",
+    "PoolPrompts",
     "PromptFn",
+    "RepeatPrompts",
+    "SeededPromptFn",
     "imagenet_animals",
     "make_prompt_fn",
     "nouns_activities",
+    "random_state_from_json",
+    "random_state_to_json",
     "simple_animals",
     "with_article",
 ]
@@ -86,8 +113,204 @@ PROMPT_FUNCTIONS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
 }
 
 
-def make_prompt_fn(name: str, *, seed: int | None = None) -> PromptFn:
-    """The prompt function ``name`` bound to its own ``random.Random(seed)``.
+# ---------------------------------------------------------------------------------------------
+# Checkpointable prompt functions
+
+
+def random_state_to_json(rng: random.Random) -> dict[str, Any]:
+    """``rng.getstate()`` as JSON-serialisable data (the Mersenne Twister's 625 words as a list)."""
+    version, internal, gauss_next = rng.getstate()
+    return {"version": version, "internal": list(internal), "gauss_next": gauss_next}
+
+
+def random_state_from_json(rng: random.Random, state: dict[str, Any]) -> None:
+    """Set ``rng`` to a state written by :func:`random_state_to_json`.
+
+    Raises:
+        ValueError: if ``state`` is not such a state (the message says what is wrong).
+    """
+    try:
+        rng.setstate((state["version"], tuple(state["internal"]), state["gauss_next"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"not a random.Random state (keys 'version', 'internal', 'gauss_next'): {err!r}"
+        ) from err
+
+
+def _state_of(prompt_fn: PromptFn) -> dict[str, Any] | None:
+    state_dict = getattr(prompt_fn, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
+
+
+def _load_inner(prompt_fn: PromptFn, state: dict[str, Any] | None, owner: str) -> None:
+    load = getattr(prompt_fn, "load_state_dict", None)
+    if (state is None) != (not callable(load)):
+        raise ValueError(
+            f"{owner}: the saved state is for an inner prompt function "
+            f"{'without' if state is None else 'with'} state, but {prompt_fn!r} "
+            f"{'keeps' if state is None else 'keeps no'} state; build the same prompt function "
+            "as the run that saved it"
+        )
+    if state is not None and load is not None:
+        load(state)
+
+
+def _check_keys(state: dict[str, Any], keys: tuple[str, ...], owner: str) -> None:
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise ValueError(f"{owner}.load_state_dict: state lacks {missing} (has {sorted(state)})")
+
+
+def _item_from_json(item: Any) -> tuple[str, dict[str, Any]]:
+    prompt, metadata = item
+    return str(prompt), dict(metadata)
+
+
+class SeededPromptFn:
+    """The prompt function ``name`` of :data:`PROMPT_FUNCTIONS` drawing from its own
+    ``random.Random(seed)``; built by :func:`make_prompt_fn`.
+
+    Raises:
+        ValueError: if ``name`` is unknown.
+    """
+
+    def __init__(self, name: str, seed: int | None = None) -> None:
+        if name not in PROMPT_FUNCTIONS:
+            raise ValueError(f"name must be one of {sorted(PROMPT_FUNCTIONS)}, got {name!r}")
+        self.name = name
+        self.rng = random.Random(seed)
+
+    def __call__(self) -> tuple[str, dict[str, Any]]:
+        return PROMPT_FUNCTIONS[self.name](self.rng)
+
+    def __repr__(self) -> str:
+        return f"SeededPromptFn({self.name!r})"
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"name": name, "rng": <the generator's state>}``, JSON-serialisable."""
+        return {"name": self.name, "rng": random_state_to_json(self.rng)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`).
+
+        Raises:
+            ValueError: if ``state`` is not one of a ``SeededPromptFn`` of the same ``name``.
+        """
+        _check_keys(state, ("name", "rng"), "SeededPromptFn")
+        if state["name"] != self.name:
+            raise ValueError(
+                f"SeededPromptFn.load_state_dict: the state is of prompt function "
+                f"{state['name']!r}, this one is {self.name!r}"
+            )
+        random_state_from_json(self.rng, state["rng"])
+
+
+class RepeatPrompts:
+    """A prompt function returning each prompt of ``prompt_fn`` ``repeats`` times in a row
+    (each time with a fresh copy of its metadata dict).
+
+    Raises:
+        ValueError: if ``repeats`` is not positive.
+    """
+
+    def __init__(self, prompt_fn: PromptFn, repeats: int) -> None:
+        if repeats <= 0:
+            raise ValueError(f"repeats must be positive, got {repeats}")
+        self.prompt_fn = prompt_fn
+        self.repeats = repeats
+        self.left = 0
+        self.item: tuple[str, dict[str, Any]] | None = None
+
+    def __call__(self) -> tuple[str, dict[str, Any]]:
+        if self.left == 0 or self.item is None:
+            self.item, self.left = self.prompt_fn(), self.repeats
+        self.left -= 1
+        prompt, metadata = self.item
+        return prompt, dict(metadata)
+
+    def __repr__(self) -> str:
+        return f"RepeatPrompts({self.prompt_fn!r}, {self.repeats})"
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"left": n, "item": [prompt, metadata] or None, "inner": <prompt_fn's state>}``
+        (``inner`` is None for a prompt function without ``state_dict``)."""
+        item = None if self.item is None else [self.item[0], dict(self.item[1])]
+        return {"left": self.left, "item": item, "inner": _state_of(self.prompt_fn)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`), the inner function's included.
+
+        Raises:
+            ValueError: if ``state`` does not fit this function.
+        """
+        _check_keys(state, ("left", "item", "inner"), "RepeatPrompts")
+        left = state["left"]
+        if isinstance(left, bool) or not isinstance(left, int) or not 0 <= left < self.repeats:
+            raise ValueError(
+                f"RepeatPrompts.load_state_dict: left must be an int in [0, {self.repeats}) "
+                f"(repeats={self.repeats}), got {left!r}"
+            )
+        _load_inner(self.prompt_fn, state["inner"], "RepeatPrompts")
+        self.left = left
+        self.item = None if state["item"] is None else _item_from_json(state["item"])
+
+
+class PoolPrompts:
+    """A prompt function cycling, in order, through ``size`` prompts drawn once from
+    ``prompt_fn`` (each time with a fresh copy of its metadata dict).
+
+    Raises:
+        ValueError: if ``size`` is not positive.
+    """
+
+    def __init__(self, prompt_fn: PromptFn, size: int) -> None:
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        self.prompt_fn = prompt_fn
+        self.pool = [prompt_fn() for _ in range(size)]
+        self.position = 0
+
+    def __call__(self) -> tuple[str, dict[str, Any]]:
+        prompt, metadata = self.pool[self.position]
+        self.position = (self.position + 1) % len(self.pool)
+        return prompt, dict(metadata)
+
+    def __repr__(self) -> str:
+        return f"PoolPrompts({self.prompt_fn!r}, {len(self.pool)})"
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"position": i, "pool": [[prompt, metadata], ...], "inner": <prompt_fn's state>}``."""
+        pool = [[prompt, dict(metadata)] for prompt, metadata in self.pool]
+        return {"position": self.position, "pool": pool, "inner": _state_of(self.prompt_fn)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`): its pool, at its position.
+
+        Raises:
+            ValueError: if ``state`` does not fit this function (e.g. another pool size).
+        """
+        _check_keys(state, ("position", "pool", "inner"), "PoolPrompts")
+        pool, position = state["pool"], state["position"]
+        if len(pool) != len(self.pool):
+            raise ValueError(
+                f"PoolPrompts.load_state_dict: the state holds a pool of {len(pool)} prompts, "
+                f"this function one of {len(self.pool)}"
+            )
+        if isinstance(position, bool) or not isinstance(position, int):
+            raise ValueError(
+                f"PoolPrompts.load_state_dict: position must be an int, got {position!r}"
+            )
+        if not 0 <= position < len(pool):
+            raise ValueError(
+                f"PoolPrompts.load_state_dict: position must be in [0, {len(pool)}), got {position}"
+            )
+        _load_inner(self.prompt_fn, state["inner"], "PoolPrompts")
+        self.pool = [_item_from_json(item) for item in pool]
+        self.position = position
+
+
+def make_prompt_fn(name: str, *, seed: int | None = None) -> SeededPromptFn:
+    """The prompt function ``name`` bound to its own ``random.Random(seed)`` (checkpointable).
 
     Args:
         name: one of ``PROMPT_FUNCTIONS`` (``simple_animals``, ``imagenet_animals``,
@@ -97,6 +320,4 @@ def make_prompt_fn(name: str, *, seed: int | None = None) -> PromptFn:
     Raises:
         ValueError: if ``name`` is unknown.
     """
-    if name not in PROMPT_FUNCTIONS:
-        raise ValueError(f"name must be one of {sorted(PROMPT_FUNCTIONS)}, got {name!r}")
-    return partial(PROMPT_FUNCTIONS[name], random.Random(seed))
+    return SeededPromptFn(name, seed)

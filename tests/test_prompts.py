@@ -1,5 +1,6 @@
-"""Prompt functions: lists, metadata, seeding."""
+"""Prompt functions: lists, metadata, seeding, checkpointable state."""
 
+import json
 import random
 
 import pytest
@@ -8,9 +9,12 @@ from ddpo.prompts import (
     ACTIVITIES,
     IMAGENET_ANIMALS,
     SIMPLE_ANIMALS,
+    CheckpointablePromptFn,
     imagenet_animals,
     make_prompt_fn,
     nouns_activities,
+    random_state_from_json,
+    random_state_to_json,
     simple_animals,
     with_article,
 )
@@ -66,3 +70,32 @@ def test_errors() -> None:
         nouns_activities(random.Random(0), nouns=[])
     with pytest.raises(ValueError, match="noun"):
         with_article("")
+
+
+@pytest.mark.parametrize("name", ["simple_animals", "imagenet_animals", "nouns_activities"])
+@pytest.mark.parametrize("drawn", [0, 1, 9])
+def test_state_dict_continues_the_stream(name: str, drawn: int) -> None:
+    original = make_prompt_fn(name, seed=3)
+    assert isinstance(original, CheckpointablePromptFn)
+    for _ in range(drawn):
+        original()
+    state = json.loads(json.dumps(original.state_dict(), allow_nan=False))
+    fresh = make_prompt_fn(name, seed=None)
+    fresh.load_state_dict(state)
+    assert [fresh() for _ in range(20)] == [original() for _ in range(20)]
+
+
+def test_random_state_json_round_trip() -> None:
+    rng = random.Random(5)
+    rng.gauss(0, 1)  # a state with a cached Gaussian
+    state = json.loads(json.dumps(random_state_to_json(rng)))
+    assert len(state["internal"]) == 625 and state["gauss_next"] is not None
+    other = random.Random()
+    random_state_from_json(other, state)
+    assert other.getstate() == rng.getstate()
+    with pytest.raises(ValueError, match=r"not a random\.Random state"):
+        random_state_from_json(other, {"version": 3})
+    with pytest.raises(ValueError, match="nouns_activities', this one is 'simple_animals'"):
+        make_prompt_fn("simple_animals").load_state_dict(
+            make_prompt_fn("nouns_activities").state_dict()
+        )

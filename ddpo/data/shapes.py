@@ -20,7 +20,7 @@ Metadata of a prompt is a dict ``{"colour": str, "shape": str, "position": str |
 import math
 import re
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -222,26 +222,66 @@ def sample_metadata(generator: torch.Generator, split: str = "train") -> Metadat
             return meta
 
 
-def prompt_fn(seed: int | None = None, split: str = "train") -> Callable[[], tuple[str, Metadata]]:
+class ShapesPromptFn:
+    """A prompt function ``() -> (prompt, metadata)`` drawing captions of ``split`` with its own
+    ``torch.Generator``; checkpointable (``state_dict`` / ``load_state_dict``). Built by
+    :func:`prompt_fn`.
+    """
+
+    def __init__(self, seed: int | None = None, split: str = "train") -> None:
+        if split not in ("train", "heldout", "all"):
+            raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
+        self.split = split
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def __call__(self) -> tuple[str, Metadata]:
+        meta = sample_metadata(self.generator, self.split)
+        return caption(meta), meta
+
+    def __repr__(self) -> str:
+        return f"ShapesPromptFn(split={self.split!r})"
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"split": split, "generator": <the generator's state bytes as a list of ints>}``."""
+        return {"split": self.split, "generator": self.generator.get_state().tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`).
+
+        Raises:
+            ValueError: if ``state`` is not one of a ``ShapesPromptFn`` of the same split.
+        """
+        missing = [key for key in ("split", "generator") if key not in state]
+        if missing:
+            raise ValueError(f"ShapesPromptFn.load_state_dict: state lacks {missing}")
+        if state["split"] != self.split:
+            raise ValueError(
+                f"ShapesPromptFn.load_state_dict: the state is of split {state['split']!r}, "
+                f"this function draws split {self.split!r}"
+            )
+        try:
+            self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(
+                f"ShapesPromptFn.load_state_dict: 'generator' is not a torch.Generator state: {err}"
+            ) from err
+
+
+def prompt_fn(seed: int | None = None, split: str = "train") -> ShapesPromptFn:
     """A prompt function ``() -> (prompt, metadata)`` drawing captions of the grammar.
 
     Args:
         seed: seed of its own generator (``None``: a random seed).
         split: ``"train"``, ``"heldout"`` or ``"all"``.
+
+    Returns:
+        A checkpointable :class:`ShapesPromptFn`.
     """
-    if split not in ("train", "heldout", "all"):
-        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-
-    def draw() -> tuple[str, Metadata]:
-        meta = sample_metadata(generator, split)
-        return caption(meta), meta
-
-    return draw
+    return ShapesPromptFn(seed, split)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The synthetic shapes data: grammar round trip, splits, deterministic rendering."""
 
+import json
+
 import pytest
 import torch
 
@@ -126,3 +128,24 @@ def test_dataset_and_batches_are_deterministic() -> None:
     x1, c1, _ = next(batches(6, seed=9))
     x2, c2, _ = next(batches(6, seed=9))
     assert x1.shape == (6, 3, 64, 64) and torch.equal(x1, x2) and c1 == c2
+
+
+@pytest.mark.parametrize("split", ["train", "heldout", "all"])
+@pytest.mark.parametrize("drawn", [0, 1, 6])
+def test_prompt_fn_state_continues_the_stream(split: str, drawn: int) -> None:
+    original = prompt_fn(seed=3, split=split)
+    for _ in range(drawn):
+        original()
+    state = json.loads(json.dumps(original.state_dict()))
+    assert all(isinstance(byte, int) and 0 <= byte < 256 for byte in state["generator"])
+    fresh = prompt_fn(seed=None, split=split)
+    fresh.load_state_dict(state)
+    assert [fresh() for _ in range(15)] == [original() for _ in range(15)]
+
+
+def test_prompt_fn_refuses_a_state_of_another_split() -> None:
+    state = prompt_fn(seed=0, split="heldout").state_dict()
+    with pytest.raises(ValueError, match="split 'heldout', this function draws split 'train'"):
+        prompt_fn(seed=0).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"not a torch\.Generator state"):
+        prompt_fn(seed=0).load_state_dict({"split": "train", "generator": [1, 2, 3]})

@@ -1,0 +1,128 @@
+"""The CLI's prompt functions are checkpointable: a saved state, loaded into a freshly built
+function, continues the prompt stream exactly."""
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from ddpo.cli import TrainArgs, build_prompt_fn, pool_prompts, preset_prompt_fn, repeat_prompts
+
+Builder = Callable[[int], Any]
+"""Builds a prompt function from a seed."""
+
+BUILDERS: dict[str, Builder] = {
+    "build(shapes)": lambda seed: build_prompt_fn("shapes", seed=seed),
+    "build(simple_animals)": lambda seed: build_prompt_fn("simple_animals", seed=seed),
+    "build(imagenet_animals)": lambda seed: build_prompt_fn("imagenet_animals", seed=seed),
+    "build(nouns_activities)": lambda seed: build_prompt_fn("nouns_activities", seed=seed),
+    "repeat(build(nouns_activities))": lambda seed: repeat_prompts(
+        build_prompt_fn("nouns_activities", seed=seed), 3
+    ),
+    "repeat(build(shapes))": lambda seed: repeat_prompts(build_prompt_fn("shapes", seed=seed), 4),
+    "pool(build(shapes))": lambda seed: pool_prompts(build_prompt_fn("shapes", seed=seed), 3),
+    "repeat(pool(build(shapes)))": lambda seed: repeat_prompts(
+        pool_prompts(build_prompt_fn("shapes", seed=seed), 3), 2
+    ),
+    "preset(pool)": lambda seed: preset_prompt_fn(
+        TrainArgs(prompt_pool=2, prompt_repeats=3), seed=seed
+    ),
+    "preset(no pool)": lambda seed: preset_prompt_fn(
+        TrainArgs(prompt_pool=0, prompt_repeats=2), seed=seed, process_index=1
+    ),
+}
+
+
+def _json_round_trip(state: dict[str, Any]) -> dict[str, Any]:
+    text = json.dumps(state, allow_nan=False)
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("drawn", [0, 1, 5, 7])
+def test_state_continues_the_stream_in_a_fresh_function(name: str, drawn: int) -> None:
+    build = BUILDERS[name]
+    original = build(3)
+    for _ in range(drawn):
+        original()
+    state = _json_round_trip(original.state_dict())
+    # Built with another seed: only the loaded state can make it continue the original.
+    fresh = build(4)
+    unloaded = build(4)
+    fresh.load_state_dict(state)
+    continued = [original() for _ in range(12)]
+    assert [fresh() for _ in range(12)] == continued
+    assert [unloaded() for _ in range(12)] != continued  # the test is not vacuous
+    # The state after continuing is the same too.
+    assert _json_round_trip(fresh.state_dict()) == _json_round_trip(original.state_dict())
+
+
+def test_wrapper_states_nest_the_inner_state() -> None:
+    fn = repeat_prompts(pool_prompts(build_prompt_fn("shapes", seed=0), 2), 3)
+    fn()
+    state = fn.state_dict()
+    assert state["left"] == 2
+    assert state["item"][0] == fn()[0]
+    inner = state["inner"]
+    assert inner["position"] == 1 and len(inner["pool"]) == 2
+    assert set(inner["inner"]) == {"split", "generator"}
+    assert all(isinstance(byte, int) for byte in inner["inner"]["generator"])
+
+
+def test_a_plain_inner_function_has_no_inner_state() -> None:
+    prompts = iter(["a", "b", "c"])
+
+    def plain() -> tuple[str, dict[str, Any]]:
+        return next(prompts), {}
+
+    fn = repeat_prompts(plain, 2)
+    assert fn() == ("a", {})
+    state = _json_round_trip(fn.state_dict())
+    assert state == {"left": 1, "item": ["a", {}], "inner": None}
+    other = repeat_prompts(plain, 2)
+    other.load_state_dict(state)
+    assert other() == ("a", {})
+    assert other() == ("b", {})
+
+
+@pytest.mark.parametrize(
+    ("saved", "loader", "match"),
+    [
+        (
+            lambda: build_prompt_fn("simple_animals", seed=0),
+            lambda: build_prompt_fn("imagenet_animals", seed=0),
+            "'simple_animals', this one is 'imagenet_animals'",
+        ),
+        (
+            lambda: pool_prompts(build_prompt_fn("shapes", seed=0), 2),
+            lambda: pool_prompts(build_prompt_fn("shapes", seed=0), 3),
+            "pool of 2 prompts, this function one of 3",
+        ),
+        (
+            lambda: repeat_prompts(build_prompt_fn("shapes", seed=0), 5),  # 2 left after 3
+            lambda: repeat_prompts(build_prompt_fn("shapes", seed=0), 2),
+            r"left must be an int in \[0, 2\)",
+        ),
+        (
+            lambda: repeat_prompts(build_prompt_fn("shapes", seed=0), 2),
+            lambda: repeat_prompts(lambda: ("a", {}), 2),
+            "build the same prompt function",
+        ),
+        (
+            lambda: build_prompt_fn("shapes", seed=0),
+            lambda: repeat_prompts(build_prompt_fn("shapes", seed=0), 2),
+            r"state lacks \['left', 'item', 'inner'\]",
+        ),
+    ],
+)
+def test_a_state_of_another_prompt_function_is_refused(
+    saved: Callable[[], Any], loader: Callable[[], Any], match: str
+) -> None:
+    source = saved()
+    for _ in range(3):
+        source()
+    target = loader()
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(_json_round_trip(source.state_dict()))
