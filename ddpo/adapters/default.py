@@ -34,6 +34,7 @@ from ddpo.adapters.interface import (
 from ddpo.adapters.registry import (
     LORA_WEIGHTS_NAME,
     read_base_model,
+    read_json_object,
     read_model_index,
     resolve_pretrained,
     write_base_model,
@@ -55,7 +56,7 @@ def _ddim_config(folder: Path) -> dict[str, Any]:
     config_file = folder / "scheduler" / "scheduler_config.json"
     if not config_file.is_file():
         raise ValueError(f"{folder} has no scheduler/scheduler_config.json")
-    config: dict[str, Any] = json.loads(config_file.read_text(encoding="utf-8"))
+    config = read_json_object(config_file)
     name = config.get("_class_name", "?")
     compatible = {"DDIMScheduler", *DDIMScheduler._compatibles}
     if name not in compatible:
@@ -79,6 +80,15 @@ def _ddim_config(folder: Path) -> dict[str, Any]:
     if config.get("thresholding", False):
         raise ValueError(f"scheduler {name!r} of {folder} uses thresholding, not supported")
     return config
+
+
+def _cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module`` with its floating-point tensors in ``dtype``, in place.
+
+    Not ``ModelMixin.to(dtype)``, which warns about modules to keep in float32 even when the
+    model lists none (a UNet's list is empty).
+    """
+    return module._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
 
 
 def _alpha(value: float | int) -> Any:
@@ -158,6 +168,8 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         lora_alpha: adapter scale numerator (effective scale ``lora_alpha / lora_rank``).
         torch_dtype: dtype of the frozen weights (``None``: as saved, usually float32).
         device: where to put the model (``None``: stay on CPU; the trainer moves it).
+        lora_init_seed: seed of the new LoRA adapters' random initialisation (drawn on the CPU
+            with a forked generator, so the global RNG neither affects nor is affected by it).
 
     Raises:
         ValueError: unknown model, non-SD folder, scheduler not convertible to DDIM, or bad
@@ -174,7 +186,12 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         lora_alpha: float | int = 4,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        lora_init_seed: int = 0,
     ) -> None:
+        if isinstance(lora_init_seed, bool) or not isinstance(lora_init_seed, int):
+            raise TypeError(f"lora_init_seed must be an int, got {lora_init_seed!r}")
+        if not 0 <= lora_init_seed < 2**63:
+            raise ValueError(f"lora_init_seed must be in [0, 2**63), got {lora_init_seed!r}")
         if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank <= 0:
             raise ValueError(f"lora_rank must be a positive integer, got {lora_rank!r}")
         if not lora_alpha > 0:
@@ -227,9 +244,14 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         unet = sd.unet
         unet.requires_grad_(False)
         if not use_lora:
-            unet.to(torch.float32)
+            _cast(unet, torch.float32)
         if use_lora or lora_file is not None:
-            unet.add_adapter(lora_config)
+            # peft draws the adapters' initial weights from the global generator: seed them here,
+            # inside fork_rng, so that the same script gives the same adapters in any process
+            # whatever the global RNG holds, and the caller's RNG is left as it was.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(lora_init_seed)
+                unet.add_adapter(lora_config)
             if lora_file is not None:
                 self._load_lora_state(unet, lora_file)
             _lora_parameters_to_float32(unet)
@@ -569,9 +591,10 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             fused.unload_lora()  # type: ignore[operator]
             unet = fused
         if unet is not _unwrap(self.unet):  # the fused copy: store it in the base dtype
-            unet = unet.to(self._sd.vae.dtype)
+            unet = _cast(unet, self._sd.vae.dtype)
         components = dict(self._sd.components)
         components["unet"] = unet
+        components["requires_safety_checker"] = False  # none was loaded (see __init__)
         pipeline: Any = StableDiffusionPipeline(**components)
         pipeline.save_pretrained(out, safe_serialization=True)
 

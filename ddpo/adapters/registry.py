@@ -93,11 +93,30 @@ def resolve_pretrained(name: str | os.PathLike[str], revision: str = "main") -> 
     return Path(folder)
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in the file ``path`` (a model folder's ``model_index.json``, a config).
+
+    Raises:
+        ValueError: if the file is not valid UTF-8 JSON or not a JSON object (naming the file).
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); the model folder is damaged or incomplete: "
+            "restore or re-download it"
+        ) from err
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_model_index(folder: Path) -> dict[str, Any]:
     """``model_index.json`` of a Stable Diffusion folder, checked to list the SD components.
 
     Raises:
-        ValueError: if the file is missing or lacks one of :data:`SD_COMPONENTS` (naming both).
+        ValueError: if the file is missing, is not valid JSON or lacks one of
+            :data:`SD_COMPONENTS` (naming the file, or the folder and the components).
     """
     index_file = folder / "model_index.json"
     if not index_file.is_file():
@@ -105,7 +124,7 @@ def read_model_index(folder: Path) -> dict[str, Any]:
             f"{folder} is not a Stable Diffusion model folder: it has no model_index.json "
             f"(expected components {SD_COMPONENTS})"
         )
-    index: dict[str, Any] = json.loads(index_file.read_text(encoding="utf-8"))
+    index = read_json_object(index_file)
     missing = [c for c in SD_COMPONENTS if not index.get(c) or index[c][0] is None]
     if missing:
         found = sorted(k for k in index if not k.startswith("_"))
@@ -128,7 +147,7 @@ def read_base_model(folder: Path) -> tuple[str, str]:
             f"{folder} holds LoRA weights ({LORA_WEIGHTS_NAME}) but no model_index.json nor "
             f"{BASE_MODEL_FILE} naming their base model"
         )
-    data = json.loads(record.read_text(encoding="utf-8"))
+    data = read_json_object(record)
     return str(data["pretrained_model_name"]), str(data.get("pretrained_model_revision", "main"))
 
 
@@ -145,6 +164,7 @@ __all__ = [
     "SD_COMPONENTS",
     "TINY_SHAPES_NAME",
     "read_base_model",
+    "read_json_object",
     "read_model_index",
     "resolve_pretrained",
     "write_base_model",

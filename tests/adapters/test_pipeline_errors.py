@@ -104,10 +104,11 @@ def test_pndm_scheduler_is_swapped_for_ddim(tiny_path: Path, tmp_path: Path) -> 
     assert pipe.pipeline.safety_checker is None
 
 
-@pytest.mark.parametrize("bad", [0, 0.0, -1.0])
+@pytest.mark.parametrize("bad", [0, 0.0, -1.0, 1.5])
 @pytest.mark.slow
 def test_eta_must_be_positive(lora_pipeline, bad: float) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match=r"eta must be > 0.*eta=" + str(bad).replace(".", r"\.")):
+    match = r"eta must be in \(0, 1\].*eta=" + str(bad).replace(".", r"\.")
+    with pytest.raises(ValueError, match=match):
         lora_pipeline("a red circle", eta=bad, num_inference_steps=2)
     with pytest.raises(ValueError, match="eta"):
         lora_pipeline.score_transitions(
@@ -161,3 +162,61 @@ def test_bad_constructor_arguments(
 ) -> None:
     with pytest.raises(ValueError, match=match):
         DefaultDDPOStableDiffusionPipeline("ddpo-tiny-random", **kwargs)  # type: ignore[arg-type]
+
+
+def _sd_folder(root: Path) -> Path:
+    """A folder whose model_index.json lists the SD components (no weights: nothing loads)."""
+    index = {"_class_name": "StableDiffusionPipeline"}
+    index |= {name: ["diffusers", "X"] for name in ("unet", "vae", "scheduler")}
+    index |= {name: ["transformers", "X"] for name in ("text_encoder", "tokenizer")}
+    root.mkdir()
+    (root / "model_index.json").write_text(json.dumps(index))
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text('{"_class_name": "DDIMScheduler"}')
+    return root
+
+
+@pytest.mark.parametrize(
+    ("relative", "garbage"),
+    [
+        ("model_index.json", '{"_class_name": "StableDiffusionPipeline", "unet": ['),
+        ("model_index.json", b"\xff\xfe\x00garbage"),
+        ("scheduler/scheduler_config.json", "not json at all"),
+    ],
+)
+def test_corrupt_json_names_the_file(
+    tmp_path: Path, no_model_loading: None, relative: str, garbage: str | bytes
+) -> None:
+    folder = _sd_folder(tmp_path / "model")
+    damaged = folder / relative
+    if isinstance(garbage, bytes):
+        damaged.write_bytes(garbage)
+    else:
+        damaged.write_text(garbage)
+    with pytest.raises(ValueError, match="is not valid JSON") as info:
+        DefaultDDPOStableDiffusionPipeline(folder)
+    assert str(damaged) in str(info.value)
+
+
+def test_model_index_must_be_a_json_object(tmp_path: Path, no_model_loading: None) -> None:
+    folder = _sd_folder(tmp_path / "model")
+    (folder / "model_index.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"model_index\.json must hold a JSON object, got list"):
+        DefaultDDPOStableDiffusionPipeline(folder)
+
+
+def test_corrupt_model_index_via_the_cli_is_one_line(
+    tmp_path: Path, no_model_loading: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ddpo.cli import main
+
+    folder = _sd_folder(tmp_path / "model")
+    (folder / "model_index.json").write_text("{truncated")
+    capsys.readouterr()
+    assert main(["sample", "--model", str(folder), "--prompt", "a red circle"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.startswith("ddpo: ") and err.count("\n") == 1, err
+    assert f"{folder / 'model_index.json'} is not valid JSON" in err
+    assert main(["train", f"--pretrained_model={folder}"]) == 2
+    assert f"{folder / 'model_index.json'} is not valid JSON" in capsys.readouterr().err

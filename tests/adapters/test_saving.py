@@ -119,7 +119,9 @@ def test_save_pretrained_with_lora_loads_in_both_loaders(
     torch.testing.assert_close(ref, tuned_images, atol=1e-3, rtol=0)
     ours = DefaultDDPOStableDiffusionPipeline(folder)
     ours.set_progress_bar_config(disable=True)
-    torch.testing.assert_close(_images(ours), ref, atol=1e-6, rtol=0)
+    # ours computes the DDIM coefficient sqrt(1 - a_prev - sigma^2) without squaring a square
+    # root (exact at zero terminal SNR): it differs from diffusers' by float rounding
+    torch.testing.assert_close(_images(ours), ref, atol=1e-5, rtol=0)
     # the live pipeline keeps its (unfused) adapters
     assert tuned_lora_pipeline.trainable_parameters()
     torch.testing.assert_close(_images(tuned_lora_pipeline), tuned_images, atol=0, rtol=0)
@@ -136,7 +138,8 @@ def test_save_pretrained_full_unet_loads_in_both_loaders(
     pipe.save_pretrained(folder)
     _no_pickles(folder)
     ref = _stock(folder)(PROMPTS, generator=torch.Generator().manual_seed(0), **KWARGS).images
-    torch.testing.assert_close(ref, expected, atol=1e-6, rtol=0)
+    # float rounding: ours computes the DDIM coefficient without squaring a square root
+    torch.testing.assert_close(ref, expected, atol=1e-5, rtol=0)
     ours = DefaultDDPOStableDiffusionPipeline(folder, use_lora=False)
     ours.set_progress_bar_config(disable=True)
     torch.testing.assert_close(_images(ours), expected, atol=1e-6, rtol=0)
