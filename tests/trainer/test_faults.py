@@ -371,19 +371,9 @@ def test_rerun_after_a_crash_before_the_first_checkpoint_says_what_to_do(tmp_pat
 def test_trl_documented_image_hook_logs_to_tensorboard(
     tmp_path: Path, pipeline_factory: Any
 ) -> None:
-    import numpy as np
-    from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    def image_outputs_logger(image_data: Any, global_step: int, accelerate_logger: Any) -> None:
-        # TRL's DDPO documentation, unchanged
-        result = {}
-        images, prompts, _, rewards, _ = image_data[-1]
-        for i, image in enumerate(images):
-            pil = Image.fromarray((image.cpu().numpy().transpose(1, 2, 0) * 255).astype(np.uint8))
-            pil = pil.resize((256, 256))
-            result[f"{prompts[i]:.25} | {rewards[i]:.2f}"] = [pil]
-        accelerate_logger.log_images(result, step=global_step)
+    from .test_tracking import image_outputs_logger  # TRL's documented hook, verbatim
 
     config = tiny_config(tmp_path / "run", log_with="tensorboard", num_epochs=2)
     trainer = DDPOTrainer(config, brightness, pick_prompt, pipeline_factory(), image_outputs_logger)
