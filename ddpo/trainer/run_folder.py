@@ -6,6 +6,7 @@ model, so a taken folder is reported in a second, not after minutes of loading.
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ddpo.trainer import checkpoint as ckpt
@@ -72,6 +73,17 @@ def check_output_dir(config: DDPOConfig) -> None:
             )
 
 
+def timestamped_run_name(config: DDPOConfig) -> str:
+    """``<exp_name>_<UTC time>`` (with ``-N`` if that folder exists under ``logdir``)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    candidate = f"{config.exp_name}_{stamp}"
+    suffix = 1
+    while (Path(config.logdir) / candidate).exists():
+        candidate = f"{config.exp_name}_{stamp}-{suffix}"
+        suffix += 1
+    return candidate
+
+
 def drop_epochs_from(path: Path, epoch: int) -> None:
     """Keep the rows of a JSON-lines log (``metrics.jsonl``) whose ``epoch`` is before ``epoch``.
 
@@ -96,4 +108,4 @@ def drop_epochs_from(path: Path, epoch: int) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["check_output_dir", "drop_epochs_from", "fixed_output_dir"]
+__all__ = ["check_output_dir", "drop_epochs_from", "fixed_output_dir", "timestamped_run_name"]

@@ -1,0 +1,398 @@
+"""Phase 1 of an epoch: sample trajectories with log-probs, then score them with the reward.
+
+`Rollout.run` samples ``sample_num_batches_per_epoch`` batches with the pipeline's DDIM sampler
+(a seed per process, epoch and batch), checks each rollout for non-finite values where they
+arise, and scores each batch with the reward function, in a thread pool overlapping the next
+batch when ``async_reward_computation``. The epoch's samples come back as `Trajectories`.
+"""
+
+import random
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ddpo._typing import PerSample, PromptEmbeds, Trajectory
+from ddpo.trainer.config import DDPOConfig
+from ddpo.trainer.contract import check_prompt, check_rewards
+from ddpo.trainer.timing import PhaseTimer
+
+SAMPLE_STREAM = 1
+TRAIN_STREAM = 2
+PROMPT_STREAM = 3
+
+StepLatents = Float[Tensor, "batch steps channels height width"]
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from integer keys (seed, stream, process, epoch, batch, ...)."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+@dataclass
+class Trajectories:
+    """One epoch's samples on this process, in sampling order (one row per image).
+
+    Attributes:
+        prompts: the prompt of each sample.
+        prompt_embeds, negative_prompt_embeds: the conditioning, ``(batch, tokens, dim)``.
+        timesteps: each transition's timestep ``t``, ``(batch, T)``.
+        latents: ``x_t`` of each transition, ``(batch, T, C, h, w)``.
+        next_latents: the sampled ``x_{t-1}``, same shape.
+        log_probs: the log-density of each transition when sampled, ``(batch, T)``.
+        rewards: ``(batch,)``.
+        advantages: ``(batch,)``, once computed.
+    """
+
+    prompts: list[str]
+    prompt_embeds: PromptEmbeds
+    negative_prompt_embeds: PromptEmbeds
+    timesteps: Int[Tensor, "batch steps"]
+    latents: StepLatents
+    next_latents: StepLatents
+    log_probs: Trajectory
+    rewards: PerSample | None = None
+    advantages: PerSample | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(
+        self,
+        rows: Int[Tensor, " rows"],
+        steps: Int[Tensor, "rows kept"] | None = None,
+    ) -> "Trajectories":
+        """The samples ``rows`` (in that order) and, per sample, the transitions ``steps``."""
+        rows_cpu = rows.tolist()
+
+        def per_step(value: Tensor) -> Tensor:
+            value = value[rows]
+            if steps is None:
+                return value
+            arange = torch.arange(len(rows_cpu), device=value.device).unsqueeze(1)
+            return value[arange, steps.to(value.device)]
+
+        return replace(
+            self,
+            prompts=[self.prompts[i] for i in rows_cpu],
+            prompt_embeds=self.prompt_embeds[rows],
+            negative_prompt_embeds=self.negative_prompt_embeds[rows],
+            timesteps=per_step(self.timesteps),
+            latents=per_step(self.latents),
+            next_latents=per_step(self.next_latents),
+            log_probs=per_step(self.log_probs),
+            rewards=None if self.rewards is None else self.rewards[rows],
+            advantages=None if self.advantages is None else self.advantages[rows],
+        )
+
+    def micro_batches(self, size: int) -> Iterator["Trajectories"]:
+        """Consecutive slices of ``size`` samples (views, no copies)."""
+        for start in range(0, len(self), size):
+            part = slice(start, start + size)
+            yield replace(
+                self,
+                prompts=self.prompts[part],
+                prompt_embeds=self.prompt_embeds[part],
+                negative_prompt_embeds=self.negative_prompt_embeds[part],
+                timesteps=self.timesteps[part],
+                latents=self.latents[part],
+                next_latents=self.next_latents[part],
+                log_probs=self.log_probs[part],
+                rewards=None if self.rewards is None else self.rewards[part],
+                advantages=None if self.advantages is None else self.advantages[part],
+            )
+
+    @staticmethod
+    def cat(parts: list["Trajectories"]) -> "Trajectories":
+        """The samples of ``parts`` one after another."""
+        return Trajectories(
+            prompts=[p for part in parts for p in part.prompts],
+            prompt_embeds=torch.cat([p.prompt_embeds for p in parts]),
+            negative_prompt_embeds=torch.cat([p.negative_prompt_embeds for p in parts]),
+            timesteps=torch.cat([p.timesteps for p in parts]),
+            latents=torch.cat([p.latents for p in parts]),
+            next_latents=torch.cat([p.next_latents for p in parts]),
+            log_probs=torch.cat([p.log_probs for p in parts]),
+            rewards=_cat_optional([p.rewards for p in parts]),
+        )
+
+
+class PromptRNG:
+    """Python and numpy global-RNG states reserved for the prompt function."""
+
+    def __init__(self, python_state: Any, numpy_state: Any) -> None:
+        self.python_state = python_state
+        self.numpy_state = numpy_state
+
+    @classmethod
+    def seeded(cls, seed: int) -> "PromptRNG":
+        """Fresh states from a seed."""
+        python_state = random.Random(seed).getstate()
+        numpy_state = np.random.RandomState(seed % 2**32).get_state()
+        return cls(python_state, numpy_state)
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Swap these states into ``random`` and ``numpy.random`` for the duration."""
+        outer_python, outer_numpy = random.getstate(), np.random.get_state()
+        random.setstate(self.python_state)
+        np.random.set_state(self.numpy_state)
+        try:
+            yield
+        finally:
+            self.python_state, self.numpy_state = random.getstate(), np.random.get_state()
+            random.setstate(outer_python)
+            np.random.set_state(outer_numpy)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable copy (for checkpoints)."""
+        version, internal, gauss = self.python_state
+        name, keys, pos, has_gauss, cached = self.numpy_state
+        return {
+            "python": [version, list(internal), gauss],
+            "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PromptRNG":
+        """Inverse of `to_json`."""
+        version, internal, gauss = data["python"]
+        name, keys, pos, has_gauss, cached = data["numpy"]
+        numpy_state = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+        return cls((version, tuple(internal), gauss), numpy_state)
+
+
+class Rollout:
+    """Samples and scores an epoch's trajectories on one process.
+
+    Args:
+        config: the run's config.
+        pipeline: the DDPO pipeline (its ``__call__`` samples, ``encode_prompt`` conditions).
+        prompt_function, reward_function: the user's callables (see `ddpo.trainer.contract`).
+        device: this process's device; process_index: its index (seeds the streams).
+        autocast: the accelerator's autocast context factory.
+
+    Attributes:
+        prompt_rng: the prompt function's own random stream (checkpointed by the trainer).
+    """
+
+    def __init__(
+        self,
+        config: DDPOConfig,
+        pipeline: Any,
+        prompt_function: Any,
+        reward_function: Any,
+        *,
+        device: torch.device,
+        process_index: int,
+        autocast: Any,
+        mixed_precision: str,
+    ) -> None:
+        self.config = config
+        self.pipeline = pipeline
+        self.prompt_function = prompt_function
+        self.reward_function = reward_function
+        self.device = device
+        self.process_index = process_index
+        self.autocast = autocast
+        self.mixed_precision = mixed_precision
+        # Python's and numpy's global RNGs are swapped for this stream while prompts are drawn,
+        # so that other users of the global RNGs (libraries, runtime type checkers) cannot shift
+        # the prompts, and a resume continues the exact sequence (the stream is checkpointed).
+        self.prompt_rng = PromptRNG.seeded(derive_seed(config.seed, PROMPT_STREAM, process_index))
+        self.executor = (
+            ThreadPoolExecutor(max_workers=config.max_workers)
+            if config.async_reward_computation
+            else None
+        )
+        self._negative_embeds: Tensor | None = None
+
+    def run(
+        self, epoch: int, unet: torch.nn.Module, timer: PhaseTimer, advance: Any
+    ) -> tuple[Trajectories, list[list[Any]]]:
+        """Sample and score one epoch.
+
+        Returns:
+            The trajectories (rewards on this process's device) and the image hook's data: per
+            sampling batch, ``[images, prompts, prompt_metadata, rewards, reward_metadata]``.
+        """
+        config = self.config
+        batches: list[Trajectories] = []
+        images: list[Tensor] = []
+        metadata: list[tuple[Any, ...]] = []
+        pending: list[Future[Any] | Any] = []
+        for batch_index in range(config.sample_num_batches_per_epoch):
+            with timer.phase("sample"):
+                batch, batch_images, prompt_metadata = self._sample_batch(epoch, batch_index, unet)
+            batches.append(batch)
+            images.append(batch_images)
+            metadata.append(prompt_metadata)
+            args: tuple[Any, ...] = (batch_images, tuple(batch.prompts), prompt_metadata)
+            with timer.phase("reward"):
+                if self.executor is not None:
+                    pending.append(self.executor.submit(self.reward_function, *args))
+                else:
+                    pending.append(self.reward_function(*args))
+            advance()
+
+        # Collect rewards in batch order and check each batch against the contract.
+        image_data: list[list[Any]] = []
+        with timer.phase("reward"):
+            for index, (batch, result) in enumerate(zip(batches, pending, strict=True)):
+                if isinstance(result, Future):
+                    result = result.result()
+                size = config.sample_batch_size
+                rewards, reward_metadata = check_rewards(
+                    result, self.reward_function, batch_size=size, offset=index * size
+                )
+                batch.rewards = rewards.to(self.device)
+                image_data.append(
+                    [images[index], tuple(batch.prompts), metadata[index], rewards, reward_metadata]
+                )
+        return Trajectories.cat(batches), image_data
+
+    @torch.no_grad()
+    def _sample_batch(
+        self, epoch: int, batch_index: int, unet: torch.nn.Module
+    ) -> tuple[Trajectories, Tensor, tuple[Any, ...]]:
+        config = self.config
+        pipeline = self.pipeline
+        batch_size = config.sample_batch_size
+        prompts, prompt_metadata = self._draw_prompts(batch_size)
+        prompt_embeds = pipeline.encode_prompt(list(prompts))
+        negative_embeds = self._negative_prompt_embeds(batch_size)
+        seed = derive_seed(config.seed, SAMPLE_STREAM, self.process_index, epoch, batch_index)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        unet.eval()
+        with self.autocast():
+            output = pipeline(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                num_inference_steps=config.sample_num_steps,
+                guidance_scale=config.sample_guidance_scale,
+                eta=config.sample_eta,
+                generator=generator,
+                output_type="pt",
+            )
+        latents = output.latents
+        check_rollout(
+            latents,
+            output.log_probs,
+            pipeline.scheduler.timesteps,
+            config=config,
+            dtype=_param_dtype(pipeline.unet),
+            mixed_precision=self.mixed_precision,
+            epoch=epoch,
+            batch_index=batch_index,
+        )
+        images = output.images
+        if not isinstance(images, Tensor):
+            raise TypeError(
+                "sd_pipeline(output_type='pt') must return images as a tensor, got "
+                f"{type(images).__name__}"
+            )
+        timesteps = pipeline.scheduler.timesteps.to(latents.device)
+        batch = Trajectories(
+            prompts=list(prompts),
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_embeds,
+            timesteps=timesteps.unsqueeze(0).repeat(batch_size, 1),
+            latents=latents[:, :-1],
+            next_latents=latents[:, 1:],
+            log_probs=output.log_probs.float(),
+        )
+        return batch, images, prompt_metadata
+
+    def _draw_prompts(self, batch_size: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        prompts: list[str] = []
+        metadata: list[Any] = []
+        for _ in range(batch_size):
+            with self.prompt_rng.active():
+                drawn = self.prompt_function()
+            prompt, meta = check_prompt(drawn, self.prompt_function)
+            prompts.append(prompt)
+            metadata.append(meta)
+        return tuple(prompts), tuple(metadata)
+
+    @torch.no_grad()
+    def _negative_prompt_embeds(self, batch_size: int) -> Tensor:
+        if self._negative_embeds is None:
+            self._negative_embeds = self.pipeline.encode_prompt([self.config.negative_prompts])
+        return self._negative_embeds.expand(batch_size, -1, -1).contiguous()
+
+    def close(self) -> None:
+        """Stop the reward pool."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
+
+
+def _cat_optional(parts: list[Tensor | None]) -> Tensor | None:
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    if len(present) != len(parts):
+        raise ValueError("Trajectories.cat: some parts have rewards and some do not")
+    return torch.cat(present)
+
+
+def _param_dtype(module: Any) -> torch.dtype | None:
+    param = next(iter(module.parameters()), None) if hasattr(module, "parameters") else None
+    return None if param is None else param.dtype
+
+
+def check_rollout(
+    latents: Tensor,
+    log_probs: Tensor,
+    timesteps: Tensor,
+    *,
+    config: DDPOConfig,
+    dtype: torch.dtype | None,
+    mixed_precision: str,
+    epoch: int,
+    batch_index: int,
+) -> None:
+    """FloatingPointError naming the first denoising step whose latents or log-probs are not
+    finite, and the sampler settings, right where it arises (one host sync per batch).
+
+    Args:
+        latents: ``(batch, T + 1, C, h, w)``, ``x_T`` first; log_probs: ``(batch, T)``.
+    """
+    latents_ok = torch.isfinite(latents).flatten(2).all(dim=2).all(dim=0)  # (T + 1,)
+    log_probs_ok = torch.isfinite(log_probs).all(dim=0)  # (T,)
+    if bool(latents_ok.all()) and bool(log_probs_ok.all()):
+        return
+    steps_ok = (latents_ok[1:] & log_probs_ok).tolist()
+    step = steps_ok.index(False) if False in steps_ok else -1
+    what = []
+    if step >= 0 and not bool(latents_ok[step + 1]):
+        what.append("the next latents")
+    if step >= 0 and not bool(log_probs_ok[step]):
+        what.append("the log-probability")
+    if not bool(latents_ok[0]):
+        step, what = -1, ["the initial noise x_T"]
+    timestep = int(timesteps[step]) if 0 <= step < len(timesteps) else None
+    where = (
+        "before the first step"
+        if step < 0
+        else f"at denoising step {step} of {config.sample_num_steps} (timestep {timestep})"
+    )
+    raise FloatingPointError(
+        f"sampling produced non-finite values ({' and '.join(what)}) {where}, epoch {epoch}, "
+        f"sampling batch {batch_index}; settings: sample_num_steps={config.sample_num_steps}, "
+        f"sample_eta={config.sample_eta}, sample_guidance_scale={config.sample_guidance_scale}, "
+        f"UNet dtype={dtype}, mixed_precision={mixed_precision!r}. This is the sampler or the "
+        "model, not the reward or the learning rate: check the model's weights (finite, and "
+        "in range for their dtype) and its scheduler config, or try mixed_precision='no' with a "
+        "float32 model"
+    )
+
+
+__all__ = ["PromptRNG", "Rollout", "Trajectories", "check_rollout", "derive_seed"]

@@ -1,0 +1,168 @@
+"""Everything a run needs to continue exactly, written into and read from a checkpoint folder.
+
+The one checkpoint format of a run (see `ddpo.trainer.checkpoint` for the layout and the atomic
+write): the trainable UNet parameters (safetensors), accelerate's optimizer, scaler and RNG
+states, the per-prompt tracker, the config, and per process the prompt function's random stream
+and the prompt and reward functions' own states.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from ddpo.core import PerPromptStatTracker
+from ddpo.trainer import checkpoint as ckpt
+from ddpo.trainer.config import DDPOConfig
+from ddpo.trainer.contract import callable_name, is_stateful, state_of
+from ddpo.trainer.rollout import PromptRNG
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """The parts of a running trainer that a checkpoint saves and restores."""
+
+    config: DDPOConfig
+    accelerator: Any
+    output_dir: Path
+    parameters: dict[str, torch.nn.Parameter]
+    """The trainable parameters by name."""
+    stat_tracker: PerPromptStatTracker | None
+    prompt_rng: PromptRNG
+    prompt_function: Any
+    reward_function: Any
+
+
+def save(state: RunState, epoch: int, global_step: int) -> Path:
+    """Write ``<output_dir>/checkpoints/checkpoint_<epoch>`` atomically; prune old ones."""
+    accelerator, output_dir = state.accelerator, state.output_dir
+    if accelerator.is_main_process:
+        ckpt.prepare_tmp_dir(output_dir, epoch)
+    accelerator.wait_for_everyone()
+    tmp = ckpt.tmp_checkpoint_dir(output_dir, epoch)
+    # Optimizer, grad scaler, RNG states of every process (model weights: below).
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        weights = {
+            n: p.detach().to("cpu", copy=True).contiguous() for n, p in state.parameters.items()
+        }
+        safetensors.torch.save_file(weights, str(tmp / ckpt.WEIGHTS_FILENAME))
+        tracker_state = state.stat_tracker.state_dict() if state.stat_tracker else None
+        ckpt.write_json(tmp / ckpt.TRACKER_FILENAME, tracker_state)
+        ckpt.write_json(tmp / ckpt.CONFIG_FILENAME, state.config.to_dict())
+    index = accelerator.process_index
+    ckpt.write_json(tmp / f"{ckpt.PROMPT_RNG_PREFIX}{index}.json", state.prompt_rng.to_json())
+    callables = {
+        "prompt_function": state_of(state.prompt_function),
+        "reward_function": state_of(state.reward_function),
+    }
+    ckpt.write_json(tmp / f"{ckpt.CALLABLE_STATE_PREFIX}{index}.json", callables)
+    accelerator.wait_for_everyone()
+    final = tmp.parent / ckpt.checkpoint_name(epoch)
+    if accelerator.is_main_process:
+        final = ckpt.finalize_checkpoint(tmp, epoch=epoch, global_step=global_step)
+        for path in ckpt.prune_checkpoints(output_dir, limit=state.config.num_checkpoint_limit):
+            logger.info("deleted old checkpoint %s", path)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(state: RunState, path: Path) -> tuple[ckpt.CheckpointInfo, PromptRNG]:
+    """Restore a complete checkpoint into ``state``'s parameters, optimizer, tracker and
+    callables.
+
+    Returns:
+        The checkpoint's marker and the prompt function's random stream to continue.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a complete checkpoint.
+        ckpt.CheckpointError: a file is missing, damaged or does not fit this run.
+    """
+    info = ckpt.read_marker(path)
+    if info is None:
+        raise FileNotFoundError(f"{path} is not a complete checkpoint folder")
+    accelerator = state.accelerator
+    ckpt.verify_checkpoint(info.path, num_processes=accelerator.num_processes)
+    weights_file = info.path / ckpt.WEIGHTS_FILENAME
+    try:
+        weights = safetensors.torch.load_file(str(weights_file))
+    except Exception as err:  # safetensors raises its own error type for a damaged header
+        raise ckpt.CheckpointError(
+            f"checkpoint file {weights_file} cannot be read ({type(err).__name__}: {err}); "
+            "resume from an earlier checkpoint"
+        ) from err
+    named = state.parameters
+    missing = sorted(set(named) - set(weights))
+    unexpected = sorted(set(weights) - set(named))
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint {info.path} does not match the pipeline's trainable parameters "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, unexpected "
+            f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}); was it written with "
+            "the same model and LoRA setting?"
+        )
+    with torch.no_grad():
+        for name, param in named.items():
+            param.copy_(weights[name].to(device=param.device, dtype=param.dtype))
+    try:
+        accelerator.load_state(str(info.path))
+    except Exception as err:
+        raise ckpt.CheckpointError(
+            f"the optimizer, scaler or RNG state files in {info.path} cannot be loaded "
+            f"({type(err).__name__}: {err}); resume from an earlier checkpoint"
+        ) from err
+    index = accelerator.process_index
+    prompt_rng = PromptRNG.from_json(
+        ckpt.read_json(info.path / f"{ckpt.PROMPT_RNG_PREFIX}{index}.json")
+    )
+    tracker_state = ckpt.read_json(info.path / ckpt.TRACKER_FILENAME)
+    if state.stat_tracker is not None and tracker_state is not None:
+        state.stat_tracker.load_state_dict(tracker_state)
+    states_file = info.path / f"{ckpt.CALLABLE_STATE_PREFIX}{index}.json"
+    functions = {"prompt_function": state.prompt_function, "reward_function": state.reward_function}
+    if states_file.is_file():
+        _load_callable_states(ckpt.read_json(states_file), functions, states_file)
+    elif any(is_stateful(fn) for fn in functions.values()):
+        raise ckpt.CheckpointError(
+            f"checkpoint {info.path} has no {states_file.name}, but the prompt or reward "
+            "function keeps state (state_dict/load_state_dict); it was written by an older "
+            "version, so this run cannot resume exactly from it"
+        )
+    return info, prompt_rng
+
+
+def _load_callable_states(states: dict[str, Any], functions: dict[str, Any], source: Path) -> None:
+    for key, fn in functions.items():
+        state = states.get(key)
+        label = key.replace("_", " ")
+        if state is None and is_stateful(fn):
+            raise ckpt.CheckpointError(
+                f"{source} holds no state for the {label} {callable_name(fn)}, which keeps "
+                "state (state_dict/load_state_dict): the checkpoint was written with another "
+                "function; resume with the function that wrote it"
+            )
+        if state is not None:
+            if not is_stateful(fn):
+                raise ckpt.CheckpointError(
+                    f"{source} holds a state for the {label}, but {callable_name(fn)} has no "
+                    "load_state_dict: resume with the function that wrote the checkpoint"
+                )
+            fn.load_state_dict(state)
+
+
+def skip_model_weights(models: list[Any], weights: list[Any], output_dir: str) -> None:
+    """accelerate ``save_state`` pre-hook: the trainable parameters are written by `save`."""
+    weights.clear()
+
+
+def skip_model_loading(models: list[Any], input_dir: str) -> None:
+    """accelerate ``load_state`` pre-hook: the trainable parameters are read by `load`."""
+    models.clear()
+
+
+__all__ = ["RunState", "load", "save", "skip_model_loading", "skip_model_weights"]
