@@ -14,15 +14,21 @@ The prompt-function objects built here (:class:`SeededPromptFn`, and the wrapper
 their position in the prompt stream as JSON-serialisable data, and ``load_state_dict(state)``
 puts a freshly built function back there, so a resumed run draws the prompts an uninterrupted
 run would have drawn. A wrapper's state nests its inner function's (``"inner"``).
+
+The prompt sets by name (the ``--prompts`` choices of ``ddpo train``) are :data:`PROMPT_SETS`:
+:func:`build_prompt_fn` builds one, :func:`training_prompt_fn` wraps it as a training run
+draws it (a fixed pool, each prompt repeated).
 """
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
 from ddpo._prompt_lists import ACTIVITIES, IMAGENET_ANIMALS, SIMPLE_ANIMALS
 
 PromptFn = Callable[[], tuple[str, dict[str, Any]]]
+PromptSetName = Literal["shapes", "simple_animals", "imagenet_animals", "nouns_activities"]
+PROMPT_SETS: tuple[PromptSetName, ...] = get_args(PromptSetName)
 
 
 @runtime_checkable
@@ -44,18 +50,22 @@ __all__ = [
     "ACTIVITIES",
     "IMAGENET_ANIMALS",
     "PROMPT_FUNCTIONS",
+    "PROMPT_SETS",
     "SIMPLE_ANIMALS",
     "CheckpointablePromptFn",
     "PoolPrompts",
     "PromptFn",
+    "PromptSetName",
     "RepeatPrompts",
     "SeededPromptFn",
+    "build_prompt_fn",
     "imagenet_animals",
     "make_prompt_fn",
     "nouns_activities",
     "random_state_from_json",
     "random_state_to_json",
     "simple_animals",
+    "training_prompt_fn",
     "with_article",
 ]
 
@@ -321,3 +331,51 @@ def make_prompt_fn(name: str, *, seed: int | None = None) -> SeededPromptFn:
         ValueError: if ``name`` is unknown.
     """
     return SeededPromptFn(name, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompt sets by name
+
+
+def build_prompt_fn(name: str, *, seed: int) -> CheckpointablePromptFn:
+    """The prompt set ``name`` of :data:`PROMPT_SETS` drawing from its own generator seeded by
+    ``seed`` (checkpointable): ``shapes`` is the tiny model's caption grammar
+    (:func:`ddpo.data.shapes.prompt_fn`), the others :func:`make_prompt_fn`.
+
+    Raises:
+        ValueError: if the name is unknown.
+    """
+    if name not in PROMPT_SETS:
+        raise ValueError(f"prompts must be one of {PROMPT_SETS}, got {name!r}")
+    if name == "shapes":
+        from ddpo.data import shapes  # imports torch, which the other sets do not need
+
+        return shapes.prompt_fn(seed=seed)
+    return make_prompt_fn(name, seed=seed)
+
+
+def training_prompt_fn(
+    name: str, *, seed: int, prompt_repeats: int, prompt_pool: int = 0, process_index: int = 0
+) -> RepeatPrompts:
+    """The prompts of a training run: the set ``name``, each prompt ``prompt_repeats`` times in a
+    row (so that group advantages compare images of one prompt).
+
+    With ``prompt_pool > 0`` every process cycles through the same pool of that many prompts,
+    drawn once with ``seed`` (the paper trains on a fixed prompt list); with 0 each process draws
+    fresh prompts with ``seed + 1000 * process_index``. Checkpointable, so that a resumed run
+    continues its prompt stream.
+
+    Raises:
+        ValueError: if the set is unknown, ``prompt_pool`` is negative or ``prompt_repeats`` is
+            not positive.
+    """
+    if prompt_pool < 0:
+        raise ValueError(f"prompt_pool must be >= 0, got {prompt_pool}")
+    if prompt_repeats <= 0:
+        raise ValueError(f"prompt_repeats must be positive, got {prompt_repeats}")
+    prompt_fn: PromptFn
+    if prompt_pool:
+        prompt_fn = PoolPrompts(build_prompt_fn(name, seed=seed), prompt_pool)
+    else:
+        prompt_fn = build_prompt_fn(name, seed=seed + 1000 * process_index)
+    return RepeatPrompts(prompt_fn, prompt_repeats)

@@ -7,6 +7,8 @@
 - :func:`select_grid_indices`: which samples the grid shows (every prompt of the epoch).
 - :func:`reward_curve`: the per-epoch mean reward (with a +/- std band) as a PNG.
 - :func:`read_metrics` and :func:`epoch_table`: ``metrics.jsonl`` as a rich table.
+- :func:`merge_epoch_means`, :func:`run_curve` and :func:`run_table`: a finished run's
+  summary, the reward with the per-epoch means of the reward's own metadata.
 """
 
 import json
@@ -28,8 +30,11 @@ __all__ = [
     "ImageGridHook",
     "epoch_table",
     "image_grid",
+    "merge_epoch_means",
     "read_metrics",
     "reward_curve",
+    "run_curve",
+    "run_table",
     "select_grid_indices",
 ]
 
@@ -369,3 +374,60 @@ def epoch_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], *, title
     for row in rows:
         table.add_row(*(_format(row[c]) if c in row else "-" for c in columns))
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's summary
+
+
+def merge_epoch_means(
+    metrics: Sequence[dict[str, Any]], epochs: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``metrics`` rows, each with its epoch's reward-metadata means added under their own names.
+
+    Args:
+        metrics: ``metrics.jsonl`` records (one per epoch, with ``epoch``).
+        epochs: per-epoch summaries as :attr:`ImageGridHook.epochs` keeps them; every
+            ``<key>_mean`` but ``reward_mean`` (which ``metrics`` has, over all processes) is
+            added to the row of the same epoch.
+    """
+    by_epoch = {row["epoch"]: row for row in epochs}
+    merged = []
+    for row in metrics:
+        means = by_epoch.get(row["epoch"], {})
+        extra = {k: v for k, v in means.items() if k.endswith("_mean") and k != "reward_mean"}
+        merged.append({**row, **extra})
+    return merged
+
+
+def _summary_columns(rows: Sequence[dict[str, Any]], summary_keys: Sequence[str]) -> list[str]:
+    return [f"{k}_mean" for k in summary_keys if any(f"{k}_mean" in row for row in rows)]
+
+
+def run_curve(
+    rows: Sequence[dict[str, Any]], summary_keys: Sequence[str] = (), *, title: str
+) -> Image.Image:
+    """:func:`reward_curve` of merged ``rows`` (see :func:`merge_epoch_means`), with the first of
+    ``summary_keys`` whose mean every row has (e.g. ``accuracy_mean``) on the right-hand axis."""
+    extra = None
+    for column in _summary_columns(rows, summary_keys):
+        if all(column in row for row in rows):
+            extra = (column, [float(row[column]) for row in rows])
+            break
+    return reward_curve(
+        [row["epoch"] for row in rows],
+        [row["reward_mean"] for row in rows],
+        [row.get("reward_std", 0.0) for row in rows],
+        title=title,
+        extra=extra,
+    )
+
+
+def run_table(
+    rows: Sequence[dict[str, Any]], summary_keys: Sequence[str] = (), *, title: str
+) -> Any:
+    """:func:`epoch_table` of merged ``rows``: ``epoch``, ``reward_mean``, ``reward_std`` and
+    ``<key>_mean`` of each of ``summary_keys`` that the rows have (the other means are in
+    ``images/epochs.jsonl`` and the tracker)."""
+    columns = ["epoch", "reward_mean", "reward_std", *_summary_columns(rows, summary_keys)]
+    return epoch_table(rows, columns, title=title)

@@ -1,6 +1,7 @@
 """Fine-tune a Stable Diffusion model with DDPO: the seed-style example script.
 
-It takes the same flags as ``ddpo train`` (every `DDPOConfig` field as a nested flag), e.g.::
+It takes the flags of ``ddpo train`` that a run needs (every `DDPOConfig` field as a nested
+flag), with the default preset's values as defaults, e.g.::
 
     python examples/ddpo.py                                   # the default preset
     python examples/ddpo.py --ddpo_config.num_epochs=2 --ddpo_config.sample_batch_size=4 \\
@@ -11,6 +12,7 @@ that logs samples to tensorboard, the config, the pipeline, the trainer, train, 
 """
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # This script is named like the package: keep its own folder off the import path.
@@ -18,10 +20,34 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import tyro  # noqa: E402
 
-from ddpo import DDPOTrainer, DefaultDDPOStableDiffusionPipeline  # noqa: E402
-from ddpo.cli import build_reward_fn, parse_train_args, preset_prompt_fn  # noqa: E402
+from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline  # noqa: E402
+from ddpo.presets import DEFAULT_SETTINGS, default_preset  # noqa: E402
+from ddpo.prompts import PromptSetName, training_prompt_fn  # noqa: E402
 from ddpo.reporting import image_grid, read_metrics, reward_curve  # noqa: E402
+from ddpo.rewards.registry import RewardName, RewardOptions, build_reward_fn  # noqa: E402
+
+
+@dataclass
+class ScriptArguments:
+    """DDPO fine-tuning: the config, the model, the reward and the prompts."""
+
+    ddpo_config: DDPOConfig = field(default_factory=default_preset)
+    """The DDPO run; defaults: the measured default preset (`ddpo.presets`)."""
+    pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
+    """Built-in model name, local diffusers folder or hub id."""
+    pretrained_revision: str = "main"
+    use_lora: bool = DEFAULT_SETTINGS.use_lora
+    """LoRA adapters on the UNet's attention (True) or the whole UNet (False)."""
+    lora_rank: int = DEFAULT_SETTINGS.lora_rank
+    reward: RewardName = DEFAULT_SETTINGS.reward
+    prompts: PromptSetName = DEFAULT_SETTINGS.prompts
+    prompt_repeats: int = DEFAULT_SETTINGS.prompt_repeats
+    """Each prompt this many times in a row, so that group advantages compare its images."""
+    prompt_pool: int = DEFAULT_SETTINGS.prompt_pool
+    """A fixed pool of this many prompts, drawn with the config's seed (0: fresh prompts)."""
+    hf_user_access_token: str | None = None
 
 
 def image_outputs_logger(image_data, global_step, accelerate_logger):
@@ -38,15 +64,19 @@ def image_outputs_logger(image_data, global_step, accelerate_logger):
 
 if __name__ == "__main__":
     # 1. Flags: the DDPO config (defaults: the measured default preset), model, reward, prompts.
-    args = parse_train_args(prog="python examples/ddpo.py")
+    args = tyro.cli(ScriptArguments, use_underscores=True)
     config = args.ddpo_config
 
     # 2. Reward and prompt functions: (images, prompts, metadata) -> (rewards, metadata) and
-    #    () -> (prompt, metadata). Any callables with these shapes work. The preset's prompt
-    #    function takes each prompt of its pool prompt_repeats times in a row, so that group
-    #    advantages compare images of the same prompt.
-    reward_fn = build_reward_fn(args)
-    prompt_fn = preset_prompt_fn(args, seed=config.seed)
+    #    () -> (prompt, metadata). Any callables with these shapes work. The training prompt
+    #    function takes each prompt of its pool prompt_repeats times in a row.
+    reward_fn = build_reward_fn(args.reward, RewardOptions(token=args.hf_user_access_token))
+    prompt_fn = training_prompt_fn(
+        args.prompts,
+        seed=config.seed,
+        prompt_repeats=args.prompt_repeats,
+        prompt_pool=args.prompt_pool,
+    )
 
     # 3. The pipeline: LoRA adapters or the whole UNet.
     pipeline = DefaultDDPOStableDiffusionPipeline(

@@ -8,14 +8,20 @@ import pytest
 from ddpo.prompts import (
     ACTIVITIES,
     IMAGENET_ANIMALS,
+    PROMPT_FUNCTIONS,
+    PROMPT_SETS,
     SIMPLE_ANIMALS,
     CheckpointablePromptFn,
+    PoolPrompts,
+    RepeatPrompts,
+    build_prompt_fn,
     imagenet_animals,
     make_prompt_fn,
     nouns_activities,
     random_state_from_json,
     random_state_to_json,
     simple_animals,
+    training_prompt_fn,
     with_article,
 )
 
@@ -99,3 +105,58 @@ def test_random_state_json_round_trip() -> None:
         make_prompt_fn("simple_animals").load_state_dict(
             make_prompt_fn("nouns_activities").state_dict()
         )
+
+
+def test_prompt_sets_by_name() -> None:
+    assert set(PROMPT_SETS) == {"shapes", *PROMPT_FUNCTIONS}
+    for name in PROMPT_SETS:
+        a, b = build_prompt_fn(name, seed=1), build_prompt_fn(name, seed=1)
+        assert isinstance(a, CheckpointablePromptFn)
+        assert [a() for _ in range(5)] == [b() for _ in range(5)]
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        build_prompt_fn("nope", seed=0)
+
+
+def test_repeat_prompts() -> None:
+    reference = build_prompt_fn("simple_animals", seed=0)
+    expected = [reference() for _ in range(3)]
+    repeated = RepeatPrompts(build_prompt_fn("simple_animals", seed=0), 3)
+    drawn = [repeated() for _ in range(9)]
+    assert drawn == [item for item in expected for _ in range(3)]
+    drawn[0][1]["animal"] = "changed"  # metadata dicts are copies
+    assert drawn[1][1]["animal"] == expected[0][1]["animal"] != "changed"
+    with pytest.raises(ValueError, match="repeats must be positive, got 0"):
+        RepeatPrompts(reference, 0)
+
+
+def test_pool_prompts_cycles_a_fixed_pool() -> None:
+    reference = build_prompt_fn("shapes", seed=3)
+    expected = [reference() for _ in range(3)]
+    pooled = PoolPrompts(build_prompt_fn("shapes", seed=3), 3)
+    drawn = [pooled() for _ in range(7)]
+    assert drawn == [*expected, *expected, expected[0]]
+    drawn[0][1]["colour"] = "changed"  # metadata dicts are copies
+    assert pooled()[1]["colour"] == expected[1][1]["colour"]
+    with pytest.raises(ValueError, match="size must be positive, got 0"):
+        PoolPrompts(reference, 0)
+
+
+def test_training_prompt_fn_pools_and_repeats() -> None:
+    pooled = training_prompt_fn("shapes", seed=3, prompt_repeats=2, prompt_pool=3)
+    reference = build_prompt_fn("shapes", seed=3)
+    pool = [reference()[0] for _ in range(3)]
+    assert [pooled()[0] for _ in range(8)] == [p for p in [*pool, pool[0]] for _ in range(2)]
+    # the pool is drawn with `seed` on every process; fresh prompts are not
+    other_process = training_prompt_fn(
+        "shapes", seed=3, prompt_repeats=2, prompt_pool=3, process_index=1
+    )
+    assert other_process()[0] == pool[0]
+    fresh = [training_prompt_fn("simple_animals", seed=3, prompt_repeats=1, process_index=i)
+             for i in (0, 1)]  # fmt: skip
+    assert [fresh[0]()[0] for _ in range(20)] != [fresh[1]()[0] for _ in range(20)]
+    with pytest.raises(ValueError, match="prompt_pool must be >= 0, got -1"):
+        training_prompt_fn("shapes", seed=0, prompt_repeats=1, prompt_pool=-1)
+    with pytest.raises(ValueError, match="prompt_repeats must be positive, got 0"):
+        training_prompt_fn("shapes", seed=0, prompt_repeats=0)
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        training_prompt_fn("nope", seed=0, prompt_repeats=1)

@@ -268,18 +268,18 @@ def alignment_reward_fn(
         prompt_metadata: per-prompt dicts as :func:`ddpo.data.shapes.prompt_fn` returns.
 
     Returns:
-        ``(rewards (batch,), reward_metadata)``; ``reward_metadata`` holds the per-attribute
-        scores (``colour``, ``shape``, ``position``, ``background``; NaN where not named),
-        ``correct`` (bool per image) and ``accuracy`` (float).
+        ``(rewards (batch,), reward_metadata)``; ``reward_metadata`` holds one value per image:
+        the per-attribute scores (``colour``, ``shape``, ``position``, ``background``; NaN
+        where not named) and ``accuracy``, a bool, True when every named attribute is right
+        (`AlignmentScores.correct`), so that its mean over images is the accuracy.
     """
     x = _as_images(images)
     metas = resolve_metadata(prompts, prompt_metadata, x.shape[0])
     scores = alignment_scores(x, metas)
     info: dict[str, Any] = {
-        name: getattr(scores, name)
-        for name in ("colour", "shape", "position", "background", "correct")
+        name: getattr(scores, name) for name in ("colour", "shape", "position", "background")
     }
-    info["accuracy"] = float(scores.correct.float().mean())
+    info["accuracy"] = scores.correct
     return scores.reward, info
 
 

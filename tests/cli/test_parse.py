@@ -1,33 +1,69 @@
 """Command-line parsing: nested DDPOConfig flags, help, the default preset, reward/prompt names."""
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
 from ddpo.cli import (
-    PROMPT_SETS,
     REWARDS,
     TrainArgs,
-    build_prompt_fn,
     build_reward_fn,
     default_preset,
     main,
     parse_train_args,
+    preset_prompt_fn,
 )
+from ddpo.rewards.alignment import alignment_reward_fn
 from ddpo.trainer.config import DDPOConfig
 
 
 def test_no_flags_give_the_default_preset() -> None:
+    """``ddpo train`` with no flags is the documented default run (README, ddpo/presets.py)."""
     args = parse_train_args([])
-    assert args.ddpo_config == default_preset()
-    assert args.pretrained_model == "ddpo-tiny-shapes"
-    assert args.reward == "alignment" and args.prompts == "shapes"
+    config = args.ddpo_config
+    trl_defaults = dataclasses.asdict(DDPOConfig())
+    changed = {k: v for k, v in dataclasses.asdict(config).items() if v != trl_defaults[k]}
+    changed.pop("exp_name", None)  # TRL's default is the script's name
+    assert config.exp_name == "ddpo"
+    assert changed == {
+        "seed": 2,
+        "num_epochs": 18,
+        "save_freq": 6,
+        "num_checkpoint_limit": 1,
+        "mixed_precision": "no",
+        "log_with": "tensorboard",
+        "tracker_project_name": "ddpo",
+        "sample_num_steps": 5,
+        "sample_guidance_scale": 1.0,
+        "sample_batch_size": 16,
+        "sample_num_batches_per_epoch": 8,
+        "train_batch_size": 8,
+        "train_learning_rate": 1e-4,
+        "train_clip_range": 0.1,
+        "train_timestep_fraction": 0.6,
+        "advantage_mode": "group_global",
+    }
+    assert (args.pretrained_model, args.pretrained_revision) == ("ddpo-tiny-shapes", "main")
+    assert (args.use_lora, args.lora_rank) == (False, 4)  # the full UNet
+    assert (args.reward, args.prompts) == ("alignment", "shapes")
+    assert (args.prompt_pool, args.prompt_repeats, args.grid_images) == (2, 16, 16)
     assert args.hf_user_access_token is None
-    # the preset lives in the CLI: DDPOConfig() keeps TRL's defaults
-    assert DDPOConfig().train_learning_rate == 3e-4
-    assert DDPOConfig().sample_batch_size == 1
-    assert args.ddpo_config.log_with == "tensorboard"
+    # the preset is the library's; DDPOConfig() keeps TRL's defaults
+    assert config == default_preset()
+    assert (DDPOConfig().train_learning_rate, DDPOConfig().sample_batch_size) == (3e-4, 1)
+
+
+def test_no_flags_train_on_the_preset_pool() -> None:
+    """The default run's prompts: seed 2 draws this pool of 2, each taken 16 times in a row."""
+    args = parse_train_args([])
+    prompt_fn = preset_prompt_fn(args, seed=args.ddpo_config.seed)
+    prompts = [prompt_fn()[0] for _ in range(64)]
+    yellow = "a yellow square on a gray background"
+    purple = "a purple triangle in the center on a green background"
+    assert prompts == ([yellow] * 16 + [purple] * 16) * 2
+    assert build_reward_fn(args) is alignment_reward_fn
 
 
 def test_nested_overrides() -> None:
@@ -57,7 +93,7 @@ def test_nested_overrides() -> None:
     assert config.log_with is None
     assert config.accelerator_kwargs == {"cpu": True}
     # fields not given keep the preset's values
-    assert config.num_epochs == default_preset().num_epochs
+    assert (config.num_epochs, config.seed, config.advantage_mode) == (18, 2, "group_global")
     assert args.pretrained_model == "ddpo-tiny-random"
     assert (args.reward, args.prompts, args.use_lora) == (
         "jpeg_compressibility",
@@ -81,8 +117,6 @@ def test_invalid_config_is_rejected_with_the_field_name(
 
 
 def test_help_documents_every_field(capsys: pytest.CaptureFixture[str]) -> None:
-    import dataclasses
-
     with pytest.raises(SystemExit) as exit_info:
         parse_train_args(["--help"])
     assert exit_info.value.code == 0
@@ -112,14 +146,6 @@ def test_console_entry_point_help() -> None:
     assert "--pretrained_model" in result.stdout
 
 
-@pytest.mark.parametrize("name", [p for p in PROMPT_SETS if p != "shapes"])
-def test_prompt_sets_by_name(name: str) -> None:
-    a, b = build_prompt_fn(name, seed=1), build_prompt_fn(name, seed=1)
-    assert [a() for _ in range(5)] == [b() for _ in range(5)]
-    with pytest.raises(ValueError, match="prompts must be one of"):
-        build_prompt_fn("nope", seed=0)
-
-
 def test_rewards_by_name() -> None:
     import torch
 
@@ -145,38 +171,7 @@ def test_alignment_reward_needs_shapes_prompts() -> None:
         run_train(TrainArgs(grid_images=0))
 
 
-def test_repeat_prompts() -> None:
-    from ddpo.cli import repeat_prompts
-
-    base = build_prompt_fn("simple_animals", seed=0)
-    reference = build_prompt_fn("simple_animals", seed=0)
-    expected = [reference() for _ in range(3)]
-    repeated = repeat_prompts(base, 3)
-    drawn = [repeated() for _ in range(9)]
-    assert drawn == [item for item in expected for _ in range(3)]
-    drawn[0][1]["animal"] = "changed"  # metadata dicts are copies
-    assert drawn[1][1]["animal"] == expected[0][1]["animal"] != "changed"
-    with pytest.raises(ValueError, match="prompt_repeats"):
-        repeat_prompts(base, 0)
-
-
-def test_pool_prompts_cycles_a_fixed_pool() -> None:
-    from ddpo.cli import pool_prompts
-
-    reference = build_prompt_fn("shapes", seed=3)
-    expected = [reference() for _ in range(3)]
-    pooled = pool_prompts(build_prompt_fn("shapes", seed=3), 3)
-    drawn = [pooled() for _ in range(7)]
-    assert drawn == [*expected, *expected, expected[0]]
-    drawn[0][1]["colour"] = "changed"  # metadata dicts are copies
-    assert pooled()[1]["colour"] == expected[1][1]["colour"]
-    with pytest.raises(ValueError, match="prompt_pool must be positive, got 0"):
-        pool_prompts(reference, 0)
-
-
 def test_preset_prompt_fn_pool_is_shared_across_processes() -> None:
-    from ddpo.cli import preset_prompt_fn
-
     args = TrainArgs(prompt_pool=2, prompt_repeats=2)
     first = preset_prompt_fn(args, seed=5, process_index=0)
     second = preset_prompt_fn(args, seed=5, process_index=1)
@@ -192,3 +187,5 @@ def test_preset_prompt_fn_pool_is_shared_across_processes() -> None:
     assert [rank0()[0] for _ in range(20)] != [rank1()[0] for _ in range(20)]
     with pytest.raises(ValueError, match="prompt_pool must be >= 0, got -1"):
         preset_prompt_fn(TrainArgs(prompt_pool=-1), seed=0)
+    with pytest.raises(ValueError, match="prompt_repeats must be positive, got 0"):
+        preset_prompt_fn(TrainArgs(prompt_repeats=0), seed=0)

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from ddpo.cli import TrainArgs, build_prompt_fn, pool_prompts, preset_prompt_fn, repeat_prompts
+from ddpo.cli import TrainArgs, preset_prompt_fn
+from ddpo.prompts import PoolPrompts, RepeatPrompts, build_prompt_fn
 
 Builder = Callable[[int], Any]
 """Builds a prompt function from a seed."""
@@ -17,13 +18,13 @@ BUILDERS: dict[str, Builder] = {
     "build(simple_animals)": lambda seed: build_prompt_fn("simple_animals", seed=seed),
     "build(imagenet_animals)": lambda seed: build_prompt_fn("imagenet_animals", seed=seed),
     "build(nouns_activities)": lambda seed: build_prompt_fn("nouns_activities", seed=seed),
-    "repeat(build(nouns_activities))": lambda seed: repeat_prompts(
+    "repeat(build(nouns_activities))": lambda seed: RepeatPrompts(
         build_prompt_fn("nouns_activities", seed=seed), 3
     ),
-    "repeat(build(shapes))": lambda seed: repeat_prompts(build_prompt_fn("shapes", seed=seed), 4),
-    "pool(build(shapes))": lambda seed: pool_prompts(build_prompt_fn("shapes", seed=seed), 3),
-    "repeat(pool(build(shapes)))": lambda seed: repeat_prompts(
-        pool_prompts(build_prompt_fn("shapes", seed=seed), 3), 2
+    "repeat(build(shapes))": lambda seed: RepeatPrompts(build_prompt_fn("shapes", seed=seed), 4),
+    "pool(build(shapes))": lambda seed: PoolPrompts(build_prompt_fn("shapes", seed=seed), 3),
+    "repeat(pool(build(shapes)))": lambda seed: RepeatPrompts(
+        PoolPrompts(build_prompt_fn("shapes", seed=seed), 3), 2
     ),
     "preset(pool)": lambda seed: preset_prompt_fn(
         TrainArgs(prompt_pool=2, prompt_repeats=3), seed=seed
@@ -60,7 +61,7 @@ def test_state_continues_the_stream_in_a_fresh_function(name: str, drawn: int) -
 
 
 def test_wrapper_states_nest_the_inner_state() -> None:
-    fn = repeat_prompts(pool_prompts(build_prompt_fn("shapes", seed=0), 2), 3)
+    fn = RepeatPrompts(PoolPrompts(build_prompt_fn("shapes", seed=0), 2), 3)
     fn()
     state = fn.state_dict()
     assert state["left"] == 2
@@ -77,11 +78,11 @@ def test_a_plain_inner_function_has_no_inner_state() -> None:
     def plain() -> tuple[str, dict[str, Any]]:
         return next(prompts), {}
 
-    fn = repeat_prompts(plain, 2)
+    fn = RepeatPrompts(plain, 2)
     assert fn() == ("a", {})
     state = _json_round_trip(fn.state_dict())
     assert state == {"left": 1, "item": ["a", {}], "inner": None}
-    other = repeat_prompts(plain, 2)
+    other = RepeatPrompts(plain, 2)
     other.load_state_dict(state)
     assert other() == ("a", {})
     assert other() == ("b", {})
@@ -96,23 +97,23 @@ def test_a_plain_inner_function_has_no_inner_state() -> None:
             "'simple_animals', this one is 'imagenet_animals'",
         ),
         (
-            lambda: pool_prompts(build_prompt_fn("shapes", seed=0), 2),
-            lambda: pool_prompts(build_prompt_fn("shapes", seed=0), 3),
+            lambda: PoolPrompts(build_prompt_fn("shapes", seed=0), 2),
+            lambda: PoolPrompts(build_prompt_fn("shapes", seed=0), 3),
             "pool of 2 prompts, this function one of 3",
         ),
         (
-            lambda: repeat_prompts(build_prompt_fn("shapes", seed=0), 5),  # 2 left after 3
-            lambda: repeat_prompts(build_prompt_fn("shapes", seed=0), 2),
+            lambda: RepeatPrompts(build_prompt_fn("shapes", seed=0), 5),  # 2 left after 3
+            lambda: RepeatPrompts(build_prompt_fn("shapes", seed=0), 2),
             r"left must be an int in \[0, 2\)",
         ),
         (
-            lambda: repeat_prompts(build_prompt_fn("shapes", seed=0), 2),
-            lambda: repeat_prompts(lambda: ("a", {}), 2),
+            lambda: RepeatPrompts(build_prompt_fn("shapes", seed=0), 2),
+            lambda: RepeatPrompts(lambda: ("a", {}), 2),
             "build the same prompt function",
         ),
         (
             lambda: build_prompt_fn("shapes", seed=0),
-            lambda: repeat_prompts(build_prompt_fn("shapes", seed=0), 2),
+            lambda: RepeatPrompts(build_prompt_fn("shapes", seed=0), 2),
             r"state lacks \['left', 'item', 'inner'\]",
         ),
     ],

@@ -12,8 +12,11 @@ from ddpo.reporting import (
     ImageGridHook,
     epoch_table,
     image_grid,
+    merge_epoch_means,
     read_metrics,
     reward_curve,
+    run_curve,
+    run_table,
     select_grid_indices,
 )
 
@@ -144,3 +147,37 @@ def test_select_grid_indices_spreads_many_prompts_over_the_epoch() -> None:
     # 8 distinct prompts over 4 batches, 4 images: one each of prompts 0, 2, 4, 6
     prompts = [[f"p{2 * b}", f"p{2 * b + 1}"] for b in range(4)]
     assert select_grid_indices(prompts, 4) == [(0, 0), (1, 0), (2, 0), (3, 0)]
+
+
+def test_run_summary_shows_the_rewards_own_metadata_means() -> None:
+    metrics = [
+        {"epoch": 0, "reward_mean": 0.5, "reward_std": 0.1},
+        {"epoch": 1, "reward_mean": 0.6, "reward_std": 0.1},
+    ]
+    hook_epochs = [
+        {"epoch": 0, "global_step": 0, "reward_mean": 0.4, "accuracy_mean": 0.25, "iou_mean": 0.5},
+        {"epoch": 1, "global_step": 1, "reward_mean": 0.7, "accuracy_mean": 0.75, "iou_mean": 0.6},
+    ]
+    rows = merge_epoch_means(metrics, hook_epochs)
+    # every metadata mean under its own name; the reward mean stays the trainer's
+    assert rows[1] == {
+        "epoch": 1, "reward_mean": 0.6, "reward_std": 0.1, "accuracy_mean": 0.75, "iou_mean": 0.6,
+    }  # fmt: skip
+    assert metrics[0] == {"epoch": 0, "reward_mean": 0.5, "reward_std": 0.1}  # not modified
+    table = run_table(rows, ("accuracy",), title="t")
+    assert [c.header for c in table.columns] == [
+        "epoch",
+        "reward_mean",
+        "reward_std",
+        "accuracy_mean",
+    ]
+    plain = run_table(rows, (), title="t")
+    assert [c.header for c in plain.columns] == ["epoch", "reward_mean", "reward_std"]
+    # a summary key the reward did not report is left out
+    assert len(run_table(rows, ("missing",), title="t").columns) == 3
+
+    orange = np.array([200, 80, 30])
+    with_extra = np.asarray(run_curve(rows, ("accuracy",), title="t")).astype(int)
+    without = np.asarray(run_curve(rows, (), title="t")).astype(int)
+    assert (np.abs(with_extra - orange).sum(-1) < 10).sum() > 20
+    assert (np.abs(without - orange).sum(-1) < 10).sum() == 0

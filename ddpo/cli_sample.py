@@ -1,0 +1,103 @@
+"""``ddpo sample``: write images from a (fine-tuned) model folder (parsed by :mod:`ddpo.cli`)."""
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SampleArgs", "draw_samples", "load_sampler", "run_sample"]
+
+
+@dataclass
+class SampleArgs:
+    """Write images from a (fine-tuned) model folder (``ddpo sample``)."""
+
+    model: str
+    """Model folder (e.g. ``<output_dir>/final``), built-in name or hub id."""
+    prompt: list[str]
+    """One or more prompts."""
+    num_images: int = 4
+    """Images per prompt."""
+    seed: int = 0
+    """Seed of the sampling noise."""
+    out: str = "samples"
+    """Folder the PNG files go to (created if needed)."""
+    num_inference_steps: int = 10
+    """DDIM steps."""
+    guidance_scale: float = 5.0
+    """Classifier-free guidance weight."""
+    eta: float = 1.0
+    """DDIM eta (0: deterministic DDIM; 1: the stochastic sampler DDPO trains)."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "prompt"
+
+
+def run_sample(args: SampleArgs) -> list[Path]:
+    """Run ``ddpo sample``: write ``num_images`` PNGs per prompt into ``args.out``.
+
+    With ``eta=0`` the images come from the wrapped diffusers pipeline's deterministic DDIM
+    (no log-probabilities needed); otherwise from the DDPO pipeline's stochastic sampler.
+
+    Returns:
+        The written files, prompt by prompt.
+
+    Raises:
+        ValueError: bad arguments (before the model loads).
+    """
+    return draw_samples(args, load_sampler(args))
+
+
+def load_sampler(args: SampleArgs) -> Any:
+    """Check the arguments, then load the model (a `DefaultDDPOStableDiffusionPipeline`).
+
+    Everything this raises is a bad flag, path or setting (`ddpo.cli.main` reports it in a line).
+    """
+    if not args.prompt:
+        raise ValueError("prompt: give at least one prompt")
+    if args.num_images <= 0:
+        raise ValueError(f"num_images must be positive, got {args.num_images}")
+    if args.num_inference_steps <= 0:
+        raise ValueError(f"num_inference_steps must be positive, got {args.num_inference_steps}")
+    if not 0 <= args.eta <= 1:
+        raise ValueError(
+            f"eta must be in [0, 1] (0: deterministic DDIM, 1: the stochastic sampler DDPO "
+            f"trains), got {args.eta}"
+        )
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out {str(out)!r} is a file, not a folder; choose another --out")
+    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline  # diffusers: after the checks
+
+    return DefaultDDPOStableDiffusionPipeline(args.model, use_lora=True)
+
+
+def draw_samples(args: SampleArgs, pipeline: Any) -> list[Path]:
+    """Draw and write the images of ``args`` with ``pipeline`` (from `load_sampler`)."""
+    import torch
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # eta=0 is deterministic DDIM, which has no log-probabilities (the DDPO pipeline needs
+    # eta > 0): the wrapped diffusers pipeline samples it, with the same DDIM scheduler.
+    sampler = pipeline.pipeline if args.eta == 0 else pipeline
+    written: list[Path] = []
+    for index, prompt in enumerate(args.prompt):
+        generator = torch.Generator().manual_seed(args.seed + index)
+        with torch.no_grad():
+            result = sampler(
+                prompt=[prompt] * args.num_images,
+                num_inference_steps=args.num_inference_steps,
+                guidance_scale=args.guidance_scale,
+                eta=args.eta,
+                generator=generator,
+                output_type="pil",
+            )
+        for number, image in enumerate(result.images):
+            path = out / f"{index:02d}_{_slug(prompt)}_{number:03d}.png"
+            image.save(path)
+            written.append(path)
+    (out / "prompts.json").write_text(json.dumps({"model": args.model, "prompts": args.prompt}))
+    return written

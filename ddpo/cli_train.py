@@ -1,0 +1,242 @@
+"""``ddpo train``: the wiring of a training run (its flags parsed by :mod:`ddpo.cli`).
+
+`run_train` checks the flags, builds the prompt function (:mod:`ddpo.prompts`), the reward
+(:mod:`ddpo.rewards.registry`), the image hook, the pipeline and the trainer, trains, writes the
+reward curve and prints the epoch table (:mod:`ddpo.reporting`), and uploads the final pipeline
+last. The defaults of `TrainArgs` are the default preset's (:mod:`ddpo.presets`).
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddpo.presets import DEFAULT_SETTINGS, default_preset
+from ddpo.prompts import PromptSetName, RepeatPrompts, training_prompt_fn
+from ddpo.rewards.registry import RewardFn, RewardName, RewardOptions, reward_spec
+from ddpo.trainer.config import DDPOConfig
+
+__all__ = [
+    "HubUploadError",
+    "TrainArgs",
+    "TrainResult",
+    "build_reward_fn",
+    "preset_prompt_fn",
+    "run_train",
+    "setup_train",
+    "train_and_report",
+]
+
+
+@dataclass
+class TrainArgs:
+    """Fine-tune a text-to-image diffusion model with DDPO (``ddpo train``)."""
+
+    ddpo_config: DDPOConfig = field(default_factory=default_preset)
+    """The DDPO run (TRL's `DDPOConfig` fields); defaults: the default preset."""
+    pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
+    """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-random``), a local
+    diffusers folder, or a hub id."""
+    pretrained_revision: str = "main"
+    """Hub revision of ``pretrained_model``."""
+    use_lora: bool = DEFAULT_SETTINGS.use_lora
+    """Train LoRA adapters on the UNet's attention (True) or the whole UNet (False)."""
+    lora_rank: int = DEFAULT_SETTINGS.lora_rank
+    """Rank of the LoRA adapters (``use_lora`` only)."""
+    reward: RewardName = DEFAULT_SETTINGS.reward
+    """Reward function: ``alignment`` (programmatic prompt alignment for the shapes prompts),
+    ``jpeg_compressibility`` / ``jpeg_incompressibility`` (minus / plus the JPEG size in kB),
+    ``aesthetic`` (the LAION aesthetic predictor on CLIP ViT-L/14), ``brightness`` (mean pixel)."""
+    prompts: PromptSetName = DEFAULT_SETTINGS.prompts
+    """Prompt function: ``shapes`` (the tiny model's caption grammar), ``simple_animals``,
+    ``imagenet_animals`` (ImageNet classes 0-397), ``nouns_activities`` ("a cat riding a bike")."""
+    hf_user_access_token: str | None = None
+    """Hugging Face token, used to upload the final pipeline when
+    ``--ddpo_config.push_to_hub`` is set."""
+    aesthetic_clip_model: str = RewardOptions.aesthetic_clip_model
+    """CLIP model of the ``aesthetic`` reward (hub id or local folder)."""
+    aesthetic_mlp_weights: str = RewardOptions.aesthetic_mlp_weights
+    """Aesthetic MLP weights (``.safetensors``/``.pth`` file, folder, or hub repository holding
+    ``aesthetic-model.pth``)."""
+    prompt_repeats: int = DEFAULT_SETTINGS.prompt_repeats
+    """Draw each prompt this many times in a row, so that the group advantage modes compare
+    images of the same prompt (1: a fresh prompt for every image)."""
+    prompt_pool: int = DEFAULT_SETTINGS.prompt_pool
+    """Train on a fixed pool of this many prompts. They are drawn once from ``--prompts``
+    (seeded by ``ddpo_config.seed``) and then taken in turn, as the paper trains on a fixed
+    prompt list. 0: a fresh prompt each draw."""
+    grid_images: int = 16
+    """Images per epoch in the ``images/epoch_NNNN.png`` grid."""
+
+
+@dataclass
+class TrainResult:
+    """What `run_train` produced."""
+
+    output_dir: Path
+    metrics: list[dict[str, Any]]
+    """The run's ``metrics.jsonl`` records, each with its epoch's reward-metadata means
+    (``<key>_mean``, e.g. ``accuracy_mean``; see `ddpo.reporting.merge_epoch_means`)."""
+    reward_curve: Path
+    final_dir: Path
+    hub_repo: str | None = None
+
+
+class HubUploadError(RuntimeError):
+    """The upload to the Hub failed; the message says where the local files are."""
+
+
+def build_reward_fn(args: TrainArgs) -> RewardFn:
+    """The reward function named by ``args.reward`` (`ddpo.rewards.registry.build_reward_fn`).
+
+    Raises:
+        ValueError: if the name is unknown.
+    """
+    options = RewardOptions(
+        args.aesthetic_clip_model, args.aesthetic_mlp_weights, token=args.hf_user_access_token
+    )
+    return reward_spec(args.reward).build(options)
+
+
+def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> RepeatPrompts:
+    """The prompt function of a run from ``--prompts``, ``--prompt_repeats`` and
+    ``--prompt_pool`` (`ddpo.prompts.training_prompt_fn`)."""
+    return training_prompt_fn(
+        args.prompts,
+        seed=seed,
+        prompt_repeats=args.prompt_repeats,
+        prompt_pool=args.prompt_pool,
+        process_index=process_index,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# ddpo train
+#
+# The heavy modules (torch, diffusers, accelerate) are imported once the flags are checked, so
+# that `--help` and a bad flag answer at once.
+
+
+def _process_index() -> int:
+    from accelerate import PartialState
+
+    return int(PartialState().process_index)
+
+
+@dataclass
+class _TrainSetup:
+    """What `run_train` builds before it trains."""
+
+    args: TrainArgs
+    trainer: Any
+    hook: Any
+    console: Any
+    push: bool
+
+
+def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
+    """Run ``ddpo train``: build reward, prompts, pipeline and trainer, train, report, push.
+
+    Raises:
+        ValueError: bad arguments (before any model loads).
+        FileExistsError: the output folder is taken (before any model loads).
+        HubUploadError: when ``push_to_hub`` is set and the upload fails (after saving).
+    """
+    return train_and_report(setup_train(args, console=console))
+
+
+def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
+    """Check the arguments and the output folder, then build prompts, reward, pipeline, trainer.
+
+    Everything this raises is a bad flag, path or setting (`ddpo.cli.main` reports it in a line).
+    """
+    from rich.console import Console
+
+    from ddpo.trainer.run_folder import check_output_dir
+
+    console = console or Console()
+    if args.grid_images <= 0:
+        raise ValueError(f"grid_images must be positive, got {args.grid_images}")
+    if args.lora_rank <= 0:
+        raise ValueError(f"lora_rank must be positive, got {args.lora_rank}")
+    if args.reward == "alignment" and args.prompts != "shapes":
+        raise ValueError(
+            f"reward='alignment' scores prompts of the shapes grammar only; got "
+            f"prompts={args.prompts!r} (use --prompts=shapes or another reward)"
+        )
+    config = args.ddpo_config
+    # A taken output folder is reported now, not after the model has loaded.
+    check_output_dir(config)
+
+    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
+    from ddpo.reporting import ImageGridHook
+    from ddpo.trainer import DDPOTrainer
+
+    # The trainer pushes without a token; we push ourselves once everything is on disk.
+    trainer_config = dataclasses.replace(config, push_to_hub=False)
+
+    # Prompts (which check prompt_repeats and prompt_pool), reward, image hook, pipeline,
+    # trainer.
+    prompt_fn = preset_prompt_fn(args, seed=config.seed, process_index=_process_index())
+    reward_fn = build_reward_fn(args)
+    hook = ImageGridHook(max_images=args.grid_images)
+    pipeline = DefaultDDPOStableDiffusionPipeline(
+        args.pretrained_model,
+        pretrained_model_revision=args.pretrained_revision,
+        use_lora=args.use_lora,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_rank,
+    )
+    trainer = DDPOTrainer(trainer_config, reward_fn, prompt_fn, pipeline, image_samples_hook=hook)
+    hook.folder = Path(trainer.output_dir) / "images"
+    hook.epoch = trainer.first_epoch
+    return _TrainSetup(args, trainer, hook, console, config.push_to_hub)
+
+
+def train_and_report(setup: _TrainSetup) -> TrainResult:
+    """Train, then write the reward curve, print the table and push (`run_train`'s steps 2-4)."""
+    from ddpo.reporting import merge_epoch_means, read_metrics, run_curve, run_table
+    from ddpo.trainer.trainer import METRICS_FILENAME
+
+    args, trainer, console = setup.args, setup.trainer, setup.console
+    output_dir = Path(trainer.output_dir)
+    main_process = trainer.accelerator.is_main_process
+
+    # 2. Train (writes metrics.jsonl, tracker logs, checkpoints and final/).
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    final_dir = output_dir / "final"
+
+    # 3. Report: each epoch's metrics with the means of the reward's numeric per-sample
+    #    metadata (averaged by the image hook); the curve and table show the reward's summary
+    #    keys (the registry's `summary_keys`, e.g. the alignment reward's `accuracy`).
+    metrics = merge_epoch_means(read_metrics(output_dir / METRICS_FILENAME), setup.hook.epochs)
+    summary_keys = reward_spec(args.reward).summary_keys
+    curve_path = output_dir / "reward_curve.png"
+    if main_process and metrics:
+        title = f"{args.reward}: mean reward per epoch ({args.pretrained_model})"
+        run_curve(metrics, summary_keys, title=title).save(curve_path)
+        title = f"DDPO run: {args.reward} reward per epoch"
+        console.print(run_table(metrics, summary_keys, title=title))
+        console.print(f"Run folder: {output_dir}  (final pipeline: {final_dir})")
+
+    # 4. Upload last, once everything is saved.
+    hub_repo = None
+    if setup.push and main_process:
+        hub_repo = _push(trainer, args.hf_user_access_token, output_dir, final_dir)
+    return TrainResult(output_dir, metrics, curve_path, final_dir, hub_repo)
+
+
+def _push(trainer: Any, token: str | None, output_dir: Path, final_dir: Path) -> str:
+    try:
+        return str(trainer.push_to_hub(token=token))
+    except Exception as err:
+        from huggingface_hub import constants
+
+        raise HubUploadError(
+            f"could not upload the final pipeline to the Hugging Face Hub at "
+            f"{constants.ENDPOINT} (unreachable, offline, or refused: {err}). Nothing is lost: "
+            f"the run is saved locally in {output_dir}, the final pipeline in {final_dir}."
+        ) from err
