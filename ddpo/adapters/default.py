@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from ddpo._typing import Latents, PromptEmbeds
 from ddpo.adapters.interface import (
     DDPOPipelineOutput,
-    DDPOSchedulerOutput,
     DDPOStableDiffusionPipeline,
     _unwrap,
     check_eta,
@@ -356,30 +355,6 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             self._reference_unet = None
 
     # ---- sampling ------------------------------------------------------------------------
-
-    def scheduler_step(
-        self,
-        model_output: Latents,
-        timestep: int | Tensor,
-        sample: Latents,
-        eta: float | int = 1.0,
-        use_clipped_model_output: bool = False,
-        prev_sample: Latents | None = None,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-    ) -> DDPOSchedulerOutput:
-        """One DDIM step with its log-prob via :func:`ddpo.core.ddim_step_with_logprob`."""
-        if use_clipped_model_output:
-            raise ValueError("use_clipped_model_output=True is not supported")
-        out = scheduler_step_with_logprob(
-            self.scheduler,
-            model_output,
-            timestep,
-            sample,
-            eta=eta,
-            prev_sample=prev_sample,
-            generator=generator,
-        )
-        return DDPOSchedulerOutput(latents=out.prev_sample, log_probs=out.log_prob)
 
     def __call__(
         self,

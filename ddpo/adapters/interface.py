@@ -9,8 +9,9 @@ default implementations of what the trainer calls per step (:meth:`encode_prompt
 
 import abc
 import contextlib
+import copy
 import numbers
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from ddpo._typing import Latents, PerSample, PromptEmbeds
 from ddpo.adapters.scheduling import ddim_alpha_bars
 from ddpo.core import DDIMStepOutput, classifier_free_guidance, ddim_step_with_logprob
+from ddpo.policy import Conditioning, PolicyRollout
 
 
 @dataclass
@@ -171,7 +173,6 @@ class DDPOStableDiffusionPipeline(abc.ABC):
     def __call__(self, *args: Any, **kwargs: Any) -> DDPOPipelineOutput:
         """Sample images, returning them with every latent and every step's log-prob."""
 
-    @abc.abstractmethod
     def scheduler_step(
         self,
         model_output: Latents,
@@ -182,7 +183,21 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         prev_sample: Latents | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> DDPOSchedulerOutput:
-        """One DDIM step with its log-probability (sampling, or scoring ``prev_sample``)."""
+        """One DDIM step with its log-probability (sampling, or scoring ``prev_sample``), via
+        :func:`scheduler_step_with_logprob` (TRL's interface had it; the trainer does not call
+        it)."""
+        if use_clipped_model_output:
+            raise ValueError("use_clipped_model_output=True is not supported")
+        out = scheduler_step_with_logprob(
+            self.scheduler,
+            model_output,
+            timestep,
+            sample,
+            eta=eta,
+            prev_sample=prev_sample,
+            generator=generator,
+        )
+        return DDPOSchedulerOutput(latents=out.prev_sample, log_probs=out.log_prob)
 
     @property
     @abc.abstractmethod
@@ -210,9 +225,10 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         """The text encoder."""
 
     @property
-    @abc.abstractmethod
     def autocast(self) -> Callable[[], contextlib.AbstractContextManager[Any]] | None:
-        """A context-manager factory for the UNet's forward, or ``None`` for the trainer's own."""
+        """A context-manager factory for the UNet's forward, or ``None`` (the default) for the
+        trainer's own."""
+        return None
 
     @abc.abstractmethod
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -226,13 +242,131 @@ class DDPOStableDiffusionPipeline(abc.ABC):
     def get_trainable_layers(self) -> Any:
         """The module (or parameters) the optimizer trains."""
 
-    @abc.abstractmethod
     def save_checkpoint(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
-        """``accelerate`` ``save_state`` pre-hook: save the trained weights, pop them from lists."""
+        """TRL's ``accelerate`` ``save_state`` pre-hook. Optional: `DDPOTrainer` writes its own
+        checkpoints (one format, `ddpo.trainer.run_state`) and never calls it."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.save_checkpoint is not implemented (DDPOTrainer does not "
+            "need it: its checkpoints hold the trainable parameters)"
+        )
 
-    @abc.abstractmethod
     def load_checkpoint(self, models: list[Any], input_dir: str) -> None:
-        """``accelerate`` ``load_state`` pre-hook: load the trained weights, pop the model."""
+        """TRL's ``accelerate`` ``load_state`` pre-hook. Optional, as `save_checkpoint`."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.load_checkpoint is not implemented (DDPOTrainer does not "
+            "need it)"
+        )
+
+    # ---- the DiffusionPolicy boundary (ddpo.policy), built from TRL's members ------------
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The UNet (the network whose parameters train)."""
+        return self.unet
+
+    def prepare(self, device: torch.device, *, gradient_checkpointing: bool) -> None:
+        """Move to ``device``, freeze the VAE and text encoder, no progress bar, and the UNet's
+        gradient checkpointing if asked."""
+        self.set_progress_bar_config(disable=True)
+        self.vae.requires_grad_(False)
+        self.text_encoder.requires_grad_(False)
+        move = getattr(self, "to", None)
+        if callable(move):
+            move(device)
+        else:
+            for module in (self.unet, self.vae, self.text_encoder):
+                module.to(device)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()  # type: ignore[operator]
+
+    def check_num_steps(self, num_steps: int) -> None:
+        """ValueError unless the DDIM scheduler makes ``num_steps`` valid timesteps (checked on a
+        copy: e.g. "leading" spacing with ``steps_offset=1`` at 1000 steps starts at t = 1000;
+        diffusers' "trailing" spacing gives one timestep too many for 61, 103, 121, ... steps)."""
+        scheduler = self.scheduler
+        num_train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+        if not isinstance(num_train, int):
+            return
+        if num_steps > num_train:
+            raise ValueError(
+                f"DDPOConfig.sample_num_steps={num_steps} is more than the pipeline's scheduler "
+                f"allows ({type(scheduler).__name__} has num_train_timesteps={num_train}); use "
+                f"at most {num_train} steps"
+            )
+        probe = copy.deepcopy(scheduler)
+        probe.set_timesteps(num_steps)
+        timesteps = torch.as_tensor(probe.timesteps)
+        low, high = int(timesteps.min()), int(timesteps.max())
+        if len(timesteps) != num_steps or low < 0 or high >= num_train:
+            spacing = getattr(scheduler.config, "timestep_spacing", "?")
+            raise ValueError(
+                f"DDPOConfig.sample_num_steps={num_steps}: the pipeline's "
+                f"{type(scheduler).__name__} (timestep_spacing={spacing!r}) gives "
+                f"{len(timesteps)} timesteps from {high} to {low} for it, outside [0, "
+                f"{num_train}) or not one per step; choose another step count"
+            )
+
+    def encode(self, prompts: Sequence[str], negative_prompt: str) -> Conditioning:
+        """``prompt_embeds`` of ``prompts`` and ``negative_prompt_embeds`` (the negative prompt's,
+        repeated per prompt), both ``(batch, tokens, dim)``."""
+        cached = getattr(self, "_ddpo_negative", None)
+        if cached is None or cached[0] != negative_prompt:
+            cached = (negative_prompt, self.encode_prompt([negative_prompt]))
+            self._ddpo_negative = cached
+        prompt_embeds = self.encode_prompt(list(prompts))
+        negative = cached[1].expand(len(prompts), -1, -1).contiguous()
+        return Conditioning({"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative})
+
+    def rollout(
+        self,
+        conditioning: Conditioning,
+        *,
+        num_steps: int,
+        guidance_scale: float,
+        eta: float,
+        generator: torch.Generator,
+    ) -> PolicyRollout:
+        """Sample with this pipeline's ``__call__`` (``output_type="pt"``)."""
+        output = self(
+            prompt_embeds=conditioning["prompt_embeds"],
+            negative_prompt_embeds=conditioning["negative_prompt_embeds"],
+            num_inference_steps=num_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            generator=generator,
+            output_type="pt",
+        )
+        if not isinstance(output.images, Tensor):
+            raise TypeError(
+                "sd_pipeline(output_type='pt') must return images as a tensor, got "
+                f"{type(output.images).__name__}"
+            )
+        timesteps = self.scheduler.timesteps.to(output.latents.device)
+        return PolicyRollout(output.images, output.latents, output.log_probs, timesteps)
+
+    def score(
+        self,
+        conditioning: Conditioning,
+        latents: Latents,
+        next_latents: Latents,
+        timesteps: Int[Tensor, " batch"],
+        *,
+        guidance_scale: float,
+        guided: bool,
+        eta: float,
+        denoiser: nn.Module | None = None,
+    ) -> DDIMStepOutput:
+        """`score_transitions` on the conditioning (the negative embeddings when ``guided``)."""
+        return self.score_transitions(
+            latents,
+            next_latents,
+            timesteps,
+            conditioning["prompt_embeds"],
+            conditioning["negative_prompt_embeds"] if guided else None,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            unet=denoiser,
+        )
 
     # ---- default implementations (override for speed) -----------------------------------
 

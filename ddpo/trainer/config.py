@@ -3,13 +3,11 @@
 The fields from ``exp_name`` to ``push_to_hub`` are TRL's ``DDPOConfig`` (TRL 0.11) with the same
 names and defaults; the fields after them (``output_dir`` onwards) are what this library adds.
 `DDPOConfig.validate` checks the whole config before any model is loaded; it runs in
-``__post_init__`` (without the process count) and again in `DDPOTrainer` (with it).
+``__post_init__`` (without the process count) and again in `DDPOTrainer` (with it). The rules
+themselves are in :mod:`ddpo.trainer.config_checks`.
 """
 
 import dataclasses
-import importlib.util
-import math
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,41 +15,6 @@ from typing import Any, Literal
 
 LossType = Literal["ppo", "score_function"]
 AdvantageMode = Literal["auto", "per_prompt", "global", "group", "group_global"]
-
-LOSS_TYPES: tuple[str, ...] = ("ppo", "score_function")
-ADVANTAGE_MODES: tuple[str, ...] = ("auto", "per_prompt", "global", "group", "group_global")
-MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
-LOG_WITH: tuple[str, ...] = ("tensorboard", "wandb")
-MAX_SEED = 2**32 - 1
-BOOL_FIELDS: tuple[str, ...] = (
-    "allow_tf32",
-    "train_use_8bit_adam",
-    "train_cfg",
-    "per_prompt_stat_tracking",
-    "async_reward_computation",
-    "push_to_hub",
-    "gradient_checkpointing",
-    "resume_allow_config_changes",
-)
-STR_FIELDS: tuple[str, ...] = (
-    "exp_name",
-    "run_name",
-    "logdir",
-    "output_dir",
-    "resume_from",
-    "tracker_project_name",
-    "negative_prompts",
-    "hub_model_id",
-    "mixed_precision",
-)
-# Accelerator arguments that come from the config's own fields.
-RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
-    "log_with",
-    "mixed_precision",
-    "project_config",
-    "project_dir",
-    "gradient_accumulation_steps",
-)
 
 
 def _default_exp_name() -> str:
@@ -235,221 +198,16 @@ class DDPOConfig:
     def validate(self, *, num_processes: int | None = None) -> None:
         """Check every field; raise ValueError (or ImportError) naming the field and the value.
 
+        The rules are `ddpo.trainer.config_checks.validate_config`.
+
         Args:
             num_processes: number of accelerate processes, when known (the trainer passes it);
                 needed for the rule that an epoch splits into whole optimizer steps.
         """
-        # 1. Types of the integer fields (bool is an int in Python: reject it too).
-        int_fields = (
-            "seed",
-            "num_epochs",
-            "save_freq",
-            "num_checkpoint_limit",
-            "sample_num_steps",
-            "sample_batch_size",
-            "sample_num_batches_per_epoch",
-            "train_batch_size",
-            "train_gradient_accumulation_steps",
-            "train_num_inner_epochs",
-            "per_prompt_stat_tracking_buffer_size",
-            "per_prompt_stat_tracking_min_count",
-            "max_workers",
-        )
-        for name in int_fields:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"DDPOConfig.{name} must be an int, got {value!r}")
-        # bool fields take True or False only: "False" is truthy and 0/1 hide a typo.
-        for name in BOOL_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise TypeError(
-                    f"DDPOConfig.{name} must be True or False, got {value!r} "
-                    f"({type(value).__name__})"
-                )
-        float_fields = (
-            "sample_eta",
-            "sample_guidance_scale",
-            "train_learning_rate",
-            "train_adam_beta1",
-            "train_adam_beta2",
-            "train_adam_weight_decay",
-            "train_adam_epsilon",
-            "train_max_grad_norm",
-            "train_adv_clip_max",
-            "train_clip_range",
-            "train_timestep_fraction",
-            "kl_coef",
-        )
-        for name in float_fields:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"DDPOConfig.{name} must be a float, got {value!r}")
-            if not math.isfinite(value):
-                raise ValueError(f"DDPOConfig.{name} must be finite, got {value!r}")
+        # Imported here: the rules module imports this one for `DDPOConfig`.
+        from ddpo.trainer.config_checks import validate_config
 
-        # 2. Positive sizes and counts.
-        positive = (
-            "num_epochs",
-            "sample_num_steps",
-            "sample_batch_size",
-            "sample_num_batches_per_epoch",
-            "train_batch_size",
-            "train_gradient_accumulation_steps",
-            "train_num_inner_epochs",
-            "per_prompt_stat_tracking_buffer_size",
-            "max_workers",
-        )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"DDPOConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("save_freq", "num_checkpoint_limit", "per_prompt_stat_tracking_min_count"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DDPOConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in (
-            "train_learning_rate",
-            "train_adam_epsilon",
-            "train_max_grad_norm",
-            "train_adv_clip_max",
-            "train_clip_range",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"DDPOConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("train_adam_weight_decay", "kl_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DDPOConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("train_adam_beta1", "train_adam_beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(
-                    f"DDPOConfig.{name} must be in [0, 1), got {getattr(self, name)!r}"
-                )
-
-        # 3. Seed, sampler and training-step ranges.
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(
-                f"DDPOConfig.seed must be in [0, 2**32 - 1] (numpy's and accelerate's seeding "
-                f"range), got {self.seed!r}"
-            )
-        if not 0 < self.sample_eta <= 1:
-            raise ValueError(
-                "DDPOConfig.sample_eta must be in (0, 1]: DDPO needs a stochastic DDIM sampler "
-                "(eta > 0), and above 1 the step's standard deviation exceeds "
-                "sqrt(1 - alpha_bar_prev), so the DDIM mean's coefficient "
-                f"sqrt(1 - alpha_bar_prev - sigma_t^2) does not exist; got {self.sample_eta!r}"
-            )
-        if not 0.0 < self.train_timestep_fraction <= 1.0:
-            raise ValueError(
-                f"DDPOConfig.train_timestep_fraction must be in (0, 1], "
-                f"got {self.train_timestep_fraction!r}"
-            )
-        if self.sample_guidance_scale < 0:
-            raise ValueError(
-                f"DDPOConfig.sample_guidance_scale must be >= 0, got {self.sample_guidance_scale!r}"
-            )
-
-        # 4. Batch rules (TRL's three).
-        if self.sample_batch_size < self.train_batch_size:
-            raise ValueError(
-                f"DDPOConfig.sample_batch_size ({self.sample_batch_size}) must be >= "
-                f"train_batch_size ({self.train_batch_size})"
-            )
-        if self.sample_batch_size % self.train_batch_size != 0:
-            raise ValueError(
-                f"DDPOConfig.sample_batch_size ({self.sample_batch_size}) must be a multiple of "
-                f"train_batch_size ({self.train_batch_size})"
-            )
-        if num_processes is not None:
-            if num_processes <= 0:
-                raise ValueError(f"num_processes must be > 0, got {num_processes!r}")
-            sampled = self.sample_batch_size * num_processes * self.sample_num_batches_per_epoch
-            per_step = (
-                self.train_batch_size * num_processes * self.train_gradient_accumulation_steps
-            )
-            if sampled % per_step != 0:
-                raise ValueError(
-                    "DDPOConfig: samples per epoch (sample_batch_size "
-                    f"{self.sample_batch_size} x num_processes {num_processes} x "
-                    f"sample_num_batches_per_epoch {self.sample_num_batches_per_epoch} = "
-                    f"{sampled}) must be a multiple of samples per optimizer step "
-                    f"(train_batch_size {self.train_batch_size} x num_processes {num_processes}"
-                    f" x train_gradient_accumulation_steps "
-                    f"{self.train_gradient_accumulation_steps} = {per_step})"
-                )
-
-        # 5. Choices.
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(
-                f"DDPOConfig.mixed_precision must be one of {MIXED_PRECISIONS}, "
-                f"got {self.mixed_precision!r}"
-            )
-        if self.log_with is not None and self.log_with not in LOG_WITH:
-            raise ValueError(
-                f"DDPOConfig.log_with must be None or one of {LOG_WITH}, got {self.log_with!r}"
-            )
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(
-                f"DDPOConfig.loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}"
-            )
-        if self.advantage_mode not in ADVANTAGE_MODES:
-            raise ValueError(
-                f"DDPOConfig.advantage_mode must be one of {ADVANTAGE_MODES}, "
-                f"got {self.advantage_mode!r}"
-            )
-        if self.per_prompt_stat_tracking and self.advantage_mode not in ("auto", "per_prompt"):
-            raise ValueError(
-                f"DDPOConfig.per_prompt_stat_tracking=True contradicts "
-                f"advantage_mode={self.advantage_mode!r}; set advantage_mode to 'per_prompt' "
-                "or 'auto', or per_prompt_stat_tracking to False"
-            )
-        if (
-            self.resolved_advantage_mode == "per_prompt"
-            and self.per_prompt_stat_tracking_min_count > self.per_prompt_stat_tracking_buffer_size
-        ):
-            raise ValueError(
-                "DDPOConfig.per_prompt_stat_tracking_min_count "
-                f"({self.per_prompt_stat_tracking_min_count}) must be <= "
-                "per_prompt_stat_tracking_buffer_size "
-                f"({self.per_prompt_stat_tracking_buffer_size}) (a larger one would never use "
-                "the buffer)"
-            )
-        for name in ("tracker_kwargs", "accelerator_kwargs", "project_kwargs"):
-            if not isinstance(getattr(self, name), dict):
-                raise TypeError(f"DDPOConfig.{name} must be a dict, got {getattr(self, name)!r}")
-        for name in STR_FIELDS:
-            if not isinstance(getattr(self, name), str):
-                raise TypeError(f"DDPOConfig.{name} must be a str, got {getattr(self, name)!r}")
-        if not self.tracker_project_name:
-            raise ValueError(
-                "DDPOConfig.tracker_project_name must be a non-empty str (the trackers' project "
-                f"name), got {self.tracker_project_name!r}"
-            )
-        if self.run_name and (os.sep in self.run_name or self.run_name in (".", "..")):
-            raise ValueError(
-                f"DDPOConfig.run_name must be a plain folder name, got {self.run_name!r}"
-            )
-        clash = sorted(set(self.accelerator_kwargs) & set(RESERVED_ACCELERATOR_KWARGS))
-        if clash:
-            raise ValueError(
-                f"DDPOConfig.accelerator_kwargs must not set {clash} (they come from the config's "
-                f"own fields), got {self.accelerator_kwargs!r}"
-            )
-        if "project_dir" in self.project_kwargs:
-            raise ValueError(
-                "DDPOConfig.project_kwargs must not set 'project_dir' (it is the run's "
-                f"output folder; set output_dir instead), got {self.project_kwargs!r}"
-            )
-
-        # 6. Optional dependencies.
-        if self.train_use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
-            raise ImportError(
-                "DDPOConfig.train_use_8bit_adam=True needs bitsandbytes, which is not installed "
-                "(pip install bitsandbytes), or set train_use_8bit_adam=False"
-            )
-        if self.log_with == "wandb" and importlib.util.find_spec("wandb") is None:
-            raise ImportError(
-                "DDPOConfig.log_with='wandb' needs wandb, which is not installed "
-                "(pip install wandb), or use log_with='tensorboard'"
-            )
+        validate_config(self, num_processes=num_processes)
 
 
 def _is_scalar(value: Any) -> bool:

@@ -124,17 +124,17 @@ def train_timestep(
     config, pipeline = opt.config, opt.pipeline
     assert batch.advantages is not None
     score = functools.partial(
-        pipeline.score_transitions,
+        pipeline.score,
+        batch.conditioning,
         batch.latents[:, j],
         batch.next_latents[:, j],
         batch.timesteps[:, j],
-        batch.prompt_embeds,
-        batch.negative_prompt_embeds if train_cfg else None,
         guidance_scale=guidance_scale,
+        guided=train_cfg,
         eta=config.sample_eta,
     )
     with opt.accelerator.autocast():
-        out = score(unet=opt.unet)
+        out = score(denoiser=opt.unet)
     log_prob = out.log_prob.float()
     old_log_prob = batch.log_probs[:, j]
     advantages = batch.advantages
@@ -165,12 +165,12 @@ def reduce_metrics(accelerator: Any, window: list[dict[str, torch.Tensor]]) -> d
 
 def trainable_named_parameters(pipeline: Any) -> list[tuple[str, torch.nn.Parameter]]:
     """The UNet's parameters that train: those of ``get_trainable_layers()`` requiring grad."""
-    unet = pipeline.unet  # the module the DDP wrapper (if any) shares parameters with
+    unet = pipeline.denoiser  # the module the DDP wrapper (if any) shares parameters with
     wanted = {id(p) for p in _parameters_of(pipeline.get_trainable_layers())}
     named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad and id(p) in wanted]
     if not named:
         raise ValueError(
-            "sd_pipeline.get_trainable_layers() has no parameter of the UNet that requires "
+            "sd_pipeline.get_trainable_layers() has no parameter of the denoiser that requires "
             "grad; nothing to train"
         )
     return named

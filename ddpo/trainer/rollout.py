@@ -18,7 +18,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from ddpo._typing import PerSample, PromptEmbeds, Trajectory
+from ddpo._typing import PerSample, Trajectory
+from ddpo.policy import Conditioning
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import check_prompt, check_rewards
 from ddpo.trainer.timing import PhaseTimer
@@ -42,7 +43,7 @@ class Trajectories:
 
     Attributes:
         prompts: the prompt of each sample.
-        prompt_embeds, negative_prompt_embeds: the conditioning, ``(batch, tokens, dim)``.
+        conditioning: the model family's conditioning of each sample (opaque here).
         timesteps: each transition's timestep ``t``, ``(batch, T)``.
         latents: ``x_t`` of each transition, ``(batch, T, C, h, w)``.
         next_latents: the sampled ``x_{t-1}``, same shape.
@@ -52,8 +53,7 @@ class Trajectories:
     """
 
     prompts: list[str]
-    prompt_embeds: PromptEmbeds
-    negative_prompt_embeds: PromptEmbeds
+    conditioning: Conditioning
     timesteps: Int[Tensor, "batch steps"]
     latents: StepLatents
     next_latents: StepLatents
@@ -82,8 +82,7 @@ class Trajectories:
         return replace(
             self,
             prompts=[self.prompts[i] for i in rows_cpu],
-            prompt_embeds=self.prompt_embeds[rows],
-            negative_prompt_embeds=self.negative_prompt_embeds[rows],
+            conditioning=self.conditioning.select(rows),
             timesteps=per_step(self.timesteps),
             latents=per_step(self.latents),
             next_latents=per_step(self.next_latents),
@@ -99,8 +98,7 @@ class Trajectories:
             yield replace(
                 self,
                 prompts=self.prompts[part],
-                prompt_embeds=self.prompt_embeds[part],
-                negative_prompt_embeds=self.negative_prompt_embeds[part],
+                conditioning=self.conditioning.select(part),
                 timesteps=self.timesteps[part],
                 latents=self.latents[part],
                 next_latents=self.next_latents[part],
@@ -114,8 +112,7 @@ class Trajectories:
         """The samples of ``parts`` one after another."""
         return Trajectories(
             prompts=[p for part in parts for p in part.prompts],
-            prompt_embeds=torch.cat([p.prompt_embeds for p in parts]),
-            negative_prompt_embeds=torch.cat([p.negative_prompt_embeds for p in parts]),
+            conditioning=Conditioning.cat([p.conditioning for p in parts]),
             timesteps=torch.cat([p.timesteps for p in parts]),
             latents=torch.cat([p.latents for p in parts]),
             next_latents=torch.cat([p.next_latents for p in parts]),
@@ -174,7 +171,7 @@ class Rollout:
 
     Args:
         config: the run's config.
-        pipeline: the DDPO pipeline (its ``__call__`` samples, ``encode_prompt`` conditions).
+        pipeline: the model, through the `ddpo.policy.DiffusionPolicy` boundary.
         prompt_function, reward_function: the user's callables (see `ddpo.trainer.contract`).
         device: this process's device; process_index: its index (seeds the streams).
         autocast: the accelerator's autocast context factory.
@@ -212,7 +209,6 @@ class Rollout:
             if config.async_reward_computation
             else None
         )
-        self._negative_embeds: Tensor | None = None
 
     def run(
         self, epoch: int, unet: torch.nn.Module, timer: PhaseTimer, advance: Any
@@ -263,52 +259,40 @@ class Rollout:
         self, epoch: int, batch_index: int, unet: torch.nn.Module
     ) -> tuple[Trajectories, Tensor, tuple[Any, ...]]:
         config = self.config
-        pipeline = self.pipeline
+        policy = self.pipeline
         batch_size = config.sample_batch_size
         prompts, prompt_metadata = self._draw_prompts(batch_size)
-        prompt_embeds = pipeline.encode_prompt(list(prompts))
-        negative_embeds = self._negative_prompt_embeds(batch_size)
+        conditioning = policy.encode(prompts, config.negative_prompts)
         seed = derive_seed(config.seed, SAMPLE_STREAM, self.process_index, epoch, batch_index)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         unet.eval()
         with self.autocast():
-            output = pipeline(
-                prompt_embeds=prompt_embeds,
-                negative_prompt_embeds=negative_embeds,
-                num_inference_steps=config.sample_num_steps,
+            out = policy.rollout(
+                conditioning,
+                num_steps=config.sample_num_steps,
                 guidance_scale=config.sample_guidance_scale,
                 eta=config.sample_eta,
                 generator=generator,
-                output_type="pt",
             )
-        latents = output.latents
         check_rollout(
-            latents,
-            output.log_probs,
-            pipeline.scheduler.timesteps,
+            out.latents,
+            out.log_probs,
+            out.timesteps,
             config=config,
-            dtype=_param_dtype(pipeline.unet),
+            dtype=_param_dtype(policy.denoiser),
             mixed_precision=self.mixed_precision,
             epoch=epoch,
             batch_index=batch_index,
         )
-        images = output.images
-        if not isinstance(images, Tensor):
-            raise TypeError(
-                "sd_pipeline(output_type='pt') must return images as a tensor, got "
-                f"{type(images).__name__}"
-            )
-        timesteps = pipeline.scheduler.timesteps.to(latents.device)
         batch = Trajectories(
             prompts=list(prompts),
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            timesteps=timesteps.unsqueeze(0).repeat(batch_size, 1),
-            latents=latents[:, :-1],
-            next_latents=latents[:, 1:],
-            log_probs=output.log_probs.float(),
+            conditioning=conditioning,
+            timesteps=out.timesteps.to(out.latents.device).unsqueeze(0).repeat(batch_size, 1),
+            latents=out.latents[:, :-1],
+            next_latents=out.latents[:, 1:],
+            log_probs=out.log_probs.float(),
         )
-        return batch, images, prompt_metadata
+        return batch, out.images, prompt_metadata
 
     def _draw_prompts(self, batch_size: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         prompts: list[str] = []
@@ -320,12 +304,6 @@ class Rollout:
             prompts.append(prompt)
             metadata.append(meta)
         return tuple(prompts), tuple(metadata)
-
-    @torch.no_grad()
-    def _negative_prompt_embeds(self, batch_size: int) -> Tensor:
-        if self._negative_embeds is None:
-            self._negative_embeds = self.pipeline.encode_prompt([self.config.negative_prompts])
-        return self._negative_embeds.expand(batch_size, -1, -1).contiguous()
 
     def close(self) -> None:
         """Stop the reward pool."""

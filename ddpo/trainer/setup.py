@@ -1,7 +1,6 @@
 """What `DDPOTrainer` checks and builds before any model work: pipeline checks, the accelerator,
 the tracker config."""
 
-import copy
 import logging
 import os
 from typing import Any
@@ -10,60 +9,30 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
+from ddpo.policy import missing_members
 from ddpo.trainer.config import DDPOConfig
 
 logger = logging.getLogger(__name__)
 
-_PIPELINE_MEMBERS = (
-    "unet",
-    "vae",
-    "text_encoder",
-    "scheduler",
-    "encode_prompt",
-    "score_transitions",
-)
-
 
 def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
-    """TypeError unless ``sd_pipeline`` is a pipeline object; ValueError if the config asks for
-    a number of DDIM steps its scheduler cannot make. Cheap: no model work."""
+    """TypeError unless ``sd_pipeline`` implements the `ddpo.policy.DiffusionPolicy` boundary;
+    ValueError if its sampler cannot make ``sample_num_steps`` steps. Cheap: no model work."""
     if isinstance(sd_pipeline, str | os.PathLike):
         raise TypeError(
             f"DDPOTrainer: sd_pipeline must be a pipeline object, got the string {sd_pipeline!r}; "
             f"pass DefaultDDPOStableDiffusionPipeline({str(sd_pipeline)!r}) (from ddpo import "
             "DefaultDDPOStableDiffusionPipeline) or your own DDPOStableDiffusionPipeline"
         )
-    missing = [m for m in _PIPELINE_MEMBERS if not hasattr(sd_pipeline, m)]
-    if missing or not callable(sd_pipeline):
+    missing = missing_members(sd_pipeline)
+    if missing:
         raise TypeError(
             f"DDPOTrainer: sd_pipeline must be a DDPOStableDiffusionPipeline (e.g. "
-            f"DefaultDDPOStableDiffusionPipeline('ddpo-tiny-shapes')); got "
-            f"{type(sd_pipeline).__name__}, which lacks {missing or ['__call__']}"
+            f"DefaultDDPOStableDiffusionPipeline('ddpo-tiny-shapes')) or implement "
+            f"ddpo.policy.DiffusionPolicy; got {type(sd_pipeline).__name__}, which lacks "
+            f"{missing}"
         )
-    scheduler = sd_pipeline.scheduler
-    num_train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
-    steps = config.sample_num_steps
-    if isinstance(num_train, int) and steps > num_train:
-        raise ValueError(
-            f"DDPOConfig.sample_num_steps={steps} is more than the pipeline's scheduler allows "
-            f"({type(scheduler).__name__} has num_train_timesteps={num_train}); use at most "
-            f"{num_train} steps"
-        )
-    if isinstance(num_train, int) and callable(getattr(scheduler, "set_timesteps", None)):
-        # The timesteps the sampler will use, on a copy: some spacings cannot make every count
-        # (e.g. "leading" with steps_offset=1 at 1000 steps starts at t = 1000; diffusers'
-        # "trailing" yields one timestep too many, ending at t = -1, for 61, 103, 121, ... steps).
-        probe = copy.deepcopy(scheduler)
-        probe.set_timesteps(steps)
-        timesteps = torch.as_tensor(probe.timesteps)
-        if len(timesteps) != steps or int(timesteps.min()) < 0 or int(timesteps.max()) >= num_train:
-            spacing = getattr(scheduler.config, "timestep_spacing", "?")
-            raise ValueError(
-                f"DDPOConfig.sample_num_steps={steps}: the pipeline's {type(scheduler).__name__} "
-                f"(timestep_spacing={spacing!r}) gives {len(timesteps)} timesteps from "
-                f"{int(timesteps.max())} to {int(timesteps.min())} for it, outside [0, "
-                f"{num_train}) or not one per step; choose another step count"
-            )
+    sd_pipeline.check_num_steps(config.sample_num_steps)
 
 
 def effective_mixed_precision(config: DDPOConfig) -> str:

@@ -142,24 +142,16 @@ class DDPOTrainer:
             torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
             torch.backends.cudnn.allow_tf32 = config.allow_tf32
 
-        # 5. The pipeline on this process's device (its dtypes are the pipeline's own choice).
+        # 5. The model on this process's device (its dtypes are the pipeline's own choice).
         device = accelerator.device
-        sd_pipeline.set_progress_bar_config(disable=True)
-        sd_pipeline.vae.requires_grad_(False)
-        sd_pipeline.text_encoder.requires_grad_(False)
-        if callable(getattr(sd_pipeline, "to", None)):
-            sd_pipeline.to(device)
-        else:
-            for module in (sd_pipeline.unet, sd_pipeline.vae, sd_pipeline.text_encoder):
-                module.to(device)
-        if config.gradient_checkpointing:
-            sd_pipeline.unet.enable_gradient_checkpointing()
+        sd_pipeline.prepare(device, gradient_checkpointing=config.gradient_checkpointing)
 
-        # 6. Optimizer over the trainable parameters; the UNet itself is prepared (DDP-wrapped
-        #    when distributed) so that the training forward pass all-reduces gradients.
+        # 6. Optimizer over the trainable parameters; the denoiser itself is prepared
+        #    (DDP-wrapped when distributed) so that the training forward pass all-reduces
+        #    gradients.
         self.trainable_parameters = [p for _, p in trainable_named_parameters(sd_pipeline)]
         optimizer = make_optimizer(config, self.trainable_parameters)
-        self.unet, self.optimizer = accelerator.prepare(sd_pipeline.unet, optimizer)
+        self.unet, self.optimizer = accelerator.prepare(sd_pipeline.denoiser, optimizer)
         accelerator.register_save_state_pre_hook(run_state.skip_model_weights)
         accelerator.register_load_state_pre_hook(run_state.skip_model_loading)
 

@@ -123,7 +123,7 @@ def test_hook_grid_shows_every_prompt_of_the_epoch(
         drawn.append(list(captions))
         return real_grid(images, captions, **kwargs)
 
-    monkeypatch.setattr("ddpo.reporting.image_grid", spy)
+    monkeypatch.setattr("ddpo.image_grid.image_grid", spy)
     hook = ImageGridHook(tmp_path, max_images=4)
     hook(batches, 0, None)
     assert [c.split(" | ")[0] for c in drawn[0]] == ["a red circle"] * 2 + ["a blue square"] * 2

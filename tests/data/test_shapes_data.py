@@ -20,7 +20,7 @@ from ddpo.data import (
     sample_metadata,
     vocabulary,
 )
-from ddpo.data.shapes import SHAPE_AREA, shape_masks
+from ddpo.data.rendering import SHAPE_AREA, shape_masks
 
 
 def test_caption_parse_round_trip_over_the_whole_grammar() -> None:

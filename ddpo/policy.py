@@ -1,0 +1,182 @@
+"""The typed boundary between the trainer and a model family: what DDPO needs of a diffusion model.
+
+The trainer speaks to every model family (Stable Diffusion 1.x/2.x today; SDXL, SD3 and FLUX
+next) through `DiffusionPolicy` alone, and carries a family's text conditioning as an opaque
+`Conditioning`. A family implements the protocol; ``DDPOStableDiffusionPipeline`` (TRL's
+interface) implements it for Stable Diffusion from TRL's members, so a TRL-style pipeline trains
+unchanged.
+
+What a new family writes (see CONTRIBUTING.md):
+
+- ``encode``: prompts (and the negative prompt) to a `Conditioning` whose tensors all have the
+  batch first (SD: the prompt and negative embeddings; SDXL adds pooled embeddings and time ids);
+- ``rollout``: sample trajectories with the per-step log-probs (`PolicyRollout`);
+- ``score``: the log-probs of stored transitions through a given (trainable, maybe DDP-wrapped)
+  denoiser, with its step's mean and standard deviation (for the KL term);
+- ``reference_policy``: a context under which ``score`` gives the pre-fine-tuning policy;
+- ``denoiser``, ``get_trainable_layers``, ``prepare``, ``check_num_steps``, ``save_pretrained``.
+"""
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from ddpo._typing import PerSample, Trajectory
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """A model family's per-sample conditioning: named tensors, each with the batch first.
+
+    The trainer only stores, selects, concatenates and moves it; the family that made it reads
+    it. Stable Diffusion's has ``prompt_embeds`` and ``negative_prompt_embeds``.
+    """
+
+    tensors: Mapping[str, Tensor]
+
+    def __post_init__(self) -> None:
+        sizes = {name: int(t.shape[0]) for name, t in self.tensors.items()}
+        if not sizes:
+            raise ValueError("Conditioning needs at least one tensor")
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"Conditioning tensors must share the batch size, got {sizes}")
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.tensors[name]
+
+    def __len__(self) -> int:
+        return int(next(iter(self.tensors.values())).shape[0])
+
+    def select(self, index: Int[Tensor, " rows"] | slice) -> "Conditioning":
+        """The rows ``index`` of every tensor."""
+        return Conditioning({name: t[index] for name, t in self.tensors.items()})
+
+    @staticmethod
+    def cat(parts: Sequence["Conditioning"]) -> "Conditioning":
+        """The rows of ``parts`` one after another (the same names in each)."""
+        names = list(parts[0].tensors)
+        if any(list(p.tensors) != names for p in parts):
+            raise ValueError("Conditioning.cat: parts have different tensor names")
+        return Conditioning({n: torch.cat([p.tensors[n] for p in parts]) for n in names})
+
+
+class PolicyRollout(NamedTuple):
+    """Sampled trajectories.
+
+    Attributes:
+        images: decoded images, float ``(batch, 3, H, W)`` in ``[0, 1]``.
+        latents: every latent, ``x_T`` first, ``(batch, T + 1, ...)``.
+        log_probs: the log-density of each step, ``(batch, T)``.
+        timesteps: the ``T`` timesteps, in sampling order.
+    """
+
+    images: Float[Tensor, "batch 3 height width"]
+    latents: Tensor
+    log_probs: Trajectory
+    timesteps: Int[Tensor, " steps"]
+
+
+@runtime_checkable
+class StepScore(Protocol):
+    """What ``score`` returns: the transitions' log-probs and the step's Gaussian."""
+
+    @property
+    def log_prob(self) -> PerSample: ...
+
+    @property
+    def mean(self) -> Tensor: ...
+
+    @property
+    def std_dev(self) -> PerSample: ...
+
+
+@runtime_checkable
+class DiffusionPolicy(Protocol):
+    """What the trainer needs of a model family (and nothing more)."""
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The network whose parameters train (the trainer prepares it with accelerate)."""
+        ...
+
+    def get_trainable_layers(self) -> Any:
+        """The module or parameters of ``denoiser`` that the optimizer trains."""
+        ...
+
+    def prepare(self, device: torch.device, *, gradient_checkpointing: bool) -> None:
+        """Move to ``device``, freeze what does not train, switch checkpointing on if asked."""
+        ...
+
+    def check_num_steps(self, num_steps: int) -> None:
+        """ValueError naming ``DDPOConfig.sample_num_steps`` if the sampler cannot make them."""
+        ...
+
+    def encode(self, prompts: Sequence[str], negative_prompt: str) -> Conditioning:
+        """The conditioning of ``prompts`` (and of the negative prompt, for guidance)."""
+        ...
+
+    def rollout(
+        self,
+        conditioning: Conditioning,
+        *,
+        num_steps: int,
+        guidance_scale: float,
+        eta: float,
+        generator: torch.Generator,
+    ) -> PolicyRollout:
+        """Sample one trajectory per row of ``conditioning``, with per-step log-probs."""
+        ...
+
+    def score(
+        self,
+        conditioning: Conditioning,
+        latents: Tensor,
+        next_latents: Tensor,
+        timesteps: Int[Tensor, " batch"],
+        *,
+        guidance_scale: float,
+        guided: bool,
+        eta: float,
+        denoiser: nn.Module | None = None,
+    ) -> StepScore:
+        """Log-probs of stored transitions ``latents -> next_latents`` at ``timesteps`` through
+        ``denoiser`` (default: ``self.denoiser``), with guidance when ``guided``."""
+        ...
+
+    def reference_policy(self) -> contextlib.AbstractContextManager[Any]:
+        """A context under which ``score`` computes the policy before fine-tuning."""
+        ...
+
+    def save_pretrained(self, output_dir: str) -> None:
+        """Save the fine-tuned model in its family's on-disk format."""
+        ...
+
+
+def missing_members(obj: Any) -> list[str]:
+    """The `DiffusionPolicy` members ``obj`` lacks (empty when it implements the boundary)."""
+    names = [
+        "denoiser",
+        "get_trainable_layers",
+        "prepare",
+        "check_num_steps",
+        "encode",
+        "rollout",
+        "score",
+        "reference_policy",
+        "save_pretrained",
+    ]
+    return [name for name in names if not hasattr(obj, name)]
+
+
+__all__ = [
+    "Conditioning",
+    "DiffusionPolicy",
+    "PolicyRollout",
+    "StepScore",
+    "missing_members",
+]
