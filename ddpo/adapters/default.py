@@ -2,146 +2,46 @@
 
 import contextlib
 import copy
-import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, Literal, final
+from typing import Any, Literal, final
 
-import numpy as np
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.utils.state_dict_utils import (
-    convert_state_dict_to_diffusers,
-    convert_unet_state_dict_to_peft,
-)
 from diffusers.utils.torch_utils import randn_tensor
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors import safe_open
+from peft import LoraConfig
 from safetensors.torch import load_file
-from torch import Tensor, nn
+from torch import nn
 
 from ddpo._typing import Latents, PromptEmbeds
-from ddpo.adapters.interface import (
-    DDPOPipelineOutput,
-    DDPOStableDiffusionPipeline,
-    _unwrap,
-    check_eta,
-    check_prompts,
-    scheduler_step_with_logprob,
-)
+from ddpo.adapters.interface import DDPOPipelineOutput, DDPOStableDiffusionPipeline
 from ddpo.adapters.registry import (
     LORA_WEIGHTS_NAME,
     read_base_model,
-    read_json_object,
     read_model_index,
     resolve_pretrained,
-    write_base_model,
+)
+from ddpo.adapters.sampling import (
+    _unwrap,
+    check_sampling_args,
+    decode_latents,
+    scheduler_step_with_logprob,
+)
+from ddpo.adapters.sd_weights import (
+    LORA_TARGET_MODULES,
+    UNET_WEIGHTS,
+    cast_dtype,
+    check_ddim_config,
+    load_lora_state,
+    lora_alpha_value,
+    lora_parameters_to_float32,
+    saved_lora_config,
+    write_lora,
 )
 
-LORA_TARGET_MODULES: Final[tuple[str, ...]] = ("to_k", "to_q", "to_v", "to_out.0")
-"""UNet attention projections that get LoRA adapters (as in TRL and ddpo-pytorch)."""
-
 OutputType = Literal["pil", "pt", "np", "latent"]
-_OUTPUT_TYPES = ("pil", "pt", "np", "latent")
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_DDIM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-_UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
-
-
-def _ddim_config(folder: Path) -> dict[str, Any]:
-    """The folder's scheduler config, checked to be convertible to DDIM (before loading weights)."""
-    config_file = folder / "scheduler" / "scheduler_config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{folder} has no scheduler/scheduler_config.json")
-    config = read_json_object(config_file)
-    name = config.get("_class_name", "?")
-    compatible = {"DDIMScheduler", *DDIMScheduler._compatibles}
-    if name not in compatible:
-        raise ValueError(
-            f"scheduler {name!r} of {folder} cannot be turned into a DDIM scheduler (it is not a "
-            f"DDPM-family noise schedule; compatible: {sorted(compatible)})"
-        )
-    if config.get("trained_betas") is None:
-        schedule = config.get("beta_schedule", "linear")
-        if schedule not in _DDIM_BETA_SCHEDULES:
-            raise ValueError(
-                f"scheduler {name!r} of {folder} has beta_schedule={schedule!r}, which DDIM does "
-                f"not support (supported: {_DDIM_BETA_SCHEDULES})"
-            )
-    prediction = config.get("prediction_type", "epsilon")
-    if prediction not in _PREDICTION_TYPES:
-        raise ValueError(
-            f"scheduler {name!r} of {folder} has prediction_type={prediction!r}; DDIM supports "
-            f"{_PREDICTION_TYPES}"
-        )
-    if config.get("thresholding", False):
-        raise ValueError(f"scheduler {name!r} of {folder} uses thresholding, not supported")
-    return config
-
-
-def _cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """``module`` with its floating-point tensors in ``dtype``, in place.
-
-    Not ``ModelMixin.to(dtype)``, which warns about modules to keep in float32 even when the
-    model lists none (a UNet's list is empty).
-    """
-    return module._apply(lambda t: t.to(dtype) if t.is_floating_point() else t)
-
-
-def _alpha(value: float | int) -> Any:
-    """LoRA alpha as peft's config declares it (an int) when it is integral."""
-    return int(value) if float(value).is_integer() else float(value)
-
-
-def _lora_parameters_to_float32(unet: nn.Module) -> None:
-    for name, param in unet.named_parameters():
-        is_lora = "lora_" in name
-        param.requires_grad_(is_lora)
-        if is_lora:
-            param.data = param.data.to(torch.float32)
-
-
-def _lora_state_dict_diffusers(unet: nn.Module) -> dict[str, Tensor]:
-    """The UNet's LoRA weights in diffusers' key format (``unet.`` prefix added by the saver)."""
-    peft_state = get_peft_model_state_dict(unet)
-    converted: dict[str, Tensor] = convert_state_dict_to_diffusers(peft_state)
-    return {k: v.detach().to(torch.float32).contiguous() for k, v in converted.items()}
-
-
-def _peft_state_from_file(path: Path) -> dict[str, Tensor]:
-    """LoRA weights of a diffusers ``pytorch_lora_weights.safetensors`` in peft's key format."""
-    raw = load_file(path)
-    unet_only = {k.removeprefix("unet."): v for k, v in raw.items() if k.startswith("unet.")}
-    if not unet_only:
-        raise ValueError(f"{path} holds no UNet LoRA weights (no keys starting with 'unet.')")
-    converted: dict[str, Tensor] = convert_unet_state_dict_to_peft(unet_only)
-    return converted
-
-
-def _saved_lora_config(path: Path) -> LoraConfig:
-    """The ``LoraConfig`` of saved LoRA weights: rank from the tensors; alpha and target modules
-    from the file's adapter metadata when present (else alpha = rank, our target modules)."""
-    state = _peft_state_from_file(path)
-    ranks = {int(v.shape[0]) for k, v in state.items() if "lora_A" in k}
-    if len(ranks) != 1:
-        raise ValueError(f"{path}: expected LoRA weights of one rank, found ranks {sorted(ranks)}")
-    rank = ranks.pop()
-    alpha: Any = rank
-    targets = list(LORA_TARGET_MODULES)
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if metadata.get("lora_adapter_metadata"):
-        saved = json.loads(metadata["lora_adapter_metadata"])
-        alpha = saved.get("unet.lora_alpha", alpha)
-        targets = list(saved.get("unet.target_modules") or targets)
-    return LoraConfig(
-        r=rank,
-        lora_alpha=_alpha(float(alpha)),
-        init_lora_weights="gaussian",
-        target_modules=targets,
-    )
 
 
 @final
@@ -211,15 +111,15 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
                 base_name, base_revision = read_base_model(folder)
                 folder = resolve_pretrained(base_name, base_revision)
         read_model_index(folder)
-        ddim_config = _ddim_config(folder)
+        ddim_config = check_ddim_config(folder)
         lora_config = LoraConfig(
             r=lora_rank,
-            lora_alpha=_alpha(lora_alpha),
+            lora_alpha=lora_alpha_value(lora_alpha),
             init_lora_weights="gaussian",
             target_modules=list(LORA_TARGET_MODULES),
         )
         if lora_file is not None:  # the saved adapter's own rank, alpha and target modules
-            lora_config = _saved_lora_config(lora_file)
+            lora_config = saved_lora_config(lora_file)
 
         # 2. Load the wrapped diffusers pipeline, DDIM, no safety checker, frozen VAE/text.
         sd = StableDiffusionPipeline.from_pretrained(
@@ -243,7 +143,7 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         unet = sd.unet
         unet.requires_grad_(False)
         if not use_lora:
-            _cast(unet, torch.float32)
+            cast_dtype(unet, torch.float32)
         if use_lora or lora_file is not None:
             # peft draws the adapters' initial weights from the global generator: seed them here,
             # inside fork_rng, so that the same script gives the same adapters in any process
@@ -252,8 +152,8 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
                 torch.manual_seed(lora_init_seed)
                 unet.add_adapter(lora_config)
             if lora_file is not None:
-                self._load_lora_state(unet, lora_file)
-            _lora_parameters_to_float32(unet)
+                load_lora_state(unet, lora_file)
+            lora_parameters_to_float32(unet)
         if not use_lora:
             if lora_file is not None:  # fold the loaded LoRA weights into the full UNet
                 unet.fuse_lora()
@@ -265,18 +165,6 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             self.to(device)
 
     # ---- plumbing ------------------------------------------------------------------------
-
-    @staticmethod
-    def _load_lora_state(unet: nn.Module, path: Path) -> None:
-        state = _peft_state_from_file(path)
-        result = set_peft_model_state_dict(unet, state, adapter_name="default")
-        missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-        unexpected = list(getattr(result, "unexpected_keys", []))
-        if missing or unexpected:
-            raise ValueError(
-                f"LoRA weights in {path} do not match the UNet: missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}"
-            )
 
     def to(self, device: str | torch.device) -> "DefaultDDPOStableDiffusionPipeline":
         """Move every component (and the frozen reference UNet) to ``device``."""
@@ -399,48 +287,23 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             and ``log_probs`` ``(batch, T)``; ``self.scheduler.timesteps`` holds the timesteps.
         """
         # 1. Check arguments before any model work.
-        check_eta(eta)
-        if output_type not in _OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {_OUTPUT_TYPES}, got {output_type!r}")
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-            raise ValueError(f"num_inference_steps must be an int, got {num_inference_steps!r}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt!r}")
-        if (prompt is None) == (prompt_embeds is None):
-            raise ValueError("give exactly one of prompt and prompt_embeds")
-        prompts = check_prompts(prompt) if prompt is not None else None
-        negatives = (
-            check_prompts(negative_prompt, name="negative_prompt")
-            if negative_prompt is not None
-            else None
+        plan = check_sampling_args(
+            self._sd,
+            prompt=prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt=negative_prompt,
+            negative_prompt_embeds=negative_prompt_embeds,
+            num_inference_steps=num_inference_steps,
+            eta=eta,
+            generator=generator,
+            latents=latents,
+            height=height,
+            width=width,
+            output_type=output_type,
+            num_images_per_prompt=num_images_per_prompt,
         )
-        n_prompts = len(prompts) if prompts is not None else int(prompt_embeds.shape[0])  # type: ignore[union-attr]
-        if negatives is not None and len(negatives) not in (1, n_prompts):
-            raise ValueError(
-                f"negative_prompt has {len(negatives)} entries for {n_prompts} prompts"
-            )
-        scale = self._sd.vae_scale_factor
-        sample_size = int(self._sd.unet.config.sample_size)
-        height = height if height is not None else sample_size * scale
-        width = width if width is not None else sample_size * scale
-        if height % scale or width % scale or height <= 0 or width <= 0:
-            raise ValueError(
-                f"height and width must be positive multiples of {scale}, got {height}x{width}"
-            )
-        batch = n_prompts * num_images_per_prompt
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(f"generator list has {len(generator)} entries for {batch} images")
-        channels = int(self._sd.unet.config.in_channels)
-        shape = (batch, channels, height // scale, width // scale)
-        if latents is not None and tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        if negative_prompt_embeds is not None and negative_prompt_embeds.shape[0] != n_prompts:
-            raise ValueError(
-                f"negative_prompt_embeds has {negative_prompt_embeds.shape[0]} rows for "
-                f"{n_prompts} prompts"
-            )
+        prompts, negatives, n_prompts = plan.prompts, plan.negatives, plan.n_prompts
+        batch, shape = plan.batch, plan.shape
         do_guidance = guidance_scale > 1.0
         device = self.device
 
@@ -493,27 +356,12 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
                 all_log_probs.append(step.log_prob.to(torch.float32))
 
             # 5. Decode.
-            images = self._decode(x_t, output_type)
+            images = decode_latents(self._sd, x_t, output_type)
         return DDPOPipelineOutput(
             images=images,
             latents=torch.stack(all_latents, dim=1),
             log_probs=torch.stack(all_log_probs, dim=1),
         )
-
-    def _decode(self, latents: Latents, output_type: str) -> Any:
-        if output_type == "latent":
-            return latents
-        vae = self._sd.vae
-        scaled = latents.to(vae.dtype) / vae.config.scaling_factor
-        decoded = vae.decode(scaled, return_dict=False)[0]
-        processor = self._sd.image_processor
-        if output_type == "pt":
-            images: Tensor = processor.postprocess(decoded, output_type="pt")
-            return images.to(torch.float32)
-        if output_type == "np":
-            array: np.ndarray[Any, Any] = processor.postprocess(decoded.float(), output_type="np")
-            return array
-        return processor.postprocess(decoded.float(), output_type="pil")
 
     # ---- saving and loading --------------------------------------------------------------
 
@@ -534,21 +382,10 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             raise ValueError("save_lora_weights needs use_lora=True; use save_pretrained instead")
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self._write_lora(_unwrap(self.unet), out)
-        return out
-
-    def _write_lora(self, unet: nn.Module, out: Path) -> None:
-        # the adapter's full LoRA config, so that diffusers' loader rebuilds the same adapter
-        config: Any = unet.peft_config
-        metadata: dict[str, Any] = config["default"].to_dict()
-        StableDiffusionPipeline.save_lora_weights(
-            save_directory=out,
-            unet_lora_layers=_lora_state_dict_diffusers(unet),
-            weight_name=LORA_WEIGHTS_NAME,
-            safe_serialization=True,
-            unet_lora_adapter_metadata=metadata,
+        write_lora(
+            _unwrap(self.unet), out, self.pretrained_model_name, self.pretrained_model_revision
         )
-        write_base_model(out, self.pretrained_model_name, self.pretrained_model_revision)
+        return out
 
     def save_pretrained(self, output_dir: str | os.PathLike[str]) -> None:
         """Write a full diffusers pipeline folder holding the fine-tuned weights.
@@ -566,7 +403,7 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             fused.unload_lora()  # type: ignore[operator]
             unet = fused
         if unet is not _unwrap(self.unet):  # the fused copy: store it in the base dtype
-            unet = _cast(unet, self._sd.vae.dtype)
+            unet = cast_dtype(unet, self._sd.vae.dtype)
         components = dict(self._sd.components)
         components["unet"] = unet
         components["requires_safety_checker"] = False  # none was loaded (see __init__)
@@ -585,7 +422,7 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         if self.use_lora:
-            self._write_lora(unet, out)
+            write_lora(unet, out, self.pretrained_model_name, self.pretrained_model_revision)
         else:
             unet.save_pretrained(out / "unet", safe_serialization=True)  # type: ignore[operator]
         if index < len(weights):
@@ -600,10 +437,10 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         unet = _unwrap(models[index])
         folder = Path(input_dir)
         if self.use_lora:
-            self._load_lora_state(unet, folder / LORA_WEIGHTS_NAME)
-            _lora_parameters_to_float32(unet)
+            load_lora_state(unet, folder / LORA_WEIGHTS_NAME)
+            lora_parameters_to_float32(unet)
         else:
-            weights_file = folder / "unet" / _UNET_WEIGHTS
+            weights_file = folder / "unet" / UNET_WEIGHTS
             if not weights_file.is_file():
                 raise ValueError(f"no UNet checkpoint at {weights_file}")
             state = load_file(weights_file, device=str(next(unet.parameters()).device))

@@ -10,19 +10,22 @@ default implementations of what the trainer calls per step (:meth:`encode_prompt
 import abc
 import contextlib
 import copy
-import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample, PromptEmbeds
-from ddpo.adapters.scheduling import ddim_alpha_bars
-from ddpo.core import DDIMStepOutput, classifier_free_guidance, ddim_step_with_logprob
+from ddpo.adapters.sampling import (
+    _unwrap,
+    check_eta,
+    check_prompts,
+    scheduler_step_with_logprob,
+)
+from ddpo.core import DDIMStepOutput, classifier_free_guidance
 from ddpo.policy import Conditioning, PolicyRollout
 
 
@@ -49,109 +52,6 @@ class DDPOSchedulerOutput:
 
     latents: Latents
     log_probs: PerSample
-
-
-def check_prompts(prompt: Any, *, name: str = "prompt") -> list[str]:
-    """``prompt`` as a list of strings; a single string becomes a one-element list.
-
-    Raises:
-        TypeError: if ``prompt`` is neither a string nor a list/tuple of strings (naming it).
-    """
-    if isinstance(prompt, str):
-        return [prompt]
-    if isinstance(prompt, (list, tuple)) and all(isinstance(p, str) for p in prompt):
-        if not prompt:
-            raise ValueError(f"{name} must not be empty, got {prompt!r}")
-        return list(prompt)
-    bad = [p for p in prompt if not isinstance(p, str)] if isinstance(prompt, (list, tuple)) else []
-    detail = f" (non-string items: {bad[:3]!r})" if bad else ""
-    raise TypeError(f"{name} must be a string or a list of strings, got {prompt!r}{detail}")
-
-
-def check_eta(eta: Any) -> None:
-    """Raise ``ValueError`` naming ``eta`` unless ``0 < eta <= 1``.
-
-    Log-probabilities need a stochastic step (``eta > 0``); above 1 the step's standard
-    deviation exceeds ``sqrt(1 - alpha_bar_prev)`` and the DDIM mean does not exist.
-    """
-    if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not 0 < float(eta) <= 1:
-        raise ValueError(
-            "eta must be in (0, 1] for DDPO (the DDIM step needs noise to have a "
-            "log-probability, and above 1 its variance exceeds 1 - alpha_bar_prev), "
-            f"got eta={eta!r}"
-        )
-
-
-def _per_sample_timesteps(timestep: int | Tensor, sample: Tensor) -> Int[Tensor, " batch"]:
-    t = torch.as_tensor(timestep, device=sample.device).long()
-    if t.ndim == 0:
-        t = t.expand(sample.shape[0])
-    return t.reshape(-1)
-
-
-def scheduler_step_with_logprob(
-    scheduler: Any,
-    model_output: Latents,
-    timestep: int | Tensor,
-    sample: Latents,
-    *,
-    eta: float | int = 1.0,
-    prev_sample: Latents | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-) -> DDIMStepOutput:
-    """One DDIM step of a diffusers DDIM ``scheduler`` with its log-probability (sample or score).
-
-    Draws the step's noise with ``generator`` exactly as diffusers' ``DDIMScheduler.step`` does
-    (so a stock pipeline with the same generator draws the same images), then delegates the math
-    to :func:`ddpo.core.ddim_step_with_logprob`. With ``prev_sample`` given, scores it instead.
-
-    Args:
-        scheduler: a DDIM-like scheduler after ``set_timesteps``.
-        model_output: the (guided) model prediction, ``(batch, C, h, w)``.
-        timestep: the current timestep: an int, a 0-d tensor, or one per sample.
-        sample: ``x_t``, ``(batch, C, h, w)``.
-        eta: DDIM stochasticity, ``> 0``.
-        prev_sample: a stored ``x_{t-1}`` to score, or ``None`` to sample one.
-        generator: torch generator(s) for the noise (one, or one per sample).
-
-    Returns:
-        :class:`ddpo.core.DDIMStepOutput`.
-    """
-    check_eta(eta)
-    alpha_bar_t, alpha_bar_prev = ddim_alpha_bars(
-        scheduler, _per_sample_timesteps(timestep, sample)
-    )
-    noise = None
-    if prev_sample is None:
-        noise = randn_tensor(
-            model_output.shape,
-            generator=generator,
-            device=model_output.device,
-            dtype=model_output.dtype,
-        )
-    clip = scheduler.config.get("clip_sample", False)
-    return ddim_step_with_logprob(
-        model_output,
-        sample,
-        alpha_bar_t,
-        alpha_bar_prev,
-        eta=float(eta),
-        prediction_type=scheduler.config.get("prediction_type", "epsilon"),
-        noise=noise,
-        prev_sample=prev_sample,
-        clip_sample_range=float(scheduler.config.get("clip_sample_range", 1.0)) if clip else None,
-    )
-
-
-def _unwrap(module: nn.Module) -> nn.Module:
-    """The model inside DDP/FSDP/``torch.compile`` wrappers."""
-    while True:
-        if hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
-            module = module._orig_mod
-        elif hasattr(module, "module") and isinstance(module.module, nn.Module):
-            module = module.module
-        else:
-            return module
 
 
 class DDPOStableDiffusionPipeline(abc.ABC):
