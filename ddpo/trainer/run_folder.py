@@ -108,4 +108,29 @@ def drop_epochs_from(path: Path, epoch: int) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["check_output_dir", "drop_epochs_from", "fixed_output_dir", "timestamped_run_name"]
+def upload_folder(folder: Path, repo: str, *, token: str | None) -> None:
+    """Upload ``folder`` to the Hub repository ``repo`` (created if needed).
+
+    Raises:
+        RuntimeError: the upload failed; the message says the files are kept in ``folder``.
+    """
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(folder))
+    except Exception as err:
+        raise RuntimeError(
+            f"push_to_hub to {repo!r} failed ({type(err).__name__}: {err}); the final weights "
+            f"are saved locally in {folder}"
+        ) from err
+
+
+__all__ = [
+    "check_output_dir",
+    "drop_epochs_from",
+    "fixed_output_dir",
+    "timestamped_run_name",
+    "upload_folder",
+]

@@ -23,14 +23,10 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ddpo.core import (
-    PerPromptStatTracker,
-    clip_advantages,
-    group_normalize_advantages,
-    normalize_advantages,
-)
+from ddpo.core import PerPromptStatTracker
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer import run_state
+from ddpo.trainer.advantages import compute_advantages
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import ImageSamplesHook, PromptFunction, RewardFunction
 from ddpo.trainer.optimisation import (
@@ -46,6 +42,7 @@ from ddpo.trainer.run_folder import (
     drop_epochs_from,
     fixed_output_dir,
     timestamped_run_name,
+    upload_folder,
 )
 from ddpo.trainer.setup import check_pipeline, make_accelerator, set_project_dir, tracker_config
 from ddpo.trainer.timing import PhaseTimer
@@ -289,21 +286,14 @@ class DDPOTrainer:
 
     def _advantages(self, rewards_all: torch.Tensor, prompts_local: list[str]) -> torch.Tensor:
         """Advantages of the epoch's rewards (all processes) by ``advantage_mode``, clipped."""
-        if self.advantage_mode == "global":
-            advantages = normalize_advantages(rewards_all)
-        else:
-            prompts_all = list(gather_object(prompts_local))
-            if self.advantage_mode == "per_prompt":
-                assert self.stat_tracker is not None
-                tracked = self.stat_tracker.update(prompts_all, rewards_all)
-                advantages = torch.as_tensor(tracked, dtype=torch.float32)
-            else:
-                advantages = group_normalize_advantages(
-                    rewards_all,
-                    prompts_all,
-                    std="global" if self.advantage_mode == "group_global" else "group",
-                )
-        return clip_advantages(advantages.float(), adv_clip_max=self.config.train_adv_clip_max)
+        prompts_all = None if self.advantage_mode == "global" else gather_object(prompts_local)
+        return compute_advantages(
+            rewards_all,
+            None if prompts_all is None else list(prompts_all),
+            mode=self.advantage_mode,
+            stat_tracker=self.stat_tracker,
+            clip=self.config.train_adv_clip_max,
+        )
 
     def _log_epoch(
         self,
@@ -394,17 +384,7 @@ class DDPOTrainer:
         if not folder.is_dir():
             self.save_pretrained(str(folder))
         if self.accelerator.is_main_process:
-            from huggingface_hub import HfApi
-
-            try:
-                api = HfApi(token=token)
-                api.create_repo(repo, exist_ok=True)
-                api.upload_folder(repo_id=repo, folder_path=str(folder))
-            except Exception as err:
-                raise RuntimeError(
-                    f"push_to_hub to {repo!r} failed ({type(err).__name__}: {err}); the final "
-                    f"weights are saved locally in {folder}"
-                ) from err
+            upload_folder(folder, repo, token=token)
         return repo
 
     # ------------------------------------------------------------------------------------------
