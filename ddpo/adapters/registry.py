@@ -8,12 +8,14 @@ package). Everything is checked here, before any weights are loaded.
 import json
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ddpo.adapters.tiny import TINY_MODEL_NAME, tiny_pipeline_path
 
 TINY_SHAPES_NAME = "ddpo-tiny-shapes"
+_TINY_SHAPES_PACKAGE = "ddpo.models"  # holds the folder TINY_SHAPES_NAME (package data)
 BUILTIN_MODELS: tuple[str, ...] = (TINY_MODEL_NAME, TINY_SHAPES_NAME)
 """Names :func:`resolve_pretrained` knows without a folder or a hub."""
 
@@ -30,17 +32,21 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 
 
 def _tiny_shapes_path() -> Path:
+    # The packaged weights are data of the package ``ddpo.models``: located with importlib's
+    # resources, never through a module that trains or evaluates them (those import adapters).
     try:
-        from ddpo.models import tiny_shapes_path  # type: ignore[attr-defined,unused-ignore]
+        folder = Path(str(resources.files(_TINY_SHAPES_PACKAGE) / TINY_SHAPES_NAME))
     except ImportError as err:
         raise FileNotFoundError(
-            f"the packaged model {TINY_SHAPES_NAME!r} is missing: ddpo.models.tiny_shapes_path "
-            f"cannot be imported ({err}); use {TINY_MODEL_NAME!r} or a model folder instead"
+            f"the packaged model {TINY_SHAPES_NAME!r} is missing: the package "
+            f"{_TINY_SHAPES_PACKAGE} cannot be imported ({err}); use {TINY_MODEL_NAME!r} or a "
+            "model folder instead"
         ) from err
-    path = Path(tiny_shapes_path())
-    if not path.is_dir():
-        raise FileNotFoundError(f"the packaged model {TINY_SHAPES_NAME!r} is missing at {path}")
-    return path
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the packaged model {TINY_SHAPES_NAME!r} is missing or incomplete at {folder}"
+        )
+    return folder
 
 
 def _hub_offline() -> bool:

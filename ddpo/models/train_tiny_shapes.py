@@ -29,6 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ddpo.adapters.tiny import (
+    TinyModelConfig,
+    save_pipeline,
+    sd_v1_ddim_scheduler,
+    sd_v1_schedule,
+    tiny_text_encoder,
+    tiny_unet,
+    tiny_vae,
+)
 from ddpo.adapters.tokenizer import write_clip_tokenizer
 from ddpo.data.shapes import IMAGE_SIZE, batches, vocabulary
 
@@ -84,78 +93,51 @@ def _lr_lambda(total: int, warmup: int) -> Any:
     return factor
 
 
-def build_components(settings: TrainSettings, tokenizer_dir: Path) -> dict[str, Any]:
-    """Untrained vae, unet, text encoder, tokenizer and schedulers for ``settings``."""
-    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def model_config(settings: TrainSettings) -> TinyModelConfig:
+    """The architecture and noise schedule of ``settings`` for the tiny-model builders.
 
+    Raises:
+        ValueError: for a ``prediction_type`` other than ``"epsilon"`` or ``"v_prediction"``,
+            or ``zero_terminal_snr`` with ``"epsilon"``.
+    """
+    return TinyModelConfig(
+        image_size=IMAGE_SIZE,
+        unet_channels=settings.unet_channels,
+        vae_channels=settings.vae_channels,
+        text_dim=settings.text_hidden_size,
+        text_layers=settings.text_layers,
+        text_heads=2,
+        text_projection_dim=512,  # transformers' default (a CLIPTextModel does not use it)
+        token_embedding_std=settings.token_embedding_std,
+        pooled_text_heads=2,
+        max_prompt_tokens=settings.model_max_length,
+        prediction_type=settings.prediction_type,
+        zero_terminal_snr=settings.zero_terminal_snr,
+    )
+
+
+def build_components(settings: TrainSettings, tokenizer_dir: Path) -> dict[str, Any]:
+    """Untrained vae, unet, text encoder, tokenizer and schedulers for ``settings``.
+
+    The three models are drawn, in this order, from the global torch RNG (seeded by the caller).
+    """
+    from diffusers import DDPMScheduler
+    from transformers import CLIPTokenizer
+
+    config = model_config(settings)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    n_vae = len(settings.vae_channels)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n_vae,
-        up_block_types=("UpDecoderBlock2D",) * n_vae,
-        block_out_channels=settings.vae_channels,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=IMAGE_SIZE,
-    )
-    latent_size = IMAGE_SIZE // 2 ** (n_vae - 1)
-    n_unet = len(settings.unet_channels)
-    unet = UNet2DConditionModel(
-        sample_size=latent_size,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=settings.unet_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
-        cross_attention_dim=settings.text_hidden_size,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        # a pooled-caption embedding added to the timestep embedding: a global conditioning
-        # path (colour, background) besides cross-attention, which a tiny model learns fast
-        addition_embed_type="text",
-        addition_embed_type_num_heads=2,
-    )
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=settings.text_hidden_size,
-        intermediate_size=settings.text_hidden_size * 2,
-        num_hidden_layers=settings.text_layers,
-        num_attention_heads=2,
-        max_position_embeddings=settings.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    text_encoder: Any = CLIPTextModel(text_config)
-    # word identity must dominate the (random, jointly trained) encoder's output from the start
-    with torch.no_grad():
-        text_encoder.get_input_embeddings().weight.normal_(std=settings.token_embedding_std)
-    schedule = {
-        "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "clip_sample": False,
-        "prediction_type": settings.prediction_type,
-        "rescale_betas_zero_snr": settings.zero_terminal_snr,
-    }
-    noise_scheduler = DDPMScheduler(**schedule)
-    spacing = "trailing" if settings.zero_terminal_snr else "leading"
-    scheduler = DDIMScheduler(
-        **schedule, set_alpha_to_one=False, steps_offset=1, timestep_spacing=spacing
-    )
+    vae = tiny_vae(config)
+    unet = tiny_unet(config)
+    text_encoder = tiny_text_encoder(config, tokenizer)
+    prediction, zero_snr = config.prediction_type, config.zero_terminal_snr
+    noise_schedule = sd_v1_schedule(prediction_type=prediction, zero_terminal_snr=zero_snr)
     return {
         "vae": vae,
         "unet": unet,
         "text_encoder": text_encoder,
         "tokenizer": tokenizer,
-        "noise_scheduler": noise_scheduler,
-        "scheduler": scheduler,
+        "noise_scheduler": DDPMScheduler(**noise_schedule),
+        "scheduler": sd_v1_ddim_scheduler(prediction_type=prediction, zero_terminal_snr=zero_snr),
     }
 
 
@@ -301,23 +283,6 @@ def train_unet(
     return ema_unet.eval(), history
 
 
-def save_pipeline(components: dict[str, Any], out: Path) -> None:
-    """Save the full ``StableDiffusionPipeline`` folder (safetensors) into ``out``."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe: Any = StableDiffusionPipeline(
-        vae=components["vae"],
-        text_encoder=components["text_encoder"],
-        tokenizer=components["tokenizer"],
-        unet=components["unet"],
-        scheduler=components["scheduler"],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out, safe_serialization=True)
-
-
 def train(settings: TrainSettings, out: str | Path) -> Path:
     """Run both phases and save the pipeline and ``training_log.json`` into ``out``."""
     if settings.threads <= 0:
@@ -327,15 +292,7 @@ def train(settings: TrainSettings, out: str | Path) -> Path:
             raise ValueError(f"{name} must be positive, got {getattr(settings, name)}")
     if not 0.0 <= settings.cfg_dropout < 1.0:
         raise ValueError(f"cfg_dropout must be in [0, 1), got {settings.cfg_dropout}")
-    if settings.prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(
-            f"prediction_type must be 'epsilon' or 'v_prediction', got {settings.prediction_type!r}"
-        )
-    if settings.zero_terminal_snr and settings.prediction_type != "v_prediction":
-        raise ValueError(
-            "zero_terminal_snr=True needs prediction_type='v_prediction' (the noise cannot be "
-            f"predicted from pure noise), got prediction_type={settings.prediction_type!r}"
-        )
+    model_config(settings)  # checks the architecture and the noise schedule
     if settings.init_from and settings.vae_from:
         raise ValueError(
             f"give at most one of init_from ({settings.init_from!r}) and vae_from "

@@ -1,16 +1,24 @@
 """The embedded tiny model and the name registry."""
 
 import json
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ddpo.adapters import TINY_MODEL_NAME, resolve_pretrained, tiny_model_components
-from ddpo.adapters.tiny import TINY_WORDS, default_cache_dir, tiny_pipeline_path
+from ddpo.adapters.tiny import (
+    TINY_WORDS,
+    TinyModelConfig,
+    default_cache_dir,
+    sd_v1_ddim_scheduler,
+    tiny_pipeline_path,
+)
 
 
 @pytest.mark.slow
@@ -85,15 +93,69 @@ def test_registry_reports_a_missing_packaged_model(monkeypatch: pytest.MonkeyPat
         resolve_pretrained("ddpo-tiny-shapes")
 
 
-def test_registry_resolves_the_packaged_model_path(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import types
+def test_registry_resolves_the_packaged_model_path() -> None:
+    from ddpo.models import tiny_shapes_path
 
-    fake = types.ModuleType("ddpo.models")
-    fake.tiny_shapes_path = lambda: tmp_path  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "ddpo.models", fake)
-    assert resolve_pretrained("ddpo-tiny-shapes") == tmp_path
+    assert resolve_pretrained("ddpo-tiny-shapes") == tiny_shapes_path()
+
+
+def test_registry_finds_the_packaged_model_without_the_training_scripts() -> None:
+    """The registry locates the folder as package data, importing no module that trains it."""
+    code = (
+        "import json, sys; from ddpo.adapters.registry import resolve_pretrained; "
+        "resolve_pretrained('ddpo-tiny-shapes'); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ddpo.models'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["ddpo.models"]
+
+
+def test_config_errors_name_the_argument() -> None:
+    with pytest.raises(ValueError, match=r"image_size must be a positive multiple of 8 .*, got 60"):
+        TinyModelConfig(image_size=60)
+    with pytest.raises(ValueError, match=r"multiple of 4 .*, got 6"):
+        TinyModelConfig(image_size=6, vae_channels=(8, 8, 8))
+    with pytest.raises(ValueError, match=r"unet_channels needs at least two levels, got \(32,\)"):
+        TinyModelConfig(unet_channels=(32,))
+    with pytest.raises(ValueError, match=r"prediction_type must be .* got 'sample'"):
+        TinyModelConfig(prediction_type="sample")
+    with pytest.raises(ValueError, match="zero_terminal_snr=True needs"):
+        TinyModelConfig(zero_terminal_snr=True)
+
+
+def test_default_scheduler_is_sd_v1_ddim_and_options_reach_it() -> None:
+    ddim: Any = sd_v1_ddim_scheduler()
+    assert ddim.config.prediction_type == "epsilon" and not ddim.config.rescale_betas_zero_snr
+    assert ddim.config.timestep_spacing == "leading" and ddim.config.steps_offset == 1
+    v: Any = sd_v1_ddim_scheduler(prediction_type="v_prediction", zero_terminal_snr=True)
+    assert v.config.timestep_spacing == "trailing" and float(v.alphas_cumprod[-1]) == 0.0
+
+
+@pytest.mark.slow
+def test_config_options_reach_the_components() -> None:
+    config = TinyModelConfig(
+        unet_channels=(8, 16, 16),
+        vae_channels=(8, 8, 8),
+        text_dim=16,
+        text_heads=2,
+        token_embedding_std=1.0,
+        pooled_text_heads=2,
+        max_prompt_tokens=16,
+        prediction_type="v_prediction",
+        zero_terminal_snr=True,
+    )
+    parts = tiny_model_components(0, config=config)
+    unet = parts["unet"]
+    assert unet.config.sample_size == 16 and unet.config.addition_embed_type == "text"
+    assert unet.config.down_block_types == ("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",)
+    assert parts["vae"].config.block_out_channels == (8, 8, 8)
+    text = parts["text_encoder"]
+    assert text.config.num_attention_heads == 2 and text.config.projection_dim == 16
+    assert 0.5 < float(text.get_input_embeddings().weight.detach().std()) < 1.5
+    assert parts["tokenizer"].model_max_length == 16
+    assert parts["scheduler"].config.prediction_type == "v_prediction"
 
 
 def test_top_level_exports() -> None:

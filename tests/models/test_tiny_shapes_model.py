@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -86,6 +87,39 @@ def test_prompted_colour_shows_in_the_mean_colour() -> None:
         assert int(center[row].argmax()) == channel, center
     # and it is larger there than in the images of the other colours
     assert bool((center.diagonal() > center.sum(0) / 3).all()), center
+
+
+@pytest.mark.slow
+def test_the_tiny_model_builder_makes_the_packaged_architecture() -> None:
+    """One builder: the adapters' tiny-model functions with the training script's settings."""
+    from transformers import CLIPTokenizer
+
+    from ddpo.adapters.tiny import sd_v1_ddim_scheduler, tiny_text_encoder, tiny_unet, tiny_vae
+    from ddpo.models.train_tiny_shapes import model_config
+
+    root = tiny_shapes_path()
+    config = model_config(TrainSettings())
+
+    def public(values: Any) -> dict[str, Any]:
+        skip = ("_", "scaling_factor")  # the scaling factor is measured by the training
+        return {
+            k: v for k, v in json.loads(json.dumps(dict(values))).items() if not k.startswith(skip)
+        }
+
+    scheduler: Any = sd_v1_ddim_scheduler(
+        prediction_type=config.prediction_type, zero_terminal_snr=config.zero_terminal_snr
+    )
+    built = {"unet": tiny_unet(config).config, "vae": tiny_vae(config).config}
+    for name, values in built.items():
+        assert public(values) == public(json.loads((root / name / "config.json").read_text()))
+    saved = json.loads((root / "scheduler" / "scheduler_config.json").read_text())
+    assert public(scheduler.config) == public(saved)
+    tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+    text = tiny_text_encoder(config, tokenizer).config.to_dict()
+    saved = json.loads((root / "text_encoder" / "config.json").read_text())
+    keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+            "max_position_embeddings", "vocab_size", "projection_dim", "eos_token_id")  # fmt: skip
+    assert {k: text[k] for k in keys} == {k: saved[k] for k in keys}
 
 
 def test_chance_accuracy() -> None:
@@ -207,4 +241,4 @@ def test_loads_through_the_ddpo_pipeline_by_name() -> None:
     assert out.log_probs.shape == (2, 4) and bool(torch.isfinite(out.log_probs).all())
     rewards, info = alignment_reward_fn(out.images, prompts, [{}, {}])
     assert rewards.shape == (2,) and bool(((rewards >= 0) & (rewards <= 1)).all())
-    assert "correct" in info
+    assert "accuracy" in info

@@ -333,3 +333,36 @@ def test_default_cli_preset_end_to_end(tmp_path: Path) -> None:
     tuned = final.unet.state_dict()
     assert tuned.keys() == base.keys()
     assert any(not torch.equal(tuned[k], base[k]) for k in base)
+
+
+def test_an_accelerator_can_be_passed_in(tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    config = DDPOConfig(
+        num_epochs=1,
+        sample_num_steps=2,
+        sample_batch_size=2,
+        sample_num_batches_per_epoch=1,
+        train_batch_size=1,
+        train_timestep_fraction=1.0,
+        save_freq=0,
+        mixed_precision="no",
+        output_dir=str(tmp_path / "run"),
+    )
+    pipeline = DefaultDDPOStableDiffusionPipeline("ddpo-tiny-random")
+    trainer = DDPOTrainer(
+        config,
+        lambda images, prompts, metadata: (images.mean(dim=(1, 2, 3)), {}),
+        lambda: ("a red circle", {}),
+        pipeline,
+        accelerator=accelerator,
+    )
+    assert trainer.accelerator is accelerator
+    # gradients accumulate over the 2 trained timesteps of each micro-batch
+    assert accelerator.gradient_accumulation_steps == 2
+    assert trainer.train() == 2  # 2 samples / train_batch_size 1
+    trainer.close()
+    assert accelerator.project_configuration.project_dir == str((tmp_path / "run").resolve())
