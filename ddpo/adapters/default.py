@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any, Literal, final
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from peft import LoraConfig
-from safetensors.torch import load_file
 from torch import nn
 
 from ddpo._typing import Latents, PromptEmbeds
@@ -30,12 +29,14 @@ from ddpo.adapters.sampling import (
 )
 from ddpo.adapters.sd_weights import (
     LORA_TARGET_MODULES,
-    UNET_WEIGHTS,
     cast_dtype,
     check_ddim_config,
+    find_unet,
     load_lora_state,
+    load_unet_weights,
     lora_alpha_value,
     lora_parameters_to_float32,
+    save_unet_weights,
     saved_lora_config,
     write_lora,
 )
@@ -411,54 +412,21 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         pipeline.save_pretrained(out, safe_serialization=True)
 
     def save_checkpoint(self, models: list[Any], weights: list[Any], output_dir: str) -> None:
-        """``accelerate`` ``save_state`` pre-hook: save the UNet's trained weights (safetensors).
-
-        LoRA: ``pytorch_lora_weights.safetensors`` (+ ``ddpo_base_model.json``) in
-        ``output_dir``; full UNet: ``output_dir/unet`` in diffusers' format. The UNet's entry
-        is popped from ``weights`` so accelerate does not save it again.
-        """
-        index = self._find_unet(models)
-        unet = _unwrap(models[index])
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if self.use_lora:
-            write_lora(unet, out, self.pretrained_model_name, self.pretrained_model_revision)
-        else:
-            unet.save_pretrained(out / "unet", safe_serialization=True)  # type: ignore[operator]
+        """TRL's ``accelerate`` ``save_state`` pre-hook (`DDPOTrainer` does not need it): save the
+        UNet's trained weights (LoRA: ``pytorch_lora_weights.safetensors``; full UNet:
+        ``output_dir/unet``) and pop its entry from ``weights``."""
+        index = find_unet(models, _unwrap(self.unet))
+        base = (self.pretrained_model_name, self.pretrained_model_revision)
+        save_unet_weights(_unwrap(models[index]), Path(output_dir), lora=self.use_lora, base=base)
         if index < len(weights):
             weights.pop(index)
 
     def load_checkpoint(self, models: list[Any], input_dir: str) -> None:
-        """``accelerate`` ``load_state`` pre-hook: load what :meth:`save_checkpoint` wrote.
-
-        Pops the UNet from ``models`` so accelerate does not load it again. No pickle.
-        """
-        index = self._find_unet(models)
-        unet = _unwrap(models[index])
-        folder = Path(input_dir)
-        if self.use_lora:
-            load_lora_state(unet, folder / LORA_WEIGHTS_NAME)
-            lora_parameters_to_float32(unet)
-        else:
-            weights_file = folder / "unet" / UNET_WEIGHTS
-            if not weights_file.is_file():
-                raise ValueError(f"no UNet checkpoint at {weights_file}")
-            state = load_file(weights_file, device=str(next(unet.parameters()).device))
-            unet.load_state_dict(state)
+        """TRL's ``accelerate`` ``load_state`` pre-hook: load what :meth:`save_checkpoint` wrote
+        (no pickle) and pop the UNet from ``models``."""
+        index = find_unet(models, _unwrap(self.unet))
+        load_unet_weights(_unwrap(models[index]), Path(input_dir), lora=self.use_lora)
         models.pop(index)
-
-    def _find_unet(self, models: list[Any]) -> int:
-        target = _unwrap(self.unet)
-        for i, model in enumerate(models):
-            if _unwrap(model) is target:
-                return i
-        for i, model in enumerate(models):
-            if isinstance(_unwrap(model), UNet2DConditionModel):
-                return i
-        raise ValueError(
-            f"no UNet among the {len(models)} models given to the checkpoint hook: "
-            f"{[type(m).__name__ for m in models]}"
-        )
 
 
 __all__ = ["LORA_TARGET_MODULES", "DefaultDDPOStableDiffusionPipeline", "OutputType"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.state_dict_utils import (
     convert_state_dict_to_diffusers,
     convert_unet_state_dict_to_peft,
@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ddpo.adapters.registry import LORA_WEIGHTS_NAME, read_json_object, write_base_model
+from ddpo.adapters.sampling import _unwrap
 
 LORA_TARGET_MODULES: Final[tuple[str, ...]] = ("to_k", "to_q", "to_v", "to_out.0")
 """UNet attention projections that get LoRA adapters (as in TRL and ddpo-pytorch)."""
@@ -151,14 +152,54 @@ def write_lora(unet: nn.Module, out: Path, base_name: str, base_revision: str) -
     write_base_model(out, base_name, base_revision)
 
 
+def save_unet_weights(unet: nn.Module, out: Path, *, lora: bool, base: tuple[str, str]) -> None:
+    """The UNet's trained weights into ``out``: its LoRA adapter (``lora``) or the whole UNet in
+    diffusers' format under ``out/unet``; ``base`` is the base model's ``(name, revision)``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if lora:
+        write_lora(unet, out, *base)
+    else:
+        unet.save_pretrained(out / "unet", safe_serialization=True)  # type: ignore[operator]
+
+
+def load_unet_weights(unet: nn.Module, folder: Path, *, lora: bool) -> None:
+    """Inverse of `save_unet_weights` (ValueError naming a missing file)."""
+    if lora:
+        load_lora_state(unet, folder / LORA_WEIGHTS_NAME)
+        lora_parameters_to_float32(unet)
+        return
+    weights_file = folder / "unet" / UNET_WEIGHTS
+    if not weights_file.is_file():
+        raise ValueError(f"no UNet checkpoint at {weights_file}")
+    unet.load_state_dict(load_file(weights_file, device=str(next(unet.parameters()).device)))
+
+
+def find_unet(models: list[Any], target: nn.Module) -> int:
+    """Index of ``target`` (else of the first UNet) among accelerate's hook ``models``."""
+    unwrapped = [_unwrap(m) for m in models]
+    for i, model in enumerate(unwrapped):
+        if model is target:
+            return i
+    for i, model in enumerate(unwrapped):
+        if isinstance(model, UNet2DConditionModel):
+            return i
+    raise ValueError(
+        f"no UNet among the {len(models)} models given to the checkpoint hook: "
+        f"{[type(m).__name__ for m in models]}"
+    )
+
+
 __all__ = [
     "LORA_TARGET_MODULES",
     "UNET_WEIGHTS",
     "cast_dtype",
     "check_ddim_config",
+    "find_unet",
     "load_lora_state",
+    "load_unet_weights",
     "lora_alpha_value",
     "lora_parameters_to_float32",
+    "save_unet_weights",
     "saved_lora_config",
     "write_lora",
 ]

@@ -1,8 +1,11 @@
-"""Wall time per phase of an epoch, kept in one place (``time_<phase>_s`` in the metrics)."""
+"""An epoch's metrics row, and the wall time per phase kept in one place (``time_<phase>_s``)."""
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import numpy as np
+import torch
 
 
 class PhaseTimer:
@@ -29,4 +32,32 @@ class PhaseTimer:
         return {f"time_{name}_s": seconds for name, seconds in self._seconds.items()}
 
 
-__all__ = ["PhaseTimer"]
+def epoch_metrics(
+    epoch: int,
+    global_step: int,
+    rewards: torch.Tensor,
+    step_metrics: list[dict[str, float]],
+    *,
+    lr: float,
+    timer: PhaseTimer,
+) -> dict[str, float | int]:
+    """One ``metrics.jsonl`` row: reward statistics of every process's samples, the optimizer
+    steps' metrics averaged over the epoch (``loss``, ``approx_kl``, ``clip_fraction``, ``kl``),
+    the learning rate and the phase times."""
+    metrics: dict[str, float | int] = {
+        "epoch": epoch,
+        "global_step": global_step,
+        "reward_mean": float(rewards.double().mean()),
+        "reward_std": float(rewards.double().std(unbiased=False)),
+        "num_samples": int(rewards.numel()),
+        "lr": lr,
+    }
+    for key in ("loss", "approx_kl", "clip_fraction", "kl"):
+        values = [m[key] for m in step_metrics if key in m]
+        if values:
+            metrics[key] = float(np.mean(values))
+    metrics.update(timer.metrics())
+    return metrics
+
+
+__all__ = ["PhaseTimer", "epoch_metrics"]

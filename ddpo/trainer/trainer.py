@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
@@ -45,7 +44,7 @@ from ddpo.trainer.run_folder import (
     upload_folder,
 )
 from ddpo.trainer.setup import check_pipeline, make_accelerator, set_project_dir, tracker_config
-from ddpo.trainer.timing import PhaseTimer
+from ddpo.trainer.timing import PhaseTimer, epoch_metrics
 from ddpo.trainer.tracking import wrap_tracker
 
 logger = logging.getLogger(__name__)
@@ -303,19 +302,8 @@ class DDPOTrainer:
         step_metrics: list[dict[str, float]],
         timer: PhaseTimer,
     ) -> None:
-        metrics: dict[str, float | int] = {
-            "epoch": epoch,
-            "global_step": global_step,
-            "reward_mean": float(rewards_all.double().mean()),
-            "reward_std": float(rewards_all.double().std(unbiased=False)),
-            "num_samples": int(rewards_all.numel()),
-            "lr": float(self.optimizer.param_groups[0]["lr"]),
-        }
-        for key in ("loss", "approx_kl", "clip_fraction", "kl"):
-            values = [m[key] for m in step_metrics if key in m]
-            if values:
-                metrics[key] = float(np.mean(values))
-        metrics.update(timer.metrics())
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        metrics = epoch_metrics(epoch, global_step, rewards_all, step_metrics, lr=lr, timer=timer)
         self.accelerator.log(metrics, step=global_step)
         if self.accelerator.is_main_process:
             with open(self.output_dir / METRICS_FILENAME, "a") as f:
