@@ -6,7 +6,8 @@ Phases, each measured on its own (CUDA: ``torch.cuda.max_memory_allocated`` afte
 
 - ``load``: loading the pipeline with LoRA onto the device;
 - ``sampling``: one rollout of ``sample_batch_size`` images with log-probs;
-- ``train_step``: one training step (re-score with guidance + PPO + backward + AdamW) at train
+- ``train_step``: one optimizer step of the trainer's own pass (``bench_training``'s ``ddpo``
+  contender: ``train_inner_epoch``, re-score with guidance + PPO + backward + AdamW) at train
   batch 1, without gradient checkpointing;
 - ``train_step_checkpointed``: the same with the UNet's gradient checkpointing on: the issue's
   target figure for ``sd15`` (10 GB or less on one GPU).

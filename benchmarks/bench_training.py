@@ -1,17 +1,20 @@
-"""Training: transitions/s of our re-scoring + PPO update against a bare UNet forward/backward.
+"""Training: transitions/s of the trainer's PPO update against a bare UNet forward/backward.
 
-One training step on ``train_batch_size`` transitions (sample x timestep), with classifier-free
+One optimizer step on ``train_batch_size`` transitions (sample x timestep), with classifier-free
 guidance as DDPO trains (the UNet sees a doubled batch: unconditional and conditional):
 
-- ``ddpo``: ``pipeline.score_transitions`` (UNet with guidance, DDIM log-prob of the stored next
-  latents under the current weights) -> ``ppo_clip_loss`` -> backward -> gradient clipping ->
-  AdamW step over the trainable (LoRA) parameters;
+- ``ddpo``: the trainer's own code, ``ddpo.trainer.optimisation.train_inner_epoch`` over the
+  transitions held as `Trajectories` (one timestep each), so one pass is one optimizer step:
+  shuffle, ``train_timestep`` (``pipeline.score``, guided, under the accelerator's
+  autocast -> ``ppo_clip_loss`` -> ``accelerator.backward``), gradient clipping and
+  the finite check, the AdamW step over the trainable (LoRA) parameters and the metrics read;
 - ``bare``: the UNet on the same doubled batch -> mean square of its output as the loss ->
-  backward -> the same clipping and AdamW step over the same parameters.
+  backward -> the same clipping and AdamW step over the same parameters (torch only: no ddpo,
+  no accelerate).
 
 The gap between them is everything our training step adds around the UNet: the DDIM log-prob,
-guidance, the PPO loss and any extra copies. Interleaved repeats after a warm-up; the figure is
-the ratio of medians (ours / bare).
+guidance, the PPO loss, the trainer's bookkeeping and any extra copies. Interleaved repeats after
+a warm-up; the figure is the ratio of medians (ours / bare).
 """
 
 import argparse
@@ -26,6 +29,7 @@ NAME = "training"
 MAX_GRAD_NORM = 1.0  # TRL's default train_max_grad_norm
 LEARNING_RATE = 3e-4  # TRL's default train_learning_rate
 CLIP_RANGE = 1e-4  # TRL's default train_clip_range
+MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def training_inputs(
@@ -69,43 +73,67 @@ def make_steps(
     dtype: torch.dtype,
 ) -> dict[str, Callable[[], Any]]:
     """The two training steps over the same inputs, parameters and optimizer settings."""
-    from ddpo.core import ppo_clip_loss
+    from ddpo.policy import Conditioning
+    from ddpo.trainer import DDPOConfig
+    from ddpo.trainer.optimisation import Optimisation, make_optimizer, train_inner_epoch
+    from ddpo.trainer.rollout import Trajectories
+    from ddpo.trainer.setup import make_accelerator
 
     unet = pipeline.unet
     unet.train()
     params = harness.trainable_parameters(unet)
     if not params:
         raise RuntimeError("the UNet has no trainable parameters")
-    optimizers = {
-        name: torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=1e-4)
-        for name in ("ddpo", "bare")
-    }
 
-    def score() -> Any:
-        return pipeline.score_transitions(
+    # 1. ours: the trainer's optimisation pass over the transitions, one timestep per sample.
+    batch_size = inputs["latents"].shape[0]
+    config = DDPOConfig(
+        mixed_precision=MIXED_PRECISION[dtype],
+        sample_num_steps=1,
+        sample_eta=eta,
+        sample_guidance_scale=guidance_scale,
+        sample_batch_size=batch_size,
+        sample_num_batches_per_epoch=1,
+        train_batch_size=batch_size,
+        train_learning_rate=LEARNING_RATE,
+        train_max_grad_norm=MAX_GRAD_NORM,
+        train_clip_range=CLIP_RANGE,
+        accelerator_kwargs={"cpu": True} if device.type == "cpu" else {},
+    )
+    accelerator = make_accelerator(config, accumulation_steps=1)
+    optimizer = accelerator.prepare_optimizer(make_optimizer(config, params))
+    opt = Optimisation(config, accelerator, pipeline, unet, optimizer, params)
+    conditioning = Conditioning(
+        {
+            "prompt_embeds": inputs["prompt_embeds"],
+            "negative_prompt_embeds": inputs["negative_prompt_embeds"],
+        }
+    )
+    with torch.no_grad(), accelerator.autocast():
+        old_log_prob = pipeline.score(
+            conditioning,
             inputs["latents"],
             inputs["next_latents"],
             inputs["timesteps"],
-            inputs["prompt_embeds"],
-            inputs["negative_prompt_embeds"],
             guidance_scale=guidance_scale,
+            guided=True,
             eta=eta,
-        )
-
-    with torch.no_grad(), harness.autocast(device, dtype):
-        old_log_prob = score().log_prob.detach().float()
+        ).log_prob
+    samples = Trajectories(
+        prompts=presets.prompts(batch_size),
+        conditioning=conditioning,
+        timesteps=inputs["timesteps"][:, None],
+        latents=inputs["latents"][:, None],
+        next_latents=inputs["next_latents"][:, None],
+        log_probs=old_log_prob.detach().float()[:, None],
+        advantages=inputs["advantages"],
+    )
 
     def ddpo_step() -> None:
-        with harness.autocast(device, dtype):
-            out = score()
-            loss = ppo_clip_loss(
-                out.log_prob, old_log_prob, inputs["advantages"], clip_range=CLIP_RANGE
-            ).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-        optimizers["ddpo"].step()
-        optimizers["ddpo"].zero_grad(set_to_none=True)
+        train_inner_epoch(opt, samples, epoch=0, inner_epoch=0, global_step=0, advance=lambda: None)
 
+    # 2. bare: torch only.
+    bare_optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=1e-4)
     doubled = {
         "sample": torch.cat([inputs["latents"]] * 2),
         "timestep": torch.cat([inputs["timesteps"]] * 2),
@@ -120,8 +148,8 @@ def make_steps(
             loss = output.float().square().mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
-        optimizers["bare"].step()
-        optimizers["bare"].zero_grad(set_to_none=True)
+        bare_optimizer.step()
+        bare_optimizer.zero_grad(set_to_none=True)
 
     return {"ddpo": ddpo_step, "bare": bare_step}
 

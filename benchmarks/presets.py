@@ -39,8 +39,8 @@ class Preset:
         guidance_scale: classifier-free guidance scale (sampling and training, as TRL).
         eta: DDIM eta (1.0: the stochastic policy DDPO trains).
         sample_num_batches_per_epoch: sampling calls per epoch (epoch benchmark).
-        repeats: timed repeats per contender (the median is reported).
-        warmup: untimed rounds before timing.
+        repeats: timed repeats per contender, or timed epochs (the median is reported).
+        warmup: untimed rounds (epochs, for the epoch benchmark) before timing.
         dtype: ``fp32``, ``bf16`` or ``fp16``.
         lora_rank: LoRA rank of the trained UNet.
     """
@@ -109,12 +109,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gradient-checkpointing", action="store_true", help="UNet gradient checkpointing"
     )
     parser.add_argument("--no-mfu", action="store_true", help="skip FLOP counting and MFU")
-    parser.add_argument(
-        "--epoch-mode",
-        choices=("auto", "trainer", "composed"),
-        default="auto",
-        help="epoch benchmark: through DDPOTrainer, or composed from pipeline + core",
-    )
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="flops benchmark: peak to compare with"
     )

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+import bench_epoch
 import harness
 import presets
 
@@ -80,3 +81,20 @@ def test_overrides_apply_to_the_preset() -> None:
     preset = presets.resolve(argparse.Namespace(preset="default", steps=3, batch_size=5))
     assert (preset.name, preset.num_steps) == ("tiny", 3)
     assert preset.sample_batch_size == preset.train_batch_size == 5
+
+
+def test_epoch_phases_are_the_trainers_metrics_and_other_is_the_rest() -> None:
+    logged = {
+        "time_sample_s": 1.0,
+        "time_reward_s": 0.5,
+        "time_advantages_s": 0.25,
+        "time_train_s": 2.0,
+        "time_epoch_s": 4.0,
+    }
+    assert bench_epoch.phase_seconds(logged) == {
+        "sampling": 1.0,
+        "reward": 0.5,
+        "advantages": 0.25,
+        "training": 2.0,
+        "other": 0.25,
+    }
