@@ -47,6 +47,8 @@ def cases(preset: str, device: str) -> list[Case]:
 
     model_output, sample, noise, other = (randn(b, c, h, w) for _ in range(4))
     alpha_bars = (torch.full((b,), 0.5, device=device), torch.full((b,), 0.6, device=device))
+    sigmas = (torch.full((b,), 0.6, device=device), torch.full((b,), 0.5, device=device))
+    flow = {"noise_level": 0.7, "sigma_max": 0.98}
     std_dev = torch.full((b,), 0.1, device=device)
     log_prob, old_log_prob, adv = randn(b), randn(b), randn(b)
     rewards = randn(n)
@@ -60,6 +62,18 @@ def cases(preset: str, device: str) -> list[Case]:
     return [
         ("ddim_step_with_logprob", f"{lat} sample", step, {"eta": 1.0, "noise": noise}),
         ("ddim_step_with_logprob", f"{lat} score", step, {"eta": 1.0, "prev_sample": other}),
+        (
+            "flow_sde_step_with_logprob",
+            f"{lat} sample",
+            (model_output, sample, *sigmas),
+            {**flow, "noise": noise},
+        ),
+        (
+            "flow_sde_step_with_logprob",
+            f"{lat} score",
+            (model_output, sample, *sigmas),
+            {**flow, "prev_sample": other},
+        ),
         ("classifier_free_guidance", lat, (model_output, other, 7.5), {}),
         ("ppo_clip_loss", f"{b}", (log_prob, old_log_prob, adv), {}),
         ("score_function_loss", f"{b}", (log_prob, adv), {}),

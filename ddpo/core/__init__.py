@@ -1,6 +1,7 @@
 """DDPO's math as pure, shape-annotated tensor functions.
 
-- policy: :func:`ddim_step_with_logprob` (``ddim``), :func:`classifier_free_guidance`
+- policy: :func:`ddim_step_with_logprob` (``ddim``), Flow-GRPO's SDE step of a rectified-flow
+  model :func:`flow_sde_step_with_logprob` (``flow``), :func:`classifier_free_guidance`
   (``guidance``), :func:`gaussian_kl` to a reference policy (``kl``);
 - losses: :func:`ppo_clip_loss` (DDPO_IS) and :func:`score_function_loss` (DDPO_SF) (``ppo``);
 - advantages: :func:`normalize_advantages`, :func:`group_normalize_advantages`,
@@ -15,6 +16,7 @@ Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPEC
 
 from ddpo.core.advantages import clip_advantages, group_normalize_advantages, normalize_advantages
 from ddpo.core.ddim import DDIMStepOutput, PredictionType, ddim_step_with_logprob
+from ddpo.core.flow import FlowSDEStepOutput, flow_sde_step_with_logprob
 from ddpo.core.guidance import classifier_free_guidance
 from ddpo.core.kl import gaussian_kl
 from ddpo.core.per_prompt import (
@@ -28,6 +30,7 @@ from ddpo.core.timesteps import subsample_timesteps
 
 __all__ = [
     "DDIMStepOutput",
+    "FlowSDEStepOutput",
     "PPOLossOutput",
     "PerPromptStatState",
     "PerPromptStatTracker",
@@ -35,6 +38,7 @@ __all__ = [
     "classifier_free_guidance",
     "clip_advantages",
     "ddim_step_with_logprob",
+    "flow_sde_step_with_logprob",
     "gaussian_kl",
     "group_normalize_advantages",
     "init_per_prompt_stats",

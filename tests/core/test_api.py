@@ -10,6 +10,7 @@ import ddpo.core
 FUNCTIONS = [name for name in ddpo.core.__all__ if inspect.isfunction(getattr(ddpo.core, name))]
 AGREED = {
     "ddim_step_with_logprob",
+    "flow_sde_step_with_logprob",
     "classifier_free_guidance",
     "ppo_clip_loss",
     "score_function_loss",
@@ -24,6 +25,7 @@ AGREED = {
 # Hyper-parameters of the agreed interfaces that must be keyword-only.
 KEYWORD_ONLY = {
     "ddim_step_with_logprob": {"eta", "prediction_type", "noise", "prev_sample"},
+    "flow_sde_step_with_logprob": {"noise_level", "sigma_max", "noise", "prev_sample"},
     "ppo_clip_loss": {"clip_range"},
     "normalize_advantages": {"eps"},
     "init_per_prompt_stats": {"buffer_size", "min_count"},
@@ -36,7 +38,13 @@ KEYWORD_ONLY = {
 
 def test_agreed_names_are_exported() -> None:
     assert set(FUNCTIONS) == AGREED
-    for name in ("PerPromptStatTracker", "PerPromptStatState", "PPOLossOutput", "DDIMStepOutput"):
+    for name in (
+        "PerPromptStatTracker",
+        "PerPromptStatState",
+        "PPOLossOutput",
+        "DDIMStepOutput",
+        "FlowSDEStepOutput",
+    ):
         assert name in ddpo.core.__all__
 
 

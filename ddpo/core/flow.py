@@ -1,0 +1,191 @@
+"""The Flow-GRPO SDE step of a rectified-flow model with the log-density of the step."""
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ddpo._typing import Latents, PerSample
+from ddpo.core._broadcast import float_dtype, per_sample
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class FlowSDEStepOutput(NamedTuple):
+    """Result of :func:`flow_sde_step_with_logprob`.
+
+    Attributes:
+        prev_sample: ``x`` at ``sigma_prev``, ``(batch, channels, height, width)``, in
+            ``sample``'s dtype.
+        log_prob: log-density of ``prev_sample`` under the step's Gaussian, ``(batch,)``,
+            float32+.
+        mean: the Gaussian's mean, same shape as ``sample``, float32+.
+        std_dev: ``std_t``, the SDE's diffusion coefficient before the ``sqrt(-dt)`` factor,
+            ``(batch,)``, float32+ (Flow-GRPO's ``std_dev_t``).
+    """
+
+    prev_sample: Latents
+    log_prob: PerSample
+    mean: Latents
+    std_dev: PerSample
+
+
+def _describe(values: Tensor, bad: Tensor) -> str:
+    """The offending entries of a per-sample vector, for an error message."""
+    return str(values.detach()[bad].tolist())
+
+
+def flow_sde_step_with_logprob(
+    model_output: Latents,
+    sample: Latents,
+    sigma: PerSample,
+    sigma_prev: PerSample,
+    *,
+    noise_level: float,
+    sigma_max: float,
+    noise: Latents | None = None,
+    prev_sample: Latents | None = None,
+    log_prob_reduction: Literal["mean", "sum"] = "mean",
+) -> FlowSDEStepOutput:
+    """One Euler-Maruyama step of Flow-GRPO's SDE ``x_sigma -> x_sigma_prev`` and its log-density.
+
+    Flow-GRPO (Liu et al., 2025, arXiv 2505.05470, Sec. 4.2, "ODE-to-SDE conversion") turns the
+    deterministic flow-matching ODE ``dx = v dt`` (``x_sigma = (1 - sigma) x_0 + sigma eps``,
+    ``v`` the predicted velocity) into the reverse-time SDE with the same marginals, and
+    discretises it with Euler-Maruyama, so that each step is an isotropic Gaussian policy::
+
+        dt       = sigma_prev - sigma  (< 0)
+        std_t    = noise_level * sqrt(sigma / (1 - sigma')),  sigma' = sigma_max if sigma == 1
+                                                                        else sigma
+        mu       = x (1 + std_t^2 dt / (2 sigma)) + v (1 + std_t^2 (1 - sigma) / (2 sigma)) dt
+        x_prev   = mu + std_t sqrt(-dt) noise
+        log_prob = reduce(-z^2 / 2 - log(std_t sqrt(-dt)) - log sqrt(2 pi)),
+                   z = (x_prev - mu) / (std_t sqrt(-dt))
+
+    The arithmetic follows Flow-GRPO's ``sde_step_with_logprob``
+    (``flow_grpo/diffusers_patch/sd3_sde_with_logprob.py``), whose ``sigma_max`` is the
+    scheduler's largest sigma below 1 (``scheduler.sigmas[1]``): at ``sigma == 1`` the exact
+    ``std_t`` is infinite, and the reference substitutes ``sigma_max`` in the denominator only.
+    As ``noise_level -> 0`` the mean tends to the Euler ODE step ``x + v dt``.
+
+    Exactly one of ``noise`` (sampling) or ``prev_sample`` (scoring a stored transition) must be
+    given. The log-density is always taken at a detached ``x_prev``, so its gradient flows to
+    ``model_output`` through ``mu`` only. The math runs in float32 (float64 for float64 inputs)
+    whatever the input dtype: ``std_t^2 / sigma`` near ``sigma = 1`` is large and loses all
+    precision in bfloat16. A sampled ``x_prev`` is rounded to ``sample``'s dtype before its
+    density is taken, so that re-scoring the returned ``prev_sample`` reproduces ``log_prob``.
+    If the step's standard deviation underflows to 0 (``noise_level`` below about ``1e-40``)
+    the step is deterministic and its ``log_prob`` is defined as 0, as in
+    :func:`ddpo.core.ddim_step_with_logprob`.
+
+    Args:
+        model_output: the predicted velocity ``v``, ``(batch, channels, height, width)``.
+        sample: ``x`` at ``sigma``, same shape.
+        sigma: each sample's current sigma in ``(0, 1]``, ``(batch,)``.
+        sigma_prev: each sample's next sigma in ``[0, sigma)``, ``(batch,)``.
+        noise_level: Flow-GRPO's ``a`` in ``std_t = a sqrt(sigma / (1 - sigma))``, > 0
+            (the paper uses 0.7).
+        sigma_max: the scheduler's largest sigma below 1, in ``(0, 1)``, used for ``sigma'``
+            where ``sigma == 1``.
+        noise: standard normal noise for sampling mode, same shape as ``sample``.
+        prev_sample: the stored ``x_prev`` for scoring mode, same shape as ``sample``.
+        log_prob_reduction: ``"mean"`` over channels, height and width (the reference) or
+            ``"sum"`` (the exact log-density).
+
+    Returns:
+        :class:`FlowSDEStepOutput` with ``prev_sample`` ``(batch, channels, height, width)`` in
+        ``sample``'s dtype, ``log_prob`` ``(batch,)``, ``mean`` (same shape as ``sample``) and
+        ``std_dev`` ``(batch,)``, the last three in float32 or wider.
+
+    Raises:
+        ValueError: on ``noise_level <= 0``, ``sigma_max`` outside ``(0, 1)``, a ``sigma``
+            outside ``(0, 1]``, a ``sigma_prev`` outside ``[0, sigma)``, shapes that disagree
+            with ``sample``'s, an unknown ``log_prob_reduction``, or unless exactly one of
+            ``noise`` and ``prev_sample`` is given.
+    """
+    # 0. Arguments.
+    if not noise_level > 0:
+        raise ValueError(
+            f"noise_level must be > 0 for the step to have a log-density, got {noise_level!r}"
+        )
+    if not 0 < sigma_max < 1:
+        raise ValueError(f"sigma_max must be in (0, 1), got sigma_max={sigma_max!r}")
+    if log_prob_reduction not in ("mean", "sum"):
+        raise ValueError(f"log_prob_reduction must be 'mean' or 'sum', got {log_prob_reduction!r}")
+    if (noise is None) == (prev_sample is None):
+        raise ValueError(
+            "give exactly one of noise (sampling) and prev_sample (scoring); got "
+            f"noise={'a tensor' if noise is not None else None}, "
+            f"prev_sample={'a tensor' if prev_sample is not None else None}"
+        )
+    for name, latents in (
+        ("model_output", model_output),
+        ("noise", noise),
+        ("prev_sample", prev_sample),
+    ):
+        if latents is not None and latents.shape != sample.shape:
+            raise ValueError(
+                f"{name} must have sample's shape {tuple(sample.shape)}, got {tuple(latents.shape)}"
+            )
+    for name, values in (("sigma", sigma), ("sigma_prev", sigma_prev)):
+        if values.shape != sample.shape[:1]:
+            raise ValueError(
+                f"{name} must have shape (batch,) = {tuple(sample.shape[:1])}, "
+                f"got {tuple(values.shape)}"
+            )
+    bad = ~((sigma > 0) & (sigma <= 1))
+    if bool(bad.any()):
+        raise ValueError(f"sigma must be in (0, 1], got sigma={_describe(sigma, bad)}")
+    bad = ~((sigma_prev >= 0) & (sigma_prev < sigma))
+    if bool(bad.any()):
+        raise ValueError(
+            f"sigma_prev must be in [0, sigma), got sigma_prev={_describe(sigma_prev, bad)} "
+            f"for sigma={_describe(sigma, bad)}"
+        )
+
+    dtype = float_dtype(model_output, sample, sigma, sigma_prev)
+    x = sample.to(dtype)
+    v = model_output.to(dtype)
+    sigma_t = per_sample(sigma.to(dtype), x)
+    dt = per_sample(sigma_prev.to(dtype), x) - sigma_t
+
+    # 1. The diffusion coefficient std_t = a sqrt(sigma / (1 - sigma')), sigma' = sigma_max at 1.
+    sigma_denominator = torch.where(sigma_t == 1, torch.full_like(sigma_t, sigma_max), sigma_t)
+    std_dev_t = torch.sqrt(sigma_t / (1 - sigma_denominator)) * noise_level
+
+    # 2. The Euler-Maruyama mean of the reverse-time SDE.
+    mean = (
+        x * (1 + std_dev_t**2 / (2 * sigma_t) * dt)
+        + v * (1 + std_dev_t**2 * (1 - sigma_t) / (2 * sigma_t)) * dt
+    )
+
+    # 3. The step's standard deviation std_t sqrt(-dt).
+    step_std = std_dev_t * torch.sqrt(-dt)
+
+    # 4. Sample, or take the stored transition. A sample is rounded to the caller's dtype first,
+    #    so that its log-density is that of the x_prev returned (and later re-scored).
+    if noise is not None:
+        x_prev_out = (mean + step_std * noise.to(dtype)).to(sample.dtype)
+        x_prev = x_prev_out.to(dtype)
+    else:
+        assert prev_sample is not None
+        x_prev_out = prev_sample.to(sample.dtype)
+        x_prev = prev_sample.to(dtype)
+
+    # 5. Gaussian log-density at the detached x_prev, through z = (x - mu) / std so that it stays
+    #    finite while std is representable; a step whose std underflows to 0 is deterministic and
+    #    its log_prob is defined as 0 (torch.where on a safe std keeps NaN out of the backward).
+    deterministic = step_std == 0
+    safe_std = torch.where(deterministic, torch.ones_like(step_std), step_std)
+    z = (x_prev.detach() - mean) / safe_std
+    log_density = -0.5 * z**2 - safe_std.log() - _LOG_SQRT_2PI
+    log_density = torch.where(deterministic, torch.zeros_like(log_density), log_density)
+    dims = tuple(range(1, log_density.ndim))
+    log_prob = log_density.mean(dim=dims) if log_prob_reduction == "mean" else log_density.sum(dims)
+
+    std_per_sample: Float[Tensor, " batch"] = std_dev_t.reshape(std_dev_t.shape[0])
+    return FlowSDEStepOutput(
+        prev_sample=x_prev_out, log_prob=log_prob, mean=mean, std_dev=std_per_sample
+    )

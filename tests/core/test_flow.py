@@ -1,0 +1,366 @@
+"""Tests of ddpo.core.flow: Flow-GRPO parity, the ODE limit, properties, gradients, errors."""
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import beartype.roar
+import jaxtyping
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from ddpo.core import flow_sde_step_with_logprob
+
+TYPE_ERRORS = (jaxtyping.TypeCheckError, beartype.roar.BeartypeException)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FLOW_CASES: list[dict[str, Any]] = json.loads((FIXTURES / "flow_grpo_sde.json").read_text())
+SIGMA_MAX = 0.97
+
+
+@pytest.fixture(scope="module")
+def flow_grpo_tensors() -> dict[str, torch.Tensor]:
+    """``flow_grpo_sde.safetensors``: Flow-GRPO's outputs, keyed ``c<i>_<name>``."""
+    return load_file(FIXTURES / "flow_grpo_sde.safetensors")
+
+
+def random_step(
+    seed: int,
+    batch: int = 3,
+    shape: tuple[int, int, int] = (2, 3, 3),
+    dtype: Any = torch.float32,
+    first_step: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Random inputs of one step with ``0 < sigma_prev < sigma <= 1`` (sample 0 at sigma = 1)."""
+    g = torch.Generator().manual_seed(seed)
+    sigma = 0.05 + 0.95 * torch.rand(batch, generator=g, dtype=dtype)
+    if first_step:
+        sigma[0] = 1.0
+    sigma_prev = sigma * (0.05 + 0.9 * torch.rand(batch, generator=g, dtype=dtype))
+    return {
+        "model_output": torch.randn(batch, *shape, generator=g, dtype=dtype),
+        "sample": torch.randn(batch, *shape, generator=g, dtype=dtype),
+        "sigma": sigma,
+        "sigma_prev": sigma_prev,
+        "noise": torch.randn(batch, *shape, generator=g, dtype=dtype),
+    }
+
+
+def _scoring(inputs: dict[str, torch.Tensor], prev_sample: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {**{k: v for k, v in inputs.items() if k != "noise"}, "prev_sample": prev_sample}
+
+
+# --- parity with Flow-GRPO (tests/fixtures) --------------------------------------------------
+
+
+@pytest.mark.parametrize("case", FLOW_CASES, ids=lambda c: c["key"].rstrip("_"))
+def test_matches_flow_grpo_reference(
+    case: dict[str, Any], flow_grpo_tensors: dict[str, torch.Tensor]
+) -> None:
+    """Sampling with the fixture's noise and scoring ``other`` reproduce Flow-GRPO's step."""
+    key = case["key"]
+    t = {k.removeprefix(key): v for k, v in flow_grpo_tensors.items() if k.startswith(key)}
+    assert t["sample"].shape == tuple(case["shape"]) and float(t["sigma"][0]) == 1.0
+    common: dict[str, Any] = {
+        "model_output": t["model_output"],
+        "sample": t["sample"],
+        "sigma": t["sigma"],
+        "sigma_prev": t["sigma_prev"],
+        "noise_level": case["noise_level"],
+        "sigma_max": case["sigma_max"],
+    }
+    sampled = flow_sde_step_with_logprob(**common, noise=t["noise"])
+    torch.testing.assert_close(sampled.prev_sample, t["prev_sample"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sampled.mean, t["mean"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sampled.std_dev, t["std_dev"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sampled.log_prob, t["log_prob"], rtol=1e-5, atol=1e-6)
+
+    scored = flow_sde_step_with_logprob(**common, prev_sample=t["other"])
+    torch.testing.assert_close(scored.log_prob, t["log_prob_other"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scored.prev_sample, t["other"], rtol=0, atol=0)
+
+
+# --- the ODE limit and the formula -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("noise_level", [1e-6, 1e-12])
+def test_vanishing_noise_gives_the_euler_ode_step(noise_level: float) -> None:
+    """As ``noise_level -> 0`` the mean is the Euler step of the flow ODE, ``x + v dt``."""
+    inputs = {k: v.double() for k, v in random_step(0, batch=5).items()}
+    out = flow_sde_step_with_logprob(**inputs, noise_level=noise_level, sigma_max=SIGMA_MAX)
+    dt = (inputs["sigma_prev"] - inputs["sigma"]).reshape(-1, 1, 1, 1)
+    euler = inputs["sample"] + inputs["model_output"] * dt
+    tol = 1e3 * noise_level**2
+    torch.testing.assert_close(out.mean, euler, rtol=tol, atol=tol)
+    torch.testing.assert_close(out.prev_sample, euler, rtol=0, atol=1e3 * noise_level)
+
+
+def test_std_dev_uses_sigma_max_only_at_sigma_one() -> None:
+    inputs = random_step(1, batch=4)
+    out = flow_sde_step_with_logprob(**inputs, noise_level=0.7, sigma_max=SIGMA_MAX)
+    sigma = inputs["sigma"]
+    expected = 0.7 * torch.sqrt(sigma / (1 - torch.where(sigma == 1, SIGMA_MAX, sigma)))
+    torch.testing.assert_close(out.std_dev, expected)
+    assert bool(torch.isfinite(out.std_dev).all())
+
+
+# --- properties --------------------------------------------------------------------------
+
+
+seeds = st.integers(0, 2**31 - 1)
+noise_levels = st.floats(0.05, 1.5)
+sigma_maxes = st.floats(0.5, 0.999)
+shapes = st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 5))
+
+
+@st.composite
+def sigma_pairs(draw: st.DrawFn, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``0 < sigma_prev < sigma <= 1``, sometimes exactly 1 (the first step)."""
+    sigmas, prevs = [], []
+    for _ in range(batch):
+        sigma = draw(st.one_of(st.just(1.0), st.floats(1e-3, 1.0)))
+        prev = draw(st.floats(1e-3, 0.999)) * sigma  # apart in float32
+        sigmas.append(sigma)
+        prevs.append(prev)
+    return torch.tensor(sigmas), torch.tensor(prevs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), seed=seeds, noise_level=noise_levels, sigma_max=sigma_maxes, shape=shapes)
+def test_outputs_are_finite(
+    data: st.DataObject, seed: int, noise_level: float, sigma_max: float, shape: Any
+) -> None:
+    inputs = random_step(seed, batch=3, shape=shape)
+    inputs["sigma"], inputs["sigma_prev"] = data.draw(sigma_pairs(3))
+    kw: Any = {"noise_level": noise_level, "sigma_max": sigma_max}
+    out = flow_sde_step_with_logprob(**inputs, **kw)
+    for name, value in out._asdict().items():
+        assert bool(torch.isfinite(value).all()), name
+    assert out.log_prob.shape == (3,) and out.std_dev.shape == (3,)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, noise_level=noise_levels, sigma_max=sigma_maxes)
+def test_scoring_the_sample_reproduces_its_log_prob(
+    seed: int, noise_level: float, sigma_max: float
+) -> None:
+    """Scoring the ``prev_sample`` that sampling produced gives the sampling log-prob."""
+    inputs = random_step(seed)
+    kw: Any = {"noise_level": noise_level, "sigma_max": sigma_max}
+    sampled = flow_sde_step_with_logprob(**inputs, **kw)
+    scored = flow_sde_step_with_logprob(**_scoring(inputs, sampled.prev_sample), **kw)
+    torch.testing.assert_close(scored.log_prob, sampled.log_prob, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scored.mean, sampled.mean, rtol=0, atol=0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, noise_level=noise_levels)
+def test_log_prob_is_largest_at_the_mean(seed: int, noise_level: float) -> None:
+    """The log-density peaks at the mean, at ``-log(std_t sqrt(-dt)) - log sqrt(2 pi)``."""
+    inputs = random_step(seed)
+    kw: Any = {"noise_level": noise_level, "sigma_max": SIGMA_MAX}
+    sampled = flow_sde_step_with_logprob(**inputs, **kw)
+    at_mean = flow_sde_step_with_logprob(**_scoring(inputs, sampled.mean), **kw)
+    assert (at_mean.log_prob >= sampled.log_prob).all()
+    step_std = sampled.std_dev * (inputs["sigma"] - inputs["sigma_prev"]).sqrt()
+    expected = -step_std.log() - 0.5 * torch.log(torch.tensor(2 * torch.pi))
+    torch.testing.assert_close(at_mean.log_prob, expected)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), seed=seeds, noise_level=noise_levels, shape=shapes)
+def test_batch_equals_per_sample(
+    data: st.DataObject, seed: int, noise_level: float, shape: Any
+) -> None:
+    """A batch gives the same results as its samples one at a time."""
+    inputs = random_step(seed, batch=4, shape=shape)
+    inputs["sigma"], inputs["sigma_prev"] = data.draw(sigma_pairs(4))
+    kw: Any = {"noise_level": noise_level, "sigma_max": SIGMA_MAX}
+    batched = flow_sde_step_with_logprob(**inputs, **kw)
+    for i in range(4):
+        single = flow_sde_step_with_logprob(**{k: v[i : i + 1] for k, v in inputs.items()}, **kw)
+        for name in ("prev_sample", "log_prob", "mean", "std_dev"):
+            torch.testing.assert_close(getattr(single, name), getattr(batched, name)[i : i + 1])
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, noise_level=noise_levels)
+def test_sum_is_mean_times_number_of_elements(seed: int, noise_level: float) -> None:
+    inputs = random_step(seed, shape=(2, 3, 4))
+    kw: Any = {"noise_level": noise_level, "sigma_max": SIGMA_MAX}
+    mean = flow_sde_step_with_logprob(**inputs, **kw, log_prob_reduction="mean")
+    total = flow_sde_step_with_logprob(**inputs, **kw, log_prob_reduction="sum")
+    torch.testing.assert_close(total.log_prob, mean.log_prob * 24, rtol=1e-5, atol=1e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(data=st.data(), seed=seeds, noise_level=st.floats(0.3, 1.0))
+def test_bfloat16_inputs_agree_with_float32(
+    data: st.DataObject, seed: int, noise_level: float
+) -> None:
+    """bfloat16 latents compute in float32 and agree with float32 within bf16 rounding.
+
+    The sigmas stay float32 (the adapters keep the scheduler's table in float32). The sampled
+    ``x_prev`` is rounded to bfloat16 (8 significant bits) and its log-density shifts by about
+    ``|x| 2^-8 / (std_t sqrt(-dt))`` per element, so the step is kept from being tiny.
+    """
+    inputs = random_step(seed)
+    sigma, sigma_prev = data.draw(sigma_pairs(3))
+    inputs["sigma"], inputs["sigma_prev"] = sigma.clamp(min=0.2), sigma_prev.clamp(min=0.1) / 2
+    kw: Any = {"noise_level": noise_level, "sigma_max": SIGMA_MAX}
+    reference = flow_sde_step_with_logprob(**inputs, **kw)
+    low = {k: v.to(torch.bfloat16) if v.ndim > 1 else v for k, v in inputs.items()}
+    out = flow_sde_step_with_logprob(**low, **kw)
+    assert out.prev_sample.dtype == torch.bfloat16
+    assert out.log_prob.dtype == out.mean.dtype == out.std_dev.dtype == torch.float32
+    scale = 1 + reference.prev_sample.abs()
+    assert ((out.prev_sample.float() - reference.prev_sample).abs() <= 0.05 * scale).all()
+    torch.testing.assert_close(out.std_dev, reference.std_dev, rtol=0, atol=0)
+    torch.testing.assert_close(out.log_prob, reference.log_prob, rtol=0.02, atol=0.05)
+    # Re-scoring the rounded sample reproduces the sampling log-prob exactly.
+    scored = flow_sde_step_with_logprob(**_scoring(low, out.prev_sample), **kw)
+    torch.testing.assert_close(scored.log_prob, out.log_prob, rtol=1e-6, atol=1e-6)
+
+
+def test_float64_inputs_compute_in_float64() -> None:
+    inputs = {k: v.double() for k, v in random_step(0).items()}
+    out = flow_sde_step_with_logprob(**inputs, noise_level=0.7, sigma_max=SIGMA_MAX)
+    assert out.log_prob.dtype == torch.float64 and out.prev_sample.dtype == torch.float64
+
+
+def test_sigma_prev_zero_is_the_last_step() -> None:
+    """The schedule's last step goes to ``sigma_prev = 0``; it is finite."""
+    inputs = random_step(4)
+    inputs["sigma_prev"] = torch.zeros(3)
+    out = flow_sde_step_with_logprob(**inputs, noise_level=0.7, sigma_max=SIGMA_MAX)
+    for name, value in out._asdict().items():
+        assert bool(torch.isfinite(value).all()), name
+
+
+# --- gradients ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradcheck_log_prob_wrt_model_output(reduction: str) -> None:
+    """``torch.autograd.gradcheck`` of the scored log-prob w.r.t. the velocity, float64."""
+    inputs = {k: v.double() for k, v in random_step(1, batch=2, shape=(2, 2, 2)).items()}
+    prev_sample = inputs["sample"] * 0.9 + 0.1 * inputs.pop("noise")
+    model_output = inputs.pop("model_output").requires_grad_(True)
+
+    def log_prob(out: torch.Tensor) -> torch.Tensor:
+        return flow_sde_step_with_logprob(
+            out,
+            **inputs,
+            prev_sample=prev_sample,
+            noise_level=0.7,
+            sigma_max=SIGMA_MAX,
+            log_prob_reduction=reduction,  # type: ignore[arg-type]
+        ).log_prob
+
+    assert torch.autograd.gradcheck(log_prob, (model_output,))
+
+
+def test_gradient_flows_through_the_mean_only() -> None:
+    """The density is taken at a detached ``x_prev``: no gradient reaches ``prev_sample``, and
+    sampling mode's gradient equals that of scoring the same (constant) sample."""
+    inputs = random_step(3)
+    model_output = inputs.pop("model_output").requires_grad_(True)
+    kw: Any = {"noise_level": 0.7, "sigma_max": SIGMA_MAX}
+    sampled = flow_sde_step_with_logprob(model_output, **inputs, **kw)
+    (grad_sampled,) = torch.autograd.grad(sampled.log_prob.sum(), model_output)
+    prev_sample = sampled.prev_sample.detach().clone().requires_grad_(True)
+    scored = flow_sde_step_with_logprob(model_output, **_scoring(inputs, prev_sample), **kw)
+    grad_prev, grad_scored = torch.autograd.grad(
+        scored.log_prob.sum(), (prev_sample, model_output), allow_unused=True
+    )
+    assert grad_prev is None
+    assert grad_scored is not None and grad_scored.abs().sum() > 0
+    torch.testing.assert_close(grad_sampled, grad_scored)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+_raw_flow = inspect.unwrap(flow_sde_step_with_logprob)
+_OK: dict[str, Any] = {"noise_level": 0.7, "sigma_max": SIGMA_MAX}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"noise_level": 0.0}, "noise_level must be > 0.*got 0.0"),
+        ({"noise_level": -0.5}, "noise_level must be > 0.*got -0.5"),
+        ({"sigma_max": 1.0}, r"sigma_max must be in \(0, 1\), got sigma_max=1.0"),
+        ({"sigma_max": 0.0}, "sigma_max=0.0"),
+        ({"log_prob_reduction": "max"}, "log_prob_reduction.*'max'"),
+    ],
+)
+def test_invalid_hyper_parameters_raise(kwargs: dict[str, Any], match: str) -> None:
+    """Bad hyper-parameters raise ValueError naming them and the value (or, for a value outside
+    the Literal, the test suite's type check, which names the argument too)."""
+    inputs = random_step(0)
+    argument = next(iter(kwargs))
+    with pytest.raises((ValueError, *TYPE_ERRORS), match=argument):
+        flow_sde_step_with_logprob(**inputs, **{**_OK, **kwargs})
+    with pytest.raises(ValueError, match=match):
+        _raw_flow(**inputs, **{**_OK, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("sigma", "sigma_prev", "match"),
+    [
+        (
+            [1.0, 0.5, 0.5],
+            [0.9, 0.5, 0.1],
+            r"sigma_prev must be in \[0, sigma\), got sigma_prev=\[0.5",
+        ),
+        ([1.0, 0.5, 0.5], [0.9, 0.6, 0.1], r"sigma_prev=\[0.6"),
+        ([1.0, 0.5, 0.5], [0.9, -0.1, 0.1], r"sigma_prev=\[-0.1"),
+        ([1.5, 0.5, 0.5], [0.9, 0.4, 0.1], r"sigma must be in \(0, 1\], got sigma=\[1.5\]"),
+        ([1.0, 0.0, 0.5], [0.9, 0.0, 0.1], r"sigma=\[0.0\]"),
+        ([1.0, float("nan"), 0.5], [0.9, 0.1, 0.1], r"sigma=\[nan\]"),
+    ],
+)
+def test_invalid_sigmas_raise(sigma: list[float], sigma_prev: list[float], match: str) -> None:
+    inputs = random_step(0)
+    inputs["sigma"], inputs["sigma_prev"] = torch.tensor(sigma), torch.tensor(sigma_prev)
+    with pytest.raises(ValueError, match=match):
+        flow_sde_step_with_logprob(**inputs, **_OK)
+
+
+def test_exactly_one_of_noise_and_prev_sample() -> None:
+    inputs = random_step(0)
+    with pytest.raises(ValueError, match="noise=a tensor, prev_sample=a tensor"):
+        flow_sde_step_with_logprob(
+            **_scoring(inputs, inputs["sample"]), noise=inputs["noise"], **_OK
+        )
+    del inputs["noise"]
+    with pytest.raises(ValueError, match="noise=None, prev_sample=None"):
+        flow_sde_step_with_logprob(**inputs, **_OK)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (
+            {"sigma": torch.full((4,), 0.5)},
+            r"sigma must have shape \(batch,\) = \(3,\), got \(4,\)",
+        ),
+        ({"sigma_prev": torch.full((3, 1), 0.1)}, r"sigma_prev must have shape .* got \(3, 1\)"),
+        (
+            {"model_output": torch.randn(3, 2, 3, 4)},
+            r"model_output must have .* got \(3, 2, 3, 4\)",
+        ),
+        ({"noise": torch.randn(3, 2, 3, 4)}, r"noise must have .* got \(3, 2, 3, 4\)"),
+    ],
+)
+def test_mismatched_shapes_raise(change: dict[str, torch.Tensor], match: str) -> None:
+    """Mismatched shapes fail the test suite's type check, and without it raise ValueError
+    naming the argument and its shape."""
+    inputs = {**random_step(0), **change}
+    with pytest.raises((ValueError, *TYPE_ERRORS)):
+        flow_sde_step_with_logprob(**inputs, **_OK)
+    with pytest.raises(ValueError, match=match):
+        _raw_flow(**inputs, **_OK)
