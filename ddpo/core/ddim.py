@@ -1,18 +1,16 @@
 """The DDIM update with the log-density of the step, the policy of DDPO."""
 
-import math
 from typing import Literal, NamedTuple
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ddpo._typing import Latents, PerSample
 from ddpo.core._broadcast import float_dtype, per_sample
+from ddpo.core._gaussian import gaussian_step
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
 _PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 class DDIMStepOutput(NamedTuple):
@@ -174,30 +172,18 @@ def ddim_step_with_logprob(
     direction = direction_coeff * pred_epsilon
     mean = a_prev.sqrt() * pred_original_sample + direction
 
-    # 5. Sample, or take the stored transition. A sample is rounded to the caller's dtype first,
-    #    so that its log-density is that of the x_{t-1} returned (and later re-scored).
-    if noise is not None:
-        x_prev_out = (mean + std_dev_t * noise.to(dtype)).to(sample.dtype)
-        x_prev = x_prev_out.to(dtype)
-    else:
-        assert prev_sample is not None
-        x_prev_out = prev_sample.to(sample.dtype)
-        x_prev = prev_sample.to(dtype)
-
-    # 6. Gaussian log-density at the detached x_{t-1}, reduced over non-batch dims. Through
-    #    z = (x - mu) / sigma rather than (x - mu)^2 / sigma^2, whose sigma^2 underflows to 0
-    #    (giving 0/0) once sigma < 4e-23 in float32, where z is still finite.
-    #    A step with sigma_t = 0 is deterministic (x_{t-1} = mu) and has no density: its log_prob
-    #    is defined as 0, a probability ratio of 1 without gradient, so that the step drops out of
-    #    the policy-gradient losses instead of making them NaN. (torch.where on a safe sigma, so
-    #    that no NaN enters the backward pass either.)
-    deterministic = std_dev_t == 0
-    safe_std = torch.where(deterministic, torch.ones_like(std_dev_t), std_dev_t)
-    z = (x_prev.detach() - mean) / safe_std
-    log_density = -0.5 * z**2 - safe_std.log() - _LOG_SQRT_2PI
-    log_density = torch.where(deterministic, torch.zeros_like(log_density), log_density)
-    dims = tuple(range(1, log_density.ndim))
-    log_prob = log_density.mean(dim=dims) if log_prob_reduction == "mean" else log_density.sum(dims)
+    # 5. Sample, or take the stored transition, and its Gaussian log-density at the detached
+    #    x_{t-1} (through z = (x - mu) / sigma). A step with sigma_t = 0 is deterministic
+    #    (x_{t-1} = mu) and has no density: its log_prob is defined as 0, a probability ratio of 1
+    #    without gradient, so that the step drops out of the policy-gradient losses.
+    x_prev_out, log_prob = gaussian_step(
+        mean,
+        std_dev_t,
+        noise=noise,
+        prev_sample=prev_sample,
+        out_dtype=sample.dtype,
+        reduction=log_prob_reduction,
+    )
 
     std_per_sample: Float[Tensor, " batch"] = std_dev_t.reshape(std_dev_t.shape[0])
     return DDIMStepOutput(

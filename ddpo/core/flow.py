@@ -1,6 +1,5 @@
 """The Flow-GRPO SDE step of a rectified-flow model with the log-density of the step."""
 
-import math
 from typing import Literal, NamedTuple
 
 import torch
@@ -9,8 +8,7 @@ from torch import Tensor
 
 from ddpo._typing import Latents, PerSample
 from ddpo.core._broadcast import float_dtype, per_sample
-
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+from ddpo.core._gaussian import gaussian_step
 
 
 class FlowSDEStepOutput(NamedTuple):
@@ -164,26 +162,16 @@ def flow_sde_step_with_logprob(
     # 3. The step's standard deviation std_t sqrt(-dt).
     step_std = std_dev_t * torch.sqrt(-dt)
 
-    # 4. Sample, or take the stored transition. A sample is rounded to the caller's dtype first,
-    #    so that its log-density is that of the x_prev returned (and later re-scored).
-    if noise is not None:
-        x_prev_out = (mean + step_std * noise.to(dtype)).to(sample.dtype)
-        x_prev = x_prev_out.to(dtype)
-    else:
-        assert prev_sample is not None
-        x_prev_out = prev_sample.to(sample.dtype)
-        x_prev = prev_sample.to(dtype)
-
-    # 5. Gaussian log-density at the detached x_prev, through z = (x - mu) / std so that it stays
-    #    finite while std is representable; a step whose std underflows to 0 is deterministic and
-    #    its log_prob is defined as 0 (torch.where on a safe std keeps NaN out of the backward).
-    deterministic = step_std == 0
-    safe_std = torch.where(deterministic, torch.ones_like(step_std), step_std)
-    z = (x_prev.detach() - mean) / safe_std
-    log_density = -0.5 * z**2 - safe_std.log() - _LOG_SQRT_2PI
-    log_density = torch.where(deterministic, torch.zeros_like(log_density), log_density)
-    dims = tuple(range(1, log_density.ndim))
-    log_prob = log_density.mean(dim=dims) if log_prob_reduction == "mean" else log_density.sum(dims)
+    # 4. Sample, or take the stored transition, and its Gaussian log-density (a sample is
+    #    rounded to the caller's dtype first; a step whose std underflows to 0 has log_prob 0).
+    x_prev_out, log_prob = gaussian_step(
+        mean,
+        step_std,
+        noise=noise,
+        prev_sample=prev_sample,
+        out_dtype=sample.dtype,
+        reduction=log_prob_reduction,
+    )
 
     std_per_sample: Float[Tensor, " batch"] = std_dev_t.reshape(std_dev_t.shape[0])
     return FlowSDEStepOutput(
