@@ -6,6 +6,7 @@ model, so a taken folder is reported in a second, not after minutes of loading.
 
 import json
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -73,6 +74,19 @@ def check_output_dir(config: DDPOConfig) -> None:
             )
 
 
+def resolve_output_dir(
+    config: DDPOConfig, resume: ckpt.CheckpointInfo | None, agree: Callable[[list[str]], list[str]]
+) -> tuple[str, Path]:
+    """``(run_name, folder)`` of the run: fixed by the config or the resumed run, else a new
+    timestamped name that every process takes from the main one (``agree``: accelerate's
+    ``broadcast_object_list``)."""
+    fixed = fixed_output_dir(config, resume)
+    if fixed is not None:
+        return fixed
+    run_name = agree([timestamped_run_name(config)])[0]
+    return run_name, (Path(config.logdir) / run_name).resolve()
+
+
 def timestamped_run_name(config: DDPOConfig) -> str:
     """``<exp_name>_<UTC time>`` (with ``-N`` if that folder exists under ``logdir``)."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -131,6 +145,7 @@ __all__ = [
     "check_output_dir",
     "drop_epochs_from",
     "fixed_output_dir",
+    "resolve_output_dir",
     "timestamped_run_name",
     "upload_folder",
 ]

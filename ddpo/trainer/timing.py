@@ -6,6 +6,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 class PhaseTimer:
@@ -30,6 +31,19 @@ class PhaseTimer:
     def metrics(self) -> dict[str, float]:
         """``{"time_<phase>_s": seconds}``, in the order the phases were first entered."""
         return {f"time_{name}_s": seconds for name, seconds in self._seconds.items()}
+
+
+def progress_bar(*, enabled: bool) -> Progress:
+    """The transient rich progress bar of an epoch's phases (off on all but the local main
+    process)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+        disable=not enabled,
+    )
 
 
 def epoch_metrics(
@@ -60,4 +74,4 @@ def epoch_metrics(
     return metrics
 
 
-__all__ = ["PhaseTimer", "epoch_metrics"]
+__all__ = ["PhaseTimer", "epoch_metrics", "progress_bar"]

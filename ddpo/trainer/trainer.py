@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ddpo.core import PerPromptStatTracker
 from ddpo.trainer import checkpoint as ckpt
@@ -39,12 +38,11 @@ from ddpo.trainer.rollout import PromptRNG, Rollout, derive_seed
 from ddpo.trainer.run_folder import (
     check_output_dir,
     drop_epochs_from,
-    fixed_output_dir,
-    timestamped_run_name,
+    resolve_output_dir,
     upload_folder,
 )
 from ddpo.trainer.setup import check_pipeline, make_accelerator, set_project_dir, tracker_config
-from ddpo.trainer.timing import PhaseTimer, epoch_metrics
+from ddpo.trainer.timing import PhaseTimer, epoch_metrics, progress_bar
 from ddpo.trainer.tracking import wrap_tracker
 
 logger = logging.getLogger(__name__)
@@ -126,7 +124,7 @@ class DDPOTrainer:
         config.validate(num_processes=accelerator.num_processes)
 
         # 3. The run folder, the same on every process; never an existing run's silently.
-        self.run_name, self.output_dir = self._resolve_output_dir(resume)
+        self.run_name, self.output_dir = resolve_output_dir(config, resume, broadcast_object_list)
         set_project_dir(accelerator, config, self.output_dir)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +228,10 @@ class DDPOTrainer:
         config, accelerator = self.config, self.accelerator
         timer = PhaseTimer()
         step_metrics: list[dict[str, float]] = []
-        with timer.phase("epoch"), self._progress() as progress:
+        with (
+            timer.phase("epoch"),
+            progress_bar(enabled=accelerator.is_local_main_process) as progress,
+        ):
             # 1. Sample trajectories and score them (overlapped with sampling when async).
             task = progress.add_task(
                 f"epoch {epoch}: sampling", total=config.sample_num_batches_per_epoch
@@ -377,29 +378,12 @@ class DDPOTrainer:
 
     # ------------------------------------------------------------------------------------------
     # Helpers
-    def _resolve_output_dir(self, resume: ckpt.CheckpointInfo | None) -> tuple[str, Path]:
-        fixed = fixed_output_dir(self.config, resume)
-        if fixed is not None:
-            return fixed
-        run_name = broadcast_object_list([timestamped_run_name(self.config)])[0]
-        return run_name, (Path(self.config.logdir) / run_name).resolve()
-
     def _tracker(self) -> Any:
         if self.config.log_with is None or not self.accelerator.trackers:
             return None
         # Wrapped so that what TRL's documented hook passes to log_images (lists of PIL images,
         # arrays, tensors) reaches tensorboard and wandb in the form each one takes.
         return wrap_tracker(self.accelerator.get_tracker(self.config.log_with))
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            transient=True,
-            disable=not self.accelerator.is_local_main_process,
-        )
 
     def close(self) -> None:
         """Stop the reward pool and the trackers."""
