@@ -72,9 +72,11 @@ def save(state: RunState, epoch: int, global_step: int) -> Path:
     return final
 
 
-def load(state: RunState, path: Path) -> tuple[ckpt.CheckpointInfo, PromptRNG]:
+def load(
+    state: RunState, path: Path, *, hashes_checked: bool = False
+) -> tuple[ckpt.CheckpointInfo, PromptRNG]:
     """Restore a complete checkpoint into ``state``'s parameters, optimizer, tracker and
-    callables.
+    callables (``hashes_checked``: its files' hashes were verified already, skip re-reading).
 
     Returns:
         The checkpoint's marker and the prompt function's random stream to continue.
@@ -87,7 +89,9 @@ def load(state: RunState, path: Path) -> tuple[ckpt.CheckpointInfo, PromptRNG]:
     if info is None:
         raise FileNotFoundError(f"{path} is not a complete checkpoint folder")
     accelerator = state.accelerator
-    ckpt.verify_checkpoint(info.path, num_processes=accelerator.num_processes)
+    ckpt.verify_checkpoint(
+        info.path, num_processes=accelerator.num_processes, hashes=not hashes_checked
+    )
     weights_file = info.path / ckpt.WEIGHTS_FILENAME
     try:
         weights = safetensors.torch.load_file(str(weights_file))

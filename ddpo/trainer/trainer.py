@@ -3,9 +3,8 @@
 One epoch, in the order of the algorithm, one module per phase:
 
 1. sample trajectories with log-probs and score them with the reward (`ddpo.trainer.rollout`);
-2. gather rewards across processes and turn them into advantages (`ddpo.core`);
-3. ``train_num_inner_epochs`` passes of PPO updates over the samples
-   (`ddpo.trainer.optimisation`);
+2. gather rewards across processes and turn them into advantages (`ddpo.trainer.advantages`);
+3. ``train_num_inner_epochs`` passes of PPO updates (`ddpo.trainer.optimisation`);
 4. log the epoch (trackers and ``<output_dir>/metrics.jsonl``), then checkpoint every
    ``save_freq`` epochs (`ddpo.trainer.run_state`).
 """
@@ -104,6 +103,7 @@ class DDPOTrainer:
         if resume is not None:
             ckpt.verify_checkpoint(resume.path)
             ckpt.check_resume_config(resume.path, config)
+        self._hashes_checked = resume.path.resolve() if resume is not None else None
         check_output_dir(config)
         check_pipeline(sd_pipeline, config)
         self.config = config
@@ -348,7 +348,10 @@ class DDPOTrainer:
     def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
         """Restore a complete checkpoint: weights, optimizer, scaler, RNG, tracker, callables'
         states, counters; drop the ``metrics.jsonl`` rows logged after it."""
-        info, self.rollout.prompt_rng = run_state.load(self._run_state(), Path(path))
+        checked = Path(path).resolve() == self._hashes_checked  # hashed in __init__ already
+        info, self.rollout.prompt_rng = run_state.load(
+            self._run_state(), Path(path), hashes_checked=checked
+        )
         self.first_epoch, self.global_step = info.epoch, info.global_step
         if self.accelerator.is_main_process:
             drop_epochs_from(self.output_dir / METRICS_FILENAME, info.epoch)
