@@ -2,7 +2,6 @@
 ``step``, ``trainable_state_dict``, the run folder's ``metrics.jsonl``, ``ddpo.cli.main``."""
 
 import contextlib
-import json
 import math
 import random
 from collections.abc import Callable
@@ -27,10 +26,9 @@ from ddpo import (
 from ddpo.adapters.interface import scheduler_step_with_logprob
 from ddpo.adapters.tiny import tiny_pipeline_path
 
-pytestmark = pytest.mark.slow
+from .test_trainer import MODEL, PROMPTS, read_metrics, tiny_config
 
-MODEL = "ddpo-tiny-random"
-PROMPTS = ("a red circle", "a blue square", "a green star")
+pytestmark = pytest.mark.slow
 
 
 def brightness(images: Tensor, prompts: Any, metadata: Any) -> tuple[Tensor, dict[str, Any]]:
@@ -39,29 +37,6 @@ def brightness(images: Tensor, prompts: Any, metadata: Any) -> tuple[Tensor, dic
 
 def pick_prompt() -> tuple[str, dict[str, Any]]:
     return random.choice(PROMPTS), {}
-
-
-def tiny_config(output_dir: Path, **overrides: Any) -> DDPOConfig:
-    """4 samples of 2 DDIM steps per epoch, one trained timestep each, CPU, full precision."""
-    values: dict[str, Any] = {
-        "num_epochs": 1,
-        "sample_num_steps": 2,
-        "sample_batch_size": 2,
-        "sample_num_batches_per_epoch": 2,
-        "train_batch_size": 2,
-        "train_timestep_fraction": 0.5,
-        "train_learning_rate": 1e-3,
-        "save_freq": 0,
-        "mixed_precision": "no",
-        "output_dir": str(output_dir),
-        "accelerator_kwargs": {"cpu": True},
-    }
-    values.update(overrides)
-    return DDPOConfig(**values)
-
-
-def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def train_once(
@@ -338,7 +313,7 @@ def test_default_cli_preset_end_to_end(tmp_path: Path) -> None:
 def test_an_accelerator_can_be_passed_in(tmp_path: Path) -> None:
     from accelerate import Accelerator
 
-    from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+    from ddpo import DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
     accelerator = Accelerator(cpu=True, mixed_precision="no")
     config = DDPOConfig(
