@@ -1,8 +1,8 @@
 """DDPO's math as pure, shape-annotated tensor functions.
 
 - policy: :func:`ddim_step_with_logprob` (``ddim``), Flow-GRPO's SDE step of a rectified-flow
-  model :func:`flow_sde_step_with_logprob` (``flow``), :func:`classifier_free_guidance`
-  (``guidance``), :func:`gaussian_kl` to a reference policy (``kl``);
+  model :func:`flow_sde_step_with_logprob` (``flow``), :func:`classifier_free_guidance` and
+  :func:`rescale_guidance` (``guidance``), :func:`gaussian_kl` to a reference policy (``kl``);
 - losses: :func:`ppo_clip_loss` (DDPO_IS) and :func:`score_function_loss` (DDPO_SF) (``ppo``);
 - advantages: :func:`normalize_advantages`, :func:`group_normalize_advantages`,
   :func:`clip_advantages` (``advantages``), and per-prompt statistics with history,
@@ -17,7 +17,7 @@ Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPEC
 from ddpo.core.advantages import clip_advantages, group_normalize_advantages, normalize_advantages
 from ddpo.core.ddim import DDIMStepOutput, PredictionType, ddim_step_with_logprob
 from ddpo.core.flow import FlowSDEStepOutput, flow_sde_step_with_logprob
-from ddpo.core.guidance import classifier_free_guidance
+from ddpo.core.guidance import classifier_free_guidance, rescale_guidance
 from ddpo.core.kl import gaussian_kl
 from ddpo.core.per_prompt import (
     PerPromptStatState,
@@ -44,6 +44,7 @@ __all__ = [
     "init_per_prompt_stats",
     "normalize_advantages",
     "ppo_clip_loss",
+    "rescale_guidance",
     "score_function_loss",
     "subsample_timesteps",
     "update_per_prompt_stats",

@@ -1,4 +1,4 @@
-"""Classifier-free guidance."""
+"""Classifier-free guidance, and the rescaling of guided predictions for zero-SNR models."""
 
 from ddpo._typing import Latents
 
@@ -18,3 +18,41 @@ def classifier_free_guidance(uncond: Latents, cond: Latents, guidance_scale: flo
         The guided prediction, same shape and dtype as ``cond``.
     """
     return uncond + guidance_scale * (cond - uncond)
+
+
+def rescale_guidance(guided: Latents, cond: Latents, *, guidance_rescale: float) -> Latents:
+    """Rescale a guided prediction towards the conditional prediction's standard deviation.
+
+    ``x_rescaled = x_cfg * std(x_pos) / std(x_cfg)`` and
+    ``out = phi * x_rescaled + (1 - phi) * x_cfg`` (Lin et al., 2023, "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", Sec. 3.4, Eqs. 15-16), with the standard deviations
+    taken per sample over all non-batch dimensions (Bessel-corrected, as diffusers'
+    ``rescale_noise_cfg``). It counters the over-exposure that strong guidance causes with
+    zero-terminal-SNR schedules; ``phi = 0`` returns ``guided`` unchanged.
+
+    Args:
+        guided: the classifier-free-guided prediction ``x_cfg``, ``(batch, channels, h, w)``.
+        cond: the conditional prediction ``x_pos``, same shape.
+        guidance_rescale: ``phi`` in ``[0, 1]``.
+
+    Returns:
+        The rescaled prediction, same shape and dtype as ``guided``.
+
+    Raises:
+        ValueError: if ``guidance_rescale`` is outside ``[0, 1]``.
+    """
+    if not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
+    if guidance_rescale == 0.0:
+        return guided
+    # 1. Per-sample standard deviations over the non-batch dimensions (float32 statistics).
+    dims = tuple(range(1, guided.ndim))
+    std_cond = cond.float().std(dim=dims, keepdim=True)
+    std_guided = guided.float().std(dim=dims, keepdim=True)
+    # 2. Rescale, then mix with the unrescaled prediction.
+    rescaled = guided.float() * (std_cond / std_guided)
+    out = guidance_rescale * rescaled + (1.0 - guidance_rescale) * guided.float()
+    return out.to(guided.dtype)
+
+
+__all__ = ["classifier_free_guidance", "rescale_guidance"]

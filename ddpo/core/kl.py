@@ -2,6 +2,8 @@
 
 from typing import Literal
 
+import torch
+
 from ddpo._typing import Latents, PerSample
 from ddpo.core._broadcast import float_dtype, per_sample
 
@@ -27,10 +29,14 @@ def gaussian_kl(
     arXiv 2305.16381). Gradients flow to both means; pass ``ref_mean`` computed under
     ``torch.no_grad()`` for a fixed reference.
 
+    A deterministic step (``sigma_t = 0``: DDIM's last step when ``alpha_bar_prev = 1``, as with
+    ``set_alpha_to_one=True``) has no Gaussian policy; its KL is 0 with zero gradient, as its
+    log-probability is 0 in :func:`~ddpo.core.ddim_step_with_logprob` (the step is not trained).
+
     Args:
         mean: the current policy's mean ``(batch, channels, height, width)``.
         ref_mean: the reference policy's mean, same shape.
-        std_dev: the shared standard deviation ``sigma_t`` per sample, ``(batch,)``, > 0.
+        std_dev: the shared standard deviation ``sigma_t`` per sample, ``(batch,)``, >= 0.
         reduction: ``"mean"`` or ``"sum"`` over the non-batch dimensions.
 
     Returns:
@@ -42,9 +48,13 @@ def gaussian_kl(
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got reduction={reduction!r}")
     dtype = float_dtype(mean, ref_mean, std_dev)
-    # 1. Elementwise KL of two Gaussians sharing sigma_t.
+    # 1. Elementwise KL of two Gaussians sharing sigma_t (0 where the step is deterministic; the
+    #    safe denominator keeps the unused branch finite, so no NaN reaches the gradient).
     sigma = per_sample(std_dev.to(dtype), mean)
-    kl = (mean.to(dtype) - ref_mean.to(dtype)).square() / (2 * sigma.square())
+    stochastic = sigma > 0
+    safe_sigma = torch.where(stochastic, sigma, torch.ones_like(sigma))
+    kl = (mean.to(dtype) - ref_mean.to(dtype)).square() / (2 * safe_sigma.square())
+    kl = torch.where(stochastic, kl, torch.zeros_like(kl))
     # 2. Reduce over the non-batch dimensions.
     dims = tuple(range(1, kl.ndim))
     return kl.mean(dim=dims) if reduction == "mean" else kl.sum(dim=dims)

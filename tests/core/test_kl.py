@@ -80,3 +80,16 @@ def test_kl_batch_equals_per_sample_and_bfloat16_agrees(seed: int, reduction: An
         torch.testing.assert_close(one, kl[i : i + 1])
     low = gaussian_kl(mean.bfloat16(), ref.bfloat16(), std, reduction=reduction)
     torch.testing.assert_close(low, kl, rtol=0.03, atol=0.03)
+
+
+def test_deterministic_step_has_zero_kl_and_finite_gradient() -> None:
+    mean = torch.randn(3, 4, 2, 2, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    std = torch.tensor([0.5, 0.0, 0.2], dtype=torch.float64)
+    kl = gaussian_kl(mean, ref, std)
+    assert kl[1] == 0 and kl[0] > 0 and kl[2] > 0
+    expected = (mean - ref).square().mean(dim=(1, 2, 3)) / (2 * std.square())
+    torch.testing.assert_close(kl[[0, 2]], expected[[0, 2]])
+    kl.sum().backward()
+    assert mean.grad is not None and torch.isfinite(mean.grad).all()
+    assert torch.count_nonzero(mean.grad[1]) == 0
