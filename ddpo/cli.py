@@ -172,13 +172,14 @@ def _parse_sample_args(argv: Sequence[str]) -> SampleArgs:
     return tyro.cli(SampleArgs, args=list(argv), prog="ddpo sample", use_underscores=True)
 
 
-_USAGE = """usage: ddpo {train,sample} [FLAGS]
+_USAGE = """usage: ddpo {train,sample,serve-reward} [FLAGS]
 
   ddpo train    fine-tune a diffusion model with DDPO (no flags: the default preset,
                 ddpo-tiny-shapes with the prompt-alignment reward, a few minutes on a CPU)
   ddpo sample   write images from a model folder: ddpo sample --model DIR --prompt "..."
+  ddpo serve-reward  serve a reward over HTTP for RemoteReward: ddpo serve-reward --reward NAME
 
-Run `ddpo train --help` or `ddpo sample --help` for every flag."""
+Run `ddpo train --help`, `ddpo sample --help` or `ddpo serve-reward --help` for every flag."""
 
 
 #: Start-up log messages of diffusers and transformers that say nothing to a ``ddpo`` user:
@@ -224,9 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command not in ("train", "sample"):
+    if command not in ("train", "sample", "serve-reward"):
         print(f"ddpo: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
         return 2
+    if command == "serve-reward":
+        from ddpo.cli_serve import main as serve_reward
+
+        return serve_reward(rest)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _hide_harmless_messages()
 

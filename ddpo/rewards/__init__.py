@@ -18,8 +18,14 @@ if TYPE_CHECKING:
         alignment_scores,
     )
     from ddpo.rewards.brightness import brightness
+    from ddpo.rewards.clip_score import ClipScoreReward, clip_score_reward
     from ddpo.rewards.combine import WeightedSumReward, weighted_sum
+    from ddpo.rewards.hps import HPSReward, hps_reward
+    from ddpo.rewards.image_reward import ImageRewardFn, image_reward
     from ddpo.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
+    from ddpo.rewards.ocr import OcrReward, ocr_reward
+    from ddpo.rewards.pickscore import PickScoreReward, pickscore_reward
+    from ddpo.rewards.remote import RemoteReward, RemoteRewardError
 
 _LAZY: dict[str, str] = {
     "AestheticMLP": "ddpo.rewards.aesthetic",
@@ -30,16 +36,35 @@ _LAZY: dict[str, str] = {
     "alignment_reward_fn": "ddpo.rewards.alignment",
     "alignment_scores": "ddpo.rewards.alignment",
     "brightness": "ddpo.rewards.brightness",
+    "ClipScoreReward": "ddpo.rewards.clip_score",
+    "clip_score_reward": "ddpo.rewards.clip_score",
     "WeightedSumReward": "ddpo.rewards.combine",
     "weighted_sum": "ddpo.rewards.combine",
     "jpeg_compressibility": "ddpo.rewards.jpeg",
     "jpeg_incompressibility": "ddpo.rewards.jpeg",
     "jpeg_size_kb": "ddpo.rewards.jpeg",
+    "OcrReward": "ddpo.rewards.ocr",
+    "ocr_reward": "ddpo.rewards.ocr",
+    "PickScoreReward": "ddpo.rewards.pickscore",
+    "pickscore_reward": "ddpo.rewards.pickscore",
+    "HPSReward": "ddpo.rewards.hps",
+    "hps_reward": "ddpo.rewards.hps",
+    "ImageRewardFn": "ddpo.rewards.image_reward",
+    "image_reward": "ddpo.rewards.image_reward",
+    "RemoteReward": "ddpo.rewards.remote",
+    "RemoteRewardError": "ddpo.rewards.remote",
 }
 
 __all__ = [
     "AestheticMLP",
     "AestheticScorer",
+    "ClipScoreReward",
+    "HPSReward",
+    "ImageRewardFn",
+    "OcrReward",
+    "PickScoreReward",
+    "RemoteReward",
+    "RemoteRewardError",
     "WeightedSumReward",
     "aesthetic_score",
     "alignment_accuracy",
@@ -47,9 +72,14 @@ __all__ = [
     "alignment_reward_fn",
     "alignment_scores",
     "brightness",
+    "clip_score_reward",
+    "hps_reward",
+    "image_reward",
     "jpeg_compressibility",
     "jpeg_incompressibility",
     "jpeg_size_kb",
+    "ocr_reward",
+    "pickscore_reward",
     "weighted_sum",
 ]
 

@@ -11,15 +11,19 @@ preprocessed as tensors (resize of the shortest edge, centre crop, CLIP normalis
 PIL round trip.
 """
 
-import json
 from pathlib import Path
 from typing import Any, Final, final
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import nn
 
+from ddpo.rewards._clip import (
+    ClipImageTransform,
+    hub_download,
+    load_clip_model,
+    read_preprocessor_config,
+)
 from ddpo.rewards._images import to_float_nchw
 
 __all__ = [
@@ -35,8 +39,6 @@ __all__ = [
 DEFAULT_CLIP_MODEL: Final = "openai/clip-vit-large-patch14"
 DEFAULT_MLP_REPO: Final = "trl-lib/ddpo-aesthetic-predictor"
 DEFAULT_MLP_FILENAME: Final = "aesthetic-model.pth"
-_OPENAI_CLIP_MEAN: Final = (0.48145466, 0.4578275, 0.40821073)
-_OPENAI_CLIP_STD: Final = (0.26862954, 0.26130258, 0.27577711)
 
 
 @final
@@ -66,12 +68,6 @@ class AestheticMLP(nn.Module):
         return self.layers(embeds).squeeze(-1)
 
 
-def _hub_download(repo_id: str, filename: str, revision: str | None, token: str | None) -> Path:
-    from huggingface_hub import hf_hub_download
-
-    return Path(hf_hub_download(repo_id, filename, revision=revision, token=token))
-
-
 def _load_mlp_state(
     source: str, filename: str, revision: str | None, token: str | None
 ) -> dict[str, torch.Tensor]:
@@ -82,7 +78,7 @@ def _load_mlp_state(
             raise FileNotFoundError(f"mlp_weights_path_or_hub_id: no {filename!r} in {source!r}")
     elif not path.is_file():
         try:
-            path = _hub_download(source, filename, revision, token)
+            path = hub_download(source, filename, revision, token)
         except Exception as exc:
             raise OSError(
                 f"mlp_weights_path_or_hub_id={source!r} is not a local file or folder, and "
@@ -97,19 +93,6 @@ def _load_mlp_state(
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict, got {type(state).__name__}")
     return state
-
-
-def _preprocessor_config(
-    source: str, revision: str | None, token: str | None
-) -> dict[str, Any] | None:
-    """The CLIP folder's ``preprocessor_config.json``, or None when there is none."""
-    path = Path(source) / "preprocessor_config.json"
-    if Path(source).is_dir():
-        return json.loads(path.read_text()) if path.is_file() else None
-    try:
-        return json.loads(_hub_download(source, path.name, revision, token).read_text())
-    except Exception:  # CLIP itself loaded: a missing processor file falls back to defaults
-        return None
 
 
 @final
@@ -146,18 +129,12 @@ class AestheticScorer(nn.Module):
         token: str | None = None,
     ) -> None:
         super().__init__()
-        from transformers import CLIPModel
-
-        try:
-            clip = CLIPModel.from_pretrained(
-                clip_model_name_or_path, revision=revision or "main", token=token
-            )
-        except Exception as exc:
-            raise OSError(
-                f"clip_model_name_or_path={clip_model_name_or_path!r} is not a local CLIP folder, "
-                "and the Hugging Face Hub could not provide it (unreachable, offline, or no such "
-                f"model): {exc}"
-            ) from exc
+        clip = load_clip_model(
+            clip_model_name_or_path,
+            argument="clip_model_name_or_path",
+            revision=revision,
+            token=token,
+        )
         state = _load_mlp_state(mlp_weights_path_or_hub_id, mlp_weights_filename, revision, token)
         config: Any = clip.config
         projection_dim = int(config.projection_dim)
@@ -172,20 +149,17 @@ class AestheticScorer(nn.Module):
             )
         mlp.load_state_dict(state)
 
-        vision = config.vision_config
-        processor = _preprocessor_config(clip_model_name_or_path, revision, token) or {}
-        size = processor.get("size", {}).get("shortest_edge", vision.image_size)
-        crop = processor.get("crop_size", {"height": vision.image_size, "width": vision.image_size})
-        if isinstance(crop, int):
-            crop = {"height": crop, "width": crop}
-        self.resize_shortest_edge = int(size)
-        self.crop_size = (int(crop["height"]), int(crop["width"]))
-        mean = processor.get("image_mean", _OPENAI_CLIP_MEAN)
-        std = processor.get("image_std", _OPENAI_CLIP_STD)
+        self.transform = ClipImageTransform.from_config(
+            read_preprocessor_config(clip_model_name_or_path, revision, token),
+            image_size=int(config.vision_config.image_size),
+        )
+        self.resize_shortest_edge = self.transform.shortest_edge
+        self.crop_size = self.transform.crop_size
         self.image_mean: torch.Tensor
         self.image_std: torch.Tensor
-        self.register_buffer("image_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        mean, std = torch.tensor(self.transform.mean), torch.tensor(self.transform.std)
+        self.register_buffer("image_mean", mean.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", std.view(1, 3, 1, 1), persistent=False)
 
         self.vision_model = clip.vision_model
         self.visual_projection = clip.visual_projection
@@ -201,18 +175,7 @@ class AestheticScorer(nn.Module):
         self, images: Float[torch.Tensor, "batch 3 height width"]
     ) -> Float[torch.Tensor, "batch 3 crop_h crop_w"]:
         """Resize (shortest edge, bicubic, antialiased), centre-crop and normalise for CLIP."""
-        height, width = images.shape[-2:]
-        scale = self.resize_shortest_edge / min(height, width)
-        new_size = (max(round(height * scale), 1), max(round(width * scale), 1))
-        images = F.interpolate(images, size=new_size, mode="bicubic", antialias=True)
-        crop_h, crop_w = self.crop_size
-        top = max((new_size[0] - crop_h) // 2, 0)
-        left = max((new_size[1] - crop_w) // 2, 0)
-        images = images[..., top : top + crop_h, left : left + crop_w]
-        if images.shape[-2:] != (crop_h, crop_w):  # image smaller than the crop: pad like CLIP
-            pad_h, pad_w = crop_h - images.shape[-2], crop_w - images.shape[-1]
-            images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-        return (images.clamp(0, 1) - self.image_mean) / self.image_std
+        return self.transform(images)
 
     @torch.no_grad()
     def forward(self, images: Any) -> Float[torch.Tensor, " batch"]:

@@ -2,15 +2,20 @@
 
 `RewardName` is the one place the names are spelled; `REWARDS` is derived from it and
 `REWARD_SPECS` maps each name to how its reward is built and which of its per-sample metadata
-keys a run's summary shows. A reward's module is imported only when it is built (the aesthetic
-scorer pulls in transformers and downloads CLIP).
+keys a run's summary shows. A reward's module is imported only when it is built (the model-based
+rewards pull in transformers or their extras and load weights).
+
+``--reward`` also takes a weighted sum, ``pickscore:1.0,ocr:0.5`` (`parse_reward_spec`): the
+rewards are built and summed by `ddpo.rewards.combine.WeightedSumReward`.
 """
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, get_args
 
 __all__ = [
+    "MODEL_KEYS",
     "REWARDS",
     "REWARD_SPECS",
     "RewardFn",
@@ -18,11 +23,24 @@ __all__ = [
     "RewardOptions",
     "RewardSpec",
     "build_reward_fn",
+    "check_reward_options",
+    "parse_reward_spec",
     "reward_spec",
+    "summary_keys_for",
 ]
 
 RewardName = Literal[
-    "alignment", "jpeg_compressibility", "jpeg_incompressibility", "aesthetic", "brightness"
+    "alignment",
+    "jpeg_compressibility",
+    "jpeg_incompressibility",
+    "aesthetic",
+    "brightness",
+    "clip_score",
+    "pickscore",
+    "hps",
+    "image_reward",
+    "ocr",
+    "remote",
 ]
 REWARDS: tuple[RewardName, ...] = get_args(RewardName)
 
@@ -40,6 +58,30 @@ class RewardOptions:
     """Aesthetic MLP weights (``.safetensors``/``.pth`` file, folder, or hub repository)."""
     token: str | None = None
     """Hugging Face token for downloads."""
+    models: Mapping[str, str] = field(default_factory=dict)
+    """Model overrides, ``{key: hub id or local path}``, keys from `MODEL_KEYS`: a reward's
+    model (``clip_score``, ``pickscore``, ``hps``, ``image_reward``) or PickScore's processor
+    (``pickscore_processor``); a reward absent here uses its module's default."""
+    device: str | None = None
+    """Device of the model-based rewards; None: CUDA when available, else CPU (``ocr``: CPU)."""
+    batch_size: int = 32
+    """Images per forward pass of the model-based rewards."""
+    remote_url: str | None = None
+    """URL of the reward server of the ``remote`` reward (required for it)."""
+    remote_token: str | None = None
+    """Bearer token sent to the reward server."""
+    remote_timeout: float = 60.0
+    """Seconds to wait for the reward server per request."""
+
+
+MODEL_KEYS: tuple[str, ...] = (
+    "clip_score",
+    "pickscore",
+    "pickscore_processor",
+    "hps",
+    "image_reward",
+)
+"""The keys of `RewardOptions.models`."""
 
 
 class RewardSpec(NamedTuple):
@@ -83,6 +125,63 @@ def _brightness(options: RewardOptions) -> RewardFn:
     return brightness
 
 
+def _model_kwargs(options: RewardOptions) -> dict[str, Any]:
+    return {"device": options.device, "batch_size": options.batch_size, "token": options.token}
+
+
+def _model_args(options: RewardOptions, key: str) -> tuple[str, ...]:
+    return (options.models[key],) if key in options.models else ()
+
+
+def _clip_score(options: RewardOptions) -> RewardFn:
+    from ddpo.rewards.clip_score import clip_score_reward
+
+    return clip_score_reward(*_model_args(options, "clip_score"), **_model_kwargs(options))
+
+
+def _pickscore(options: RewardOptions) -> RewardFn:
+    from ddpo.rewards.pickscore import pickscore_reward
+
+    kwargs = _model_kwargs(options)
+    if "pickscore_processor" in options.models:
+        kwargs["processor"] = options.models["pickscore_processor"]
+    return pickscore_reward(*_model_args(options, "pickscore"), **kwargs)
+
+
+def _hps(options: RewardOptions) -> RewardFn:
+    from ddpo.rewards.hps import hps_reward
+
+    return hps_reward(*_model_args(options, "hps"), **_model_kwargs(options))
+
+
+def _image_reward(options: RewardOptions) -> RewardFn:
+    from ddpo.rewards.image_reward import image_reward
+
+    return image_reward(*_model_args(options, "image_reward"), **_model_kwargs(options))
+
+
+def _ocr(options: RewardOptions) -> RewardFn:
+    from ddpo.rewards.ocr import ocr_reward
+
+    return ocr_reward(device=options.device)
+
+
+def _remote(options: RewardOptions) -> RewardFn:
+    if not options.remote_url:
+        raise ValueError(_REMOTE_URL_MISSING)
+    from ddpo.rewards.remote import RemoteReward
+
+    return RemoteReward(
+        options.remote_url, timeout=options.remote_timeout, token=options.remote_token
+    )
+
+
+_REMOTE_URL_MISSING = (
+    "the 'remote' reward needs the reward server's URL: set --remote_reward_url "
+    "(RewardOptions.remote_url)"
+)
+
+
 #: Each name of `REWARDS` with its spec (``tests/rewards/test_registry.py`` checks they match).
 REWARD_SPECS: dict[RewardName, RewardSpec] = {
     # `accuracy`: the per-image flag "every named attribute right"; its mean is the accuracy.
@@ -91,6 +190,12 @@ REWARD_SPECS: dict[RewardName, RewardSpec] = {
     "jpeg_incompressibility": RewardSpec(_jpeg_incompressibility),
     "aesthetic": RewardSpec(_aesthetic),
     "brightness": RewardSpec(_brightness),
+    "clip_score": RewardSpec(_clip_score),
+    "pickscore": RewardSpec(_pickscore),
+    "hps": RewardSpec(_hps),
+    "image_reward": RewardSpec(_image_reward),
+    "ocr": RewardSpec(_ocr),
+    "remote": RewardSpec(_remote),
 }
 
 
@@ -105,10 +210,104 @@ def reward_spec(name: str) -> RewardSpec:
     return REWARD_SPECS[name]
 
 
-def build_reward_fn(name: str, options: RewardOptions | None = None) -> RewardFn:
-    """The reward function ``name`` (``alignment``, ``jpeg_compressibility``, ...).
+def parse_reward_spec(text: str) -> list[tuple[RewardName, float]]:
+    """The terms of a ``--reward`` value: a name (``pickscore``) or a weighted sum
+    (``pickscore:1.0,ocr:0.5``; a bare name in a sum has weight 1).
+
+    Returns:
+        ``[(name, weight), ...]`` in the order given.
 
     Raises:
-        ValueError: if the name is unknown.
+        ValueError: naming ``--reward`` and the bad part: empty value or term, unknown name
+            (listing the choices), a weight that is not a finite number, a name given twice.
     """
-    return reward_spec(name).build(options or RewardOptions())
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"--reward must name a reward or a weighted sum of them, got {text!r}")
+    terms: list[tuple[RewardName, float]] = []
+    for part in text.split(","):
+        name, sep, weight_text = (p.strip() for p in part.partition(":"))
+        if not name:
+            raise ValueError(f"--reward {text!r}: empty term {part!r} (expected name[:weight])")
+        if name not in REWARDS:
+            raise ValueError(
+                f"--reward {text!r}: each reward must be one of {REWARDS}, got {name!r}"
+            )
+        weight = 1.0
+        if sep:
+            try:
+                weight = float(weight_text)
+            except ValueError:
+                weight = math.nan
+            if not math.isfinite(weight):
+                raise ValueError(
+                    f"--reward {text!r}: the weight of {name!r} must be a finite number, "
+                    f"got {weight_text!r}"
+                )
+        if any(name == seen for seen, _ in terms):
+            raise ValueError(f"--reward {text!r}: reward {name!r} is named twice")
+        terms.append((name, weight))
+    return terms
+
+
+def check_reward_options(text: str, options: RewardOptions) -> list[tuple[RewardName, float]]:
+    """Check ``--reward`` (`parse_reward_spec`) and the options its rewards need, before
+    anything loads.
+
+    Returns:
+        The parsed terms.
+
+    Raises:
+        ValueError: naming the flag: a bad ``--reward``, an unknown ``--reward_model`` key, a
+            batch size that is not positive, a timeout that is not positive, or ``remote``
+            without ``--remote_reward_url``.
+    """
+    terms = parse_reward_spec(text)
+    unknown = sorted(set(options.models) - set(MODEL_KEYS))
+    if unknown:
+        raise ValueError(f"--reward_model: unknown keys {unknown}; the keys are {MODEL_KEYS}")
+    batch_size = options.batch_size
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"--reward_batch_size must be a positive int, got {batch_size!r}")
+    if not options.remote_timeout > 0:
+        raise ValueError(f"--remote_reward_timeout must be positive, got {options.remote_timeout}")
+    if any(name == "remote" for name, _ in terms) and not options.remote_url:
+        raise ValueError(_REMOTE_URL_MISSING)
+    return terms
+
+
+def summary_keys_for(text: str) -> tuple[str, ...]:
+    """The summary keys of a ``--reward`` value: a plain reward's `RewardSpec.summary_keys`;
+    for a sum, each term's unweighted values (key ``name``) and each term's own summary keys
+    (``name/key``), as `ddpo.rewards.combine.WeightedSumReward` reports them.
+
+    Raises:
+        ValueError: as `parse_reward_spec`.
+    """
+    terms = parse_reward_spec(text)
+    if _is_plain(terms):
+        return REWARD_SPECS[terms[0][0]].summary_keys
+    names = tuple(name for name, _ in terms)
+    nested = tuple(f"{n}/{k}" for n in names for k in REWARD_SPECS[n].summary_keys)
+    return names + nested
+
+
+def _is_plain(terms: list[tuple[RewardName, float]]) -> bool:
+    return len(terms) == 1 and terms[0][1] == 1.0
+
+
+def build_reward_fn(name: str, options: RewardOptions | None = None) -> RewardFn:
+    """The reward function of a ``--reward`` value: one name (``alignment``, ``pickscore``, ...)
+    gives that reward; a weighted sum (``pickscore:1.0,ocr:0.5``) a
+    `ddpo.rewards.combine.WeightedSumReward` of them (one term of weight 1 is the plain reward).
+
+    Raises:
+        ValueError: for a bad value or option (`check_reward_options`), before anything loads.
+        ImportError: naming the extra to install when a reward's packages are missing.
+    """
+    options = options or RewardOptions()
+    terms = check_reward_options(name, options)
+    if _is_plain(terms):
+        return REWARD_SPECS[terms[0][0]].build(options)
+    from ddpo.rewards.combine import WeightedSumReward
+
+    return WeightedSumReward({n: (REWARD_SPECS[n].build(options), w) for n, w in terms})

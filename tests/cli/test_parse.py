@@ -3,6 +3,7 @@
 import dataclasses
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
@@ -189,3 +190,83 @@ def test_preset_prompt_fn_pool_is_shared_across_processes() -> None:
         preset_prompt_fn(TrainArgs(prompt_pool=-1), seed=0)
     with pytest.raises(ValueError, match="prompt_repeats must be positive, got 0"):
         preset_prompt_fn(TrainArgs(prompt_repeats=0), seed=0)
+
+
+def test_reward_sums_and_reward_options_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from ddpo.rewards.combine import WeightedSumReward
+
+    args = parse_train_args(
+        [
+            "--reward",
+            "pickscore:1.0,ocr:0.5",
+            "--reward_model",
+            "pickscore",
+            "/models/pick",
+            "pickscore_processor",
+            "/models/proc",
+            "--reward_device=cpu",
+            "--reward_batch_size=4",
+            "--prompts=simple_animals",
+        ]
+    )
+    assert args.reward == "pickscore:1.0,ocr:0.5"
+    assert args.reward_model == {"pickscore": "/models/pick", "pickscore_processor": "/models/proc"}
+    assert (args.reward_device, args.reward_batch_size) == ("cpu", 4)
+    calls: dict[str, Any] = {}
+
+    def fake(name: str) -> Any:
+        def build(*a: Any, **k: Any) -> Any:
+            calls[name] = (a, k)
+            return lambda images, prompts, metadata: ([1.0] * len(prompts), {})
+
+        return build
+
+    monkeypatch.setattr("ddpo.rewards.pickscore.pickscore_reward", fake("pickscore"))
+    fake_ocr = types.SimpleNamespace(ocr_reward=fake("ocr"))
+    monkeypatch.setitem(sys.modules, "ddpo.rewards.ocr", fake_ocr)
+    fn = build_reward_fn(args)
+    assert isinstance(fn, WeightedSumReward)
+    assert {name: weight for name, (_, weight) in fn.rewards.items()} == {
+        "pickscore": 1.0,
+        "ocr": 0.5,
+    }
+    assert calls["pickscore"] == (
+        ("/models/pick",),
+        {"device": "cpu", "batch_size": 4, "token": None, "processor": "/models/proc"},
+    )
+    assert calls["ocr"] == ((), {"device": "cpu"})
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--reward=pickscore:abc"], "got 'abc'"),
+        (["--reward=remote"], "--remote_reward_url"),
+        (["--reward=ocr", "--reward_model", "ocr", "x"], "--reward_model: unknown keys"),
+        (["--reward=ocr", "--reward_batch_size=0"], "--reward_batch_size"),
+    ],
+)
+def test_bad_reward_flags_are_rejected_while_parsing(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_train_args(flags)
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert message in err
+
+
+def test_help_lists_every_reward(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_train_args(["--help"])
+    text = capsys.readouterr().out
+    help_of_reward = text[text.index("--reward STR") : text.index("--reward_model")]
+    for name in REWARDS:
+        assert f"``{name}``: " in help_of_reward, name  # one line each
+
+
+def test_alignment_in_a_sum_needs_shapes_prompts() -> None:
+    with pytest.raises(ValueError, match="prompts='simple_animals'"):
+        build_reward_fn(TrainArgs(reward="alignment,brightness:0.1", prompts="simple_animals"))

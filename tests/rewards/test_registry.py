@@ -2,17 +2,21 @@
 
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import torch
 
 from ddpo.data.shapes import batches
 from ddpo.rewards.registry import (
+    MODEL_KEYS,
     REWARD_SPECS,
     REWARDS,
     RewardOptions,
     build_reward_fn,
+    parse_reward_spec,
     reward_spec,
+    summary_keys_for,
 )
 
 
@@ -50,3 +54,162 @@ def test_importing_the_registry_imports_no_reward_module() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['ddpo.rewards.registry']"
+
+
+# ---------------------------------------------------------------------------------------------
+# The model-based names, options and weighted sums
+
+
+def _recorder(monkeypatch: pytest.MonkeyPatch, module: str, attr: str) -> list[Any]:
+    """Replace ``module.attr`` (creating the module if it is not there) by a recorder."""
+    import importlib
+    import types
+
+    calls: list[Any] = []
+
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        calls.append((args, kwargs))
+        return lambda images, prompts, metadata: (torch.ones(len(prompts)), {})
+
+    try:
+        target = importlib.import_module(module)
+    except ImportError:
+        target = types.ModuleType(module)
+        monkeypatch.setitem(sys.modules, module, target)
+    monkeypatch.setattr(target, attr, fake, raising=False)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "attr", "model_key"),
+    [
+        ("clip_score", "ddpo.rewards.clip_score", "clip_score_reward", "clip_score"),
+        ("pickscore", "ddpo.rewards.pickscore", "pickscore_reward", "pickscore"),
+        ("hps", "ddpo.rewards.hps", "hps_reward", "hps"),
+        ("image_reward", "ddpo.rewards.image_reward", "image_reward", "image_reward"),
+    ],
+)
+def test_model_rewards_get_their_model_device_batch_size_and_token(
+    name: str, module: str, attr: str, model_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _recorder(monkeypatch, module, attr)
+    build_reward_fn(name, RewardOptions(token="hf_x"))
+    assert calls == [((), {"device": None, "batch_size": 32, "token": "hf_x"})]  # defaults
+    options = RewardOptions(
+        models={model_key: "/models/m", "pickscore_processor": "/models/p"},
+        device="cuda:1",
+        batch_size=4,
+    )
+    build_reward_fn(name, options)
+    expected = {"device": "cuda:1", "batch_size": 4, "token": None}
+    if name == "pickscore":
+        expected["processor"] = "/models/p"
+    assert calls[1] == (("/models/m",), expected)
+
+
+def test_remote_needs_a_url_and_gets_its_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="needs the reward server's URL: set --remote_reward_url"):
+        build_reward_fn("remote")
+    with pytest.raises(ValueError, match="--remote_reward_url"):
+        build_reward_fn("pickscore,remote:0.5")  # checked before pickscore loads
+    calls = _recorder(monkeypatch, "ddpo.rewards.remote", "RemoteReward")
+    options = RewardOptions(remote_url="http://h:1/score", remote_token="t", remote_timeout=5.0)
+    build_reward_fn("remote", options)
+    assert calls == [(("http://h:1/score",), {"timeout": 5.0, "token": "t"})]
+
+
+@pytest.mark.slow
+def test_ocr_builds_and_scores() -> None:
+    pytest.importorskip("rapidocr")
+    fn = build_reward_fn("ocr")
+    rewards, metadata = fn(torch.ones(1, 3, 64, 64), ['a blank sign "Hello"'], None)
+    assert rewards.tolist() == [0.0] and metadata["ocr_text"] == [""]
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match=r"--reward_model: unknown keys \['ocr'\]"):
+        build_reward_fn("brightness", RewardOptions(models={"ocr": "x"}))
+    with pytest.raises(ValueError, match="--reward_batch_size must be a positive int, got 0"):
+        build_reward_fn("brightness", RewardOptions(batch_size=0))
+    with pytest.raises(ValueError, match=r"--remote_reward_timeout must be positive, got 0\.0"):
+        build_reward_fn("brightness", RewardOptions(remote_timeout=0.0))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pickscore", [("pickscore", 1.0)]),
+        ("pickscore:1.0,ocr:0.5", [("pickscore", 1.0), ("ocr", 0.5)]),
+        (" ocr : 2 , brightness ", [("ocr", 2.0), ("brightness", 1.0)]),
+        ("jpeg_compressibility:-1e-1", [("jpeg_compressibility", -0.1)]),
+    ],
+)
+def test_parse_reward_spec(text: str, expected: list[tuple[str, float]]) -> None:
+    assert parse_reward_spec(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", r"--reward must name a reward .* got ''"),
+        ("pickscore,,ocr", r"--reward 'pickscore,,ocr': empty term ''"),
+        (":2", r"empty term ':2'"),
+        ("pickscor:1", r"each reward must be one of \('alignment', .*'remote'\), got 'pickscor'"),
+        ("ocr:x", r"the weight of 'ocr' must be a finite number, got 'x'"),
+        ("ocr:", r"the weight of 'ocr' must be a finite number, got ''"),
+        ("ocr:nan", r"the weight of 'ocr' must be a finite number, got 'nan'"),
+        ("ocr:inf", r"got 'inf'"),
+        ("ocr,brightness,ocr:2", r"reward 'ocr' is named twice"),
+    ],
+)
+def test_parse_reward_spec_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_reward_spec(text)
+
+
+def test_weighted_sum_is_built_and_summed() -> None:
+    from ddpo.rewards.brightness import brightness
+    from ddpo.rewards.combine import WeightedSumReward
+    from ddpo.rewards.jpeg import jpeg_compressibility
+
+    images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    prompts, metas = ("a", "b", "c"), ({}, {}, {})
+    fn = build_reward_fn("brightness:2,jpeg_compressibility:0.5")
+    assert isinstance(fn, WeightedSumReward)
+    total, info = fn(images, prompts, metas)
+    bright = torch.as_tensor(brightness(images, prompts, metas)[0]).float()
+    jpeg = torch.as_tensor(jpeg_compressibility(images, prompts, metas)[0]).float()
+    torch.testing.assert_close(total, 2 * bright + 0.5 * jpeg)
+    torch.testing.assert_close(info["brightness"], bright)
+    # one term of weight 1 is the plain reward; of another weight, a sum of one term
+    assert build_reward_fn("brightness:1") is brightness
+    scaled = build_reward_fn("brightness:3")
+    torch.testing.assert_close(scaled(images, prompts, metas)[0], 3 * bright)
+
+
+def test_summary_keys_for_names_and_sums() -> None:
+    assert summary_keys_for("alignment") == ("accuracy",)
+    assert summary_keys_for("pickscore") == ()
+    assert summary_keys_for("pickscore:1.0,ocr:0.5") == ("pickscore", "ocr")
+    assert summary_keys_for("alignment,brightness:0.1") == (
+        "alignment",
+        "brightness",
+        "alignment/accuracy",
+    )
+    # the sum reports exactly those keys
+    images, captions, metas = next(batches(4, seed=0, split="all"))
+    _, info = build_reward_fn("alignment,brightness:0.1")(images, captions, metas)
+    assert set(summary_keys_for("alignment,brightness:0.1")) <= set(info)
+    with pytest.raises(ValueError, match="got 'x'"):
+        summary_keys_for("x")
+
+
+def test_new_names_are_registered() -> None:
+    assert {"clip_score", "pickscore", "hps", "image_reward", "ocr", "remote"} <= set(REWARDS)
+    assert set(MODEL_KEYS) == {
+        "clip_score",
+        "pickscore",
+        "pickscore_processor",
+        "hps",
+        "image_reward",
+    }

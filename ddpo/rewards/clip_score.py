@@ -1,0 +1,93 @@
+"""CLIPScore as a reward: how well an image matches its prompt (Hessel et al. 2021).
+
+``CLIPScore(x, p) = w * max(cos(E_I(x), E_T(p)), 0)``, ``w = 2.5`` (Hessel et al. 2021, §3,
+eq. 1), with ``E_I`` and ``E_T`` the CLIP image and text embeddings (transformers ``CLIPModel``,
+default ``openai/clip-vit-large-patch14``). This reward returns the paper's value, in
+[0, 2.5]; torchmetrics' ``CLIPScore`` returns ``100 * max(cos, 0)`` instead (40 times ours).
+The raw cosine comes back in the metadata as ``cosine``.
+"""
+
+from typing import Any, Final, final
+
+import torch
+from jaxtyping import Float
+
+from ddpo.rewards._clip import (
+    ClipImageTransform,
+    ClipSimilarity,
+    check_batch_size,
+    load_clip_model,
+    load_clip_tokenizer,
+    read_preprocessor_config,
+    resolve_device,
+)
+
+__all__ = ["CLIP_SCORE_WEIGHT", "DEFAULT_CLIP_SCORE_MODEL", "ClipScoreReward", "clip_score_reward"]
+
+DEFAULT_CLIP_SCORE_MODEL: Final = "openai/clip-vit-large-patch14"
+CLIP_SCORE_WEIGHT: Final = 2.5
+"""``w`` of Hessel et al. (2021), eq. 1."""
+
+
+@final
+class ClipScoreReward:
+    """Reward ``(images, prompts, prompt_metadata) -> (w * max(cos, 0), {"cosine": cos})``.
+
+    Args:
+        similarity: the CLIP model, tokenizer and preprocessing (see `clip_score_reward`).
+        weight: ``w``, 2.5 as in the paper.
+    """
+
+    def __init__(self, similarity: ClipSimilarity, *, weight: float = CLIP_SCORE_WEIGHT) -> None:
+        self.similarity = similarity
+        self.weight = float(weight)
+
+    def __call__(
+        self, images: Any, prompts: Any, prompt_metadata: Any = None
+    ) -> tuple[Float[torch.Tensor, " batch"], dict[str, Any]]:
+        """CLIPScores (float32, CPU, ``(batch,)``) of images ``(batch, 3, H, W)`` in [0, 1]
+        (or uint8 / PIL, see `ddpo.rewards._images`) against their prompts.
+
+        Raises:
+            ValueError: if the images are not a batch or prompts are not one str per image.
+        """
+        del prompt_metadata
+        cosine = self.similarity(images, prompts)
+        return self.weight * cosine.clamp(min=0), {"cosine": cosine}
+
+
+def clip_score_reward(
+    model: str = DEFAULT_CLIP_SCORE_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    token: str | None = None,
+) -> ClipScoreReward:
+    """The CLIPScore reward of a CLIP model.
+
+    Args:
+        model: hub id or local folder holding the ``CLIPModel`` (``save_pretrained`` format),
+            its tokenizer and ``preprocessor_config.json`` (CLIP defaults at the vision config's
+            ``image_size`` without it).
+        device: where the model runs; default CUDA when available, else CPU.
+        batch_size: image-prompt pairs per forward pass.
+        token: Hugging Face token for downloads.
+
+    Returns:
+        A `ClipScoreReward`.
+
+    Raises:
+        ValueError: if ``batch_size`` is not a positive int (before anything loads).
+        OSError: if ``model`` is neither a local folder nor reachable on the hub.
+    """
+    check_batch_size(batch_size)
+    clip = load_clip_model(model, argument="model", token=token)
+    tokenizer = load_clip_tokenizer(model, argument="model", token=token)
+    transform = ClipImageTransform.from_config(
+        read_preprocessor_config(model, token=token),
+        image_size=int(clip.config.vision_config.image_size),
+    )
+    similarity = ClipSimilarity(
+        clip, tokenizer, transform, device=resolve_device(device), batch_size=batch_size
+    )
+    return ClipScoreReward(similarity)

@@ -1,0 +1,367 @@
+"""A reward computed by a reward server (``ddpo serve-reward``), and the wire format they share.
+
+`RemoteReward` is a reward function of the reward contract that sends each batch over HTTP to a
+server built by :mod:`ddpo.rewards.server` and returns the rewards and metadata it answers.
+
+Wire format, version 1 (``"format": 1``). One ``POST <url>/score`` per batch, a JSON body::
+
+    {"format": 1,
+     "image_format": "safetensors" | "png",
+     "images": <base64 safetensors blob> | [<base64 PNG>, ...],
+     "prompts": [str, ...] | null,
+     "prompt_metadata": <any JSON value>}
+
+- ``safetensors`` (the default): one tensor ``"images"``, float32 ``(batch, 3, H, W)`` in [0, 1],
+  exactly the images the trainer produced, so a remote reward equals the same reward computed
+  locally and a run does not change when its reward moves to a server. It is 4 bytes a
+  sub-pixel (plus a third for base64); use ``png`` where bandwidth matters more.
+- ``png``: one RGB PNG per image. The client rounds to 8 bits (``round(255 x)``) and the server
+  scores that 8-bit image as floats ``k / 255``, so rewards match local ones up to 8-bit
+  rounding.
+
+A JSON body with base64 (rather than multipart) needs no form parser on the server, is one
+self-describing document any HTTP client can write, and lets the server count the bytes it
+receives before parsing anything; base64 costs a third more bytes. Nothing is ever pickled:
+safetensors and PNG carry only numbers, JSON only data.
+
+The answer is JSON: ``{"format": 1, "rewards": [float, ...], "reward_metadata": {...}}``, with
+tensors and arrays in the metadata written as (nested) lists; an error is an HTTP status with
+``{"error": "<message>"}`` (400 a malformed request, 401 a missing or wrong token, 413 a request
+over the server's size limit, 500 the reward failed).
+"""
+
+import base64
+import io
+import json
+import math
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+from jaxtyping import Float
+
+from ddpo.rewards._images import to_float_nchw, to_uint8_nhwc
+from ddpo.trainer.contract import check_rewards
+
+__all__ = [
+    "TOKEN_ENV",
+    "WIRE_FORMAT",
+    "ImageFormat",
+    "RemoteReward",
+    "RemoteRewardError",
+    "encode_request",
+    "to_json_data",
+]
+
+WIRE_FORMAT = 1
+ImageFormat = Literal["safetensors", "png"]
+IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)
+"""The ``image_format`` values (the server decodes them: :mod:`ddpo.rewards.server`)."""
+TOKEN_ENV = "DDPO_REWARD_TOKEN"
+"""Environment variable holding the bearer token (server and client) when none is passed."""
+
+
+class RemoteRewardError(RuntimeError):
+    """The reward server answered with an error status (the message names URL, status, text)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def to_json_data(value: Any, path: str) -> Any:
+    """``value`` as JSON data: tensors and arrays become (nested) lists, tuples lists.
+
+    Raises:
+        TypeError: naming the first offending entry (``path`` spells where ``value`` is), if a
+            value is not JSON data (dict keys must be str).
+    """
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, list | tuple):
+        return [to_json_data(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{path} has a key {key!r} that is not a str; JSON keys are str")
+            out[key] = to_json_data(item, f"{path}[{key!r}]")
+        return out
+    raise TypeError(
+        f"{path} is of type {type(value).__name__} ({value!r:.80}), which is not JSON data; use "
+        f"dicts, lists, str, numbers, None (tensors and arrays are sent as lists)"
+    )
+
+
+def encode_request(
+    images: Float[torch.Tensor, "batch 3 height width"],
+    prompts: list[str] | None,
+    prompt_metadata: Any,
+    *,
+    image_format: ImageFormat = "safetensors",
+) -> bytes:
+    """The JSON body of one ``POST /score`` (see the module docstring).
+
+    Raises:
+        TypeError: if ``prompt_metadata`` is not JSON data (naming the offending entry).
+    """
+    metadata = to_json_data(prompt_metadata, "prompt_metadata")
+    if image_format == "safetensors":
+        import safetensors.torch
+
+        blob = safetensors.torch.save({"images": images.detach().float().cpu().contiguous()})
+        encoded = b'"' + base64.b64encode(blob) + b'"'
+    else:
+        from PIL import Image
+
+        parts = []
+        for array in to_uint8_nhwc(images):
+            buffer = io.BytesIO()
+            Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+            parts.append(b'"' + base64.b64encode(buffer.getvalue()) + b'"')
+        encoded = b"[" + b", ".join(parts) + b"]"
+    head = {
+        "format": WIRE_FORMAT,
+        "image_format": image_format,
+        "prompts": prompts,
+        "prompt_metadata": metadata,
+    }
+    # Base64 needs no escaping in JSON: the images are spliced in rather than passed through
+    # json.dumps, which would scan (and copy) tens of MiB of text for nothing.
+    return json.dumps(head).encode()[:-1] + b', "images": ' + encoded + b"}"
+
+
+class RemoteReward:
+    """A reward function that asks a reward server (``ddpo serve-reward``) for the rewards.
+
+    Each call sends the batch (in chunks of ``batch_size``) to ``POST <url>/score`` and returns
+    ``(rewards, reward_metadata)``: rewards a float32 tensor ``(batch,)``, the metadata the
+    server's (per-sample lists of the chunks joined). Connection errors and 5xx answers are
+    retried ``retries`` times with exponential backoff (``backoff * 2**attempt`` seconds, at most
+    10 s); a timeout or a 4xx answer is not retried. The answer is checked with the trainer's
+    reward contract. Safe to call from several threads (``async_reward_computation``): they
+    share one connection pool. Use it as a context manager, or call `close`.
+
+    Args:
+        url: The server's base URL, ``http://host:port``.
+        timeout: Seconds to wait for the server (connect, send, each read).
+        retries: Extra attempts after a connection error or a 5xx answer.
+        batch_size: Images per request (None: the whole batch in one request).
+        token: Bearer token the server requires (None: ``$DDPO_REWARD_TOKEN`` if set).
+        image_format: ``"safetensors"`` (exact floats) or ``"png"`` (8-bit, smaller).
+        backoff: Seconds before the first retry.
+
+    Raises:
+        ValueError: for a bad argument.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 60.0,
+        retries: int = 2,
+        batch_size: int | None = None,
+        token: str | None = None,
+        image_format: str = "safetensors",
+        backoff: float = 0.5,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
+        if image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+        if not (isinstance(backoff, int | float) and 0 <= backoff < math.inf):
+            raise ValueError(f"backoff must be a number of seconds >= 0, got {backoff!r}")
+        httpx = _require("httpx")
+
+        self.url = url.rstrip("/")
+        self.timeout, self.retries, self.batch_size = float(timeout), retries, batch_size
+        self.image_format: ImageFormat = "png" if image_format == "png" else "safetensors"
+        self.backoff = float(backoff)
+        self.__name__ = f"RemoteReward({self.url!r})"  # how the contract's errors name it
+        token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._client: Any = httpx.Client(headers=headers, timeout=self.timeout)  # None: closed
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+    def __enter__(self) -> "RemoteReward":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections (calling afterwards raises RuntimeError)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def __call__(
+        self, images: Any, prompts: Sequence[str] | None = None, prompt_metadata: Any = None
+    ) -> tuple[Float[torch.Tensor, " batch"], Any]:
+        """Score ``images`` on the server (see the class docstring).
+
+        Raises:
+            ValueError, TypeError: bad images or prompts, prompt metadata that is not JSON data
+                (before anything is sent); an answer that breaks the reward contract.
+            ConnectionError: the server cannot be reached (after the retries).
+            TimeoutError: the server did not answer within ``timeout``.
+            RemoteRewardError: the server answered an error status (5xx after the retries).
+        """
+        pixels = to_float_nchw(images)
+        size = pixels.shape[0]
+        if prompts is not None:
+            prompts = list(prompts)
+            if len(prompts) != size or not all(isinstance(p, str) for p in prompts):
+                raise ValueError(f"prompts must be {size} str (one per image), got {prompts!r}")
+        per_sample = isinstance(prompt_metadata, list | tuple) and len(prompt_metadata) == size
+        to_json_data(prompt_metadata, "prompt_metadata")  # fail before any request
+        if size == 0:
+            return torch.zeros(0), {}
+        step = self.batch_size or size
+        rewards, metadata = [], []
+        for start in range(0, size, step):
+            stop = min(start + step, size)
+            answer = self._post(
+                encode_request(
+                    pixels[start:stop],
+                    None if prompts is None else prompts[start:stop],
+                    prompt_metadata[start:stop] if per_sample else prompt_metadata,
+                    image_format=self.image_format,
+                ),
+                stop - start,
+            )
+            values, chunk_metadata = check_rewards(
+                answer, self, batch_size=stop - start, offset=start
+            )
+            rewards.append(values)
+            metadata.append(chunk_metadata)
+        return torch.cat(rewards), _join_metadata(metadata, [len(r) for r in rewards])
+
+    def _post(self, body: bytes, size: int) -> tuple[Any, Any]:
+        import httpx
+
+        endpoint = f"{self.url}/score"
+        for attempt in range(self.retries + 1):
+            with self._lock:
+                client = self._client
+            if client is None:
+                raise RuntimeError(f"{self.__name__} is closed")
+            last = attempt == self.retries
+            try:
+                response = client.post(endpoint, content=body)
+            except httpx.TimeoutException as err:
+                if isinstance(err, httpx.ConnectTimeout) and not last:
+                    self._sleep(attempt)
+                    continue
+                raise TimeoutError(
+                    f"reward server {endpoint} did not answer within timeout={self.timeout} s "
+                    f"({type(err).__name__})"
+                ) from err
+            except httpx.TransportError as err:
+                if not last:
+                    self._sleep(attempt)
+                    continue
+                raise ConnectionError(
+                    f"reward server {endpoint} cannot be reached after {attempt + 1} attempts: "
+                    f"{type(err).__name__}: {err or 'connection failed'} (is `ddpo serve-reward` "
+                    f"running there?)"
+                ) from err
+            if response.status_code >= 500 and not last:
+                self._sleep(attempt)
+                continue
+            if response.status_code != 200:
+                raise _status_error(endpoint, response, attempt + 1, len(body), size)
+            return _parse_answer(response.content, self.__name__)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _sleep(self, attempt: int) -> None:
+        time.sleep(min(self.backoff * 2**attempt, 10.0))
+
+
+def _require(module: str) -> Any:
+    """Import ``module`` of the ``serve`` extra, or ImportError saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"the reward server and RemoteReward need {module}: pip install 'ddpo[serve]'"
+        ) from err
+
+
+def _status_error(endpoint: str, response: Any, attempts: int, nbytes: int, size: int) -> Exception:
+    try:
+        text = str(response.json()["error"])
+    except Exception:  # not our server's JSON error: show the start of the body
+        text = response.text[:500]
+    status = response.status_code
+    message = f"reward server {endpoint} answered {status} {response.reason_phrase}: {text}"
+    if status >= 500:
+        message += f" (after {attempts} attempts)"
+    if status == 413:
+        message += (
+            f" (the request was {nbytes / 2**20:.1f} MiB for {size} images; pass a smaller "
+            f"batch_size= to RemoteReward, image_format='png', or raise the server's "
+            f"--max_request_mb)"
+        )
+    if status == 401:
+        message += f" (pass token= to RemoteReward or set ${TOKEN_ENV})"
+    return RemoteRewardError(message, status=status)
+
+
+def _parse_answer(content: bytes, name: str) -> tuple[Any, Any]:
+    """``(rewards, reward_metadata)`` of an answer; TypeError in the contract's words if the
+    answer is not the JSON object ``{"rewards": ..., "reward_metadata": ...}``."""
+    try:
+        answer = json.loads(content)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        answer = None
+    if not (isinstance(answer, dict) and "rewards" in answer):
+        raise TypeError(
+            f"reward function {name} must return (rewards, reward_metadata), got an answer that "
+            f"is not the JSON object {{rewards, reward_metadata}}: {content[:200]!r}"
+        )
+    return answer["rewards"], answer.get("reward_metadata", {})
+
+
+def _join_metadata(parts: list[Any], sizes: list[int]) -> Any:
+    """One metadata for the whole batch: per-sample lists of the chunks joined; a value that is
+    not per-sample is kept once if the chunks agree, else as the list of their values."""
+    if len(parts) == 1:
+        return parts[0]
+    if not all(isinstance(p, dict) for p in parts) or len({tuple(p) for p in parts}) != 1:
+        return parts
+    joined: dict[str, Any] = {}
+    for key in parts[0]:
+        values = [p[key] for p in parts]
+        if all(isinstance(v, list) and len(v) == n for v, n in zip(values, sizes, strict=True)):
+            joined[key] = [item for v in values for item in v]
+        elif all(v == values[0] for v in values):
+            joined[key] = values[0]
+        else:
+            joined[key] = values
+    return joined
