@@ -20,6 +20,7 @@ __version__ = "0.1.0.dev0"
 _LAZY: dict[str, str] = {
     "DDPOStableDiffusionPipeline": "ddpo.adapters",
     "DefaultDDPOStableDiffusionPipeline": "ddpo.adapters",
+    "DefaultDDPOStableDiffusionXLPipeline": "ddpo.adapters",
     "DDPOPipelineOutput": "ddpo.adapters",
     "DDPOSchedulerOutput": "ddpo.adapters",
     "DDPOConfig": "ddpo.trainer.config",

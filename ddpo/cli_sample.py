@@ -51,7 +51,7 @@ def run_sample(args: SampleArgs) -> list[Path]:
 
 
 def load_sampler(args: SampleArgs) -> Any:
-    """Check the arguments, then load the model (a `DefaultDDPOStableDiffusionPipeline`).
+    """Check the arguments, then load the model (its family's DDPO pipeline).
 
     Everything this raises is a bad flag, path or setting (`ddpo.cli.main` reports it in a line).
     """
@@ -69,9 +69,10 @@ def load_sampler(args: SampleArgs) -> Any:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out {str(out)!r} is a file, not a folder; choose another --out")
-    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline  # diffusers: after the checks
+    from ddpo.adapters import load_policy  # diffusers: after the checks
 
-    return DefaultDDPOStableDiffusionPipeline(args.model, use_lora=True)
+    # the family (SD or SDXL) from the folder's model_index.json
+    return load_policy(args.model, use_lora=True)
 
 
 def draw_samples(args: SampleArgs, pipeline: Any) -> list[Path]:

@@ -13,7 +13,15 @@ from typing import Any
 
 from ddpo.presets import DEFAULT_SETTINGS, default_preset
 from ddpo.prompts import PromptSetName, RepeatPrompts, training_prompt_fn
-from ddpo.rewards.registry import RewardFn, RewardName, RewardOptions, reward_spec
+from ddpo.rewards.registry import (
+    RewardFn,
+    RewardOptions,
+    check_reward_options,
+    summary_keys_for,
+)
+from ddpo.rewards.registry import (
+    build_reward_fn as build_named_reward_fn,
+)
 from ddpo.trainer.config import DDPOConfig
 
 __all__ = [
@@ -21,6 +29,7 @@ __all__ = [
     "TrainArgs",
     "TrainResult",
     "build_reward_fn",
+    "check_reward_flags",
     "preset_prompt_fn",
     "run_train",
     "setup_train",
@@ -35,18 +44,47 @@ class TrainArgs:
     ddpo_config: DDPOConfig = field(default_factory=default_preset)
     """The DDPO run (TRL's `DDPOConfig` fields); defaults: the default preset."""
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
-    """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-random``), a local
-    diffusers folder, or a hub id."""
+    """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-random``,
+    ``ddpo-tiny-sdxl-random``), a local diffusers folder, or a hub id. The family (Stable
+    Diffusion 1.x/2.x or SDXL) is read from the folder's ``model_index.json``."""
     pretrained_revision: str = "main"
     """Hub revision of ``pretrained_model``."""
     use_lora: bool = DEFAULT_SETTINGS.use_lora
     """Train LoRA adapters on the UNet's attention (True) or the whole UNet (False)."""
     lora_rank: int = DEFAULT_SETTINGS.lora_rank
     """Rank of the LoRA adapters (``use_lora`` only)."""
-    reward: RewardName = DEFAULT_SETTINGS.reward
-    """Reward function: ``alignment`` (programmatic prompt alignment for the shapes prompts),
-    ``jpeg_compressibility`` / ``jpeg_incompressibility`` (minus / plus the JPEG size in kB),
-    ``aesthetic`` (the LAION aesthetic predictor on CLIP ViT-L/14), ``brightness`` (mean pixel)."""
+    resolution: int | None = None
+    """Side of the square training images in pixels, a multiple of 8 (default: the model's
+    native size: 512 for SD 1.5, 1024 for SDXL, 64 for the tiny models)."""
+    reward: str = DEFAULT_SETTINGS.reward
+    """Reward function: one name, or a weighted sum such as ``pickscore:1.0,ocr:0.5``
+    (a bare name weighs 1). The names:
+    ``alignment``: programmatic prompt alignment (shapes prompts only);
+    ``jpeg_compressibility``: minus the JPEG size in kB;
+    ``jpeg_incompressibility``: plus the JPEG size in kB;
+    ``aesthetic``: the LAION aesthetic predictor on CLIP ViT-L/14;
+    ``brightness``: the mean pixel value;
+    ``clip_score``: CLIPScore, 2.5 * max(cos, 0) of CLIP image and prompt embeddings;
+    ``pickscore``: PickScore v1, a CLIP-H human-preference score of image and prompt;
+    ``hps``: Human Preference Score v2;
+    ``image_reward``: ImageReward, a BLIP human-preference score;
+    ``ocr``: the prompt's quoted text read back by OCR, 1 - normalised edit distance;
+    ``remote``: scores from a reward server (``--remote_reward_url``)."""
+    reward_model: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Model overrides of the rewards, as ``NAME PATH`` pairs (hub id or local path): names
+    ``clip_score``, ``pickscore``, ``pickscore_processor``, ``hps``, ``image_reward``; a reward
+    not named loads its default model."""
+    reward_device: str | None = None
+    """Device of the model-based rewards (e.g. ``cuda:1``); default CUDA when available, else
+    CPU (``ocr`` runs on CPU unless set)."""
+    reward_batch_size: int = 32
+    """Images per forward pass of the model-based rewards."""
+    remote_reward_url: str | None = None
+    """URL of the reward server of the ``remote`` reward."""
+    remote_reward_token: str | None = None
+    """Bearer token for the reward server."""
+    remote_reward_timeout: float = 60.0
+    """Seconds to wait for the reward server per request."""
     prompts: PromptSetName = DEFAULT_SETTINGS.prompts
     """Prompt function: ``shapes`` (the tiny model's caption grammar), ``simple_animals``,
     ``imagenet_animals`` (ImageNet classes 0-397), ``nouns_activities`` ("a cat riding a bike")."""
@@ -68,6 +106,10 @@ class TrainArgs:
     grid_images: int = 16
     """Images per epoch in the ``images/epoch_NNNN.png`` grid."""
 
+    def __post_init__(self) -> None:
+        # A bad --reward or reward option is reported while the flags are parsed.
+        check_reward_options(self.reward, _reward_options(self))
+
 
 @dataclass
 class TrainResult:
@@ -86,16 +128,50 @@ class HubUploadError(RuntimeError):
     """The upload to the Hub failed; the message says where the local files are."""
 
 
+def _reward_options(args: TrainArgs) -> RewardOptions:
+    """The `RewardOptions` of the reward flags of ``args``."""
+    return RewardOptions(
+        args.aesthetic_clip_model,
+        args.aesthetic_mlp_weights,
+        token=args.hf_user_access_token,
+        models=dict(args.reward_model),
+        device=args.reward_device,
+        batch_size=args.reward_batch_size,
+        remote_url=args.remote_reward_url,
+        remote_token=args.remote_reward_token,
+        remote_timeout=args.remote_reward_timeout,
+    )
+
+
 def build_reward_fn(args: TrainArgs) -> RewardFn:
-    """The reward function named by ``args.reward`` (`ddpo.rewards.registry.build_reward_fn`).
+    """The reward function of ``args.reward``, a name or a weighted sum
+    (`ddpo.rewards.registry.build_reward_fn`).
 
     Raises:
-        ValueError: if the name is unknown.
+        ValueError: for a bad ``--reward`` or reward option, or ``alignment`` (alone or in a
+            sum) with prompts other than ``shapes``; all before any model loads.
+        ImportError: naming the extra to install when a reward's packages are missing.
     """
-    options = RewardOptions(
-        args.aesthetic_clip_model, args.aesthetic_mlp_weights, token=args.hf_user_access_token
-    )
-    return reward_spec(args.reward).build(options)
+    return build_named_reward_fn(args.reward, check_reward_flags(args))
+
+
+def check_reward_flags(args: TrainArgs) -> RewardOptions:
+    """Check ``--reward`` (a name or a weighted sum) and the reward options; cheap, nothing loads.
+
+    Returns:
+        The reward options of ``args``.
+
+    Raises:
+        ValueError: as `build_reward_fn`.
+    """
+    options = _reward_options(args)
+    terms = check_reward_options(args.reward, options)
+    if any(name == "alignment" for name, _ in terms) and args.prompts != "shapes":
+        raise ValueError(
+            f"reward='alignment' scores prompts of the shapes grammar only; got "
+            f"prompts={args.prompts!r} (use --prompts=shapes or another reward)"
+        )
+    return options
 
 
 def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> RepeatPrompts:
@@ -159,16 +235,14 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         raise ValueError(f"grid_images must be positive, got {args.grid_images}")
     if args.lora_rank <= 0:
         raise ValueError(f"lora_rank must be positive, got {args.lora_rank}")
-    if args.reward == "alignment" and args.prompts != "shapes":
-        raise ValueError(
-            f"reward='alignment' scores prompts of the shapes grammar only; got "
-            f"prompts={args.prompts!r} (use --prompts=shapes or another reward)"
-        )
+    if args.resolution is not None and (args.resolution <= 0 or args.resolution % 8):
+        raise ValueError(f"resolution must be a positive multiple of 8, got {args.resolution}")
+    check_reward_flags(args)
     config = args.ddpo_config
     # A taken output folder is reported now, not after the model has loaded.
     check_output_dir(config)
 
-    from ddpo.adapters import DefaultDDPOStableDiffusionPipeline
+    from ddpo.adapters import load_policy
     from ddpo.reporting import ImageGridHook
     from ddpo.trainer import DDPOTrainer
 
@@ -180,9 +254,10 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
     prompt_fn = preset_prompt_fn(args, seed=config.seed, process_index=_process_index())
     reward_fn = build_reward_fn(args)
     hook = ImageGridHook(max_images=args.grid_images)
-    pipeline = DefaultDDPOStableDiffusionPipeline(
+    pipeline = load_policy(
         args.pretrained_model,
-        pretrained_model_revision=args.pretrained_revision,
+        revision=args.pretrained_revision,
+        resolution=args.resolution,
         use_lora=args.use_lora,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_rank,
@@ -211,9 +286,9 @@ def train_and_report(setup: _TrainSetup) -> TrainResult:
 
     # 3. Report: each epoch's metrics with the means of the reward's numeric per-sample
     #    metadata (averaged by the image hook); the curve and table show the reward's summary
-    #    keys (the registry's `summary_keys`, e.g. the alignment reward's `accuracy`).
+    #    keys (the registry's `summary_keys_for`, e.g. the alignment reward's `accuracy`).
     metrics = merge_epoch_means(read_metrics(output_dir / METRICS_FILENAME), setup.hook.epochs)
-    summary_keys = reward_spec(args.reward).summary_keys
+    summary_keys = summary_keys_for(args.reward)
     curve_path = output_dir / "reward_curve.png"
     if main_process and metrics:
         title = f"{args.reward}: mean reward per epoch ({args.pretrained_model})"

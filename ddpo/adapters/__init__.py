@@ -1,6 +1,8 @@
-"""Thin adapters over diffusers, transformers and peft: the DDPO pipeline and the tiny model."""
+"""Thin adapters over diffusers, transformers and peft: the DDPO pipelines of each model family
+(Stable Diffusion 1.x/2.x, SDXL), the family dispatch, and the tiny models."""
 
 from ddpo.adapters.default import LORA_TARGET_MODULES, DefaultDDPOStableDiffusionPipeline
+from ddpo.adapters.families import FAMILIES, Family, load_policy, model_family
 from ddpo.adapters.interface import (
     DDPOPipelineOutput,
     DDPOSchedulerOutput,
@@ -11,30 +13,48 @@ from ddpo.adapters.interface import (
 )
 from ddpo.adapters.registry import BUILTIN_MODELS, resolve_pretrained
 from ddpo.adapters.scheduling import check_ddim_scheduler, ddim_alpha_bars
+from ddpo.adapters.sdxl import DefaultDDPOStableDiffusionXLPipeline
 from ddpo.adapters.tiny import (
     TINY_MODEL_NAME,
     TinyModelConfig,
     tiny_model_components,
     tiny_pipeline_path,
 )
+from ddpo.adapters.tiny_sdxl import (
+    TINY_SDXL_NAME,
+    TinySDXLConfig,
+    save_sdxl_pipeline,
+    tiny_sdxl_components,
+    tiny_sdxl_path,
+)
 from ddpo.adapters.tokenizer import write_clip_tokenizer
 
 __all__ = [
     "BUILTIN_MODELS",
+    "FAMILIES",
     "LORA_TARGET_MODULES",
     "TINY_MODEL_NAME",
+    "TINY_SDXL_NAME",
     "DDPOPipelineOutput",
     "DDPOSchedulerOutput",
     "DDPOStableDiffusionPipeline",
     "DefaultDDPOStableDiffusionPipeline",
+    "DefaultDDPOStableDiffusionXLPipeline",
+    "Family",
     "TinyModelConfig",
+    "TinySDXLConfig",
     "check_ddim_scheduler",
     "check_eta",
     "check_prompts",
     "ddim_alpha_bars",
+    "load_policy",
+    "model_family",
     "resolve_pretrained",
+    "save_sdxl_pipeline",
     "scheduler_step_with_logprob",
     "tiny_model_components",
     "tiny_pipeline_path",
+    "tiny_sdxl_components",
+    "tiny_sdxl_path",
     "write_clip_tokenizer",
 ]

@@ -1,7 +1,6 @@
 """``DefaultDDPOStableDiffusionPipeline``: the DDPO interface over diffusers' Stable Diffusion."""
 
 import contextlib
-import copy
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,39 +9,32 @@ from typing import Any, Literal, final
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from diffusers.utils.torch_utils import randn_tensor
-from peft import LoraConfig
-from torch import nn
+from torch import Tensor, nn
 
 from ddpo._typing import Latents, PromptEmbeds
 from ddpo.adapters.interface import DDPOPipelineOutput, DDPOStableDiffusionPipeline
-from ddpo.adapters.registry import (
-    LORA_WEIGHTS_NAME,
-    read_base_model,
-    read_model_index,
-    resolve_pretrained,
-)
+from ddpo.adapters.registry import read_model_index, resolve_model_source
 from ddpo.adapters.sampling import (
     _unwrap,
+    check_resolution,
     check_sampling_args,
     decode_latents,
-    scheduler_step_with_logprob,
+    sample_ddim_trajectory,
 )
 from ddpo.adapters.sd_weights import (
     LORA_TARGET_MODULES,
-    cast_dtype,
     check_ddim_config,
+    check_model_args,
     find_unet,
-    load_lora_state,
+    fused_unet,
     load_unet_weights,
-    lora_alpha_value,
-    lora_parameters_to_float32,
+    new_lora_config,
     save_unet_weights,
-    saved_lora_config,
+    setup_trainable_unet,
     write_lora,
 )
 
 OutputType = Literal["pil", "pt", "np", "latent"]
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @final
@@ -70,6 +62,8 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         device: where to put the model (``None``: stay on CPU; the trainer moves it).
         lora_init_seed: seed of the new LoRA adapters' random initialisation (drawn on the CPU
             with a forked generator, so the global RNG neither affects nor is affected by it).
+        resolution: the training images' size, one int or ``(height, width)`` (``None``: the
+            UNet's sample size times 8, e.g. 512 for SD 1.5).
 
     Raises:
         ValueError: unknown model, non-SD folder, scheduler not convertible to DDIM, or bad
@@ -87,40 +81,22 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         lora_init_seed: int = 0,
+        resolution: int | tuple[int, int] | None = None,
     ) -> None:
-        if isinstance(lora_init_seed, bool) or not isinstance(lora_init_seed, int):
-            raise TypeError(f"lora_init_seed must be an int, got {lora_init_seed!r}")
-        if not 0 <= lora_init_seed < 2**63:
-            raise ValueError(f"lora_init_seed must be in [0, 2**63), got {lora_init_seed!r}")
-        if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank <= 0:
-            raise ValueError(f"lora_rank must be a positive integer, got {lora_rank!r}")
-        if not lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be > 0, got {lora_alpha!r}")
-        if torch_dtype is not None and torch_dtype not in _DTYPES:
-            raise ValueError(f"torch_dtype must be one of {_DTYPES} or None, got {torch_dtype!r}")
+        self.resolution = check_resolution(resolution)
+        check_model_args(
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            torch_dtype=torch_dtype,
+            lora_init_seed=lora_init_seed,
+        )
 
         # 1. Resolve and check everything before loading weights.
-        given = os.fspath(pretrained_model_name)
-        folder = resolve_pretrained(given, pretrained_model_revision)
-        # record hub ids and built-in names as given (portable), local folders as absolute paths
-        base_name = str(folder) if Path(given).expanduser().is_dir() else given
-        base_revision = pretrained_model_revision
-        lora_file: Path | None = None
-        if (folder / LORA_WEIGHTS_NAME).is_file():
-            lora_file = folder / LORA_WEIGHTS_NAME
-            if not (folder / "model_index.json").is_file():  # LoRA only: load its base
-                base_name, base_revision = read_base_model(folder)
-                folder = resolve_pretrained(base_name, base_revision)
+        source = resolve_model_source(pretrained_model_name, pretrained_model_revision)
+        folder = source.folder
         read_model_index(folder)
         ddim_config = check_ddim_config(folder)
-        lora_config = LoraConfig(
-            r=lora_rank,
-            lora_alpha=lora_alpha_value(lora_alpha),
-            init_lora_weights="gaussian",
-            target_modules=list(LORA_TARGET_MODULES),
-        )
-        if lora_file is not None:  # the saved adapter's own rank, alpha and target modules
-            lora_config = saved_lora_config(lora_file)
+        lora_config = new_lora_config(lora_rank, lora_alpha, source.lora_file)
 
         # 2. Load the wrapped diffusers pipeline, DDIM, no safety checker, frozen VAE/text.
         sd = StableDiffusionPipeline.from_pretrained(
@@ -136,32 +112,18 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         self.use_lora = use_lora
         self.lora_rank = int(lora_config.r)
         self.lora_alpha = float(lora_config.lora_alpha)
-        self.pretrained_model_name = base_name
-        self.pretrained_model_revision = base_revision
-        self._frozen_unet: nn.Module | None = None
+        self.pretrained_model_name = source.base_name
+        self.pretrained_model_revision = source.base_revision
 
-        # 3. Trainable parameters: LoRA adapters (float32) or the full UNet (float32).
-        unet = sd.unet
-        unet.requires_grad_(False)
-        if not use_lora:
-            cast_dtype(unet, torch.float32)
-        if use_lora or lora_file is not None:
-            # peft draws the adapters' initial weights from the global generator: seed them here,
-            # inside fork_rng, so that the same script gives the same adapters in any process
-            # whatever the global RNG holds, and the caller's RNG is left as it was.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(lora_init_seed)
-                unet.add_adapter(lora_config)
-            if lora_file is not None:
-                load_lora_state(unet, lora_file)
-            lora_parameters_to_float32(unet)
-        if not use_lora:
-            if lora_file is not None:  # fold the loaded LoRA weights into the full UNet
-                unet.fuse_lora()
-                unet.unload_lora()
-            unet.requires_grad_(True)
-            # the KL reference for full fine-tuning: a frozen copy (doubles the UNet's memory)
-            self._frozen_unet = copy.deepcopy(unet).requires_grad_(False).eval()
+        # 3. Trainable parameters: LoRA adapters (float32) or the full UNet (float32, with a
+        #    frozen copy as the KL reference).
+        self._frozen_unet: nn.Module | None = setup_trainable_unet(
+            sd.unet,
+            use_lora=use_lora,
+            lora_config=lora_config,
+            lora_file=source.lora_file,
+            lora_init_seed=lora_init_seed,
+        )
         if device is not None:
             self.to(device)
 
@@ -304,7 +266,7 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             num_images_per_prompt=num_images_per_prompt,
         )
         prompts, negatives, n_prompts = plan.prompts, plan.negatives, plan.n_prompts
-        batch, shape = plan.batch, plan.shape
+        shape = plan.shape
         do_guidance = guidance_scale > 1.0
         device = self.device
 
@@ -337,32 +299,23 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             x_t = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
 
             # 4. Denoise, keeping every latent and log-prob.
-            all_latents = [x_t]
-            all_log_probs = []
-            for t in self._sd.progress_bar(self.scheduler.timesteps):
-                timesteps = t.to(device).expand(batch)
-                model_output = self._guided_model_output(
-                    self.unet,
-                    x_t,
-                    timesteps,
-                    prompt_embeds,
-                    negative_prompt_embeds,
-                    guidance_scale,
+            def predict(x: Latents, t: Tensor) -> Latents:
+                return self._guided_model_output(
+                    self.unet, x, t, prompt_embeds, negative_prompt_embeds, guidance_scale
                 )
-                step = scheduler_step_with_logprob(
-                    self.scheduler, model_output, timesteps, x_t, eta=eta, generator=generator
-                )
-                x_t = step.prev_sample.to(torch.float32)
-                all_latents.append(x_t)
-                all_log_probs.append(step.log_prob.to(torch.float32))
+
+            trajectory = sample_ddim_trajectory(
+                self.scheduler,
+                predict,
+                x_t,
+                eta=eta,
+                generator=generator,
+                progress=self._sd.progress_bar,
+            )
 
             # 5. Decode.
-            images = decode_latents(self._sd, x_t, output_type)
-        return DDPOPipelineOutput(
-            images=images,
-            latents=torch.stack(all_latents, dim=1),
-            log_probs=torch.stack(all_log_probs, dim=1),
-        )
+            images = decode_latents(self._sd, trajectory.latents[:, -1], output_type)
+        return DDPOPipelineOutput(images, trajectory.latents, trajectory.log_probs)
 
     # ---- saving and loading --------------------------------------------------------------
 
@@ -397,14 +350,7 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         scheduler saved is the DDIM scheduler. Weights are safetensors.
         """
         out = Path(output_dir)
-        unet: nn.Module = _unwrap(self.unet)
-        if getattr(unet, "_hf_peft_config_loaded", False):
-            fused = copy.deepcopy(unet)
-            fused.fuse_lora()  # type: ignore[operator]
-            fused.unload_lora()  # type: ignore[operator]
-            unet = fused
-        if unet is not _unwrap(self.unet):  # the fused copy: store it in the base dtype
-            unet = cast_dtype(unet, self._sd.vae.dtype)
+        unet = fused_unet(_unwrap(self.unet), self._sd.vae.dtype)
         components = dict(self._sd.components)
         components["unet"] = unet
         components["requires_safety_checker"] = False  # none was loaded (see __init__)

@@ -9,7 +9,6 @@ default implementations of what the trainer calls per step (:meth:`encode_prompt
 
 import abc
 import contextlib
-import copy
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from ddpo._typing import Latents, PerSample, PromptEmbeds
 from ddpo.adapters.sampling import (
     _unwrap,
+    check_ddim_num_steps,
     check_eta,
     check_prompts,
     scheduler_step_with_logprob,
@@ -180,31 +180,9 @@ class DDPOStableDiffusionPipeline(abc.ABC):
             self.unet.enable_gradient_checkpointing()  # type: ignore[operator]
 
     def check_num_steps(self, num_steps: int) -> None:
-        """ValueError unless the DDIM scheduler makes ``num_steps`` valid timesteps (checked on a
-        copy: e.g. "leading" spacing with ``steps_offset=1`` at 1000 steps starts at t = 1000;
-        diffusers' "trailing" spacing gives one timestep too many for 61, 103, 121, ... steps)."""
-        scheduler = self.scheduler
-        num_train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
-        if not isinstance(num_train, int):
-            return
-        if num_steps > num_train:
-            raise ValueError(
-                f"DDPOConfig.sample_num_steps={num_steps} is more than the pipeline's scheduler "
-                f"allows ({type(scheduler).__name__} has num_train_timesteps={num_train}); use "
-                f"at most {num_train} steps"
-            )
-        probe = copy.deepcopy(scheduler)
-        probe.set_timesteps(num_steps)
-        timesteps = torch.as_tensor(probe.timesteps)
-        low, high = int(timesteps.min()), int(timesteps.max())
-        if len(timesteps) != num_steps or low < 0 or high >= num_train:
-            spacing = getattr(scheduler.config, "timestep_spacing", "?")
-            raise ValueError(
-                f"DDPOConfig.sample_num_steps={num_steps}: the pipeline's "
-                f"{type(scheduler).__name__} (timestep_spacing={spacing!r}) gives "
-                f"{len(timesteps)} timesteps from {high} to {low} for it, outside [0, "
-                f"{num_train}) or not one per step; choose another step count"
-            )
+        """ValueError unless the DDIM scheduler makes ``num_steps`` valid timesteps
+        (:func:`ddpo.adapters.sampling.check_ddim_num_steps`)."""
+        check_ddim_num_steps(self.scheduler, num_steps)
 
     def encode(self, prompts: Sequence[str], negative_prompt: str) -> Conditioning:
         """``prompt_embeds`` of ``prompts`` and ``negative_prompt_embeds`` (the negative prompt's,
@@ -226,7 +204,10 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         eta: float,
         generator: torch.Generator,
     ) -> PolicyRollout:
-        """Sample with this pipeline's ``__call__`` (``output_type="pt"``)."""
+        """Sample with this pipeline's ``__call__`` (``output_type="pt"``), at its
+        ``resolution`` when it has one."""
+        size = getattr(self, "resolution", None)
+        extra = {"height": size[0], "width": size[1]} if size is not None else {}
         output = self(
             prompt_embeds=conditioning["prompt_embeds"],
             negative_prompt_embeds=conditioning["negative_prompt_embeds"],
@@ -235,6 +216,7 @@ class DDPOStableDiffusionPipeline(abc.ABC):
             eta=eta,
             generator=generator,
             output_type="pt",
+            **extra,
         )
         if not isinstance(output.images, Tensor):
             raise TypeError(

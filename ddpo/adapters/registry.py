@@ -1,8 +1,9 @@
 """Resolve a model name (built-in, local folder or hub id) to a local folder, with clear errors.
 
-Built-in names need no network: ``"ddpo-tiny-random"`` (the random test model, built on first
-use into the cache folder) and ``"ddpo-tiny-shapes"`` (the trained tiny model shipped with the
-package). Everything is checked here, before any weights are loaded.
+Built-in names need no network: ``"ddpo-tiny-random"`` and ``"ddpo-tiny-sdxl-random"`` (the
+random SD and SDXL test models, built on first use into the cache folder) and
+``"ddpo-tiny-shapes"`` (the trained tiny model shipped with the package). Everything is checked
+here, before any weights are loaded.
 """
 
 import json
@@ -10,13 +11,14 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ddpo.adapters.tiny import TINY_MODEL_NAME, tiny_pipeline_path
+from ddpo.adapters.tiny_sdxl import TINY_SDXL_NAME, tiny_sdxl_path
 
 TINY_SHAPES_NAME = "ddpo-tiny-shapes"
 _TINY_SHAPES_PACKAGE = "ddpo.models"  # holds the folder TINY_SHAPES_NAME (package data)
-BUILTIN_MODELS: tuple[str, ...] = (TINY_MODEL_NAME, TINY_SHAPES_NAME)
+BUILTIN_MODELS: tuple[str, ...] = (TINY_MODEL_NAME, TINY_SHAPES_NAME, TINY_SDXL_NAME)
 """Names :func:`resolve_pretrained` knows without a folder or a hub."""
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -78,6 +80,8 @@ def resolve_pretrained(name: str | os.PathLike[str], revision: str = "main") -> 
         return tiny_pipeline_path()
     if text == TINY_SHAPES_NAME:
         return _tiny_shapes_path()
+    if text == TINY_SDXL_NAME:
+        return tiny_sdxl_path()
     path = Path(text).expanduser()
     if path.is_dir():
         return path.resolve()
@@ -117,28 +121,65 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return value
 
 
-def read_model_index(folder: Path) -> dict[str, Any]:
-    """``model_index.json`` of a Stable Diffusion folder, checked to list the SD components.
+def read_model_index(
+    folder: Path,
+    components: tuple[str, ...] = SD_COMPONENTS,
+    family: str = "Stable Diffusion",
+) -> dict[str, Any]:
+    """``model_index.json`` of a model folder, checked to list a family's ``components``.
 
     Raises:
-        ValueError: if the file is missing, is not valid JSON or lacks one of
-            :data:`SD_COMPONENTS` (naming the file, or the folder and the components).
+        ValueError: if the file is missing, is not valid JSON or lacks one of ``components``
+            (naming the file, or the folder, the class found and the missing components).
     """
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise ValueError(
-            f"{folder} is not a Stable Diffusion model folder: it has no model_index.json "
-            f"(expected components {SD_COMPONENTS})"
+            f"{folder} is not a {family} model folder: it has no model_index.json "
+            f"(expected components {components})"
         )
     index = read_json_object(index_file)
-    missing = [c for c in SD_COMPONENTS if not index.get(c) or index[c][0] is None]
+    missing = [c for c in components if not index.get(c) or index[c][0] is None]
     if missing:
-        found = sorted(k for k in index if not k.startswith("_"))
+        found = sorted(k for k in index if not k.startswith("_") and _listed(index[k]))
         raise ValueError(
-            f"{folder} is not a Stable Diffusion architecture ({index.get('_class_name')!r}): "
+            f"{folder} is not a {family} architecture ({index.get('_class_name')!r}): "
             f"missing components {missing}, found {found}"
         )
     return index
+
+
+def _listed(entry: Any) -> bool:
+    return isinstance(entry, list) and bool(entry) and entry[0] is not None
+
+
+class ModelSource(NamedTuple):
+    """Where a model's weights are: its base folder, the base's portable name, and LoRA weights
+    to load on top (a folder holding ``pytorch_lora_weights.safetensors``)."""
+
+    folder: Path
+    base_name: str
+    base_revision: str
+    lora_file: Path | None
+
+
+def resolve_model_source(name: str | os.PathLike[str], revision: str = "main") -> ModelSource:
+    """The model folder of ``name`` (:func:`resolve_pretrained`), following LoRA-only folders
+    (``pytorch_lora_weights.safetensors`` + ``ddpo_base_model.json``) to their base model.
+
+    Hub ids and built-in names are recorded as given (portable), local folders as absolute paths.
+    """
+    given = os.fspath(name)
+    folder = resolve_pretrained(given, revision)
+    base_name = str(folder) if Path(given).expanduser().is_dir() else given
+    base_revision = revision
+    lora_file: Path | None = None
+    if (folder / LORA_WEIGHTS_NAME).is_file():
+        lora_file = folder / LORA_WEIGHTS_NAME
+        if not (folder / "model_index.json").is_file():  # LoRA only: load its base
+            base_name, base_revision = read_base_model(folder)
+            folder = resolve_pretrained(base_name, base_revision)
+    return ModelSource(folder, base_name, base_revision, lora_file)
 
 
 def read_base_model(folder: Path) -> tuple[str, str]:
@@ -169,9 +210,11 @@ __all__ = [
     "LORA_WEIGHTS_NAME",
     "SD_COMPONENTS",
     "TINY_SHAPES_NAME",
+    "ModelSource",
     "read_base_model",
     "read_json_object",
     "read_model_index",
+    "resolve_model_source",
     "resolve_pretrained",
     "write_base_model",
 ]

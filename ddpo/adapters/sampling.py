@@ -1,20 +1,56 @@
 """DDIM sampling helpers shared by the Stable Diffusion adapters: argument checks, the scheduler
 step with its log-probability (noise drawn as diffusers draws it), latent decoding."""
 
+import copy
 import numbers
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from ddpo._typing import Latents
+from ddpo._typing import Latents, Trajectory
 from ddpo.adapters.scheduling import ddim_alpha_bars
 from ddpo.core import DDIMStepOutput, ddim_step_with_logprob
 
 OUTPUT_TYPES = ("pil", "pt", "np", "latent")
+
+Size = tuple[int, int]
+"""``(height, width)`` in pixels."""
+
+
+def check_size(value: Any, name: str) -> Size | None:
+    """``value`` (one int, or ``(height, width)`` of non-negative ints, or ``None``) as a pair.
+
+    Raises:
+        ValueError: naming ``name`` and the value.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, (tuple, list))
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    ):
+        raise ValueError(f"{name} must be (height, width) of non-negative ints, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def check_resolution(value: Any) -> Size | None:
+    """A pipeline's ``resolution`` argument: ``None`` or a positive multiple of 8 per side.
+
+    Raises:
+        ValueError: naming ``resolution`` and the value.
+    """
+    size = check_size(value, "resolution")
+    if size is not None and (min(size) <= 0 or size[0] % 8 or size[1] % 8):
+        raise ValueError(f"resolution must be positive multiples of 8, got {value!r}")
+    return size
 
 
 def check_prompts(prompt: Any, *, name: str = "prompt") -> list[str]:
@@ -109,6 +145,84 @@ def scheduler_step_with_logprob(
     )
 
 
+class DDIMTrajectory(NamedTuple):
+    """A sampled DDIM trajectory: every latent (``x_T`` first) and every step's log-density."""
+
+    latents: Float[Tensor, "batch steps_plus_one channels height width"]
+    log_probs: Trajectory
+
+
+def sample_ddim_trajectory(
+    scheduler: Any,
+    predict: Callable[[Latents, Int[Tensor, " batch"]], Latents],
+    x_T: Latents,
+    *,
+    eta: float | int,
+    generator: torch.Generator | list[torch.Generator] | None,
+    progress: Callable[[Iterable[Tensor]], Iterable[Tensor]] = iter,
+) -> DDIMTrajectory:
+    """Denoise ``x_T`` over ``scheduler.timesteps`` with DDIM, keeping each latent and log-prob.
+
+    ``predict(x_t, t)`` is a family's (guided) model prediction; each step is
+    :func:`scheduler_step_with_logprob` with its noise drawn from ``generator`` as diffusers
+    draws it, so a stock pipeline with the same generator draws the same trajectory.
+
+    Args:
+        scheduler: a DDIM scheduler after ``set_timesteps``.
+        predict: ``(x_t, timesteps) -> model_output``, both ``(batch, ...)``.
+        x_T: the initial latents (already scaled by ``init_noise_sigma``), float32.
+        eta: DDIM stochasticity in ``(0, 1]``.
+        generator: torch generator(s) for the step noise.
+        progress: wraps the timesteps (e.g. a progress bar).
+
+    Returns:
+        :class:`DDIMTrajectory` with ``latents`` ``(batch, T + 1, ...)`` and ``log_probs``
+        ``(batch, T)``, float32.
+    """
+    x_t = x_T
+    batch = x_t.shape[0]
+    all_latents = [x_t]
+    all_log_probs = []
+    for t in progress(scheduler.timesteps):
+        timesteps = t.to(x_t.device).expand(batch)
+        model_output = predict(x_t, timesteps)
+        step = scheduler_step_with_logprob(
+            scheduler, model_output, timesteps, x_t, eta=eta, generator=generator
+        )
+        x_t = step.prev_sample.to(torch.float32)
+        all_latents.append(x_t)
+        all_log_probs.append(step.log_prob.to(torch.float32))
+    return DDIMTrajectory(torch.stack(all_latents, dim=1), torch.stack(all_log_probs, dim=1))
+
+
+def check_ddim_num_steps(scheduler: Any, num_steps: int) -> None:
+    """ValueError naming ``DDPOConfig.sample_num_steps`` unless the DDIM ``scheduler`` makes
+    ``num_steps`` valid timesteps (checked on a copy: e.g. "leading" spacing with
+    ``steps_offset=1`` at 1000 steps starts at t = 1000; diffusers' "trailing" spacing gives one
+    timestep too many for 61, 103, 121, ... steps)."""
+    num_train = getattr(getattr(scheduler, "config", None), "num_train_timesteps", None)
+    if not isinstance(num_train, int):
+        return
+    if num_steps > num_train:
+        raise ValueError(
+            f"DDPOConfig.sample_num_steps={num_steps} is more than the pipeline's scheduler "
+            f"allows ({type(scheduler).__name__} has num_train_timesteps={num_train}); use "
+            f"at most {num_train} steps"
+        )
+    probe = copy.deepcopy(scheduler)
+    probe.set_timesteps(num_steps)
+    timesteps = torch.as_tensor(probe.timesteps)
+    low, high = int(timesteps.min()), int(timesteps.max())
+    if len(timesteps) != num_steps or low < 0 or high >= num_train:
+        spacing = getattr(scheduler.config, "timestep_spacing", "?")
+        raise ValueError(
+            f"DDPOConfig.sample_num_steps={num_steps}: the pipeline's "
+            f"{type(scheduler).__name__} (timestep_spacing={spacing!r}) gives "
+            f"{len(timesteps)} timesteps from {high} to {low} for it, outside [0, "
+            f"{num_train}) or not one per step; choose another step count"
+        )
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     """The model inside DDP/FSDP/``torch.compile`` wrappers."""
     while True:
@@ -195,12 +309,25 @@ def check_sampling_args(
 
 
 def decode_latents(sd: Any, latents: Latents, output_type: str) -> Any:
-    """Decode final latents with the pipeline's VAE into ``output_type`` images."""
+    """Decode final latents with the pipeline's VAE into ``output_type`` images.
+
+    Undoes the latent normalisation as diffusers does: ``latents / scaling_factor``, or
+    ``latents * latents_std / scaling_factor + latents_mean`` for a VAE whose config has them.
+    Decodes in the VAE's dtype (a family that must decode in float32 keeps its VAE there).
+    """
     if output_type == "latent":
         return latents
     vae = sd.vae
-    scaled = latents.to(vae.dtype) / vae.config.scaling_factor
-    decoded = vae.decode(scaled, return_dict=False)[0]
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, -1, 1, 1)
+        mean_t = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(shape)
+        std_t = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(shape)
+        scaled = latents * std_t / config.scaling_factor + mean_t
+    else:
+        scaled = latents / config.scaling_factor
+    decoded = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
     processor = sd.image_processor
     if output_type == "pt":
         images: Tensor = processor.postprocess(decoded, output_type="pt")
@@ -213,10 +340,16 @@ def decode_latents(sd: Any, latents: Latents, output_type: str) -> Any:
 
 __all__ = [
     "OUTPUT_TYPES",
+    "DDIMTrajectory",
     "SamplingPlan",
+    "Size",
+    "check_ddim_num_steps",
     "check_eta",
     "check_prompts",
+    "check_resolution",
     "check_sampling_args",
+    "check_size",
     "decode_latents",
+    "sample_ddim_trajectory",
     "scheduler_step_with_logprob",
 ]

@@ -2,6 +2,7 @@
 diffusers' and peft's key formats, and dtype casts (used by `DefaultDDPOStableDiffusionPipeline`).
 """
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Final
@@ -136,13 +137,16 @@ def load_lora_state(unet: nn.Module, path: Path) -> None:
         )
 
 
-def write_lora(unet: nn.Module, out: Path, base_name: str, base_revision: str) -> None:
+def write_lora(
+    unet: nn.Module, out: Path, base_name: str, base_revision: str, *, saver: Any = None
+) -> None:
     """Write ``unet``'s LoRA adapter as diffusers' ``pytorch_lora_weights.safetensors`` (with its
     full LoRA config as metadata, so diffusers' loader rebuilds the same adapter) and the base
-    model's name beside it."""
+    model's name beside it. ``saver``: the diffusers pipeline class whose ``save_lora_weights``
+    writes the file (default ``StableDiffusionPipeline``; SDXL's has the same UNet keys)."""
     config: Any = unet.peft_config
     metadata: dict[str, Any] = config["default"].to_dict()
-    StableDiffusionPipeline.save_lora_weights(
+    (saver or StableDiffusionPipeline).save_lora_weights(
         save_directory=out,
         unet_lora_layers=_lora_state_dict_diffusers(unet),
         weight_name=LORA_WEIGHTS_NAME,
@@ -174,6 +178,91 @@ def load_unet_weights(unet: nn.Module, folder: Path, *, lora: bool) -> None:
     unet.load_state_dict(load_file(weights_file, device=str(next(unet.parameters()).device)))
 
 
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_model_args(
+    *, lora_rank: Any, lora_alpha: Any, torch_dtype: Any, lora_init_seed: Any
+) -> None:
+    """The checks of a pipeline's constructor arguments, before anything loads.
+
+    Raises:
+        TypeError, ValueError: naming the argument and the value.
+    """
+    if isinstance(lora_init_seed, bool) or not isinstance(lora_init_seed, int):
+        raise TypeError(f"lora_init_seed must be an int, got {lora_init_seed!r}")
+    if not 0 <= lora_init_seed < 2**63:
+        raise ValueError(f"lora_init_seed must be in [0, 2**63), got {lora_init_seed!r}")
+    if isinstance(lora_rank, bool) or not isinstance(lora_rank, int) or lora_rank <= 0:
+        raise ValueError(f"lora_rank must be a positive integer, got {lora_rank!r}")
+    if not lora_alpha > 0:
+        raise ValueError(f"lora_alpha must be > 0, got {lora_alpha!r}")
+    if torch_dtype is not None and torch_dtype not in _DTYPES:
+        raise ValueError(f"torch_dtype must be one of {_DTYPES} or None, got {torch_dtype!r}")
+
+
+def new_lora_config(lora_rank: int, lora_alpha: float | int, lora_file: Path | None) -> LoraConfig:
+    """The adapter config: the saved adapter's own (rank, alpha, targets) when loading
+    ``lora_file``, else rank ``lora_rank`` on :data:`LORA_TARGET_MODULES`, Gaussian init."""
+    if lora_file is not None:
+        return saved_lora_config(lora_file)
+    return LoraConfig(
+        r=lora_rank,
+        lora_alpha=lora_alpha_value(lora_alpha),
+        init_lora_weights="gaussian",
+        target_modules=list(LORA_TARGET_MODULES),
+    )
+
+
+def setup_trainable_unet(
+    unet: nn.Module,
+    *,
+    use_lora: bool,
+    lora_config: LoraConfig,
+    lora_file: Path | None,
+    lora_init_seed: int,
+) -> nn.Module | None:
+    """Make ``unet``'s trainable parameters: LoRA adapters (float32) or the whole UNet (float32).
+
+    New adapters are drawn after ``torch.manual_seed(lora_init_seed)`` inside ``fork_rng`` (peft
+    draws them from the global generator), so the same script gives the same adapters in any
+    process and the caller's RNG is left as it was. Saved LoRA weights in ``lora_file`` are
+    loaded into the adapter, or, for full fine-tuning, fused into the UNet.
+
+    Returns:
+        For full fine-tuning, a frozen copy of the UNet (the KL reference; it doubles the UNet's
+        memory); ``None`` with LoRA (the reference is the UNet with adapters disabled).
+    """
+    unet.requires_grad_(False)
+    if not use_lora:
+        cast_dtype(unet, torch.float32)
+    if use_lora or lora_file is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(lora_init_seed)
+            unet.add_adapter(lora_config)  # type: ignore[operator]
+        if lora_file is not None:
+            load_lora_state(unet, lora_file)
+        lora_parameters_to_float32(unet)
+    if use_lora:
+        return None
+    if lora_file is not None:  # fold the loaded LoRA weights into the full UNet
+        unet.fuse_lora()  # type: ignore[operator]
+        unet.unload_lora()  # type: ignore[operator]
+    unet.requires_grad_(True)
+    return copy.deepcopy(unet).requires_grad_(False).eval()
+
+
+def fused_unet(unet: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``unet`` for saving: with LoRA adapters, a copy with them fused in, in ``dtype``;
+    otherwise ``unet`` itself."""
+    if not getattr(unet, "_hf_peft_config_loaded", False):
+        return unet
+    fused = copy.deepcopy(unet)
+    fused.fuse_lora()  # type: ignore[operator]
+    fused.unload_lora()  # type: ignore[operator]
+    return cast_dtype(fused, dtype)
+
+
 def find_unet(models: list[Any], target: nn.Module) -> int:
     """Index of ``target`` (else of the first UNet) among accelerate's hook ``models``."""
     unwrapped = [_unwrap(m) for m in models]
@@ -194,12 +283,16 @@ __all__ = [
     "UNET_WEIGHTS",
     "cast_dtype",
     "check_ddim_config",
+    "check_model_args",
     "find_unet",
+    "fused_unet",
     "load_lora_state",
     "load_unet_weights",
     "lora_alpha_value",
     "lora_parameters_to_float32",
+    "new_lora_config",
     "save_unet_weights",
     "saved_lora_config",
+    "setup_trainable_unet",
     "write_lora",
 ]

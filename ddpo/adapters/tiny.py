@@ -311,8 +311,13 @@ def tiny_pipeline_path(cache_dir: str | Path | None = None, *, seed: int = 0) ->
     return build_pipeline_folder(target, lambda: tiny_model_components(seed))
 
 
-def build_pipeline_folder(target: Path, make_components: Callable[[], dict[str, Any]]) -> Path:
-    """Save ``StableDiffusionPipeline(**make_components())`` to ``target`` unless it is there.
+def build_pipeline_folder(
+    target: Path,
+    make_components: Callable[[], dict[str, Any]],
+    save: Callable[[Mapping[str, Any], Path], None] | None = None,
+) -> Path:
+    """Save ``make_components()`` with ``save`` (default: :func:`save_pipeline`, a
+    ``StableDiffusionPipeline``) to ``target`` unless it is there.
 
     The folder is written into a temporary sibling and renamed into place, so concurrent
     processes never see a half-written model; the loser of a race discards its copy.
@@ -325,7 +330,7 @@ def build_pipeline_folder(target: Path, make_components: Callable[[], dict[str, 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        save_pipeline(make_components(), staging)
+        (save or save_pipeline)(make_components(), staging)
         try:
             staging.rename(target)
         except OSError:

@@ -129,3 +129,51 @@ def test_example_script_runs(tmp_path: Path) -> None:
     assert (out / "reward_curve.png").is_file()
     assert (out / "final" / "model_index.json").is_file()
     assert (out / "sample_from_final.png").is_file()
+
+
+def test_sdxl_is_picked_from_model_index_for_train_and_sample(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = _run(
+        [
+            "-m",
+            "ddpo",
+            "train",
+            *TINY,
+            "--pretrained_model=ddpo-tiny-sdxl-random",  # overrides TINY's SD model
+            "--resolution=32",
+            "--reward=brightness",
+            "--prompts=simple_animals",
+            f"--ddpo_config.output_dir={out}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    index = json.loads((out / "final" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionXLPipeline"
+    assert (out / "final" / "text_encoder_2" / "config.json").is_file()
+    with Image.open(out / "images" / "epoch_0000.png") as grid:
+        assert grid.width > 32
+    samples = tmp_path / "samples"
+    result = _run(
+        ["-m", "ddpo", "sample", "--model", str(out / "final"), "--prompt", "a cat",
+         "--num-images", "1", "--num_inference_steps=2", "--out", str(samples)],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (png,) = samples.glob("*.png")
+    with Image.open(png) as image:  # the saved folder's native size: the tiny SDXL's 64 px
+        assert image.size == (64, 64)
+
+
+def test_a_folder_of_another_family_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "kandinsky"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "KandinskyV22Pipeline"}))
+    result = _run(
+        ["-m", "ddpo", "train", *TINY, f"--pretrained_model={folder}",
+         f"--ddpo_config.output_dir={tmp_path / 'run'}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "'KandinskyV22Pipeline' model" in result.stderr
+    assert "StableDiffusionXLPipeline" in result.stderr

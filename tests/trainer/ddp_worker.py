@@ -14,7 +14,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+from ddpo import DDPOConfig, DDPOTrainer
+from ddpo.adapters import load_policy
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
         output_dir=str(out_dir / "run"),
         accelerator_kwargs={"cpu": True},
     )
-    pipeline = DefaultDDPOStableDiffusionPipeline(model_dir)
+    pipeline = load_policy(model_dir)  # SD or SDXL, from the folder's model_index.json
     # Different initial LoRA weights per rank: preparing the UNet must broadcast rank 0's.
     with torch.no_grad():
         for name, param in pipeline.unet.named_parameters():

@@ -1,4 +1,8 @@
-"""DDPOTrainer end to end on the tiny random model (CPU, seconds per epoch)."""
+"""DDPOTrainer end to end on the tiny random models (CPU, seconds per epoch).
+
+The tests marked with ``FAMILY_MODELS`` run on both model families (SD and SDXL) through the same
+trainer: sync/async rewards with per-prompt advantages, KL and checkpointing, exact resume, and
+two-process gradient sync."""
 
 import json
 import math
@@ -17,9 +21,12 @@ import safetensors.torch
 import torch
 
 from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+from ddpo.adapters import load_policy
 from ddpo.trainer.trainer import PromptRNG
 
 MODEL = "ddpo-tiny-random"
+SDXL_MODEL = "ddpo-tiny-sdxl-random"
+FAMILY_MODELS = pytest.mark.parametrize("model", [MODEL, SDXL_MODEL], ids=["sd", "sdxl"])
 PROMPTS = ("a red circle", "a blue square", "a green star")
 
 
@@ -58,9 +65,11 @@ def read_metrics(output_dir: Path) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def pipeline_factory() -> Any:
-    def make(**kwargs: Any) -> DefaultDDPOStableDiffusionPipeline:
+    def make(model: str = MODEL, **kwargs: Any) -> Any:
         torch.manual_seed(0)  # the LoRA initialisation draws from the global RNG
-        return DefaultDDPOStableDiffusionPipeline(MODEL, **kwargs)
+        if model == MODEL:
+            return DefaultDDPOStableDiffusionPipeline(MODEL, **kwargs)
+        return load_policy(model, **kwargs)  # the family from the folder's model_index.json
 
     return make
 
@@ -197,7 +206,27 @@ def test_group_advantage_modes(tmp_path: Path, pipeline_factory: Any, mode: str)
     assert math.isfinite(metrics["loss"])
 
 
-def test_async_rewards_equal_sync(tmp_path: Path, pipeline_factory: Any) -> None:
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [
+        (MODEL, {}),
+        (
+            SDXL_MODEL,
+            {
+                "per_prompt_stat_tracking": True,
+                "per_prompt_stat_tracking_min_count": 1,
+                "kl_coef": 0.1,
+                "gradient_checkpointing": True,
+                "train_cfg": True,
+                "sample_guidance_scale": 5.0,
+            },
+        ),
+    ],
+    ids=["sd", "sdxl-per-prompt-kl-checkpointing"],
+)
+def test_async_rewards_equal_sync(
+    tmp_path: Path, pipeline_factory: Any, model: str, extra: dict[str, Any]
+) -> None:
     results = {}
     for mode in (False, True):
         threads: set[str] = set()
@@ -208,14 +237,17 @@ def test_async_rewards_equal_sync(tmp_path: Path, pipeline_factory: Any) -> None
             threads.add(threading.current_thread().name)
             return brightness(images, prompts, metadata)
 
-        config = tiny_config(tmp_path / f"run-{mode}", async_reward_computation=mode)
-        trainer = DDPOTrainer(config, reward, pick_prompt, pipeline_factory())
+        config = tiny_config(tmp_path / f"run-{mode}", async_reward_computation=mode, **extra)
+        trainer = DDPOTrainer(config, reward, pick_prompt, pipeline_factory(model))
         trainer.train()
         trainer.close()
         results[mode] = (read_metrics(tmp_path / f"run-{mode}"), trainer.trainable_state_dict())
         assert (threads == {threading.current_thread().name}) is (not mode)
     (sync_metrics, sync_weights), (async_metrics, async_weights) = results[False], results[True]
-    assert "kl" not in sync_metrics[0]  # kl_coef=0: no reference pass
+    assert ("kl" in sync_metrics[0]) is ("kl_coef" in extra)  # kl_coef=0: no reference pass
+    assert all(math.isfinite(sync_metrics[0][k]) for k in ("loss", "reward_mean", "approx_kl"))
+    initial = pipeline_factory(model).trainable_parameters()
+    assert any(not torch.equal(initial[k], sync_weights[k]) for k in sync_weights)
     assert sync_metrics[0]["reward_mean"] == async_metrics[0]["reward_mean"]
     assert sync_metrics[0]["loss"] == async_metrics[0]["loss"]
     assert all(torch.equal(sync_weights[k], async_weights[k]) for k in sync_weights)
@@ -355,7 +387,10 @@ def test_timestamped_run_names_never_collide(tmp_path: Path, pipeline_factory: A
     assert first.output_dir != second.output_dir
 
 
-def test_checkpoint_limit_and_exact_resume(tmp_path: Path, pipeline_factory: Any) -> None:
+@FAMILY_MODELS
+def test_checkpoint_limit_and_exact_resume(
+    tmp_path: Path, pipeline_factory: Any, model: str
+) -> None:
     common: dict[str, Any] = {
         "per_prompt_stat_tracking": True,
         "per_prompt_stat_tracking_buffer_size": 4,
@@ -369,7 +404,7 @@ def test_checkpoint_limit_and_exact_resume(tmp_path: Path, pipeline_factory: Any
         tiny_config(run_a, num_epochs=2, num_checkpoint_limit=1, **common),
         brightness,
         pick_prompt,
-        pipeline_factory(),
+        pipeline_factory(model),
     )
     step_a = trainer.train()
     trainer.close()
@@ -379,7 +414,7 @@ def test_checkpoint_limit_and_exact_resume(tmp_path: Path, pipeline_factory: Any
     # B: one epoch, then C resumes B's run folder for the second.
     run_b = tmp_path / "b"
     trainer = DDPOTrainer(
-        tiny_config(run_b, num_epochs=1, **common), brightness, pick_prompt, pipeline_factory()
+        tiny_config(run_b, num_epochs=1, **common), brightness, pick_prompt, pipeline_factory(model)
     )
     trainer.train()
     trainer.close()
@@ -394,7 +429,7 @@ def test_checkpoint_limit_and_exact_resume(tmp_path: Path, pipeline_factory: Any
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     config_c = tiny_config(None, num_epochs=2, resume_from=str(run_b), **common)
-    fresh = pipeline_factory()
+    fresh = pipeline_factory(model)
     trainer = DDPOTrainer(config_c, brightness, pick_prompt, fresh)
     assert trainer.output_dir == run_b.resolve()
     assert (trainer.first_epoch, trainer.global_step) == (1, 2)
@@ -425,13 +460,16 @@ def test_checkpoint_limit_and_exact_resume(tmp_path: Path, pipeline_factory: Any
     assert sum(len(v) for v in stats["buffers"].values()) > 0
 
 
-def test_two_processes_keep_identical_weights(tmp_path: Path, pipeline_factory: Any) -> None:
-    pipeline_factory()  # build the cached tiny model once, before two processes race for it
+@FAMILY_MODELS
+def test_two_processes_keep_identical_weights(
+    tmp_path: Path, pipeline_factory: Any, model: str
+) -> None:
+    pipeline_factory(model)  # build the cached tiny model once, before two processes race for it
     worker = Path(__file__).with_name("ddp_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run(
-        [*cmd, str(worker), MODEL, str(tmp_path)],
+        [*cmd, str(worker), model, str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,518 @@
+"""``DefaultDDPOStableDiffusionXLPipeline``: the DDPO policy over diffusers' Stable Diffusion XL.
+
+SDXL conditions its UNet on both text encoders' penultimate hidden states (concatenated), the
+second encoder's pooled embedding, and six micro-conditioning "time ids" (original size, crop
+top-left, target size). This adapter encodes prompts as ``StableDiffusionXLPipeline`` does,
+samples with DDIM and log-probs, and re-scores transitions; every step's math is
+:func:`ddpo.core.ddim_step_with_logprob`, guidance is :func:`ddpo.core.classifier_free_guidance`
+(with :func:`ddpo.core.rescale_guidance` when ``guidance_rescale > 0``).
+"""
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, final
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
+from diffusers.utils.torch_utils import randn_tensor
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from ddpo._typing import Latents
+from ddpo.adapters.interface import DDPOPipelineOutput
+from ddpo.adapters.registry import resolve_model_source
+from ddpo.adapters.sampling import (
+    OUTPUT_TYPES,
+    Size,
+    _unwrap,
+    check_ddim_num_steps,
+    check_eta,
+    check_prompts,
+    check_resolution,
+    check_size,
+    decode_latents,
+    sample_ddim_trajectory,
+    scheduler_step_with_logprob,
+)
+from ddpo.adapters.sd_weights import (
+    check_ddim_config,
+    check_model_args,
+    fused_unet,
+    new_lora_config,
+    setup_trainable_unet,
+    write_lora,
+)
+from ddpo.adapters.sdxl_checks import check_sdxl_folder
+from ddpo.core import DDIMStepOutput, classifier_free_guidance, rescale_guidance
+from ddpo.policy import Conditioning, PolicyRollout
+
+
+def _load_vae(vae: str | os.PathLike[str], torch_dtype: torch.dtype | None) -> Any:
+    """A replacement VAE from a folder (its root or its ``vae/``) or a hub id."""
+    text = os.fspath(vae)
+    path = Path(text).expanduser()
+    subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
+    if path.is_dir() and subfolder is None and not (path / "config.json").is_file():
+        raise ValueError(f"vae={text!r} is a folder without config.json (nor vae/config.json)")
+    try:
+        return AutoencoderKL.from_pretrained(
+            str(path) if path.is_dir() else text, subfolder=subfolder, torch_dtype=torch_dtype
+        )
+    except Exception as err:
+        raise ValueError(f"vae={text!r}: could not load an AutoencoderKL from it ({err})") from err
+
+
+@final
+class DefaultDDPOStableDiffusionXLPipeline:
+    """DDPO over diffusers' ``StableDiffusionXLPipeline`` (wrapped), with LoRA through peft.
+
+    Implements :class:`ddpo.policy.DiffusionPolicy`, so ``DDPOTrainer`` trains it as it trains
+    Stable Diffusion. Loads a built-in name (``"ddpo-tiny-sdxl-random"``), a local SDXL folder or
+    a hub id; swaps the scheduler for DDIM with the model's config; freezes the VAE and both text
+    encoders. With ``use_lora=True`` only rank-``lora_rank`` adapters on the UNet's attention
+    projections train (float32); otherwise the whole UNet trains in float32, with a frozen copy
+    as the KL reference. A folder written by :meth:`save_lora_weights` loads its adapters on top
+    of the base model it names.
+
+    Args:
+        pretrained_model_name: built-in name, local SDXL folder or hub id.
+        pretrained_model_revision: hub revision.
+        use_lora: train LoRA adapters (default) instead of the whole UNet.
+        lora_rank, lora_alpha: adapter rank and scale numerator (scale ``alpha / rank``).
+        torch_dtype: dtype of the frozen weights (``None``: as saved).
+        vae: a replacement VAE (folder or hub id), e.g. ``"madebyollin/sdxl-vae-fp16-fix"``. A
+            float16 VAE whose config sets ``force_upcast`` is kept and run in float32.
+        resolution: image size ``(height, width)`` or one int (default: the UNet's sample size
+            times 8, 1024 for SDXL base).
+        original_size, crops_coords_top_left, target_size: the micro-conditioning time ids
+            (defaults: the resolution, ``(0, 0)``, the resolution), as in diffusers.
+        guidance_rescale: ``phi`` of :func:`ddpo.core.rescale_guidance` (0: none), used when
+            sampling and scoring alike.
+        device: where to put the model (``None``: CPU; the trainer moves it).
+        lora_init_seed: seed of the new adapters' initialisation (forked RNG).
+
+    Raises:
+        ValueError: unknown model, a folder that is not SDXL base (the class found is named), a
+            refiner, mismatched tokenizers/encoders, a scheduler not convertible to DDIM, bad
+            arguments; all before weights load.
+    """
+
+    def __init__(
+        self,
+        pretrained_model_name: str | os.PathLike[str],
+        *,
+        pretrained_model_revision: str = "main",
+        use_lora: bool = True,
+        lora_rank: int = 4,
+        lora_alpha: float | int = 4,
+        torch_dtype: torch.dtype | None = None,
+        vae: str | os.PathLike[str] | None = None,
+        resolution: int | Size | None = None,
+        original_size: Size | None = None,
+        crops_coords_top_left: Size = (0, 0),
+        target_size: Size | None = None,
+        guidance_rescale: float = 0.0,
+        device: str | torch.device | None = None,
+        lora_init_seed: int = 0,
+    ) -> None:
+        # 1. Check the arguments and the folder before loading weights.
+        check_model_args(
+            lora_rank=lora_rank,
+            lora_alpha=lora_alpha,
+            torch_dtype=torch_dtype,
+            lora_init_seed=lora_init_seed,
+        )
+        resolution = check_resolution(resolution)
+        self.original_size = check_size(original_size, "original_size")
+        crops = check_size(crops_coords_top_left, "crops_coords_top_left")
+        assert crops is not None
+        self.crops_coords_top_left: Size = crops
+        self.target_size = check_size(target_size, "target_size")
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale must be in [0, 1], got {guidance_rescale!r}")
+        self.guidance_rescale = float(guidance_rescale)
+        source = resolve_model_source(pretrained_model_name, pretrained_model_revision)
+        check_sdxl_folder(source.folder)
+        ddim_config = check_ddim_config(source.folder)
+        lora_config = new_lora_config(lora_rank, lora_alpha, source.lora_file)
+
+        # 2. Load the wrapped diffusers pipeline (with the replacement VAE), DDIM scheduler.
+        extra: dict[str, Any] = {}
+        if vae is not None:
+            extra["vae"] = _load_vae(vae, torch_dtype)
+        sdxl = StableDiffusionXLPipeline.from_pretrained(
+            source.folder, torch_dtype=torch_dtype, add_watermarker=False, **extra
+        )
+        in_channels = sdxl.unet.config.in_channels
+        if sdxl.vae.config.latent_channels != in_channels:
+            raise ValueError(
+                f"vae={vae!r} has {sdxl.vae.config.latent_channels} latent channels; the UNet "
+                f"takes {in_channels}"
+            )
+        if sdxl.vae.dtype == torch.float16 and sdxl.vae.config.force_upcast:
+            sdxl.vae.to(torch.float32)  # the VAE asks to decode in float32 (it overflows in fp16)
+        sdxl.scheduler = DDIMScheduler.from_config(ddim_config)
+        for module in (sdxl.vae, sdxl.text_encoder, sdxl.text_encoder_2):
+            module.requires_grad_(False).eval()
+        sdxl.unet.eval()
+        self._sd: Any = sdxl
+        default = int(sdxl.unet.config.sample_size) * int(sdxl.vae_scale_factor)
+        self.resolution: Size = resolution or (default, default)
+        self.use_lora = use_lora
+        self.lora_rank = int(lora_config.r)
+        self.lora_alpha = float(lora_config.lora_alpha)
+        self.pretrained_model_name = source.base_name
+        self.pretrained_model_revision = source.base_revision
+        self._negative: tuple[str, tuple[Tensor, Tensor]] | None = None
+        self._reference_unet: nn.Module | None = None
+
+        # 3. Trainable parameters: LoRA adapters or the full UNet (with a frozen reference).
+        self._frozen_unet = setup_trainable_unet(
+            sdxl.unet,
+            use_lora=use_lora,
+            lora_config=lora_config,
+            lora_file=source.lora_file,
+            lora_init_seed=lora_init_seed,
+        )
+        if device is not None:
+            self.to(device)
+
+    # ---- components and plumbing ----------------------------------------------------------
+
+    @property
+    def pipeline(self) -> StableDiffusionXLPipeline:
+        """The wrapped diffusers pipeline."""
+        pipe: StableDiffusionXLPipeline = self._sd
+        return pipe
+
+    @property
+    def unet(self) -> nn.Module:
+        unet: nn.Module = self._sd.unet
+        return unet
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The UNet (the network whose parameters train)."""
+        return self.unet
+
+    @property
+    def vae(self) -> nn.Module:
+        vae: nn.Module = self._sd.vae
+        return vae
+
+    @property
+    def scheduler(self) -> Any:
+        return self._sd.scheduler
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the UNet."""
+        return next(self.unet.parameters()).device
+
+    def to(self, device: str | torch.device) -> "DefaultDDPOStableDiffusionXLPipeline":
+        """Move every component (and the frozen reference UNet) to ``device``."""
+        self._sd.to(device)
+        if self._frozen_unet is not None:
+            self._frozen_unet.to(device)
+        return self
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self._sd.set_progress_bar_config(**kwargs)
+
+    def get_trainable_layers(self) -> nn.Module:
+        """The UNet; its parameters with ``requires_grad`` are the trainable ones."""
+        return self.unet
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Name -> parameter of every trainable parameter (LoRA adapters, or the whole UNet)."""
+        return {n: p for n, p in self.unet.named_parameters() if p.requires_grad}
+
+    def prepare(self, device: torch.device, *, gradient_checkpointing: bool) -> None:
+        """Move to ``device`` with the progress bar off; UNet gradient checkpointing if asked."""
+        self.set_progress_bar_config(disable=True)
+        self.to(device)
+        if gradient_checkpointing:
+            self._sd.unet.enable_gradient_checkpointing()
+
+    def check_num_steps(self, num_steps: int) -> None:
+        """ValueError naming ``DDPOConfig.sample_num_steps`` if DDIM cannot make the steps."""
+        check_ddim_num_steps(self.scheduler, num_steps)
+
+    @contextlib.contextmanager
+    def reference_policy(self) -> Iterator[None]:
+        """The pre-fine-tuning UNet: adapters disabled (LoRA) or the frozen copy (full UNet)."""
+        if self._frozen_unet is not None:
+            self._reference_unet = self._frozen_unet
+            try:
+                yield
+            finally:
+                self._reference_unet = None
+            return
+        base: Any = _unwrap(self.unet)
+        base.disable_adapters()
+        try:
+            yield
+        finally:
+            base.enable_adapters()
+
+    # ---- conditioning ---------------------------------------------------------------------
+
+    def _encode_texts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
+        """Both encoders' penultimate hidden states concatenated ``(batch, tokens, d1 + d2)``
+        and the second encoder's pooled projection ``(batch, d_pool)``, as diffusers does."""
+        sd = self._sd
+        hidden, pooled = [], None
+        for tokenizer, encoder in (
+            (sd.tokenizer, sd.text_encoder),
+            (sd.tokenizer_2, sd.text_encoder_2),
+        ):
+            ids = tokenizer(
+                texts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids.to(encoder.device)
+            with torch.no_grad():
+                out = encoder(ids, output_hidden_states=True)
+            if out[0].ndim == 2:  # the projection model's pooled embedding
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2])
+        assert pooled is not None
+        dtype = sd.text_encoder_2.dtype
+        return torch.cat(hidden, dim=-1).to(dtype), pooled.to(dtype)
+
+    def _time_ids(self, batch: int, height: int, width: int, dtype: torch.dtype) -> Tensor:
+        """The six micro-conditioning values per sample: original size, crop corner, target."""
+        original = self.original_size or (height, width)
+        target = self.target_size or (height, width)
+        values = [*original, *self.crops_coords_top_left, *target]
+        expected = self._sd.unet.config.projection_class_embeddings_input_dim
+        pooled_dim = self._sd.text_encoder_2.config.projection_dim
+        if self._sd.unet.config.addition_time_embed_dim * len(values) + pooled_dim != expected:
+            raise ValueError("the UNet's added-conditioning width does not match 6 time ids")
+        return torch.tensor([values], dtype=dtype, device=self.device).expand(batch, -1)
+
+    def _negative_embeds(self, negative_prompt: str, batch: int) -> tuple[Tensor, Tensor]:
+        """The negative prompt's embeddings, repeated per sample: zeros for the empty negative
+        prompt when the model sets ``force_zeros_for_empty_prompt`` (diffusers' behaviour when no
+        negative prompt is given; TRL's default ``negative_prompts=""`` means none)."""
+        if self._negative is None or self._negative[0] != negative_prompt:
+            embeds, pooled = self._encode_texts([negative_prompt])
+            if negative_prompt == "" and self._sd.config.force_zeros_for_empty_prompt:
+                embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+            self._negative = (negative_prompt, (embeds, pooled))
+        embeds, pooled = self._negative[1]
+        return embeds.expand(batch, -1, -1).contiguous(), pooled.expand(batch, -1).contiguous()
+
+    def encode(self, prompts: Sequence[str], negative_prompt: str) -> Conditioning:
+        """``prompt_embeds``, ``pooled_prompt_embeds``, their negatives, and ``add_time_ids``
+        (from the policy's resolution and micro-conditioning), each with the batch first."""
+        texts = check_prompts(list(prompts), name="prompts")
+        embeds, pooled = self._encode_texts(texts)
+        negative, negative_pooled = self._negative_embeds(negative_prompt, len(texts))
+        height, width = self.resolution
+        return Conditioning(
+            {
+                "prompt_embeds": embeds,
+                "pooled_prompt_embeds": pooled,
+                "negative_prompt_embeds": negative.to(embeds.device),
+                "negative_pooled_prompt_embeds": negative_pooled.to(embeds.device),
+                "add_time_ids": self._time_ids(len(texts), height, width, embeds.dtype),
+            }
+        )
+
+    # ---- the policy: model output, rollout, score -----------------------------------------
+
+    def _model_output(
+        self,
+        unet: nn.Module,
+        conditioning: Conditioning,
+        latents: Latents,
+        timesteps: Int[Tensor, " batch"],
+        guidance_scale: float,
+        guided: bool,
+    ) -> Latents:
+        """The UNet's prediction (guided: both halves in one batched call, then CFG and the
+        optional rescale)."""
+        params = next(_unwrap(unet).parameters(), None)
+        dtype = params.dtype if params is not None else latents.dtype
+        c = conditioning
+        embeds, pooled, ids = c["prompt_embeds"], c["pooled_prompt_embeds"], c["add_time_ids"]
+        t = timesteps
+        if guided:
+            latents = torch.cat([latents, latents])
+            embeds = torch.cat([c["negative_prompt_embeds"], embeds])
+            pooled = torch.cat([c["negative_pooled_prompt_embeds"], pooled])
+            ids, t = torch.cat([ids, ids]), torch.cat([t, t])
+        model_input = self.scheduler.scale_model_input(latents, t).to(dtype)
+        added = {"text_embeds": pooled.to(dtype), "time_ids": ids.to(dtype)}
+        out = unet(model_input, t, encoder_hidden_states=embeds.to(dtype), added_cond_kwargs=added)
+        prediction: Tensor = out.sample
+        if not guided:
+            return prediction
+        uncond, cond = prediction.chunk(2)
+        combined = classifier_free_guidance(uncond, cond, guidance_scale)
+        return rescale_guidance(combined, cond, guidance_rescale=self.guidance_rescale)
+
+    def _sample(
+        self,
+        conditioning: Conditioning,
+        *,
+        num_steps: int,
+        guidance_scale: float,
+        eta: float,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: Latents | None = None,
+        output_type: str = "pt",
+    ) -> DDPOPipelineOutput:
+        check_eta(eta)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        sd, device = self._sd, self.device
+        batch = len(conditioning)
+        embeds = conditioning["prompt_embeds"]
+        height, width = self.resolution
+        scale = int(sd.vae_scale_factor)
+        shape = (batch, int(sd.unet.config.in_channels), height // scale, width // scale)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        guided = guidance_scale > 1.0
+        with torch.no_grad():
+            self.scheduler.set_timesteps(num_steps, device=device)
+            if latents is None:  # drawn in the text embeddings' dtype, as diffusers does
+                latents = randn_tensor(
+                    shape, generator=generator, device=device, dtype=embeds.dtype
+                )
+            x_T = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
+
+            def predict(x: Latents, t: Tensor) -> Latents:
+                return self._model_output(self.unet, conditioning, x, t, guidance_scale, guided)
+
+            trajectory = sample_ddim_trajectory(
+                self.scheduler, predict, x_T, eta=eta, generator=generator, progress=sd.progress_bar
+            )
+            images = decode_latents(sd, trajectory.latents[:, -1], output_type)
+        return DDPOPipelineOutput(images, trajectory.latents, trajectory.log_probs)
+
+    def rollout(
+        self,
+        conditioning: Conditioning,
+        *,
+        num_steps: int,
+        guidance_scale: float,
+        eta: float,
+        generator: torch.Generator,
+    ) -> PolicyRollout:
+        """Sample one trajectory per row of ``conditioning`` with DDIM and log-probs."""
+        out = self._sample(
+            conditioning,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            generator=generator,
+        )
+        timesteps = self.scheduler.timesteps.to(out.latents.device)
+        return PolicyRollout(out.images, out.latents, out.log_probs, timesteps)
+
+    def score(
+        self,
+        conditioning: Conditioning,
+        latents: Latents,
+        next_latents: Latents,
+        timesteps: Int[Tensor, " batch"],
+        *,
+        guidance_scale: float,
+        guided: bool,
+        eta: float,
+        denoiser: nn.Module | None = None,
+    ) -> DDIMStepOutput:
+        """Log-probs of stored transitions ``x_t -> x_{t-1}`` through ``denoiser`` (default the
+        UNet; the reference UNet under :meth:`reference_policy`), guided when ``guided`` and
+        ``guidance_scale > 1`` as in sampling."""
+        check_eta(eta)
+        unet = self._reference_unet
+        if unet is None:
+            unet = denoiser if denoiser is not None else self.unet
+        model_output = self._model_output(
+            unet, conditioning, latents, timesteps, guidance_scale, guided and guidance_scale > 1.0
+        )
+        return scheduler_step_with_logprob(
+            self.scheduler, model_output, timesteps, latents, eta=eta, prev_sample=next_latents
+        )
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        *,
+        negative_prompt: str = "",
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        eta: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: Latents | None = None,
+        output_type: str = "pil",
+    ) -> DDPOPipelineOutput:
+        """Sample images of ``prompt`` with DDIM, returning every latent and step log-prob.
+
+        The same images as diffusers' ``StableDiffusionXLPipeline`` with a DDIM scheduler, the
+        same generator and arguments (``negative_prompt=""`` is diffusers' ``None``: zeros when
+        the model sets ``force_zeros_for_empty_prompt``).
+        """
+        if (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(
+                f"num_inference_steps must be a positive int, got {num_inference_steps!r}"
+            )
+        conditioning = self.encode(check_prompts(prompt), negative_prompt)
+        return self._sample(
+            conditioning,
+            num_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+        )
+
+    # ---- saving ---------------------------------------------------------------------------
+
+    def save_lora_weights(self, output_dir: str | os.PathLike[str]) -> Path:
+        """Write the adapters as diffusers' ``pytorch_lora_weights.safetensors`` (loadable by
+        ``StableDiffusionXLPipeline.load_lora_weights``), with the base model's name beside it.
+
+        Raises:
+            ValueError: if the pipeline has no LoRA adapters (``use_lora=False``).
+        """
+        if not self.use_lora:
+            raise ValueError("save_lora_weights needs use_lora=True; use save_pretrained instead")
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_lora(
+            _unwrap(self.unet),
+            out,
+            self.pretrained_model_name,
+            self.pretrained_model_revision,
+            saver=StableDiffusionXLPipeline,
+        )
+        return out
+
+    def save_pretrained(self, output_dir: str | os.PathLike[str]) -> None:
+        """Write a full SDXL pipeline folder (LoRA fused into a copy of the UNet, DDIM scheduler,
+        safetensors) that stock ``StableDiffusionXLPipeline.from_pretrained`` loads."""
+        components = dict(self._sd.components)
+        components["unet"] = fused_unet(_unwrap(self.unet), self._sd.text_encoder_2.dtype)
+        pipeline: Any = StableDiffusionXLPipeline(
+            **components,
+            force_zeros_for_empty_prompt=self._sd.config.force_zeros_for_empty_prompt,
+            add_watermarker=False,
+        )
+        pipeline.save_pretrained(Path(output_dir), safe_serialization=True)
+
+
+__all__ = ["DefaultDDPOStableDiffusionXLPipeline"]
