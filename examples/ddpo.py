@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tyro  # noqa: E402
 
-from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline  # noqa: E402
+from ddpo import DDPOConfig, DDPOTrainer  # noqa: E402
+from ddpo.adapters import load_policy  # noqa: E402
 from ddpo.presets import DEFAULT_SETTINGS, default_preset  # noqa: E402
 from ddpo.prompts import PromptSetName, training_prompt_fn  # noqa: E402
 from ddpo.reporting import image_grid, read_metrics, reward_curve  # noqa: E402
@@ -36,11 +37,14 @@ class ScriptArguments:
     ddpo_config: DDPOConfig = field(default_factory=default_preset)
     """The DDPO run; defaults: the measured default preset (`ddpo.presets`)."""
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
-    """Built-in model name, local diffusers folder or hub id."""
+    """Built-in model name, local diffusers folder or hub id (SD 1.x/2.x or SDXL: the family is
+    read from its model_index.json)."""
     pretrained_revision: str = "main"
     use_lora: bool = DEFAULT_SETTINGS.use_lora
     """LoRA adapters on the UNet's attention (True) or the whole UNet (False)."""
     lora_rank: int = DEFAULT_SETTINGS.lora_rank
+    resolution: int | None = None
+    """Image side in pixels (default: the model's native size, 1024 for SDXL)."""
     reward: RewardName = DEFAULT_SETTINGS.reward
     prompts: PromptSetName = DEFAULT_SETTINGS.prompts
     prompt_repeats: int = DEFAULT_SETTINGS.prompt_repeats
@@ -78,10 +82,12 @@ if __name__ == "__main__":
         prompt_pool=args.prompt_pool,
     )
 
-    # 3. The pipeline: LoRA adapters or the whole UNet.
-    pipeline = DefaultDDPOStableDiffusionPipeline(
+    # 3. The pipeline of the model's family (DefaultDDPOStableDiffusionPipeline or
+    #    DefaultDDPOStableDiffusionXLPipeline): LoRA adapters or the whole UNet.
+    pipeline = load_policy(
         args.pretrained_model,
-        pretrained_model_revision=args.pretrained_revision,
+        revision=args.pretrained_revision,
+        resolution=args.resolution,
         use_lora=args.use_lora,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_rank,
@@ -112,7 +118,7 @@ if __name__ == "__main__":
         trainer.push_to_hub(token=args.hf_user_access_token)
 
     # 6. The result loads like any diffusers pipeline folder.
-    tuned = DefaultDDPOStableDiffusionPipeline(str(OUTPUT_DIR / "final"))
+    tuned = load_policy(str(OUTPUT_DIR / "final"))
     with torch.no_grad():
         sample = tuned(
             prompt=[prompt_fn()[0]],

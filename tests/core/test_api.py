@@ -12,6 +12,7 @@ AGREED = {
     "ddim_step_with_logprob",
     "flow_sde_step_with_logprob",
     "classifier_free_guidance",
+    "rescale_guidance",
     "ppo_clip_loss",
     "score_function_loss",
     "normalize_advantages",
@@ -32,6 +33,7 @@ KEYWORD_ONLY = {
     "group_normalize_advantages": {"std", "eps"},
     "clip_advantages": {"adv_clip_max"},
     "gaussian_kl": {"reduction"},
+    "rescale_guidance": {"guidance_rescale"},
     "subsample_timesteps": {"timestep_fraction"},
 }
 
