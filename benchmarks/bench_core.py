@@ -75,6 +75,7 @@ def cases(preset: str, device: str) -> list[Case]:
             {**flow, "prev_sample": other},
         ),
         ("classifier_free_guidance", lat, (model_output, other, 7.5), {}),
+        ("rescale_guidance", lat, (model_output, other), {"guidance_rescale": 0.7}),
         ("ppo_clip_loss", f"{b}", (log_prob, old_log_prob, adv), {}),
         ("score_function_loss", f"{b}", (log_prob, adv), {}),
         ("normalize_advantages", f"{n}", (rewards,), {}),

@@ -1,7 +1,8 @@
 """Epoch: DDPO epochs run by the real trainer, ``DDPOTrainer.step``, timed by phase.
 
-A `DDPOTrainer` is built over the preset's pipeline (``ddpo-tiny-random`` on CPU, the ``sd15``
-architecture on a GPU: the same code) with the library's JPEG-compressibility reward
+A `DDPOTrainer` is built over the preset's pipeline (``ddpo-tiny-random`` or
+``ddpo-tiny-sdxl-random`` on CPU, the ``sd15`` or ``sdxl`` architecture on a GPU: the same code,
+the family picked by ``ddpo.adapters.load_policy``) with the library's JPEG-compressibility reward
 (``ddpo.rewards.jpeg``, the paper's cheapest task) and the preset's sizes: sample batch, sampling
 batches per epoch, DDIM steps, guidance, eta, train batch; every timestep trained, one inner
 epoch, TRL's defaults otherwise. ``warmup`` epochs run first and are not reported; then

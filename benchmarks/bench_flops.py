@@ -1,16 +1,21 @@
 """FLOP budget: FLOPs per UNet call and per DDPO epoch of the preset, counted without compute.
 
-The preset's UNet is built from its config on the ``meta`` device (shapes only, no weights, no
-arithmetic) and one guided call (a doubled batch) is counted with ``FlopCounterMode``, forward
-alone (a sampling step) and forward + backward with the base weights frozen (a LoRA training
-step: gradients flow through the activations; the LoRA matrices add well under 1 %). The
-epoch budget is then
+The preset's UNet and VAE are built from their configs on the ``meta`` device (shapes only, no
+weights, no arithmetic) and counted with ``FlopCounterMode``: one guided UNet call (a doubled
+batch: unconditional and conditional; for SDXL with the pooled text embeddings and the six
+micro-conditioning time ids) forward alone (a sampling step), and forward + backward with the
+base weights frozen (a LoRA training step with ``train_cfg``, TRL's default: gradients flow
+through the activations; the LoRA matrices add well under 1 %); and one VAE decode of a final
+latent to the image. The epoch budget, every timestep trained once (``train_timestep_fraction``
+1, one inner epoch), is then
 
-    epoch FLOPs = samples x steps x (forward per sample + forward/backward per sample)
+    sampling FLOPs = samples x (steps x guided forward + VAE decode)
+    training FLOPs = samples x steps x guided forward/backward
 
-and ``time_at_50pct_of_peak_s`` what it implies at half of ``--peak-tflops`` (default: the
-measured dense matmul peak on CUDA, else the H100 SXM's dense bf16 figure of 989 TFLOP/s, a
-data-sheet number). Cheap on any machine: seconds even for ``sd15``.
+(the text encoders, a few GFLOP per prompt, are left out) and ``time_at_50pct_of_peak_s`` what
+the total implies at half of ``--peak-tflops`` (default: the measured dense matmul peak on CUDA,
+else 989 TFLOP/s, the dense bf16 data-sheet figure of the H100 SXM and of the H200, which has
+the same tensor cores). Cheap on any machine: seconds even for ``sdxl``.
 """
 
 import argparse
@@ -20,65 +25,83 @@ from typing import Any
 
 import harness
 import presets
+import random_models as models
 import torch
 
 NAME = "flops"
 H100_SXM_DENSE_BF16_TFLOPS = 989.0
+PROMPT_TOKENS = 77
 
 
-def _unet_config(preset: presets.Preset) -> dict[str, Any]:
-    if preset.model == "sd15":
-        return {
-            "sample_size": 64,
-            "block_out_channels": (320, 640, 1280, 1280),
-            "layers_per_block": 2,
-            "cross_attention_dim": 768,
-            "attention_head_dim": 8,
-        }
+def _configs(preset: presets.Preset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The preset's UNet and VAE configs: the full-size architectures' dictionaries, or the
+    model folder's ``unet/config.json`` and ``vae/config.json``."""
+    if preset.model in models.ARCHITECTURES:
+        return models.ARCHITECTURES[preset.model]
     from ddpo.adapters.registry import resolve_pretrained
 
     folder = Path(resolve_pretrained(preset.model))
-    config: dict[str, Any] = json.loads((folder / "unet" / "config.json").read_text())
-    return config
+    unet: dict[str, Any] = json.loads((folder / "unet" / "config.json").read_text())
+    vae: dict[str, Any] = json.loads((folder / "vae" / "config.json").read_text())
+    return unet, vae
 
 
 def unet_flops(preset: presets.Preset, batch_size: int) -> dict[str, int]:
-    """FLOPs of one guided UNet call on ``batch_size`` samples: forward, forward + backward."""
-    from diffusers import UNet2DConditionModel
+    """FLOPs of one guided UNet call on ``batch_size`` samples (forward; forward + backward)
+    and of decoding ``batch_size`` final latents with the VAE."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    config = _unet_config(preset)
+    unet_config, vae_config = _configs(preset)
+    rows = 2 * batch_size  # classifier-free guidance: unconditional and conditional halves
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config)
+        unet = UNet2DConditionModel.from_config(unet_config)
+        vae = AutoencoderKL.from_config(vae_config)
         unet.requires_grad_(False)
         side = int(unet.config.sample_size)
-        channels = int(unet.config.in_channels)
-        width = int(unet.config.cross_attention_dim)
-        latents = torch.randn(2 * batch_size, channels, side, side)
-        embeds = torch.randn(2 * batch_size, 77, width)
-        timesteps = torch.full((2 * batch_size,), 500)
+        latents = torch.randn(rows, int(unet.config.in_channels), side, side)
+        embeds = torch.randn(rows, PROMPT_TOKENS, int(unet.config.cross_attention_dim))
+        timesteps = torch.full((rows,), 500)
+        extra: dict[str, Any] = {}
+        if unet.config.addition_embed_type == "text_time":
+            time_ids = 6
+            pooled = int(unet.config.projection_class_embeddings_input_dim) - time_ids * int(
+                unet.config.addition_time_embed_dim
+            )
+            extra["added_cond_kwargs"] = {
+                "text_embeds": torch.randn(rows, pooled),
+                "time_ids": torch.randn(rows, time_ids),
+            }
+        final = torch.randn(batch_size, int(vae.config.latent_channels), side, side)
 
     def forward() -> None:
         with torch.no_grad():
-            unet(latents, timesteps, encoder_hidden_states=embeds)
+            unet(latents, timesteps, encoder_hidden_states=embeds, **extra)
 
     def forward_backward() -> None:
         inputs = latents.detach().requires_grad_(True)
-        out = unet(inputs, timesteps, encoder_hidden_states=embeds).sample
+        out = unet(inputs, timesteps, encoder_hidden_states=embeds, **extra).sample
         out.float().square().mean().backward()
+
+    def decode() -> None:
+        with torch.no_grad():
+            vae.decode(final)
 
     return {
         "forward": harness.count_flops(forward),
         "forward_backward": harness.count_flops(forward_backward),
+        "vae_decode": harness.count_flops(decode),
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Count the preset's UNet FLOPs and the epoch budget they imply."""
+    """Count the preset's UNet and VAE FLOPs and the epoch budget they imply."""
     preset = presets.resolve(args)
     device = harness.resolve_device(getattr(args, "device", "auto"))
     per_call = unet_flops(preset, 1)
     samples = preset.sample_num_batches_per_epoch * preset.sample_batch_size
-    sampling = samples * preset.num_steps * per_call["forward"]
+    sampling_unet = samples * preset.num_steps * per_call["forward"]
+    decoding = samples * per_call["vae_decode"]
+    sampling = sampling_unet + decoding
     training = samples * preset.num_steps * per_call["forward_backward"]
     peak_tflops = getattr(args, "peak_tflops", None)
     peak_source = "argument"
@@ -87,19 +110,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peak_source = "measured bf16 matmul"
     if peak_tflops is None:
         peak_tflops = H100_SXM_DENSE_BF16_TFLOPS
-        peak_source = "H100 SXM data sheet (dense bf16)"
+        peak_source = "H100 SXM / H200 data sheet (dense bf16)"
     total = sampling + training
+    seconds = total / (0.5 * peak_tflops * 1e12)
     rows = [
         {"quantity": "unet_forward_gflop_per_sample_guided", "value": per_call["forward"] / 1e9},
         {
             "quantity": "unet_fwd_bwd_gflop_per_sample_guided",
             "value": per_call["forward_backward"] / 1e9,
         },
+        {"quantity": "vae_decode_gflop_per_sample", "value": per_call["vae_decode"] / 1e9},
+        {"quantity": "epoch_sampling_unet_pflop", "value": sampling_unet / 1e15},
+        {"quantity": "epoch_vae_decode_pflop", "value": decoding / 1e15},
         {"quantity": "epoch_sampling_pflop", "value": sampling / 1e15},
         {"quantity": "epoch_training_pflop", "value": training / 1e15},
         {"quantity": "epoch_total_pflop", "value": total / 1e15},
         {"quantity": "peak_tflop_per_s", "value": peak_tflops},
-        {"quantity": "time_at_50pct_of_peak_s", "value": total / (0.5 * peak_tflops * 1e12)},
+        {"quantity": "time_at_50pct_of_peak_s", "value": seconds},
     ]
     return harness.result(
         NAME,
@@ -108,8 +135,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows=rows,
         summary={
             "samples_per_epoch": samples,
+            "train_cfg": True,
             "peak_source": peak_source,
             "epoch_total_pflop": total / 1e15,
-            "time_at_50pct_of_peak_s": total / (0.5 * peak_tflops * 1e12),
+            "time_at_50pct_of_peak_s": seconds,
         },
     )

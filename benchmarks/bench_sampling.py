@@ -4,8 +4,12 @@ Contenders, on the SAME components (UNet with the same LoRA layers, VAE, text en
 a fresh DDIM scheduler from the same config), prompts, steps, batch, guidance scale, eta and
 seeded generator, both decoding to a float tensor (``output_type="pt"``):
 
-- ``ddpo``: ``DefaultDDPOStableDiffusionPipeline.__call__`` (keeps every latent and log-prob);
-- ``diffusers``: ``diffusers.StableDiffusionPipeline.__call__``.
+- ``ddpo``: our pipeline's ``__call__`` (keeps every latent and log-prob):
+  ``DefaultDDPOStableDiffusionPipeline`` or, for an SDXL preset,
+  ``DefaultDDPOStableDiffusionXLPipeline``;
+- ``diffusers``: ``diffusers.StableDiffusionPipeline.__call__`` or
+  ``diffusers.StableDiffusionXLPipeline.__call__`` (no negative prompt: zeros, as SDXL base's
+  ``force_zeros_for_empty_prompt``, which ours gives for the empty negative prompt).
 
 They run interleaved after a warm-up; the figure is the ratio of medians (ours / stock: 1.05
 means 5 % slower). With ``--no-mfu`` unset, FLOPs of one call are counted with
@@ -24,19 +28,23 @@ NAME = "sampling"
 
 
 def stock_pipeline(pipeline: Any) -> Any:
-    """A stock ``StableDiffusionPipeline`` over our pipeline's components (shared, not copied)."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    """A stock diffusers pipeline of our pipeline's family over its components (shared, not
+    copied), with a fresh DDIM scheduler from the same config."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    stock = StableDiffusionPipeline(
-        vae=pipeline.vae,
-        text_encoder=pipeline.text_encoder,
-        tokenizer=pipeline.tokenizer,
-        unet=pipeline.unet,
-        scheduler=DDIMScheduler.from_config(pipeline.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    wrapped = pipeline.pipeline
+    components = dict(wrapped.components)
+    components["scheduler"] = DDIMScheduler.from_config(pipeline.scheduler.config)
+    stock: Any
+    if isinstance(wrapped, StableDiffusionXLPipeline):
+        stock = StableDiffusionXLPipeline(
+            **components,
+            force_zeros_for_empty_prompt=wrapped.config.force_zeros_for_empty_prompt,
+            add_watermarker=False,
+        )
+    else:
+        components.update(safety_checker=None, feature_extractor=None)
+        stock = StableDiffusionPipeline(**components, requires_safety_checker=False)
     stock.set_progress_bar_config(disable=True)
     return stock
 
@@ -119,6 +127,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ddpo_images_per_s": rows[0]["images_per_s"],
         "max_abs_image_diff": max_image_diff,
         "diffusers_images_per_s": rows[1]["images_per_s"],
+        "ours": type(pipeline).__name__,
+        "stock": type(stock).__name__,
     }
     if peak_flops is not None:
         summary["matmul_peak_tflop_per_s"] = peak_flops / 1e12

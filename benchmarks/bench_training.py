@@ -8,7 +8,8 @@ guidance as DDPO trains (the UNet sees a doubled batch: unconditional and condit
   shuffle, ``train_timestep`` (``pipeline.score``, guided, under the accelerator's
   autocast -> ``ppo_clip_loss`` -> ``accelerator.backward``), gradient clipping and
   the finite check, the AdamW step over the trainable (LoRA) parameters and the metrics read;
-- ``bare``: the UNet on the same doubled batch -> mean square of its output as the loss ->
+- ``bare``: the UNet on the same doubled batch (for SDXL with the same pooled embeddings and
+  time ids) -> mean square of its output as the loss ->
   backward -> the same clipping and AdamW step over the same parameters (torch only: no ddpo,
   no accelerate).
 
@@ -34,11 +35,12 @@ MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "
 
 def training_inputs(
     pipeline: Any, batch_size: int, num_steps: int, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Random transitions shaped as a rollout's: latents, next latents, timesteps, embeddings.
+) -> dict[str, Any]:
+    """Random transitions shaped as a rollout's: latents, next latents, timesteps, conditioning.
 
-    Throughput does not depend on the values; the timesteps are the scheduler's, the embeddings
-    come from the text encoder (prompts and the empty negative prompt).
+    Throughput does not depend on the values; the timesteps are the scheduler's, the
+    conditioning is the policy's own ``encode`` of the prompts and the empty negative prompt
+    (text embeddings; for SDXL also the pooled embeddings and the micro-conditioning time ids).
     """
     pipeline.scheduler.set_timesteps(num_steps, device=device)
     unet = pipeline.unet
@@ -50,22 +52,41 @@ def training_inputs(
     picks = torch.randint(0, num_steps, (batch_size,), generator=generator)
     timesteps = pipeline.scheduler.timesteps.to(device)[picks.to(device)]
     with torch.no_grad():
-        prompt_embeds = pipeline.encode_prompt(presets.prompts(batch_size))
-        negative_embeds = pipeline.encode_prompt([""] * batch_size)
+        conditioning = pipeline.encode(presets.prompts(batch_size), "")
     return {
         # float32 like the trajectories the pipeline returns and the trainer stores
         "latents": latents.to(device),
         "next_latents": next_latents.to(device),
         "timesteps": timesteps,
-        "prompt_embeds": prompt_embeds.to(device),
-        "negative_prompt_embeds": negative_embeds.to(device),
+        "conditioning": conditioning,
         "advantages": torch.randn(batch_size, generator=generator).to(device),
     }
 
 
+def bare_unet_inputs(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The UNet's keyword arguments for one guided call on the transitions: every input doubled
+    (unconditional half first), with SDXL's added conditioning when the policy encodes it."""
+    conditioning = inputs["conditioning"]
+    unet_inputs: dict[str, Any] = {
+        "sample": torch.cat([inputs["latents"]] * 2),
+        "timestep": torch.cat([inputs["timesteps"]] * 2),
+        "encoder_hidden_states": torch.cat(
+            [conditioning["negative_prompt_embeds"], conditioning["prompt_embeds"]]
+        ),
+    }
+    if "pooled_prompt_embeds" in conditioning.tensors:
+        time_ids = conditioning["add_time_ids"]
+        negative_pooled = conditioning["negative_pooled_prompt_embeds"]
+        unet_inputs["added_cond_kwargs"] = {
+            "text_embeds": torch.cat([negative_pooled, conditioning["pooled_prompt_embeds"]]),
+            "time_ids": torch.cat([time_ids, time_ids]),
+        }
+    return unet_inputs
+
+
 def make_steps(
     pipeline: Any,
-    inputs: dict[str, torch.Tensor],
+    inputs: dict[str, Any],
     *,
     guidance_scale: float,
     eta: float,
@@ -73,7 +94,6 @@ def make_steps(
     dtype: torch.dtype,
 ) -> dict[str, Callable[[], Any]]:
     """The two training steps over the same inputs, parameters and optimizer settings."""
-    from ddpo.policy import Conditioning
     from ddpo.trainer import DDPOConfig
     from ddpo.trainer.optimisation import Optimisation, make_optimizer, train_inner_epoch
     from ddpo.trainer.rollout import Trajectories
@@ -103,12 +123,7 @@ def make_steps(
     accelerator = make_accelerator(config, accumulation_steps=1)
     optimizer = accelerator.prepare_optimizer(make_optimizer(config, params))
     opt = Optimisation(config, accelerator, pipeline, unet, optimizer, params)
-    conditioning = Conditioning(
-        {
-            "prompt_embeds": inputs["prompt_embeds"],
-            "negative_prompt_embeds": inputs["negative_prompt_embeds"],
-        }
-    )
+    conditioning = inputs["conditioning"]
     with torch.no_grad(), accelerator.autocast():
         old_log_prob = pipeline.score(
             conditioning,
@@ -134,13 +149,7 @@ def make_steps(
 
     # 2. bare: torch only.
     bare_optimizer = torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=1e-4)
-    doubled = {
-        "sample": torch.cat([inputs["latents"]] * 2),
-        "timestep": torch.cat([inputs["timesteps"]] * 2),
-        "encoder_hidden_states": torch.cat(
-            [inputs["negative_prompt_embeds"], inputs["prompt_embeds"]]
-        ),
-    }
+    doubled = bare_unet_inputs(inputs)
 
     def bare_step() -> None:
         with harness.autocast(device, dtype):

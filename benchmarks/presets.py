@@ -4,26 +4,32 @@ Presets:
 
 - ``tiny``: the random tiny model ``ddpo-tiny-random`` (64x64 images), float32, made for CPU;
   the runner's ``default`` preset maps to it, so it is what ``nox -s bench`` runs.
+- ``tiny-sdxl``: the random tiny SDXL model ``ddpo-tiny-sdxl-random`` (SDXL's layout: two text
+  encoders, pooled-text and time-id conditioning; 64x64 images) at the ``tiny`` preset's sizes:
+  the SDXL family's CPU run.
 - ``sd15``: the Stable Diffusion 1.5 architecture (UNet, VAE and CLIP ViT-L/14 text encoder) at
   512x512 built from config with random weights: throughput and memory do not depend on the
-  weights, and nothing is downloaded. Built once into ``<cache>/bench-sd15-random-v1`` and loaded
-  from there through the same code path as any model folder. Made for a GPU (bf16); on CPU use
-  ``--steps 2 --batch-size 1 --repeats 1`` or expect minutes per call.
-- ``sdxl``: not offered: ``DefaultDDPOStableDiffusionPipeline`` wraps Stable Diffusion 1.x/2.x
-  pipelines only (one text encoder, no added time/text embeddings), so there is nothing to run.
+  weights, and nothing is downloaded. Built once into ``<cache>/bench-sd15-random-v1``
+  (:mod:`random_models`) and loaded from there through the same code path as any model
+  folder. Made for a GPU (bf16); on CPU use ``--steps 2 --batch-size 1 --repeats 1`` or expect
+  minutes per call.
+- ``sdxl``: the SDXL base architecture (2.57 B-parameter UNet, CLIP ViT-L/14 and OpenCLIP
+  ViT-bigG/14 text encoders, SDXL's VAE) at 1024x1024 from config with random weights, built
+  once into ``<cache>/bench-sdxl-random-v1`` (bf16, about 7 GB). The epoch is the ``sd15``
+  preset's, 256 samples x 50 DDIM steps, in half the images per call (sample batch 8 x 32
+  calls, train batch 2): SDXL's latents have four times SD 1.5's positions. For a GPU only.
+
+Every preset's pipeline is built by ``ddpo.adapters.load_policy``, which picks the family (SD or
+SDXL) from the model folder, so the same benchmark code measures both families.
 """
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import harness
+import random_models as models
 import torch
-
-SD15_FORMAT = "bench-sd15-random-v1"
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class Preset:
 
     Attributes:
         name: preset name.
-        model: model name or folder given to ``DefaultDDPOStableDiffusionPipeline``.
+        model: built-in model name, folder, or a key of ``random_models.MODEL_FOLDERS``.
         num_steps: DDIM steps per sample.
         sample_batch_size: images per sampling call.
         train_batch_size: samples per training step (each contributes one transition per step).
@@ -83,10 +89,29 @@ PRESETS: dict[str, Preset] = {
         warmup=1,
         dtype="bf16",
     ),
-}
-
-UNSUPPORTED_PRESETS = {
-    "sdxl": "DefaultDDPOStableDiffusionPipeline wraps Stable Diffusion 1.x/2.x pipelines only",
+    "tiny-sdxl": Preset(
+        name="tiny-sdxl",
+        model="ddpo-tiny-sdxl-random",
+        num_steps=10,
+        sample_batch_size=2,
+        train_batch_size=2,
+        sample_num_batches_per_epoch=2,
+        repeats=5,
+        warmup=1,
+    ),
+    # The sd15 epoch (256 samples x 50 steps) at 1024x1024: 32 calls of 8 images, train batch 2
+    # (SDXL's 128x128 latents hold 4x the positions of SD 1.5's 64x64).
+    "sdxl": Preset(
+        name="sdxl",
+        model="sdxl",
+        num_steps=50,
+        sample_batch_size=8,
+        train_batch_size=2,
+        sample_num_batches_per_epoch=32,
+        repeats=3,
+        warmup=1,
+        dtype="bf16",
+    ),
 }
 
 
@@ -119,8 +144,6 @@ def resolve(args: argparse.Namespace) -> Preset:
     name = getattr(args, "preset", "tiny")
     if name == "default":  # the runner's default: the model benchmarks' CPU preset
         name = "tiny"
-    if name in UNSUPPORTED_PRESETS:
-        raise ValueError(f"preset={name!r} is not supported: {UNSUPPORTED_PRESETS[name]}")
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
     preset = PRESETS[name]
@@ -184,100 +207,11 @@ def describe(preset: Preset, args: argparse.Namespace, device: torch.device) -> 
 # Models
 
 
-def _cache_dir() -> Path:
-    env = os.environ.get("DDPO_CACHE_DIR", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddpo"
-
-
-def sd15_components(seed: int = 0, *, tokenizer_dir: str | Path) -> dict[str, Any]:
-    """Stable Diffusion 1.5's components built from config, with random weights.
-
-    UNet: ``UNet2DConditionModel`` with blocks (320, 640, 1280, 1280), 2 layers per block,
-    cross-attention width 768, 8 attention heads, 64x64 latents (512x512 images).
-    VAE: ``AutoencoderKL`` with blocks (128, 256, 512, 512), 4 latent channels.
-    Text: CLIP ViT-L/14's text tower (width 768, 12 layers, 12 heads, MLP 3072, 49408 tokens,
-    77 positions, quick-GELU). Scheduler: SD 1.5's noise schedule as DDIM.
-    """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from ddpo.adapters.tiny import sd_v1_ddim_scheduler
-    from ddpo.adapters.tokenizer import write_clip_tokenizer
-
-    words = ("a", "photo", "of", "cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider")
-    write_clip_tokenizer(tokenizer_dir, words, model_max_length=77)
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    scheduler = sd_v1_ddim_scheduler()
-    return {
-        "unet": unet.eval(),
-        "vae": vae.eval(),
-        "text_encoder": text_encoder.eval(),
-        "tokenizer": tokenizer,
-        "scheduler": scheduler,
-        "safety_checker": None,
-        "feature_extractor": None,
-        "requires_safety_checker": False,
-    }
-
-
-def sd15_path(cache_dir: str | Path | None = None) -> Path:
-    """Folder of the random-weight SD 1.5 model (``save_pretrained`` layout), built on first use.
-
-    Written to a temporary sibling and renamed into place, so a half-written model is never seen.
-    About 4 GB on disk (float32 weights); building takes a minute or so on a CPU.
-    """
-    from ddpo.adapters.tiny import build_pipeline_folder
-
-    root = Path(cache_dir) if cache_dir is not None else _cache_dir()
-    with tempfile.TemporaryDirectory() as tokenizer_dir:
-        return build_pipeline_folder(
-            root / SD15_FORMAT, lambda: sd15_components(tokenizer_dir=tokenizer_dir)
-        )
-
-
 def model_location(preset: Preset) -> str:
-    """What to give ``DefaultDDPOStableDiffusionPipeline`` for this preset's model."""
-    if preset.model == "sd15":
-        return str(sd15_path())
+    """The preset's model as ``load_policy`` takes it: the folder of a full-size random-weight
+    model (built on first use), or the built-in name / folder as given."""
+    if preset.model in models.MODEL_FOLDERS:
+        return str(models.MODEL_FOLDERS[preset.model]())
     return preset.model
 
 
@@ -299,15 +233,17 @@ def prepare(args: argparse.Namespace) -> tuple[Preset, torch.device, torch.dtype
 
 
 def load_pipeline(preset: Preset, device: torch.device, *, use_lora: bool = True) -> Any:
-    """Our ``DefaultDDPOStableDiffusionPipeline`` for the preset, on ``device``.
+    """Our DDPO pipeline for the preset, on ``device``: ``ddpo.adapters.load_policy`` picks
+    ``DefaultDDPOStableDiffusionPipeline`` or ``DefaultDDPOStableDiffusionXLPipeline`` from the
+    model folder.
 
     Frozen weights in the preset's dtype; the trainable (LoRA) weights are kept in float32, as a
     mixed-precision trainer keeps them.
     """
-    from ddpo import DefaultDDPOStableDiffusionPipeline
+    from ddpo.adapters import load_policy
 
     dtype = harness.resolve_dtype(preset.dtype)
-    pipeline = DefaultDDPOStableDiffusionPipeline(
+    pipeline = load_policy(
         model_location(preset),
         use_lora=use_lora,
         lora_rank=preset.lora_rank,

@@ -1,6 +1,6 @@
 """Run ddpo's benchmarks, print a table per benchmark and write one JSON file each.
 
-    python benchmarks/run.py [--preset default|tiny|sd15] [--only core,sampling] [--out DIR]
+    python benchmarks/run.py [--preset default|tiny|tiny-sdxl|sd15|sdxl] [--only core,sampling]
 
 A benchmark is a module ``benchmarks/bench_<name>.py`` with a function ``run(args) -> dict``
 (``args`` the parsed command line: ``preset``, ``device``, ``out`` and the model-benchmark
@@ -12,9 +12,10 @@ options of ``presets.add_arguments``) returning::
 benchmark is adding such a module; ``--only`` picks benchmarks by ``<name>``.
 
 Presets: ``default`` (core at realistic shapes, model benchmarks on the tiny model: the CPU run
-of ``nox -s bench``), ``tiny`` (core at smoke sizes, model benchmarks on the tiny model), ``sd15``
-(model benchmarks on the Stable Diffusion 1.5 architecture, for a GPU: ``--device cuda``; core
-at its realistic shapes).
+of ``nox -s bench``), ``tiny`` (core at smoke sizes, model benchmarks on the tiny model),
+``tiny-sdxl`` (model benchmarks on the tiny SDXL model, CPU; core at smoke sizes), ``sd15`` and
+``sdxl`` (model benchmarks on the Stable Diffusion 1.5 / SDXL base architectures with random
+weights, for a GPU: ``--device cuda``; core at its realistic shapes).
 """
 
 import argparse
@@ -36,8 +37,14 @@ if str(HERE) not in sys.path:  # the model benchmarks import their shared helper
 
 import presets  # noqa: E402
 
-PRESET_CHOICES = ("default", "tiny", "sd15")
-CORE_PRESET = {"default": "default", "tiny": "tiny", "sd15": "default"}
+PRESET_CHOICES = ("default", "tiny", "tiny-sdxl", "sd15", "sdxl")
+CORE_PRESET = {
+    "default": "default",
+    "tiny": "tiny",
+    "tiny-sdxl": "tiny",
+    "sd15": "default",
+    "sdxl": "default",
+}
 
 
 def available() -> dict[str, Path]:
@@ -60,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset",
         choices=PRESET_CHOICES,
         default="default",
-        help="'default' (CPU run), 'tiny' (quick smoke run), 'sd15' (SD 1.5 sizes, for a GPU)",
+        help="'default' (CPU run), 'tiny' (quick smoke run), 'tiny-sdxl' (the tiny SDXL model, "
+        "CPU), 'sd15' / 'sdxl' (SD 1.5 / SDXL base sizes, for a GPU)",
     )
     parser.add_argument(
         "--only",
