@@ -21,6 +21,8 @@ _LAZY: dict[str, str] = {
     "DDPOStableDiffusionPipeline": "ddpo.adapters",
     "DefaultDDPOStableDiffusionPipeline": "ddpo.adapters",
     "DefaultDDPOStableDiffusionXLPipeline": "ddpo.adapters",
+    "DefaultDDPOStableDiffusion3Pipeline": "ddpo.adapters",
+    "DefaultDDPOFluxPipeline": "ddpo.adapters",
     "DDPOPipelineOutput": "ddpo.adapters",
     "DDPOSchedulerOutput": "ddpo.adapters",
     "DDPOConfig": "ddpo.trainer.config",

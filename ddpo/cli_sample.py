@@ -28,7 +28,8 @@ class SampleArgs:
     guidance_scale: float = 5.0
     """Classifier-free guidance weight."""
     eta: float = 1.0
-    """DDIM eta (0: deterministic DDIM; 1: the stochastic sampler DDPO trains)."""
+    """DDIM eta (0: deterministic DDIM; 1: the stochastic sampler DDPO trains). For a flow model
+    (SD3): 0 samples the deterministic ODE, anything else its SDE policy."""
 
 
 def _slug(text: str) -> str:
@@ -82,8 +83,15 @@ def draw_samples(args: SampleArgs, pipeline: Any) -> list[Path]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # eta=0 is deterministic DDIM, which has no log-probabilities (the DDPO pipeline needs
-    # eta > 0): the wrapped diffusers pipeline samples it, with the same DDIM scheduler.
-    sampler = pipeline.pipeline if args.eta == 0 else pipeline
+    # eta > 0): the wrapped diffusers pipeline samples it, with the same DDIM scheduler. A flow
+    # model (SD3) samples its ODE at eta=0 and its SDE policy otherwise; eta is DDIM's only.
+    from ddpo.adapters.families import model_family
+
+    flow = bool(model_family(args.model).options)
+    sampler = pipeline.pipeline if args.eta == 0 and not flow else pipeline
+    stochasticity: dict[str, Any] = {"eta": args.eta}
+    if flow:
+        stochasticity = {"noise_level": 0} if args.eta == 0 else {}
     written: list[Path] = []
     for index, prompt in enumerate(args.prompt):
         generator = torch.Generator().manual_seed(args.seed + index)
@@ -92,8 +100,8 @@ def draw_samples(args: SampleArgs, pipeline: Any) -> list[Path]:
                 prompt=[prompt] * args.num_images,
                 num_inference_steps=args.num_inference_steps,
                 guidance_scale=args.guidance_scale,
-                eta=args.eta,
                 generator=generator,
+                **stochasticity,
                 output_type="pil",
             )
         for number, image in enumerate(result.images):

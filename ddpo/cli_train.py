@@ -55,7 +55,16 @@ class TrainArgs:
     """Rank of the LoRA adapters (``use_lora`` only)."""
     resolution: int | None = None
     """Side of the square training images in pixels, a multiple of 8 (default: the model's
-    native size: 512 for SD 1.5, 1024 for SDXL, 64 for the tiny models)."""
+    native size: 512 for SD 1.5, 1024 for SDXL, SD3 and FLUX.1, 64 for the tiny models)."""
+    noise_level: float | None = None
+    """Flow-matching models (SD3, FLUX.1): the noise level of Flow-GRPO's SDE sampler, > 0 (default
+    0.7). DDIM models use ``--ddpo_config.sample_eta`` instead."""
+    sde_window_size: int | None = None
+    """Flow-matching models: sample only this many consecutive steps with the SDE and train
+    only those (the others are deterministic ODE steps: Flow-GRPO-Fast); default: every step."""
+    sde_window_start: int | None = None
+    """Flow-matching models: the first step of the SDE window (default: drawn per sampling
+    batch from its seeded generator)."""
     reward: str = DEFAULT_SETTINGS.reward
     """Reward function: one name, or a weighted sum such as ``pickscore:1.0,ocr:0.5``
     (a bare name weighs 1). The names:
@@ -237,17 +246,31 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         raise ValueError(f"lora_rank must be positive, got {args.lora_rank}")
     if args.resolution is not None and (args.resolution <= 0 or args.resolution % 8):
         raise ValueError(f"resolution must be a positive multiple of 8, got {args.resolution}")
+    if args.noise_level is not None and not args.noise_level > 0:
+        raise ValueError(f"noise_level must be > 0, got {args.noise_level}")
+    if args.sde_window_size is not None and args.sde_window_size < 1:
+        raise ValueError(f"sde_window_size must be >= 1, got {args.sde_window_size}")
+    if args.sde_window_start is not None and args.sde_window_start < 0:
+        raise ValueError(f"sde_window_start must be >= 0, got {args.sde_window_start}")
     check_reward_flags(args)
     config = args.ddpo_config
     # A taken output folder is reported now, not after the model has loaded.
     check_output_dir(config)
 
-    from ddpo.adapters import load_policy
+    from ddpo.adapters.families import check_family_options, load_policy
     from ddpo.reporting import ImageGridHook
     from ddpo.trainer import DDPOTrainer
 
     # The trainer pushes without a token; we push ourselves once everything is on disk.
     trainer_config = dataclasses.replace(config, push_to_hub=False)
+
+    # The model's family takes the sampler flags given (read from model_index.json only).
+    family_options = {
+        "noise_level": args.noise_level,
+        "sde_window_size": args.sde_window_size,
+        "sde_window_start": args.sde_window_start,
+    }
+    check_family_options(args.pretrained_model, args.pretrained_revision, family_options)
 
     # Prompts (which check prompt_repeats and prompt_pool), reward, image hook, pipeline,
     # trainer.
@@ -258,6 +281,7 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         args.pretrained_model,
         revision=args.pretrained_revision,
         resolution=args.resolution,
+        family_options=family_options,
         use_lora=args.use_lora,
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_rank,

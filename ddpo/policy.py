@@ -14,7 +14,8 @@ What a new family writes (see CONTRIBUTING.md):
 - ``score``: the log-probs of stored transitions through a given (trainable, maybe DDP-wrapped)
   denoiser, with its step's mean and standard deviation (for the KL term);
 - ``reference_policy``: a context under which ``score`` gives the pre-fine-tuning policy;
-- ``denoiser``, ``get_trainable_layers``, ``prepare``, ``check_num_steps``, ``save_pretrained``.
+- ``denoiser``, ``get_trainable_layers``, ``prepare``, ``check_num_steps``,
+  ``transitions_per_rollout``, ``save_pretrained``.
 """
 
 import contextlib
@@ -66,13 +67,16 @@ class Conditioning:
 
 
 class PolicyRollout(NamedTuple):
-    """Sampled trajectories.
+    """Sampled trajectories, with the ``K`` transitions the policy records for training
+    (``K = T``, every step, for DDIM families; a window of consecutive steps for a flow policy).
 
     Attributes:
         images: decoded images, float ``(batch, 3, H, W)`` in ``[0, 1]``.
-        latents: every latent, ``x_T`` first, ``(batch, T + 1, ...)``.
-        log_probs: the log-density of each step, ``(batch, T)``.
-        timesteps: the ``T`` timesteps, in sampling order.
+        latents: the latents around the recorded transitions, ``(batch, K + 1, ...)``
+            (every latent, ``x_T`` first, when ``K = T``).
+        log_probs: the log-density of each recorded transition, ``(batch, K)``.
+        timesteps: what identifies each transition to ``score``, in sampling order, ``(K,)``:
+            the scheduler's timesteps (DDIM) or the step indices (flow policies).
     """
 
     images: Float[Tensor, "batch 3 height width"]
@@ -116,6 +120,12 @@ class DiffusionPolicy(Protocol):
         """ValueError naming ``DDPOConfig.sample_num_steps`` if the sampler cannot make them."""
         ...
 
+    def transitions_per_rollout(self, num_steps: int) -> int:
+        """How many transitions a rollout of ``num_steps`` steps records for training:
+        ``num_steps`` for DDIM families; the stochastic window's length for a flow policy that
+        samples only a window of steps with its SDE (the others are deterministic ODE steps)."""
+        ...
+
     def encode(self, prompts: Sequence[str], negative_prompt: str) -> Conditioning:
         """The conditioning of ``prompts`` (and of the negative prompt, for guidance)."""
         ...
@@ -129,7 +139,8 @@ class DiffusionPolicy(Protocol):
         eta: float,
         generator: torch.Generator,
     ) -> PolicyRollout:
-        """Sample one trajectory per row of ``conditioning``, with per-step log-probs."""
+        """Sample one trajectory per row of ``conditioning``, with the log-prob of each of the
+        ``transitions_per_rollout(num_steps)`` recorded transitions."""
         ...
 
     def score(
@@ -164,6 +175,7 @@ def missing_members(obj: Any) -> list[str]:
         "get_trainable_layers",
         "prepare",
         "check_num_steps",
+        "transitions_per_rollout",
         "encode",
         "rollout",
         "score",

@@ -11,14 +11,19 @@ from typing import Any, NamedTuple
 
 from ddpo.adapters.registry import read_json_object, resolve_model_source
 
+FLOW_OPTIONS: tuple[str, ...] = ("noise_level", "sde_window_size", "sde_window_start")
+"""Sampler options of the flow-matching families (Flow-GRPO's SDE): `load_policy` passes them to
+those families only."""
+
 
 class Family(NamedTuple):
-    """A model family: its name, the diffusers pipeline classes of its folders, and how its
-    policy is built (``load(name, **options)``)."""
+    """A model family: its name, the diffusers pipeline classes of its folders, how its policy is
+    built (``load(name, **options)``), and the family-specific options its constructor takes."""
 
     name: str
     pipeline_classes: tuple[str, ...]
     load: Callable[..., Any]
+    options: tuple[str, ...] = ()
 
 
 def _load_sd(name: str, **options: Any) -> Any:
@@ -33,11 +38,25 @@ def _load_sdxl(name: str, **options: Any) -> Any:
     return DefaultDDPOStableDiffusionXLPipeline(name, **options)
 
 
+def _load_sd3(name: str, **options: Any) -> Any:
+    from ddpo.adapters.sd3 import DefaultDDPOStableDiffusion3Pipeline
+
+    return DefaultDDPOStableDiffusion3Pipeline(name, **options)
+
+
+def _load_flux(name: str, **options: Any) -> Any:
+    from ddpo.adapters.flux import DefaultDDPOFluxPipeline
+
+    return DefaultDDPOFluxPipeline(name, **options)
+
+
 FAMILIES: tuple[Family, ...] = (
     Family("sd", ("StableDiffusionPipeline",), _load_sd),
     Family("sdxl", ("StableDiffusionXLPipeline",), _load_sdxl),
+    Family("sd3", ("StableDiffusion3Pipeline",), _load_sd3, FLOW_OPTIONS),
+    Family("flux", ("FluxPipeline",), _load_flux, FLOW_OPTIONS),
 )
-"""Every family ddpo trains: Stable Diffusion 1.x/2.x and SDXL."""
+"""Every family ddpo trains: Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1."""
 
 
 def model_family(name: str | os.PathLike[str], revision: str = "main") -> Family:
@@ -59,8 +78,28 @@ def model_family(name: str | os.PathLike[str], revision: str = "main") -> Family
     known = [c for family in FAMILIES for c in family.pipeline_classes]
     raise ValueError(
         f"{os.fspath(name)!r} is a {class_name!r} model; ddpo trains the families {known} "
-        "(Stable Diffusion 1.x/2.x, Stable Diffusion XL base)"
+        "(Stable Diffusion 1.x/2.x, Stable Diffusion XL base, Stable Diffusion 3/3.5, FLUX.1)"
     )
+
+
+def check_family_options(
+    name: str | os.PathLike[str], revision: str, family_options: dict[str, Any] | None
+) -> tuple[Family, dict[str, Any]]:
+    """The family of ``name`` and the family options given (``None`` values dropped); reads
+    only ``model_index.json``.
+
+    Raises:
+        ValueError: as :func:`model_family`, or for an option the family does not take.
+    """
+    family = model_family(name, revision)
+    given = {k: v for k, v in (family_options or {}).items() if v is not None}
+    foreign = sorted(set(given) - set(family.options))
+    if foreign:
+        raise ValueError(
+            f"{foreign} apply to the flow-matching families (SD3, FLUX); {os.fspath(name)!r} is "
+            f"a {family.name!r} model (its sampler is DDIM: use sample_eta)"
+        )
+    return family, given
 
 
 def load_policy(
@@ -68,6 +107,7 @@ def load_policy(
     *,
     revision: str = "main",
     resolution: int | None = None,
+    family_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> Any:
     """The DDPO policy of model ``name``, of the family its folder declares.
@@ -76,15 +116,26 @@ def load_policy(
         name: built-in name, local folder or hub id.
         revision: hub revision.
         resolution: image side in pixels (``None``: the model's native size).
+        family_options: family-specific options, e.g. the flow families' ``noise_level``,
+            ``sde_window_size`` and ``sde_window_start`` (:data:`FLOW_OPTIONS`); ``None``
+            values are left at the family's defaults.
         options: the pipeline constructor's common keywords (``use_lora``, ``lora_rank``, ...).
 
     Raises:
-        ValueError: as :func:`model_family`, and the family's own checks.
+        ValueError: as :func:`model_family`; for a family option the model's family does not
+            take (naming it and the family); and the family's own checks.
     """
-    family = model_family(name, revision)
+    family, given = check_family_options(name, revision, family_options)
     if resolution is not None:
         options["resolution"] = resolution
-    return family.load(os.fspath(name), pretrained_model_revision=revision, **options)
+    return family.load(os.fspath(name), pretrained_model_revision=revision, **options, **given)
 
 
-__all__ = ["FAMILIES", "Family", "load_policy", "model_family"]
+__all__ = [
+    "FAMILIES",
+    "FLOW_OPTIONS",
+    "Family",
+    "check_family_options",
+    "load_policy",
+    "model_family",
+]

@@ -184,6 +184,10 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         (:func:`ddpo.adapters.sampling.check_ddim_num_steps`)."""
         check_ddim_num_steps(self.scheduler, num_steps)
 
+    def transitions_per_rollout(self, num_steps: int) -> int:
+        """Every DDIM step is recorded and may be trained: ``num_steps``."""
+        return num_steps
+
     def encode(self, prompts: Sequence[str], negative_prompt: str) -> Conditioning:
         """``prompt_embeds`` of ``prompts`` and ``negative_prompt_embeds`` (the negative prompt's,
         repeated per prompt), both ``(batch, tokens, dim)``."""

@@ -1,7 +1,8 @@
 """Resolve a model name (built-in, local folder or hub id) to a local folder, with clear errors.
 
-Built-in names need no network: ``"ddpo-tiny-random"`` and ``"ddpo-tiny-sdxl-random"`` (the
-random SD and SDXL test models, built on first use into the cache folder) and
+Built-in names need no network: ``"ddpo-tiny-random"``, ``"ddpo-tiny-sdxl-random"``,
+``"ddpo-tiny-sd3-random"`` and ``"ddpo-tiny-flux-random"`` (the random SD, SDXL, SD3 and FLUX
+test models, built on first use into the cache folder) and
 ``"ddpo-tiny-shapes"`` (the trained tiny model shipped with the package). Everything is checked
 here, before any weights are loaded.
 """
@@ -14,11 +15,19 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ddpo.adapters.tiny import TINY_MODEL_NAME, tiny_pipeline_path
+from ddpo.adapters.tiny_flux import TINY_FLUX_NAME, tiny_flux_path
+from ddpo.adapters.tiny_sd3 import TINY_SD3_NAME, tiny_sd3_path
 from ddpo.adapters.tiny_sdxl import TINY_SDXL_NAME, tiny_sdxl_path
 
 TINY_SHAPES_NAME = "ddpo-tiny-shapes"
 _TINY_SHAPES_PACKAGE = "ddpo.models"  # holds the folder TINY_SHAPES_NAME (package data)
-BUILTIN_MODELS: tuple[str, ...] = (TINY_MODEL_NAME, TINY_SHAPES_NAME, TINY_SDXL_NAME)
+BUILTIN_MODELS: tuple[str, ...] = (
+    TINY_MODEL_NAME,
+    TINY_SHAPES_NAME,
+    TINY_SDXL_NAME,
+    TINY_SD3_NAME,
+    TINY_FLUX_NAME,
+)
 """Names :func:`resolve_pretrained` knows without a folder or a hub."""
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -82,6 +91,10 @@ def resolve_pretrained(name: str | os.PathLike[str], revision: str = "main") -> 
         return _tiny_shapes_path()
     if text == TINY_SDXL_NAME:
         return tiny_sdxl_path()
+    if text == TINY_SD3_NAME:
+        return tiny_sd3_path()
+    if text == TINY_FLUX_NAME:
+        return tiny_flux_path()
     path = Path(text).expanduser()
     if path.is_dir():
         return path.resolve()

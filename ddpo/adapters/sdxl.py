@@ -240,6 +240,10 @@ class DefaultDDPOStableDiffusionXLPipeline:
         """ValueError naming ``DDPOConfig.sample_num_steps`` if DDIM cannot make the steps."""
         check_ddim_num_steps(self.scheduler, num_steps)
 
+    def transitions_per_rollout(self, num_steps: int) -> int:
+        """Every DDIM step is recorded and may be trained: ``num_steps``."""
+        return num_steps
+
     @contextlib.contextmanager
     def reference_policy(self) -> Iterator[None]:
         """The pre-fine-tuning UNet: adapters disabled (LoRA) or the frozen copy (full UNet)."""

@@ -31,9 +31,11 @@ class Optimisation:
     parameters: list[torch.nn.Parameter]
 
 
-def num_train_timesteps(config: DDPOConfig) -> int:
-    """Timesteps trained per sample: what `subsample_timesteps` keeps of ``sample_num_steps``."""
-    probe = torch.arange(config.sample_num_steps).unsqueeze(0)
+def num_train_timesteps(config: DDPOConfig, transitions: int | None = None) -> int:
+    """Timesteps trained per sample: what `subsample_timesteps` keeps of a rollout's
+    ``transitions`` (default ``sample_num_steps``; fewer for a flow policy's stochastic window)."""
+    recorded = config.sample_num_steps if transitions is None else transitions
+    probe = torch.arange(recorded).unsqueeze(0)
     kept = subsample_timesteps(probe, timestep_fraction=config.train_timestep_fraction)
     return int(kept.shape[-1])
 

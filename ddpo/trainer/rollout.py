@@ -274,6 +274,7 @@ class Rollout:
                 eta=config.sample_eta,
                 generator=generator,
             )
+        check_transitions(out, policy.transitions_per_rollout(config.sample_num_steps), batch_size)
         check_rollout(
             out.latents,
             out.log_probs,
@@ -326,6 +327,20 @@ def _param_dtype(module: Any) -> torch.dtype | None:
     return None if param is None else param.dtype
 
 
+def check_transitions(out: Any, expected: int, batch_size: int) -> None:
+    """TypeError unless a rollout holds the ``expected`` transitions (what the policy's
+    ``transitions_per_rollout`` declared) for ``batch_size`` samples."""
+    latents, log_probs, timesteps = out.latents, out.log_probs, out.timesteps
+    shapes = (tuple(latents.shape[:2]), tuple(log_probs.shape), tuple(timesteps.shape))
+    if shapes != ((batch_size, expected + 1), (batch_size, expected), (expected,)):
+        raise TypeError(
+            f"the policy's rollout must hold {expected} transitions (its "
+            f"transitions_per_rollout) for {batch_size} samples: latents (batch, {expected + 1}, "
+            f"...), log_probs (batch, {expected}), timesteps ({expected},); got latents "
+            f"{tuple(latents.shape)}, log_probs {shapes[1]}, timesteps {shapes[2]}"
+        )
+
+
 def check_rollout(
     latents: Tensor,
     log_probs: Tensor,
@@ -373,4 +388,11 @@ def check_rollout(
     )
 
 
-__all__ = ["PromptRNG", "Rollout", "Trajectories", "check_rollout", "derive_seed"]
+__all__ = [
+    "PromptRNG",
+    "Rollout",
+    "Trajectories",
+    "check_rollout",
+    "check_transitions",
+    "derive_seed",
+]

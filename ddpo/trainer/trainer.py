@@ -111,7 +111,8 @@ class DDPOTrainer:
         self.prompt_function = prompt_function
         self.sd_pipeline = sd_pipeline
         self.image_samples_hook = image_samples_hook
-        self.num_train_timesteps = num_train_timesteps(config)
+        self.transitions_per_rollout = sd_pipeline.transitions_per_rollout(config.sample_num_steps)
+        self.num_train_timesteps = num_train_timesteps(config, self.transitions_per_rollout)
 
         # 2. The accelerator: gradients accumulate over trained timesteps and micro-batches.
         steps = config.train_gradient_accumulation_steps * self.num_train_timesteps

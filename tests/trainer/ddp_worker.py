@@ -48,7 +48,7 @@ def main() -> None:
     pipeline = load_policy(model_dir)  # SD or SDXL, from the folder's model_index.json
     # Different initial LoRA weights per rank: preparing the UNet must broadcast rank 0's.
     with torch.no_grad():
-        for name, param in pipeline.unet.named_parameters():
+        for name, param in pipeline.denoiser.named_parameters():
             if param.requires_grad and "lora_B" in name:
                 param.add_(0.01 * (1 + int(os.environ.get("RANK", "0"))))
     trainer = DDPOTrainer(config, brightness, prompt_fn, pipeline)

@@ -22,11 +22,16 @@ import torch
 
 from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 from ddpo.adapters import load_policy
+from ddpo.adapters.families import FLOW_OPTIONS
 from ddpo.trainer.trainer import PromptRNG
 
 MODEL = "ddpo-tiny-random"
 SDXL_MODEL = "ddpo-tiny-sdxl-random"
-FAMILY_MODELS = pytest.mark.parametrize("model", [MODEL, SDXL_MODEL], ids=["sd", "sdxl"])
+SD3_MODEL = "ddpo-tiny-sd3-random"
+FLUX_MODEL = "ddpo-tiny-flux-random"
+FAMILY_MODELS = pytest.mark.parametrize(
+    "model", [MODEL, SDXL_MODEL, SD3_MODEL, FLUX_MODEL], ids=["sd", "sdxl", "sd3", "flux"]
+)
 PROMPTS = ("a red circle", "a blue square", "a green star")
 
 
@@ -69,7 +74,9 @@ def pipeline_factory() -> Any:
         torch.manual_seed(0)  # the LoRA initialisation draws from the global RNG
         if model == MODEL:
             return DefaultDDPOStableDiffusionPipeline(MODEL, **kwargs)
-        return load_policy(model, **kwargs)  # the family from the folder's model_index.json
+        flow = {k: kwargs.pop(k) for k in FLOW_OPTIONS if k in kwargs}
+        # the family from the folder's model_index.json
+        return load_policy(model, family_options=flow, **kwargs)
 
     return make
 
@@ -207,9 +214,9 @@ def test_group_advantage_modes(tmp_path: Path, pipeline_factory: Any, mode: str)
 
 
 @pytest.mark.parametrize(
-    ("model", "extra"),
+    ("model", "extra", "policy_options"),
     [
-        (MODEL, {}),
+        (MODEL, {}, {}),
         (
             SDXL_MODEL,
             {
@@ -220,12 +227,43 @@ def test_group_advantage_modes(tmp_path: Path, pipeline_factory: Any, mode: str)
                 "train_cfg": True,
                 "sample_guidance_scale": 5.0,
             },
+            {},
+        ),
+        (
+            SD3_MODEL,
+            {
+                "advantage_mode": "group",
+                "kl_coef": 0.1,
+                "train_cfg": False,
+                "sample_guidance_scale": 4.0,
+                "train_timestep_fraction": 1.0,
+            },
+            {"sde_window_size": 1, "noise_level": 0.7},
+        ),
+        (
+            FLUX_MODEL,
+            {
+                "kl_coef": 0.1,
+                "gradient_checkpointing": True,
+                "sample_guidance_scale": 3.5,
+                "train_timestep_fraction": 1.0,
+            },
+            {"sde_window_size": 1, "sde_window_start": 0, "noise_level": 0.9},
         ),
     ],
-    ids=["sd", "sdxl-per-prompt-kl-checkpointing"],
+    ids=[
+        "sd",
+        "sdxl-per-prompt-kl-checkpointing",
+        "sd3-window-group-kl-no-cfg",
+        "flux-window-kl-checkpointing",
+    ],
 )
 def test_async_rewards_equal_sync(
-    tmp_path: Path, pipeline_factory: Any, model: str, extra: dict[str, Any]
+    tmp_path: Path,
+    pipeline_factory: Any,
+    model: str,
+    extra: dict[str, Any],
+    policy_options: dict[str, Any],
 ) -> None:
     results = {}
     for mode in (False, True):
@@ -238,7 +276,10 @@ def test_async_rewards_equal_sync(
             return brightness(images, prompts, metadata)
 
         config = tiny_config(tmp_path / f"run-{mode}", async_reward_computation=mode, **extra)
-        trainer = DDPOTrainer(config, reward, pick_prompt, pipeline_factory(model))
+        trainer = DDPOTrainer(
+            config, reward, pick_prompt, pipeline_factory(model, **policy_options)
+        )
+        assert trainer.num_train_timesteps == policy_options.get("sde_window_size", 1)
         trainer.train()
         trainer.close()
         results[mode] = (read_metrics(tmp_path / f"run-{mode}"), trainer.trainable_state_dict())

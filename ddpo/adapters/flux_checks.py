@@ -1,0 +1,189 @@
+"""FLUX.1's model-folder checks (from its JSON files only, before any weights load), its image
+resolution check, and its latent layout: 2x2 packing into tokens, and the tokens' position ids.
+
+A DDPO flow policy for FLUX.1 needs ``FluxPipeline``'s components: a ``FluxTransformer2DModel``,
+the VAE, the CLIP and T5 encoders with their tokenizers, and a ``FlowMatchEulerDiscreteScheduler``.
+Other families' folders are refused with the class found; widths that do not fit are named.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ddpo._typing import Latents
+from ddpo.adapters.flow_sampling import FlowSchedule
+from ddpo.adapters.registry import read_json_object, read_model_index
+from ddpo.adapters.sampling import Size
+
+FLUX_COMPONENTS: tuple[str, ...] = (
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "tokenizer",
+    "tokenizer_2",
+    "scheduler",
+)
+"""Components a FLUX.1 folder's ``model_index.json`` must list."""
+
+_OTHER_FAMILIES = {
+    "StableDiffusionPipeline": "a Stable Diffusion 1.x/2.x model: use "
+    "DefaultDDPOStableDiffusionPipeline for it",
+    "StableDiffusionXLPipeline": "an SDXL model: use DefaultDDPOStableDiffusionXLPipeline for it",
+    "StableDiffusion3Pipeline": "an SD3 model: use DefaultDDPOStableDiffusion3Pipeline for it",
+}
+
+PackedLatents = Float[Tensor, "batch tokens packed"]
+"""FLUX's transformer input: 2x2 latent patches as tokens, ``(batch, h/2 * w/2, 4 channels)``."""
+
+
+def _config(folder: Path, component: str, name: str = "config.json") -> dict[str, Any]:
+    path = folder / component / name
+    if not path.is_file():
+        raise ValueError(f"{folder} is an incomplete FLUX.1 folder: {component}/{name} is missing")
+    return read_json_object(path)
+
+
+def check_flux_folder(folder: Path) -> dict[str, Any]:
+    """Check that ``folder`` holds a FLUX.1 text-to-image model whose parts fit together.
+
+    Returns:
+        The transformer's ``config.json`` (``guidance_embeds`` tells dev from schnell).
+
+    Raises:
+        ValueError: naming the folder and what is wrong: another family (the class found), a
+            transformer that is not ``FluxTransformer2DModel``, a scheduler that is not
+            flow-matching Euler, or widths of encoders, transformer and VAE that disagree.
+    """
+    index_file = folder / "model_index.json"
+    index = read_json_object(index_file) if index_file.is_file() else {}
+    class_name = index.get("_class_name")
+    if class_name in _OTHER_FAMILIES:
+        raise ValueError(
+            f"{folder} is {_OTHER_FAMILIES[class_name]} ({class_name!r}), not FluxPipeline "
+            "(DefaultDDPOFluxPipeline trains FLUX.1 models)"
+        )
+    index = read_model_index(folder, FLUX_COMPONENTS, "FLUX.1")
+    if index.get("transformer", [None, None])[1] != "FluxTransformer2DModel":
+        raise ValueError(
+            f"{folder}: transformer is {index['transformer'][1]!r}, expected "
+            f"'FluxTransformer2DModel' ({class_name!r} is not a FLUX.1 pipeline)"
+        )
+    scheduler = _config(folder, "scheduler", "scheduler_config.json")
+    if scheduler.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
+        raise ValueError(
+            f"{folder}: scheduler {scheduler.get('_class_name')!r} is not "
+            "'FlowMatchEulerDiscreteScheduler' (the flow-SDE policy needs FLUX's flow schedule)"
+        )
+    transformer = _config(folder, "transformer")
+    vae = _config(folder, "vae")
+    clip_width = _config(folder, "text_encoder").get("hidden_size")
+    if transformer.get("pooled_projection_dim") != clip_width:
+        raise ValueError(
+            f"{folder}: the transformer's pooled_projection_dim="
+            f"{transformer.get('pooled_projection_dim')} is not text_encoder's (CLIP) "
+            f"hidden_size={clip_width}"
+        )
+    t5_width = _config(folder, "text_encoder_2").get("d_model")
+    if transformer.get("joint_attention_dim") != t5_width:
+        raise ValueError(
+            f"{folder}: the transformer's joint_attention_dim="
+            f"{transformer.get('joint_attention_dim')} is not text_encoder_2's (T5) "
+            f"d_model={t5_width}"
+        )
+    channels = vae.get("latent_channels")
+    if not isinstance(channels, int) or transformer.get("in_channels") != 4 * channels:
+        raise ValueError(
+            f"{folder}: the transformer takes in_channels={transformer.get('in_channels')}, not "
+            f"4 x the VAE's latent_channels={channels} (FLUX packs 2x2 latent patches)"
+        )
+    return transformer
+
+
+def flux_latent_factor(folder: Path) -> int:
+    """Pixels per latent along a side: ``2 ** (len(vae.block_out_channels) - 1)``."""
+    vae = _config(folder, "vae")
+    return int(2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1))
+
+
+def check_flux_resolution(resolution: Size, *, latent_factor: int) -> Size:
+    """``resolution`` checked to be positive multiples of ``2 * latent_factor`` per side (the
+    latents are packed in 2x2 patches; diffusers would silently round the size down).
+
+    Raises:
+        ValueError: naming ``resolution``, its value and the multiple needed.
+    """
+    step = 2 * latent_factor
+    if min(resolution) <= 0 or resolution[0] % step or resolution[1] % step:
+        raise ValueError(
+            f"resolution must be positive multiples of {step} per side for this FLUX.1 model (the "
+            f"VAE's {latent_factor}x times FLUX's 2x2 latent packing), got "
+            f"resolution={resolution!r}"
+        )
+    return resolution
+
+
+def pack_latents(latents: Latents) -> PackedLatents:
+    """FLUX's tokens: each 2x2 patch of ``(batch, C, h, w)`` latents as one ``4C`` vector, the
+    patches in row-major order, a patch's vector channel-major then row then column."""
+    batch, channels, height, width = latents.shape
+    if height % 2 or width % 2:
+        raise ValueError(f"latents must have even height and width, got {tuple(latents.shape)}")
+    patches = latents.reshape(batch, channels, height // 2, 2, width // 2, 2)
+    tokens = patches.permute(0, 2, 4, 1, 3, 5)
+    return tokens.reshape(batch, (height // 2) * (width // 2), 4 * channels)
+
+
+def unpack_latents(packed: PackedLatents, height: int, width: int) -> Latents:
+    """The inverse of :func:`pack_latents` for latents of ``height x width``."""
+    batch, tokens, features = packed.shape
+    if tokens != (height // 2) * (width // 2) or features % 4 or height % 2 or width % 2:
+        raise ValueError(
+            f"packed latents {tuple(packed.shape)} are not 2x2 patches of {height}x{width} latents"
+        )
+    patches = packed.reshape(batch, height // 2, width // 2, features // 4, 2, 2)
+    return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, features // 4, height, width)
+
+
+def latent_image_ids(
+    rows: int, columns: int, *, device: torch.device, dtype: torch.dtype
+) -> Float[Tensor, "tokens 3"]:
+    """The rotary position ids of the packed tokens: ``(0, row, column)`` per patch, row-major."""
+    row = torch.arange(rows, dtype=torch.float32).repeat_interleave(columns)
+    column = torch.arange(columns, dtype=torch.float32).repeat(rows)
+    ids = torch.stack([torch.zeros_like(row), row, column], dim=-1)
+    return ids.to(device=device, dtype=dtype)
+
+
+def flux_schedule(
+    scheduler: Any, num_steps: int, device: torch.device | None = None, mu: float | None = None
+) -> FlowSchedule:
+    """``scheduler.set_timesteps`` as diffusers' ``FluxPipeline`` calls it (the sigmas
+    ``linspace(1, 1/num_steps, num_steps)`` before the shift ``mu``, unless the scheduler makes
+    flow sigmas itself) and its table, as :func:`ddpo.adapters.flow_sampling.flow_schedule`."""
+    sigmas = None
+    if not scheduler.config.get("use_flow_sigmas", False):
+        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+    kwargs = {"mu": mu} if mu is not None else {}
+    scheduler.set_timesteps(num_steps, device=device, sigmas=sigmas, **kwargs)
+    table = scheduler.sigmas.to(device=device, dtype=torch.float32)
+    below_one = table[(table < 1) & (table > 0)]
+    sigma_max = float(below_one.max()) if below_one.numel() else None
+    return FlowSchedule(num_steps, table, scheduler.timesteps.to(device), sigma_max)
+
+
+__all__ = [
+    "FLUX_COMPONENTS",
+    "PackedLatents",
+    "check_flux_folder",
+    "check_flux_resolution",
+    "flux_latent_factor",
+    "flux_schedule",
+    "latent_image_ids",
+    "pack_latents",
+    "unpack_latents",
+]

@@ -1,0 +1,123 @@
+"""Checks of a Stable Diffusion 3 / 3.5 model folder, from its JSON files only (before any weights
+load), and of an image resolution against the transformer's patch grid.
+
+A DDPO flow policy for SD3 needs ``StableDiffusion3Pipeline``'s components: an
+``SD3Transformer2DModel``, the VAE, both CLIP encoders and the T5 encoder with their
+tokenizers, and a ``FlowMatchEulerDiscreteScheduler``. Other families' folders are refused with
+the class found; widths that do not fit together are named.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from ddpo.adapters.registry import read_json_object, read_model_index
+from ddpo.adapters.sampling import Size
+
+SD3_COMPONENTS: tuple[str, ...] = (
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer",
+    "tokenizer_2",
+    "tokenizer_3",
+    "scheduler",
+)
+"""Components an SD3 folder's ``model_index.json`` must list."""
+
+_OTHER_FAMILIES = {
+    "StableDiffusionPipeline": "a Stable Diffusion 1.x/2.x model: use "
+    "DefaultDDPOStableDiffusionPipeline for it",
+    "StableDiffusionXLPipeline": "an SDXL model: use DefaultDDPOStableDiffusionXLPipeline for it",
+    "FluxPipeline": "a FLUX.1 model, not SD3",
+}
+
+
+def _config(folder: Path, component: str, name: str = "config.json") -> dict[str, Any]:
+    path = folder / component / name
+    if not path.is_file():
+        raise ValueError(f"{folder} is an incomplete SD3 folder: {component}/{name} is missing")
+    return read_json_object(path)
+
+
+def check_sd3_folder(folder: Path) -> dict[str, Any]:
+    """Check that ``folder`` holds an SD3/SD3.5 text-to-image model whose parts fit together.
+
+    Returns:
+        The transformer's ``config.json`` (read again later for the patch size).
+
+    Raises:
+        ValueError: naming the folder and what is wrong: another family (the class found), a
+            transformer that is not ``SD3Transformer2DModel``, a scheduler that is not
+            flow-matching Euler, or widths of encoders, transformer and VAE that disagree.
+    """
+    index_file = folder / "model_index.json"
+    index = read_json_object(index_file) if index_file.is_file() else {}
+    class_name = index.get("_class_name")
+    if class_name in _OTHER_FAMILIES:
+        raise ValueError(
+            f"{folder} is {_OTHER_FAMILIES[class_name]} ({class_name!r}), not "
+            "StableDiffusion3Pipeline"
+        )
+    index = read_model_index(folder, SD3_COMPONENTS, "Stable Diffusion 3")
+    if index.get("transformer", [None, None])[1] != "SD3Transformer2DModel":
+        raise ValueError(
+            f"{folder}: transformer is {index['transformer'][1]!r}, expected "
+            f"'SD3Transformer2DModel' ({class_name!r} is not an SD3 pipeline)"
+        )
+    scheduler = _config(folder, "scheduler", "scheduler_config.json")
+    if scheduler.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
+        raise ValueError(
+            f"{folder}: scheduler {scheduler.get('_class_name')!r} is not "
+            "'FlowMatchEulerDiscreteScheduler' (the flow-SDE policy needs SD3's flow schedule)"
+        )
+    transformer = _config(folder, "transformer")
+    vae = _config(folder, "vae")
+    clip_1, clip_2 = _config(folder, "text_encoder"), _config(folder, "text_encoder_2")
+    pooled = int(clip_1.get("projection_dim", 0)) + int(clip_2.get("projection_dim", 0))
+    if transformer.get("pooled_projection_dim") != pooled:
+        raise ValueError(
+            f"{folder}: the transformer's pooled_projection_dim="
+            f"{transformer.get('pooled_projection_dim')} is not the two CLIP encoders' "
+            f"projection_dim added ({clip_1.get('projection_dim')} + "
+            f"{clip_2.get('projection_dim')} = {pooled})"
+        )
+    width = _config(folder, "text_encoder_3").get("d_model")
+    if transformer.get("joint_attention_dim") != width:
+        raise ValueError(
+            f"{folder}: the transformer's joint_attention_dim="
+            f"{transformer.get('joint_attention_dim')} is not text_encoder_3's d_model={width}"
+        )
+    if vae.get("latent_channels") != transformer.get("in_channels"):
+        raise ValueError(
+            f"{folder}: the VAE has latent_channels={vae.get('latent_channels')}, the transformer "
+            f"takes in_channels={transformer.get('in_channels')}"
+        )
+    return transformer
+
+
+def sd3_latent_factor(folder: Path) -> int:
+    """Pixels per latent along a side: ``2 ** (len(vae.block_out_channels) - 1)``."""
+    vae = _config(folder, "vae")
+    return int(2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1))
+
+
+def check_sd3_resolution(resolution: Size, *, latent_factor: int, patch_size: int) -> Size:
+    """``resolution`` checked to be a positive multiple of ``latent_factor * patch_size`` per
+    side (the transformer splits the latents into ``patch_size`` squares).
+
+    Raises:
+        ValueError: naming ``resolution``, its value and the multiple needed.
+    """
+    step = latent_factor * patch_size
+    if min(resolution) <= 0 or resolution[0] % step or resolution[1] % step:
+        raise ValueError(
+            f"resolution must be positive multiples of {step} per side for this SD3 model (the "
+            f"VAE's {latent_factor}x times the transformer's patch_size={patch_size}), got "
+            f"resolution={resolution!r}"
+        )
+    return resolution
+
+
+__all__ = ["SD3_COMPONENTS", "check_sd3_folder", "check_sd3_resolution", "sd3_latent_factor"]

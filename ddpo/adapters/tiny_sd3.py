@@ -1,0 +1,256 @@
+"""A tiny, random Stable-Diffusion-3-architecture model, built from config (the SD3 test model).
+
+The components of ``StableDiffusion3Pipeline``: an ``SD3Transformer2DModel`` (MMDiT; here with
+one SD3.5-style dual-attention block and RMS query/key norm), two ``CLIPTextModelWithProjection``
+encoders whose penultimate hidden states are concatenated, a ``T5EncoderModel``, the 16-channel
+``AutoencoderKL`` with SD3's ``scaling_factor``/``shift_factor``, and a
+``FlowMatchEulerDiscreteScheduler`` with SD3's ``shift=3.0``; only very small. Nothing is
+downloaded: the CLIP tokenizers are written by :mod:`ddpo.adapters.tokenizer`, the T5 tokenizer
+is a ``tokenizers`` Unigram model over :data:`ddpo.adapters.tiny.TINY_WORDS` built here.
+"""
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    T5Config,
+    T5EncoderModel,
+)
+
+from ddpo.adapters.tiny import TINY_WORDS, build_pipeline_folder, default_cache_dir, tiny_tokenizer
+
+TINY_SD3_NAME = "ddpo-tiny-sd3-random"
+"""Built-in name of the random tiny SD3 model (to be registered in ``registry.py``)."""
+
+_FORMAT_VERSION = 1  # bump when the architecture or vocabulary changes, to rebuild caches
+
+SD3_SCALING_FACTOR = 1.5305
+SD3_SHIFT_FACTOR = 0.0609
+SD3_SHIFT = 3.0
+
+_SD3_PARTS = (
+    "transformer",
+    "vae",
+    "text_encoder",
+    "text_encoder_2",
+    "text_encoder_3",
+    "tokenizer",
+    "tokenizer_2",
+    "tokenizer_3",
+    "scheduler",
+)
+
+
+@dataclass(frozen=True)
+class TinySD3Config:
+    """Sizes of a tiny SD3 model.
+
+    Attributes:
+        image_size: image side in pixels (a multiple of 16: the 8x VAE times the patch size 2).
+        heads, head_dim: the transformer's attention heads and their width.
+        layers: transformer blocks (the first has SD3.5's second self-attention).
+        clip_dim: width of each CLIP encoder (their concatenation is padded to the T5 width).
+        clip_projection_dim: each CLIP encoder's pooled projection (pooled width is twice it).
+        t5_dim: the T5 encoder's width, the transformer's ``joint_attention_dim``.
+        max_prompt_tokens: the CLIP tokenizers' padded length (77 as in SD3).
+    """
+
+    image_size: int = 64
+    heads: int = 2
+    head_dim: int = 16
+    layers: int = 2
+    clip_dim: int = 16
+    clip_projection_dim: int = 16
+    t5_dim: int = 32
+    max_prompt_tokens: int = 77
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or self.image_size % 16:
+            raise ValueError(f"image_size must be a positive multiple of 16, got {self.image_size}")
+
+
+def tiny_sd3_transformer(config: TinySD3Config) -> Any:
+    """A random ``SD3Transformer2DModel`` of ``config``, from the global torch RNG."""
+    return SD3Transformer2DModel(
+        sample_size=config.image_size // 8,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=config.layers,
+        attention_head_dim=config.head_dim,
+        num_attention_heads=config.heads,
+        joint_attention_dim=config.t5_dim,
+        caption_projection_dim=config.heads * config.head_dim,
+        pooled_projection_dim=2 * config.clip_projection_dim,
+        pos_embed_max_size=32,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+
+
+def tiny_sd3_vae(config: TinySD3Config) -> Any:
+    """A random 16-channel ``AutoencoderKL`` (8x) with SD3's latent scaling and shift."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 16, 16, 16),
+        latent_channels=16,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=config.image_size,
+        scaling_factor=SD3_SCALING_FACTOR,
+        shift_factor=SD3_SHIFT_FACTOR,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def _t5_tokenizer_class() -> Any:
+    """transformers' ``T5TokenizerFast`` (the tokenizers-backed ``T5Tokenizer`` since v5)."""
+    return transformers.T5TokenizerFast  # type: ignore[attr-defined,unused-ignore]
+
+
+def tiny_t5_tokenizer(words: tuple[str, ...] = TINY_WORDS, *, model_max_length: int = 256) -> Any:
+    """A ``T5TokenizerFast`` whose Unigram vocabulary holds each of ``words`` as one piece
+    (``▁word``), every lower-case letter and digit (so other words still tokenize), and T5's
+    ``<pad>`` (0), ``</s>`` (1), ``<unk>`` (2); no sentinel tokens."""
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    seen = {p for p, _ in pieces}
+    for word in words:
+        piece = "▁" + word.strip().lower()
+        if piece not in seen:
+            seen.add(piece)
+            pieces.append((piece, -1.0))
+    pieces += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789" if c not in seen]
+    backend = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.WhitespaceSplit(),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        ]
+    )
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    backend.post_processor = processors.TemplateProcessing(
+        single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)]
+    )
+    tokenizer = _t5_tokenizer_class()(
+        tokenizer_object=backend,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_ids=0,
+        model_max_length=model_max_length,
+    )
+    with tempfile.TemporaryDirectory() as tmp:  # through the on-disk format, as loaded later
+        tokenizer.save_pretrained(tmp)
+        return _t5_tokenizer_class().from_pretrained(tmp)
+
+
+def _clip_config(config: TinySD3Config, tokenizer: Any) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.clip_dim,
+        intermediate_size=2 * config.clip_dim,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=config.max_prompt_tokens,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=config.clip_projection_dim,
+        hidden_act="gelu",
+    )
+
+
+def tiny_sd3_components(
+    seed: int = 0, *, config: TinySD3Config | None = None, words: tuple[str, ...] = TINY_WORDS
+) -> dict[str, Any]:
+    """The components of a tiny SD3 pipeline, seeded (``fork_rng``: the caller's RNG is kept).
+
+    Returns:
+        Keyword arguments for ``StableDiffusion3Pipeline``: ``transformer``, ``vae``, the three
+        text encoders and tokenizers, and ``scheduler`` (flow-match Euler, ``shift=3.0``).
+    """
+    cfg = config or TinySD3Config()
+    tokenizer = tiny_tokenizer(words, model_max_length=cfg.max_prompt_tokens)
+    tokenizer_2 = tiny_tokenizer(words, model_max_length=cfg.max_prompt_tokens)
+    tokenizer_3 = tiny_t5_tokenizer(words)
+    t5 = T5Config(
+        vocab_size=len(tokenizer_3),
+        d_model=cfg.t5_dim,
+        d_kv=8,
+        d_ff=2 * cfg.t5_dim,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = tiny_sd3_transformer(cfg)
+        torch.manual_seed(seed + 1)
+        vae = tiny_sd3_vae(cfg)
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModelWithProjection(_clip_config(cfg, tokenizer))
+        torch.manual_seed(seed + 3)
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(cfg, tokenizer_2))
+        torch.manual_seed(seed + 4)
+        text_encoder_3 = T5EncoderModel(t5)
+    return {
+        "transformer": transformer.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "text_encoder_2": text_encoder_2.eval(),
+        "text_encoder_3": text_encoder_3.eval(),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "tokenizer_3": tokenizer_3,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=SD3_SHIFT),
+    }
+
+
+def save_sd3_pipeline(components: Mapping[str, Any], folder: str | Path) -> None:
+    """Save a ``StableDiffusion3Pipeline`` of ``components`` into ``folder`` (safetensors)."""
+    pipeline: Any = StableDiffusion3Pipeline(**{name: components[name] for name in _SD3_PARTS})
+    pipeline.save_pretrained(folder, safe_serialization=True)
+
+
+def tiny_sd3_path(cache_dir: str | Path | None = None, *, seed: int = 0) -> Path:
+    """The folder of the tiny SD3 model (``save_pretrained`` layout), built on first use
+    (written to a temporary sibling and renamed into place, as :func:`tiny_pipeline_path`)."""
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = root / f"{TINY_SD3_NAME}-v{_FORMAT_VERSION}-seed{seed}"
+    return build_pipeline_folder(target, lambda: tiny_sd3_components(seed), save_sd3_pipeline)
+
+
+__all__ = [
+    "SD3_SCALING_FACTOR",
+    "SD3_SHIFT",
+    "SD3_SHIFT_FACTOR",
+    "TINY_SD3_NAME",
+    "TinySD3Config",
+    "save_sd3_pipeline",
+    "tiny_sd3_components",
+    "tiny_sd3_path",
+    "tiny_sd3_transformer",
+    "tiny_sd3_vae",
+    "tiny_t5_tokenizer",
+]
