@@ -68,6 +68,14 @@ def flow_sde_step_with_logprob(
     ``std_t`` is infinite, and the reference substitutes ``sigma_max`` in the denominator only.
     As ``noise_level -> 0`` the mean tends to the Euler ODE step ``x + v dt``.
 
+    How it differs from :func:`ddpo.core.ddim_step_with_logprob`: DDIM's stochasticity ``eta``
+    interpolates between the deterministic DDIM step (0) and DDPM's ancestral step (1) of a
+    noise-prediction model, and the step's variance comes from the noise schedule's ``alpha_bar``
+    table; a flow-matching model predicts a velocity and is sampled by a deterministic ODE, so
+    the randomness here is *added*: the drift gains a score correction (the ``std_t^2`` terms)
+    that keeps the marginals of the ODE, and the noise level ``a`` is a free choice (Flow-GRPO
+    uses 0.7); ``std_t`` diverges as ``sigma -> 1``. See ``docs/flow_models.md``.
+
     Exactly one of ``noise`` (sampling) or ``prev_sample`` (scoring a stored transition) must be
     given. The log-density is always taken at a detached ``x_prev``, so its gradient flows to
     ``model_output`` through ``mu`` only. The math runs in float32 (float64 for float64 inputs)

@@ -177,3 +177,51 @@ def test_a_folder_of_another_family_is_named(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr[-3000:]
     assert "'KandinskyV22Pipeline' model" in result.stderr
     assert "StableDiffusionXLPipeline" in result.stderr
+
+
+@pytest.mark.parametrize("model", ["ddpo-tiny-sd3-random", "ddpo-tiny-flux-random"])
+def test_flow_models_train_with_a_window_and_sample(tmp_path: Path, model: str) -> None:
+    out = tmp_path / "run"
+    result = _run(
+        [
+            "-m",
+            "ddpo",
+            "train",
+            *TINY,
+            f"--pretrained_model={model}",  # overrides TINY's SD model
+            "--noise_level=0.8",
+            "--sde_window_size=1",
+            "--ddpo_config.no_train_cfg",
+            "--ddpo_config.kl_coef=0.05",
+            "--reward=brightness",
+            "--prompts=simple_animals",
+            f"--ddpo_config.output_dir={out}",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "kl" in metrics[0]
+    index = json.loads((out / "final" / "model_index.json").read_text())
+    assert index["_class_name"] in ("StableDiffusion3Pipeline", "FluxPipeline")
+    samples = tmp_path / "samples"
+    for eta in ("0", "1"):  # the ODE, then the SDE policy
+        result = _run(
+            ["-m", "ddpo", "sample", "--model", str(out / "final"), "--prompt", "a cat",
+             "--num-images", "1", "--num_inference_steps=2", f"--eta={eta}",
+             "--out", str(samples / eta)],
+            tmp_path,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(list((samples / eta).glob("*.png"))) == 1
+
+
+def test_flow_flags_on_a_ddim_model_are_refused_before_loading(tmp_path: Path) -> None:
+    result = _run(
+        ["-m", "ddpo", "train", *TINY, "--noise_level=0.7",
+         f"--ddpo_config.output_dir={tmp_path / 'run'}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "['noise_level'] apply to the flow-matching families" in result.stderr
+    assert not (tmp_path / "run").exists()
