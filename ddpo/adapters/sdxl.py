@@ -8,9 +8,8 @@ samples with DDIM and log-probs, and re-scores transitions; every step's math is
 (with :func:`ddpo.core.rescale_guidance` when ``guidance_rescale > 0``).
 """
 
-import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, final
 
@@ -39,12 +38,13 @@ from ddpo.adapters.sampling import (
 from ddpo.adapters.sd_weights import (
     check_ddim_config,
     check_model_args,
-    fused_unet,
     new_lora_config,
     setup_trainable_unet,
     write_lora,
 )
 from ddpo.adapters.sdxl_checks import check_sdxl_folder
+from ddpo.adapters.sdxl_text import encode_sdxl_texts, sdxl_time_ids
+from ddpo.adapters.wrapped import WrappedPipelinePolicy
 from ddpo.core import DDIMStepOutput, classifier_free_guidance, rescale_guidance
 from ddpo.policy import Conditioning, PolicyRollout
 
@@ -65,7 +65,7 @@ def _load_vae(vae: str | os.PathLike[str], torch_dtype: torch.dtype | None) -> A
 
 
 @final
-class DefaultDDPOStableDiffusionXLPipeline:
+class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
     """DDPO over diffusers' ``StableDiffusionXLPipeline`` (wrapped), with LoRA through peft.
 
     Implements :class:`ddpo.policy.DiffusionPolicy`, so ``DDPOTrainer`` trains it as it trains
@@ -98,6 +98,9 @@ class DefaultDDPOStableDiffusionXLPipeline:
             refiner, mismatched tokenizers/encoders, a scheduler not convertible to DDIM, bad
             arguments; all before weights load.
     """
+
+    denoiser_name = "unet"
+    pipeline_class = StableDiffusionXLPipeline
 
     def __init__(
         self,
@@ -166,10 +169,9 @@ class DefaultDDPOStableDiffusionXLPipeline:
         self.pretrained_model_name = source.base_name
         self.pretrained_model_revision = source.base_revision
         self._negative: tuple[str, tuple[Tensor, Tensor]] | None = None
-        self._reference_unet: nn.Module | None = None
 
         # 3. Trainable parameters: LoRA adapters or the full UNet (with a frozen reference).
-        self._frozen_unet = setup_trainable_unet(
+        self._frozen = setup_trainable_unet(
             sdxl.unet,
             use_lora=use_lora,
             lora_config=lora_config,
@@ -179,62 +181,12 @@ class DefaultDDPOStableDiffusionXLPipeline:
         if device is not None:
             self.to(device)
 
-    # ---- components and plumbing ----------------------------------------------------------
-
-    @property
-    def pipeline(self) -> StableDiffusionXLPipeline:
-        """The wrapped diffusers pipeline."""
-        pipe: StableDiffusionXLPipeline = self._sd
-        return pipe
+    # ---- components and checks -------------------------------------------------------------
 
     @property
     def unet(self) -> nn.Module:
-        unet: nn.Module = self._sd.unet
-        return unet
-
-    @property
-    def denoiser(self) -> nn.Module:
-        """The UNet (the network whose parameters train)."""
-        return self.unet
-
-    @property
-    def vae(self) -> nn.Module:
-        vae: nn.Module = self._sd.vae
-        return vae
-
-    @property
-    def scheduler(self) -> Any:
-        return self._sd.scheduler
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the UNet."""
-        return next(self.unet.parameters()).device
-
-    def to(self, device: str | torch.device) -> "DefaultDDPOStableDiffusionXLPipeline":
-        """Move every component (and the frozen reference UNet) to ``device``."""
-        self._sd.to(device)
-        if self._frozen_unet is not None:
-            self._frozen_unet.to(device)
-        return self
-
-    def set_progress_bar_config(self, **kwargs: Any) -> None:
-        self._sd.set_progress_bar_config(**kwargs)
-
-    def get_trainable_layers(self) -> nn.Module:
-        """The UNet; its parameters with ``requires_grad`` are the trainable ones."""
-        return self.unet
-
-    def trainable_parameters(self) -> dict[str, nn.Parameter]:
-        """Name -> parameter of every trainable parameter (LoRA adapters, or the whole UNet)."""
-        return {n: p for n, p in self.unet.named_parameters() if p.requires_grad}
-
-    def prepare(self, device: torch.device, *, gradient_checkpointing: bool) -> None:
-        """Move to ``device`` with the progress bar off; UNet gradient checkpointing if asked."""
-        self.set_progress_bar_config(disable=True)
-        self.to(device)
-        if gradient_checkpointing:
-            self._sd.unet.enable_gradient_checkpointing()
+        """The UNet (the denoiser)."""
+        return self.denoiser
 
     def check_num_steps(self, num_steps: int) -> None:
         """ValueError naming ``DDPOConfig.sample_num_steps`` if DDIM cannot make the steps."""
@@ -244,69 +196,20 @@ class DefaultDDPOStableDiffusionXLPipeline:
         """Every DDIM step is recorded and may be trained: ``num_steps``."""
         return num_steps
 
-    @contextlib.contextmanager
-    def reference_policy(self) -> Iterator[None]:
-        """The pre-fine-tuning UNet: adapters disabled (LoRA) or the frozen copy (full UNet)."""
-        if self._frozen_unet is not None:
-            self._reference_unet = self._frozen_unet
-            try:
-                yield
-            finally:
-                self._reference_unet = None
-            return
-        base: Any = _unwrap(self.unet)
-        base.disable_adapters()
-        try:
-            yield
-        finally:
-            base.enable_adapters()
-
     # ---- conditioning ---------------------------------------------------------------------
 
-    def _encode_texts(self, texts: list[str]) -> tuple[Tensor, Tensor]:
-        """Both encoders' penultimate hidden states concatenated ``(batch, tokens, d1 + d2)``
-        and the second encoder's pooled projection ``(batch, d_pool)``, as diffusers does."""
-        sd = self._sd
-        hidden, pooled = [], None
-        for tokenizer, encoder in (
-            (sd.tokenizer, sd.text_encoder),
-            (sd.tokenizer_2, sd.text_encoder_2),
-        ):
-            ids = tokenizer(
-                texts,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(encoder.device)
-            with torch.no_grad():
-                out = encoder(ids, output_hidden_states=True)
-            if out[0].ndim == 2:  # the projection model's pooled embedding
-                pooled = out[0]
-            hidden.append(out.hidden_states[-2])
-        assert pooled is not None
-        dtype = sd.text_encoder_2.dtype
-        return torch.cat(hidden, dim=-1).to(dtype), pooled.to(dtype)
-
-    def _time_ids(self, batch: int, height: int, width: int, dtype: torch.dtype) -> Tensor:
-        """The six micro-conditioning values per sample: original size, crop corner, target."""
-        original = self.original_size or (height, width)
-        target = self.target_size or (height, width)
-        values = [*original, *self.crops_coords_top_left, *target]
-        expected = self._sd.unet.config.projection_class_embeddings_input_dim
-        pooled_dim = self._sd.text_encoder_2.config.projection_dim
-        if self._sd.unet.config.addition_time_embed_dim * len(values) + pooled_dim != expected:
-            raise ValueError("the UNet's added-conditioning width does not match 6 time ids")
-        return torch.tensor([values], dtype=dtype, device=self.device).expand(batch, -1)
-
-    def _negative_embeds(self, negative_prompt: str, batch: int) -> tuple[Tensor, Tensor]:
-        """The negative prompt's embeddings, repeated per sample: zeros for the empty negative
-        prompt when the model sets ``force_zeros_for_empty_prompt`` (diffusers' behaviour when no
-        negative prompt is given; TRL's default ``negative_prompts=""`` means none)."""
+    def _negative_embeds(
+        self, negative_prompt: str, batch: int, like: tuple[Tensor, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """The negative prompt's embeddings, repeated per sample: zeros (shaped ``like`` the
+        prompts' one row) for the empty negative prompt when the model sets
+        ``force_zeros_for_empty_prompt`` (diffusers' behaviour when no negative prompt is given;
+        TRL's default ``negative_prompts=""`` means none), else encoded once and cached."""
         if self._negative is None or self._negative[0] != negative_prompt:
-            embeds, pooled = self._encode_texts([negative_prompt])
             if negative_prompt == "" and self._sd.config.force_zeros_for_empty_prompt:
-                embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+                embeds, pooled = torch.zeros_like(like[0][:1]), torch.zeros_like(like[1][:1])
+            else:
+                embeds, pooled = encode_sdxl_texts(self._sd, [negative_prompt])
             self._negative = (negative_prompt, (embeds, pooled))
         embeds, pooled = self._negative[1]
         return embeds.expand(batch, -1, -1).contiguous(), pooled.expand(batch, -1).contiguous()
@@ -315,16 +218,27 @@ class DefaultDDPOStableDiffusionXLPipeline:
         """``prompt_embeds``, ``pooled_prompt_embeds``, their negatives, and ``add_time_ids``
         (from the policy's resolution and micro-conditioning), each with the batch first."""
         texts = check_prompts(list(prompts), name="prompts")
-        embeds, pooled = self._encode_texts(texts)
-        negative, negative_pooled = self._negative_embeds(negative_prompt, len(texts))
+        embeds, pooled = encode_sdxl_texts(self._sd, texts)
+        negative, negative_pooled = self._negative_embeds(
+            negative_prompt, len(texts), (embeds, pooled)
+        )
         height, width = self.resolution
+        original = self.original_size or (height, width)
+        target = self.target_size or (height, width)
+        time_ids = sdxl_time_ids(
+            self._sd,
+            [*original, *self.crops_coords_top_left, *target],
+            len(texts),
+            dtype=embeds.dtype,
+            device=embeds.device,
+        )
         return Conditioning(
             {
                 "prompt_embeds": embeds,
                 "pooled_prompt_embeds": pooled,
                 "negative_prompt_embeds": negative.to(embeds.device),
                 "negative_pooled_prompt_embeds": negative_pooled.to(embeds.device),
-                "add_time_ids": self._time_ids(len(texts), height, width, embeds.dtype),
+                "add_time_ids": time_ids,
             }
         )
 
@@ -437,9 +351,7 @@ class DefaultDDPOStableDiffusionXLPipeline:
         UNet; the reference UNet under :meth:`reference_policy`), guided when ``guided`` and
         ``guidance_scale > 1`` as in sampling."""
         check_eta(eta)
-        unet = self._reference_unet
-        if unet is None:
-            unet = denoiser if denoiser is not None else self.unet
+        unet = self._scoring_denoiser(denoiser)
         model_output = self._model_output(
             unet, conditioning, latents, timesteps, guidance_scale, guided and guidance_scale > 1.0
         )
@@ -486,37 +398,17 @@ class DefaultDDPOStableDiffusionXLPipeline:
 
     # ---- saving ---------------------------------------------------------------------------
 
-    def save_lora_weights(self, output_dir: str | os.PathLike[str]) -> Path:
-        """Write the adapters as diffusers' ``pytorch_lora_weights.safetensors`` (loadable by
-        ``StableDiffusionXLPipeline.load_lora_weights``), with the base model's name beside it.
+    def _write_lora(self, out: Path) -> None:
+        name, revision = self.pretrained_model_name, self.pretrained_model_revision
+        write_lora(_unwrap(self.unet), out, name, revision, saver=StableDiffusionXLPipeline)
 
-        Raises:
-            ValueError: if the pipeline has no LoRA adapters (``use_lora=False``).
-        """
-        if not self.use_lora:
-            raise ValueError("save_lora_weights needs use_lora=True; use save_pretrained instead")
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_lora(
-            _unwrap(self.unet),
-            out,
-            self.pretrained_model_name,
-            self.pretrained_model_revision,
-            saver=StableDiffusionXLPipeline,
-        )
-        return out
+    def _save_dtype(self) -> torch.dtype:
+        dtype: torch.dtype = self._sd.text_encoder_2.dtype
+        return dtype
 
-    def save_pretrained(self, output_dir: str | os.PathLike[str]) -> None:
-        """Write a full SDXL pipeline folder (LoRA fused into a copy of the UNet, DDIM scheduler,
-        safetensors) that stock ``StableDiffusionXLPipeline.from_pretrained`` loads."""
-        components = dict(self._sd.components)
-        components["unet"] = fused_unet(_unwrap(self.unet), self._sd.text_encoder_2.dtype)
-        pipeline: Any = StableDiffusionXLPipeline(
-            **components,
-            force_zeros_for_empty_prompt=self._sd.config.force_zeros_for_empty_prompt,
-            add_watermarker=False,
-        )
-        pipeline.save_pretrained(Path(output_dir), safe_serialization=True)
+    def _pipeline_kwargs(self) -> dict[str, Any]:
+        force_zeros = self._sd.config.force_zeros_for_empty_prompt
+        return {"force_zeros_for_empty_prompt": force_zeros, "add_watermarker": False}
 
 
 __all__ = ["DefaultDDPOStableDiffusionXLPipeline"]

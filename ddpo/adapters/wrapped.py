@@ -1,0 +1,369 @@
+"""What the policies over a wrapped diffusers pipeline share (SDXL, SD3, FLUX.1).
+
+`WrappedPipelinePolicy` holds the diffusers pipeline (``_sd``) and implements the plumbing of the
+`ddpo.policy.DiffusionPolicy` boundary: the components, moving and preparing, the trainable
+parameters, the reference policy (LoRA adapters disabled, or a frozen copy for full
+fine-tuning), and saving in the family's diffusers formats. `FlowPipelinePolicy` adds what the
+flow-matching families share: Flow-GRPO's SDE rollout with its stochastic window, re-scoring, and
+the ODE sampler. A family writes its prompt encoding, its model call and its checks.
+"""
+
+import abc
+import contextlib
+import copy
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from jaxtyping import Int
+from torch import Tensor, nn
+
+from ddpo._typing import Latents, PerSample
+from ddpo.adapters.flow_sampling import (
+    FlowSchedule,
+    FlowStepScore,
+    Generators,
+    check_noise_level,
+    check_window,
+    choose_window,
+    decode_flow_latents,
+    sample_flow_trajectory,
+    score_flow_step,
+)
+from ddpo.adapters.interface import DDPOPipelineOutput
+from ddpo.adapters.sampling import OUTPUT_TYPES, Size, _unwrap, check_prompts
+from ddpo.adapters.sd_weights import fused_unet
+from ddpo.policy import Conditioning, PolicyRollout
+
+
+class WrappedPipelinePolicy(abc.ABC):
+    """A DDPO policy over a diffusers pipeline whose ``denoiser_name`` component trains.
+
+    Subclasses set ``_sd`` (the pipeline), ``_frozen`` (the frozen reference for full
+    fine-tuning, else ``None``), ``use_lora`` and the base model's name and revision in their
+    constructor, and implement :meth:`_write_lora` (and, if needed, the save hooks).
+    """
+
+    denoiser_name: ClassVar[str]
+    """The pipeline component whose parameters train: ``"unet"`` or ``"transformer"``."""
+    pipeline_class: ClassVar[Any]
+    """The diffusers pipeline class of the family (its folders, its LoRA format)."""
+
+    _sd: Any
+    _frozen: nn.Module | None = None
+    _reference: nn.Module | None = None
+    use_lora: bool
+    pretrained_model_name: str
+    pretrained_model_revision: str
+
+    @property
+    def pipeline(self) -> Any:
+        """The wrapped diffusers pipeline."""
+        return self._sd
+
+    @property
+    def denoiser(self) -> nn.Module:
+        """The network whose parameters train (the UNet or the transformer)."""
+        module: nn.Module = getattr(self._sd, self.denoiser_name)
+        return module
+
+    @property
+    def vae(self) -> nn.Module:
+        vae: nn.Module = self._sd.vae
+        return vae
+
+    @property
+    def scheduler(self) -> Any:
+        return self._sd.scheduler
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the denoiser."""
+        return next(self.denoiser.parameters()).device
+
+    def to(self, device: str | torch.device) -> Any:
+        """Move every component (and the frozen reference) to ``device``."""
+        self._sd.to(device)
+        if self._frozen is not None:
+            self._frozen.to(device)
+        return self
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        self._sd.set_progress_bar_config(**kwargs)
+
+    def get_trainable_layers(self) -> nn.Module:
+        """The denoiser; its parameters with ``requires_grad`` are the trainable ones."""
+        return self.denoiser
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Name -> parameter of every trainable parameter (LoRA adapters, or all)."""
+        return {n: p for n, p in self.denoiser.named_parameters() if p.requires_grad}
+
+    def prepare(self, device: torch.device, *, gradient_checkpointing: bool) -> None:
+        """Move to ``device`` with the progress bar off; the denoiser's gradient checkpointing
+        if asked."""
+        self.set_progress_bar_config(disable=True)
+        self.to(device)
+        if gradient_checkpointing:
+            self.denoiser.enable_gradient_checkpointing()  # type: ignore[operator]
+
+    @contextlib.contextmanager
+    def reference_policy(self) -> Iterator[None]:
+        """The pre-fine-tuning denoiser: adapters disabled (LoRA) or the frozen copy."""
+        if self._frozen is not None:
+            self._reference = self._frozen
+            try:
+                yield
+            finally:
+                self._reference = None
+            return
+        base: Any = _unwrap(self.denoiser)
+        base.disable_adapters()
+        try:
+            yield
+        finally:
+            base.enable_adapters()
+
+    def _scoring_denoiser(self, denoiser: nn.Module | None) -> nn.Module:
+        """The module ``score`` calls: the reference under :meth:`reference_policy`, else
+        ``denoiser`` (e.g. the trainer's DDP-wrapped one), else the pipeline's own."""
+        if self._reference is not None:
+            return self._reference
+        return denoiser if denoiser is not None else self.denoiser
+
+    # ---- saving ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _write_lora(self, out: Path) -> None:
+        """Write the adapters into ``out`` in the family's diffusers LoRA format."""
+
+    def _save_dtype(self) -> torch.dtype:
+        """The dtype a fused copy of the denoiser is saved in (the frozen weights')."""
+        dtype: torch.dtype = self._sd.vae.dtype
+        return dtype
+
+    def _pipeline_kwargs(self) -> dict[str, Any]:
+        """Extra arguments of ``pipeline_class`` when saving (its config flags)."""
+        return {}
+
+    def save_lora_weights(self, output_dir: str | os.PathLike[str]) -> Path:
+        """Write the adapters as diffusers' ``pytorch_lora_weights.safetensors`` (loadable by
+        the stock pipeline's ``load_lora_weights``), with the base model's name beside it.
+
+        Raises:
+            ValueError: if the pipeline has no LoRA adapters (``use_lora=False``).
+        """
+        if not self.use_lora:
+            raise ValueError("save_lora_weights needs use_lora=True; use save_pretrained instead")
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self._write_lora(out)
+        return out
+
+    def save_pretrained(self, output_dir: str | os.PathLike[str]) -> None:
+        """Write a full pipeline folder of the family (LoRA fused into a copy of the denoiser;
+        safetensors) that the stock pipeline's ``from_pretrained`` loads."""
+        components = dict(self._sd.components)
+        components[self.denoiser_name] = fused_unet(_unwrap(self.denoiser), self._save_dtype())
+        pipeline: Any = self.pipeline_class(**components, **self._pipeline_kwargs())
+        pipeline.save_pretrained(Path(output_dir), safe_serialization=True)
+
+
+class FlowPipelinePolicy(WrappedPipelinePolicy):
+    """A flow-matching policy: Flow-GRPO's SDE steps inside a window of each rollout (recorded
+    and trained), deterministic ODE steps outside it.
+
+    Subclasses set ``noise_level``, ``sde_window_size``, ``sde_window_start`` and
+    ``resolution``, and implement the schedule, the latent shape and the velocity.
+    """
+
+    denoiser_name = "transformer"
+    default_steps: ClassVar[int] = 28
+    default_guidance: ClassVar[float] = 7.0
+
+    noise_level: float
+    sde_window_size: int | None
+    sde_window_start: int | None
+    resolution: Size
+    _schedule: FlowSchedule | None = None
+
+    @property
+    def transformer(self) -> nn.Module:
+        """The transformer (the denoiser)."""
+        return self.denoiser
+
+    @abc.abstractmethod
+    def _flow_schedule(
+        self, scheduler: Any, num_steps: int, device: torch.device | None = None
+    ) -> FlowSchedule:
+        """The sigmas and timesteps of ``num_steps`` steps (sets ``scheduler``'s timesteps)."""
+
+    @abc.abstractmethod
+    def _latent_shape(self, batch: int) -> tuple[int, int, int, int]:
+        """The (unpacked) initial latents' shape for ``batch`` samples."""
+
+    @abc.abstractmethod
+    def _velocity(
+        self,
+        transformer: nn.Module,
+        conditioning: Conditioning,
+        x: Latents,
+        t: PerSample,
+        guidance_scale: float,
+        guided: bool,
+    ) -> Latents:
+        """The model's velocity at timesteps ``t`` (guided as the family guides)."""
+
+    def check_num_steps(self, num_steps: int) -> None:
+        """ValueError naming ``DDPOConfig.sample_num_steps`` (and the window) if the window does
+        not fit in ``num_steps`` or the schedule has no sigma below 1 for the SDE."""
+        check_window(num_steps, self.sde_window_size, self.sde_window_start)
+        if self._flow_schedule(copy.deepcopy(self.scheduler), num_steps).sigma_max is None:
+            raise ValueError(
+                f"DDPOConfig.sample_num_steps={num_steps}: the flow schedule has no sigma in "
+                "(0, 1) for the SDE step; use at least 2 steps"
+            )
+
+    def transitions_per_rollout(self, num_steps: int) -> int:
+        """``K``, the stochastic (recorded, trained) steps of a ``num_steps``-step rollout."""
+        check_window(num_steps, self.sde_window_size, self.sde_window_start)
+        return num_steps if self.sde_window_size is None else self.sde_window_size
+
+    def _sample(
+        self,
+        conditioning: Conditioning,
+        *,
+        num_steps: int,
+        guidance_scale: float,
+        noise_level: float,
+        generator: Generators,
+        latents: Latents | None = None,
+        output_type: str = "pt",
+    ) -> tuple[DDPOPipelineOutput, range | None]:
+        """Sample: the SDE window (``noise_level > 0``) or the ODE everywhere (0)."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if noise_level > 0:
+            self.check_num_steps(num_steps)
+        shape = self._latent_shape(len(conditioning))
+        if latents is not None and tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        guided = guidance_scale > 1.0
+        device = self.device
+        with torch.no_grad():
+            dtype = conditioning["prompt_embeds"].dtype
+            if latents is None:  # drawn in the text embeddings' dtype, as diffusers does
+                latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            x = latents.to(device=device, dtype=dtype)
+            schedule = self._flow_schedule(self.scheduler, num_steps, device)
+            window = None
+            if noise_level > 0:
+                self._schedule = schedule
+                size, start = self.sde_window_size, self.sde_window_start
+                window = choose_window(num_steps, size, start, generator)
+
+            def predict(x: Latents, t: PerSample) -> Latents:
+                return self._velocity(self.transformer, conditioning, x, t, guidance_scale, guided)
+
+            trajectory = sample_flow_trajectory(
+                predict, x, schedule, window=window, noise_level=noise_level,
+                generator=generator, progress=self._sd.progress_bar,
+            )  # fmt: skip
+            images = decode_flow_latents(self._sd, trajectory.final, output_type)
+        return DDPOPipelineOutput(images, trajectory.latents, trajectory.log_probs), window
+
+    def rollout(
+        self,
+        conditioning: Conditioning,
+        *,
+        num_steps: int,
+        guidance_scale: float,
+        eta: float,
+        generator: torch.Generator,
+    ) -> PolicyRollout:
+        """Sample one trajectory per row; record only the window's ``K`` SDE transitions:
+        ``latents`` ``(batch, K + 1, C, h, w)``, ``log_probs`` ``(batch, K)``, ``timesteps``
+        the K step indices (int64). ``eta`` is ignored (flow policies use ``noise_level``)."""
+        out, window = self._sample(
+            conditioning,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            noise_level=self.noise_level,
+            generator=generator,
+        )
+        assert window is not None
+        steps = torch.arange(window.start, window.stop, dtype=torch.int64, device=self.device)
+        return PolicyRollout(out.images, out.latents, out.log_probs, steps)
+
+    def score(
+        self,
+        conditioning: Conditioning,
+        latents: Latents,
+        next_latents: Latents,
+        timesteps: Int[Tensor, " batch"],
+        *,
+        guidance_scale: float,
+        guided: bool,
+        eta: float,
+        denoiser: nn.Module | None = None,
+    ) -> FlowStepScore:
+        """Log-probs of stored SDE transitions at step indices ``timesteps`` of the last
+        rollout's schedule, through ``denoiser`` (default the transformer; the reference under
+        :meth:`reference_policy`), guided when ``guided`` and ``guidance_scale > 1`` (where the
+        family has true CFG). ``eta`` is ignored. ``std_dev`` is ``std_t sqrt(sigma -
+        sigma_prev)``, the step's standard deviation."""
+        if self._schedule is None:
+            raise ValueError("score needs the schedule of a rollout: call rollout first")
+        transformer = self._scoring_denoiser(denoiser)
+        t = self._schedule.timesteps.to(latents.device)[timesteps.to(latents.device).long()]
+        use_cfg = guided and guidance_scale > 1.0
+        velocity = self._velocity(transformer, conditioning, latents, t, guidance_scale, use_cfg)
+        return score_flow_step(
+            velocity, latents, next_latents, timesteps, self._schedule, noise_level=self.noise_level
+        )
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        *,
+        negative_prompt: str = "",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        noise_level: float | int | None = None,
+        generator: Generators = None,
+        latents: Latents | None = None,
+        output_type: str = "pil",
+    ) -> DDPOPipelineOutput:
+        """Sample images of ``prompt`` (defaults: the family's step count and guidance).
+        ``noise_level=0``: the ODE everywhere, the same images as the stock pipeline for the
+        same generator (every latent is returned, no log-probs); ``None``: the policy's SDE
+        window and noise level."""
+        steps = self.default_steps if num_inference_steps is None else num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValueError(f"num_inference_steps must be an int, got {steps!r}")
+        if steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {steps!r}")
+        level = self.noise_level
+        if noise_level is not None:
+            level = check_noise_level(noise_level, allow_zero=True)
+        conditioning = self.encode(check_prompts(prompt), negative_prompt)
+        out, _ = self._sample(
+            conditioning,
+            num_steps=steps,
+            guidance_scale=self.default_guidance if guidance_scale is None else guidance_scale,
+            noise_level=level,
+            generator=generator,
+            latents=latents,
+            output_type=output_type,
+        )
+        return out
+
+    @abc.abstractmethod
+    def encode(self, prompts: Any, negative_prompt: str) -> Conditioning:
+        """The family's prompt encoding (see `ddpo.policy.DiffusionPolicy.encode`)."""
+
+
+__all__ = ["FlowPipelinePolicy", "WrappedPipelinePolicy"]
