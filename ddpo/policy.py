@@ -15,7 +15,10 @@ What a new family writes (see CONTRIBUTING.md):
   denoiser, with its step's mean and standard deviation (for the KL term);
 - ``reference_policy``: a context under which ``score`` gives the pre-fine-tuning policy;
 - ``denoiser``, ``get_trainable_layers``, ``prepare``, ``check_num_steps``,
-  ``transitions_per_rollout``, ``save_pretrained``.
+  ``transitions_per_rollout``, ``save_pretrained``;
+- optionally ``preferred_advantage_mode`` (e.g. ``"group"``): what ``DDPOConfig.advantage_mode
+  = "auto"`` resolves to for this family when per-prompt tracking is off (default: TRL's
+  ``"global"``).
 """
 
 import contextlib

@@ -181,6 +181,9 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     """
 
     denoiser_name = "transformer"
+    preferred_advantage_mode: ClassVar[str] = "group"
+    """What ``DDPOConfig.advantage_mode="auto"`` becomes for this policy (GRPO's group
+    advantages over repeated prompts, as Flow-GRPO trains)."""
     default_steps: ClassVar[int] = 28
     default_guidance: ClassVar[float] = 7.0
 

@@ -38,6 +38,14 @@ def compute_advantages(
                 raise ValueError("advantage mode 'per_prompt' needs a PerPromptStatTracker")
             advantages = torch.as_tensor(stat_tracker.update(prompts, rewards), dtype=torch.float32)
         else:
+            if len(set(prompts)) == len(prompts):
+                raise ValueError(
+                    f"advantage_mode={mode!r} normalises within the samples of each prompt, but "
+                    f"each of the epoch's {len(prompts)} prompts appears once, so every "
+                    "advantage would be 0 and nothing would train: repeat each prompt in the "
+                    "epoch (e.g. `ddpo train --prompt_repeats 4`, or a prompt function that "
+                    "returns each prompt several times) or set advantage_mode='global'"
+                )
             advantages = group_normalize_advantages(
                 rewards, prompts, std="global" if mode == "group_global" else "group"
             )

@@ -158,7 +158,8 @@ class DDPOConfig:
     within the epoch's samples of each prompt, no buffer), ``"group_global"`` (centre within each
     prompt's samples, divide by the whole epoch's std: near-identical samples of a prompt get
     near-zero advantages instead of +-1), ``"auto"`` (TRL: per-prompt when
-    ``per_prompt_stat_tracking`` is set, else global)."""
+    ``per_prompt_stat_tracking`` is set, else the policy's preferred mode: ``"group"`` for the
+    flow-matching models (GRPO, as Flow-GRPO), ``"global"`` for the others)."""
     kl_coef: float = 0.0
     """Weight of a KL-to-reference penalty (Gaussian KL between the DDIM step means of the
     current and the pre-fine-tuning policy); 0 disables it and its extra UNet pass."""
@@ -179,8 +180,16 @@ class DDPOConfig:
     @property
     def resolved_advantage_mode(self) -> str:
         """The advantage mode in use: ``advantage_mode`` with ``"auto"`` resolved (TRL's flag)."""
+        return self.resolve_advantage_mode()
+
+    def resolve_advantage_mode(self, preferred: str | None = None) -> str:
+        """``advantage_mode`` with ``"auto"`` resolved: per-prompt when
+        ``per_prompt_stat_tracking`` is set (TRL's flag), else ``preferred`` (a policy's
+        ``preferred_advantage_mode``), else ``"global"``."""
         if self.advantage_mode == "auto":
-            return "per_prompt" if self.per_prompt_stat_tracking else "global"
+            if self.per_prompt_stat_tracking:
+                return "per_prompt"
+            return preferred or "global"
         return self.advantage_mode
 
     def to_dict(self) -> dict[str, Any]:

@@ -151,7 +151,9 @@ class DDPOTrainer:
         accelerator.register_load_state_pre_hook(run_state.skip_model_loading)
 
         # 7. Advantage state, trackers (main process only inside accelerate), the sampler.
-        self.advantage_mode = config.resolved_advantage_mode
+        # "auto" follows the policy's preference where it has one (flow models: GRPO's groups)
+        preferred = getattr(sd_pipeline, "preferred_advantage_mode", None)
+        self.advantage_mode = config.resolve_advantage_mode(preferred)
         self.stat_tracker = (
             PerPromptStatTracker(
                 config.per_prompt_stat_tracking_buffer_size,

@@ -63,10 +63,10 @@ OURS = {
     "hub_model_id": "",
     "resume_allow_config_changes": False,
 }
-# Fields read by the trainer through a config property rather than directly.
+# Fields read by the trainer through a config method rather than directly.
 READ_VIA_PROPERTY = {
-    "advantage_mode": "resolved_advantage_mode",
-    "per_prompt_stat_tracking": "resolved_advantage_mode",
+    "advantage_mode": "resolve_advantage_mode",
+    "per_prompt_stat_tracking": "resolve_advantage_mode",
 }
 
 
@@ -173,7 +173,7 @@ def test_every_field_is_read_by_the_trainer() -> None:
     assert _unread(names, read) == [], "DDPOConfig fields never read by the library"
     # the check can fail: a field nobody reads, or one whose property is never read
     assert _unread([*names, "not_a_field"], read) == ["not_a_field"]
-    assert sorted(_unread(names, read - {"resolved_advantage_mode"})) == sorted(READ_VIA_PROPERTY)
+    assert sorted(_unread(names, read - {"resolve_advantage_mode"})) == sorted(READ_VIA_PROPERTY)
 
 
 def test_every_field_documented() -> None:
@@ -313,3 +313,12 @@ def test_to_dict_is_flat_and_json_serialisable() -> None:
     assert flat["accelerator_kwargs/cpu"] is True
     assert flat["tracker_kwargs/wandb"] == repr({"entity": "me"})
     assert flat["sample_eta"] == 1.0
+
+
+def test_auto_advantage_mode_takes_the_policy_preference() -> None:
+    assert DDPOConfig().resolve_advantage_mode("group") == "group"
+    assert DDPOConfig().resolve_advantage_mode(None) == "global"
+    assert DDPOConfig(per_prompt_stat_tracking=True).resolve_advantage_mode("group") == (
+        "per_prompt"
+    )
+    assert DDPOConfig(advantage_mode="global").resolve_advantage_mode("group") == "global"

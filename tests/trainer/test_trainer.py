@@ -232,7 +232,6 @@ def test_group_advantage_modes(tmp_path: Path, pipeline_factory: Any, mode: str)
         (
             SD3_MODEL,
             {
-                "advantage_mode": "group",
                 "kl_coef": 0.1,
                 "train_cfg": False,
                 "sample_guidance_scale": 4.0,
@@ -254,7 +253,7 @@ def test_group_advantage_modes(tmp_path: Path, pipeline_factory: Any, mode: str)
     ids=[
         "sd",
         "sdxl-per-prompt-kl-checkpointing",
-        "sd3-window-group-kl-no-cfg",
+        "sd3-window-auto-group-kl-no-cfg",
         "flux-window-kl-checkpointing",
     ],
 )
@@ -280,6 +279,9 @@ def test_async_rewards_equal_sync(
             config, reward, pick_prompt, pipeline_factory(model, **policy_options)
         )
         assert trainer.num_train_timesteps == policy_options.get("sde_window_size", 1)
+        # "auto": TRL's rule, except that flow policies prefer GRPO's group advantages
+        expected = {MODEL: "global", SDXL_MODEL: "per_prompt"}.get(model, "group")
+        assert trainer.advantage_mode == expected
         trainer.train()
         trainer.close()
         results[mode] = (read_metrics(tmp_path / f"run-{mode}"), trainer.trainable_state_dict())
