@@ -108,10 +108,17 @@ class FlowSchedule(NamedTuple):
 
 
 def flow_schedule(
-    scheduler: Any, num_steps: int, device: torch.device | None = None, mu: float | None = None
+    scheduler: Any,
+    num_steps: int,
+    device: torch.device | None = None,
+    mu: float | None = None,
+    sigmas: Any = None,
 ) -> FlowSchedule:
-    """``scheduler.set_timesteps(num_steps)`` (with ``mu`` for dynamic shifting) and its table."""
-    kwargs = {"mu": mu} if mu is not None else {}
+    """``scheduler.set_timesteps(num_steps)`` (with ``mu`` for dynamic shifting, and the
+    unshifted ``sigmas`` where a pipeline passes its own) and its table."""
+    kwargs: dict[str, Any] = {"mu": mu} if mu is not None else {}
+    if sigmas is not None:
+        kwargs["sigmas"] = sigmas
     scheduler.set_timesteps(num_steps, device=device, **kwargs)
     sigmas = scheduler.sigmas.to(device=device, dtype=torch.float32)
     below_one = sigmas[(sigmas < 1) & (sigmas > 0)]

@@ -15,7 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ddpo._typing import Latents
-from ddpo.adapters.flow_sampling import FlowSchedule
+from ddpo.adapters.flow_sampling import FlowSchedule, flow_schedule
 from ddpo.adapters.registry import read_json_object, read_model_index
 from ddpo.adapters.sampling import Size
 
@@ -168,12 +168,7 @@ def flux_schedule(
     sigmas = None
     if not scheduler.config.get("use_flow_sigmas", False):
         sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
-    kwargs = {"mu": mu} if mu is not None else {}
-    scheduler.set_timesteps(num_steps, device=device, sigmas=sigmas, **kwargs)
-    table = scheduler.sigmas.to(device=device, dtype=torch.float32)
-    below_one = table[(table < 1) & (table > 0)]
-    sigma_max = float(below_one.max()) if below_one.numel() else None
-    return FlowSchedule(num_steps, table, scheduler.timesteps.to(device), sigma_max)
+    return flow_schedule(scheduler, num_steps, device, mu, sigmas)
 
 
 __all__ = [
