@@ -81,8 +81,11 @@ def train_inner_epoch(
         epoch=epoch,
         inner_epoch=inner_epoch,
     )
+    # The sampling guidance is always passed; `guided` (train_cfg) says whether the re-scoring
+    # pass runs classifier-free guidance. A guidance-distilled model (FLUX.1-dev) takes the
+    # scale as an input of its one pass either way, so it re-scores the policy it sampled.
     train_cfg = config.train_cfg
-    guidance_scale = config.sample_guidance_scale if train_cfg else 1.0
+    guidance_scale = config.sample_guidance_scale
     opt.unet.train()
     step_metrics: list[dict[str, float]] = []
     window: list[dict[str, torch.Tensor]] = []

@@ -573,3 +573,22 @@ def test_non_finite_gradients_never_reach_the_optimizer(
     trainer.close()
     after = trainer.trainable_state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_flux_rescored_without_cfg_keeps_the_sampling_guidance(
+    tmp_path: Path, pipeline_factory: Any
+) -> None:
+    """FLUX.1-dev's guidance is an input of its one pass: with train_cfg=False the re-scoring
+    must still embed the sampling scale, or the first ratio is not 1 (a policy mismatch)."""
+    config = tiny_config(
+        tmp_path / "run",
+        train_cfg=False,
+        sample_guidance_scale=3.5,
+        train_learning_rate=1e-12,  # the weights barely move: every ratio must be 1
+        train_timestep_fraction=1.0,
+    )
+    trainer = DDPOTrainer(config, brightness, pick_prompt, pipeline_factory(FLUX_MODEL))
+    trainer.train()
+    trainer.close()
+    (metrics,) = read_metrics(tmp_path / "run")
+    assert metrics["approx_kl"] < 1e-9 and metrics["clip_fraction"] == 0.0
