@@ -6,13 +6,16 @@ states, the per-prompt tracker, the config, and per process the prompt function'
 and the prompt and reward functions' own states.
 """
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ddpo.core import PerPromptStatTracker
 from ddpo.trainer import checkpoint as ckpt
@@ -47,10 +50,12 @@ def save(state: RunState, epoch: int, global_step: int) -> Path:
     tmp = ckpt.tmp_checkpoint_dir(output_dir, epoch)
     # Optimizer, grad scaler, RNG states of every process (model weights: below).
     accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
+    sharded = any(isinstance(p, DTensor) for p in state.parameters.values())
+    if sharded or accelerator.is_main_process:  # gathering shards is a collective
         weights = {
-            n: p.detach().to("cpu", copy=True).contiguous() for n, p in state.parameters.items()
+            n: full_tensor(p).to("cpu", copy=True).contiguous() for n, p in state.parameters.items()
         }
+    if accelerator.is_main_process:
         safetensors.torch.save_file(weights, str(tmp / ckpt.WEIGHTS_FILENAME))
         tracker_state = state.stat_tracker.state_dict() if state.stat_tracker else None
         ckpt.write_json(tmp / ckpt.TRACKER_FILENAME, tracker_state)
@@ -112,7 +117,10 @@ def load(
         )
     with torch.no_grad():
         for name, param in named.items():
-            param.copy_(weights[name].to(device=param.device, dtype=param.dtype))
+            value = weights[name].to(device=param.device, dtype=param.dtype)
+            if isinstance(param, DTensor):  # this process's shard of the full tensor
+                value = distribute_tensor(value, param.device_mesh, param.placements)
+            param.copy_(value)
     try:
         accelerator.load_state(str(info.path))
     except Exception as err:
@@ -159,6 +167,31 @@ def _load_callable_states(states: dict[str, Any], functions: dict[str, Any], sou
             fn.load_state_dict(state)
 
 
+def full_tensor(param: torch.Tensor) -> torch.Tensor:
+    """``param`` detached, gathered from every process if FSDP2 shards it (a DTensor: then a
+    collective that every process must call)."""
+    return (param.full_tensor() if isinstance(param, DTensor) else param).detach()
+
+
+@contextlib.contextmanager
+def gathered_parameters(module: torch.nn.Module) -> Iterator[None]:
+    """Within the block, ``module``'s FSDP2-sharded parameters (DTensors) are replaced by their
+    whole tensors, gathered from every process (a collective: enter it on every process);
+    the shards are put back on exit. Without sharded parameters it does nothing."""
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Parameter]] = []
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if isinstance(param, DTensor):
+                whole = torch.nn.Parameter(param.full_tensor().detach(), requires_grad=False)
+                sub._parameters[name] = whole
+                swapped.append((sub, name, param))
+    try:
+        yield
+    finally:
+        for sub, name, param in swapped:
+            sub._parameters[name] = param
+
+
 def skip_model_weights(models: list[Any], weights: list[Any], output_dir: str) -> None:
     """accelerate ``save_state`` pre-hook: the trainable parameters are written by `save`."""
     weights.clear()
@@ -169,4 +202,12 @@ def skip_model_loading(models: list[Any], input_dir: str) -> None:
     models.clear()
 
 
-__all__ = ["RunState", "load", "save", "skip_model_loading", "skip_model_weights"]
+__all__ = [
+    "RunState",
+    "full_tensor",
+    "gathered_parameters",
+    "load",
+    "save",
+    "skip_model_loading",
+    "skip_model_weights",
+]

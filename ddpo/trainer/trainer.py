@@ -147,6 +147,8 @@ class DDPOTrainer:
         self.trainable_parameters = [p for _, p in trainable_named_parameters(sd_pipeline)]
         optimizer = make_optimizer(config, self.trainable_parameters)
         self.unet, self.optimizer = accelerator.prepare(sd_pipeline.denoiser, optimizer)
+        # FSDP2 replaces the parameters in place (sharded DTensors): clip and save the new ones.
+        self.trainable_parameters = [p for _, p in trainable_named_parameters(sd_pipeline)]
         accelerator.register_save_state_pre_hook(run_state.skip_model_weights)
         accelerator.register_load_state_pre_hook(run_state.skip_model_loading)
 
@@ -316,9 +318,10 @@ class DDPOTrainer:
     # ------------------------------------------------------------------------------------------
     # Weights and checkpoints
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained UNet parameters (LoRA or all), detached on CPU, by parameter name."""
+        """The trained UNet parameters (LoRA or all), detached on CPU, by parameter name (whole
+        tensors: under FSDP every process must call this, as it gathers the shards)."""
         return {
-            n: p.detach().to("cpu", copy=True).contiguous()
+            n: run_state.full_tensor(p).to("cpu", copy=True).contiguous()
             for n, p in trainable_named_parameters(self.sd_pipeline)
         }
 
@@ -362,8 +365,10 @@ class DDPOTrainer:
 
     def save_pretrained(self, save_directory: str) -> None:
         """Save the fine-tuned pipeline (``sd_pipeline.save_pretrained``) on the main process."""
-        if self.accelerator.is_main_process:
-            self.sd_pipeline.save_pretrained(save_directory)
+        # Under FSDP the denoiser's parameters are shards: gathered whole for the save.
+        with run_state.gathered_parameters(self.sd_pipeline.denoiser):
+            if self.accelerator.is_main_process:
+                self.sd_pipeline.save_pretrained(save_directory)
         self.accelerator.wait_for_everyone()
 
     def push_to_hub(self, repo_id: str | None = None, *, token: str | None = None) -> str:

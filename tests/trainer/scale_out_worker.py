@@ -1,0 +1,171 @@
+"""One process of the scale-out tests (run by ``accelerate launch`` or torch.distributed.run;
+not a test file).
+
+Usage: ``scale_out_worker.py OUT_DIR --mode lora`` trains one epoch of LoRA on the tiny model
+with the trainer's own accelerator (DDP across whatever processes the launcher started) and
+writes this rank's trainable weights (before and after) and local rewards into OUT_DIR.
+
+``scale_out_worker.py OUT_DIR --mode fsdp --fsdp-version V --epochs N [--resume RUN]`` fine-tunes
+the whole UNet under accelerate's FSDP plugin (version ``V``) for ``N`` epochs with a checkpoint
+after each, in ``OUT_DIR/run`` (or resuming ``RUN``), and writes the full trained weights.
+"""
+
+import argparse
+import json
+import random
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from accelerate import PartialState
+
+from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+
+MODEL = "ddpo-tiny-random"
+PROMPTS = ("a red circle", "a blue square", "a green star")
+
+
+def prompt_fn() -> tuple[str, dict[str, Any]]:
+    return random.choice(PROMPTS), {}
+
+
+def config(out_dir: Path, *, epochs: int, resume: str | None, lr: float) -> DDPOConfig:
+    return DDPOConfig(
+        num_epochs=epochs,
+        sample_num_steps=4,
+        sample_batch_size=2,
+        sample_num_batches_per_epoch=1,
+        train_batch_size=1,
+        train_gradient_accumulation_steps=2,
+        train_timestep_fraction=0.5,
+        train_learning_rate=lr,
+        train_clip_range=1.0,
+        save_freq=1,
+        mixed_precision="no",
+        output_dir="" if resume else str(out_dir / "run"),
+        resume_from=resume or "",
+        accelerator_kwargs={"cpu": True},
+    )
+
+
+def fsdp_accelerator(version: int, *, force: bool) -> Any:
+    """An `Accelerator` on the CPU with accelerate's FSDP plugin (full state dicts).
+
+    accelerate runs CPU processes as MULTI_CPU (DDP) whatever plugin it is given; ``force``
+    switches its process-wide state to FSDP afterwards, so that ``prepare`` takes the FSDP path
+    (torch's FSDP on the CPU with gloo), as it would on GPUs.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin(
+        fsdp_version=version,
+        state_dict_type="FULL_STATE_DICT",
+        reshard_after_forward=True if version == 2 else "FULL_SHARD",
+        cpu_ram_efficient_loading=False,
+    )
+    accelerator = Accelerator(cpu=True, fsdp_plugin=plugin, mixed_precision="no")
+    if force:  # both singletons: every AcceleratorState() copies PartialState's fields
+        PartialState().distributed_type = DistributedType.FSDP
+        accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = plugin
+    return accelerator
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--mode", choices=["lora", "fsdp", "probe"], required=True)
+    parser.add_argument("--fsdp-version", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--resume", default=None)
+    parser.add_argument("--tag", default="")
+    parser.add_argument("--force-fsdp", action="store_true")
+    args = parser.parse_args()
+    out_dir: Path = args.out_dir
+    # The process index as accelerate sees it (its CPU launcher may set no RANK until then).
+    rank = PartialState(cpu=True).process_index
+    local_rewards: list[float] = []
+
+    def brightness(images: torch.Tensor, prompts: object, metadata: object) -> tuple[Any, dict]:
+        rewards = images.mean(dim=(1, 2, 3))
+        local_rewards.extend(rewards.tolist())
+        return rewards, {}
+
+    torch.manual_seed(0)  # the LoRA initialisation draws from the global RNG
+    if args.mode == "probe":  # what accelerate makes of an FSDP plugin on CPU processes
+        accelerator = fsdp_accelerator(args.fsdp_version, force=False)
+        layer = torch.nn.Linear(4, 4)
+        prepared, _ = accelerator.prepare(layer, torch.optim.AdamW(layer.parameters()))
+        probe = {"distributed_type": str(accelerator.distributed_type)}
+        probe["wrapper"] = type(prepared).__name__
+        (out_dir / f"probe{args.fsdp_version}_{rank}.json").write_text(json.dumps(probe))
+        return
+    if args.mode == "lora":
+        pipeline = DefaultDDPOStableDiffusionPipeline(MODEL)
+        # Different initial LoRA weights per rank: preparing the UNet must broadcast rank 0's.
+        with torch.no_grad():
+            for name, param in pipeline.denoiser.named_parameters():
+                if param.requires_grad and "lora_B" in name:
+                    param.add_(0.01 * (1 + rank))
+        cfg = config(out_dir, epochs=args.epochs, resume=args.resume, lr=1e-2)
+        trainer = DDPOTrainer(cfg, brightness, prompt_fn, pipeline)
+        safetensors.torch.save_file(trainer.trainable_state_dict(), str(out_dir / f"init{rank}.st"))
+    else:
+        pipeline = DefaultDDPOStableDiffusionPipeline(MODEL, use_lora=False)
+        cfg = config(out_dir, epochs=args.epochs, resume=args.resume, lr=1e-4)
+        try:
+            accelerator = fsdp_accelerator(args.fsdp_version, force=args.force_fsdp)
+            trainer = DDPOTrainer(cfg, brightness, prompt_fn, pipeline, accelerator=accelerator)
+            (out_dir / f"sharding{args.tag}{rank}.json").write_text(json.dumps(sharding(trainer)))
+            trainer.train()
+        except Exception as err:
+            # The failure, for the test to read: type, message and where it was raised.
+            (out_dir / f"error{args.tag}{rank}.txt").write_text(
+                f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+            )
+            raise
+        state = full_state_dict(trainer)
+        if trainer.accelerator.is_main_process:
+            safetensors.torch.save_file(state, str(out_dir / f"final{args.tag}.st"))
+        trainer.close()
+        return
+    trainer.train()
+    safetensors.torch.save_file(trainer.trainable_state_dict(), str(out_dir / f"final{rank}.st"))
+    (out_dir / f"rewards{rank}.json").write_text(json.dumps(local_rewards))
+    trainer.close()
+
+
+def sharding(trainer: DDPOTrainer) -> dict[str, Any]:
+    """How the prepared UNet holds its parameters on this rank: their type, and the elements
+    held locally against the whole model's."""
+    from torch.distributed.tensor import DTensor
+
+    local = total = 0
+    kinds = set()
+    for param in trainer.unet.parameters():
+        kinds.add("DTensor" if isinstance(param, DTensor) else type(param).__name__)
+        local += (param.to_local() if isinstance(param, DTensor) else param).numel()
+        total += param.numel()
+    accelerator = trainer.accelerator
+    return {
+        "distributed_type": str(accelerator.distributed_type),
+        "is_fsdp2": bool(getattr(accelerator, "is_fsdp2", False)),
+        "wrapper": type(trainer.unet).__name__,
+        "kinds": sorted(kinds),
+        "local_numel": local,
+        "numel": total,
+    }
+
+
+def full_state_dict(trainer: DDPOTrainer) -> dict[str, torch.Tensor]:
+    """The whole UNet's weights gathered from the shards (accelerate's ``get_state_dict``)."""
+    state = trainer.accelerator.get_state_dict(trainer.unet)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
