@@ -55,14 +55,16 @@ MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 class PresetPrompts:
     """Prompt function cycling through `presets.prompts` (single tokens in every preset's
-    vocabulary, so the ``sd15`` preset's small tokenizer has each word)."""
+    vocabulary, so the ``sd15`` preset's small tokenizer has each word), each prompt
+    ``group_size`` times in a row (the images of one prompt that group advantages compare)."""
 
-    def __init__(self, count: int = 7) -> None:
+    def __init__(self, count: int = 7, *, group_size: int = 1) -> None:
         self.prompts = presets.prompts(count)
+        self.group_size = group_size
         self.index = 0
 
     def __call__(self) -> tuple[str, dict[str, Any]]:
-        prompt = self.prompts[self.index % len(self.prompts)]
+        prompt = self.prompts[(self.index // self.group_size) % len(self.prompts)]
         self.index += 1
         return prompt, {}
 
@@ -70,10 +72,14 @@ class PresetPrompts:
 def trainer_config(
     preset: presets.Preset, device: torch.device, output_dir: str, *, checkpointing: bool
 ) -> Any:
-    """The `DDPOConfig` of the benchmark's run: the preset's sizes, no checkpoints."""
+    """The `DDPOConfig` of the benchmark's run: the preset's sizes, guidance, ``train_cfg``,
+    ``kl_coef`` and (group size > 1) group-normalised advantages; no checkpoints."""
     from ddpo.trainer import DDPOConfig
 
     return DDPOConfig(
+        train_cfg=preset.train_cfg,
+        kl_coef=preset.kl_coef,
+        advantage_mode="group" if preset.group_size > 1 else "auto",
         num_epochs=preset.warmup + preset.repeats,
         save_freq=0,
         output_dir=output_dir,
@@ -90,7 +96,7 @@ def trainer_config(
 
 
 def run_epochs(
-    pipeline: Any, config: Any, *, warmup: int, device: torch.device
+    pipeline: Any, config: Any, *, warmup: int, device: torch.device, group_size: int = 1
 ) -> tuple[list[dict[str, Any]], list[tuple[float, float]], harness.PeakMemory]:
     """``warmup`` untimed epochs, then the rest of ``config.num_epochs``, through
     ``DDPOTrainer.step``.
@@ -104,7 +110,8 @@ def run_epochs(
     from ddpo.trainer import DDPOTrainer
     from ddpo.trainer.trainer import METRICS_FILENAME
 
-    with DDPOTrainer(config, jpeg_compressibility, PresetPrompts(), pipeline) as trainer:
+    prompts = PresetPrompts(group_size=group_size)
+    with DDPOTrainer(config, jpeg_compressibility, prompts, pipeline) as trainer:
         global_step = [0]
 
         def step(epoch: int) -> None:
@@ -139,11 +146,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pipeline = presets.load_pipeline(preset, device)
     options = presets.options(args)
     checkpointing = options.pop("gradient_checkpointing")  # the trainer's own config switch
-    harness.apply_unet_options(pipeline.unet, **options)
+    harness.apply_unet_options(pipeline.denoiser, **options)
 
     with tempfile.TemporaryDirectory() as out_dir:
         config = trainer_config(preset, device, out_dir, checkpointing=checkpointing)
-        epochs, calls, peak = run_epochs(pipeline, config, warmup=preset.warmup, device=device)
+        epochs, calls, peak = run_epochs(
+            pipeline, config, warmup=preset.warmup, device=device, group_size=preset.group_size
+        )
 
     per_epoch = [phase_seconds(metrics) for metrics in epochs]
     epoch_seconds = [float(metrics["time_epoch_s"]) for metrics in epochs]
@@ -177,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "timed_epochs": len(epochs),
         "warmup_epochs": preset.warmup,
         "samples": samples,
-        "transitions": samples * preset.num_steps,
+        "transitions": samples * pipeline.transitions_per_rollout(preset.num_steps),
         "samples_per_s": samples / total,
         "step_call_wall_s": statistics.median(wall for wall, _ in calls),
         "step_call_cpu_s": statistics.median(cpu for _, cpu in calls),

@@ -15,7 +15,9 @@ latent to the image. The epoch budget, every timestep trained once (``train_time
 (the text encoders, a few GFLOP per prompt, are left out) and ``time_at_50pct_of_peak_s`` what
 the total implies at half of ``--peak-tflops`` (default: the measured dense matmul peak on CUDA,
 else 989 TFLOP/s, the dense bf16 data-sheet figure of the H100 SXM and of the H200, which has
-the same tensor cores). Cheap on any machine: seconds even for ``sdxl``.
+the same tensor cores). Cheap on any machine: seconds even for ``sdxl``. The flow presets
+(SD3, FLUX.1: transformer calls, CFG only where the family uses it, the stochastic window and the
+KL reference forward) are counted by :mod:`flow_flops`.
 """
 
 import argparse
@@ -93,24 +95,33 @@ def unet_flops(preset: presets.Preset, batch_size: int) -> dict[str, int]:
     }
 
 
+def peak(args: argparse.Namespace, device: torch.device) -> tuple[float, str]:
+    """The peak to compare with, in TFLOP/s, and where it comes from."""
+    peak_tflops = getattr(args, "peak_tflops", None)
+    if peak_tflops is not None:
+        return float(peak_tflops), "argument"
+    if device.type == "cuda":
+        return harness.matmul_peak_flops(device, torch.bfloat16) / 1e12, "measured bf16 matmul"
+    return H100_SXM_DENSE_BF16_TFLOPS, "H100 SXM / H200 data sheet (dense bf16)"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Count the preset's UNet and VAE FLOPs and the epoch budget they imply."""
+    """Count the preset's UNet and VAE FLOPs and the epoch budget they imply (flow presets:
+    :mod:`flow_flops`)."""
     preset = presets.resolve(args)
     device = harness.resolve_device(getattr(args, "device", "auto"))
+    peak_tflops, peak_source = peak(args, device)
+    if presets.is_flow(preset):
+        import flow_flops
+
+        result: dict[str, Any] = flow_flops.run(args, preset, peak_tflops, peak_source)
+        return result
     per_call = unet_flops(preset, 1)
     samples = preset.sample_num_batches_per_epoch * preset.sample_batch_size
     sampling_unet = samples * preset.num_steps * per_call["forward"]
     decoding = samples * per_call["vae_decode"]
     sampling = sampling_unet + decoding
     training = samples * preset.num_steps * per_call["forward_backward"]
-    peak_tflops = getattr(args, "peak_tflops", None)
-    peak_source = "argument"
-    if peak_tflops is None and device.type == "cuda":
-        peak_tflops = harness.matmul_peak_flops(device, torch.bfloat16) / 1e12
-        peak_source = "measured bf16 matmul"
-    if peak_tflops is None:
-        peak_tflops = H100_SXM_DENSE_BF16_TFLOPS
-        peak_source = "H100 SXM / H200 data sheet (dense bf16)"
     total = sampling + training
     seconds = total / (0.5 * peak_tflops * 1e12)
     rows = [

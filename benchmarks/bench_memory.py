@@ -70,12 +70,14 @@ def measure_phases(args: argparse.Namespace, phases: tuple[str, ...]) -> list[di
 
     with harness.measure_peak(device) as peak:
         pipeline = presets.load_pipeline(preset, device)
-        harness.apply_unet_options(pipeline.unet, **opts)
+        harness.apply_unet_options(pipeline.denoiser, **opts)
     if "load" in phases:
         rows.append(_row("load", peak))
 
     if "sampling" in phases:
-        pipeline.unet.eval()
+        pipeline.denoiser.eval()
+        # a flow policy samples with its SDE window (the rollout the trainer makes); DDIM: eta
+        sampler = {} if presets.is_flow(preset) else {"eta": preset.eta}
         with (
             harness.measure_peak(device) as peak,
             torch.no_grad(),
@@ -85,8 +87,8 @@ def measure_phases(args: argparse.Namespace, phases: tuple[str, ...]) -> list[di
                 presets.prompts(preset.sample_batch_size),
                 num_inference_steps=preset.num_steps,
                 guidance_scale=preset.guidance_scale,
-                eta=preset.eta,
                 generator=torch.Generator(device=device).manual_seed(0),
+                **sampler,
                 output_type="pt",
             )
         rows.append(_row("sampling", peak, batch=preset.sample_batch_size))
@@ -95,23 +97,15 @@ def measure_phases(args: argparse.Namespace, phases: tuple[str, ...]) -> list[di
     for phase, checkpointing in (("train_step", False), ("train_step_checkpointed", True)):
         if phase not in phases:
             continue
-        inputs = bench_training.training_inputs(pipeline, 1, one.num_steps, device)
         if checkpointing:
-            harness.apply_unet_options(pipeline.unet, gradient_checkpointing=True)
-        steps = bench_training.make_steps(
-            pipeline,
-            inputs,
-            guidance_scale=one.guidance_scale,
-            eta=one.eta,
-            device=device,
-            dtype=dtype,
-        )
+            harness.apply_unet_options(pipeline.denoiser, gradient_checkpointing=True)
+        steps = bench_training.steps_for(pipeline, one, 1, device, dtype)
         if device.type == "cuda":
             steps["ddpo"]()  # optimizer state allocated outside the measured step
         with harness.measure_peak(device) as peak:
             steps["ddpo"]()
         rows.append(_row(phase, peak, batch=1, gradient_checkpointing=checkpointing))
-        del steps, inputs
+        del steps
     return rows
 
 

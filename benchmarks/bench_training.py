@@ -13,6 +13,10 @@ guidance as DDPO trains (the UNet sees a doubled batch: unconditional and condit
   backward -> the same clipping and AdamW step over the same parameters (torch only: no ddpo,
   no accelerate).
 
+For a flow preset (SD3, FLUX.1) both steps are :mod:`flow_training`'s: transitions of a real
+rollout, re-scored without CFG unless ``train_cfg``, with the KL reference forward when
+``kl_coef > 0`` (the bare loop runs the same reference forward).
+
 The gap between them is everything our training step adds around the UNet: the DDIM log-prob,
 guidance, the PPO loss, the trainer's bookkeeping and any extra copies. Interleaved repeats after
 a warm-up; the figure is the ratio of medians (ours / bare).
@@ -163,11 +167,27 @@ def make_steps(
     return {"ddpo": ddpo_step, "bare": bare_step}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Time both training steps; return settings, one row per contender and the summary."""
-    preset, device, dtype, pipeline, compile_unet = presets.prepare(args)
-    inputs = training_inputs(pipeline, preset.train_batch_size, preset.num_steps, device)
-    contenders = make_steps(
+def steps_for(
+    pipeline: Any, preset: presets.Preset, batch_size: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, Callable[[], Any]]:
+    """The ``ddpo`` and ``bare`` steps of the preset's family on ``batch_size`` transitions."""
+    if presets.is_flow(preset):
+        import flow_training
+
+        flow_inputs = flow_training.flow_training_inputs(pipeline, preset, batch_size, device)
+        return flow_training.make_flow_steps(
+            pipeline,
+            flow_inputs,
+            preset,
+            device=device,
+            dtype=dtype,
+            learning_rate=LEARNING_RATE,
+            max_grad_norm=MAX_GRAD_NORM,
+            clip_range=CLIP_RANGE,
+            mixed_precision=MIXED_PRECISION[dtype],
+        )
+    inputs = training_inputs(pipeline, batch_size, preset.num_steps, device)
+    return make_steps(
         pipeline,
         inputs,
         guidance_scale=preset.guidance_scale,
@@ -175,13 +195,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         device=device,
         dtype=dtype,
     )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Time both training steps; return settings, one row per contender and the summary."""
+    preset, device, dtype, pipeline, compile_unet = presets.prepare(args)
+    contenders = steps_for(pipeline, preset, preset.train_batch_size, device, dtype)
     # FLOPs are counted on the eager module (compiling does not change the model's FLOPs, and
     # FlopCounterMode does not see inside compiled graphs); then compile if asked.
     flops: dict[str, int] = {}
     if not getattr(args, "no_mfu", False):
         flops = {name: harness.count_flops(fn) for name, fn in contenders.items()}
     if compile_unet:
-        harness.apply_unet_options(pipeline.unet, compile=True)
+        harness.apply_unet_options(pipeline.denoiser, compile=True)
     timings = harness.time_interleaved(
         contenders, device, repeats=preset.repeats, warmup=preset.warmup
     )
@@ -214,7 +240,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "target_overhead_pct": 15.0,
         "ddpo_transitions_per_s": rows[0]["transitions_per_s"],
         "bare_transitions_per_s": rows[1]["transitions_per_s"],
-        "trainable_parameters": sum(p.numel() for p in harness.trainable_parameters(pipeline.unet)),
+        "trainable_parameters": sum(
+            p.numel() for p in harness.trainable_parameters(pipeline.denoiser)
+        ),
     }
     if peak_flops is not None:
         summary["matmul_peak_tflop_per_s"] = peak_flops / 1e12

@@ -18,18 +18,33 @@ Presets:
   once into ``<cache>/bench-sdxl-random-v1`` (bf16, about 7 GB). The epoch is the ``sd15``
   preset's, 256 samples x 50 DDIM steps, in half the images per call (sample batch 8 x 32
   calls, train batch 2): SDXL's latents have four times SD 1.5's positions. For a GPU only.
+- ``tiny-sd3`` / ``tiny-flux``: the built-in tiny SD3 and FLUX.1 models
+  (``ddpo-tiny-sd3-random``, ``ddpo-tiny-flux-random``; 64x64) at the ``tiny`` preset's sizes
+  with the flow presets' sampler and loss settings below: the flow families' CPU runs.
+- ``sd3``: SD3.5 Medium's architecture (:mod:`flow_models`) at 1024x1024, bf16, LoRA rank 4 on
+  the adapter's default joint-attention projections; Flow-GRPO's (Liu et al., 2025) settings:
+  10 sampling steps, noise level 0.7, every step stochastic and trained (``--sde-window-size``
+  narrows the window), CFG 4.5 when sampling, ``train_cfg=False`` (the conditional velocity
+  alone when re-scoring) with a KL term to the reference (one more transformer forward per
+  trained transition), group-normalised advantages over 24 images per prompt. The epoch is 8
+  prompts x 24 images = 192 samples (sample batch 8 x 24 calls), train batch 4. For a GPU only.
+- ``flux``: FLUX.1-dev's architecture at 1024x1024 with the same settings except guidance 3.5,
+  which goes to the guidance embedding (one transformer call per step, no CFG doubling), and
+  ``train_cfg=True`` (:data:`FLUX`), train batch 2.
 
-Every preset's pipeline is built by ``ddpo.adapters.load_policy``, which picks the family (SD or
-SDXL) from the model folder, so the same benchmark code measures both families.
+Every preset's pipeline is built by ``ddpo.adapters.load_policy``, which picks the family (SD,
+SDXL, SD3 or FLUX) from the model folder, so the same benchmark code measures every family.
 """
 
 import argparse
 from dataclasses import dataclass, replace
 from typing import Any
 
+import flow_models
 import harness
 import random_models as models
 import torch
+from flow_models import family as family  # re-exported: benchmarks ask presets
 
 
 @dataclass(frozen=True)
@@ -48,7 +63,15 @@ class Preset:
         repeats: timed repeats per contender, or timed epochs (the median is reported).
         warmup: untimed rounds (epochs, for the epoch benchmark) before timing.
         dtype: ``fp32``, ``bf16`` or ``fp16``.
-        lora_rank: LoRA rank of the trained UNet.
+        lora_rank: LoRA rank of the trained UNet (transformer).
+        resolution: image side in pixels (``None``: the model's native size).
+        noise_level: flow families only: Flow-GRPO's SDE noise level ``a``.
+        sde_window_size: flow families only: stochastic (recorded, trained) steps per rollout;
+            ``None``: every step.
+        train_cfg: re-score with classifier-free guidance when training (as when sampling).
+        kl_coef: weight of the KL term to the reference policy (> 0: one more forward per
+            trained transition).
+        group_size: images per prompt in an epoch (> 1: group-normalised advantages).
     """
 
     name: str
@@ -63,6 +86,34 @@ class Preset:
     warmup: int = 1
     dtype: str = "fp32"
     lora_rank: int = 4
+    resolution: int | None = None
+    noise_level: float | None = None
+    sde_window_size: int | None = None
+    train_cfg: bool = True
+    kl_coef: float = 0.0
+    group_size: int = 1
+
+
+FLOW_GRPO: dict[str, Any] = {
+    "num_steps": 10,  # Flow-GRPO trains SD3.5-M with 10 sampling steps
+    "noise_level": 0.7,  # Flow-GRPO's a
+    "train_cfg": False,
+    "kl_coef": 0.04,
+    "guidance_scale": 4.5,
+}
+"""The flow presets' sampler and loss settings (Flow-GRPO's, as documented above)."""
+FLUX: dict[str, Any] = {"guidance_scale": 3.5, "train_cfg": True}
+"""FLUX.1-dev's differences: its guidance-embedding default 3.5, and ``train_cfg=True``: FLUX has
+no CFG batch (one transformer row either way); ``train_cfg`` only picks the guidance value the
+trainer re-scores with (the sampling one, or 1.0 when False), so True re-scores the policy
+that sampled."""
+TINY_FLOW: dict[str, Any] = {
+    **FLOW_GRPO,
+    "sample_batch_size": 2,
+    "train_batch_size": 2,
+    "sample_num_batches_per_epoch": 2,
+    "group_size": 2,
+}
 
 
 PRESETS: dict[str, Preset] = {
@@ -112,6 +163,33 @@ PRESETS: dict[str, Preset] = {
         warmup=1,
         dtype="bf16",
     ),
+    "tiny-sd3": Preset(name="tiny-sd3", model="ddpo-tiny-sd3-random", **TINY_FLOW),
+    "tiny-flux": Preset(name="tiny-flux", model="ddpo-tiny-flux-random", **{**TINY_FLOW, **FLUX}),
+    # 8 prompts x 24 images (Flow-GRPO's group size) at 1024x1024, 10 steps.
+    "sd3": Preset(
+        name="sd3",
+        model="sd3",
+        sample_batch_size=8,
+        train_batch_size=4,
+        sample_num_batches_per_epoch=24,
+        repeats=3,
+        warmup=1,
+        dtype="bf16",
+        group_size=24,
+        **FLOW_GRPO,
+    ),
+    "flux": Preset(
+        name="flux",
+        model="flux",
+        sample_batch_size=8,
+        train_batch_size=2,
+        sample_num_batches_per_epoch=24,
+        repeats=3,
+        warmup=1,
+        dtype="bf16",
+        group_size=24,
+        **{**FLOW_GRPO, **FLUX},
+    ),
 }
 
 
@@ -137,6 +215,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="flops benchmark: peak to compare with"
     )
+    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels")
+    parser.add_argument(
+        "--sde-window-size",
+        type=int,
+        default=None,
+        help="flow presets: stochastic (trained) steps per rollout; 0: every step",
+    )
+    parser.add_argument("--noise-level", type=float, default=None, help="flow presets: SDE a")
+    parser.add_argument("--kl-coef", type=float, default=None, help="KL weight (0: no KL)")
 
 
 def resolve(args: argparse.Namespace) -> Preset:
@@ -159,11 +246,30 @@ def resolve(args: argparse.Namespace) -> Preset:
         ("repeats", "repeats"),
         ("warmup", "warmup"),
         ("dtype", "dtype"),
+        ("resolution", "resolution"),
+        ("noise_level", "noise_level"),
+        ("kl_coef", "kl_coef"),
     ):
         value = getattr(args, arg, None)
         if value is not None:
             overrides[field_name] = value
+    window = getattr(args, "sde_window_size", None)
+    if window is not None:
+        if window < 0:
+            raise ValueError(f"sde_window_size must be >= 0 (0: every step), got {window}")
+        overrides["sde_window_size"] = window or None
+    flow = family(preset.model) in ("sd3", "flux")
+    if not flow and (window is not None or getattr(args, "noise_level", None) is not None):
+        raise ValueError(
+            f"--sde-window-size and --noise-level apply to the flow presets (sd3, flux), not "
+            f"to preset {name!r}"
+        )
     preset = replace(preset, **overrides)
+    if preset.sde_window_size is not None and not 1 <= preset.sde_window_size <= preset.num_steps:
+        raise ValueError(
+            f"sde_window_size must be in [1, num_steps={preset.num_steps}], got "
+            f"{preset.sde_window_size}"
+        )
     for field_name in ("num_steps", "sample_batch_size", "train_batch_size", "repeats"):
         if getattr(preset, field_name) < 1:
             raise ValueError(f"{field_name} must be >= 1, got {getattr(preset, field_name)}")
@@ -198,6 +304,13 @@ def describe(preset: Preset, args: argparse.Namespace, device: torch.device) -> 
         "repeats": preset.repeats,
         "warmup": preset.warmup,
         "lora_rank": preset.lora_rank,
+        "resolution": preset.resolution,
+        "family": family(preset.model),
+        "noise_level": preset.noise_level,
+        "sde_window_size": preset.sde_window_size,
+        "train_cfg": preset.train_cfg,
+        "kl_coef": preset.kl_coef,
+        "group_size": preset.group_size,
         "threads": torch.get_num_threads(),
         **options(args),
     }
@@ -207,11 +320,17 @@ def describe(preset: Preset, args: argparse.Namespace, device: torch.device) -> 
 # Models
 
 
+def is_flow(preset: Preset) -> bool:
+    """Whether the preset's model is a flow-matching family (SD3, FLUX)."""
+    return family(preset.model) in ("sd3", "flux")
+
+
 def model_location(preset: Preset) -> str:
     """The preset's model as ``load_policy`` takes it: the folder of a full-size random-weight
     model (built on first use), or the built-in name / folder as given."""
-    if preset.model in models.MODEL_FOLDERS:
-        return str(models.MODEL_FOLDERS[preset.model]())
+    folders = {**models.MODEL_FOLDERS, **flow_models.MODEL_FOLDERS}
+    if preset.model in folders:
+        return str(folders[preset.model]())
     return preset.model
 
 
@@ -228,14 +347,22 @@ def prepare(args: argparse.Namespace) -> tuple[Preset, torch.device, torch.dtype
     pipeline = load_pipeline(preset, device)
     unet_options = options(args)
     compile_unet = unet_options.pop("compile")
-    harness.apply_unet_options(pipeline.unet, **unet_options)
+    harness.apply_unet_options(pipeline.denoiser, **unet_options)
     return preset, device, dtype, pipeline, compile_unet
 
 
-def load_pipeline(preset: Preset, device: torch.device, *, use_lora: bool = True) -> Any:
+def load_pipeline(
+    preset: Preset,
+    device: torch.device,
+    *,
+    use_lora: bool = True,
+    sde_window_size: int | str | None = "preset",
+) -> Any:
     """Our DDPO pipeline for the preset, on ``device``: ``ddpo.adapters.load_policy`` picks
-    ``DefaultDDPOStableDiffusionPipeline`` or ``DefaultDDPOStableDiffusionXLPipeline`` from the
-    model folder.
+    ``DefaultDDPOStableDiffusionPipeline``, ``...XLPipeline``, ``...3Pipeline`` or
+    ``DefaultDDPOFluxPipeline`` from the model folder; a flow policy gets the preset's noise
+    level and stochastic window (``sde_window_size`` overrides the window; ``None``: every
+    step).
 
     Frozen weights in the preset's dtype; the trainable (LoRA) weights are kept in float32, as a
     mixed-precision trainer keeps them.
@@ -243,8 +370,14 @@ def load_pipeline(preset: Preset, device: torch.device, *, use_lora: bool = True
     from ddpo.adapters import load_policy
 
     dtype = harness.resolve_dtype(preset.dtype)
+    family_options = None
+    if is_flow(preset):
+        window = preset.sde_window_size if sde_window_size == "preset" else sde_window_size
+        family_options = {"noise_level": preset.noise_level, "sde_window_size": window}
     pipeline = load_policy(
         model_location(preset),
+        resolution=preset.resolution,
+        family_options=family_options,
         use_lora=use_lora,
         lora_rank=preset.lora_rank,
         lora_alpha=preset.lora_rank,
@@ -252,7 +385,7 @@ def load_pipeline(preset: Preset, device: torch.device, *, use_lora: bool = True
         device=device,
     )
     pipeline.set_progress_bar_config(disable=True)
-    for parameter in harness.trainable_parameters(pipeline.unet):
+    for parameter in harness.trainable_parameters(pipeline.denoiser):
         parameter.data = parameter.data.float()
     return pipeline
 

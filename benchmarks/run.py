@@ -1,6 +1,7 @@
 """Run ddpo's benchmarks, print a table per benchmark and write one JSON file each.
 
-    python benchmarks/run.py [--preset default|tiny|tiny-sdxl|sd15|sdxl] [--only core,sampling]
+    python benchmarks/run.py [--preset default|tiny|tiny-sdxl|tiny-sd3|tiny-flux|sd15|sdxl|sd3|flux]
+        [--only core,sampling]
 
 A benchmark is a module ``benchmarks/bench_<name>.py`` with a function ``run(args) -> dict``
 (``args`` the parsed command line: ``preset``, ``device``, ``out`` and the model-benchmark
@@ -13,9 +14,11 @@ benchmark is adding such a module; ``--only`` picks benchmarks by ``<name>``.
 
 Presets: ``default`` (core at realistic shapes, model benchmarks on the tiny model: the CPU run
 of ``nox -s bench``), ``tiny`` (core at smoke sizes, model benchmarks on the tiny model),
-``tiny-sdxl`` (model benchmarks on the tiny SDXL model, CPU; core at smoke sizes), ``sd15`` and
-``sdxl`` (model benchmarks on the Stable Diffusion 1.5 / SDXL base architectures with random
-weights, for a GPU: ``--device cuda``; core at its realistic shapes).
+``tiny-sdxl``, ``tiny-sd3``, ``tiny-flux`` (model benchmarks on the tiny SDXL, SD3, FLUX.1
+models, CPU; core at smoke sizes), ``sd15``, ``sdxl``, ``sd3`` and ``flux`` (model benchmarks on
+the Stable Diffusion 1.5 / SDXL base / SD3.5 Medium / FLUX.1-dev architectures with random
+weights, for a GPU: ``--device cuda``; core at its realistic shapes). ``window`` runs on the flow
+presets only.
 """
 
 import argparse
@@ -37,14 +40,18 @@ if str(HERE) not in sys.path:  # the model benchmarks import their shared helper
 
 import presets  # noqa: E402
 
-PRESET_CHOICES = ("default", "tiny", "tiny-sdxl", "sd15", "sdxl")
-CORE_PRESET = {
-    "default": "default",
-    "tiny": "tiny",
-    "tiny-sdxl": "tiny",
-    "sd15": "default",
-    "sdxl": "default",
-}
+PRESET_CHOICES = (
+    "default",
+    "tiny",
+    "tiny-sdxl",
+    "tiny-sd3",
+    "tiny-flux",
+    "sd15",
+    "sdxl",
+    "sd3",
+    "flux",
+)
+CORE_PRESET = {name: "tiny" if name.startswith("tiny") else "default" for name in PRESET_CHOICES}
 
 
 def available() -> dict[str, Path]:
@@ -67,8 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--preset",
         choices=PRESET_CHOICES,
         default="default",
-        help="'default' (CPU run), 'tiny' (quick smoke run), 'tiny-sdxl' (the tiny SDXL model, "
-        "CPU), 'sd15' / 'sdxl' (SD 1.5 / SDXL base sizes, for a GPU)",
+        help="'default' (CPU run), 'tiny' (quick smoke run), 'tiny-sdxl' / 'tiny-sd3' / "
+        "'tiny-flux' (the tiny SDXL, SD3, FLUX.1 models, CPU), 'sd15' / 'sdxl' / 'sd3' / 'flux' "
+        "(SD 1.5 / SDXL base / SD3.5 Medium / FLUX.1-dev sizes, for a GPU)",
     )
     parser.add_argument(
         "--only",
