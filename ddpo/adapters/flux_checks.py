@@ -15,8 +15,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ddpo._typing import Latents
+from ddpo.adapters.flow_checks import check_flow_pipeline, folder_config
 from ddpo.adapters.flow_sampling import FlowSchedule, flow_schedule
-from ddpo.adapters.registry import read_json_object, read_model_index
 from ddpo.adapters.sampling import Size
 
 FLUX_COMPONENTS: tuple[str, ...] = (
@@ -30,22 +30,8 @@ FLUX_COMPONENTS: tuple[str, ...] = (
 )
 """Components a FLUX.1 folder's ``model_index.json`` must list."""
 
-_OTHER_FAMILIES = {
-    "StableDiffusionPipeline": "a Stable Diffusion 1.x/2.x model: use "
-    "DefaultDDPOStableDiffusionPipeline for it",
-    "StableDiffusionXLPipeline": "an SDXL model: use DefaultDDPOStableDiffusionXLPipeline for it",
-    "StableDiffusion3Pipeline": "an SD3 model: use DefaultDDPOStableDiffusion3Pipeline for it",
-}
-
 PackedLatents = Float[Tensor, "batch tokens packed"]
 """FLUX's transformer input: 2x2 latent patches as tokens, ``(batch, h/2 * w/2, 4 channels)``."""
-
-
-def _config(folder: Path, component: str, name: str = "config.json") -> dict[str, Any]:
-    path = folder / component / name
-    if not path.is_file():
-        raise ValueError(f"{folder} is an incomplete FLUX.1 folder: {component}/{name} is missing")
-    return read_json_object(path)
 
 
 def check_flux_folder(folder: Path) -> dict[str, Any]:
@@ -59,36 +45,23 @@ def check_flux_folder(folder: Path) -> dict[str, Any]:
             transformer that is not ``FluxTransformer2DModel``, a scheduler that is not
             flow-matching Euler, or widths of encoders, transformer and VAE that disagree.
     """
-    index_file = folder / "model_index.json"
-    index = read_json_object(index_file) if index_file.is_file() else {}
-    class_name = index.get("_class_name")
-    if class_name in _OTHER_FAMILIES:
-        raise ValueError(
-            f"{folder} is {_OTHER_FAMILIES[class_name]} ({class_name!r}), not FluxPipeline "
-            "(DefaultDDPOFluxPipeline trains FLUX.1 models)"
-        )
-    index = read_model_index(folder, FLUX_COMPONENTS, "FLUX.1")
-    if index.get("transformer", [None, None])[1] != "FluxTransformer2DModel":
-        raise ValueError(
-            f"{folder}: transformer is {index['transformer'][1]!r}, expected "
-            f"'FluxTransformer2DModel' ({class_name!r} is not a FLUX.1 pipeline)"
-        )
-    scheduler = _config(folder, "scheduler", "scheduler_config.json")
-    if scheduler.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
-        raise ValueError(
-            f"{folder}: scheduler {scheduler.get('_class_name')!r} is not "
-            "'FlowMatchEulerDiscreteScheduler' (the flow-SDE policy needs FLUX's flow schedule)"
-        )
-    transformer = _config(folder, "transformer")
-    vae = _config(folder, "vae")
-    clip_width = _config(folder, "text_encoder").get("hidden_size")
+    check_flow_pipeline(
+        folder,
+        pipeline_class="FluxPipeline",
+        components=FLUX_COMPONENTS,
+        family="FLUX.1",
+        transformer_class="FluxTransformer2DModel",
+    )
+    transformer = folder_config(folder, "transformer", "FLUX.1")
+    vae = folder_config(folder, "vae", "FLUX.1")
+    clip_width = folder_config(folder, "text_encoder", "FLUX.1").get("hidden_size")
     if transformer.get("pooled_projection_dim") != clip_width:
         raise ValueError(
             f"{folder}: the transformer's pooled_projection_dim="
             f"{transformer.get('pooled_projection_dim')} is not text_encoder's (CLIP) "
             f"hidden_size={clip_width}"
         )
-    t5_width = _config(folder, "text_encoder_2").get("d_model")
+    t5_width = folder_config(folder, "text_encoder_2", "FLUX.1").get("d_model")
     if transformer.get("joint_attention_dim") != t5_width:
         raise ValueError(
             f"{folder}: the transformer's joint_attention_dim="
@@ -106,7 +79,7 @@ def check_flux_folder(folder: Path) -> dict[str, Any]:
 
 def flux_latent_factor(folder: Path) -> int:
     """Pixels per latent along a side: ``2 ** (len(vae.block_out_channels) - 1)``."""
-    vae = _config(folder, "vae")
+    vae = folder_config(folder, "vae", "FLUX.1")
     return int(2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1))
 
 

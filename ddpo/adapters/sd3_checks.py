@@ -10,7 +10,7 @@ the class found; widths that do not fit together are named.
 from pathlib import Path
 from typing import Any
 
-from ddpo.adapters.registry import read_json_object, read_model_index
+from ddpo.adapters.flow_checks import check_flow_pipeline, folder_config
 from ddpo.adapters.sampling import Size
 
 SD3_COMPONENTS: tuple[str, ...] = (
@@ -26,20 +26,6 @@ SD3_COMPONENTS: tuple[str, ...] = (
 )
 """Components an SD3 folder's ``model_index.json`` must list."""
 
-_OTHER_FAMILIES = {
-    "StableDiffusionPipeline": "a Stable Diffusion 1.x/2.x model: use "
-    "DefaultDDPOStableDiffusionPipeline for it",
-    "StableDiffusionXLPipeline": "an SDXL model: use DefaultDDPOStableDiffusionXLPipeline for it",
-    "FluxPipeline": "a FLUX.1 model, not SD3",
-}
-
-
-def _config(folder: Path, component: str, name: str = "config.json") -> dict[str, Any]:
-    path = folder / component / name
-    if not path.is_file():
-        raise ValueError(f"{folder} is an incomplete SD3 folder: {component}/{name} is missing")
-    return read_json_object(path)
-
 
 def check_sd3_folder(folder: Path) -> dict[str, Any]:
     """Check that ``folder`` holds an SD3/SD3.5 text-to-image model whose parts fit together.
@@ -52,29 +38,19 @@ def check_sd3_folder(folder: Path) -> dict[str, Any]:
             transformer that is not ``SD3Transformer2DModel``, a scheduler that is not
             flow-matching Euler, or widths of encoders, transformer and VAE that disagree.
     """
-    index_file = folder / "model_index.json"
-    index = read_json_object(index_file) if index_file.is_file() else {}
-    class_name = index.get("_class_name")
-    if class_name in _OTHER_FAMILIES:
-        raise ValueError(
-            f"{folder} is {_OTHER_FAMILIES[class_name]} ({class_name!r}), not "
-            "StableDiffusion3Pipeline"
-        )
-    index = read_model_index(folder, SD3_COMPONENTS, "Stable Diffusion 3")
-    if index.get("transformer", [None, None])[1] != "SD3Transformer2DModel":
-        raise ValueError(
-            f"{folder}: transformer is {index['transformer'][1]!r}, expected "
-            f"'SD3Transformer2DModel' ({class_name!r} is not an SD3 pipeline)"
-        )
-    scheduler = _config(folder, "scheduler", "scheduler_config.json")
-    if scheduler.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
-        raise ValueError(
-            f"{folder}: scheduler {scheduler.get('_class_name')!r} is not "
-            "'FlowMatchEulerDiscreteScheduler' (the flow-SDE policy needs SD3's flow schedule)"
-        )
-    transformer = _config(folder, "transformer")
-    vae = _config(folder, "vae")
-    clip_1, clip_2 = _config(folder, "text_encoder"), _config(folder, "text_encoder_2")
+    check_flow_pipeline(
+        folder,
+        pipeline_class="StableDiffusion3Pipeline",
+        components=SD3_COMPONENTS,
+        family="Stable Diffusion 3",
+        transformer_class="SD3Transformer2DModel",
+    )
+    transformer = folder_config(folder, "transformer", "Stable Diffusion 3")
+    vae = folder_config(folder, "vae", "Stable Diffusion 3")
+    clip_1, clip_2 = (
+        folder_config(folder, "text_encoder", "Stable Diffusion 3"),
+        folder_config(folder, "text_encoder_2", "Stable Diffusion 3"),
+    )
     pooled = int(clip_1.get("projection_dim", 0)) + int(clip_2.get("projection_dim", 0))
     if transformer.get("pooled_projection_dim") != pooled:
         raise ValueError(
@@ -83,7 +59,7 @@ def check_sd3_folder(folder: Path) -> dict[str, Any]:
             f"projection_dim added ({clip_1.get('projection_dim')} + "
             f"{clip_2.get('projection_dim')} = {pooled})"
         )
-    width = _config(folder, "text_encoder_3").get("d_model")
+    width = folder_config(folder, "text_encoder_3", "Stable Diffusion 3").get("d_model")
     if transformer.get("joint_attention_dim") != width:
         raise ValueError(
             f"{folder}: the transformer's joint_attention_dim="
@@ -99,7 +75,7 @@ def check_sd3_folder(folder: Path) -> dict[str, Any]:
 
 def sd3_latent_factor(folder: Path) -> int:
     """Pixels per latent along a side: ``2 ** (len(vae.block_out_channels) - 1)``."""
-    vae = _config(folder, "vae")
+    vae = folder_config(folder, "vae", "Stable Diffusion 3")
     return int(2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1))
 
 

@@ -23,10 +23,10 @@ from diffusers import (
     FluxPipeline,
     FluxTransformer2DModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import CLIPTextConfig, CLIPTextModel, T5EncoderModel
 
 from ddpo.adapters.tiny import TINY_WORDS, build_pipeline_folder, default_cache_dir, tiny_tokenizer
-from ddpo.adapters.tiny_sd3 import tiny_t5_tokenizer
+from ddpo.adapters.tiny_sd3 import tiny_t5_config, tiny_t5_tokenizer
 
 TINY_FLUX_NAME = "ddpo-tiny-flux-random"
 """Built-in name of the random tiny FLUX.1 model (to be registered in ``registry.py``)."""
@@ -150,18 +150,7 @@ def tiny_flux_components(
         pad_token_id=tokenizer.pad_token_id,
         hidden_act="gelu",
     )
-    t5 = T5Config(
-        vocab_size=len(tokenizer_2),
-        d_model=cfg.t5_dim,
-        d_kv=8,
-        d_ff=2 * cfg.t5_dim,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
+    t5 = tiny_t5_config(len(tokenizer_2), cfg.t5_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = tiny_flux_transformer(cfg)

@@ -126,6 +126,22 @@ def _t5_tokenizer_class() -> Any:
     return transformers.T5TokenizerFast  # type: ignore[attr-defined,unused-ignore]
 
 
+def tiny_t5_config(vocab_size: int, width: int) -> T5Config:
+    """A tiny T5 encoder's config: 2 layers, 4 heads of 8, feed-forward ``2 * width``."""
+    return T5Config(
+        vocab_size=vocab_size,
+        d_model=width,
+        d_kv=8,
+        d_ff=2 * width,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+
+
 def tiny_t5_tokenizer(words: tuple[str, ...] = TINY_WORDS, *, model_max_length: int = 256) -> Any:
     """A ``T5TokenizerFast`` whose Unigram vocabulary holds each of ``words`` as one piece
     (``▁word``), every lower-case letter and digit (so other words still tokenize), and T5's
@@ -191,18 +207,7 @@ def tiny_sd3_components(
     tokenizer = tiny_tokenizer(words, model_max_length=cfg.max_prompt_tokens)
     tokenizer_2 = tiny_tokenizer(words, model_max_length=cfg.max_prompt_tokens)
     tokenizer_3 = tiny_t5_tokenizer(words)
-    t5 = T5Config(
-        vocab_size=len(tokenizer_3),
-        d_model=cfg.t5_dim,
-        d_kv=8,
-        d_ff=2 * cfg.t5_dim,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
+    t5 = tiny_t5_config(len(tokenizer_3), cfg.t5_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = tiny_sd3_transformer(cfg)

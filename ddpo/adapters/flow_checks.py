@@ -1,0 +1,72 @@
+"""The folder checks the flow-matching families share, from JSON only (before weights load):
+the pipeline class (another family's is named, with the class to use), the components, the
+transformer class and the flow-matching Euler scheduler."""
+
+from pathlib import Path
+from typing import Any
+
+from ddpo.adapters.registry import read_json_object, read_model_index
+
+FAMILY_HINTS: dict[str, str] = {
+    "StableDiffusionPipeline": "a Stable Diffusion 1.x/2.x model: use "
+    "DefaultDDPOStableDiffusionPipeline for it",
+    "StableDiffusionXLPipeline": "an SDXL model: use DefaultDDPOStableDiffusionXLPipeline for it",
+    "StableDiffusion3Pipeline": "an SD3 model: use DefaultDDPOStableDiffusion3Pipeline for it",
+    "FluxPipeline": "a FLUX.1 model: use DefaultDDPOFluxPipeline for it",
+}
+"""Each family's pipeline class, with the policy class that trains it."""
+
+
+def folder_config(
+    folder: Path, component: str, family: str, name: str = "config.json"
+) -> dict[str, Any]:
+    """``folder/component/name`` as a JSON object (ValueError naming the missing file)."""
+    path = folder / component / name
+    if not path.is_file():
+        raise ValueError(
+            f"{folder} is an incomplete {family} folder: {component}/{name} is missing"
+        )
+    return read_json_object(path)
+
+
+def check_flow_pipeline(
+    folder: Path,
+    *,
+    pipeline_class: str,
+    components: tuple[str, ...],
+    family: str,
+    transformer_class: str,
+) -> dict[str, Any]:
+    """The checks every flow family's folder passes first.
+
+    Returns:
+        The folder's ``model_index.json``.
+
+    Raises:
+        ValueError: another family's folder (its class and the policy to use), missing
+            components, another transformer class, or a scheduler that is not flow-matching Euler.
+    """
+    index_file = folder / "model_index.json"
+    index = read_json_object(index_file) if index_file.is_file() else {}
+    class_name = index.get("_class_name")
+    if class_name in FAMILY_HINTS and class_name != pipeline_class:
+        raise ValueError(
+            f"{folder} is {FAMILY_HINTS[class_name]} ({class_name!r}), not {pipeline_class}"
+        )
+    index = read_model_index(folder, components, family)
+    if index.get("transformer", [None, None])[1] != transformer_class:
+        raise ValueError(
+            f"{folder}: transformer is {index['transformer'][1]!r}, expected "
+            f"{transformer_class!r} ({class_name!r} is not a {family} pipeline)"
+        )
+    scheduler = folder_config(folder, "scheduler", family, "scheduler_config.json")
+    if scheduler.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
+        raise ValueError(
+            f"{folder}: scheduler {scheduler.get('_class_name')!r} is not "
+            f"'FlowMatchEulerDiscreteScheduler' (the flow-SDE policy needs {family}'s flow "
+            "schedule)"
+        )
+    return index
+
+
+__all__ = ["FAMILY_HINTS", "check_flow_pipeline", "folder_config"]
