@@ -9,7 +9,6 @@ diffusers' ``transformer.``-prefixed file format. The step math is
 """
 
 import copy
-import json
 import numbers
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,14 +17,19 @@ from typing import Any, NamedTuple
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from jaxtyping import Float, Int
-from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors import safe_open
+from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample, Trajectory
 from ddpo.adapters.registry import LORA_WEIGHTS_NAME, write_base_model
-from ddpo.adapters.sd_weights import cast_dtype, lora_alpha_value, lora_parameters_to_float32
+from ddpo.adapters.sd_weights import (
+    cast_dtype,
+    load_adapter_state,
+    lora_alpha_value,
+    lora_config_of_file,
+    lora_parameters_to_float32,
+)
 from ddpo.core import flow_sde_step_with_logprob
 
 Generators = torch.Generator | list[torch.Generator] | None
@@ -290,24 +294,7 @@ def transformer_lora_config(
             target_modules=list(targets),
         )
     state = _transformer_lora_state(lora_file)
-    ranks = {int(v.shape[0]) for k, v in state.items() if "lora_A" in k}
-    if len(ranks) != 1:
-        raise ValueError(f"{lora_file}: expected LoRA weights of one rank, found {sorted(ranks)}")
-    rank = ranks.pop()
-    alpha: Any = rank
-    saved_targets = list(targets)
-    with safe_open(str(lora_file), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if metadata.get("lora_adapter_metadata"):
-        saved = json.loads(metadata["lora_adapter_metadata"])
-        alpha = saved.get("transformer.lora_alpha", alpha)
-        saved_targets = list(saved.get("transformer.target_modules") or saved_targets)
-    return LoraConfig(
-        r=rank,
-        lora_alpha=lora_alpha_value(float(alpha)),
-        init_lora_weights="gaussian",
-        target_modules=saved_targets,
-    )
+    return lora_config_of_file(lora_file, state, component="transformer", targets=targets)
 
 
 def _transformer_lora_state(path: Path) -> dict[str, Tensor]:
@@ -320,15 +307,7 @@ def _transformer_lora_state(path: Path) -> dict[str, Tensor]:
 
 def load_transformer_lora(transformer: nn.Module, path: Path) -> None:
     """Load a diffusers LoRA file's transformer weights into ``transformer``'s adapter."""
-    state = _transformer_lora_state(path)
-    result = set_peft_model_state_dict(transformer, state, adapter_name="default")
-    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
-    unexpected = list(getattr(result, "unexpected_keys", []))
-    if missing or unexpected:
-        raise ValueError(
-            f"LoRA weights in {path} do not match the transformer: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}"
-        )
+    load_adapter_state(transformer, _transformer_lora_state(path), path, "the transformer")
 
 
 def setup_trainable_transformer(

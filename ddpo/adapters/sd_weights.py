@@ -4,11 +4,12 @@ diffusers' and peft's key formats, and dtype casts (used by `DefaultDDPOStableDi
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any, Final
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.utils.state_dict_utils import (
     convert_state_dict_to_diffusers,
     convert_unet_state_dict_to_peft,
@@ -100,39 +101,56 @@ def _peft_state_from_file(path: Path) -> dict[str, Tensor]:
 
 
 def saved_lora_config(path: Path) -> LoraConfig:
-    """The ``LoraConfig`` of saved LoRA weights: rank from the tensors; alpha and target modules
-    from the file's adapter metadata when present (else alpha = rank, our target modules)."""
-    state = _peft_state_from_file(path)
+    """The ``LoraConfig`` of saved UNet LoRA weights (:func:`lora_config_of_file`)."""
+    return lora_config_of_file(
+        path, _peft_state_from_file(path), component="unet", targets=LORA_TARGET_MODULES
+    )
+
+
+def lora_config_of_file(
+    path: Path, state: dict[str, Tensor], *, component: str, targets: tuple[str, ...]
+) -> LoraConfig:
+    """The ``LoraConfig`` of the ``component`` adapter saved in ``path`` (its peft ``state``):
+    rank from the tensors; alpha and target modules from the file's adapter metadata when
+    present (else alpha = rank and ``targets``)."""
     ranks = {int(v.shape[0]) for k, v in state.items() if "lora_A" in k}
     if len(ranks) != 1:
         raise ValueError(f"{path}: expected LoRA weights of one rank, found ranks {sorted(ranks)}")
     rank = ranks.pop()
     alpha: Any = rank
-    targets = list(LORA_TARGET_MODULES)
+    saved_targets = list(targets)
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     if metadata.get("lora_adapter_metadata"):
         saved = json.loads(metadata["lora_adapter_metadata"])
-        alpha = saved.get("unet.lora_alpha", alpha)
-        targets = list(saved.get("unet.target_modules") or targets)
+        alpha = saved.get(f"{component}.lora_alpha", alpha)
+        saved_targets = list(saved.get(f"{component}.target_modules") or saved_targets)
     return LoraConfig(
         r=rank,
         lora_alpha=lora_alpha_value(float(alpha)),
         init_lora_weights="gaussian",
-        target_modules=targets,
+        target_modules=saved_targets,
     )
 
 
 def load_lora_state(unet: nn.Module, path: Path) -> None:
     """Load the LoRA weights of a diffusers ``pytorch_lora_weights.safetensors`` into ``unet``'s
     adapter (ValueError naming the file if they do not match)."""
-    state = _peft_state_from_file(path)
-    result = set_peft_model_state_dict(unet, state, adapter_name="default")
+    load_adapter_state(unet, _peft_state_from_file(path), path, "the UNet")
+
+
+def load_adapter_state(module: nn.Module, state: dict[str, Tensor], path: Path, what: str) -> None:
+    """Load a peft LoRA ``state`` (read from ``path``) into ``module``'s default adapter.
+
+    Raises:
+        ValueError: naming the file and ``what`` if keys are missing or unexpected.
+    """
+    result = set_peft_model_state_dict(module, state, adapter_name="default")
     missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k]
     unexpected = list(getattr(result, "unexpected_keys", []))
     if missing or unexpected:
         raise ValueError(
-            f"LoRA weights in {path} do not match the UNet: missing {missing[:3]}, "
+            f"LoRA weights in {path} do not match {what}: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}"
         )
 
@@ -263,6 +281,21 @@ def fused_unet(unet: nn.Module, dtype: torch.dtype) -> nn.Module:
     return cast_dtype(fused, dtype)
 
 
+def load_vae(vae: str | os.PathLike[str], torch_dtype: torch.dtype | None) -> Any:
+    """A replacement VAE from a folder (its root or its ``vae/``) or a hub id."""
+    text = os.fspath(vae)
+    path = Path(text).expanduser()
+    subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
+    if path.is_dir() and subfolder is None and not (path / "config.json").is_file():
+        raise ValueError(f"vae={text!r} is a folder without config.json (nor vae/config.json)")
+    try:
+        return AutoencoderKL.from_pretrained(
+            str(path) if path.is_dir() else text, subfolder=subfolder, torch_dtype=torch_dtype
+        )
+    except Exception as err:
+        raise ValueError(f"vae={text!r}: could not load an AutoencoderKL from it ({err})") from err
+
+
 def find_unet(models: list[Any], target: nn.Module) -> int:
     """Index of ``target`` (else of the first UNet) among accelerate's hook ``models``."""
     unwrapped = [_unwrap(m) for m in models]
@@ -286,9 +319,12 @@ __all__ = [
     "check_model_args",
     "find_unet",
     "fused_unet",
+    "load_adapter_state",
     "load_lora_state",
     "load_unet_weights",
+    "load_vae",
     "lora_alpha_value",
+    "lora_config_of_file",
     "lora_parameters_to_float32",
     "new_lora_config",
     "save_unet_weights",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, final
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
+from diffusers import DDIMScheduler, StableDiffusionXLPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from jaxtyping import Int
 from torch import Tensor, nn
@@ -38,6 +38,7 @@ from ddpo.adapters.sampling import (
 from ddpo.adapters.sd_weights import (
     check_ddim_config,
     check_model_args,
+    load_vae,
     new_lora_config,
     setup_trainable_unet,
     write_lora,
@@ -47,21 +48,6 @@ from ddpo.adapters.sdxl_text import encode_sdxl_texts, sdxl_time_ids
 from ddpo.adapters.wrapped import WrappedPipelinePolicy
 from ddpo.core import DDIMStepOutput, classifier_free_guidance, rescale_guidance
 from ddpo.policy import Conditioning, PolicyRollout
-
-
-def _load_vae(vae: str | os.PathLike[str], torch_dtype: torch.dtype | None) -> Any:
-    """A replacement VAE from a folder (its root or its ``vae/``) or a hub id."""
-    text = os.fspath(vae)
-    path = Path(text).expanduser()
-    subfolder = "vae" if (path / "vae" / "config.json").is_file() else None
-    if path.is_dir() and subfolder is None and not (path / "config.json").is_file():
-        raise ValueError(f"vae={text!r} is a folder without config.json (nor vae/config.json)")
-    try:
-        return AutoencoderKL.from_pretrained(
-            str(path) if path.is_dir() else text, subfolder=subfolder, torch_dtype=torch_dtype
-        )
-    except Exception as err:
-        raise ValueError(f"vae={text!r}: could not load an AutoencoderKL from it ({err})") from err
 
 
 @final
@@ -144,7 +130,7 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
         # 2. Load the wrapped diffusers pipeline (with the replacement VAE), DDIM scheduler.
         extra: dict[str, Any] = {}
         if vae is not None:
-            extra["vae"] = _load_vae(vae, torch_dtype)
+            extra["vae"] = load_vae(vae, torch_dtype)
         sdxl = StableDiffusionXLPipeline.from_pretrained(
             source.folder, torch_dtype=torch_dtype, add_watermarker=False, **extra
         )
