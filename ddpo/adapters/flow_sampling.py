@@ -24,11 +24,10 @@ from torch import Tensor, nn
 from ddpo._typing import Latents, PerSample, Trajectory
 from ddpo.adapters.registry import LORA_WEIGHTS_NAME, write_base_model
 from ddpo.adapters.sd_weights import (
-    cast_dtype,
     load_adapter_state,
     lora_alpha_value,
     lora_config_of_file,
-    lora_parameters_to_float32,
+    setup_trainable_unet,
 )
 from ddpo.core import flow_sde_step_with_logprob
 
@@ -321,23 +320,14 @@ def setup_trainable_transformer(
     """Make the trainable parameters: LoRA adapters (float32, drawn after
     ``manual_seed(lora_init_seed)`` in ``fork_rng``) or the whole transformer (float32; saved
     LoRA weights fused in). Returns the frozen reference copy for full fine-tuning, else None."""
-    transformer.requires_grad_(False)
-    if not use_lora:
-        cast_dtype(transformer, torch.float32)
-    if use_lora or lora_file is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(lora_init_seed)
-            transformer.add_adapter(lora_config)  # type: ignore[operator]
-        if lora_file is not None:
-            load_transformer_lora(transformer, lora_file)
-        lora_parameters_to_float32(transformer)
-    if use_lora:
-        return None
-    if lora_file is not None:
-        transformer.fuse_lora()  # type: ignore[operator]
-        transformer.unload_lora()  # type: ignore[operator]
-    transformer.requires_grad_(True)
-    return copy.deepcopy(transformer).requires_grad_(False).eval()
+    return setup_trainable_unet(
+        transformer,
+        use_lora=use_lora,
+        lora_config=lora_config,
+        lora_file=lora_file,
+        lora_init_seed=lora_init_seed,
+        load_lora=load_transformer_lora,
+    )
 
 
 def write_transformer_lora(

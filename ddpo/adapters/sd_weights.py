@@ -5,6 +5,7 @@ diffusers' and peft's key formats, and dtype casts (used by `DefaultDDPOStableDi
 import copy
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -239,6 +240,7 @@ def setup_trainable_unet(
     lora_config: LoraConfig,
     lora_file: Path | None,
     lora_init_seed: int,
+    load_lora: Callable[[nn.Module, Path], None] | None = None,
 ) -> nn.Module | None:
     """Make ``unet``'s trainable parameters: LoRA adapters (float32) or the whole UNet (float32).
 
@@ -246,6 +248,9 @@ def setup_trainable_unet(
     draws them from the global generator), so the same script gives the same adapters in any
     process and the caller's RNG is left as it was. Saved LoRA weights in ``lora_file`` are
     loaded into the adapter, or, for full fine-tuning, fused into the UNet.
+
+    ``load_lora(module, path)`` reads the saved weights (default: UNet keys, `load_lora_state`;
+    the flow families pass their transformer loader).
 
     Returns:
         For full fine-tuning, a frozen copy of the UNet (the KL reference; it doubles the UNet's
@@ -259,7 +264,7 @@ def setup_trainable_unet(
             torch.manual_seed(lora_init_seed)
             unet.add_adapter(lora_config)  # type: ignore[operator]
         if lora_file is not None:
-            load_lora_state(unet, lora_file)
+            (load_lora or load_lora_state)(unet, lora_file)
         lora_parameters_to_float32(unet)
     if use_lora:
         return None
