@@ -18,7 +18,9 @@ What a new family writes (see CONTRIBUTING.md):
   ``transitions_per_rollout``, ``save_pretrained``;
 - optionally ``preferred_advantage_mode`` (e.g. ``"group"``): what ``DDPOConfig.advantage_mode
   = "auto"`` resolves to for this family when per-prompt tracking is off (default: TRL's
-  ``"global"``).
+  ``"global"``);
+- optionally ``compile_regions``: the class names of the denoiser's repeated blocks that
+  ``DDPOConfig.compile_denoiser`` compiles (default: the diffusers model's ``_repeated_blocks``).
 """
 
 import contextlib

@@ -30,6 +30,7 @@ from ddpo.adapters.sd_weights import (
     setup_trainable_unet,
 )
 from ddpo.core import flow_sde_step_with_logprob
+from ddpo.core._checks import values_checkable
 
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -239,7 +240,7 @@ def score_flow_step(
     if schedule.sigma_max is None:
         raise ValueError(f"the {schedule.num_steps}-step schedule has no sigma in (0, 1)")
     idx = step_indices.to(schedule.sigmas.device).long()
-    if bool(((idx < 0) | (idx >= schedule.num_steps)).any()):
+    if values_checkable(idx) and bool(((idx < 0) | (idx >= schedule.num_steps)).any()):
         raise ValueError(
             f"timesteps must be step indices in [0, {schedule.num_steps}), got {idx.tolist()}"
         )

@@ -8,6 +8,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ddpo._typing import PerSample
+from ddpo.core._checks import values_checkable
 
 
 def check_ddim_scheduler(scheduler: Any) -> None:
@@ -67,8 +68,9 @@ def ddim_alpha_bars(
     check_ddim_scheduler(scheduler)
     num_train = int(scheduler.config.num_train_timesteps)
     # The range check reads values: only on CPU, where it costs no device synchronisation (an
-    # out-of-range index on an accelerator fails in the indexing kernel instead).
-    if timesteps.device.type == "cpu" and timesteps.numel() > 0:
+    # out-of-range index on an accelerator fails in the indexing kernel instead), and not while
+    # torch.compile traces (a host read is a graph break).
+    if values_checkable(timesteps) and timesteps.numel() > 0:
         low, high = int(timesteps.min()), int(timesteps.max())
         if low < 0 or high >= num_train:
             raise ValueError(

@@ -12,7 +12,7 @@ are the policy's actions. The family-independent parts live in
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, ClassVar, Final, final
 
 import torch
 from diffusers import StableDiffusion3Pipeline
@@ -83,6 +83,9 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
     """
 
     pipeline_class = StableDiffusion3Pipeline
+    #: The blocks ``DDPOConfig.compile_denoiser`` compiles (diffusers' SD3 transformer does not
+    #: declare its repeated blocks).
+    compile_regions: ClassVar[tuple[str, ...]] = ("JointTransformerBlock",)
     default_steps = 28
     default_guidance = 7.0
 

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ddpo._typing import Latents, PerSample
 from ddpo.core._broadcast import float_dtype, per_sample
+from ddpo.core._checks import values_checkable
 from ddpo.core._gaussian import gaussian_step
 
 
@@ -141,15 +142,16 @@ def flow_sde_step_with_logprob(
                 f"{name} must have shape (batch,) = {tuple(sample.shape[:1])}, "
                 f"got {tuple(values.shape)}"
             )
-    bad = ~((sigma > 0) & (sigma <= 1))
-    if bool(bad.any()):
-        raise ValueError(f"sigma must be in (0, 1], got sigma={_describe(sigma, bad)}")
-    bad = ~((sigma_prev >= 0) & (sigma_prev < sigma))
-    if bool(bad.any()):
-        raise ValueError(
-            f"sigma_prev must be in [0, sigma), got sigma_prev={_describe(sigma_prev, bad)} "
-            f"for sigma={_describe(sigma, bad)}"
-        )
+    if values_checkable(sigma, sigma_prev):  # (skipped on accelerators: no sync per step)
+        bad = ~((sigma > 0) & (sigma <= 1))
+        if bool(bad.any()):
+            raise ValueError(f"sigma must be in (0, 1], got sigma={_describe(sigma, bad)}")
+        bad = ~((sigma_prev >= 0) & (sigma_prev < sigma))
+        if bool(bad.any()):
+            raise ValueError(
+                f"sigma_prev must be in [0, sigma), got sigma_prev={_describe(sigma_prev, bad)} "
+                f"for sigma={_describe(sigma, bad)}"
+            )
 
     dtype = float_dtype(model_output, sample, sigma, sigma_prev)
     x = sample.to(dtype)

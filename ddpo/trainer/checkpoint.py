@@ -273,6 +273,10 @@ RESUMABLE_CHANGES: tuple[str, ...] = (
     "hub_model_id",
     "gradient_checkpointing",
     "resume_allow_config_changes",
+    "compile_denoiser",
+    "sample_cuda_graphs",
+    "channels_last",
+    "prompt_embedding_cache_size",
 )
 
 

@@ -173,6 +173,25 @@ class DDPOConfig:
     changes are an error that lists them; fields that do not change the run (``num_epochs``,
     logging, ``save_freq``, ...) may always change."""
 
+    # ----------------------------------------------------------------------------------------
+    # Throughput (`ddpo.trainer.speed`); none of these changes the math, only its speed
+    compile_denoiser: bool = False
+    """``torch.compile`` the denoiser regionally: each of its repeated blocks (diffusers'
+    ``_repeated_blocks``: the UNet's transformer blocks, SD3's and FLUX's transformer blocks) is
+    compiled on its own, so compile time stays short. Sampling and training use it."""
+    sample_cuda_graphs: bool = False
+    """With ``compile_denoiser``: run the compiled blocks with CUDA graphs
+    (``mode="reduce-overhead"``) when no gradient is taken (the fixed-shape sampling loop, the
+    reference policy); training keeps the default mode. Needs a GPU: on a CPU the run samples
+    compiled without graphs (and logs a warning)."""
+    channels_last: bool = False
+    """Keep the denoiser's convolution weights in channels-last memory format (faster
+    convolutions on tensor-core GPUs)."""
+    prompt_embedding_cache_size: int = 0
+    """Keep the text embeddings of up to this many distinct prompts (with the negative prompt)
+    and encode only prompts not seen before; the least recently used are dropped. For a fixed
+    prompt set, its size. 0: encode every batch."""
+
     def __post_init__(self) -> None:
         self.validate()
 

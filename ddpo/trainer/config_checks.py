@@ -25,6 +25,9 @@ BOOL_FIELDS: tuple[str, ...] = (
     "push_to_hub",
     "gradient_checkpointing",
     "resume_allow_config_changes",
+    "compile_denoiser",
+    "sample_cuda_graphs",
+    "channels_last",
 )
 STR_FIELDS: tuple[str, ...] = (
     "exp_name",
@@ -70,6 +73,7 @@ def validate_config(config: DDPOConfig, *, num_processes: int | None = None) -> 
         "per_prompt_stat_tracking_buffer_size",
         "per_prompt_stat_tracking_min_count",
         "max_workers",
+        "prompt_embedding_cache_size",
     )
     for name in int_fields:
         value = getattr(config, name)
@@ -118,7 +122,12 @@ def validate_config(config: DDPOConfig, *, num_processes: int | None = None) -> 
     for name in positive:
         if getattr(config, name) <= 0:
             raise ValueError(f"DDPOConfig.{name} must be > 0, got {getattr(config, name)!r}")
-    for name in ("save_freq", "num_checkpoint_limit", "per_prompt_stat_tracking_min_count"):
+    for name in (
+        "save_freq",
+        "num_checkpoint_limit",
+        "per_prompt_stat_tracking_min_count",
+        "prompt_embedding_cache_size",
+    ):
         if getattr(config, name) < 0:
             raise ValueError(f"DDPOConfig.{name} must be >= 0, got {getattr(config, name)!r}")
     for name in (
@@ -224,6 +233,11 @@ def validate_config(config: DDPOConfig, *, num_processes: int | None = None) -> 
             "per_prompt_stat_tracking_buffer_size "
             f"({config.per_prompt_stat_tracking_buffer_size}) (a larger one would never use "
             "the buffer)"
+        )
+    if config.sample_cuda_graphs and not config.compile_denoiser:
+        raise ValueError(
+            "DDPOConfig.sample_cuda_graphs=True needs compile_denoiser=True (the CUDA graphs "
+            "are those of the compiled blocks), got compile_denoiser=False"
         )
     for name in ("tracker_kwargs", "accelerator_kwargs", "project_kwargs"):
         if not isinstance(getattr(config, name), dict):

@@ -22,6 +22,7 @@ from ddpo._typing import PerSample, Trajectory
 from ddpo.policy import Conditioning
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import check_prompt, check_rewards
+from ddpo.trainer.prompt_cache import PromptEmbeddingCache
 from ddpo.trainer.timing import PhaseTimer
 
 SAMPLE_STREAM = 1
@@ -204,6 +205,8 @@ class Rollout:
         # so that other users of the global RNGs (libraries, runtime type checkers) cannot shift
         # the prompts, and a resume continues the exact sequence (the stream is checkpointed).
         self.prompt_rng = PromptRNG.seeded(derive_seed(config.seed, PROMPT_STREAM, process_index))
+        size = config.prompt_embedding_cache_size
+        self.encoder: Any = PromptEmbeddingCache(pipeline, size) if size > 0 else pipeline
         self.executor = (
             ThreadPoolExecutor(max_workers=config.max_workers)
             if config.async_reward_computation
@@ -262,7 +265,7 @@ class Rollout:
         policy = self.pipeline
         batch_size = config.sample_batch_size
         prompts, prompt_metadata = self._draw_prompts(batch_size)
-        conditioning = policy.encode(prompts, config.negative_prompts)
+        conditioning = self.encoder.encode(prompts, config.negative_prompts)
         seed = derive_seed(config.seed, SAMPLE_STREAM, self.process_index, epoch, batch_index)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         unet.eval()

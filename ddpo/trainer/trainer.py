@@ -41,6 +41,7 @@ from ddpo.trainer.run_folder import (
     upload_folder,
 )
 from ddpo.trainer.setup import check_pipeline, make_accelerator, set_project_dir, tracker_config
+from ddpo.trainer.speed import SpeedOptions, apply_speed_options
 from ddpo.trainer.timing import PhaseTimer, epoch_metrics, progress_bar
 from ddpo.trainer.tracking import wrap_tracker
 
@@ -140,6 +141,8 @@ class DDPOTrainer:
         # 5. The model on this process's device (its dtypes are the pipeline's own choice).
         device = accelerator.device
         sd_pipeline.prepare(device, gradient_checkpointing=config.gradient_checkpointing)
+        for line in apply_speed_options(sd_pipeline, SpeedOptions.from_config(config), device):
+            logger.info("%s", line)
 
         # 6. Optimizer over the trainable parameters; the denoiser itself is prepared
         #    (DDP-wrapped when distributed) so that the training forward pass all-reduces
