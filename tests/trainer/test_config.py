@@ -62,6 +62,10 @@ OURS = {
     "gradient_checkpointing": False,
     "hub_model_id": "",
     "resume_allow_config_changes": False,
+    "compile_denoiser": False,
+    "sample_cuda_graphs": False,
+    "channels_last": False,
+    "prompt_embedding_cache_size": 0,
 }
 # Fields read by the trainer through a config method rather than directly.
 READ_VIA_PROPERTY = {
