@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
 
 from ddpo.policy import missing_members
 from ddpo.trainer.config import DDPOConfig
@@ -88,3 +88,31 @@ __all__ = [
     "set_project_dir",
     "tracker_config",
 ]
+
+
+def init_trackers(
+    accelerator: Accelerator, config: DDPOConfig, run_name: str, resumed_step: int | None
+) -> None:
+    """Start ``config.log_with``'s tracker (none when it is None) with the config as its
+    hyper-parameters; a tensorboard run resumed after global step ``resumed_step`` drops the
+    events logged after the checkpoint (they are logged again)."""
+    if config.log_with is None:
+        return
+    init_kwargs = dict(config.tracker_kwargs)
+    if config.log_with == "tensorboard" and resumed_step is not None:
+        board = {"purge_step": resumed_step + 1} | init_kwargs.get("tensorboard", {})
+        init_kwargs["tensorboard"] = board
+    accelerator.init_trackers(
+        config.tracker_project_name,
+        config=tracker_config(config, run_name),
+        init_kwargs=init_kwargs,
+    )
+
+
+def seed_process(config: DDPOConfig) -> None:
+    """Seed this process's global RNGs (``seed`` + process index, e.g. for randomness inside
+    reward functions) and set TF32 matmuls on CUDA as ``allow_tf32`` says."""
+    set_seed(config.seed, device_specific=True)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
+        torch.backends.cudnn.allow_tf32 = config.allow_tf32

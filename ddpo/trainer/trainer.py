@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import broadcast_object_list, gather_object
 
 from ddpo.core import PerPromptStatTracker
 from ddpo.trainer import checkpoint as ckpt
-from ddpo.trainer import run_state
+from ddpo.trainer import run_state, setup
 from ddpo.trainer.advantages import compute_advantages
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import ImageSamplesHook, PromptFunction, RewardFunction
@@ -40,7 +40,6 @@ from ddpo.trainer.run_folder import (
     resolve_output_dir,
     upload_folder,
 )
-from ddpo.trainer.setup import check_pipeline, make_accelerator, set_project_dir, tracker_config
 from ddpo.trainer.speed import SpeedOptions, apply_speed_options
 from ddpo.trainer.timing import PhaseTimer, epoch_metrics, progress_bar
 from ddpo.trainer.tracking import wrap_tracker
@@ -106,7 +105,7 @@ class DDPOTrainer:
             ckpt.check_resume_config(resume.path, config)
         self._hashes_checked = resume.path.resolve() if resume is not None else None
         check_output_dir(config)
-        check_pipeline(sd_pipeline, config)
+        setup.check_pipeline(sd_pipeline, config)
         self.config = config
         self.reward_function = reward_function
         self.prompt_function = prompt_function
@@ -118,7 +117,7 @@ class DDPOTrainer:
         # 2. The accelerator: gradients accumulate over trained timesteps and micro-batches.
         steps = config.train_gradient_accumulation_steps * self.num_train_timesteps
         if accelerator is None:
-            accelerator = make_accelerator(config, accumulation_steps=steps)
+            accelerator = setup.make_accelerator(config, accumulation_steps=steps)
         else:
             accelerator.gradient_accumulation_steps = steps
         self.accelerator = accelerator
@@ -127,16 +126,13 @@ class DDPOTrainer:
 
         # 3. The run folder, the same on every process; never an existing run's silently.
         self.run_name, self.output_dir = resolve_output_dir(config, resume, broadcast_object_list)
-        set_project_dir(accelerator, config, self.output_dir)
+        setup.set_project_dir(accelerator, config, self.output_dir)
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
 
         # 4. Seed the global RNGs (per process, e.g. for randomness inside reward functions).
-        set_seed(config.seed, device_specific=True)
-        if torch.cuda.is_available():
-            torch.backends.cuda.matmul.allow_tf32 = config.allow_tf32
-            torch.backends.cudnn.allow_tf32 = config.allow_tf32
+        setup.seed_process(config)
 
         # 5. The model on this process's device (its dtypes are the pipeline's own choice).
         device = accelerator.device
@@ -167,17 +163,9 @@ class DDPOTrainer:
             if self.advantage_mode == "per_prompt"
             else None
         )
-        if config.log_with is not None:
-            init_kwargs = dict(config.tracker_kwargs)
-            if config.log_with == "tensorboard" and resume is not None:
-                # Drop the events logged after the checkpoint (they are logged again).
-                board = {"purge_step": resume.global_step + 1} | init_kwargs.get("tensorboard", {})
-                init_kwargs["tensorboard"] = board
-            accelerator.init_trackers(
-                config.tracker_project_name,
-                config=tracker_config(config, self.run_name),
-                init_kwargs=init_kwargs,
-            )
+        setup.init_trackers(
+            accelerator, config, self.run_name, None if resume is None else resume.global_step
+        )
         self.rollout = Rollout(
             config,
             sd_pipeline,
