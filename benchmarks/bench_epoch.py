@@ -20,7 +20,12 @@ ones the trainer itself logs to ``<output_dir>/metrics.jsonl`` (``ddpo.trainer.t
 
 Each row is the median over the timed epochs (and the fastest); ``total`` is the median
 ``time_epoch_s``. The summary adds the median wall and process CPU time of the whole ``step``
-call (the CPU time does not count waiting for a core on a shared machine). Peak memory is that
+call (the CPU time does not count waiting for a core on a shared machine).
+
+The throughput flags set the trainer's own `DDPOConfig` switches: ``--compile``
+(``compile_denoiser``: regional compilation), ``--cuda-graphs`` (``sample_cuda_graphs``, with
+compilation), ``--channels-last``, ``--prompt-cache N`` (``prompt_embedding_cache_size``) and
+``--async-reward`` (``async_reward_computation``); the JSON's settings record them. Peak memory is that
 of the timed epochs as a whole (CUDA max allocated, or the CPU peak resident set).
 
 On CUDA the trainer's phase clocks do not synchronise the device; each phase ends on a host read
@@ -30,6 +35,7 @@ is taken with the device synchronised.
 """
 
 import argparse
+import dataclasses
 import functools
 import json
 import statistics
@@ -145,11 +151,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     harness.set_threads(device, getattr(args, "threads", None))
     pipeline = presets.load_pipeline(preset, device)
     options = presets.options(args)
-    checkpointing = options.pop("gradient_checkpointing")  # the trainer's own config switch
-    harness.apply_unet_options(pipeline.denoiser, **options)
-
+    cuda_graphs = bool(getattr(args, "cuda_graphs", False))
     with tempfile.TemporaryDirectory() as out_dir:
-        config = trainer_config(preset, device, out_dir, checkpointing=checkpointing)
+        # The switches are the trainer's own (`DDPOConfig`, applied by `DDPOTrainer`).
+        config = dataclasses.replace(
+            trainer_config(
+                preset, device, out_dir, checkpointing=options["gradient_checkpointing"]
+            ),
+            compile_denoiser=options["compile"] or cuda_graphs,
+            sample_cuda_graphs=cuda_graphs,
+            channels_last=options["channels_last"],
+            prompt_embedding_cache_size=int(getattr(args, "prompt_cache", 0)),
+            async_reward_computation=bool(getattr(args, "async_reward", False)),
+        )
         epochs, calls, peak = run_epochs(
             pipeline, config, warmup=preset.warmup, device=device, group_size=preset.group_size
         )
@@ -195,9 +209,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     if preset.name == "sd15":
         summary["target_epoch_seconds_256_samples_h100"] = 150.0
+    settings = presets.describe(preset, args, device) | {
+        name: getattr(config, name)
+        for name in (
+            "compile_denoiser",
+            "sample_cuda_graphs",
+            "channels_last",
+            "prompt_embedding_cache_size",
+            "async_reward_computation",
+        )
+    }
     return harness.result(
         NAME,
-        settings=presets.describe(preset, args, device),
+        settings=settings,
         environment=harness.environment(device),
         rows=rows,
         summary=summary,

@@ -211,6 +211,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gradient-checkpointing", action="store_true", help="UNet gradient checkpointing"
     )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="epoch: DDPOConfig.sample_cuda_graphs (implies --compile)",
+    )
+    parser.add_argument(
+        "--prompt-cache",
+        type=int,
+        default=0,
+        help="epoch: DDPOConfig.prompt_embedding_cache_size (0: off)",
+    )
+    parser.add_argument(
+        "--async-reward", action="store_true", help="epoch: DDPOConfig.async_reward_computation"
+    )
     parser.add_argument("--no-mfu", action="store_true", help="skip FLOP counting and MFU")
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="flops benchmark: peak to compare with"

@@ -273,3 +273,27 @@ def test_cuda_graphs_on_cpu_fall_back_with_a_warning(caplog: pytest.LogCaptureFi
     with pytest.raises(ValueError, match="no block of \\['Missing'\\]"):
         Holder.compile_regions = ("Missing",)
         apply_speed_options(Holder(), SpeedOptions(compile_denoiser=True), CPU)
+
+
+@pytest.mark.slow
+def test_diffusers_fused_qkv_bypasses_lora_so_it_is_not_a_switch() -> None:
+    """Why fused QKV projections are not offered: diffusers' ``fuse_qkv_projections`` copies
+    the base weights of ``to_q``/``to_k``/``to_v`` into one ``to_qkv`` layer, and attention then
+    calls that layer alone, so the LoRA adapters on the three projections stop acting."""
+    policy = _policy("ddpo-tiny-random")
+    unet = policy.denoiser
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:  # B starts at zero: give the adapters an effect
+                p.normal_(std=0.5)
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    embeds = policy.encode(["a red circle"], "")["prompt_embeds"]
+    t = torch.tensor([500])
+    with torch.no_grad():
+        with_lora = unet(latents, t, encoder_hidden_states=embeds).sample
+        with policy.reference_policy():
+            without_lora = unet(latents, t, encoder_hidden_states=embeds).sample
+        unet.fuse_qkv_projections()
+        fused = unet(latents, t, encoder_hidden_states=embeds).sample
+    assert float((with_lora - without_lora).abs().max()) > 1e-3  # the adapters matter
+    assert float((fused - with_lora).abs().max()) > 1e-3  # ... and fusing changes the output
