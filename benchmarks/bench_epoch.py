@@ -20,18 +20,18 @@ ones the trainer itself logs to ``<output_dir>/metrics.jsonl`` (``ddpo.trainer.t
 
 Each row is the median over the timed epochs (and the fastest); ``total`` is the median
 ``time_epoch_s``. The summary adds the median wall and process CPU time of the whole ``step``
-call (the CPU time does not count waiting for a core on a shared machine).
-
-The throughput flags set the trainer's own `DDPOConfig` switches: ``--compile``
-(``compile_denoiser``: regional compilation), ``--cuda-graphs`` (``sample_cuda_graphs``, with
-compilation), ``--channels-last``, ``--prompt-cache N`` (``prompt_embedding_cache_size``) and
-``--async-reward`` (``async_reward_computation``); the JSON's settings record them. Peak memory is that
+call (the CPU time does not count waiting for a core on a shared machine). Peak memory is that
 of the timed epochs as a whole (CUDA max allocated, or the CPU peak resident set).
 
 On CUDA the trainer's phase clocks do not synchronise the device; each phase ends on a host read
 of its results (rewards need the images on the host, training checks the gradient norm per
 optimizer step), so little device work crosses a phase boundary, and the ``step`` call's time
 is taken with the device synchronised.
+
+The throughput flags set the trainer's own `DDPOConfig` switches: ``--compile``
+(``compile_denoiser``: regional compilation), ``--cuda-graphs`` (``sample_cuda_graphs``, with
+compilation), ``--channels-last``, ``--prompt-cache N`` (``prompt_embedding_cache_size``) and
+``--async-reward`` (``async_reward_computation``); the JSON's settings record them.
 """
 
 import argparse

@@ -10,7 +10,13 @@ options of ``presets.add_arguments``) returning::
     {"title": str, "columns": [str, ...], "rows": [{column: value, ...}, ...], "notes": [str]}
 
 (model benchmarks add ``name``, ``settings``, ``environment`` and ``summary``). Adding a
-benchmark is adding such a module; ``--only`` picks benchmarks by ``<name>``.
+benchmark is adding such a module; ``--only`` picks benchmarks by ``<name>``. The benchmarks of
+``OPT_IN`` take minutes and run only when ``--only`` names them: ``ablation`` (the trainer's
+epochs with each throughput switch of ``DDPOConfig`` added in turn, graph breaks and host
+syncs) and ``sweep`` (sampling and training batch sizes)::
+
+    python benchmarks/run.py --preset tiny --only ablation,sweep
+    python benchmarks/run.py --preset sd15 --device cuda --only ablation
 
 Presets: ``default`` (core at realistic shapes, model benchmarks on the tiny model: the CPU run
 of ``nox -s bench``), ``tiny`` (core at smoke sizes, model benchmarks on the tiny model),
@@ -52,6 +58,8 @@ PRESET_CHOICES = (
     "flux",
 )
 CORE_PRESET = {name: "tiny" if name.startswith("tiny") else "default" for name in PRESET_CHOICES}
+#: Benchmarks left out of the default ``--only`` (they take minutes): run when named.
+OPT_IN = ("ablation", "sweep")
 
 
 def available() -> dict[str, Path]:
@@ -69,6 +77,7 @@ def load(name: str, path: Path) -> ModuleType:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = available()
+    defaults = [name for name in names if name not in OPT_IN]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--preset",
@@ -80,8 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default=",".join(names),
-        help=f"comma-separated benchmarks to run (default: all of {', '.join(names)})",
+        default=",".join(defaults),
+        help=f"comma-separated benchmarks to run (default: {', '.join(defaults)}; opt-in: "
+        f"{', '.join(OPT_IN)})",
     )
     parser.add_argument("--out", type=Path, default=HERE / "out", help="folder for JSON results")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")

@@ -151,11 +151,14 @@ def _mark_cuda_graph_step(module: nn.Module, args: Any) -> None:
 class HostSyncCounter(TorchFunctionMode):
     """Counts, by method name, the host reads of tensor values (``item``, ``tolist``, ``bool``,
     copies to the host, ...) made inside the ``with`` block: each one is a device
-    synchronisation on a GPU. Value reads are counted on any device (a CPU run shows what a GPU
-    run would wait on); copies only from an accelerator."""
+    synchronisation on a GPU. Copies count only from an accelerator. Value reads count on any
+    device (a CPU run shows what a GPU run might wait on, plus reads of tensors that stay on the
+    host there too, such as the optimizer's step counters), or, with ``accelerator_only``, only
+    of tensors on an accelerator: the exact synchronisations of a GPU run."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, accelerator_only: bool = False) -> None:
         super().__init__()
+        self.accelerator_only = accelerator_only
         self.counts: Counter[str] = Counter()
 
     @property
@@ -171,7 +174,10 @@ class HostSyncCounter(TorchFunctionMode):
     ) -> Any:
         name = getattr(func, "__name__", "")
         if name in HOST_READS:
-            self.counts[name] += 1
+            source = args[0] if args else None
+            on_host = isinstance(source, torch.Tensor) and source.device.type == "cpu"
+            if not (self.accelerator_only and on_host):
+                self.counts[name] += 1
         elif name in ("to", "cpu") and _to_host(args, kwargs or {}):
             self.counts[f"{name}(host)"] += 1
         return func(*args, **(kwargs or {}))

@@ -218,6 +218,9 @@ def test_host_sync_counter_counts_value_reads_not_host_to_host_copies() -> None:
         y = x * 2
     assert dict(counter.counts) == {"item": 1, "__bool__": 1, "tolist": 1}
     assert counter.total == 3 and y[1] == 2
+    with HostSyncCounter(accelerator_only=True) as on_device:
+        x.sum().item()  # a host tensor's value: no device to wait for
+    assert on_device.total == 0
 
 
 @pytest.mark.parametrize(
@@ -297,3 +300,29 @@ def test_diffusers_fused_qkv_bypasses_lora_so_it_is_not_a_switch() -> None:
         fused = unet(latents, t, encoder_hidden_states=embeds).sample
     assert float((with_lora - without_lora).abs().max()) > 1e-3  # the adapters matter
     assert float((fused - with_lora).abs().max()) > 1e-3  # ... and fusing changes the output
+
+
+def test_switches_are_command_line_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    from ddpo.cli import parse_train_args
+
+    args = parse_train_args(
+        [
+            "--ddpo_config.compile_denoiser",
+            "--ddpo_config.sample_cuda_graphs",
+            "--ddpo_config.channels_last",
+            "--ddpo_config.prompt_embedding_cache_size",
+            "45",
+        ]
+    )
+    config = args.ddpo_config
+    assert (config.compile_denoiser, config.sample_cuda_graphs, config.channels_last) == (
+        True,
+        True,
+        True,
+    )
+    assert config.prompt_embedding_cache_size == 45
+    with pytest.raises(SystemExit):
+        parse_train_args(["--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("compile_denoiser", "sample_cuda_graphs", "channels_last", "prompt_embedding"):
+        assert f"--ddpo_config.{flag}" in help_text
