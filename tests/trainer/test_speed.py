@@ -326,3 +326,37 @@ def test_switches_are_command_line_flags(capsys: pytest.CaptureFixture[str]) -> 
     help_text = capsys.readouterr().out
     for flag in ("compile_denoiser", "sample_cuda_graphs", "channels_last", "prompt_embedding"):
         assert f"--ddpo_config.{flag}" in help_text
+
+
+@pytest.mark.slow
+def test_resume_with_every_switch_is_exact(tmp_path: Path) -> None:
+    """Two epochs in one run equal one epoch, a checkpoint and a resumed second epoch with the
+    switches on: the prompt-embedding cache starts empty after the resume and encodes each
+    prompt alone, so its embeddings do not depend on what was cached."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    switches: dict[str, Any] = {
+        "compile_denoiser": True,
+        "channels_last": True,
+        "prompt_embedding_cache_size": 3,
+        "save_freq": 1,
+    }
+    torch.set_num_threads(1)
+
+    def run(folder: Path | None, epochs: int, **extra: Any) -> dict[str, torch.Tensor]:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        config = tiny_config(folder, num_epochs=epochs, **switches, **extra)
+        with DDPOTrainer(config, brightness, pick_prompt, _policy("ddpo-tiny-random")) as trainer:
+            trainer.train()
+            return trainer.trainable_state_dict()
+
+    whole = run(tmp_path / "whole", 2)
+    run(tmp_path / "split", 1)
+    resumed = run(None, 2, resume_from=str(tmp_path / "split"))
+    assert whole.keys() == resumed.keys() and whole
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    for key in ("reward_mean", "loss"):
+        assert [m[key] for m in read_metrics(tmp_path / "whole")] == [
+            m[key] for m in read_metrics(tmp_path / "split")
+        ], key
