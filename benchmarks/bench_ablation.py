@@ -121,15 +121,7 @@ def make_steps(
         cond = pipeline.encode(presets.prompts(batch), "")
 
     def rollout() -> Any:
-        generator = torch.Generator(device).manual_seed(0)
-        with torch.no_grad(), harness.autocast(device, dtype):
-            return pipeline.rollout(
-                cond,
-                num_steps=preset.num_steps,
-                guidance_scale=preset.guidance_scale,
-                eta=preset.eta,
-                generator=generator,
-            )
+        return presets.sample(pipeline, preset, cond, device, dtype)
 
     out = rollout()
     latents, timesteps = out.latents, out.timesteps

@@ -94,15 +94,7 @@ def sweep_steps(
     from ddpo.core import gaussian_kl, ppo_clip_loss
 
     def rollout(conditioning: Any) -> Any:
-        generator = torch.Generator(device).manual_seed(0)
-        with torch.no_grad(), harness.autocast(device, dtype):
-            return pipeline.rollout(
-                conditioning,
-                num_steps=preset.num_steps,
-                guidance_scale=preset.guidance_scale,
-                eta=preset.eta,
-                generator=generator,
-            )
+        return presets.sample(pipeline, preset, conditioning, device, dtype)
 
     def encode(size: int) -> Any:
         with torch.no_grad(), harness.autocast(device, dtype):

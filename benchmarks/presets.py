@@ -404,6 +404,26 @@ def load_pipeline(
     return pipeline
 
 
+def sample(
+    pipeline: Any,
+    preset: Preset,
+    conditioning: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Any:
+    """One seeded ``pipeline.rollout`` of ``conditioning`` at the preset's steps, guidance and
+    eta, without gradients, under the preset's autocast."""
+    generator = torch.Generator(device).manual_seed(0)
+    with torch.no_grad(), harness.autocast(device, dtype):
+        return pipeline.rollout(
+            conditioning,
+            num_steps=preset.num_steps,
+            guidance_scale=preset.guidance_scale,
+            eta=preset.eta,
+            generator=generator,
+        )
+
+
 def prompts(count: int) -> list[str]:
     """``count`` short prompts whose words are single tokens in every preset's vocabulary."""
     animals = ("cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider")

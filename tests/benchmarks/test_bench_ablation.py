@@ -6,9 +6,7 @@ leaves both out by default. Never asserts a timing or a speedup.
 """
 
 import itertools
-import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,28 +38,13 @@ def _positive(value: Any) -> bool:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def results(
+    tmp_path_factory: pytest.TempPathFactory, run_benchmarks: Any
+) -> dict[str, dict[str, Any]]:
     out = tmp_path_factory.mktemp("bench")
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "run.py"),
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--only",
-        "ablation,sweep",
-        "--out",
-        str(out),
-        *SMALLEST,
-    ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    found = {}
-    for name in ("ablation", "sweep"):
-        path = out / f"{name}.json"
-        assert path.is_file(), f"{path} missing; runner output:\n{done.stdout[-2000:]}"
-        found[name] = json.loads(path.read_text())
+    found: dict[str, dict[str, Any]] = run_benchmarks(
+        out, ["ablation", "sweep"], *SMALLEST, timeout=900
+    )
     return found
 
 

@@ -23,28 +23,13 @@ def _positive(value: Any) -> bool:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+def results(
+    tmp_path_factory: pytest.TempPathFactory, run_benchmarks: Any
+) -> dict[str, dict[str, Any]]:
     out = tmp_path_factory.mktemp("bench")
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "run.py"),
-        "--preset",
-        "tiny",
-        "--device",
-        "cpu",
-        "--only",
-        "sampling,training,epoch,memory,flops",
-        "--out",
-        str(out),
-        *SMALLEST,
-    ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    found = {}
-    for name in ("sampling", "training", "epoch", "memory", "flops"):
-        path = out / f"{name}.json"
-        assert path.is_file(), f"{path} missing; runner output:\n{done.stdout[-2000:]}"
-        found[name] = json.loads(path.read_text())
+    found: dict[str, dict[str, Any]] = run_benchmarks(
+        out, ["sampling", "training", "epoch", "memory", "flops"], *SMALLEST, timeout=600
+    )
     return found
 
 
