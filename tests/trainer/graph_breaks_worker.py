@@ -10,6 +10,7 @@ graph-break counts of ``torch._dynamo.explain`` and the break reasons.
 
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -20,17 +21,17 @@ from ddpo.core import gaussian_kl, ppo_clip_loss
 PROMPTS = ["a red circle", "a blue square"]
 
 
-def main(model: str) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    policy = load_policy(model)
-    policy.prepare(torch.device("cpu"), gradient_checkpointing=False)
+def first_transition(policy: Any, *, seed: int = 7) -> tuple[Any, Callable[[], Any]]:
+    """A seeded 3-step guided rollout of `PROMPTS`, and a call that re-scores its first
+    transition with guidance (``policy.score``)."""
     conditioning = policy.encode(PROMPTS, "")
-    out = policy.rollout(
-        conditioning, num_steps=3, guidance_scale=5.0, eta=1.0, generator=torch.Generator()
-    )
-    latents, batch = out.latents, len(PROMPTS)
-    timesteps = out.timesteps[:1].repeat(batch)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        out = policy.rollout(
+            conditioning, num_steps=3, guidance_scale=5.0, eta=1.0, generator=generator
+        )
+    latents = out.latents
+    timesteps = out.timesteps[:1].repeat(len(PROMPTS))
 
     def score() -> Any:
         return policy.score(
@@ -42,6 +43,17 @@ def main(model: str) -> dict[str, Any]:
             guided=True,
             eta=1.0,
         )
+
+    return out, score
+
+
+def main(model: str) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    policy = load_policy(model)
+    policy.prepare(torch.device("cpu"), gradient_checkpointing=False)
+    out, score = first_transition(policy)
+    batch = len(PROMPTS)
 
     def train_step() -> torch.Tensor:
         step = score()

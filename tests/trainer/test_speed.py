@@ -19,6 +19,7 @@ from ddpo.policy import Conditioning
 from ddpo.trainer.prompt_cache import PromptEmbeddingCache
 from ddpo.trainer.speed import HostSyncCounter, SpeedOptions, apply_speed_options
 
+from .graph_breaks_worker import first_transition
 from .test_trainer import brightness, pick_prompt, read_metrics, tiny_config
 
 MODELS = (
@@ -30,7 +31,6 @@ MODELS = (
 FAMILIES = pytest.mark.parametrize("model", MODELS, ids=["sd", "sdxl", "sd3", "flux"])
 ALL_ON = SpeedOptions(compile_denoiser=True, sample_cuda_graphs=True, channels_last=True)
 CPU = torch.device("cpu")
-PROMPTS = ["a red circle", "a blue square"]
 GRAPH_BREAKS_WORKER = Path(__file__).with_name("graph_breaks_worker.py")
 
 
@@ -43,29 +43,14 @@ def _policy(model: str) -> Any:
 
 def _rollout_and_gradients(policy: Any) -> dict[str, Any]:
     """A 3-step rollout, then the log-prob of its first transition and its gradient."""
-    conditioning = policy.encode(PROMPTS, "")
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        out = policy.rollout(
-            conditioning, num_steps=3, guidance_scale=5.0, eta=1.0, generator=generator
-        )
-    latents = out.latents
-    timesteps = out.timesteps[:1].repeat(len(PROMPTS))
-    score = policy.score(
-        conditioning,
-        latents[:, 0],
-        latents[:, 1],
-        timesteps,
-        guidance_scale=5.0,
-        guided=True,
-        eta=1.0,
-    )
+    out, rescore = first_transition(policy)
+    score = rescore()
     for p in policy.denoiser.parameters():
         p.grad = None
     score.log_prob.sum().backward()
     grads = {n: p.grad.clone() for n, p in policy.denoiser.named_parameters() if p.grad is not None}
     return {
-        "latents": latents,
+        "latents": out.latents,
         "log_probs": out.log_probs,
         "images": out.images,
         "score": score.log_prob.detach(),
