@@ -1,8 +1,9 @@
 """One rank of the 2-process gradient-sync test (run by ``accelerate launch``; not a test file).
 
-Usage: ``accelerate launch --num_processes 2 --cpu ddp_worker.py MODEL_DIR OUT_DIR``. Each rank
-trains one epoch of a tiny config and writes its trainable weights (before and after) and its
-local rewards into OUT_DIR.
+Usage: ``accelerate launch --num_processes 2 --cpu ddp_worker.py MODEL_DIR OUT_DIR [compiled]``.
+Each rank trains one epoch of a tiny config and writes its trainable weights (before and after)
+and its local rewards into OUT_DIR; ``compiled`` turns on ``compile_denoiser`` and
+``channels_last``.
 """
 
 import json
@@ -20,6 +21,7 @@ from ddpo.adapters import load_policy
 
 def main() -> None:
     model_dir, out_dir = sys.argv[1], Path(sys.argv[2])
+    compiled = sys.argv[3:] == ["compiled"]
     local_rewards: list[float] = []
 
     def brightness(images: torch.Tensor, prompts: object, metadata: object) -> tuple[object, dict]:
@@ -44,6 +46,8 @@ def main() -> None:
         mixed_precision="no",
         output_dir=str(out_dir / "run"),
         accelerator_kwargs={"cpu": True},
+        compile_denoiser=compiled,
+        channels_last=compiled,
     )
     pipeline = load_policy(model_dir)  # SD or SDXL, from the folder's model_index.json
     # Different initial LoRA weights per rank: preparing the UNet must broadcast rank 0's.
