@@ -6,10 +6,8 @@ arise, and scores each batch with the reward function, in a thread pool overlapp
 batch when ``async_reward_computation``. The epoch's samples come back as `Trajectories`.
 """
 
-import random
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +21,7 @@ from ddpo.policy import Conditioning
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import check_prompt, check_rewards
 from ddpo.trainer.prompt_cache import PromptEmbeddingCache
+from ddpo.trainer.prompt_rng import PromptRNG
 from ddpo.trainer.timing import PhaseTimer
 
 SAMPLE_STREAM = 1
@@ -120,51 +119,6 @@ class Trajectories:
             log_probs=torch.cat([p.log_probs for p in parts]),
             rewards=_cat_optional([p.rewards for p in parts]),
         )
-
-
-class PromptRNG:
-    """Python and numpy global-RNG states reserved for the prompt function."""
-
-    def __init__(self, python_state: Any, numpy_state: Any) -> None:
-        self.python_state = python_state
-        self.numpy_state = numpy_state
-
-    @classmethod
-    def seeded(cls, seed: int) -> "PromptRNG":
-        """Fresh states from a seed."""
-        python_state = random.Random(seed).getstate()
-        numpy_state = np.random.RandomState(seed % 2**32).get_state()
-        return cls(python_state, numpy_state)
-
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        """Swap these states into ``random`` and ``numpy.random`` for the duration."""
-        outer_python, outer_numpy = random.getstate(), np.random.get_state()
-        random.setstate(self.python_state)
-        np.random.set_state(self.numpy_state)
-        try:
-            yield
-        finally:
-            self.python_state, self.numpy_state = random.getstate(), np.random.get_state()
-            random.setstate(outer_python)
-            np.random.set_state(outer_numpy)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serialisable copy (for checkpoints)."""
-        version, internal, gauss = self.python_state
-        name, keys, pos, has_gauss, cached = self.numpy_state
-        return {
-            "python": [version, list(internal), gauss],
-            "numpy": [name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "PromptRNG":
-        """Inverse of `to_json`."""
-        version, internal, gauss = data["python"]
-        name, keys, pos, has_gauss, cached = data["numpy"]
-        numpy_state = (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
-        return cls((version, tuple(internal), gauss), numpy_state)
 
 
 class Rollout:

@@ -21,7 +21,7 @@ from ddpo.core import PerPromptStatTracker
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import callable_name, is_stateful, state_of
-from ddpo.trainer.rollout import PromptRNG
+from ddpo.trainer.prompt_rng import PromptRNG
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from ddpo.trainer.optimisation import (
     train_inner_epoch,
     trainable_named_parameters,
 )
-from ddpo.trainer.rollout import PromptRNG, Rollout, derive_seed
+from ddpo.trainer.prompt_rng import PromptRNG
+from ddpo.trainer.rollout import Rollout, derive_seed
 from ddpo.trainer.run_folder import (
     check_output_dir,
     drop_epochs_from,
