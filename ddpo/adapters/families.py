@@ -17,44 +17,49 @@ those families only."""
 
 
 class Family(NamedTuple):
-    """A model family: its name, the diffusers pipeline classes of its folders, how its policy is
-    built (``load(name, **options)``), and the family-specific options its constructor takes."""
+    """A model family: its name, the diffusers pipeline classes of its folders, its policy class
+    (``policy_class()`` imports it: diffusers loads only when a family is used), and the
+    family-specific options its constructor takes."""
 
     name: str
     pipeline_classes: tuple[str, ...]
-    load: Callable[..., Any]
+    policy_class: Callable[[], type]
     options: tuple[str, ...] = ()
 
+    def load(self, name: str, **options: Any) -> Any:
+        """The family's policy for model ``name`` (``policy_class()(name, **options)``)."""
+        return self.policy_class()(name, **options)
 
-def _load_sd(name: str, **options: Any) -> Any:
+
+def _sd() -> type:
     from ddpo.adapters.default import DefaultDDPOStableDiffusionPipeline
 
-    return DefaultDDPOStableDiffusionPipeline(name, **options)
+    return DefaultDDPOStableDiffusionPipeline
 
 
-def _load_sdxl(name: str, **options: Any) -> Any:
+def _sdxl() -> type:
     from ddpo.adapters.sdxl import DefaultDDPOStableDiffusionXLPipeline
 
-    return DefaultDDPOStableDiffusionXLPipeline(name, **options)
+    return DefaultDDPOStableDiffusionXLPipeline
 
 
-def _load_sd3(name: str, **options: Any) -> Any:
+def _sd3() -> type:
     from ddpo.adapters.sd3 import DefaultDDPOStableDiffusion3Pipeline
 
-    return DefaultDDPOStableDiffusion3Pipeline(name, **options)
+    return DefaultDDPOStableDiffusion3Pipeline
 
 
-def _load_flux(name: str, **options: Any) -> Any:
+def _flux() -> type:
     from ddpo.adapters.flux import DefaultDDPOFluxPipeline
 
-    return DefaultDDPOFluxPipeline(name, **options)
+    return DefaultDDPOFluxPipeline
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("sd", ("StableDiffusionPipeline",), _load_sd),
-    Family("sdxl", ("StableDiffusionXLPipeline",), _load_sdxl),
-    Family("sd3", ("StableDiffusion3Pipeline",), _load_sd3, FLOW_OPTIONS),
-    Family("flux", ("FluxPipeline",), _load_flux, FLOW_OPTIONS),
+    Family("sd", ("StableDiffusionPipeline",), _sd),
+    Family("sdxl", ("StableDiffusionXLPipeline",), _sdxl),
+    Family("sd3", ("StableDiffusion3Pipeline",), _sd3, FLOW_OPTIONS),
+    Family("flux", ("FluxPipeline",), _flux, FLOW_OPTIONS),
 )
 """Every family ddpo trains: Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1."""
 
