@@ -1,5 +1,7 @@
-"""The Flow-GRPO SDE step of a rectified-flow model with the log-density of the step."""
+"""Flow-GRPO's stochastic steps of a rectified-flow model with their log-probabilities: the SDE
+step (``sde_type="sde"``) and the coefficients-preserving step (``sde_type="cps"``)."""
 
+import math
 from typing import Literal, NamedTuple
 
 import torch
@@ -34,6 +36,56 @@ class FlowSDEStepOutput(NamedTuple):
 def _describe(values: Tensor, bad: Tensor) -> str:
     """The offending entries of a per-sample vector, for an error message."""
     return str(values.detach()[bad].tolist())
+
+
+def _check_step(
+    model_output: Tensor,
+    sample: Tensor,
+    sigma: Tensor,
+    sigma_prev: Tensor,
+    noise: Tensor | None,
+    prev_sample: Tensor | None,
+    log_prob_reduction: str,
+) -> None:
+    """The checks both flow steps share: the reduction, exactly one of ``noise`` and
+    ``prev_sample``, the shapes, and ``0 <= sigma_prev < sigma <= 1`` (on CPU, outside tracing).
+
+    Raises:
+        ValueError: naming the argument and the offending value or shape.
+    """
+    if log_prob_reduction not in ("mean", "sum"):
+        raise ValueError(f"log_prob_reduction must be 'mean' or 'sum', got {log_prob_reduction!r}")
+    if (noise is None) == (prev_sample is None):
+        raise ValueError(
+            "give exactly one of noise (sampling) and prev_sample (scoring); got "
+            f"noise={'a tensor' if noise is not None else None}, "
+            f"prev_sample={'a tensor' if prev_sample is not None else None}"
+        )
+    for name, latents in (
+        ("model_output", model_output),
+        ("noise", noise),
+        ("prev_sample", prev_sample),
+    ):
+        if latents is not None and latents.shape != sample.shape:
+            raise ValueError(
+                f"{name} must have sample's shape {tuple(sample.shape)}, got {tuple(latents.shape)}"
+            )
+    for name, values in (("sigma", sigma), ("sigma_prev", sigma_prev)):
+        if values.shape != sample.shape[:1]:
+            raise ValueError(
+                f"{name} must have shape (batch,) = {tuple(sample.shape[:1])}, "
+                f"got {tuple(values.shape)}"
+            )
+    if values_checkable(sigma, sigma_prev):  # (skipped on accelerators: no sync per step)
+        bad = ~((sigma > 0) & (sigma <= 1))
+        if bool(bad.any()):
+            raise ValueError(f"sigma must be in (0, 1], got sigma={_describe(sigma, bad)}")
+        bad = ~((sigma_prev >= 0) & (sigma_prev < sigma))
+        if bool(bad.any()):
+            raise ValueError(
+                f"sigma_prev must be in [0, sigma), got sigma_prev={_describe(sigma_prev, bad)} "
+                f"for sigma={_describe(sigma, bad)}"
+            )
 
 
 def flow_sde_step_with_logprob(
@@ -119,39 +171,7 @@ def flow_sde_step_with_logprob(
         )
     if not 0 < sigma_max < 1:
         raise ValueError(f"sigma_max must be in (0, 1), got sigma_max={sigma_max!r}")
-    if log_prob_reduction not in ("mean", "sum"):
-        raise ValueError(f"log_prob_reduction must be 'mean' or 'sum', got {log_prob_reduction!r}")
-    if (noise is None) == (prev_sample is None):
-        raise ValueError(
-            "give exactly one of noise (sampling) and prev_sample (scoring); got "
-            f"noise={'a tensor' if noise is not None else None}, "
-            f"prev_sample={'a tensor' if prev_sample is not None else None}"
-        )
-    for name, latents in (
-        ("model_output", model_output),
-        ("noise", noise),
-        ("prev_sample", prev_sample),
-    ):
-        if latents is not None and latents.shape != sample.shape:
-            raise ValueError(
-                f"{name} must have sample's shape {tuple(sample.shape)}, got {tuple(latents.shape)}"
-            )
-    for name, values in (("sigma", sigma), ("sigma_prev", sigma_prev)):
-        if values.shape != sample.shape[:1]:
-            raise ValueError(
-                f"{name} must have shape (batch,) = {tuple(sample.shape[:1])}, "
-                f"got {tuple(values.shape)}"
-            )
-    if values_checkable(sigma, sigma_prev):  # (skipped on accelerators: no sync per step)
-        bad = ~((sigma > 0) & (sigma <= 1))
-        if bool(bad.any()):
-            raise ValueError(f"sigma must be in (0, 1], got sigma={_describe(sigma, bad)}")
-        bad = ~((sigma_prev >= 0) & (sigma_prev < sigma))
-        if bool(bad.any()):
-            raise ValueError(
-                f"sigma_prev must be in [0, sigma), got sigma_prev={_describe(sigma_prev, bad)} "
-                f"for sigma={_describe(sigma, bad)}"
-            )
+    _check_step(model_output, sample, sigma, sigma_prev, noise, prev_sample, log_prob_reduction)
 
     dtype = float_dtype(model_output, sample, sigma, sigma_prev)
     x = sample.to(dtype)
@@ -185,5 +205,155 @@ def flow_sde_step_with_logprob(
 
     std_per_sample: Float[Tensor, " batch"] = std_dev_t.reshape(std_dev_t.shape[0])
     return FlowSDEStepOutput(
+        prev_sample=x_prev_out, log_prob=log_prob, mean=mean, std_dev=std_per_sample
+    )
+
+
+class FlowCPSStepOutput(NamedTuple):
+    """Result of :func:`flow_cps_step_with_logprob`.
+
+    Attributes:
+        prev_sample: ``x`` at ``sigma_prev``, ``(batch, channels, height, width)``, in
+            ``sample``'s dtype.
+        log_prob: the step's log-probability in the chosen ``log_prob_form``, ``(batch,)``,
+            float32+.
+        mean: the Gaussian's mean, same shape as ``sample``, float32+.
+        std_dev: the step's standard deviation ``sigma_prev sin(noise_level pi / 2)``,
+            ``(batch,)``, float32+ (Flow-GRPO's ``std_dev_t`` for ``sde_type="cps"``: unlike the
+            SDE step's, it has no ``sqrt(-dt)`` factor).
+    """
+
+    prev_sample: Latents
+    log_prob: PerSample
+    mean: Latents
+    std_dev: PerSample
+
+
+CPSLogProbForm = Literal["flow_grpo", "gaussian"]
+"""How :func:`flow_cps_step_with_logprob` reports the log-probability: Flow-GRPO's
+``-(x_prev - mu)^2`` with every parameter-independent factor dropped, or the exact Gaussian
+log-density."""
+
+
+def flow_cps_step_with_logprob(
+    model_output: Latents,
+    sample: Latents,
+    sigma: PerSample,
+    sigma_prev: PerSample,
+    *,
+    noise_level: float,
+    noise: Latents | None = None,
+    prev_sample: Latents | None = None,
+    log_prob_form: CPSLogProbForm = "flow_grpo",
+    log_prob_reduction: Literal["mean", "sum"] = "mean",
+) -> FlowCPSStepOutput:
+    """One coefficients-preserving sampling (CPS) step ``x_sigma -> x_sigma_prev`` of a
+    rectified-flow model, with its log-probability (Flow-GRPO's ``sde_type="cps"``).
+
+    The model's velocity ``v`` gives the predicted clean sample and the predicted noise of
+    ``x_sigma = (1 - sigma) x_0 + sigma eps``; the step re-noises the predicted clean sample to
+    ``sigma_prev``, splitting the noise coefficient ``sigma_prev`` into the predicted noise's
+    share and fresh noise ``std``, so that the coefficients of ``x_0`` and of the (predicted and
+    fresh) noise stay those of the flow's marginal at ``sigma_prev`` (Wang and Yu, 2025,
+    "Coefficients-Preserving Sampling for Reinforcement Learning with Flow Matching",
+    arXiv 2509.05952)::
+
+        std      = sigma_prev sin(noise_level pi / 2)
+        x0_hat   = x - sigma v
+        eps_hat  = x + (1 - sigma) v
+        mu       = (1 - sigma_prev) x0_hat + sqrt(sigma_prev^2 - std^2) eps_hat
+        x_prev   = mu + std noise
+
+    ``log_prob_form`` picks the log-probability:
+
+    - ``"flow_grpo"`` (the reference): ``reduce(-(x_prev - mu)^2)``. Flow-GRPO drops every
+      factor that does not depend on the model: the Gaussian's ``1 / (2 std^2)``, ``-log std``
+      and ``-log sqrt(2 pi)``. Differences of it (the PPO ratio) are the exact log-ratio times
+      ``2 std^2``, so its ratios are flatter than the Gaussian's where ``std^2 < 1/2``.
+    - ``"gaussian"``: the log-density of ``N(mu, std^2 I)``, as
+      :func:`flow_sde_step_with_logprob` reports for the SDE step.
+
+    The arithmetic follows Flow-GRPO's ``sde_step_with_logprob(..., sde_type="cps")``
+    (``flow_grpo/diffusers_patch/sd3_sde_with_logprob.py``): float32 (float64 for float64
+    inputs), ``std`` from ``sigma_prev`` times the sine taken in double precision. At
+    ``noise_level -> 0`` the step is Euler's ODE step ``x + (sigma_prev - sigma) v``; at 1 it
+    re-noises ``x0_hat`` with fresh noise only. Unlike the SDE step it is finite at
+    ``sigma == 1`` (no ``sigma_max``), and it is deterministic at ``sigma_prev == 0`` (the last
+    step: ``std = 0``, where the ``"gaussian"`` form defines the log-probability as 0, as
+    :func:`flow_sde_step_with_logprob` does for a vanishing step, and the ``"flow_grpo"`` form
+    is ``-reduce((x_prev - mu)^2)`` as written). A sampled ``x_prev`` is rounded to ``sample``'s
+    dtype before its log-probability is taken, and the log-probability is taken at a detached
+    ``x_prev``, so its gradient reaches ``model_output`` through ``mu`` only.
+
+    Args:
+        model_output: the predicted velocity ``v``, ``(batch, channels, height, width)``.
+        sample: ``x`` at ``sigma``, same shape.
+        sigma: each sample's current sigma in ``(0, 1]``, ``(batch,)``.
+        sigma_prev: each sample's next sigma in ``[0, sigma)``, ``(batch,)``.
+        noise_level: Flow-GRPO's ``noise_level`` in ``(0, 1]``: the fresh noise's share of
+            ``sigma_prev`` is ``sin(noise_level pi / 2)`` (Flow-GRPO's CPS configs use 0.8).
+        noise: standard normal noise for sampling mode, same shape as ``sample``.
+        prev_sample: the stored ``x_prev`` for scoring mode, same shape as ``sample``.
+        log_prob_form: ``"flow_grpo"`` (the reference) or ``"gaussian"``.
+        log_prob_reduction: ``"mean"`` over channels, height and width (the reference) or
+            ``"sum"``.
+
+    Returns:
+        :class:`FlowCPSStepOutput` with ``prev_sample`` in ``sample``'s dtype, ``log_prob``
+        ``(batch,)``, ``mean`` (same shape as ``sample``) and ``std_dev`` ``(batch,)``, the last
+        three in float32 or wider.
+
+    Raises:
+        ValueError: on ``noise_level`` outside ``(0, 1]``, an unknown ``log_prob_form`` or
+            ``log_prob_reduction``, a ``sigma`` outside ``(0, 1]``, a ``sigma_prev`` outside
+            ``[0, sigma)``, shapes that disagree with ``sample``'s, or unless exactly one of
+            ``noise`` and ``prev_sample`` is given.
+    """
+    # 0. Arguments.
+    if not 0 < noise_level <= 1:
+        raise ValueError(
+            "noise_level must be in (0, 1] for the CPS step (the fresh noise's share of "
+            f"sigma_prev is sin(noise_level pi / 2)), got noise_level={noise_level!r}"
+        )
+    if log_prob_form not in ("flow_grpo", "gaussian"):
+        raise ValueError(
+            f"log_prob_form must be 'flow_grpo' or 'gaussian', got log_prob_form={log_prob_form!r}"
+        )
+    _check_step(model_output, sample, sigma, sigma_prev, noise, prev_sample, log_prob_reduction)
+
+    dtype = float_dtype(model_output, sample, sigma, sigma_prev)
+    x = sample.to(dtype)
+    v = model_output.to(dtype)
+    sigma_t = per_sample(sigma.to(dtype), x)
+    sigma_next = per_sample(sigma_prev.to(dtype), x)
+
+    # 1. The fresh noise's standard deviation, a share sin(a pi / 2) of sigma_prev.
+    std_dev_t = sigma_next * math.sin(noise_level * math.pi / 2)
+
+    # 2. The predicted clean sample and noise, re-mixed at sigma_prev.
+    pred_original_sample = x - sigma_t * v
+    noise_estimate = x + v * (1 - sigma_t)
+    mean = pred_original_sample * (1 - sigma_next) + noise_estimate * torch.sqrt(
+        sigma_next**2 - std_dev_t**2
+    )
+
+    # 3. Sample (rounded to the caller's dtype) or take the stored transition, and its
+    #    log-probability: the Gaussian's, or Flow-GRPO's with the constants dropped.
+    x_prev_out, log_prob = gaussian_step(
+        mean,
+        std_dev_t,
+        noise=noise,
+        prev_sample=prev_sample,
+        out_dtype=sample.dtype,
+        reduction=log_prob_reduction,
+    )
+    if log_prob_form == "flow_grpo":
+        x_prev = (prev_sample if prev_sample is not None else x_prev_out).to(dtype)
+        residual = -((x_prev.detach() - mean) ** 2)
+        dims = tuple(range(1, residual.ndim))
+        log_prob = residual.mean(dim=dims) if log_prob_reduction == "mean" else residual.sum(dims)
+
+    std_per_sample: Float[Tensor, " batch"] = std_dev_t.reshape(std_dev_t.shape[0])
+    return FlowCPSStepOutput(
         prev_sample=x_prev_out, log_prob=log_prob, mean=mean, std_dev=std_per_sample
     )
