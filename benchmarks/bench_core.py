@@ -74,6 +74,12 @@ def cases(preset: str, device: str) -> list[Case]:
             (model_output, sample, *sigmas),
             {**flow, "prev_sample": other},
         ),
+        (
+            "flow_cps_step_with_logprob",
+            f"{lat} sample",
+            (model_output, sample, *sigmas),
+            {"noise_level": 0.8, "noise": noise},
+        ),
         ("classifier_free_guidance", lat, (model_output, other, 7.5), {}),
         ("rescale_guidance", lat, (model_output, other), {"guidance_rescale": 0.7}),
         ("ppo_clip_loss", f"{b}", (log_prob, old_log_prob, adv), {}),
@@ -83,6 +89,7 @@ def cases(preset: str, device: str) -> list[Case]:
         ("update_per_prompt_stats", f"{n}, {p['prompts']} prompts", (state, prompts, rewards), {}),
         ("clip_advantages", f"{n}", (rewards,), {}),
         ("gaussian_kl", lat, (model_output, other, std_dev), {}),
+        ("flow_grpo_kl", lat, (model_output, other, std_dev), {}),
         ("subsample_timesteps", f"{b}x{steps}", (permutation,), {"timestep_fraction": 0.5}),
     ]
 

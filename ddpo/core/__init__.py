@@ -1,8 +1,10 @@
 """DDPO's math as pure, shape-annotated tensor functions.
 
 - policy: :func:`ddim_step_with_logprob` (``ddim``), Flow-GRPO's SDE step of a rectified-flow
-  model :func:`flow_sde_step_with_logprob` (``flow``), :func:`classifier_free_guidance` and
-  :func:`rescale_guidance` (``guidance``), :func:`gaussian_kl` to a reference policy (``kl``);
+  model :func:`flow_sde_step_with_logprob` and its coefficients-preserving variant
+  :func:`flow_cps_step_with_logprob` (``flow``), :func:`classifier_free_guidance` and
+  :func:`rescale_guidance` (``guidance``), :func:`gaussian_kl` to a reference policy and
+  Flow-GRPO's penalty :func:`flow_grpo_kl` (``kl``);
 - losses: :func:`ppo_clip_loss` (DDPO_IS) and :func:`score_function_loss` (DDPO_SF) (``ppo``);
 - advantages: :func:`normalize_advantages`, :func:`group_normalize_advantages`,
   :func:`clip_advantages` (``advantages``), and per-prompt statistics with history,
@@ -16,9 +18,15 @@ Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPEC
 
 from ddpo.core.advantages import clip_advantages, group_normalize_advantages, normalize_advantages
 from ddpo.core.ddim import DDIMStepOutput, PredictionType, ddim_step_with_logprob
-from ddpo.core.flow import FlowSDEStepOutput, flow_sde_step_with_logprob
+from ddpo.core.flow import (
+    CPSLogProbForm,
+    FlowCPSStepOutput,
+    FlowSDEStepOutput,
+    flow_cps_step_with_logprob,
+    flow_sde_step_with_logprob,
+)
 from ddpo.core.guidance import classifier_free_guidance, rescale_guidance
-from ddpo.core.kl import gaussian_kl
+from ddpo.core.kl import flow_grpo_kl, gaussian_kl
 from ddpo.core.per_prompt import (
     PerPromptStatState,
     PerPromptStatTracker,
@@ -29,7 +37,9 @@ from ddpo.core.ppo import PPOLossOutput, ppo_clip_loss, score_function_loss
 from ddpo.core.timesteps import subsample_timesteps
 
 __all__ = [
+    "CPSLogProbForm",
     "DDIMStepOutput",
+    "FlowCPSStepOutput",
     "FlowSDEStepOutput",
     "PPOLossOutput",
     "PerPromptStatState",
@@ -38,6 +48,8 @@ __all__ = [
     "classifier_free_guidance",
     "clip_advantages",
     "ddim_step_with_logprob",
+    "flow_cps_step_with_logprob",
+    "flow_grpo_kl",
     "flow_sde_step_with_logprob",
     "gaussian_kl",
     "group_normalize_advantages",

@@ -58,3 +58,48 @@ def gaussian_kl(
     # 2. Reduce over the non-batch dimensions.
     dims = tuple(range(1, kl.ndim))
     return kl.mean(dim=dims) if reduction == "mean" else kl.sum(dim=dims)
+
+
+def flow_grpo_kl(mean: Latents, ref_mean: Latents, std_dev_t: PerSample) -> PerSample:
+    """Per-sample KL penalty of Flow-GRPO: the squared mean gap over ``2 std_dev_t^2``.
+
+    Flow-GRPO (Liu et al., 2025, arXiv 2505.05470: the KL term of its GRPO objective,
+    ``kl_loss`` in its ``scripts/train_sd3.py``) penalises the policy's drift from the reference
+    at an SDE step by::
+
+        kl = mean_chw((mu - mu_ref)^2) / (2 std_dev_t^2)
+
+    with ``std_dev_t`` what its step function returns as the standard deviation. For its ``"sde"``
+    step (:func:`~ddpo.core.flow_sde_step_with_logprob`, whose ``std_dev`` is this ``std_t``) that
+    is the diffusion coefficient ``noise_level * sqrt(sigma / (1 - sigma))`` *before* the step
+    size: the step's true standard deviation is ``std_t * sqrt(-dt)``, ``dt = sigma_prev -
+    sigma``, so this penalty is the exact Gaussian KL of :func:`gaussian_kl` times ``-dt``::
+
+        flow_grpo_kl(mu, mu_ref, std_t) = (-dt) * gaussian_kl(mu, mu_ref, std_t * sqrt(-dt))
+
+    (smaller than the exact KL by a factor that changes from step to step: 3.7 to 112 on
+    SD3.5's 10-step schedule, see ``docs/flow_models.md``). Where a step function returns the
+    step's true standard deviation (Flow-GRPO's ``"cps"`` step), the two coincide. The mean is
+    taken over channels, height and width before the division, in Flow-GRPO's order. A zero
+    ``std_dev_t`` (a deterministic step) gives 0 with zero gradient, as in :func:`gaussian_kl`.
+
+    Args:
+        mean: the current policy's step mean ``(batch, channels, height, width)``.
+        ref_mean: the reference policy's step mean, same shape.
+        std_dev_t: Flow-GRPO's ``std_dev_t`` per sample, ``(batch,)``, >= 0.
+
+    Returns:
+        The penalty per sample, ``(batch,)``, in float32 (float64 if an input is float64); its
+        mean over the batch is Flow-GRPO's ``kl_loss``.
+    """
+    dtype = float_dtype(mean, ref_mean, std_dev_t)
+    # 1. Mean squared gap of the two means over the non-batch dimensions.
+    gap = (mean.to(dtype) - ref_mean.to(dtype)).square()
+    mean_gap = gap.mean(dim=tuple(range(1, gap.ndim)))
+    # 2. Over 2 std_dev_t^2 (0 where the step is deterministic; the safe denominator keeps the
+    #    unused branch finite, so no NaN reaches the gradient).
+    std = std_dev_t.to(dtype)
+    stochastic = std > 0
+    safe_std = torch.where(stochastic, std, torch.ones_like(std))
+    kl = mean_gap / (2 * safe_std.square())
+    return torch.where(stochastic, kl, torch.zeros_like(kl))

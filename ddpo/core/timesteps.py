@@ -15,7 +15,10 @@ def subsample_timesteps(
     The reference trains each sample on a random subset of its denoising steps: it shuffles the
     steps of every trajectory independently and keeps a fraction of them (Black et al., 2023,
     arXiv 2305.13301; ``train.timestep_fraction`` of its code). Randomness comes in as data: pass
-    e.g. ``torch.stack([torch.randperm(steps, generator=g) for _ in range(batch)])``.
+    e.g. ``torch.stack([torch.randperm(steps, generator=g) for _ in range(batch)])``. Flow-GRPO
+    (Liu et al., 2025, arXiv 2505.05470) instead trains the first ``int(steps *
+    timestep_fraction)`` steps of every trajectory in sampling order (``0.99`` in its configs:
+    all but the last step): pass the identity, ``torch.arange(steps).expand(batch, steps)``.
 
     Args:
         permutation: a permutation of ``0..steps-1`` per sample, ``(batch, steps)``, integers.

@@ -11,6 +11,7 @@ FUNCTIONS = [name for name in ddpo.core.__all__ if inspect.isfunction(getattr(dd
 AGREED = {
     "ddim_step_with_logprob",
     "flow_sde_step_with_logprob",
+    "flow_cps_step_with_logprob",
     "classifier_free_guidance",
     "rescale_guidance",
     "ppo_clip_loss",
@@ -21,12 +22,19 @@ AGREED = {
     "group_normalize_advantages",
     "clip_advantages",
     "gaussian_kl",
+    "flow_grpo_kl",
     "subsample_timesteps",
 }
 # Hyper-parameters of the agreed interfaces that must be keyword-only.
 KEYWORD_ONLY = {
     "ddim_step_with_logprob": {"eta", "prediction_type", "noise", "prev_sample"},
     "flow_sde_step_with_logprob": {"noise_level", "sigma_max", "noise", "prev_sample"},
+    "flow_cps_step_with_logprob": {
+        "noise_level",
+        "noise",
+        "prev_sample",
+        "log_prob_form",
+    },
     "ppo_clip_loss": {"clip_range"},
     "normalize_advantages": {"eps"},
     "init_per_prompt_stats": {"buffer_size", "min_count"},

@@ -1,7 +1,9 @@
 """Tests of ddpo.core.ppo: TRL parity, properties, gradients, errors."""
 
 import inspect
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import beartype.roar
@@ -10,8 +12,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 from ddpo.core import clip_advantages, ppo_clip_loss, score_function_loss
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 TYPE_ERRORS = (jaxtyping.TypeCheckError, beartype.roar.BeartypeException)
 
@@ -97,6 +102,63 @@ def test_symmetric_float_equals_pair() -> None:
     # |ratio - 1| > clip, the reference's clipfrac
     ratio = torch.exp(lp - old)
     assert a.clip_fraction.item() == ((ratio - 1).abs() > 0.05).float().mean().item()
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data(), n=st.integers(1, 16), clip_range=st.floats(1e-5, 0.9))
+def test_equal_bounds_equal_the_symmetric_loss(
+    data: st.DataObject, n: int, clip_range: float
+) -> None:
+    """``(eps, eps)`` is ``eps``: loss, diagnostics and gradient (Flow-GRPO's ``clip_range_lt =
+    clip_range_gt = clip_range``)."""
+    vec = st.lists(st.floats(-0.5, 0.5, width=32), min_size=n, max_size=n)
+    log_prob, old, adv = (torch.tensor(data.draw(vec)) for _ in range(3))
+    lp_a, lp_b = log_prob.clone().requires_grad_(True), log_prob.clone().requires_grad_(True)
+    a = ppo_clip_loss(lp_a, old, adv, clip_range=clip_range)
+    b = ppo_clip_loss(lp_b, old, adv, clip_range=(clip_range, clip_range))
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    (grad_a,) = torch.autograd.grad(a.loss, lp_a)
+    (grad_b,) = torch.autograd.grad(b.loss, lp_b)
+    assert torch.equal(grad_a, grad_b)
+
+
+def test_matches_flow_grpo_policy_loss() -> None:
+    """Flow-GRPO's per-step ``policy_loss`` on its own tensors (``tests/fixtures/flow_grpo_loss.*``:
+    advantages clipped to ``±adv_clip_max``, then the clipped surrogate at ``clip_range``)."""
+    tensors = load_file(FIXTURES / "flow_grpo_loss.safetensors")
+    cases = json.loads((FIXTURES / "flow_grpo_loss.json").read_text())["cases"]
+    for case in cases:
+        t = {
+            k.split(".", 1)[1]: v
+            for k, v in tensors.items()
+            if k.startswith(f"case{case['case']}.")
+        }
+        advantages = clip_advantages(t["advantages"], adv_clip_max=case["adv_clip_max"])
+        out = ppo_clip_loss(
+            t["log_prob"], t["old_log_prob"], advantages, clip_range=case["clip_range"]
+        )
+        torch.testing.assert_close(out.loss, t["policy_loss"], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("clip_range", "loss", "clip_fraction"),
+    [((0.1, 0.2), (0.9 - 1.2 - 1.2) / 3, 1.0), ((0.6, 0.2), (0.5 - 1.2 - 1.2) / 3, 2 / 3)],
+)
+def test_asymmetric_reference_values(
+    clip_range: tuple[float, float], loss: float, clip_fraction: float
+) -> None:
+    """By hand, with Flow-GRPO's ``clamp(ratio, 1 - clip_range_lt, 1 + clip_range_gt)``: ratios
+    0.5 (A = -1), 1.5 and 1.5 (A = 1); the lower bound 0.9 binds the first, 1.2 the others."""
+    ratio = torch.tensor([0.5, 1.5, 1.5], dtype=torch.float64)
+    out = ppo_clip_loss(
+        ratio.log(),
+        torch.zeros(3, dtype=torch.float64),
+        torch.tensor([-1.0, 1.0, 1.0]),
+        clip_range=clip_range,
+    )
+    assert out.loss.item() == pytest.approx(loss, rel=1e-12)
+    assert out.clip_fraction.item() == pytest.approx(clip_fraction)
 
 
 def test_clip_fraction_counts_each_side_of_an_asymmetric_range() -> None:

@@ -45,6 +45,14 @@ def test_reference_default_keeps_every_step() -> None:
     assert torch.equal(subsample_timesteps(perm), perm)
 
 
+@pytest.mark.parametrize(("steps", "kept"), [(10, 9), (40, 39), (1, 1), (2, 1)])
+def test_identity_keeps_the_first_steps_in_order_as_flow_grpo(steps: int, kept: int) -> None:
+    """Flow-GRPO's ``timestep_fraction = 0.99``: ``int(0.99 N)`` steps, 0 to N - 2 (N >= 2)."""
+    identity = torch.arange(steps).expand(3, steps)
+    out = subsample_timesteps(identity, timestep_fraction=0.99 if steps > 1 else 1.0)
+    assert torch.equal(out, torch.arange(kept).expand(3, kept))
+
+
 @pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5, float("nan")])
 def test_fraction_outside_unit_interval_raises(fraction: float) -> None:
     with pytest.raises(ValueError, match="timestep_fraction"):
