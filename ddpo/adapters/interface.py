@@ -289,10 +289,12 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         negative_prompt_embeds: PromptEmbeds | None,
         guidance_scale: float | int,
     ) -> Latents:
-        """The UNet's prediction, with classifier-free guidance in one batched call if asked."""
+        """The UNet's prediction, with classifier-free guidance in one batched call if asked
+        (negative embeddings given and a scale above 1: sampling guides only then, as diffusers
+        does, so re-scoring must too)."""
         params = next(_unwrap(unet).parameters(), None)
         dtype = params.dtype if params is not None else latents.dtype
-        guided = negative_prompt_embeds is not None and guidance_scale != 1.0
+        guided = negative_prompt_embeds is not None and guidance_scale > 1.0
         if guided:
             assert negative_prompt_embeds is not None
             model_input = torch.cat([latents, latents])
@@ -333,7 +335,7 @@ class DDPOStableDiffusionPipeline(abc.ABC):
             timesteps: each sample's timestep ``t``, ``(batch,)``.
             prompt_embeds: the prompts' text embeddings, ``(batch, tokens, dim)``.
             negative_prompt_embeds: unconditional/negative embeddings for guidance, or ``None``.
-            guidance_scale: classifier-free guidance weight (no guidance at 1 or without
+            guidance_scale: classifier-free guidance weight (no guidance at or below 1, or without
                 negative embeddings).
             eta: the DDIM stochasticity used when sampling, ``> 0``.
             unet: a module to call instead of ``self.unet`` (e.g. the trainer's DDP-wrapped

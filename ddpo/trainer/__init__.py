@@ -5,8 +5,8 @@ from typing import Any
 
 from ddpo.trainer.config import DDPOConfig
 
-# `DDPOTrainer` pulls in accelerate and diffusers: resolved on first use.
-_LAZY = {"DDPOTrainer": "ddpo.trainer.trainer"}
+# `DDPOTrainer` (and its modules) pull in accelerate and diffusers: resolved on first use.
+_LAZY = {"DDPOTrainer": "ddpo.trainer.trainer", "OffPolicyError": "ddpo.trainer.optimisation"}
 
 
 def __getattr__(name: str) -> Any:
@@ -16,4 +16,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-__all__ = ["DDPOConfig", "DDPOTrainer"]
+__all__ = ["DDPOConfig", "DDPOTrainer", "OffPolicyError"]

@@ -9,15 +9,18 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from ddpo.policy import missing_members
+from ddpo.policy import guidance_kind, missing_members
 from ddpo.trainer.config import DDPOConfig
+from ddpo.trainer.config_checks import check_on_policy_guidance
 
 logger = logging.getLogger(__name__)
 
 
 def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
     """TypeError unless ``sd_pipeline`` implements the `ddpo.policy.DiffusionPolicy` boundary;
-    ValueError if its sampler cannot make ``sample_num_steps`` steps. Cheap: no model work."""
+    ValueError if its sampler cannot make ``sample_num_steps`` steps, or if training would
+    re-score another policy than the one that samples (`check_on_policy_guidance`). Cheap: no
+    model work."""
     if isinstance(sd_pipeline, str | os.PathLike):
         raise TypeError(
             f"DDPOTrainer: sd_pipeline must be a pipeline object, got the string {sd_pipeline!r}; "
@@ -33,6 +36,7 @@ def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
             f"{missing}"
         )
     sd_pipeline.check_num_steps(config.sample_num_steps)
+    check_on_policy_guidance(config, guidance_kind(sd_pipeline))
 
 
 def effective_mixed_precision(config: DDPOConfig) -> str:
