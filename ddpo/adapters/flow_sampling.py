@@ -1,18 +1,20 @@
 """Flow-matching sampling shared by the rectified-flow adapters (SD3 now, FLUX next).
 
-What does not depend on the model family: the sampler settings and their checks (``noise_level``
-and the stochastic window), the sigma table of a ``FlowMatchEulerDiscreteScheduler``, the
-trajectory loop that takes Flow-GRPO's SDE step inside the window and diffusers' Euler ODE step
-outside it, the re-scoring of a stored window transition, and the transformer's LoRA weights in
-diffusers' ``transformer.``-prefixed file format. The step math is
-:func:`ddpo.core.flow_sde_step_with_logprob`; a family supplies ``predict(x, t) -> velocity``.
+What does not depend on the model family: the sampler settings and their checks (``noise_level``,
+``sde_type`` and the stochastic window), the sigma table of a ``FlowMatchEulerDiscreteScheduler``,
+the trajectory loop that takes Flow-GRPO's stochastic step inside the window and diffusers' Euler
+ODE step outside it, the re-scoring of a stored window transition, and the transformer's LoRA
+targets and weights in diffusers' ``transformer.``-prefixed file format. The step math is
+:func:`ddpo.core.flow_sde_step_with_logprob` (``sde_type="sde"``) or
+:func:`ddpo.core.flow_cps_step_with_logprob` (``"cps"``); a family supplies ``predict(x, t) ->
+velocity``.
 """
 
 import copy
 import numbers
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, cast, get_args
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
@@ -29,14 +31,35 @@ from ddpo.adapters.sd_weights import (
     lora_config_of_file,
     setup_trainable_unet,
 )
-from ddpo.core import flow_sde_step_with_logprob
+from ddpo.core import flow_cps_step_with_logprob, flow_sde_step_with_logprob
 from ddpo.core._checks import values_checkable
 
 Generators = torch.Generator | list[torch.Generator] | None
 
+SDEType = Literal["sde", "cps"]
+"""Flow-GRPO's ``sde_type``: its SDE step (``"sde"``, :func:`ddpo.core.flow_sde_step_with_logprob`)
+or the coefficients-preserving step (``"cps"``, :func:`ddpo.core.flow_cps_step_with_logprob`)."""
 
-def check_noise_level(noise_level: Any, *, allow_zero: bool = False) -> float:
-    """``noise_level`` as a float: > 0 (>= 0 with ``allow_zero``: 0 means the ODE everywhere).
+
+def check_sde_type(sde_type: Any) -> SDEType:
+    """``sde_type`` checked to be ``"sde"`` or ``"cps"``.
+
+    Raises:
+        ValueError: naming ``sde_type`` and its value.
+    """
+    if sde_type not in get_args(SDEType):
+        raise ValueError(
+            f"sde_type must be one of {get_args(SDEType)} (Flow-GRPO's sde_type), got "
+            f"sde_type={sde_type!r}"
+        )
+    return cast(SDEType, sde_type)
+
+
+def check_noise_level(
+    noise_level: Any, *, allow_zero: bool = False, sde_type: str = "sde"
+) -> float:
+    """``noise_level`` as a float: > 0 (>= 0 with ``allow_zero``: 0 means the ODE everywhere),
+    and at most 1 for ``sde_type="cps"`` (the fresh noise's share ``sin(noise_level pi / 2)``).
 
     Raises:
         ValueError: naming ``noise_level`` and its value.
@@ -47,12 +70,30 @@ def check_noise_level(noise_level: Any, *, allow_zero: bool = False) -> float:
         raise ValueError(f"noise_level must be a number {bound}, got noise_level={noise_level!r}")
     if float(noise_level) == float("inf"):
         raise ValueError(f"noise_level must be finite, got noise_level={noise_level!r}")
+    if sde_type == "cps" and float(noise_level) > 1:
+        raise ValueError(
+            "noise_level must be <= 1 with sde_type='cps' (the fresh noise's share of sigma_prev "
+            f"is sin(noise_level pi / 2); Flow-GRPO's cps configs use 0.8), got "
+            f"noise_level={noise_level!r}"
+        )
     return float(noise_level)
 
 
-def check_window_args(size: Any, start: Any) -> None:
-    """Check ``sde_window_size`` (``None`` or an int >= 1) and ``sde_window_start`` (``None`` or
-    an int >= 0, only with a size); the step count is checked by :func:`check_window`.
+def stochastic_steps(num_steps: int, sde_type: str) -> int:
+    """How many of ``num_steps`` steps can be stochastic: all for ``"sde"``; all but the last for
+    ``"cps"``, whose last step (to ``sigma_prev = 0``) has no noise and is taken as the ODE
+    step (Flow-GRPO's default window, ``(0, num_steps - 1)``, leaves it out too)."""
+    return num_steps - 1 if sde_type == "cps" else num_steps
+
+
+def check_window_args(size: Any, start: Any, window_range: Any = None) -> tuple[int, int] | None:
+    """Check ``sde_window_size`` (``None`` or an int >= 1), ``sde_window_start`` (``None`` or
+    an int >= 0, only with a size) and ``sde_window_range`` (``None`` or two ints ``0 <= low <
+    high`` with room for the window, only with a size and without a start); the step count is
+    checked by :func:`check_window`.
+
+    Returns:
+        ``sde_window_range`` as a tuple (``None`` if not given).
 
     Raises:
         ValueError: naming the argument and its value.
@@ -67,36 +108,93 @@ def check_window_args(size: Any, start: Any) -> None:
             f"sde_window_start={start!r} needs sde_window_size (without a size every step is "
             "stochastic)"
         )
+    if window_range is None:
+        return None
+    ints = isinstance(window_range, (tuple, list)) and len(window_range) == 2
+    ints = ints and all(isinstance(v, int) and not isinstance(v, bool) for v in window_range)
+    if not ints or not 0 <= window_range[0] < window_range[1]:
+        raise ValueError(
+            "sde_window_range must be None or two ints (low, high) with 0 <= low < high (the "
+            f"window's start is drawn in [low, high - sde_window_size]), got "
+            f"sde_window_range={window_range!r}"
+        )
+    low, high = int(window_range[0]), int(window_range[1])
+    if size is None:
+        raise ValueError(
+            f"sde_window_range={window_range!r} needs sde_window_size (it bounds where a window "
+            "of that size is drawn)"
+        )
+    if start is not None:
+        raise ValueError(
+            f"give sde_window_start (a fixed window) or sde_window_range (a drawn one), not both; "
+            f"got sde_window_start={start!r}, sde_window_range={window_range!r}"
+        )
+    if size > high - low:
+        raise ValueError(
+            f"sde_window_size={size} does not fit in sde_window_range={window_range!r} "
+            f"({high - low} steps)"
+        )
+    return low, high
 
 
-def check_window(num_steps: int, size: int | None, start: int | None) -> None:
+def check_window(
+    num_steps: int,
+    size: int | None,
+    start: int | None,
+    window_range: tuple[int, int] | None = None,
+    *,
+    sde_type: str = "sde",
+) -> None:
     """ValueError naming ``DDPOConfig.sample_num_steps`` and the window if the window of
-    ``size`` steps from ``start`` does not fit in ``num_steps`` steps."""
+    ``size`` steps from ``start`` (or drawn in ``window_range``) does not fit in the
+    :func:`stochastic_steps` of ``num_steps`` steps."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"DDPOConfig.sample_num_steps must be an int >= 1, got {num_steps!r}")
-    if size is not None and size > num_steps:
-        raise ValueError(
-            f"sde_window_size={size} is more than DDPOConfig.sample_num_steps={num_steps} steps"
+    last = stochastic_steps(num_steps, sde_type)
+    steps = f"DDPOConfig.sample_num_steps={num_steps}"
+    if last != num_steps:
+        steps += (
+            f" (with sde_type={sde_type!r} the last step has no noise, so steps "
+            f"0..{last - 1} can be stochastic)"
         )
-    if size is not None and start is not None and start + size > num_steps:
+        if last < 1:
+            raise ValueError(f"{steps}: use at least 2 steps")
+    if size is not None and size > last:
+        raise ValueError(f"sde_window_size={size} is more than {steps} steps")
+    if size is not None and start is not None and start + size > last:
         raise ValueError(
             f"sde_window_start={start} with sde_window_size={size} ends at step {start + size}, "
-            f"past DDPOConfig.sample_num_steps={num_steps} (steps are 0..{num_steps - 1})"
+            f"past {steps} (steps are 0..{num_steps - 1})"
+        )
+    if window_range is not None and window_range[1] > last:
+        raise ValueError(
+            f"sde_window_range={window_range!r} ends at step {window_range[1]}, past {steps} "
+            f"(steps are 0..{num_steps - 1})"
         )
 
 
 def choose_window(
-    num_steps: int, size: int | None, start: int | None, generator: Generators
+    num_steps: int,
+    size: int | None,
+    start: int | None,
+    generator: Generators,
+    window_range: tuple[int, int] | None = None,
+    *,
+    sde_type: str = "sde",
 ) -> range:
-    """The steps that use the SDE: all (``size`` None), ``size`` steps from ``start``, or from a
-    start drawn uniformly in ``[0, num_steps - size]`` with ``generator`` (Flow-GRPO-Fast)."""
-    check_window(num_steps, size, start)
+    """The steps that are stochastic: all :func:`stochastic_steps` (``size`` None), ``size``
+    steps from ``start``, or from a start drawn uniformly in ``[low, high - size]`` with
+    ``generator`` (Flow-GRPO-Fast; ``(low, high)`` is ``window_range``, by default every start
+    that fits)."""
+    check_window(num_steps, size, start, window_range, sde_type=sde_type)
+    last = stochastic_steps(num_steps, sde_type)
     if size is None:
-        return range(num_steps)
+        return range(last)
     if start is None:
+        low, high = window_range if window_range is not None else (0, last)
         gen = generator[0] if isinstance(generator, list) else generator
         device = gen.device if gen is not None else torch.device("cpu")
-        start = int(torch.randint(0, num_steps - size + 1, (1,), generator=gen, device=device))
+        start = int(torch.randint(low, high - size + 1, (1,), generator=gen, device=device))
     return range(start, start + size)
 
 
@@ -130,16 +228,22 @@ def flow_schedule(
     return FlowSchedule(num_steps, sigmas, scheduler.timesteps.to(device), sigma_max)
 
 
-def dynamic_shift_mu(scheduler: Any, image_tokens: int) -> float | None:
+def dynamic_shift_mu(
+    scheduler: Any, image_tokens: int, *, default_max_shift: float
+) -> float | None:
     """The resolution-dependent shift ``mu`` for a scheduler with ``use_dynamic_shifting``
     (``None`` without): linear in the image's token count through ``(base_image_seq_len,
-    base_shift)`` and ``(max_image_seq_len, max_shift)``, as diffusers' SD3/FLUX pipelines do."""
+    base_shift)`` and ``(max_image_seq_len, max_shift)``, as diffusers' SD3/FLUX pipelines do.
+    A key the scheduler's config lacks takes the family's stock pipeline's fallback: 256, 4096
+    and 0.5 in both, ``default_max_shift`` for ``max_shift`` (1.16 in ``StableDiffusion3Pipeline``,
+    1.15 in ``FluxPipeline``)."""
     config = scheduler.config
     if not config.get("use_dynamic_shifting", False):
         return None
     low = float(config.get("base_image_seq_len", 256))
     high = float(config.get("max_image_seq_len", 4096))
-    base, top = float(config.get("base_shift", 0.5)), float(config.get("max_shift", 1.16))
+    base = float(config.get("base_shift", 0.5))
+    top = float(config.get("max_shift", default_max_shift))
     slope = (top - base) / (high - low)
     return image_tokens * slope + (base - slope * low)
 
@@ -174,11 +278,13 @@ def sample_flow_trajectory(
     noise_level: float,
     generator: Generators,
     progress: Callable[[Iterable[int]], Iterable[int]] = iter,
+    sde_type: str = "sde",
 ) -> FlowTrajectory:
-    """Integrate from pure noise ``x`` over ``schedule``: Flow-GRPO's SDE step (with noise from
-    ``generator``, drawn as diffusers draws it) at the steps of ``window``, Euler's ODE step at
-    the others (no noise drawn, no log-density). ``window=None``: the ODE everywhere, and every
-    latent is recorded. ``predict(x, t)`` is the family's (guided) velocity at timesteps ``t``.
+    """Integrate from pure noise ``x`` over ``schedule``: Flow-GRPO's stochastic step of
+    ``sde_type`` (with noise from ``generator``, drawn as diffusers draws it) at the steps of
+    ``window``, Euler's ODE step at the others (no noise drawn, no log-density).
+    ``window=None``: the ODE everywhere, and every latent is recorded. ``predict(x, t)`` is the
+    family's (guided) velocity at timesteps ``t``.
 
     Returns:
         :class:`FlowTrajectory`; ``latents`` float32 ``(batch, K + 1, ...)``, the latent before
@@ -194,18 +300,25 @@ def sample_flow_trajectory(
         sigma, sigma_prev = schedule.sigmas[i], schedule.sigmas[i + 1]
         v = predict(x, schedule.timesteps[i].expand(batch))
         if window is not None and i in window:
-            if schedule.sigma_max is None:
-                raise ValueError(f"the {schedule.num_steps}-step schedule has no sigma in (0, 1)")
             noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            step = flow_sde_step_with_logprob(
-                v,
-                x,
-                sigma.expand(batch),
-                sigma_prev.expand(batch),
-                noise_level=noise_level,
-                sigma_max=schedule.sigma_max,
-                noise=noise,
-            )
+            sigmas = (sigma.expand(batch), sigma_prev.expand(batch))
+            if sde_type == "cps":
+                step: Any = flow_cps_step_with_logprob(
+                    v, x, *sigmas, noise_level=noise_level, noise=noise
+                )
+            else:
+                if schedule.sigma_max is None:
+                    raise ValueError(
+                        f"the {schedule.num_steps}-step schedule has no sigma in (0, 1)"
+                    )
+                step = flow_sde_step_with_logprob(
+                    v,
+                    x,
+                    *sigmas,
+                    noise_level=noise_level,
+                    sigma_max=schedule.sigma_max,
+                    noise=noise,
+                )
             x = step.prev_sample
             log_probs.append(step.log_prob.to(torch.float32))
         else:
@@ -217,12 +330,17 @@ def sample_flow_trajectory(
 
 
 class FlowStepScore(NamedTuple):
-    """A re-scored SDE transition: ``log_prob`` ``(batch,)``, the Gaussian's ``mean`` and its
-    standard deviation ``std_dev = std_t sqrt(sigma - sigma_prev)`` ``(batch,)``."""
+    """A re-scored stochastic transition: ``log_prob`` ``(batch,)``, the Gaussian's ``mean`` and
+    its standard deviation ``std_dev`` ``(batch,)`` (``std_t sqrt(sigma - sigma_prev)`` for the
+    SDE step, ``sigma_prev sin(noise_level pi / 2)`` for the CPS step), and
+    ``flow_grpo_std_dev``, what Flow-GRPO's KL penalty divides by (its step function's
+    ``std_dev_t``: for the SDE step ``std_t`` itself, before the step size; for the CPS step the
+    step's standard deviation, ``std_dev``; `ddpo.core.flow_grpo_kl`)."""
 
     log_prob: PerSample
     mean: Latents
     std_dev: PerSample
+    flow_grpo_std_dev: PerSample
 
 
 def score_flow_step(
@@ -233,11 +351,13 @@ def score_flow_step(
     schedule: FlowSchedule,
     *,
     noise_level: float,
+    sde_type: str = "sde",
 ) -> FlowStepScore:
-    """The log-density of stored SDE transitions ``latents -> next_latents`` at schedule
-    positions ``step_indices`` under the velocity ``model_output``
-    (:func:`ddpo.core.flow_sde_step_with_logprob` in scoring mode)."""
-    if schedule.sigma_max is None:
+    """The log-probability of stored stochastic transitions ``latents -> next_latents`` at
+    schedule positions ``step_indices`` under the velocity ``model_output``
+    (:func:`ddpo.core.flow_sde_step_with_logprob` or, for ``sde_type="cps"``,
+    :func:`ddpo.core.flow_cps_step_with_logprob`, in scoring mode)."""
+    if schedule.sigma_max is None and sde_type != "cps":
         raise ValueError(f"the {schedule.num_steps}-step schedule has no sigma in (0, 1)")
     idx = step_indices.to(schedule.sigmas.device).long()
     if values_checkable(idx) and bool(((idx < 0) | (idx >= schedule.num_steps)).any()):
@@ -246,6 +366,17 @@ def score_flow_step(
         )
     sigma, sigma_prev = schedule.sigmas[idx], schedule.sigmas[idx + 1]
     device = latents.device
+    if sde_type == "cps":
+        cps = flow_cps_step_with_logprob(
+            model_output,
+            latents,
+            sigma.to(device),
+            sigma_prev.to(device),
+            noise_level=noise_level,
+            prev_sample=next_latents,
+        )
+        return FlowStepScore(cps.log_prob, cps.mean, cps.std_dev, cps.std_dev)
+    assert schedule.sigma_max is not None
     out = flow_sde_step_with_logprob(
         model_output,
         latents,
@@ -258,7 +389,7 @@ def score_flow_step(
     step_std = out.std_dev * torch.sqrt(sigma - sigma_prev).to(
         device=device, dtype=out.std_dev.dtype
     )
-    return FlowStepScore(out.log_prob, out.mean, step_std)
+    return FlowStepScore(out.log_prob, out.mean, step_std, out.std_dev)
 
 
 def decode_flow_latents(pipe: Any, latents: Latents, output_type: str) -> Any:
@@ -279,6 +410,34 @@ def decode_flow_latents(pipe: Any, latents: Latents, output_type: str) -> Any:
 # ---- the transformer's LoRA weights (diffusers' ``transformer.`` file format) -------------------
 
 TRANSFORMER_PREFIX = "transformer."
+
+FEED_FORWARD_TARGET_MODULES: Final[tuple[str, ...]] = (
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+)
+"""The feed-forward layers of the SD3 and FLUX.1 joint blocks (image and text streams) that
+Flow-GRPO's FLUX LoRA adapts besides the attention projections (``scripts/train_flux.py``)."""
+
+LoraTargets = Literal["attention", "attention_ff"]
+"""Which transformer layers new LoRA adapters wrap: the attention projections, or those and the
+joint blocks' feed-forward layers (:data:`FEED_FORWARD_TARGET_MODULES`)."""
+
+
+def lora_target_modules(attention: tuple[str, ...], lora_targets: Any) -> tuple[str, ...]:
+    """The peft ``target_modules`` of ``lora_targets``: a family's ``attention`` projections,
+    with the feed-forward layers for ``"attention_ff"``.
+
+    Raises:
+        ValueError: naming ``lora_targets`` and its value.
+    """
+    if lora_targets not in get_args(LoraTargets):
+        raise ValueError(
+            f"lora_targets must be one of {get_args(LoraTargets)}, got "
+            f"lora_targets={lora_targets!r}"
+        )
+    return attention + (FEED_FORWARD_TARGET_MODULES if lora_targets == "attention_ff" else ())
 
 
 def transformer_lora_config(
@@ -351,10 +510,14 @@ def write_transformer_lora(
 
 
 __all__ = [
+    "FEED_FORWARD_TARGET_MODULES",
     "FlowSchedule",
     "FlowStepScore",
     "FlowTrajectory",
+    "LoraTargets",
+    "SDEType",
     "check_noise_level",
+    "check_sde_type",
     "check_window",
     "check_window_args",
     "choose_window",
@@ -362,11 +525,13 @@ __all__ = [
     "dynamic_shift_mu",
     "flow_schedule",
     "load_transformer_lora",
+    "lora_target_modules",
     "ode_step",
     "probe_schedule",
     "sample_flow_trajectory",
     "score_flow_step",
     "setup_trainable_transformer",
+    "stochastic_steps",
     "transformer_lora_config",
     "write_transformer_lora",
 ]

@@ -26,9 +26,13 @@ from torch import nn
 from ddpo._typing import Latents, PerSample
 from ddpo.adapters.flow_sampling import (
     FlowSchedule,
+    LoraTargets,
+    SDEType,
     check_noise_level,
+    check_sde_type,
     check_window_args,
     dynamic_shift_mu,
+    lora_target_modules,
     setup_trainable_transformer,
     transformer_lora_config,
     write_transformer_lora,
@@ -56,8 +60,19 @@ FLUX_LORA_TARGET_MODULES: Final[tuple[str, ...]] = (
     "attn.to_q",
     "attn.to_v",
 )
-"""The attention projections of FLUX's double- and single-stream blocks that diffusers' FLUX
-LoRA training adapts (its default list adds the feed-forward layers) and Flow-GRPO trains."""
+"""The attention projections of FLUX's double- and single-stream blocks (``lora_targets=
+"attention"``, the default). Flow-GRPO's FLUX LoRA (rank 64, alpha 128, its
+``scripts/train_flux.py``) and diffusers' FLUX LoRA training also adapt the double-stream
+blocks' feed-forward layers: ``lora_targets="attention_ff"``
+(:data:`ddpo.adapters.flow_sampling.FEED_FORWARD_TARGET_MODULES`)."""
+
+FLUX_DEFAULT_MAX_SHIFT: Final[float] = 1.15
+"""``max_shift`` where the scheduler's config lacks it, as ``FluxPipeline`` falls back
+(``calculate_shift``'s default; SD3's pipeline falls back to 1.16)."""
+
+FLUX_DEFAULT_SAMPLE_SIZE: Final[int] = 128
+"""``FluxPipeline.default_sample_size``: the default image side is this times the VAE factor
+(1024 px for FLUX.1) where the VAE's config has no ``sample_size``."""
 
 
 @final
@@ -67,24 +82,40 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
     Implements :class:`ddpo.policy.DiffusionPolicy`. Loads a built-in name, a local FLUX.1 folder
     or a hub id (or a folder of :meth:`save_lora_weights`, on top of its base); freezes the VAE
     and both text encoders. With ``use_lora=True`` rank-``lora_rank`` adapters on
-    :data:`FLUX_LORA_TARGET_MODULES` train (float32); otherwise the whole transformer trains in
+    :data:`FLUX_LORA_TARGET_MODULES` (the attention projections; with
+    ``lora_targets="attention_ff"`` also the double-stream blocks' feed-forward layers, as
+    Flow-GRPO's FLUX LoRA) train (float32); otherwise the whole transformer trains in
     float32 with a frozen copy as the KL reference. The trainer's ``guidance_scale`` goes to the
     guidance embedding of guidance-distilled models (FLUX.1-dev; ignored by FLUX.1-schnell);
     ``guided`` (true CFG, a doubled batch) does not apply, the negative prompt is not used, and
-    ``eta`` (DDIM's) is ignored: the sampler is set by ``noise_level`` and the window.
+    ``eta`` (DDIM's) is ignored: the sampler is set by ``sde_type``, ``noise_level`` and the
+    window.
 
     Args:
         pretrained_model_name: built-in name, local FLUX.1 folder or hub id.
         pretrained_model_revision: hub revision.
-        use_lora, lora_rank, lora_alpha: LoRA (default) or full fine-tuning; scale alpha/rank.
+        use_lora, lora_rank, lora_alpha: LoRA (default) or full fine-tuning; scale alpha/rank
+            (Flow-GRPO's FLUX LoRA: rank 64, alpha 128, ``lora_targets="attention_ff"``).
+        lora_targets: new adapters on the ``"attention"`` projections (default) or on those and
+            the double-stream blocks' feed-forward layers (``"attention_ff"``); a saved adapter
+            keeps its own targets.
         torch_dtype: dtype of the frozen weights (``None``: as saved).
         resolution: image size ``(height, width)`` or one int (default: the VAE's
-            ``sample_size``, 1024 for FLUX.1), a multiple of 2 x the VAE factor (packing).
-        noise_level: Flow-GRPO's ``a`` in ``std_t = a sqrt(sigma / (1 - sigma))``, > 0.
-        sde_window_size: ``None`` (every step is stochastic and trained) or ``k >= 1``
-            consecutive stochastic steps; the others take the ODE step and are not trained.
+            ``sample_size``, 1024 for FLUX.1; without one, 128 x the VAE factor as
+            ``FluxPipeline``), a multiple of 2 x the VAE factor (packing).
+        noise_level: Flow-GRPO's ``noise_level``: ``a`` in ``std_t = a sqrt(sigma / (1 -
+            sigma))`` for ``sde_type="sde"``, > 0; the fresh noise's share
+            ``sin(a pi / 2)`` of ``sigma_prev`` for ``"cps"``, in ``(0, 1]``.
+        sde_type: Flow-GRPO's ``sde_type``: its SDE step (``"sde"``) or the
+            coefficients-preserving step (``"cps"``, with Flow-GRPO's log-probability; its last
+            step has no noise and is an ODE step).
+        sde_window_size: ``None`` (every step is stochastic and trained; for ``"cps"`` all but
+            the last) or ``k >= 1`` consecutive stochastic steps; the others take the ODE step
+            and are not trained.
         sde_window_start: the window's first step, or ``None`` to draw it per rollout from the
             rollout's generator, uniformly in ``[0, num_steps - k]`` (Flow-GRPO-Fast).
+        sde_window_range: ``(low, high)``: draw the start in ``[low, high - k]`` instead, so the
+            window lies in steps ``low..high - 1`` (Flow-GRPO's ``sde_window_range``).
         max_sequence_length: T5 tokens, 1 to 512 (512 as in diffusers).
         device: where to put the model (``None``: CPU).
         lora_init_seed: seed of the new adapters' initialisation (forked RNG).
@@ -106,11 +137,14 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
         use_lora: bool = True,
         lora_rank: int = 4,
         lora_alpha: float | int = 4,
+        lora_targets: LoraTargets = "attention",
         torch_dtype: torch.dtype | None = None,
         resolution: int | Size | None = None,
         noise_level: float | int = 0.7,
+        sde_type: SDEType = "sde",
         sde_window_size: int | None = None,
         sde_window_start: int | None = None,
+        sde_window_range: tuple[int, int] | None = None,
         max_sequence_length: int = 512,
         device: str | torch.device | None = None,
         lora_init_seed: int = 0,
@@ -122,9 +156,13 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
             torch_dtype=torch_dtype,
             lora_init_seed=lora_init_seed,
         )
-        self.noise_level = check_noise_level(noise_level)
-        check_window_args(sde_window_size, sde_window_start)
+        self.sde_type = check_sde_type(sde_type)
+        self.noise_level = check_noise_level(noise_level, sde_type=sde_type)
+        self.sde_window_range = check_window_args(
+            sde_window_size, sde_window_start, sde_window_range
+        )
         self.sde_window_size, self.sde_window_start = sde_window_size, sde_window_start
+        targets = lora_target_modules(FLUX_LORA_TARGET_MODULES, lora_targets)
         self.max_sequence_length = check_max_sequence_length(max_sequence_length)
         size = check_size(resolution, "resolution")
         source = resolve_model_source(pretrained_model_name, pretrained_model_revision)
@@ -132,13 +170,11 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
         factor = flux_latent_factor(source.folder)
         if size is None:  # the VAE's native size (1024 for FLUX.1, as FluxPipeline's default)
             side = read_json_object(source.folder / "vae" / "config.json").get("sample_size")
-            side = side if isinstance(side, int) else 1024
+            side = side if isinstance(side, int) else FLUX_DEFAULT_SAMPLE_SIZE * factor
             size = (side, side)
         self.resolution: Size = check_flux_resolution(size, latent_factor=factor)
         self.guidance_embeds = bool(transformer_config.get("guidance_embeds", False))
-        lora_config = transformer_lora_config(
-            lora_rank, lora_alpha, FLUX_LORA_TARGET_MODULES, source.lora_file
-        )
+        lora_config = transformer_lora_config(lora_rank, lora_alpha, targets, source.lora_file)
 
         # 2. Load the wrapped diffusers pipeline; freeze the VAE and the text encoders.
         flux = FluxPipeline.from_pretrained(source.folder, torch_dtype=torch_dtype)
@@ -174,7 +210,8 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
         """The schedule's shift at this resolution: linear in the packed tokens (``None``
         unless the scheduler uses dynamic shifting)."""
         height, width = self._latent_size()
-        return dynamic_shift_mu(self.scheduler, (height // 2) * (width // 2))
+        tokens = (height // 2) * (width // 2)
+        return dynamic_shift_mu(self.scheduler, tokens, default_max_shift=FLUX_DEFAULT_MAX_SHIFT)
 
     def _flow_schedule(
         self, scheduler: Any, num_steps: int, device: torch.device | None = None
@@ -230,4 +267,9 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
         return self._weights_dtype
 
 
-__all__ = ["FLUX_LORA_TARGET_MODULES", "DefaultDDPOFluxPipeline"]
+__all__ = [
+    "FLUX_DEFAULT_MAX_SHIFT",
+    "FLUX_DEFAULT_SAMPLE_SIZE",
+    "FLUX_LORA_TARGET_MODULES",
+    "DefaultDDPOFluxPipeline",
+]

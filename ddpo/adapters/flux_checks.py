@@ -78,9 +78,11 @@ def check_flux_folder(folder: Path) -> dict[str, Any]:
 
 
 def flux_latent_factor(folder: Path) -> int:
-    """Pixels per latent along a side: ``2 ** (len(vae.block_out_channels) - 1)``."""
+    """Pixels per latent along a side: ``2 ** (len(vae.block_out_channels) - 1)``, as the stock
+    pipeline's ``vae_scale_factor`` (``AutoencoderKL``'s one block, factor 1, where the config
+    lacks the key)."""
     vae = folder_config(folder, "vae", "FLUX.1")
-    return int(2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1))
+    return int(2 ** (len(vae.get("block_out_channels", [64])) - 1))
 
 
 def check_flux_resolution(resolution: Size, *, latent_factor: int) -> Size:

@@ -21,10 +21,14 @@ from torch import Tensor, nn
 from ddpo._typing import Latents, PerSample
 from ddpo.adapters.flow_sampling import (
     FlowSchedule,
+    LoraTargets,
+    SDEType,
     check_noise_level,
+    check_sde_type,
     check_window_args,
     dynamic_shift_mu,
     flow_schedule,
+    lora_target_modules,
     setup_trainable_transformer,
     transformer_lora_config,
     write_transformer_lora,
@@ -49,6 +53,10 @@ SD3_LORA_TARGET_MODULES: Final[tuple[str, ...]] = (
 )
 """The joint-attention projections diffusers' SD3 LoRA training (and Flow-GRPO) adapts."""
 
+SD3_DEFAULT_MAX_SHIFT: Final[float] = 1.16
+"""``max_shift`` where the scheduler's config lacks it, as ``StableDiffusion3Pipeline`` falls
+back (its dynamic shift; FLUX's pipeline falls back to 1.15)."""
+
 
 @final
 class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
@@ -57,22 +65,35 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
     Implements :class:`ddpo.policy.DiffusionPolicy`. Loads a built-in name, a local SD3/SD3.5
     folder or a hub id (or a folder of :meth:`save_lora_weights`, on top of its base); freezes
     the VAE and the three text encoders. With ``use_lora=True`` rank-``lora_rank`` adapters on
-    :data:`SD3_LORA_TARGET_MODULES` train (float32); otherwise the whole transformer trains in
+    :data:`SD3_LORA_TARGET_MODULES` (with ``lora_targets="attention_ff"`` also on the joint
+    blocks' feed-forward layers) train (float32); otherwise the whole transformer trains in
     float32 with a frozen copy as the KL reference. ``eta`` (DDIM's) is accepted and ignored:
-    the sampler is set by ``noise_level`` and the window.
+    the sampler is set by ``sde_type``, ``noise_level`` and the window.
 
     Args:
         pretrained_model_name: built-in name, local SD3 folder or hub id.
         pretrained_model_revision: hub revision.
         use_lora, lora_rank, lora_alpha: LoRA (default) or full fine-tuning; scale alpha/rank.
+        lora_targets: new adapters on the ``"attention"`` projections (default) or on those and
+            the joint blocks' feed-forward layers (``"attention_ff"``); a saved adapter keeps
+            its own targets.
         torch_dtype: dtype of the frozen weights (``None``: as saved).
         resolution: image size ``(height, width)`` or one int (default: the transformer's
             sample size times the VAE factor), a multiple of VAE factor x patch size.
-        noise_level: Flow-GRPO's ``a`` in ``std_t = a sqrt(sigma / (1 - sigma))``, > 0.
-        sde_window_size: ``None`` (every step is stochastic and trained) or ``k >= 1``
-            consecutive stochastic steps; the others take the ODE step and are not trained.
+        noise_level: Flow-GRPO's ``noise_level``: ``a`` in ``std_t = a sqrt(sigma / (1 -
+            sigma))`` for ``sde_type="sde"``, > 0; the fresh noise's share
+            ``sin(a pi / 2)`` of ``sigma_prev`` for ``"cps"``, in ``(0, 1]``.
+        sde_type: Flow-GRPO's ``sde_type``: its SDE step (``"sde"``,
+            :func:`ddpo.core.flow_sde_step_with_logprob`) or the coefficients-preserving step
+            (``"cps"``, :func:`ddpo.core.flow_cps_step_with_logprob`, with Flow-GRPO's
+            log-probability; its last step has no noise and is an ODE step).
+        sde_window_size: ``None`` (every step is stochastic and trained; for ``"cps"`` all but
+            the last) or ``k >= 1`` consecutive stochastic steps; the others take the ODE step
+            and are not trained.
         sde_window_start: the window's first step, or ``None`` to draw it per rollout from the
             rollout's generator, uniformly in ``[0, num_steps - k]`` (Flow-GRPO-Fast).
+        sde_window_range: ``(low, high)``: draw the start in ``[low, high - k]`` instead, so the
+            window lies in steps ``low..high - 1`` (Flow-GRPO's ``sde_window_range``).
         max_sequence_length: T5 tokens (256 as in diffusers).
         device: where to put the model (``None``: CPU).
         lora_init_seed: seed of the new adapters' initialisation (forked RNG).
@@ -97,11 +118,14 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         use_lora: bool = True,
         lora_rank: int = 4,
         lora_alpha: float | int = 4,
+        lora_targets: LoraTargets = "attention",
         torch_dtype: torch.dtype | None = None,
         resolution: int | Size | None = None,
         noise_level: float | int = 0.7,
+        sde_type: SDEType = "sde",
         sde_window_size: int | None = None,
         sde_window_start: int | None = None,
+        sde_window_range: tuple[int, int] | None = None,
         max_sequence_length: int = 256,
         device: str | torch.device | None = None,
         lora_init_seed: int = 0,
@@ -113,9 +137,13 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
             torch_dtype=torch_dtype,
             lora_init_seed=lora_init_seed,
         )
-        self.noise_level = check_noise_level(noise_level)
-        check_window_args(sde_window_size, sde_window_start)
+        self.sde_type = check_sde_type(sde_type)
+        self.noise_level = check_noise_level(noise_level, sde_type=sde_type)
+        self.sde_window_range = check_window_args(
+            sde_window_size, sde_window_start, sde_window_range
+        )
         self.sde_window_size, self.sde_window_start = sde_window_size, sde_window_start
+        targets = lora_target_modules(SD3_LORA_TARGET_MODULES, lora_targets)
         if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):
             raise ValueError(f"max_sequence_length must be an int, got {max_sequence_length!r}")
         if max_sequence_length < 1:
@@ -130,9 +158,7 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
             side = int(transformer_config.get("sample_size", 128)) * factor
             size = (side, side)
         self.resolution: Size = check_sd3_resolution(size, latent_factor=factor, patch_size=patch)
-        lora_config = transformer_lora_config(
-            lora_rank, lora_alpha, SD3_LORA_TARGET_MODULES, source.lora_file
-        )
+        lora_config = transformer_lora_config(lora_rank, lora_alpha, targets, source.lora_file)
 
         # 2. Load the wrapped diffusers pipeline; freeze the VAE and the text encoders.
         sd3 = StableDiffusion3Pipeline.from_pretrained(source.folder, torch_dtype=torch_dtype)
@@ -165,7 +191,7 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         """The dynamic shift of the schedule at this resolution (``None`` unless configured)."""
         scale = int(self._sd.vae_scale_factor) * int(self._sd.patch_size)
         tokens = (self.resolution[0] // scale) * (self.resolution[1] // scale)
-        return dynamic_shift_mu(self.scheduler, tokens)
+        return dynamic_shift_mu(self.scheduler, tokens, default_max_shift=SD3_DEFAULT_MAX_SHIFT)
 
     def _flow_schedule(
         self, scheduler: Any, num_steps: int, device: torch.device | None = None
@@ -273,4 +299,8 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         return self._weights_dtype
 
 
-__all__ = ["SD3_LORA_TARGET_MODULES", "DefaultDDPOStableDiffusion3Pipeline"]
+__all__ = [
+    "SD3_DEFAULT_MAX_SHIFT",
+    "SD3_LORA_TARGET_MODULES",
+    "DefaultDDPOStableDiffusion3Pipeline",
+]

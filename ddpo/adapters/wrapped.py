@@ -12,7 +12,7 @@ import abc
 import contextlib
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,6 +32,7 @@ from ddpo.adapters.flow_sampling import (
     decode_flow_latents,
     sample_flow_trajectory,
     score_flow_step,
+    stochastic_steps,
 )
 from ddpo.adapters.interface import DDPOPipelineOutput
 from ddpo.adapters.sampling import OUTPUT_TYPES, Size, _unwrap, check_prompts
@@ -177,7 +178,8 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     and trained), deterministic ODE steps outside it.
 
     Subclasses set ``noise_level``, ``sde_window_size``, ``sde_window_start`` and
-    ``resolution``, and implement the schedule, the latent shape and the velocity.
+    ``resolution`` (and, if not the defaults, ``sde_window_range`` and ``sde_type``), and
+    implement the schedule, the latent shape and the velocity.
     """
 
     denoiser_name = "transformer"
@@ -190,6 +192,8 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     noise_level: float
     sde_window_size: int | None
     sde_window_start: int | None
+    sde_window_range: tuple[int, int] | None = None
+    sde_type: str = "sde"
     resolution: Size
     _schedule: FlowSchedule | None = None
 
@@ -223,7 +227,7 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     def check_num_steps(self, num_steps: int) -> None:
         """ValueError naming ``DDPOConfig.sample_num_steps`` (and the window) if the window does
         not fit in ``num_steps`` or the schedule has no sigma below 1 for the SDE."""
-        check_window(num_steps, self.sde_window_size, self.sde_window_start)
+        check_window(num_steps, *self._window_args()[:3], sde_type=self.sde_type)
         if self._flow_schedule(copy.deepcopy(self.scheduler), num_steps).sigma_max is None:
             raise ValueError(
                 f"DDPOConfig.sample_num_steps={num_steps}: the flow schedule has no sigma in "
@@ -232,8 +236,14 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
 
     def transitions_per_rollout(self, num_steps: int) -> int:
         """``K``, the stochastic (recorded, trained) steps of a ``num_steps``-step rollout."""
-        check_window(num_steps, self.sde_window_size, self.sde_window_start)
-        return num_steps if self.sde_window_size is None else self.sde_window_size
+        check_window(num_steps, *self._window_args()[:3], sde_type=self.sde_type)
+        if self.sde_window_size is None:
+            return stochastic_steps(num_steps, self.sde_type)
+        return self.sde_window_size
+
+    def _window_args(self) -> tuple[int | None, int | None, tuple[int, int] | None, str]:
+        """``sde_window_size``, ``sde_window_start``, ``sde_window_range`` and ``sde_type``."""
+        return self.sde_window_size, self.sde_window_start, self.sde_window_range, self.sde_type
 
     def _sample(
         self,
@@ -265,15 +275,15 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             window = None
             if noise_level > 0:
                 self._schedule = schedule
-                size, start = self.sde_window_size, self.sde_window_start
-                window = choose_window(num_steps, size, start, generator)
+                size, start, bounds, sde_type = self._window_args()
+                window = choose_window(num_steps, size, start, generator, bounds, sde_type=sde_type)
 
             def predict(x: Latents, t: PerSample) -> Latents:
                 return self._velocity(self.transformer, conditioning, x, t, guidance_scale, guided)
 
             trajectory = sample_flow_trajectory(
                 predict, x, schedule, window=window, noise_level=noise_level,
-                generator=generator, progress=self._sd.progress_bar,
+                generator=generator, progress=self._sd.progress_bar, sde_type=self.sde_type,
             )  # fmt: skip
             images = decode_flow_latents(self._sd, trajectory.final, output_type)
         return DDPOPipelineOutput(images, trajectory.latents, trajectory.log_probs), window
@@ -286,16 +296,31 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         guidance_scale: float,
         eta: float,
         generator: torch.Generator,
+        initial_noise_generators: Sequence[torch.Generator] | None = None,
     ) -> PolicyRollout:
         """Sample one trajectory per row; record only the window's ``K`` SDE transitions:
         ``latents`` ``(batch, K + 1, C, h, w)``, ``log_probs`` ``(batch, K)``, ``timesteps``
-        the K step indices (int64). ``eta`` is ignored (flow policies use ``noise_level``)."""
+        the K step indices (int64). ``eta`` is ignored (flow policies use ``noise_level``).
+        ``initial_noise_generators``: one generator per row that draws the row's initial noise
+        ``x_T`` (otherwise drawn with ``generator``, which draws the steps' noise either way)."""
+        latents = None
+        if initial_noise_generators is not None:
+            generators = list(initial_noise_generators)
+            if len(generators) != len(conditioning):
+                raise ValueError(
+                    f"initial_noise_generators must hold one generator per row "
+                    f"({len(conditioning)}), got {len(generators)}"
+                )
+            shape = self._latent_shape(len(conditioning))
+            dtype = conditioning["prompt_embeds"].dtype  # as diffusers draws x_T
+            latents = randn_tensor(shape, generator=generators, device=self.device, dtype=dtype)
         out, window = self._sample(
             conditioning,
             num_steps=num_steps,
             guidance_scale=guidance_scale,
             noise_level=self.noise_level,
             generator=generator,
+            latents=latents,
         )
         assert window is not None
         steps = torch.arange(window.start, window.stop, dtype=torch.int64, device=self.device)
@@ -325,8 +350,9 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         use_cfg = guided and guidance_scale > 1.0
         velocity = self._velocity(transformer, conditioning, latents, t, guidance_scale, use_cfg)
         return score_flow_step(
-            velocity, latents, next_latents, timesteps, self._schedule, noise_level=self.noise_level
-        )
+            velocity, latents, next_latents, timesteps, self._schedule,
+            noise_level=self.noise_level, sde_type=self.sde_type,
+        )  # fmt: skip
 
     def __call__(
         self,
@@ -351,7 +377,7 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             raise ValueError(f"num_inference_steps must be >= 1, got {steps!r}")
         level = self.noise_level
         if noise_level is not None:
-            level = check_noise_level(noise_level, allow_zero=True)
+            level = check_noise_level(noise_level, allow_zero=True, sde_type=self.sde_type)
         conditioning = self.encode(check_prompts(prompt), negative_prompt)
         out, _ = self._sample(
             conditioning,
