@@ -20,10 +20,15 @@ What a new family writes (see CONTRIBUTING.md):
   = "auto"`` resolves to for this family when per-prompt tracking is off (default: TRL's
   ``"global"``);
 - optionally ``compile_regions``: the class names of the denoiser's repeated blocks that
-  ``DDPOConfig.compile_denoiser`` compiles (default: the diffusers model's ``_repeated_blocks``).
+  ``DDPOConfig.compile_denoiser`` compiles (default: the diffusers model's ``_repeated_blocks``);
+- optionally a keyword ``initial_noise_generators`` of ``rollout``
+  (``Sequence[torch.Generator] | None = None``): one generator per row that draws the row's
+  initial noise ``x_T`` (the steps' noise still comes from ``generator``), which
+  ``DDPOConfig.sample_same_latent`` needs (`accepts_initial_noise`; the flow policies take it).
 """
 
 import contextlib
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -173,6 +178,18 @@ class DiffusionPolicy(Protocol):
         ...
 
 
+def accepts_initial_noise(policy: Any) -> bool:
+    """Whether ``policy.rollout`` takes the optional ``initial_noise_generators`` keyword."""
+    rollout = getattr(policy, "rollout", None)
+    if rollout is None:
+        return False
+    try:
+        parameters = inspect.signature(rollout).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return False
+    return "initial_noise_generators" in parameters
+
+
 def missing_members(obj: Any) -> list[str]:
     """The `DiffusionPolicy` members ``obj`` lacks (empty when it implements the boundary)."""
     names = [
@@ -195,5 +212,6 @@ __all__ = [
     "DiffusionPolicy",
     "PolicyRollout",
     "StepScore",
+    "accepts_initial_noise",
     "missing_members",
 ]

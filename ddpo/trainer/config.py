@@ -174,6 +174,16 @@ class DDPOConfig:
     logging, ``save_freq``, ...) may always change."""
 
     # ----------------------------------------------------------------------------------------
+    # Initial noise shared by a prompt's samples (Flow-GRPO's sample.same_latent)
+    sample_same_latent: bool = False
+    """Start every sample of the same prompt in an epoch from the same initial noise ``x_T``
+    (the steps' noise still differs), as Flow-GRPO's ``sample.same_latent``: ``x_T`` is drawn
+    from a seed mixed from ``seed``, the epoch and the prompt's SHA-256, so a prompt's samples
+    share it in any sampling batch, on any process, and after a resume. Needs a policy whose
+    ``rollout`` takes ``initial_noise_generators`` (SD3, FLUX.1); the others are refused before
+    sampling."""
+
+    # ----------------------------------------------------------------------------------------
     # Throughput (`ddpo.trainer.speed`); none of these changes the math, only its speed
     compile_denoiser: bool = False
     """``torch.compile`` the denoiser regionally: each of its repeated blocks (diffusers'

@@ -28,6 +28,7 @@ BOOL_FIELDS: tuple[str, ...] = (
     "compile_denoiser",
     "sample_cuda_graphs",
     "channels_last",
+    "sample_same_latent",
 )
 STR_FIELDS: tuple[str, ...] = (
     "exp_name",

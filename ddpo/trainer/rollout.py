@@ -6,6 +6,7 @@ arise, and scores each batch with the reward function, in a thread pool overlapp
 batch when ``async_reward_computation``. The epoch's samples come back as `Trajectories`.
 """
 
+import hashlib
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ddpo._typing import PerSample, Trajectory
-from ddpo.policy import Conditioning
+from ddpo.policy import Conditioning, accepts_initial_noise
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import check_prompt, check_rewards
 from ddpo.trainer.prompt_cache import PromptEmbeddingCache
@@ -27,6 +28,7 @@ from ddpo.trainer.timing import PhaseTimer
 SAMPLE_STREAM = 1
 TRAIN_STREAM = 2
 PROMPT_STREAM = 3
+INITIAL_NOISE_STREAM = 4
 
 StepLatents = Float[Tensor, "batch steps channels height width"]
 
@@ -35,6 +37,16 @@ def derive_seed(*keys: int) -> int:
     """A 63-bit seed mixed from integer keys (seed, stream, process, epoch, batch, ...)."""
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31) ^ int(state[1])
+
+
+def initial_noise_seed(seed: int, epoch: int, prompt: str) -> int:
+    """The seed of ``prompt``'s initial noise ``x_T`` in ``epoch`` (``DDPOConfig.
+    sample_same_latent``): mixed from the run's ``seed``, the epoch and the first 8 bytes of the
+    prompt's SHA-256 (the same in every process and run, unlike Python's ``hash``), and from
+    nothing else: no process index or batch index, so all of the prompt's samples of the epoch
+    share it."""
+    digest = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:8], "big")
+    return derive_seed(seed, INITIAL_NOISE_STREAM, epoch, digest)
 
 
 @dataclass
@@ -161,6 +173,12 @@ class Rollout:
         self.prompt_rng = PromptRNG.seeded(derive_seed(config.seed, PROMPT_STREAM, process_index))
         size = config.prompt_embedding_cache_size
         self.encoder: Any = PromptEmbeddingCache(pipeline, size) if size > 0 else pipeline
+        if config.sample_same_latent and not accepts_initial_noise(pipeline):
+            raise ValueError(
+                "DDPOConfig.sample_same_latent=True needs a policy whose rollout takes "
+                f"initial_noise_generators (the SD3 and FLUX.1 policies); {type(pipeline).__name__}"
+                "'s does not (its x_T is drawn from the batch's generator)"
+            )
         self.executor = (
             ThreadPoolExecutor(max_workers=config.max_workers)
             if config.async_reward_computation
@@ -222,6 +240,14 @@ class Rollout:
         conditioning = self.encoder.encode(prompts, config.negative_prompts)
         seed = derive_seed(config.seed, SAMPLE_STREAM, self.process_index, epoch, batch_index)
         generator = torch.Generator(device=self.device).manual_seed(seed)
+        extra: dict[str, Any] = {}
+        if config.sample_same_latent:  # x_T from the prompt's seed; the steps' noise as before
+            extra["initial_noise_generators"] = [
+                torch.Generator(device=self.device).manual_seed(
+                    initial_noise_seed(config.seed, epoch, prompt)
+                )
+                for prompt in prompts
+            ]
         unet.eval()
         with self.autocast():
             out = policy.rollout(
@@ -230,6 +256,7 @@ class Rollout:
                 guidance_scale=config.sample_guidance_scale,
                 eta=config.sample_eta,
                 generator=generator,
+                **extra,
             )
         check_transitions(out, policy.transitions_per_rollout(config.sample_num_steps), batch_size)
         check_rollout(
@@ -352,4 +379,5 @@ __all__ = [
     "check_rollout",
     "check_transitions",
     "derive_seed",
+    "initial_noise_seed",
 ]
