@@ -24,13 +24,14 @@ Presets:
 - ``sd3``: SD3.5 Medium's architecture (:mod:`flow_models`) at 1024x1024, bf16, LoRA rank 4 on
   the adapter's default joint-attention projections; Flow-GRPO's (Liu et al., 2025) settings:
   10 sampling steps, noise level 0.7, every step stochastic and trained (``--sde-window-size``
-  narrows the window), CFG 4.5 when sampling, ``train_cfg=False`` (the conditional velocity
-  alone when re-scoring) with a KL term to the reference (one more transformer forward per
-  trained transition), group-normalised advantages over 24 images per prompt. The epoch is 8
-  prompts x 24 images = 192 samples (sample batch 8 x 24 calls), train batch 4. For a GPU only.
+  narrows the window), CFG 4.5 when sampling and when re-scoring (``train_cfg=True``, Flow-GRPO's
+  ``train.cfg``: the policy that sampled), with a KL term to the reference (one more
+  transformer forward per trained transition), group-normalised advantages over 24 images per
+  prompt. The epoch is 8 prompts x 24 images = 192 samples (sample batch 8 x 24 calls), train
+  batch 4. For a GPU only.
 - ``flux``: FLUX.1-dev's architecture at 1024x1024 with the same settings except guidance 3.5,
-  which goes to the guidance embedding (one transformer call per step, no CFG doubling), and
-  ``train_cfg=True`` (:data:`FLUX`), train batch 2.
+  which goes to the guidance embedding (one transformer call per step, no CFG doubling;
+  :data:`FLUX`), train batch 2.
 
 Every preset's pipeline is built by ``ddpo.adapters.load_policy``, which picks the family (SD,
 SDXL, SD3 or FLUX) from the model folder, so the same benchmark code measures every family.
@@ -97,16 +98,14 @@ class Preset:
 FLOW_GRPO: dict[str, Any] = {
     "num_steps": 10,  # Flow-GRPO trains SD3.5-M with 10 sampling steps
     "noise_level": 0.7,  # Flow-GRPO's a
-    "train_cfg": False,
+    "train_cfg": True,  # Flow-GRPO's train.cfg: re-score with the sampling CFG (on-policy)
     "kl_coef": 0.04,
     "guidance_scale": 4.5,
 }
 """The flow presets' sampler and loss settings (Flow-GRPO's, as documented above)."""
-FLUX: dict[str, Any] = {"guidance_scale": 3.5, "train_cfg": True}
-"""FLUX.1-dev's differences: its guidance-embedding default 3.5, and ``train_cfg=True``: FLUX has
-no CFG batch (one transformer row either way); ``train_cfg`` only picks the guidance value the
-trainer re-scores with (the sampling one, or 1.0 when False), so True re-scores the policy
-that sampled."""
+FLUX: dict[str, Any] = {"guidance_scale": 3.5}
+"""FLUX.1-dev's difference: its guidance-embedding default 3.5 (one transformer row per step,
+with or without ``train_cfg``)."""
 TINY_FLOW: dict[str, Any] = {
     **FLOW_GRPO,
     "sample_batch_size": 2,

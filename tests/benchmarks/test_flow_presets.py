@@ -29,8 +29,8 @@ def test_full_size_flow_presets_use_flow_grpo_settings_at_1024() -> None:
         assert (preset.model, preset.dtype, preset.lora_rank) == (name, "bf16", 4)
         assert (preset.num_steps, preset.noise_level, preset.guidance_scale) == (10, 0.7, guidance)
         assert preset.kl_coef > 0
-        # SD3 re-scores the conditional velocity alone; FLUX re-scores at its sampling guidance
-        assert preset.train_cfg is (name == "flux")
+        # both re-score the policy that sampled (SD3: with CFG, as Flow-GRPO's train.cfg)
+        assert preset.train_cfg is True
         assert preset.sde_window_size is None  # every step trained unless narrowed
         samples = preset.sample_batch_size * preset.sample_num_batches_per_epoch
         assert (samples, preset.group_size, samples % preset.group_size) == (192, 24, 0)
@@ -227,5 +227,6 @@ def test_meta_count_matches_a_counted_sampling_call(name: str) -> None:
     expected += prompts_encoded * counts["text"]
     assert real == pytest.approx(expected, rel=1e-3)
     assert counts["sample_rows"] == (2 if name == "tiny-sd3" else 1)  # CFG doubling: SD3 only
-    assert counts["train_rows"] == 1  # SD3: train_cfg=False; FLUX: never a doubled batch
+    # SD3 re-scores with CFG, a doubled batch as when sampling; FLUX never doubles
+    assert counts["train_rows"] == counts["sample_rows"]
     assert counts["kl_reference_forward"] > 0  # kl_coef > 0

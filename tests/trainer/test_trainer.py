@@ -162,6 +162,7 @@ def test_full_unet_score_function_group_tensorboard(tmp_path: Path, pipeline_fac
         loss_type="score_function",
         advantage_mode="group",
         train_cfg=False,
+        sample_guidance_scale=1.0,  # unguided training re-scores unguided samples
         gradient_checkpointing=True,
         log_with="tensorboard",
         train_learning_rate=1e-4,
@@ -233,7 +234,7 @@ def test_group_advantage_modes(tmp_path: Path, pipeline_factory: Any, mode: str)
             SD3_MODEL,
             {
                 "kl_coef": 0.1,
-                "train_cfg": False,
+                "train_cfg": True,  # sampled with CFG 4: re-scored with it (on-policy)
                 "sample_guidance_scale": 4.0,
                 "train_timestep_fraction": 1.0,
             },
@@ -253,7 +254,7 @@ def test_group_advantage_modes(tmp_path: Path, pipeline_factory: Any, mode: str)
     ids=[
         "sd",
         "sdxl-per-prompt-kl-checkpointing",
-        "sd3-window-auto-group-kl-no-cfg",
+        "sd3-window-auto-group-kl-cfg",
         "flux-window-kl-checkpointing",
     ],
 )
