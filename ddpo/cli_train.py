@@ -7,9 +7,10 @@ last. The defaults of `TrainArgs` are the default preset's (:mod:`ddpo.presets`)
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ddpo.presets import DEFAULT_SETTINGS, default_preset
 from ddpo.prompts import PromptSetName, RepeatPrompts, training_prompt_fn
@@ -53,6 +54,9 @@ class TrainArgs:
     """Train LoRA adapters on the UNet's attention (True) or the whole UNet (False)."""
     lora_rank: int = DEFAULT_SETTINGS.lora_rank
     """Rank of the LoRA adapters (``use_lora`` only)."""
+    lora_alpha: float | None = None
+    """Alpha of new LoRA adapters (their update is scaled by alpha / rank); default: the rank
+    (Flow-GRPO's LoRA: twice the rank)."""
     resolution: int | None = None
     """Side of the square training images in pixels, a multiple of 8 (default: the model's
     native size: 512 for SD 1.5, 1024 for SDXL, SD3 and FLUX.1, 64 for the tiny models)."""
@@ -65,6 +69,18 @@ class TrainArgs:
     sde_window_start: int | None = None
     """Flow-matching models: the first step of the SDE window (default: drawn per sampling
     batch from its seeded generator)."""
+    sde_window_range: tuple[int, int] | None = None
+    """Flow-matching models: ``LOW HIGH``, draw the SDE window's start in ``[LOW, HIGH -
+    sde_window_size]``, so the window lies in steps ``LOW..HIGH - 1`` (Flow-GRPO's
+    ``sample.sde_window_range``); default: every start that fits."""
+    sde_type: Literal["sde", "cps"] | None = None
+    """Flow-matching models: Flow-GRPO's ``sample.sde_type``, its SDE step (``sde``, the
+    default) or the coefficients-preserving step (``cps``: noise level in (0, 1], Flow-GRPO's
+    log-probability without constants; the last step is an ODE step)."""
+    lora_targets: Literal["attention", "attention_ff"] | None = None
+    """Flow-matching models: new LoRA adapters on the transformer's ``attention`` projections
+    (the default) or on those and the feed-forward layers (``attention_ff``, as Flow-GRPO's FLUX
+    LoRA)."""
     reward: str = DEFAULT_SETTINGS.reward
     """Reward function: one name, or a weighted sum such as ``pickscore:1.0,ocr:0.5``
     (a bare name weighs 1). The names:
@@ -244,6 +260,8 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         raise ValueError(f"grid_images must be positive, got {args.grid_images}")
     if args.lora_rank <= 0:
         raise ValueError(f"lora_rank must be positive, got {args.lora_rank}")
+    if args.lora_alpha is not None and not (args.lora_alpha > 0 and math.isfinite(args.lora_alpha)):
+        raise ValueError(f"lora_alpha must be positive and finite, got {args.lora_alpha}")
     if args.resolution is not None and (args.resolution <= 0 or args.resolution % 8):
         raise ValueError(f"resolution must be a positive multiple of 8, got {args.resolution}")
     if args.noise_level is not None and not args.noise_level > 0:
@@ -269,6 +287,9 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         "noise_level": args.noise_level,
         "sde_window_size": args.sde_window_size,
         "sde_window_start": args.sde_window_start,
+        "sde_window_range": args.sde_window_range,
+        "sde_type": args.sde_type,
+        "lora_targets": args.lora_targets,
     }
     check_family_options(args.pretrained_model, args.pretrained_revision, family_options)
 
@@ -284,7 +305,7 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         family_options=family_options,
         use_lora=args.use_lora,
         lora_rank=args.lora_rank,
-        lora_alpha=args.lora_rank,
+        lora_alpha=args.lora_rank if args.lora_alpha is None else args.lora_alpha,
     )
     trainer = DDPOTrainer(trainer_config, reward_fn, prompt_fn, pipeline, image_samples_hook=hook)
     hook.folder = Path(trainer.output_dir) / "images"

@@ -11,9 +11,16 @@ from typing import Any, NamedTuple
 
 from ddpo.adapters.registry import read_json_object, resolve_model_source
 
-FLOW_OPTIONS: tuple[str, ...] = ("noise_level", "sde_window_size", "sde_window_start")
-"""Sampler options of the flow-matching families (Flow-GRPO's SDE): `load_policy` passes them to
-those families only."""
+FLOW_OPTIONS: tuple[str, ...] = (
+    "noise_level",
+    "sde_window_size",
+    "sde_window_start",
+    "sde_window_range",
+    "sde_type",
+    "lora_targets",
+)
+"""Options of the flow-matching families (Flow-GRPO's sampler and its LoRA layers): `load_policy`
+passes them to those families only."""
 
 
 class Family(NamedTuple):
@@ -122,8 +129,9 @@ def load_policy(
         revision: hub revision.
         resolution: image side in pixels (``None``: the model's native size).
         family_options: family-specific options, e.g. the flow families' ``noise_level``,
-            ``sde_window_size`` and ``sde_window_start`` (:data:`FLOW_OPTIONS`); ``None``
-            values are left at the family's defaults.
+            ``sde_type``, ``sde_window_size``, ``sde_window_start``, ``sde_window_range`` and
+            ``lora_targets`` (:data:`FLOW_OPTIONS`); ``None`` values are left at the family's
+            defaults.
         options: the pipeline constructor's common keywords (``use_lora``, ``lora_rank``, ...).
 
     Raises:
