@@ -3,6 +3,9 @@
 ``IMAGENET_ANIMALS`` holds the readable names of ImageNet-1k classes 0-397, the animal classes,
 in class-index order (index ``i`` is class ``i``). ``SIMPLE_ANIMALS`` and ``ACTIVITIES`` are the
 lists that the DDPO reference code used for its animal and prompt-alignment tasks.
+``TEXT_TEMPLATES`` and ``TEXT_PHRASES`` (written for this library) make the text-rendering
+prompts: each template names a thing that carries text and holds one ``{text}`` slot, which the
+prompt function fills with a phrase between double quotes.
 """
 
 SIMPLE_ANIMALS: tuple[str, ...] = (
@@ -123,3 +126,47 @@ IMAGENET_ANIMALS: tuple[str, ...] = (
 
 if len(IMAGENET_ANIMALS) != 398:  # pragma: no cover - guards the data above
     raise RuntimeError(f"IMAGENET_ANIMALS must hold 398 names, has {len(IMAGENET_ANIMALS)}")
+
+
+TEXT_TEMPLATES: tuple[str, ...] = (
+    'a wooden sign that says "{text}"',
+    'a neon sign on a brick wall that reads "{text}"',
+    'a coffee mug with the words "{text}" printed on it',
+    'a chalkboard menu in a cafe with "{text}" written on it',
+    'a birthday cake with "{text}" written in icing',
+    'a green street sign that reads "{text}"',
+    'a white t-shirt printed with "{text}"',
+    'a hardcover book titled "{text}"',
+    'a shop front with "{text}" painted above the door',
+    'a concert poster with the headline "{text}"',
+    'a banner that says "{text}" hanging across a street',
+    'a handwritten note on lined paper that says "{text}"',
+    'a billboard at night that says "{text}"',
+    'a cardboard box labelled "{text}"',
+    'the word "{text}" written in the sand on a beach',
+    'a vintage postcard that says "{text}"',
+    'a doormat that says "{text}"',
+    'a yellow sticky note with "{text}" written on it',
+    'a glass jar with a paper label that reads "{text}"',
+    'a classroom whiteboard with "{text}" written in blue marker',
+    'a train station display board showing "{text}"',
+    'a fortune cookie slip that reads "{text}"',
+    'a knitted sweater with "{text}" stitched across the chest',
+    'a red stamp on an envelope that says "{text}"',
+)  # fmt: skip
+
+TEXT_PHRASES: tuple[str, ...] = (
+    "OPEN", "CLOSED", "HELLO", "WELCOME", "SALE", "EXIT", "STOP", "THANK YOU", "GOOD LUCK",
+    "FRESH BREAD", "HOT COFFEE", "NO PARKING", "KEEP OUT", "QUIET PLEASE", "BAKERY",
+    "LIBRARY", "MARKET", "GARDEN", "PIZZA", "TICKETS", "LEMONADE", "ICE CREAM", "PHARMACY",
+    "HOTEL", "NORTH", "PUSH", "PULL", "DANGER", "DREAM BIG", "HAPPY BIRTHDAY", "SUNRISE",
+    "ROBOT", "JAZZ NIGHT", "FRAGILE", "URGENT", "Good Morning", "See You Soon", "Home Sweet Home",
+    "Best Friends", "Let It Snow", "Moon River", "Blue Harbor", "Open Late", "Daily Special",
+    "Lost and Found", "Tea Time", "Step Inside", "Mind the Gap",
+)  # fmt: skip
+
+_BAD_TEMPLATES = [t for t in TEXT_TEMPLATES if t.count("{text}") != 1 or t.count('"') != 2]
+if _BAD_TEMPLATES:  # pragma: no cover - guards the data above
+    raise RuntimeError(f"templates without exactly one quoted {{text}} slot: {_BAD_TEMPLATES}")
+if any('"' in phrase or not phrase.strip() for phrase in TEXT_PHRASES):  # pragma: no cover
+    raise RuntimeError("TEXT_PHRASES must be non-empty phrases without double quotes")

@@ -8,6 +8,8 @@ as the DDPO reference did; pass ``rng=random.Random(seed)`` (or build a bound fu
 - :func:`imagenet_animals`: one of the 398 ImageNet-1k animal classes (indices 0-397).
 - :func:`nouns_activities`: ``"a <animal> <activity>"`` from the reference's prompt-alignment
   task, e.g. ``"an octopus riding a bike"``.
+- :func:`text_rendering`: a thing that carries a quoted word or phrase, e.g. ``'a wooden sign
+  that says "OPEN"'``, for the ``ocr`` reward (which reads the quoted text back).
 
 The prompt-function objects built here (:class:`SeededPromptFn`, and the wrappers
 :class:`RepeatPrompts` and :class:`PoolPrompts`) are checkpointable: ``state_dict()`` returns
@@ -24,10 +26,18 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
 
-from ddpo._prompt_lists import ACTIVITIES, IMAGENET_ANIMALS, SIMPLE_ANIMALS
+from ddpo._prompt_lists import (
+    ACTIVITIES,
+    IMAGENET_ANIMALS,
+    SIMPLE_ANIMALS,
+    TEXT_PHRASES,
+    TEXT_TEMPLATES,
+)
 
 PromptFn = Callable[[], tuple[str, dict[str, Any]]]
-PromptSetName = Literal["shapes", "simple_animals", "imagenet_animals", "nouns_activities"]
+PromptSetName = Literal[
+    "shapes", "simple_animals", "imagenet_animals", "nouns_activities", "text_rendering"
+]
 PROMPT_SETS: tuple[PromptSetName, ...] = get_args(PromptSetName)
 
 
@@ -52,6 +62,8 @@ __all__ = [
     "PROMPT_FUNCTIONS",
     "PROMPT_SETS",
     "SIMPLE_ANIMALS",
+    "TEXT_PHRASES",
+    "TEXT_TEMPLATES",
     "CheckpointablePromptFn",
     "PoolPrompts",
     "PromptFn",
@@ -65,6 +77,7 @@ __all__ = [
     "random_state_from_json",
     "random_state_to_json",
     "simple_animals",
+    "text_rendering",
     "training_prompt_fn",
     "with_article",
 ]
@@ -116,10 +129,21 @@ def nouns_activities(
     return f"{with_article(noun)} {activity}", {"animal": noun, "activity": activity}
 
 
+def text_rendering(rng: random.Random | None = None) -> tuple[str, dict[str, Any]]:
+    """A thing carrying a quoted phrase, ``'a wooden sign that says "OPEN"'``: one of
+    ``TEXT_TEMPLATES`` (24) filled with one of ``TEXT_PHRASES`` (48); metadata
+    ``{"text": phrase, "template": index}``, the phrase being the text the ``ocr`` reward reads."""
+    generator = _rng(rng)
+    index = generator.randrange(len(TEXT_TEMPLATES))
+    text = generator.choice(TEXT_PHRASES)
+    return TEXT_TEMPLATES[index].format(text=text), {"text": text, "template": index}
+
+
 PROMPT_FUNCTIONS: dict[str, Callable[..., tuple[str, dict[str, Any]]]] = {
     "simple_animals": simple_animals,
     "imagenet_animals": imagenet_animals,
     "nouns_activities": nouns_activities,
+    "text_rendering": text_rendering,
 }
 
 
@@ -324,7 +348,7 @@ def make_prompt_fn(name: str, *, seed: int | None = None) -> SeededPromptFn:
 
     Args:
         name: one of ``PROMPT_FUNCTIONS`` (``simple_animals``, ``imagenet_animals``,
-            ``nouns_activities``).
+            ``nouns_activities``, ``text_rendering``).
         seed: seed of the generator; ``None`` seeds it from the OS.
 
     Raises:

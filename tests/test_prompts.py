@@ -11,6 +11,8 @@ from ddpo.prompts import (
     PROMPT_FUNCTIONS,
     PROMPT_SETS,
     SIMPLE_ANIMALS,
+    TEXT_PHRASES,
+    TEXT_TEMPLATES,
     CheckpointablePromptFn,
     PoolPrompts,
     RepeatPrompts,
@@ -21,6 +23,7 @@ from ddpo.prompts import (
     random_state_from_json,
     random_state_to_json,
     simple_animals,
+    text_rendering,
     training_prompt_fn,
     with_article,
 )
@@ -36,7 +39,7 @@ def test_lists() -> None:
     assert set(ACTIVITIES) == {"washing dishes", "riding a bike", "playing chess"}
 
 
-@pytest.mark.parametrize("name", ["simple_animals", "imagenet_animals", "nouns_activities"])
+@pytest.mark.parametrize("name", sorted(PROMPT_FUNCTIONS))
 def test_seeded_prompt_functions_are_deterministic(name: str) -> None:
     first = [make_prompt_fn(name, seed=3)() for _ in range(1)]
     fn_a, fn_b = make_prompt_fn(name, seed=3), make_prompt_fn(name, seed=3)
@@ -62,6 +65,30 @@ def test_metadata() -> None:
     assert nouns_activities(rng, nouns=["owl"], activities=["sleeping"])[0] == "an owl sleeping"
 
 
+def test_text_rendering_quotes_text_the_ocr_reward_reads() -> None:
+    from ddpo.rewards.ocr import normalize_text, quoted_text
+
+    # every template with every phrase: the ocr reward's target is exactly the phrase
+    prompts = set()
+    for template in TEXT_TEMPLATES:
+        for phrase in TEXT_PHRASES:
+            prompt = template.format(text=phrase)
+            assert quoted_text(prompt) == phrase, prompt
+            assert normalize_text(phrase), phrase
+            prompts.add(prompt)
+    assert len(prompts) == len(TEXT_TEMPLATES) * len(TEXT_PHRASES) >= 300
+    assert len(set(TEXT_TEMPLATES)) == len(TEXT_TEMPLATES) >= 20
+    assert len(set(TEXT_PHRASES)) == len(TEXT_PHRASES) >= 40
+    # the drawn prompts carry their phrase and template in the metadata
+    rng = random.Random(0)
+    drawn = [text_rendering(rng) for _ in range(200)]
+    for prompt, meta in drawn:
+        assert prompt == TEXT_TEMPLATES[meta["template"]].format(text=meta["text"])
+        assert quoted_text(prompt) == meta["text"]
+    assert len({meta["template"] for _, meta in drawn}) == len(TEXT_TEMPLATES)
+    assert len({prompt for prompt, _ in drawn}) > 150
+
+
 def test_unseeded_call_uses_module_random() -> None:
     random.seed(11)
     a = [simple_animals() for _ in range(5)]
@@ -78,7 +105,7 @@ def test_errors() -> None:
         with_article("")
 
 
-@pytest.mark.parametrize("name", ["simple_animals", "imagenet_animals", "nouns_activities"])
+@pytest.mark.parametrize("name", sorted(PROMPT_FUNCTIONS))
 @pytest.mark.parametrize("drawn", [0, 1, 9])
 def test_state_dict_continues_the_stream(name: str, drawn: int) -> None:
     original = make_prompt_fn(name, seed=3)
