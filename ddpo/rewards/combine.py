@@ -41,11 +41,12 @@ class WeightedSumReward:
     ``name`` and each key ``k`` of its own metadata under ``f"{name}/{k}"``.
 
     Args:
-        rewards: ``{name: (reward_fn, weight)}``, at least one entry, finite weights.
+        rewards: ``{name: (reward_fn, weight)}``, at least one entry, finite weights, not all 0
+            (a term of weight 0 is reported but not trained on).
 
     Raises:
-        ValueError: if ``rewards`` is empty, a weight is not a finite number or a name has a
-            ``/``.
+        ValueError: if ``rewards`` is empty, a weight is not a finite number, every weight is 0
+            (the sum would be a constant that trains nothing) or a name has a ``/``.
     """
 
     def __init__(self, rewards: Mapping[str, tuple[RewardFn, float]]) -> None:
@@ -61,6 +62,11 @@ class WeightedSumReward:
                 raise ValueError(f"rewards[{name!r}] weight must be finite, got {weight!r}")
             if "/" in name:
                 raise ValueError(f"reward names must not contain '/', got {name!r}")
+        if all(weight == 0 for _, weight in rewards.values()):
+            raise ValueError(
+                f"rewards: every weight is 0 ({sorted(rewards)}), so the sum is a constant 0 "
+                "that trains nothing; give at least one term a non-zero weight"
+            )
         self.rewards = dict(rewards)
 
     def __call__(

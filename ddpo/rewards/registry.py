@@ -7,11 +7,17 @@ rewards pull in transformers or their extras and load weights).
 
 ``--reward`` also takes a weighted sum, ``pickscore:1.0,ocr:0.5`` (`parse_reward_spec`): the
 rewards are built and summed by `ddpo.rewards.combine.WeightedSumReward`.
+
+`check_reward_weights` checks, before anything loads, that the files of every model-based reward
+can be had: in a local folder, in the Hugging Face cache, or (when not offline) on the Hub.
 """
 
+import inspect
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, get_args
 
 __all__ = [
@@ -22,10 +28,13 @@ __all__ = [
     "RewardName",
     "RewardOptions",
     "RewardSpec",
+    "RewardWeights",
     "build_reward_fn",
     "check_reward_options",
+    "check_reward_weights",
     "parse_reward_spec",
     "reward_spec",
+    "reward_weights",
     "summary_keys_for",
 ]
 
@@ -60,8 +69,9 @@ class RewardOptions:
     """Hugging Face token for downloads."""
     models: Mapping[str, str] = field(default_factory=dict)
     """Model overrides, ``{key: hub id or local path}``, keys from `MODEL_KEYS`: a reward's
-    model (``clip_score``, ``pickscore``, ``hps``, ``image_reward``) or PickScore's processor
-    (``pickscore_processor``); a reward absent here uses its module's default."""
+    model (``clip_score``, ``pickscore``, ``hps``, ``image_reward``), PickScore's processor
+    (``pickscore_processor``) or a tokenizer (``hps_tokenizer``, ``image_reward_tokenizer``);
+    a reward absent here uses its module's default."""
     device: str | None = None
     """Device of the model-based rewards; None: CUDA when available, else CPU (``ocr``: CPU)."""
     batch_size: int = 32
@@ -79,7 +89,9 @@ MODEL_KEYS: tuple[str, ...] = (
     "pickscore",
     "pickscore_processor",
     "hps",
+    "hps_tokenizer",
     "image_reward",
+    "image_reward_tokenizer",
 )
 """The keys of `RewardOptions.models`."""
 
@@ -148,16 +160,22 @@ def _pickscore(options: RewardOptions) -> RewardFn:
     return pickscore_reward(*_model_args(options, "pickscore"), **kwargs)
 
 
+def _tokenizer_kwargs(options: RewardOptions, key: str) -> dict[str, Any]:
+    return {"tokenizer": options.models[key]} if key in options.models else {}
+
+
 def _hps(options: RewardOptions) -> RewardFn:
     from ddpo.rewards.hps import hps_reward
 
-    return hps_reward(*_model_args(options, "hps"), **_model_kwargs(options))
+    kwargs = _model_kwargs(options) | _tokenizer_kwargs(options, "hps_tokenizer")
+    return hps_reward(*_model_args(options, "hps"), **kwargs)
 
 
 def _image_reward(options: RewardOptions) -> RewardFn:
     from ddpo.rewards.image_reward import image_reward
 
-    return image_reward(*_model_args(options, "image_reward"), **_model_kwargs(options))
+    kwargs = _model_kwargs(options) | _tokenizer_kwargs(options, "image_reward_tokenizer")
+    return image_reward(*_model_args(options, "image_reward"), **kwargs)
 
 
 def _ocr(options: RewardOptions) -> RewardFn:
@@ -219,7 +237,8 @@ def parse_reward_spec(text: str) -> list[tuple[RewardName, float]]:
 
     Raises:
         ValueError: naming ``--reward`` and the bad part: empty value or term, unknown name
-            (listing the choices), a weight that is not a finite number, a name given twice.
+            (listing the choices), a weight that is not a finite number or is 0 (the term
+            would train nothing), a name given twice.
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"--reward must name a reward or a weighted sum of them, got {text!r}")
@@ -243,6 +262,11 @@ def parse_reward_spec(text: str) -> list[tuple[RewardName, float]]:
                     f"--reward {text!r}: the weight of {name!r} must be a finite number, "
                     f"got {weight_text!r}"
                 )
+            if weight == 0:
+                raise ValueError(
+                    f"--reward {text!r}: the weight of {name!r} is 0, and a term of weight 0 "
+                    f"trains on nothing; drop the term {part.strip()!r}"
+                )
         if any(name == seen for seen, _ in terms):
             raise ValueError(f"--reward {text!r}: reward {name!r} is named twice")
         terms.append((name, weight))
@@ -258,8 +282,8 @@ def check_reward_options(text: str, options: RewardOptions) -> list[tuple[Reward
 
     Raises:
         ValueError: naming the flag: a bad ``--reward``, an unknown ``--reward_model`` key, a
-            batch size that is not positive, a timeout that is not positive, or ``remote``
-            without ``--remote_reward_url``.
+            batch size that is not positive, a timeout that is not a positive finite number, or
+            ``remote`` without ``--remote_reward_url``.
     """
     terms = parse_reward_spec(text)
     unknown = sorted(set(options.models) - set(MODEL_KEYS))
@@ -268,8 +292,9 @@ def check_reward_options(text: str, options: RewardOptions) -> list[tuple[Reward
     batch_size = options.batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"--reward_batch_size must be a positive int, got {batch_size!r}")
-    if not options.remote_timeout > 0:
-        raise ValueError(f"--remote_reward_timeout must be positive, got {options.remote_timeout}")
+    timeout = options.remote_timeout
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"--remote_reward_timeout must be positive and finite, got {timeout}")
     if any(name == "remote" for name, _ in terms) and not options.remote_url:
         raise ValueError(_REMOTE_URL_MISSING)
     return terms
@@ -311,3 +336,148 @@ def build_reward_fn(name: str, options: RewardOptions | None = None) -> RewardFn
     from ddpo.rewards.combine import WeightedSumReward
 
     return WeightedSumReward({n: (REWARD_SPECS[n].build(options), w) for n, w in terms})
+
+
+# ---------------------------------------------------------------------------------------------
+# Where the model-based rewards' files come from, checked before anything loads
+
+_CLIP_MODEL_FILES: tuple[tuple[str, ...], ...] = (
+    ("config.json",),
+    ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"),
+)
+_CLIP_TOKENIZER_FILES: tuple[tuple[str, ...], ...] = (("tokenizer.json", "vocab.json"),)
+
+
+class RewardWeights(NamedTuple):
+    """The files a model-based reward loads from one source (a hub id or a local path)."""
+
+    reward: RewardName
+    flag: str
+    """How a ``ddpo train`` user passes a local copy instead, e.g. ``--reward_model hps PATH``."""
+    source: str
+    files: tuple[tuple[str, ...], ...]
+    """Every entry: one of these file names must be there."""
+    single_file: bool = False
+    """The source may be the first entry's file itself (the other entries lie beside it)."""
+
+
+def reward_weights(text: str, options: RewardOptions) -> list[RewardWeights]:
+    """The sources of the weights, tokenizers and processors of the rewards of a ``--reward``
+    value, with the files each must hold (the rewards without model files have none).
+
+    Raises:
+        ValueError: as `parse_reward_spec`.
+    """
+    from ddpo.rewards.clip_score import DEFAULT_CLIP_SCORE_MODEL
+    from ddpo.rewards.hps import DEFAULT_HPS_FILENAME, DEFAULT_HPS_REPO, DEFAULT_HPS_TOKENIZER
+    from ddpo.rewards.image_reward import (
+        CHECKPOINT_FILENAME,
+        DEFAULT_IMAGE_REWARD_REPO,
+        MED_CONFIG_FILENAME,
+        image_reward,
+    )
+    from ddpo.rewards.pickscore import DEFAULT_PICKSCORE_MODEL, DEFAULT_PICKSCORE_PROCESSOR
+
+    Files = tuple[tuple[str, ...], ...]
+    # reward -> its model keys: (key of RewardOptions.models, default source, files, single file)
+    keyed: dict[str, list[tuple[str, str, Files, bool]]] = {
+        "clip_score": [
+            (
+                "clip_score",
+                DEFAULT_CLIP_SCORE_MODEL,
+                _CLIP_MODEL_FILES + _CLIP_TOKENIZER_FILES,
+                False,
+            )
+        ],
+        "pickscore": [
+            ("pickscore", DEFAULT_PICKSCORE_MODEL, _CLIP_MODEL_FILES, False),
+            ("pickscore_processor", DEFAULT_PICKSCORE_PROCESSOR, _CLIP_TOKENIZER_FILES, False),
+        ],
+        "hps": [
+            ("hps", DEFAULT_HPS_REPO, ((DEFAULT_HPS_FILENAME,),), True),
+            ("hps_tokenizer", DEFAULT_HPS_TOKENIZER, (("vocab.json",), ("merges.txt",)), False),
+        ],
+        "image_reward": [
+            (
+                "image_reward",
+                DEFAULT_IMAGE_REWARD_REPO,
+                ((CHECKPOINT_FILENAME,), (MED_CONFIG_FILENAME,)),
+                True,
+            ),
+            (
+                "image_reward_tokenizer",
+                inspect.signature(image_reward).parameters["tokenizer"].default,
+                (("vocab.txt",),),
+                False,
+            ),
+        ],
+    }
+    found: list[RewardWeights] = []
+    for name, _ in parse_reward_spec(text):
+        if name == "aesthetic":
+            clip_flag, mlp_flag = "--aesthetic_clip_model PATH", "--aesthetic_mlp_weights PATH"
+            mlp_files = (("aesthetic-model.pth",),)
+            found.append(
+                RewardWeights(name, clip_flag, options.aesthetic_clip_model, _CLIP_MODEL_FILES)
+            )
+            found.append(
+                RewardWeights(name, mlp_flag, options.aesthetic_mlp_weights, mlp_files, True)
+            )
+        for key, default, files, single_file in keyed.get(name, []):
+            source = options.models.get(key, default)
+            flag = f"--reward_model {key} PATH"
+            found.append(RewardWeights(name, flag, source, files, single_file))
+    return found
+
+
+def check_reward_weights(text: str, options: RewardOptions) -> None:
+    """Check that the files of every model-based reward of ``text`` can be had, without loading
+    them: a local folder (or file) holding them, or a hub repository whose files are in the
+    Hugging Face cache or, unless ``HF_HUB_OFFLINE=1``, on the Hub (asked for the files only).
+
+    Raises:
+        ValueError: for the first source that cannot provide its files, naming the reward, the
+            source, why, and the flag that takes a local copy.
+    """
+    for weights in reward_weights(text, options):
+        problem = _unavailable(weights, options.token)
+        if problem is not None:
+            raise ValueError(
+                f"reward {weights.reward!r}: {weights.source!r} {problem}; pass a local copy "
+                f"with {weights.flag}"
+            )
+
+
+def _unavailable(weights: RewardWeights, token: str | None) -> str | None:
+    """Why ``weights.source`` cannot provide its files, or None when it can."""
+    from huggingface_hub import constants, file_exists, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    path = Path(weights.source).expanduser()
+    if path.is_file():
+        if not weights.single_file:
+            return "is a file, not a folder"
+        absent = [g for g in weights.files[1:] if not any((path.parent / f).is_file() for f in g)]
+        return f"has no {' or '.join(absent[0])} beside it" if absent else None
+    if path.is_dir():
+        absent = [g for g in weights.files if not any((path / f).is_file() for f in g)]
+        return f"is a folder without {' or '.join(absent[0])}" if absent else None
+    offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    offline = offline_env or constants.is_offline_mode()
+    for group in weights.files:
+        try:
+            if any(isinstance(try_to_load_from_cache(weights.source, f), str) for f in group):
+                continue
+        except HFValidationError:
+            return "is no local file or folder (and not a hub id)"
+        where = f"is not a local path, and its {' or '.join(group)} is not in the Hugging Face "
+        where += f"cache ({constants.HF_HUB_CACHE})"
+        if offline:
+            return f"{where} while HF_HUB_OFFLINE is set"
+        try:
+            if not any(file_exists(weights.source, f, token=token) for f in group):
+                return f"is not a local path, and the hub repository has no {' or '.join(group)}"
+        except Exception as err:  # unreachable, refused, gated: the load would fail the same way
+            reason = " ".join(f"{type(err).__name__}: {err}".split())
+            return f"{where} nor could the Hugging Face Hub be asked for it ({reason})"
+    return None

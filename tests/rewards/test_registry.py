@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from ddpo.rewards.registry import (
     REWARDS,
     RewardOptions,
     build_reward_fn,
+    check_reward_weights,
     parse_reward_spec,
     reward_spec,
     summary_keys_for,
@@ -95,15 +97,15 @@ def test_model_rewards_get_their_model_device_batch_size_and_token(
     calls = _recorder(monkeypatch, module, attr)
     build_reward_fn(name, RewardOptions(token="hf_x"))
     assert calls == [((), {"device": None, "batch_size": 32, "token": "hf_x"})]  # defaults
-    options = RewardOptions(
-        models={model_key: "/models/m", "pickscore_processor": "/models/p"},
-        device="cuda:1",
-        batch_size=4,
-    )
+    models = {model_key: "/models/m", "pickscore_processor": "/models/p"}
+    models |= {"hps_tokenizer": "/models/ht", "image_reward_tokenizer": "/models/it"}
+    options = RewardOptions(models=models, device="cuda:1", batch_size=4)
     build_reward_fn(name, options)
     expected = {"device": "cuda:1", "batch_size": 4, "token": None}
     if name == "pickscore":
         expected["processor"] = "/models/p"
+    if name in ("hps", "image_reward"):  # each takes its own tokenizer key
+        expected["tokenizer"] = models[f"{name}_tokenizer"]
     assert calls[1] == (("/models/m",), expected)
 
 
@@ -131,8 +133,11 @@ def test_options_are_checked() -> None:
         build_reward_fn("brightness", RewardOptions(models={"ocr": "x"}))
     with pytest.raises(ValueError, match="--reward_batch_size must be a positive int, got 0"):
         build_reward_fn("brightness", RewardOptions(batch_size=0))
-    with pytest.raises(ValueError, match=r"--remote_reward_timeout must be positive, got 0\.0"):
+    with pytest.raises(ValueError, match=r"--remote_reward_timeout must be positive and finite"):
         build_reward_fn("brightness", RewardOptions(remote_timeout=0.0))
+    for timeout in (float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=rf"--remote_reward_timeout .* got {timeout}"):
+            build_reward_fn("brightness", RewardOptions(remote_timeout=timeout))
 
 
 @pytest.mark.parametrize(
@@ -160,6 +165,9 @@ def test_parse_reward_spec(text: str, expected: list[tuple[str, float]]) -> None
         ("ocr:nan", r"the weight of 'ocr' must be a finite number, got 'nan'"),
         ("ocr:inf", r"got 'inf'"),
         ("ocr,brightness,ocr:2", r"reward 'ocr' is named twice"),
+        ("jpeg_compressibility:0", r"the weight of 'jpeg_compressibility' is 0, and a term of"),
+        ("pickscore,ocr:0.0", r"weight 0 trains on nothing; drop the term 'ocr:0.0'"),
+        ("ocr:-0,brightness:0", r"the weight of 'ocr' is 0"),
     ],
 )
 def test_parse_reward_spec_errors(text: str, message: str) -> None:
@@ -187,6 +195,22 @@ def test_weighted_sum_is_built_and_summed() -> None:
     torch.testing.assert_close(scaled(images, prompts, metas)[0], 3 * bright)
 
 
+def test_a_sum_whose_weights_are_all_zero_is_refused() -> None:
+    from ddpo.rewards.brightness import brightness
+    from ddpo.rewards.combine import WeightedSumReward
+    from ddpo.rewards.jpeg import jpeg_compressibility
+
+    with pytest.raises(ValueError, match=r"every weight is 0 .* trains nothing"):
+        WeightedSumReward({"brightness": (brightness, 0.0), "jpeg": (jpeg_compressibility, 0)})
+    # one zero term beside a non-zero one is reported, not trained on
+    images, prompts, metas = torch.rand(2, 3, 16, 16), ("a", "b"), ({}, {})
+    total, info = WeightedSumReward(
+        {"brightness": (brightness, 2.0), "jpeg": (jpeg_compressibility, 0.0)}
+    )(images, prompts, metas)
+    torch.testing.assert_close(total, 2 * info["brightness"])
+    assert info["jpeg"].abs().min() > 0
+
+
 def test_summary_keys_for_names_and_sums() -> None:
     assert summary_keys_for("alignment") == ("accuracy",)
     assert summary_keys_for("pickscore") == ()
@@ -211,5 +235,101 @@ def test_new_names_are_registered() -> None:
         "pickscore",
         "pickscore_processor",
         "hps",
+        "hps_tokenizer",
         "image_reward",
+        "image_reward_tokenizer",
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The reward models' files, checked before anything loads
+
+
+def _offline_with_cache(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
+    """``HF_HUB_OFFLINE=1`` and ``cache`` as the Hugging Face hub cache (both are read at
+    huggingface_hub's import, hence the constant)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+
+
+def _cache_files(cache: Path, repo: str, files: list[str]) -> None:
+    """Lay out ``files`` of hub repository ``repo`` as huggingface_hub's cache holds them."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("0123abcd")
+    snapshot = folder / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for name in files:
+        (snapshot / name).write_text("{}")
+
+
+def test_reward_weights_offline_need_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ddpo.rewards.pickscore import DEFAULT_PICKSCORE_MODEL, DEFAULT_PICKSCORE_PROCESSOR
+
+    _offline_with_cache(monkeypatch, tmp_path / "hub")
+    (tmp_path / "hub").mkdir()
+    check_reward_weights("brightness,jpeg_compressibility:2,alignment,ocr", RewardOptions())
+    with pytest.raises(ValueError) as error:
+        check_reward_weights("brightness,pickscore:0.5", RewardOptions())
+    message = str(error.value)
+    assert message.startswith(f"reward 'pickscore': {DEFAULT_PICKSCORE_MODEL!r} is not a local")
+    assert "config.json is not in the Hugging Face cache" in message
+    assert str(tmp_path / "hub") in message and "HF_HUB_OFFLINE" in message
+    assert message.endswith("pass a local copy with --reward_model pickscore PATH")
+    # with the model's files in the cache, the processor is the next one missing
+    _cache_files(tmp_path / "hub", DEFAULT_PICKSCORE_MODEL, ["config.json", "model.safetensors"])
+    with pytest.raises(ValueError, match=r"--reward_model pickscore_processor PATH$"):
+        check_reward_weights("pickscore", RewardOptions())
+    _cache_files(tmp_path / "hub", DEFAULT_PICKSCORE_PROCESSOR, ["tokenizer.json"])
+    check_reward_weights("pickscore", RewardOptions())
+
+
+@pytest.mark.parametrize(
+    ("reward", "flag"),
+    [
+        ("clip_score", "--reward_model clip_score PATH"),
+        ("aesthetic", "--aesthetic_clip_model PATH"),
+        ("hps", "--reward_model hps PATH"),
+        ("image_reward", "--reward_model image_reward PATH"),
+    ],
+)
+def test_every_model_reward_is_checked_offline(
+    reward: str, flag: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _offline_with_cache(monkeypatch, tmp_path)
+    with pytest.raises(ValueError, match=rf"^reward '{reward}': .*{flag}$"):
+        check_reward_weights(reward, RewardOptions())
+
+
+def test_reward_weights_in_local_folders_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _offline_with_cache(monkeypatch, tmp_path / "hub")
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "config.json").write_text("{}")
+    options = RewardOptions(models={"clip_score": str(clip)})
+    with pytest.raises(ValueError, match=r"is a folder without model.safetensors or .*\.bin;"):
+        check_reward_weights("clip_score", options)
+    (clip / "pytorch_model.bin").write_bytes(b"")
+    (clip / "vocab.json").write_text("{}")
+    check_reward_weights("clip_score", options)
+    # a checkpoint file given directly: ImageReward needs its med_config.json beside it
+    checkpoint = tmp_path / "ImageReward.pt"
+    checkpoint.write_bytes(b"")
+    tokenizer = tmp_path / "bert"
+    tokenizer.mkdir()
+    (tokenizer / "vocab.txt").write_text("[PAD]")
+    models = {"image_reward": str(checkpoint), "image_reward_tokenizer": str(tokenizer)}
+    with pytest.raises(ValueError, match=r"has no med_config\.json beside it"):
+        check_reward_weights("image_reward", RewardOptions(models=models))
+    (tmp_path / "med_config.json").write_text("{}")
+    check_reward_weights("image_reward", RewardOptions(models=models))
+    # a path that is not there is named as such, not looked up on the hub
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(ValueError, match="is no local file or folder"):
+        check_reward_weights("hps", RewardOptions(models={"hps": missing}))
