@@ -27,6 +27,9 @@ _LAZY: dict[str, str] = {
     "DDPOSchedulerOutput": "ddpo.adapters",
     "DDPOConfig": "ddpo.trainer.config",
     "DDPOTrainer": "ddpo.trainer.trainer",
+    # httpx is imported when a RemoteReward is built (ImportError naming `ddpo[serve]`).
+    "RemoteReward": "ddpo.rewards.remote",
+    "RemoteRewardError": "ddpo.rewards.remote",
 }
 
 

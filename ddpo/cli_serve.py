@@ -31,9 +31,14 @@ class ServeArgs:
     """Address to bind; the default accepts only this machine. Anything else should come with a
     token."""
     token: str | None = None
-    """Require ``Authorization: Bearer <token>`` (default: ``$DDPO_REWARD_TOKEN`` if set)."""
+    """Require ``Authorization: Bearer <token>`` (default: ``$DDPO_REWARD_TOKEN`` if set; prefer
+    the variable: ``ps`` shows a command line to every user of the machine)."""
     max_request_mb: float = 256.0
-    """Largest request body accepted, in MiB (larger ones are refused with 413)."""
+    """Largest request body accepted, in MiB (larger ones are refused with 413); the images of
+    a request may hold at most ``max_request_mb * 2**20 / 12`` pixels (their float32 size)."""
+    max_image_pixels: int = 4096 * 4096
+    """Most pixels (height x width) of one image; larger ones are refused with 413 from the
+    image's header, before it is decoded. At most PIL's decompression-bomb limit (89478485)."""
     device: str | None = None
     """Device of the model-based rewards (default: CUDA when available, else CPU)."""
     batch_size: int | None = None
@@ -77,6 +82,15 @@ def _check(args: ServeArgs) -> None:
         raise ValueError(f"port must be in 0..65535, got {args.port}")
     if not args.max_request_mb > 0:
         raise ValueError(f"max_request_mb must be positive, got {args.max_request_mb}")
+    if args.max_image_pixels <= 0:
+        raise ValueError(f"max_image_pixels must be a positive int, got {args.max_image_pixels}")
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and args.max_image_pixels > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"max_image_pixels must be at most PIL's decompression-bomb limit "
+            f"{Image.MAX_IMAGE_PIXELS}, got {args.max_image_pixels}"
+        )
     if args.token is not None and not args.token:
         raise ValueError("token must not be empty (omit --token to serve without one)")
     if not args.host:
@@ -99,7 +113,7 @@ def run_serve(args: ServeArgs) -> None:
     if token is None and not is_loopback(args.host):
         print(
             f"ddpo: warning: serving on {args.host} without a token: anyone who can reach this "
-            f"port can use the reward; pass --token or set $DDPO_REWARD_TOKEN",
+            f"port can use the reward; set $DDPO_REWARD_TOKEN (or pass --token)",
             file=sys.stderr,
         )
     reward_fn = build_reward_fn(args.reward, reward_options(args))
@@ -110,6 +124,7 @@ def run_serve(args: ServeArgs) -> None:
         port=args.port,
         token=token,
         max_request_bytes=int(args.max_request_mb * 2**20),
+        max_image_pixels=args.max_image_pixels,
         on_listening=lambda url: print(f"serving reward {args.reward!r} on {url}", flush=True),
     )
 

@@ -27,7 +27,11 @@ safetensors and PNG carry only numbers, JSON only data.
 The answer is JSON: ``{"format": 1, "rewards": [float, ...], "reward_metadata": {...}}``, with
 tensors and arrays in the metadata written as (nested) lists; an error is an HTTP status with
 ``{"error": "<message>"}`` (400 a malformed request, 401 a missing or wrong token, 413 a request
-over the server's size limit, 500 the reward failed).
+over the server's size or pixel limits, 500 the reward failed).
+
+``GET <url>/health`` answers the reward's name, the wire format, the limits and whether a token
+is required; `RemoteReward` asks it when built (`RemoteReward.check`), so a server that is not
+there, not a reward server, or refusing the token is reported before any model loads.
 """
 
 import base64
@@ -53,6 +57,7 @@ __all__ = [
     "ImageFormat",
     "RemoteReward",
     "RemoteRewardError",
+    "RemoteRewardUnavailable",
     "encode_request",
     "to_json_data",
 ]
@@ -71,6 +76,16 @@ class RemoteRewardError(RuntimeError):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class RemoteRewardUnavailable(ConnectionError, ValueError):
+    """The reward server cannot be used: nothing answers at the URL, it is not a ``ddpo``
+    reward server, it speaks another wire format, or it refuses the token (`RemoteReward.check`).
+
+    Both a ConnectionError and a ValueError (a bad ``url`` or ``token``), as
+    `io.UnsupportedOperation` is both an OSError and a ValueError: ``ddpo train`` reports it in
+    one line, before the model loads, like any bad flag.
+    """
 
 
 def to_json_data(value: Any, path: str) -> Any:
@@ -150,6 +165,9 @@ class RemoteReward:
     reward contract. Safe to call from several threads (``async_reward_computation``): they
     share one connection pool. Use it as a context manager, or call `close`.
 
+    Building it checks the server (`check`: ``GET /health`` and the token), unless
+    ``check=False``.
+
     Args:
         url: The server's base URL, ``http://host:port``.
         timeout: Seconds to wait for the server (connect, send, each read).
@@ -158,9 +176,12 @@ class RemoteReward:
         token: Bearer token the server requires (None: ``$DDPO_REWARD_TOKEN`` if set).
         image_format: ``"safetensors"`` (exact floats) or ``"png"`` (8-bit, smaller).
         backoff: Seconds before the first retry.
+        check: Check the server now (`check`).
 
     Raises:
         ValueError: for a bad argument.
+        RemoteRewardUnavailable: if ``check`` and the server cannot be used (see `check`).
+        ImportError: if httpx is not installed (``pip install 'ddpo[serve]'``).
     """
 
     def __init__(
@@ -173,6 +194,7 @@ class RemoteReward:
         token: str | None = None,
         image_format: str = "safetensors",
         backoff: float = 0.5,
+        check: bool = True,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
@@ -199,8 +221,15 @@ class RemoteReward:
         headers = {"Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        self._has_token = bool(token)
         self._client: Any = httpx.Client(headers=headers, timeout=self.timeout)  # None: closed
         self._lock = threading.Lock()
+        if check:
+            try:
+                self.check()
+            except BaseException:
+                self.close()
+                raise
 
     def __repr__(self) -> str:
         return self.__name__
@@ -210,6 +239,60 @@ class RemoteReward:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def check(self, *, timeout: float = 10.0) -> dict[str, Any]:
+        """Ask ``GET <url>/health`` (with the token, which the server then checks) whether the
+        server can score this client's requests; one attempt, waiting at most ``timeout``
+        seconds (or the client's ``timeout`` if shorter).
+
+        Returns:
+            The server's ``/health`` answer (its reward's name, wire format and limits).
+
+        Raises:
+            RemoteRewardUnavailable: naming the URL and the cause: nothing answers there (or
+                not within the timeout), the answer is not a ``ddpo`` reward server's, another
+                wire format, the token is refused, or the server requires one and none is set.
+        """
+        import httpx
+
+        with self._lock:
+            client = self._client
+        if client is None:
+            raise RuntimeError(f"{self.__name__} is closed")
+        endpoint = f"{self.url}/health"
+        try:
+            response = client.get(endpoint, timeout=min(timeout, self.timeout))
+        except httpx.TransportError as err:  # connection refused, DNS, timeouts, ...
+            raise RemoteRewardUnavailable(
+                f"reward server {self.url} cannot be reached: {type(err).__name__}: "
+                f"{err or 'connection failed'} (is `ddpo serve-reward` running there?)"
+            ) from err
+        if response.status_code == 401:
+            raise RemoteRewardUnavailable(
+                f"reward server {self.url} refuses this client's token (401): pass its token "
+                f"as token= to RemoteReward (--remote_reward_token) or in ${TOKEN_ENV}"
+            )
+        try:
+            health = response.json() if response.status_code == 200 else None
+        except ValueError:
+            health = None
+        if not (isinstance(health, dict) and health.get("status") == "ok" and "format" in health):
+            raise RemoteRewardUnavailable(
+                f"reward server {self.url}: GET {endpoint} answered {response.status_code} "
+                f"{response.reason_phrase} {response.text[:200]!r}, not a `ddpo serve-reward` "
+                f"health answer (is the URL the server's base URL?)"
+            )
+        if health["format"] != WIRE_FORMAT:
+            raise RemoteRewardUnavailable(
+                f"reward server {self.url} speaks wire format {health['format']!r}, this client "
+                f"{WIRE_FORMAT}: install the same ddpo version on both sides"
+            )
+        if health.get("token_required") and not self._has_token:
+            raise RemoteRewardUnavailable(
+                f"reward server {self.url} requires a token: set ${TOKEN_ENV} (or pass token= "
+                f"to RemoteReward, --remote_reward_token)"
+            )
+        return health
 
     def close(self) -> None:
         """Close the connections (calling afterwards raises RuntimeError)."""
@@ -232,6 +315,12 @@ class RemoteReward:
         """
         pixels = to_float_nchw(images)
         size = pixels.shape[0]
+        nan_images = pixels.flatten(1).isnan().any(dim=1).nonzero().flatten().tolist()
+        if nan_images:
+            raise ValueError(
+                f"images[{nan_images[0]}] holds NaN (images with NaN: {nan_images[:10]}); a "
+                f"reward server scores finite images in [0, 1] only"
+            )
         if prompts is not None:
             prompts = list(prompts)
             if len(prompts) != size or not all(isinstance(p, str) for p in prompts):

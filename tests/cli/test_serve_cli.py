@@ -1,9 +1,11 @@
-"""``ddpo serve-reward``: flags, errors before anything loads, the warning for a public host."""
+"""``ddpo serve-reward``: flags, errors before anything loads, the warning for a public host;
+``ddpo train --reward remote`` with no server there."""
 
 import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +16,7 @@ from ddpo.cli import main
 from ddpo.cli_serve import parse_serve_args, reward_options
 from ddpo.rewards.brightness import brightness
 from ddpo.rewards.registry import RewardOptions
-from ddpo.rewards.server import is_loopback
+from ddpo.rewards.server import DEFAULT_MAX_IMAGE_PIXELS, is_loopback
 
 
 @pytest.fixture
@@ -51,6 +53,11 @@ def test_unknown_reward_is_one_line_before_the_server_loads() -> None:
         (["--max_request_mb", "0"], "ddpo: max_request_mb must be positive, got 0.0"),
         (["--token", ""], "ddpo: token must not be empty"),
         (["--batch_size", "0"], "ddpo: batch_size must be a positive int, got 0"),
+        (["--max_image_pixels", "0"], "ddpo: max_image_pixels must be a positive int, got 0"),
+        (
+            ["--max_image_pixels", str(10**8)],
+            "ddpo: max_image_pixels must be at most PIL's decompression-bomb limit 89478485",
+        ),
     ],
 )
 def test_bad_flags_are_one_line_and_status_2(
@@ -76,10 +83,14 @@ def test_flags_reach_the_server(
 ) -> None:
     argv = ["serve-reward", "--reward", "brightness", "--port", "0", "--max_request_mb", "1.5"]
     assert main(argv) == 0
-    (call,) = served
+    assert main([*argv, "--max_image_pixels", "1024"]) == 0
+    call, small = served
     assert call["reward_fn"] is brightness and call["name"] == "brightness"
     assert call["host"] == "127.0.0.1" and call["port"] == 0 and call["token"] is None
     assert call["max_request_bytes"] == int(1.5 * 2**20)
+    assert (
+        call["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS and small["max_image_pixels"] == 1024
+    )
     assert reward_options(parse_serve_args(argv[1:])) == RewardOptions()
     flags = ["--reward", "brightness", "--device", "cpu", "--batch_size", "4"]
     assert reward_options(parse_serve_args(flags)) == RewardOptions(device="cpu", batch_size=4)
@@ -131,3 +142,41 @@ def test_usage_and_help_list_the_command(capsys: pytest.CaptureFixture[str]) -> 
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_train_with_no_reward_server_is_one_line_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from accelerate.state import PartialState
+
+    import ddpo.adapters.families
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(ddpo.adapters.families, "load_policy", forbidden)
+    monkeypatch.delenv("DDPO_REWARD_TOKEN", raising=False)
+    capsys.readouterr()  # what importing the adapters printed is not the command's output
+    with socket.socket() as probe:  # a free port: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    run = tmp_path / "run"
+    try:
+        status = main(
+            [
+                "train",
+                "--reward",
+                "remote",
+                "--remote_reward_url",
+                url,
+                f"--ddpo_config.output_dir={run}",
+            ]
+        )
+    finally:
+        PartialState._reset_state()  # setup_train asked accelerate for the process index
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"ddpo: reward server {url} cannot be reached: ConnectError"), line
+    assert "is `ddpo serve-reward` running there?" in line
+    assert not run.exists() or not any(run.iterdir())

@@ -2,12 +2,17 @@
 round trip, concurrency and the token; in-process uvicorn servers (apps of `make_app` around
 fake rewards, or hand-written broken servers) for each fault."""
 
+import base64
 import contextlib
+import io
+import json
+import math
 import os
 import queue
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -15,15 +20,25 @@ from typing import Any
 
 import httpx
 import pytest
+import safetensors.torch
 import torch
 import uvicorn
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageFile
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.testclient import TestClient
 
-from ddpo.rewards.remote import RemoteReward, RemoteRewardError, encode_request
-from ddpo.rewards.server import make_app
+from ddpo.rewards.remote import (
+    RemoteReward,
+    RemoteRewardError,
+    RemoteRewardUnavailable,
+    encode_request,
+)
+from ddpo.rewards.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_BYTES, make_app
 
 TOKEN = "s3cret-token"
 
@@ -213,7 +228,7 @@ def test_batches_are_split_and_metadata_joined() -> None:
 def test_server_not_running_names_the_url() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with (
-        RemoteReward(url, retries=2, backoff=0.01) as remote,
+        RemoteReward(url, retries=2, backoff=0.01, check=False) as remote,
         pytest.raises(ConnectionError, match=rf"{url}/score cannot be reached after 3 attempts"),
     ):
         remote(torch.rand(1, 3, 4, 4), None, None)
@@ -237,7 +252,7 @@ def test_dropped_connections_are_retried_then_reported() -> None:
     url = f"http://127.0.0.1:{listener.getsockname()[1]}"
     try:
         with (
-            RemoteReward(url, retries=3, backoff=0.01) as remote,
+            RemoteReward(url, retries=3, backoff=0.01, check=False) as remote,
             pytest.raises(ConnectionError, match=rf"{url}/score .* after 4 attempts"),
         ):
             remote(torch.rand(1, 3, 4, 4), None, None)
@@ -313,7 +328,7 @@ def test_malformed_or_wrong_length_answer_is_the_contracts_error(
 ) -> None:
     with (
         running(_broken(body)) as url,
-        RemoteReward(url) as remote,
+        RemoteReward(url, check=False) as remote,
         pytest.raises(error, match=match) as caught,
     ):
         remote(torch.rand(2, 3, 4, 4), None, None)
@@ -358,26 +373,256 @@ def test_request_too_large_is_refused_with_413() -> None:
     assert huge.status_code == 413 and f"{64 * 2**20} bytes" in huge.json()["error"]
 
 
+def png(width: int, height: int, mode: str = "RGB") -> bytes:
+    """A PNG of one colour (a large one compresses to a few kB: 9000x9000 1-bit is 28 kB)."""
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def request_body(images: torch.Tensor | list[bytes], /, **fields: Any) -> bytes:
+    """A request body written by hand: a tensor goes as a safetensors blob (any dtype), a list
+    of bytes as PNGs; ``fields`` replace the others."""
+    encoded: str | list[str]
+    if isinstance(images, torch.Tensor):
+        image_format, encoded = "safetensors", b64(safetensors.torch.save({"images": images}))
+    else:
+        image_format, encoded = "png", [b64(blob) for blob in images]
+    request = {"format": 1, "image_format": image_format, "images": encoded, "prompts": None}
+    return json.dumps({**request, "prompt_metadata": None, **fields}).encode()
+
+
+def b64(blob: bytes) -> str:
+    return base64.b64encode(blob).decode()
+
+
 def test_malformed_request_is_a_400() -> None:
     reward = Recorder()
     good = encode_request(torch.rand(2, 3, 4, 4), ["a", "b"], None)
+    deep = good.replace(
+        b'"prompt_metadata": null', b'"prompt_metadata": ' + b"[" * 10**5 + b"]" * 10**5
+    )
+    cases = {
+        b"not json": "not JSON",
+        good.replace(b'"format": 1', b'"format": 2'): "format must be 1",
+        good.replace(b'"format": 1', b'"format": true'): "format must be 1",
+        good.replace(b'"prompts": ["a", "b"]', b'"prompts": ["a"]'): "1 prompts for 2 images",
+        good.replace(b'"prompts": ["a", "b"]', b'"prompts": "ab"'): "prompts must be a list",
+        good.replace(b'"image_format": "safetensors"', b'"image_format": "pickle"'): "pickle",
+        good.replace(b'"images": "', b'"images": "AAAA'): "not a safetensors blob",
+        good.replace(b'"images": "', b'"images": "\\u00e9'): "not valid base64",
+        deep: "nested too deeply",
+        b'{"format": 1, "prompts": ["\xff"]}': "not JSON",  # not UTF-8
+        b'{"format": ' + b"9" * 5000 + b"}": "not JSON",  # an int Python will not parse
+        request_body(torch.rand(0, 3, 4, 4)): "images is an empty batch",
+        request_body(torch.rand(2, 3, 0, 4)): "has no pixels: 4x0",
+        request_body(torch.rand(2, 3, 4, 4).half()): "float32 tensor, got dtype 'F16'",
+        request_body(torch.rand(2, 4, 4, 4)): "must be (batch, 3, H, W), got shape [2, 4, 4, 4]",
+        request_body(torch.rand(2, 3, 4, 4), images=5): "images must be a base64 string",
+        request_body([]): "non-empty list of base64 PNG strings",
+        request_body([png(4, 4), png(4, 5)]): "images differ in size",
+        request_body([png(4, 4), png(4, 4)[:40]]): "images[1] is not a PNG image PIL can decode",
+        request_body([b"GIF89a" + bytes(30)]): "images[0] is not a PNG image",
+    }
     with running(make_app(reward)) as url:
-        cases = {
-            b"not json": "not JSON",
-            good.replace(b'"format": 1', b'"format": 2'): "format must be 1",
-            good.replace(b'"prompts": ["a", "b"]', b'"prompts": ["a"]'): "1 prompts for 2 images",
-            good.replace(b'"image_format": "safetensors"', b'"image_format": "pickle"'): "pickle",
-            good.replace(b'"images": "', b'"images": "AAAA'): "not a safetensors blob",
-        }
         answers = {want: httpx.post(f"{url}/score", content=body) for body, want in cases.items()}
     for want, answer in answers.items():
-        assert answer.status_code == 400 and want in answer.json()["error"], want
+        assert answer.status_code == 400, (want, answer.text)
+        assert want in answer.json()["error"], (want, answer.text)
     assert reward.calls == []
+
+
+def test_nan_infinite_or_out_of_range_images_are_refused_by_index() -> None:
+    reward = Recorder()
+    images = torch.rand(3, 3, 4, 4)
+    cases = []
+    for index, value, want in [
+        (1, math.nan, "images[1] holds NaN"),
+        (2, math.inf, "images[2] holds infinite values"),
+        (0, -0.25, "images[0] has values outside [0, 1] (min -0.25"),
+        (2, 1.5, "images[2] has values outside [0, 1] (min 0, max 1.5"),
+    ]:
+        bad = images.clone()
+        bad[index] = 0.0
+        bad[index, 1, 2, 3] = value
+        cases.append((encode_request(bad, None, None), want))
+    with running(make_app(reward)) as url:
+        answers = [(httpx.post(f"{url}/score", content=body), want) for body, want in cases]
+        # 8-bit PNGs decode to k / 255, always in [0, 1]: no check to fail.
+        with RemoteReward(url, image_format="png") as remote:
+            rewards, _ = remote(images, None, None)
+    for answer, want in answers:
+        assert answer.status_code == 400 and want in answer.json()["error"], answer.text
+    assert [size for size, _, _ in reward.calls] == [3]
+    torch.testing.assert_close(rewards, mean_pixel((images * 255).round() / 255), atol=1e-6, rtol=0)
+
+
+def test_remote_reward_refuses_nan_images_before_sending() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: sending would be ConnectionError
+    images = torch.rand(3, 3, 4, 4)
+    images[2, 0, 0, 0] = math.nan
+    with (
+        RemoteReward(url, retries=0, check=False) as remote,
+        pytest.raises(ValueError, match=r"images\[2\] holds NaN"),
+    ):
+        remote(images, None, None)
+
+
+# JSON values of every kind, nested a little.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def request_bodies(draw: st.DrawFn) -> bytes:
+    """Random bytes, random JSON, or a request (mostly well formed) with random images (dtype,
+    shape, values, truncation) and random fields, some replaced by random JSON or left out."""
+    kind = draw(st.sampled_from(["bytes", "json", "request", "request", "request"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300))
+    if kind == "json":
+        return json.dumps(draw(json_values)).encode()
+    batch, channels = draw(st.integers(0, 3)), draw(st.sampled_from([3, 3, 1, 4]))
+    height, width = draw(st.integers(0, 4)), draw(st.integers(0, 4))
+    truncate = draw(st.sampled_from([False, False, False, True]))
+    if draw(st.booleans()):
+        dtypes = [torch.float32, torch.float32, torch.float16, torch.float64, torch.uint8]
+        dtype = draw(st.sampled_from(dtypes))
+        tensor = torch.full((batch, channels, height, width), 0.5).to(dtype)
+        if tensor.numel() and dtype.is_floating_point:
+            tensor.view(-1)[draw(st.integers(0, tensor.numel() - 1))] = draw(
+                st.sampled_from([math.nan, math.inf, -1.0, 2.0, 1.0, 0.0])
+            )
+        blob = safetensors.torch.save({draw(st.sampled_from(["images", "images", "x"])): tensor})
+        images: Any = b64(blob[: draw(st.integers(0, len(blob)))] if truncate else blob)
+        image_format = "safetensors"
+    else:
+        modes = st.sampled_from(["RGB", "RGBA", "L", "1", "P", "I;16"])
+        size = draw(st.tuples(st.integers(1, 4), st.integers(1, 4)))
+        sizes = st.just(size) | st.tuples(st.integers(1, 4), st.integers(1, 4))
+        blobs = [png(*draw(sizes), draw(modes)) for _ in range(batch)]
+        if truncate and blobs:
+            blobs[-1] = blobs[-1][: draw(st.integers(0, len(blobs[-1])))]
+        images = [b64(blob) for blob in blobs]
+        image_format = "png"
+    request: dict[str, Any] = {
+        "format": 1,
+        "image_format": image_format,
+        "images": images,
+        "prompts": draw(st.none() | st.lists(st.text(max_size=4), min_size=batch, max_size=batch)),
+        "prompt_metadata": draw(json_values),
+    }
+    for key in draw(st.lists(st.sampled_from(sorted(request)), max_size=2)):
+        if draw(st.booleans()):
+            request[key] = draw(json_values)
+        else:
+            request.pop(key, None)
+    return json.dumps(request).encode()
+
+
+def test_random_bodies_are_never_a_500_when_the_reward_does_not_fail() -> None:
+    """In process (the ASGI app through Starlette's TestClient): 150 requests in a few seconds."""
+    reward = Recorder()
+    statuses: set[int] = set()
+    with TestClient(make_app(reward)) as client:
+
+        @settings(max_examples=150, deadline=None)
+        @given(body=request_bodies())
+        def post(body: bytes) -> None:
+            answer = client.post("/score", content=body)
+            statuses.add(answer.status_code)
+            assert answer.status_code in (200, 400), answer.text
+            if answer.status_code == 400:
+                assert answer.json()["error"].startswith("malformed request: "), answer.text
+
+        post()
+    assert statuses == {200, 400}  # the bodies reach the reward, too
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel limits
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The sizes of the PNGs that PIL decodes (its `load`, which `convert` calls) and of the
+    safetensors blobs loaded, recorded in this process (the servers run in a thread of it)."""
+    sizes: list[tuple[int, int]] = []
+    load, load_blob = ImageFile.ImageFile.load, safetensors.torch.load
+
+    def recording_load(image: ImageFile.ImageFile) -> Any:
+        if image.tile:  # not decoded yet (decoding empties it)
+            sizes.append(image.size)
+        return load(image)
+
+    def recording_load_blob(blob: bytes) -> Any:
+        tensor = load_blob(blob)["images"]
+        sizes.append((tensor.shape[3], tensor.shape[2]))
+        return {"images": tensor}
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", recording_load)
+    monkeypatch.setattr(safetensors.torch, "load", recording_load_blob)
+    return sizes
+
+
+def test_a_huge_png_is_refused_from_its_header(decoded: list[tuple[int, int]]) -> None:
+    """The issue's bomb: 9000x9000 pixels in a 28 kB PNG (1.7 GB once decoded to floats)."""
+    bomb = png(9000, 9000, "1")
+    assert len(bomb) < 64 * 2**10
+    reward = Recorder()
+    with running(make_app(reward)) as url:
+        answer = httpx.post(f"{url}/score", content=request_body([png(8, 8), bomb]))
+        health = httpx.get(f"{url}/health").json()
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["error"] == (
+        "images too large: images[1] is 9000x9000 = 81000000 pixels, over this server's limit "
+        "of 16777216 pixels per image (--max_image_pixels)"
+    )
+    assert decoded == [] and reward.calls == []  # not even the small image was decoded
+    assert health["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS == 4096 * 4096
+    assert health["max_request_pixels"] == DEFAULT_MAX_REQUEST_BYTES // 12
+
+
+def test_pixel_limits_per_image_and_per_request(decoded: list[tuple[int, int]]) -> None:
+    reward = Recorder()
+    # At most 64 pixels an image, and 2400 // 12 = 200 pixels a request (the float32 size of the
+    # largest body: only PNGs, which compress, can reach it within the body limit).
+    with running(make_app(reward, max_image_pixels=64, max_request_bytes=2400)) as url:
+        answers = {
+            "png": httpx.post(f"{url}/score", content=request_body([png(9, 8)])),
+            "tensor": httpx.post(f"{url}/score", content=request_body(torch.rand(1, 3, 8, 9))),
+            "request": httpx.post(f"{url}/score", content=request_body([png(8, 7)] * 4)),
+        }
+        refused = list(decoded)
+        ok = httpx.post(f"{url}/score", content=request_body([png(8, 7)] * 3))
+        health = httpx.get(f"{url}/health").json()
+    for key in ("png", "tensor"):
+        assert answers[key].status_code == 413, answers[key].text
+        error = answers[key].json()["error"]
+        assert "is 9x8 = 72 pixels, over this server's limit of 64 pixels per image" in error
+    assert answers["request"].status_code == 413, answers["request"].text
+    error = answers["request"].json()["error"]
+    assert "hold at least 224 pixels, over this server's limit of 200 pixels per request" in error
+    assert refused == [] and ok.status_code == 200 and decoded == [(8, 7)] * 3
+    assert [size for size, _, _ in reward.calls] == [3]
+    assert (health["max_image_pixels"], health["max_request_pixels"]) == (64, 200)
+
+
+def test_a_pixel_limit_over_pils_bomb_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_image_pixels must be at most PIL's decompression"):
+        make_app(Recorder(), max_image_pixels=Image.MAX_IMAGE_PIXELS + 1)  # type: ignore[operator]
+    with pytest.raises(ValueError, match="max_image_pixels must be a positive int, got 0"):
+        make_app(Recorder(), max_image_pixels=0)
 
 
 def test_prompt_metadata_that_is_not_json_is_named_before_sending() -> None:
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens: sending would be ConnectionError
-    with RemoteReward(url, retries=0) as remote:
+    with RemoteReward(url, retries=0, check=False) as remote:
         with pytest.raises(TypeError, match=r"prompt_metadata\[1\]\['when'\] is of type object"):
             remote(torch.rand(2, 3, 4, 4), None, [{"when": 1}, {"when": object()}])
         with pytest.raises(ValueError, match=r"prompts must be 2 str"):
@@ -418,7 +663,7 @@ def test_token_is_required_when_the_server_has_one(monkeypatch: pytest.MonkeyPat
     try:
         for token in (None, "wrong"):
             with (
-                RemoteReward(url, token=token, retries=2) as remote,
+                RemoteReward(url, token=token, retries=2, check=False) as remote,
                 pytest.raises(RemoteRewardError, match=r"answered 401 .*Authorization: Bearer"),
             ):
                 remote(images, None, None)
@@ -439,10 +684,85 @@ def test_401_is_not_retried() -> None:
     reward = Recorder()
     seen: list[int] = []
     with running(make_app(reward, token=TOKEN)) as url:
-        client = RemoteReward(url, token="wrong", retries=3, backoff=0.01)
+        client = RemoteReward(url, token="wrong", retries=3, backoff=0.01, check=False)
         assert client._client is not None
         client._client.event_hooks["response"].append(lambda r: seen.append(r.status_code))
         with pytest.raises(RemoteRewardError) as caught:
             client(torch.rand(1, 3, 4, 4), None, None)
         client.close()
     assert caught.value.status == 401 and seen == [401] and reward.calls == []
+
+
+def test_building_checks_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DDPO_REWARD_TOKEN", raising=False)
+    reward = Recorder()
+    with running(make_app(reward, token=TOKEN)) as url:
+        with pytest.raises(RemoteRewardUnavailable, match=rf"{url} requires a token: set \$DDPO"):
+            RemoteReward(url)
+        with pytest.raises(RemoteRewardUnavailable, match=rf"{url} refuses this client's token"):
+            RemoteReward(url, token="wrong")
+        with RemoteReward(url, token=TOKEN) as remote:
+            health = remote.check()
+        public = httpx.get(f"{url}/health")
+        wrong = httpx.get(f"{url}/health", headers={"Authorization": "Bearer wrong"})
+    with running(make_app(reward)) as url, RemoteReward(url, token="unneeded") as remote:
+        open_health = remote.check()
+    assert health["token_required"] is True and open_health["token_required"] is False
+    assert public.status_code == 200 and public.json() == health  # /health needs no token
+    assert wrong.status_code == 401  # but one that is sent is checked
+    assert reward.calls == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking the server when a RemoteReward is built
+
+
+def test_building_checks_that_the_server_is_there() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(
+        RemoteRewardUnavailable, match=rf"^reward server {url} cannot be reached"
+    ) as caught:
+        RemoteReward(url, retries=5, backoff=10.0)  # one attempt, no retries
+    assert isinstance(caught.value, ConnectionError) and isinstance(caught.value, ValueError)
+
+    async def health(request: Request) -> Response:
+        return Response(b'{"status": "ok", "format": 2}', media_type="application/json")
+
+    not_ours = r"answered 404 .*not a `ddpo serve-reward`"
+    with (
+        running(_broken(b"{}")) as other,  # a server with no /health: 404
+        pytest.raises(RemoteRewardUnavailable, match=not_ours),
+    ):
+        RemoteReward(other)
+    with (
+        running(Starlette(routes=[Route("/health", health)])) as newer,
+        pytest.raises(
+            RemoteRewardUnavailable, match=rf"{newer} speaks wire format 2, this client 1"
+        ),
+    ):
+        RemoteReward(newer)
+
+
+def test_ddpo_exports_remote_reward_lazily_and_names_the_extra() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import ddpo
+        assert "ddpo.rewards.remote" not in sys.modules and "httpx" not in sys.modules
+        from ddpo import RemoteReward, RemoteRewardError
+        import ddpo.rewards.remote as remote
+        assert RemoteReward is remote.RemoteReward and RemoteRewardError is remote.RemoteRewardError
+        assert "httpx" not in sys.modules and "RemoteReward" in dir(ddpo)
+        sys.modules["httpx"] = None  # as if the serve extra were not installed
+        try:
+            RemoteReward("http://127.0.0.1:1")
+        except ImportError as err:
+            print(err)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (
+        out.stdout.strip()
+        == "the reward server and RemoteReward need httpx: pip install 'ddpo[serve]'"
+    )
