@@ -19,6 +19,9 @@ What a new family writes (see CONTRIBUTING.md):
 - optionally ``preferred_advantage_mode`` (e.g. ``"group"``): what ``DDPOConfig.advantage_mode
   = "auto"`` resolves to for this family when per-prompt tracking is off (default: TRL's
   ``"global"``);
+- optionally ``kl_conventions``: the ``DDPOConfig.kl_convention`` values its ``score`` supports
+  (default ``("exact",)``; the flow policies add ``"flow_grpo"`` and return
+  ``StepScore.flow_grpo_std_dev``);
 - optionally ``compile_regions``: the class names of the denoiser's repeated blocks that
   ``DDPOConfig.compile_denoiser`` compiles (default: the diffusers model's ``_repeated_blocks``);
 - optionally a keyword ``initial_noise_generators`` of ``rollout``
@@ -97,7 +100,14 @@ class PolicyRollout(NamedTuple):
 
 @runtime_checkable
 class StepScore(Protocol):
-    """What ``score`` returns: the transitions' log-probs and the step's Gaussian."""
+    """What ``score`` returns: the transitions' log-probs and the step's Gaussian (its ``mean``
+    and its true standard deviation ``std_dev``, for ``DDPOConfig.kl_convention="exact"``).
+
+    A policy that offers Flow-GRPO's KL convention (``"flow_grpo"`` in its optional
+    ``kl_conventions`` member) also returns ``flow_grpo_std_dev`` ``(batch,)``: the standard
+    deviation Flow-GRPO's penalty divides by (`ddpo.core.flow_grpo_kl`), its step function's
+    ``std_dev_t``; for its ``"sde"`` step the coefficient before the step size ``sqrt(-dt)``.
+    """
 
     @property
     def log_prob(self) -> PerSample: ...

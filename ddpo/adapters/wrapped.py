@@ -186,6 +186,9 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     preferred_advantage_mode: ClassVar[str] = "group"
     """What ``DDPOConfig.advantage_mode="auto"`` becomes for this policy (GRPO's group
     advantages over repeated prompts, as Flow-GRPO trains)."""
+    kl_conventions: ClassVar[tuple[str, ...]] = ("exact", "flow_grpo")
+    """The ``DDPOConfig.kl_convention`` values `score` supports: its result carries
+    ``flow_grpo_std_dev`` for Flow-GRPO's penalty beside the step's true ``std_dev``."""
     default_steps: ClassVar[int] = 28
     default_guidance: ClassVar[float] = 7.0
 

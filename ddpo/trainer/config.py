@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 LossType = Literal["ppo", "score_function"]
 AdvantageMode = Literal["auto", "per_prompt", "global", "group", "group_global"]
+KLConvention = Literal["exact", "flow_grpo"]
+TimestepOrder = Literal["random", "first"]
 
 
 def _default_exp_name() -> str:
@@ -162,7 +164,8 @@ class DDPOConfig:
     flow-matching models (GRPO, as Flow-GRPO), ``"global"`` for the others)."""
     kl_coef: float = 0.0
     """Weight of a KL-to-reference penalty (Gaussian KL between the DDIM step means of the
-    current and the pre-fine-tuning policy); 0 disables it and its extra UNet pass."""
+    current and the pre-fine-tuning policy; ``kl_convention`` says how it is measured); 0
+    disables it and its extra UNet pass."""
     gradient_checkpointing: bool = False
     """Enable the UNet's gradient checkpointing (less memory, more compute)."""
     hub_model_id: str = ""
@@ -182,6 +185,38 @@ class DDPOConfig:
     share it in any sampling batch, on any process, and after a resume. Needs a policy whose
     ``rollout`` takes ``initial_noise_generators`` (SD3, FLUX.1); the others are refused before
     sampling."""
+
+    # ----------------------------------------------------------------------------------------
+    # Flow-GRPO's training conventions (docs/flow_models.md lists both sides and its config keys);
+    # the defaults are DDPO's
+    kl_convention: KLConvention = "exact"
+    """How ``kl_coef``'s penalty measures the drift from the reference policy at a step:
+    ``"exact"``, the KL between the two steps' Gaussians with the step's true standard deviation
+    (for a flow SDE step ``std_t sqrt(-dt)``); ``"flow_grpo"``, Flow-GRPO's ``kl_loss``, the same
+    squared mean gap over ``2 std_t^2``, without the step size: ``-dt`` times the exact KL
+    (1/3.7 to 1/112 of it on SD3.5's 10-step schedule), so Flow-GRPO's ``train.beta`` ports to
+    ``kl_coef`` with ``"flow_grpo"``. Offered by the policies whose ``score`` reports Flow-GRPO's
+    ``std_dev_t`` (SD3, FLUX.1); the others refuse it before any model work."""
+    train_drop_zero_advantages: bool = False
+    """Train only on samples whose advantage is not 0, as Flow-GRPO does (e.g. a group whose
+    rewards are all equal). Each process keeps its nonzero-advantage samples, topped up with
+    zero-advantage ones drawn at random (seeded) to a multiple of its number of micro-batches,
+    which stays ``sample_batch_size * sample_num_batches_per_epoch / train_batch_size``: the
+    micro-batches shrink instead, so every process runs the same backward passes and optimizer
+    steps. The epoch's metrics count the dropped samples of all processes
+    (``num_dropped_samples``)."""
+    train_timestep_order: TimestepOrder = "random"
+    """Which ``int(K * train_timestep_fraction)`` of each trajectory's ``K`` recorded transitions
+    train: ``"random"``, a fresh random subset per sample and inner epoch (DDPO); ``"first"``, the
+    first ones in sampling order, the same for every sample (Flow-GRPO: at fraction 0.99 every
+    step but the last; with a flow policy's SDE window, the window's steps, as Flow-GRPO-Fast
+    at fraction 1)."""
+    train_clip_range_low: float | None = None
+    """PPO's lower clip bound: ratios below ``1 - train_clip_range_low`` are clipped (Flow-GRPO's
+    ``train.clip_range_lt``). None: ``train_clip_range``."""
+    train_clip_range_high: float | None = None
+    """PPO's upper clip bound: ratios above ``1 + train_clip_range_high`` are clipped
+    (Flow-GRPO's ``train.clip_range_gt``). None: ``train_clip_range``."""
 
     # ----------------------------------------------------------------------------------------
     # Throughput (`ddpo.trainer.speed`); none of these changes the math, only its speed

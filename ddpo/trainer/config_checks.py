@@ -267,6 +267,9 @@ def validate_config(config: DDPOConfig, *, num_processes: int | None = None) -> 
             f"output folder; set output_dir instead), got {config.project_kwargs!r}"
         )
 
+    # Flow-GRPO's conventions (their own block).
+    check_flow_grpo_options(config)
+
     # 6. Optional dependencies.
     if config.train_use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
         raise ImportError(
@@ -278,3 +281,40 @@ def validate_config(config: DDPOConfig, *, num_processes: int | None = None) -> 
             "DDPOConfig.log_with='wandb' needs wandb, which is not installed "
             "(pip install wandb), or use log_with='tensorboard'"
         )
+
+
+KL_CONVENTIONS: tuple[str, ...] = ("exact", "flow_grpo")
+TIMESTEP_ORDERS: tuple[str, ...] = ("random", "first")
+
+
+def check_flow_grpo_options(config: DDPOConfig) -> None:
+    """The fields of Flow-GRPO's training conventions: ``kl_convention``,
+    ``train_drop_zero_advantages``, ``train_timestep_order``, ``train_clip_range_low`` and
+    ``train_clip_range_high`` (TypeError or ValueError naming the field and the value)."""
+    if config.kl_convention not in KL_CONVENTIONS:
+        raise ValueError(
+            f"DDPOConfig.kl_convention must be one of {KL_CONVENTIONS}, "
+            f"got {config.kl_convention!r}"
+        )
+    if config.train_timestep_order not in TIMESTEP_ORDERS:
+        raise ValueError(
+            f"DDPOConfig.train_timestep_order must be one of {TIMESTEP_ORDERS}, "
+            f"got {config.train_timestep_order!r}"
+        )
+    if not isinstance(config.train_drop_zero_advantages, bool):
+        value = config.train_drop_zero_advantages
+        raise TypeError(
+            "DDPOConfig.train_drop_zero_advantages must be True or False, "
+            f"got {value!r} ({type(value).__name__})"
+        )
+    for name in ("train_clip_range_low", "train_clip_range_high"):
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"DDPOConfig.{name} must be a float or None, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"DDPOConfig.{name} must be a finite float > 0 (or None: train_clip_range), "
+                f"got {value!r}"
+            )

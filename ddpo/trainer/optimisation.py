@@ -1,7 +1,8 @@
 """Phase 3 of an epoch: passes of PPO (or score-function) updates over the epoch's samples.
 
-Each inner epoch shuffles the samples, shuffles each sample's timesteps independently and keeps
-``train_timestep_fraction`` of them, re-scores the stored transitions through the
+Each inner epoch shuffles the samples, keeps ``train_timestep_fraction`` of each sample's
+timesteps (a random subset per sample, or the first ones in order with
+``train_timestep_order="first"``), re-scores the stored transitions through the
 accelerate-prepared UNet (so gradients are all-reduced across processes), and steps the optimizer
 once per ``train_gradient_accumulation_steps`` micro-batches, gradients accumulated over the kept
 timesteps too, the norm clipped and checked finite before any step.
@@ -14,7 +15,14 @@ from typing import Any
 
 import torch
 
-from ddpo.core import gaussian_kl, ppo_clip_loss, score_function_loss, subsample_timesteps
+from ddpo.core import (
+    flow_grpo_kl,
+    gaussian_kl,
+    ppo_clip_loss,
+    score_function_loss,
+    subsample_timesteps,
+)
+from ddpo.policy import StepScore
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.rollout import TRAIN_STREAM, Trajectories, derive_seed
 
@@ -43,19 +51,130 @@ def num_train_timesteps(config: DDPOConfig, transitions: int | None = None) -> i
 def shuffle(
     samples: Trajectories, config: DDPOConfig, *, process_index: int, epoch: int, inner_epoch: int
 ) -> Trajectories:
-    """The samples in a fresh order, each with a random ``train_timestep_fraction`` of its
-    transitions (seeded by the config's seed, the process, the epoch and the inner epoch)."""
+    """The samples in a fresh order, each with ``train_timestep_fraction`` of its transitions: a
+    random subset (``train_timestep_order="random"``) or the first ones in sampling order
+    (``"first"``, Flow-GRPO's); seeded by the config's seed, the process, the epoch and the inner
+    epoch. The sample order is the same for both orders."""
     generator = torch.Generator().manual_seed(
         derive_seed(config.seed, TRAIN_STREAM, process_index, epoch, inner_epoch)
     )
     num_samples, num_steps = samples.timesteps.shape
     order = torch.randperm(num_samples, generator=generator)
-    time_perms = torch.stack(
-        [torch.randperm(num_steps, generator=generator) for _ in range(num_samples)]
-    )
+    if config.train_timestep_order == "first":
+        time_perms = torch.arange(num_steps).expand(num_samples, num_steps)
+    else:
+        time_perms = torch.stack(
+            [torch.randperm(num_steps, generator=generator) for _ in range(num_samples)]
+        )
     kept = subsample_timesteps(time_perms, timestep_fraction=config.train_timestep_fraction)
     device = samples.timesteps.device
     return samples.select(order.to(device), kept.to(device))
+
+
+def micro_batches_per_epoch(config: DDPOConfig) -> int:
+    """Training micro-batches per inner epoch on each process:
+    ``sample_batch_size * sample_num_batches_per_epoch / train_batch_size`` (fixed, also when
+    ``train_drop_zero_advantages`` leaves fewer samples)."""
+    return config.sample_batch_size * config.sample_num_batches_per_epoch // config.train_batch_size
+
+
+def micro_batch_size(config: DDPOConfig, num_samples: int) -> int:
+    """Samples per training micro-batch when a process trains ``num_samples`` samples: the
+    epoch's `micro_batches_per_epoch` split them evenly (``train_batch_size`` when every sample
+    trains; fewer once zero-advantage samples are dropped, as Flow-GRPO rebatches).
+
+    Raises:
+        ValueError: if ``num_samples`` is not a positive multiple of the micro-batch count.
+    """
+    count = micro_batches_per_epoch(config)
+    if num_samples <= 0 or num_samples % count:
+        raise ValueError(
+            f"{num_samples} samples do not split into the epoch's {count} training micro-batches"
+        )
+    return num_samples // count
+
+
+def clip_range(config: DDPOConfig) -> float | tuple[float, float]:
+    """PPO's clip range: ``train_clip_range``, or the ``(low, high)`` pair when
+    ``train_clip_range_low`` or ``train_clip_range_high`` is set (the other one defaulting to
+    ``train_clip_range``)."""
+    low, high = config.train_clip_range_low, config.train_clip_range_high
+    if low is None and high is None:
+        return config.train_clip_range
+    return (
+        config.train_clip_range if low is None else low,
+        config.train_clip_range if high is None else high,
+    )
+
+
+def check_kl_convention(pipeline: Any, config: DDPOConfig) -> None:
+    """ValueError before any model work if the policy's ``score`` cannot measure the KL penalty
+    in ``config.kl_convention`` (its optional ``kl_conventions`` member; default ``("exact",)``).
+    """
+    offered = tuple(getattr(pipeline, "kl_conventions", ("exact",)))
+    if config.kl_convention not in offered:
+        raise ValueError(
+            f"DDPOConfig.kl_convention={config.kl_convention!r} is not offered by "
+            f"{type(pipeline).__name__} (it offers {offered}): Flow-GRPO's KL penalty divides by "
+            "the flow SDE step's coefficient std_dev_t, which only the flow-matching policies "
+            "(SD3, FLUX.1) report; use kl_convention='exact', the KL with the step's own "
+            "standard deviation"
+        )
+
+
+def timestep_loss(
+    config: DDPOConfig,
+    score: StepScore,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    reference: StepScore | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of one trained transition per sample and its diagnostics (no model call).
+
+    ``loss_type``'s loss of ``score.log_prob`` (``"ppo"``: clipped at `clip_range`), plus
+    ``kl_coef`` times the batch mean of the KL penalty to ``reference`` in ``kl_convention``:
+    ``"exact"``, `ddpo.core.gaussian_kl` with the step's standard deviation ``score.std_dev``;
+    ``"flow_grpo"``, `ddpo.core.flow_grpo_kl` with ``score.flow_grpo_std_dev`` (Flow-GRPO's
+    ``policy_loss + beta * kl_loss``).
+
+    Args:
+        config: the run's config.
+        score: the policy's re-scored transitions (gradients flow through it).
+        old_log_prob: the log-probs when sampled, ``(batch,)``.
+        advantages: the (clipped) advantages, ``(batch,)``.
+        reference: the reference policy's score of the same transitions (``kl_coef > 0``).
+
+    Returns:
+        The loss (0-d, with gradients) and detached diagnostics: ``approx_kl``,
+        ``clip_fraction``, ``kl`` (with ``kl_coef > 0``) and ``loss``.
+
+    Raises:
+        ValueError: ``kl_coef > 0`` without ``reference``, or ``kl_convention="flow_grpo"`` with a
+            score that has no ``flow_grpo_std_dev``.
+    """
+    log_prob = score.log_prob.float()
+    ppo = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range=clip_range(config))
+    loss = ppo.loss if config.loss_type == "ppo" else score_function_loss(log_prob, advantages)
+    # Diagnostics stay on the device as detached tensors; read once per optimizer step.
+    metrics = {"approx_kl": ppo.approx_kl, "clip_fraction": ppo.clip_fraction}
+    if config.kl_coef > 0:
+        if reference is None:
+            raise ValueError(f"DDPOConfig.kl_coef={config.kl_coef!r} needs the reference's score")
+        mean, ref_mean = score.mean.float(), reference.mean.float()
+        if config.kl_convention == "flow_grpo":
+            std_dev_t = getattr(score, "flow_grpo_std_dev", None)
+            if std_dev_t is None:
+                raise ValueError(
+                    "DDPOConfig.kl_convention='flow_grpo' needs the policy's score() result to "
+                    f"carry flow_grpo_std_dev; {type(score).__name__} has none"
+                )
+            kl = flow_grpo_kl(mean, ref_mean, std_dev_t.float()).mean()
+        else:
+            kl = gaussian_kl(mean, ref_mean, score.std_dev.float()).mean()
+        loss = loss + config.kl_coef * kl
+        metrics["kl"] = kl.detach()
+    metrics["loss"] = loss.detach()
+    return loss, metrics
 
 
 def train_inner_epoch(
@@ -140,21 +259,13 @@ def train_timestep(
     )
     with opt.accelerator.autocast():
         out = score(denoiser=opt.unet)
-    log_prob = out.log_prob.float()
     old_log_prob = batch.log_probs[:, j]
-    advantages = batch.advantages
-    ppo = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range=config.train_clip_range)
-    loss = ppo.loss if config.loss_type == "ppo" else score_function_loss(log_prob, advantages)
-    # Diagnostics stay on the device as detached tensors; read once per optimizer step.
-    metrics = {"approx_kl": ppo.approx_kl, "clip_fraction": ppo.clip_fraction}
+    ref = None
     if config.kl_coef > 0:
         with torch.no_grad(), pipeline.reference_policy(), opt.accelerator.autocast():
             ref = score()
-        kl = gaussian_kl(out.mean.float(), ref.mean.float(), out.std_dev.float()).mean()
-        loss = loss + config.kl_coef * kl
-        metrics["kl"] = kl.detach()
+    loss, metrics = timestep_loss(config, out, old_log_prob, batch.advantages, ref)
     opt.accelerator.backward(loss)
-    metrics["loss"] = loss.detach()
     return metrics
 
 
@@ -218,10 +329,15 @@ def _parameters_of(layers: Any) -> Iterator[torch.nn.Parameter]:
 
 __all__ = [
     "Optimisation",
+    "check_kl_convention",
+    "clip_range",
     "make_optimizer",
+    "micro_batch_size",
+    "micro_batches_per_epoch",
     "num_train_timesteps",
     "reduce_metrics",
     "shuffle",
+    "timestep_loss",
     "train_inner_epoch",
     "train_timestep",
     "trainable_named_parameters",

@@ -23,12 +23,19 @@ from accelerate.utils import broadcast_object_list, gather_object
 from ddpo.core import PerPromptStatTracker
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer import run_state, setup
-from ddpo.trainer.advantages import compute_advantages
+from ddpo.trainer.advantages import (
+    ZERO_ADVANTAGE_STREAM,
+    compute_advantages,
+    kept_rows,
+    num_dropped,
+)
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import ImageSamplesHook, PromptFunction, RewardFunction
 from ddpo.trainer.optimisation import (
     Optimisation,
+    check_kl_convention,
     make_optimizer,
+    micro_batches_per_epoch,
     num_train_timesteps,
     train_inner_epoch,
     trainable_named_parameters,
@@ -107,6 +114,7 @@ class DDPOTrainer:
         self._hashes_checked = resume.path.resolve() if resume is not None else None
         check_output_dir(config)
         setup.check_pipeline(sd_pipeline, config)
+        check_kl_convention(sd_pipeline, config)
         self.config = config
         self.reward_function = reward_function
         self.prompt_function = prompt_function
@@ -248,6 +256,21 @@ class DDPOTrainer:
                 per_process = advantages_all.reshape(accelerator.num_processes, -1)
                 samples.advantages = per_process[accelerator.process_index].to(accelerator.device)
 
+            # 2b. Flow-GRPO's filter: samples whose advantage is 0 leave the epoch's training
+            #     (the micro-batches shrink, their number stays, so processes stay in step).
+            extra: dict[str, float | int] = {}
+            if config.train_drop_zero_advantages:
+                num_batches = micro_batches_per_epoch(config)
+                seed = derive_seed(
+                    config.seed, ZERO_ADVANTAGE_STREAM, accelerator.process_index, epoch
+                )
+                generator = torch.Generator().manual_seed(seed)
+                rows = kept_rows(samples.advantages, num_batches=num_batches, generator=generator)
+                samples = samples.select(rows.to(samples.timesteps.device))
+                extra["num_dropped_samples"] = num_dropped(
+                    advantages_all, num_processes=accelerator.num_processes, num_batches=num_batches
+                )
+
             # 3. Inner epochs of optimisation.
             with timer.phase("train"):
                 opt = Optimisation(
@@ -259,7 +282,7 @@ class DDPOTrainer:
                     self.trainable_parameters,
                 )
                 for inner_epoch in range(config.train_num_inner_epochs):
-                    total = (len(samples) // config.train_batch_size) * self.num_train_timesteps
+                    total = micro_batches_per_epoch(config) * self.num_train_timesteps
                     task = progress.add_task(f"epoch {epoch}.{inner_epoch}: training", total=total)
                     global_step, metrics = train_inner_epoch(
                         opt,
@@ -273,7 +296,7 @@ class DDPOTrainer:
                     progress.remove_task(task)
 
         # 4. Log the epoch.
-        self._log_epoch(epoch, global_step, rewards_all, step_metrics, timer)
+        self._log_epoch(epoch, global_step, rewards_all, step_metrics, timer, extra)
 
         # 5. Checkpoint.
         self.first_epoch, self.global_step = epoch + 1, global_step
@@ -299,9 +322,11 @@ class DDPOTrainer:
         rewards_all: torch.Tensor,
         step_metrics: list[dict[str, float]],
         timer: PhaseTimer,
+        extra: dict[str, float | int] | None = None,
     ) -> None:
         lr = float(self.optimizer.param_groups[0]["lr"])
         metrics = epoch_metrics(epoch, global_step, rewards_all, step_metrics, lr=lr, timer=timer)
+        metrics.update(extra or {})  # e.g. num_dropped_samples
         self.accelerator.log(metrics, step=global_step)
         if self.accelerator.is_main_process:
             with open(self.output_dir / METRICS_FILENAME, "a") as f:
