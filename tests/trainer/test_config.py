@@ -66,6 +66,7 @@ OURS = {
     "sample_cuda_graphs": False,
     "channels_last": False,
     "prompt_embedding_cache_size": 0,
+    "sample_same_latent": False,
 }
 # Fields read by the trainer through a config method rather than directly.
 READ_VIA_PROPERTY = {
