@@ -67,6 +67,11 @@ OURS = {
     "channels_last": False,
     "prompt_embedding_cache_size": 0,
     "sample_same_latent": False,
+    "kl_convention": "exact",
+    "train_drop_zero_advantages": False,
+    "train_timestep_order": "random",
+    "train_clip_range_low": None,
+    "train_clip_range_high": None,
 }
 # Fields read by the trainer through a config method rather than directly.
 READ_VIA_PROPERTY = {
