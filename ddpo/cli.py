@@ -19,12 +19,13 @@ reward's ``accuracy_mean``). With ``--ddpo_config.push_to_hub`` the final pipeli
 to the Hugging Face Hub after all of that is saved.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ddpo.cli_sample import SampleArgs, draw_samples, load_sampler, run_sample
@@ -84,12 +85,18 @@ _USER_ERRORS: tuple[type[Exception], ...] = (
 
 
 class _ConfigError(Exception):
-    """`DDPOConfig`'s check failed while tyro built it (not a ValueError, so tyro lets it out)."""
+    """`DDPOConfig`'s, `TrainArgs`' or `SampleArgs`' check failed while tyro built it (not a
+    ValueError, so tyro lets it out)."""
+
+
+#: The flag dataclasses whose own checks (``__post_init__``) `_tyro_registry` lets out.
+_CHECKED_STRUCTS: tuple[type, ...] = (DDPOConfig, TrainArgs, SampleArgs)
 
 
 def _tyro_registry() -> Any:
-    """Let tyro parse `DDPOConfig`'s ``dict[str, Any]`` fields as JSON strings, and let
-    `DDPOConfig`'s own checks reach `parse_train_args` (tyro would draw them in a box)."""
+    """Let tyro parse `DDPOConfig`'s ``dict[str, Any]`` fields as JSON strings, and let the
+    checks of `_CHECKED_STRUCTS` (e.g. of ``--reward``, ``--guidance_scale``) reach
+    `parse_train_args` and `_parse_sample_args` (tyro would draw them in a box)."""
     from tyro.constructors import (
         ConstructorRegistry,
         PrimitiveConstructorSpec,
@@ -110,13 +117,13 @@ def _tyro_registry() -> Any:
             str_from_instance=lambda value: [json.dumps(value)],
         )
 
-    building: list[bool] = []
+    building: list[type] = []
 
     @registry.struct_rule
     def _config_errors_out(type_info: Any) -> Any:
-        if type_info.type is not DDPOConfig or building:
+        if type_info.type not in _CHECKED_STRUCTS or type_info.type in building:
             return None
-        building.append(True)  # the next rule (tyro's dataclass rule) builds the spec
+        building.append(type_info.type)  # the next rule (tyro's dataclass rule) builds the spec
         try:
             spec = ConstructorRegistry.get_struct_spec(type_info)
         finally:
@@ -167,9 +174,15 @@ def parse_train_args(argv: Sequence[str] | None = None, *, prog: str = "ddpo tra
 
 
 def _parse_sample_args(argv: Sequence[str]) -> SampleArgs:
+    """`SampleArgs` from flags; SystemExit as `parse_train_args`."""
     import tyro
 
-    return tyro.cli(SampleArgs, args=list(argv), prog="ddpo sample", use_underscores=True)
+    try:
+        with _tyro_registry():
+            return tyro.cli(SampleArgs, args=list(argv), prog="ddpo sample", use_underscores=True)
+    except _ConfigError as err:
+        print(f"ddpo: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 _USAGE = """usage: ddpo {train,sample,serve-reward} [FLAGS]
@@ -212,13 +225,52 @@ def _hide_harmless_messages() -> None:
             logger.addFilter(_DropMessages(fragments))
 
 
+@contextlib.contextmanager
+def _quiet_loading(verbose: bool) -> Iterator[None]:
+    """Unless ``verbose``: diffusers', transformers' and huggingface_hub's progress bars off
+    (``Loading pipeline components``, ``Loading weights``, ...) and diffusers' and transformers'
+    loggers at ``WARNING`` or above, through the libraries' own settings, restored on exit.
+
+    Only `main` does this; the Python API leaves these settings to the user.
+    """
+    if verbose:
+        yield
+        return
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+    from huggingface_hub.utils.tqdm import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    libraries = (diffusers_logging, transformers_logging)
+    bars = [library.is_progress_bar_enabled() for library in libraries]
+    hub_bars = not are_progress_bars_disabled()
+    levels = [library.get_verbosity() for library in libraries]
+    for library, level in zip(libraries, levels, strict=True):
+        library.disable_progress_bar()
+        library.set_verbosity(max(level, logging.WARNING))
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        for library, bar, level in zip(libraries, bars, levels, strict=True):
+            library.set_verbosity(level)
+            if bar:
+                library.enable_progress_bar()
+        if hub_bars:
+            enable_progress_bars()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ddpo`` console script; returns the exit status.
 
     0: done. 2: a bad command, flag, path or setting, reported as one line ``ddpo: <message>``
     (or tyro's message for a flag it cannot parse) before any model loads or trains. 1: the
     upload to the Hub failed (everything is saved locally). An error while training shows its
-    traceback.
+    traceback. The libraries' loading progress bars are off unless ``--verbose`` is given
+    (`_quiet_loading`).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
@@ -235,25 +287,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _hide_harmless_messages()
 
-    # 1. Parse and set up: every error here is the user's to fix, and is reported in a line.
+    # 1. Parse: every error here is the user's to fix, and is reported in a line.
     try:
-        if command == "train":
-            train_setup = setup_train(parse_train_args(rest))
-        else:
-            sample_args = _parse_sample_args(rest)
-            sampler = load_sampler(sample_args)
+        parsed = parse_train_args(rest) if command == "train" else _parse_sample_args(rest)
     except SystemExit as stop:  # --help (0), or a flag tyro could not parse (already printed)
         return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
+    with _quiet_loading(parsed.verbose):
+        return _set_up_and_work(parsed)
+
+
+def _set_up_and_work(parsed: TrainArgs | SampleArgs) -> int:
+    """`main`'s steps after parsing; returns the exit status."""
+    # 1. Set up: every error here is the user's to fix, and is reported in a line.
+    try:
+        if isinstance(parsed, TrainArgs):
+            train_setup = setup_train(parsed)
+        else:
+            sampler = load_sampler(parsed)
     except _USER_ERRORS as err:
         print(f"ddpo: {err}", file=sys.stderr)
         return 2
 
     # 2. Work: an error here is a crash, shown with its traceback (but a failed upload is not).
     try:
-        if command == "train":
+        if isinstance(parsed, TrainArgs):
             train_and_report(train_setup)
         else:
-            files = draw_samples(sample_args, sampler)
+            files = draw_samples(parsed, sampler)
             print(f"wrote {len(files)} images to {files[0].parent if files else '-'}")
     except HubUploadError as err:
         print(f"ddpo: {err}", file=sys.stderr)

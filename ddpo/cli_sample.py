@@ -1,20 +1,29 @@
-"""``ddpo sample``: write images from a (fine-tuned) model folder (parsed by :mod:`ddpo.cli`)."""
+"""``ddpo sample``: write images from a (fine-tuned) model folder (parsed by :mod:`ddpo.cli`).
+
+Every family ``ddpo train`` trains samples: Stable Diffusion 1.x/2.x (StableDiffusionPipeline),
+SDXL (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline) and FLUX.1 (FluxPipeline),
+read from the folder's ``model_index.json``.
+"""
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SampleArgs", "draw_samples", "load_sampler", "run_sample"]
+__all__ = ["SampleArgs", "check_sample_values", "draw_samples", "load_sampler", "run_sample"]
 
 
 @dataclass
 class SampleArgs:
-    """Write images from a (fine-tuned) model folder (``ddpo sample``)."""
+    """Write images from a (fine-tuned) model folder (``ddpo sample``): Stable Diffusion 1.x/2.x,
+    SDXL, SD3/SD3.5 or FLUX.1, the family read from the folder's ``model_index.json``."""
 
     model: str
-    """Model folder (e.g. ``<output_dir>/final``), built-in name or hub id."""
+    """Model folder (e.g. ``<output_dir>/final``), built-in name or hub id, of a family read from
+    its ``model_index.json``: Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL
+    (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline) or FLUX.1 (FluxPipeline)."""
     prompt: list[str]
     """One or more prompts."""
     num_images: int = 4
@@ -24,12 +33,44 @@ class SampleArgs:
     out: str = "samples"
     """Folder the PNG files go to (created if needed)."""
     num_inference_steps: int = 10
-    """DDIM steps."""
+    """Sampling steps (DDIM steps; flow-ODE or SDE steps for SD3 and FLUX.1)."""
     guidance_scale: float = 5.0
-    """Classifier-free guidance weight."""
+    """Guidance weight, finite and >= 0 (classifier-free guidance; FLUX.1-dev's embedded
+    guidance)."""
     eta: float = 1.0
     """DDIM eta (0: deterministic DDIM; 1: the stochastic sampler DDPO trains). For a flow model
-    (SD3): 0 samples the deterministic ODE, anything else its SDE policy."""
+    (SD3, FLUX.1): 0 samples the deterministic ODE, anything else its SDE policy."""
+    verbose: bool = False
+    """Show diffusers', transformers' and huggingface_hub's loading progress bars and messages
+    (``ddpo sample`` keeps them quiet by default)."""
+
+    def __post_init__(self) -> None:
+        # A bad value is reported while the flags are parsed.
+        check_sample_values(self)
+
+
+def check_sample_values(args: SampleArgs) -> None:
+    """Check the values of ``args``; cheap, nothing loads.
+
+    Raises:
+        ValueError: naming the flag and its value.
+    """
+    if not args.prompt:
+        raise ValueError("prompt: give at least one prompt")
+    if args.num_images <= 0:
+        raise ValueError(f"num_images must be positive, got {args.num_images}")
+    if args.num_inference_steps <= 0:
+        raise ValueError(f"num_inference_steps must be positive, got {args.num_inference_steps}")
+    if not (math.isfinite(args.guidance_scale) and args.guidance_scale >= 0):
+        raise ValueError(
+            f"guidance_scale must be a finite number >= 0 (1: no guidance), got "
+            f"{args.guidance_scale}"
+        )
+    if not 0 <= args.eta <= 1:
+        raise ValueError(
+            f"eta must be in [0, 1] (0: deterministic DDIM, 1: the stochastic sampler DDPO "
+            f"trains), got {args.eta}"
+        )
 
 
 def _slug(text: str) -> str:
@@ -56,23 +97,16 @@ def load_sampler(args: SampleArgs) -> Any:
 
     Everything this raises is a bad flag, path or setting (`ddpo.cli.main` reports it in a line).
     """
-    if not args.prompt:
-        raise ValueError("prompt: give at least one prompt")
-    if args.num_images <= 0:
-        raise ValueError(f"num_images must be positive, got {args.num_images}")
-    if args.num_inference_steps <= 0:
-        raise ValueError(f"num_inference_steps must be positive, got {args.num_inference_steps}")
-    if not 0 <= args.eta <= 1:
-        raise ValueError(
-            f"eta must be in [0, 1] (0: deterministic DDIM, 1: the stochastic sampler DDPO "
-            f"trains), got {args.eta}"
-        )
+    from ddpo.cli_checks import check_writable_folder
+
+    check_sample_values(args)  # again: the fields may have changed since they were parsed
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out {str(out)!r} is a file, not a folder; choose another --out")
+    check_writable_folder(out, flag="--out")
     from ddpo.adapters import load_policy  # diffusers: after the checks
 
-    # the family (SD or SDXL) from the folder's model_index.json
+    # the family (SD, SDXL, SD3 or FLUX) from the folder's model_index.json
     return load_policy(args.model, use_lora=True)
 
 
@@ -84,7 +118,7 @@ def draw_samples(args: SampleArgs, pipeline: Any) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     # eta=0 is deterministic DDIM, which has no log-probabilities (the DDPO pipeline needs
     # eta > 0): the wrapped diffusers pipeline samples it, with the same DDIM scheduler. A flow
-    # model (SD3) samples its ODE at eta=0 and its SDE policy otherwise; eta is DDIM's only.
+    # model (SD3, FLUX) samples its ODE at eta=0 and its SDE policy otherwise; eta is DDIM's only.
     from ddpo.adapters.families import model_family
 
     flow = bool(model_family(args.model).options)

@@ -31,6 +31,7 @@ __all__ = [
     "TrainResult",
     "build_reward_fn",
     "check_reward_flags",
+    "check_train_values",
     "preset_prompt_fn",
     "run_train",
     "setup_train",
@@ -46,12 +47,15 @@ class TrainArgs:
     """The DDPO run (TRL's `DDPOConfig` fields); defaults: the default preset."""
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
     """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-random``,
-    ``ddpo-tiny-sdxl-random``), a local diffusers folder, or a hub id. The family (Stable
-    Diffusion 1.x/2.x or SDXL) is read from the folder's ``model_index.json``."""
+    ``ddpo-tiny-sdxl-random``, ``ddpo-tiny-sd3-random``, ``ddpo-tiny-flux-random``), a local
+    diffusers folder, or a hub id. The family is read from the folder's ``model_index.json``:
+    Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), SD3/SD3.5
+    (StableDiffusion3Pipeline) or FLUX.1 (FluxPipeline)."""
     pretrained_revision: str = "main"
     """Hub revision of ``pretrained_model``."""
     use_lora: bool = DEFAULT_SETTINGS.use_lora
-    """Train LoRA adapters on the UNet's attention (True) or the whole UNet (False)."""
+    """Train LoRA adapters on the denoiser's attention (True) or the whole denoiser (False): the
+    UNet (SD, SDXL) or the transformer (SD3, FLUX.1)."""
     lora_rank: int = DEFAULT_SETTINGS.lora_rank
     """Rank of the LoRA adapters (``use_lora`` only)."""
     lora_alpha: float | None = None
@@ -97,8 +101,10 @@ class TrainArgs:
     ``remote``: scores from a reward server (``--remote_reward_url``)."""
     reward_model: dict[str, str] = dataclasses.field(default_factory=dict)
     """Model overrides of the rewards, as ``NAME PATH`` pairs (hub id or local path): names
-    ``clip_score``, ``pickscore``, ``pickscore_processor``, ``hps``, ``image_reward``; a reward
-    not named loads its default model."""
+    ``clip_score``, ``pickscore``, ``pickscore_processor``, ``hps``, ``hps_tokenizer``,
+    ``image_reward``, ``image_reward_tokenizer``; a reward not named loads its default model.
+    Every model's files are checked before the diffusion model loads (offline with
+    ``HF_HUB_OFFLINE=1``: they must be in the Hugging Face cache, or given here as folders)."""
     reward_device: str | None = None
     """Device of the model-based rewards (e.g. ``cuda:1``); default CUDA when available, else
     CPU (``ocr`` runs on CPU unless set)."""
@@ -112,7 +118,8 @@ class TrainArgs:
     """Seconds to wait for the reward server per request."""
     prompts: PromptSetName = DEFAULT_SETTINGS.prompts
     """Prompt function: ``shapes`` (the tiny model's caption grammar), ``simple_animals``,
-    ``imagenet_animals`` (ImageNet classes 0-397), ``nouns_activities`` ("a cat riding a bike")."""
+    ``imagenet_animals`` (ImageNet classes 0-397), ``nouns_activities`` ("a cat riding a bike"),
+    ``text_rendering`` (a quoted word on a thing, 'a wooden sign that says "OPEN"': for ``ocr``)."""
     hf_user_access_token: str | None = None
     """Hugging Face token, used to upload the final pipeline when
     ``--ddpo_config.push_to_hub`` is set."""
@@ -130,10 +137,14 @@ class TrainArgs:
     prompt list. 0: a fresh prompt each draw."""
     grid_images: int = 16
     """Images per epoch in the ``images/epoch_NNNN.png`` grid."""
+    verbose: bool = False
+    """Show diffusers', transformers' and huggingface_hub's loading progress bars and messages
+    (``ddpo train`` keeps them quiet by default)."""
 
     def __post_init__(self) -> None:
-        # A bad --reward or reward option is reported while the flags are parsed.
-        check_reward_options(self.reward, _reward_options(self))
+        # A bad value, --reward or reward option is reported while the flags are parsed.
+        check_train_values(self)
+        check_reward_flags(self)
 
 
 @dataclass
@@ -180,6 +191,29 @@ def build_reward_fn(args: TrainArgs) -> RewardFn:
     return build_named_reward_fn(args.reward, check_reward_flags(args))
 
 
+def check_train_values(args: TrainArgs) -> None:
+    """Check the values of the flags that are not `DDPOConfig`'s nor the reward's; cheap.
+
+    Raises:
+        ValueError: naming the flag and its value.
+    """
+    if args.grid_images <= 0:
+        raise ValueError(f"grid_images must be positive, got {args.grid_images}")
+    if args.lora_rank <= 0:
+        raise ValueError(f"lora_rank must be positive, got {args.lora_rank}")
+    if args.lora_alpha is not None and not (args.lora_alpha > 0 and math.isfinite(args.lora_alpha)):
+        raise ValueError(f"lora_alpha must be positive and finite, got {args.lora_alpha}")
+    if args.resolution is not None and (args.resolution <= 0 or args.resolution % 8):
+        raise ValueError(f"resolution must be a positive multiple of 8, got {args.resolution}")
+    noise_level = args.noise_level
+    if noise_level is not None and not (noise_level > 0 and math.isfinite(noise_level)):
+        raise ValueError(f"noise_level must be > 0 and finite, got {noise_level}")
+    if args.sde_window_size is not None and args.sde_window_size < 1:
+        raise ValueError(f"sde_window_size must be >= 1, got {args.sde_window_size}")
+    if args.sde_window_start is not None and args.sde_window_start < 0:
+        raise ValueError(f"sde_window_start must be >= 0, got {args.sde_window_start}")
+
+
 def check_reward_flags(args: TrainArgs) -> RewardOptions:
     """Check ``--reward`` (a name or a weighted sum) and the reward options; cheap, nothing loads.
 
@@ -195,6 +229,11 @@ def check_reward_flags(args: TrainArgs) -> RewardOptions:
         raise ValueError(
             f"reward='alignment' scores prompts of the shapes grammar only; got "
             f"prompts={args.prompts!r} (use --prompts=shapes or another reward)"
+        )
+    if any(name == "ocr" for name, _ in terms) and args.prompts != "text_rendering":
+        raise ValueError(
+            f"reward='ocr' reads back the quoted text of each prompt, and prompts="
+            f"{args.prompts!r} quote none (use --prompts=text_rendering)"
         )
     return options
 
@@ -249,31 +288,25 @@ def run_train(args: TrainArgs, *, console: Any = None) -> TrainResult:
 def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
     """Check the arguments and the output folder, then build prompts, reward, pipeline, trainer.
 
-    Everything this raises is a bad flag, path or setting (`ddpo.cli.main` reports it in a line).
+    Everything this raises is a bad flag, path or setting (`ddpo.cli.main` reports it in a line):
+    also an output folder that cannot be written, a reward model whose files are neither local,
+    cached nor on a reachable Hub, and a flag the model's family does not take.
     """
     from rich.console import Console
 
+    from ddpo.cli_checks import check_writable_folder
+    from ddpo.rewards.registry import check_reward_weights
     from ddpo.trainer.run_folder import check_output_dir
 
     console = console or Console()
-    if args.grid_images <= 0:
-        raise ValueError(f"grid_images must be positive, got {args.grid_images}")
-    if args.lora_rank <= 0:
-        raise ValueError(f"lora_rank must be positive, got {args.lora_rank}")
-    if args.lora_alpha is not None and not (args.lora_alpha > 0 and math.isfinite(args.lora_alpha)):
-        raise ValueError(f"lora_alpha must be positive and finite, got {args.lora_alpha}")
-    if args.resolution is not None and (args.resolution <= 0 or args.resolution % 8):
-        raise ValueError(f"resolution must be a positive multiple of 8, got {args.resolution}")
-    if args.noise_level is not None and not args.noise_level > 0:
-        raise ValueError(f"noise_level must be > 0, got {args.noise_level}")
-    if args.sde_window_size is not None and args.sde_window_size < 1:
-        raise ValueError(f"sde_window_size must be >= 1, got {args.sde_window_size}")
-    if args.sde_window_start is not None and args.sde_window_start < 0:
-        raise ValueError(f"sde_window_start must be >= 0, got {args.sde_window_start}")
-    check_reward_flags(args)
+    check_train_values(args)  # again: the fields may have changed since they were parsed
+    options = check_reward_flags(args)
     config = args.ddpo_config
-    # A taken output folder is reported now, not after the model has loaded.
+    # A taken or unwritable output folder is reported now, not after the model has loaded.
     check_output_dir(config)
+    run_folder = _run_folder(config)
+    if run_folder is not None:
+        check_writable_folder(run_folder[0], flag=run_folder[1])
 
     from ddpo.adapters.families import check_family_options, load_policy
     from ddpo.reporting import ImageGridHook
@@ -291,7 +324,15 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         "sde_type": args.sde_type,
         "lora_targets": args.lora_targets,
     }
-    check_family_options(args.pretrained_model, args.pretrained_revision, family_options)
+    check_family_options(
+        args.pretrained_model,
+        args.pretrained_revision,
+        family_options,
+        sample_eta=config.sample_eta,
+    )
+
+    # The reward models' files: local, cached, or on a reachable Hub (nothing loads yet).
+    check_reward_weights(args.reward, options)
 
     # Prompts (which check prompt_repeats and prompt_pool), reward, image hook, pipeline,
     # trainer.
@@ -311,6 +352,17 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
     hook.folder = Path(trainer.output_dir) / "images"
     hook.epoch = trainer.first_epoch
     return _TrainSetup(args, trainer, hook, console, config.push_to_hub)
+
+
+def _run_folder(config: DDPOConfig) -> tuple[Path, str] | None:
+    """The folder the run writes into (or the folder its timestamped run folder goes in) and the
+    flag that sets it; None for a resumed run that continues in its own folder (which the resume
+    checks read)."""
+    if config.output_dir:
+        return Path(config.output_dir), "--ddpo_config.output_dir"
+    if config.run_name:
+        return Path(config.logdir) / config.run_name, "--ddpo_config.logdir/run_name"
+    return None if config.resume_from else (Path(config.logdir), "--ddpo_config.logdir")
 
 
 def train_and_report(setup: _TrainSetup) -> TrainResult:

@@ -1,4 +1,8 @@
-"""Fine-tune a Stable Diffusion model with DDPO: the seed-style example script.
+"""Fine-tune a text-to-image diffusion model with DDPO: the seed-style example script.
+
+Every family ``ddpo train`` trains works here: Stable Diffusion 1.x/2.x (StableDiffusionPipeline),
+SDXL (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline) and FLUX.1 (FluxPipeline),
+the family read from the model folder's ``model_index.json``.
 
 It takes the flags of ``ddpo train`` that a run needs (every `DDPOConfig` field as a nested
 flag), with the default preset's values as defaults, e.g.::
@@ -37,14 +41,15 @@ class ScriptArguments:
     ddpo_config: DDPOConfig = field(default_factory=default_preset)
     """The DDPO run; defaults: the measured default preset (`ddpo.presets`)."""
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
-    """Built-in model name, local diffusers folder or hub id (SD 1.x/2.x or SDXL: the family is
-    read from its model_index.json)."""
+    """Built-in model name, local diffusers folder or hub id (SD 1.x/2.x, SDXL, SD3/SD3.5 or
+    FLUX.1: the family is read from its model_index.json)."""
     pretrained_revision: str = "main"
     use_lora: bool = DEFAULT_SETTINGS.use_lora
-    """LoRA adapters on the UNet's attention (True) or the whole UNet (False)."""
+    """LoRA adapters on the denoiser's attention (True) or the whole denoiser (False): the UNet
+    (SD, SDXL) or the transformer (SD3, FLUX.1)."""
     lora_rank: int = DEFAULT_SETTINGS.lora_rank
     resolution: int | None = None
-    """Image side in pixels (default: the model's native size, 1024 for SDXL)."""
+    """Image side in pixels (default: the model's native size, 1024 for SDXL, SD3 and FLUX.1)."""
     reward: RewardName = DEFAULT_SETTINGS.reward
     prompts: PromptSetName = DEFAULT_SETTINGS.prompts
     prompt_repeats: int = DEFAULT_SETTINGS.prompt_repeats
@@ -82,8 +87,9 @@ if __name__ == "__main__":
         prompt_pool=args.prompt_pool,
     )
 
-    # 3. The pipeline of the model's family (DefaultDDPOStableDiffusionPipeline or
-    #    DefaultDDPOStableDiffusionXLPipeline): LoRA adapters or the whole UNet.
+    # 3. The pipeline of the model's family (DefaultDDPOStableDiffusionPipeline,
+    #    DefaultDDPOStableDiffusionXLPipeline, DefaultDDPOStableDiffusion3Pipeline or
+    #    DefaultDDPOFluxPipeline): LoRA adapters or the whole denoiser (UNet or transformer).
     pipeline = load_policy(
         args.pretrained_model,
         revision=args.pretrained_revision,

@@ -225,3 +225,18 @@ def test_flow_flags_on_a_ddim_model_are_refused_before_loading(tmp_path: Path) -
     assert result.returncode == 2, result.stderr[-3000:]
     assert "['noise_level'] apply to the flow-matching families" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_ocr_trains_on_the_text_rendering_prompts(tmp_path: Path) -> None:
+    """The README's OCR run, on the tiny model for one tiny epoch."""
+    pytest.importorskip("rapidocr")
+    out = tmp_path / "run"
+    result = _run(
+        ["-m", "ddpo", "train", *TINY, "--reward=ocr", "--prompts=text_rendering",
+         "--ddpo_config.log_with=None", f"--ddpo_config.output_dir={out}"],
+        tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert 0.0 <= metrics["reward_mean"] <= 1.0  # 1 - normalised edit distance
+    assert (out / "final" / "model_index.json").is_file()

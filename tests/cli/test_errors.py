@@ -1,6 +1,8 @@
 """`ddpo` reports a user's mistake in one line and exit status 2, before any model loads; a crash
 while training keeps its traceback."""
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,121 @@ def test_a_crash_while_training_keeps_its_traceback(
                 f"--ddpo_config.output_dir={tmp_path / 'run'}",
             ]
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# The edges: unwritable folders, reward models not available offline, non-finite numbers, zero
+# weights, DDIM's eta on a flow model
+
+
+def _unwritable_folders(tmp_path: Path) -> list[Path]:
+    """Folders the user running the tests cannot create: one under a regular file (which fails
+    for root too), and, where chmod stops this user's writes, one in a read-only folder."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    folders = [a_file / "run"]
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o500)
+    try:
+        (read_only / "probe").mkdir()
+    except PermissionError:
+        folders.append(read_only / "run")
+    else:  # root: chmod does not stop writes, so this folder proves nothing
+        (read_only / "probe").rmdir()
+    return folders
+
+
+@pytest.fixture
+def unwritable_folders(tmp_path: Path) -> Iterator[list[Path]]:
+    folders = _unwritable_folders(tmp_path)
+    yield folders
+    (tmp_path / "read-only").chmod(0o700)
+
+
+def test_unwritable_output_folders_are_reported_before_the_model_loads(
+    unwritable_folders: list[Path], capsys: pytest.CaptureFixture[str], no_model_loading: None
+) -> None:
+    for folder in unwritable_folders:
+        for flag in ("--ddpo_config.output_dir", "--ddpo_config.logdir"):
+            assert main(["train", f"{flag}={folder}"]) == 2
+            line = _one_line_error(capsys)
+            assert f"{flag}: cannot write the folder {folder}" in line
+            assert "Not a directory" in line or "Permission denied" in line
+        argv = ["sample", "--model", "ddpo-tiny-shapes", "--prompt", "a red circle"]
+        assert main([*argv, "--out", str(folder / "samples")]) == 2
+        line = _one_line_error(capsys)
+        assert f"--out: cannot write the folder {folder / 'samples'}" in line
+        assert not folder.exists()
+
+
+def test_a_reward_model_not_available_offline_is_named_before_the_model_loads(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    no_model_loading: None,
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    out = tmp_path / "run"
+    argv = ["train", "--prompts=simple_animals", f"--ddpo_config.output_dir={out}"]
+    assert main([*argv, "--reward=brightness,clip_score:0.5"]) == 2
+    line = _one_line_error(capsys)
+    assert "reward 'clip_score': 'openai/clip-vit-large-patch14' is not a local path" in line
+    assert "HF_HUB_OFFLINE" in line
+    assert line.endswith("pass a local copy with --reward_model clip_score PATH")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1"])
+def test_sample_guidance_scale_must_be_finite_and_not_negative(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_model_loading: None
+) -> None:
+    argv = ["sample", "--model", "ddpo-tiny-shapes", "--prompt", "a red circle"]
+    assert main([*argv, "--guidance_scale", value, "--out", str(tmp_path / "s")]) == 2
+    line = _one_line_error(capsys)
+    assert "guidance_scale must be a finite number >= 0 (1: no guidance)" in line
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--noise_level", "inf"], "noise_level must be > 0 and finite, got inf"),
+        (["--noise_level", "nan"], "noise_level must be > 0 and finite, got nan"),
+        (["--remote_reward_timeout", "inf"], "--remote_reward_timeout must be positive and fin"),
+        (["--ddpo_config.sample_guidance_scale", "nan"], "sample_guidance_scale must be finite"),
+        (["--reward", "jpeg_compressibility:0"], "a term of weight 0 trains on nothing; drop"),
+        (["--reward", "brightness:0,jpeg_compressibility:0.0"], "the weight of 'brightness' is 0"),
+        (["--reward", "brightness:nan"], "the weight of 'brightness' must be a finite number"),
+        (["--reward", "ocr"], "reward='ocr' reads back the quoted text of each prompt"),
+    ],
+)
+def test_train_numbers_and_weights_are_refused_in_one_line(
+    flags: list[str],
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    no_model_loading: None,
+) -> None:
+    status = main(["train", *flags, f"--ddpo_config.output_dir={tmp_path / 'run'}"])
+    assert status == 2
+    assert expected in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("family", ["StableDiffusion3Pipeline", "FluxPipeline"])
+def test_sample_eta_on_a_flow_model_is_refused_before_loading(
+    family: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "flow-model"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": family}))
+    argv = ["train", f"--pretrained_model={folder}", "--reward=brightness"]
+    argv += ["--prompts=simple_animals", f"--ddpo_config.output_dir={tmp_path / 'run'}"]
+    assert main([*argv, "--ddpo_config.sample_eta=0.5"]) == 2
+    line = _one_line_error(capsys)
+    assert "sample_eta=0.5 applies to the DDIM families (SD 1.x/2.x, SDXL)" in line
+    assert "use noise_level" in line
+    assert not (tmp_path / "run").exists()

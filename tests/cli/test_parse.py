@@ -208,7 +208,7 @@ def test_reward_sums_and_reward_options_parse(monkeypatch: pytest.MonkeyPatch) -
             "/models/proc",
             "--reward_device=cpu",
             "--reward_batch_size=4",
-            "--prompts=simple_animals",
+            "--prompts=text_rendering",
         ]
     )
     assert args.reward == "pickscore:1.0,ocr:0.5"
@@ -270,3 +270,32 @@ def test_help_lists_every_reward(capsys: pytest.CaptureFixture[str]) -> None:
 def test_alignment_in_a_sum_needs_shapes_prompts() -> None:
     with pytest.raises(ValueError, match="prompts='simple_animals'"):
         build_reward_fn(TrainArgs(reward="alignment,brightness:0.1", prompts="simple_animals"))
+
+
+#: Each family ddpo trains: its name in help texts and its diffusers pipeline class.
+FAMILIES = {
+    "Stable Diffusion 1.x/2.x": "StableDiffusionPipeline",
+    "SDXL": "StableDiffusionXLPipeline",
+    "SD3": "StableDiffusion3Pipeline",
+    "FLUX.1": "FluxPipeline",
+}
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_help_names_every_family(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from ddpo.adapters.families import FAMILIES as REGISTERED
+
+    assert {c for f in REGISTERED for c in f.pipeline_classes} == set(FAMILIES.values())
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    for name, pipeline_class in FAMILIES.items():
+        assert pipeline_class in text, (command, pipeline_class)
+        assert name in text, (command, name)
+
+
+def test_the_example_names_every_family() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "examples" / "ddpo.py").read_text()
+    for name, pipeline_class in FAMILIES.items():
+        assert name in text and pipeline_class in text, name
