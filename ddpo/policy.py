@@ -1,8 +1,8 @@
 """The typed boundary between the trainer and a model family: what DDPO needs of a diffusion model.
 
-The trainer speaks to every model family (Stable Diffusion 1.x/2.x today; SDXL, SD3 and FLUX
-next) through `DiffusionPolicy` alone, and carries a family's text conditioning as an opaque
-`Conditioning`. A family implements the protocol; ``DDPOStableDiffusionPipeline`` (TRL's
+The trainer speaks to every model family (Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1,
+and the next ones) through `DiffusionPolicy` alone, and carries a family's text conditioning as
+an opaque `Conditioning`. A family implements the protocol; ``DDPOStableDiffusionPipeline`` (TRL's
 interface) implements it for Stable Diffusion from TRL's members, so a TRL-style pipeline trains
 unchanged.
 

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,32 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+
+
+def train_commands() -> list[list[str]]:
+    """The flags of every ``ddpo train`` command in the README's bash blocks (also after
+    ``accelerate launch ... -m ddpo``), continuation lines joined."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            for i in range(len(words) - 1):
+                if words[i : i + 2] == ["ddpo", "train"]:
+                    commands.append([w for w in words[i + 2 :] if w != "&"])
+    return commands
+
+
+def test_readme_train_commands_parse() -> None:
+    """Each documented ``ddpo train`` command passes the flag checks (e.g. the ``ocr`` reward
+    needs prompts with quoted text)."""
+    from ddpo.cli import parse_train_args
+
+    commands = train_commands()
+    assert len(commands) >= 6
+    ocr = [c for c in commands if "ocr" in c]
+    assert ocr and all("text_rendering" in c for c in ocr)
+    for flags in commands:
+        parse_train_args(flags)
 
 
 def test_readme_has_the_usage_snippets() -> None:
