@@ -19,9 +19,16 @@ What a new family writes (see CONTRIBUTING.md):
 - optionally ``preferred_advantage_mode`` (e.g. ``"group"``): what ``DDPOConfig.advantage_mode
   = "auto"`` resolves to for this family when per-prompt tracking is off (default: TRL's
   ``"global"``);
+- optionally ``guidance_kind`` (:data:`GuidanceKind`): ``"classifier_free"`` (the default, as
+  TRL's Stable Diffusion interface) when a guidance scale above 1 mixes a conditional and an
+  unconditional prediction, so that re-scoring without guidance (``DDPOConfig.train_cfg=False``)
+  is not the policy that sampled; ``"embedded"`` when the scale is an input of the model's one
+  pass (guidance-distilled FLUX.1-dev), which re-scores as it sampled either way;
 - optionally ``kl_conventions``: the ``DDPOConfig.kl_convention`` values its ``score`` supports
   (default ``("exact",)``; the flow policies add ``"flow_grpo"`` and return
   ``StepScore.flow_grpo_std_dev``);
+- optionally ``uses_sample_eta`` (default True): False for a sampler that has no DDIM eta (the
+  flow policies), so that a ``DDPOConfig.sample_eta`` other than 1.0 is refused, not ignored;
 - optionally ``compile_regions``: the class names of the denoiser's repeated blocks that
   ``DDPOConfig.compile_denoiser`` compiles (default: the diffusers model's ``_repeated_blocks``);
 - optionally a keyword ``initial_noise_generators`` of ``rollout``
@@ -34,13 +41,31 @@ import contextlib
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, cast, get_args, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from ddpo._typing import PerSample, Trajectory
+
+GuidanceKind = Literal["classifier_free", "embedded"]
+"""How a policy applies its guidance scale (the optional ``guidance_kind`` member of a policy)."""
+
+
+def guidance_kind(policy: Any) -> GuidanceKind:
+    """``policy.guidance_kind``, or ``"classifier_free"`` for a policy (or class) without it.
+
+    Raises:
+        ValueError: if it is set to something else than a `GuidanceKind`.
+    """
+    kind = getattr(policy, "guidance_kind", "classifier_free")
+    if kind not in get_args(GuidanceKind):
+        raise ValueError(
+            f"{getattr(policy, '__name__', type(policy).__name__)}.guidance_kind must be one of "
+            f"{get_args(GuidanceKind)}, got {kind!r}"
+        )
+    return cast(GuidanceKind, kind)
 
 
 @dataclass(frozen=True)
@@ -220,8 +245,10 @@ def missing_members(obj: Any) -> list[str]:
 __all__ = [
     "Conditioning",
     "DiffusionPolicy",
+    "GuidanceKind",
     "PolicyRollout",
     "StepScore",
     "accepts_initial_noise",
+    "guidance_kind",
     "missing_members",
 ]

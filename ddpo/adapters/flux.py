@@ -17,7 +17,7 @@ Flow-GRPO's FLUX code, which steps on the packed tokens.
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, ClassVar, Final, final
 
 import torch
 from diffusers import FluxPipeline
@@ -48,7 +48,7 @@ from ddpo.adapters.registry import read_json_object, resolve_model_source
 from ddpo.adapters.sampling import Size, _unwrap, check_prompts, check_size
 from ddpo.adapters.sd_weights import check_model_args
 from ddpo.adapters.wrapped import FlowPipelinePolicy
-from ddpo.policy import Conditioning
+from ddpo.policy import Conditioning, GuidanceKind
 
 FLUX_LORA_TARGET_MODULES: Final[tuple[str, ...]] = (
     "attn.add_k_proj",
@@ -128,6 +128,9 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
     pipeline_class = FluxPipeline
     default_steps = 28
     default_guidance = 3.5
+    guidance_kind: ClassVar[GuidanceKind] = "embedded"
+    """The guidance scale is an input of the one transformer pass (no true CFG), so training
+    without ``train_cfg`` re-scores the policy that sampled."""
 
     def __init__(
         self,

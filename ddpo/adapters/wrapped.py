@@ -191,6 +191,9 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     ``flow_grpo_std_dev`` for Flow-GRPO's penalty beside the step's true ``std_dev``."""
     default_steps: ClassVar[int] = 28
     default_guidance: ClassVar[float] = 7.0
+    uses_sample_eta: ClassVar[bool] = False
+    """``DDPOConfig.sample_eta`` is DDIM's: the flow sampler is set by ``noise_level`` (and
+    ``sde_type``, the window), so a ``sample_eta`` other than 1.0 is refused, not ignored."""
 
     noise_level: float
     sde_window_size: int | None

@@ -176,15 +176,14 @@ class DDPOConfig:
     changes are an error that lists them; fields that do not change the run (``num_epochs``,
     logging, ``save_freq``, ...) may always change."""
 
-    # ----------------------------------------------------------------------------------------
-    # Initial noise shared by a prompt's samples (Flow-GRPO's sample.same_latent)
-    sample_same_latent: bool = False
-    """Start every sample of the same prompt in an epoch from the same initial noise ``x_T``
-    (the steps' noise still differs), as Flow-GRPO's ``sample.same_latent``: ``x_T`` is drawn
-    from a seed mixed from ``seed``, the epoch and the prompt's SHA-256, so a prompt's samples
-    share it in any sampling batch, on any process, and after a resume. Needs a policy whose
-    ``rollout`` takes ``initial_noise_generators`` (SD3, FLUX.1); the others are refused before
-    sampling."""
+    on_policy_tolerance: float | None = None
+    """The on-policy check: before an epoch's first optimizer step the weights are those that
+    sampled, so every re-scored log-probability must equal the sampled one; the epoch stops
+    with an error if some ``|log_prob - old_log_prob|`` exceeds this. None: 1e-3 in full
+    precision, 5e-2 under ``fp16``/``bf16`` autocast (whose kernels may round a batch
+    differently from a micro-batch). Raise it only for kernels that are not batch-invariant:
+    sampling with classifier-free guidance and re-scoring without it differs by 8e-2 to 3.4 on
+    the tiny models, rounding by about 1e-6."""
 
     # ----------------------------------------------------------------------------------------
     # Flow-GRPO's training conventions (docs/flow_models.md lists both sides and its config keys);
@@ -217,6 +216,16 @@ class DDPOConfig:
     train_clip_range_high: float | None = None
     """PPO's upper clip bound: ratios above ``1 + train_clip_range_high`` are clipped
     (Flow-GRPO's ``train.clip_range_gt``). None: ``train_clip_range``."""
+
+    # ----------------------------------------------------------------------------------------
+    # Initial noise shared by a prompt's samples (Flow-GRPO's sample.same_latent)
+    sample_same_latent: bool = False
+    """Start every sample of the same prompt in an epoch from the same initial noise ``x_T``
+    (the steps' noise still differs), as Flow-GRPO's ``sample.same_latent``: ``x_T`` is drawn
+    from a seed mixed from ``seed``, the epoch and the prompt's SHA-256, so a prompt's samples
+    share it in any sampling batch, on any process, and after a resume. Needs a policy whose
+    ``rollout`` takes ``initial_noise_generators`` (SD3, FLUX.1); the others are refused before
+    sampling."""
 
     # ----------------------------------------------------------------------------------------
     # Throughput (`ddpo.trainer.speed`); none of these changes the math, only its speed

@@ -267,6 +267,17 @@ def validate_config(config: DDPOConfig, *, num_processes: int | None = None) -> 
             f"output folder; set output_dir instead), got {config.project_kwargs!r}"
         )
 
+    if config.on_policy_tolerance is not None:
+        value = config.on_policy_tolerance
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(
+                f"DDPOConfig.on_policy_tolerance must be a float or None, got {value!r}"
+            )
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"DDPOConfig.on_policy_tolerance must be a finite float >= 0, got {value!r}"
+            )
+
     # Flow-GRPO's conventions (their own block).
     check_flow_grpo_options(config)
 
@@ -280,6 +291,31 @@ def validate_config(config: DDPOConfig, *, num_processes: int | None = None) -> 
         raise ImportError(
             "DDPOConfig.log_with='wandb' needs wandb, which is not installed "
             "(pip install wandb), or use log_with='tensorboard'"
+        )
+
+
+def check_on_policy_guidance(config: DDPOConfig, guidance: str) -> None:
+    """ValueError if the training pass would re-score another policy than the one that sampled.
+
+    With classifier-free guidance (``guidance="classifier_free"``) and a scale above 1, samples
+    come from the guided prediction ``uncond + s (cond - uncond)``; ``train_cfg=False`` re-scores
+    them under the conditional prediction alone, so every importance ratio is off before the
+    first update (and PPO clips them all). A scale at or below 1 guides neither pass. A model
+    whose guidance is an input of its one pass (``"embedded"``, FLUX.1-dev) re-scores as it
+    sampled either way. Cheap: the policy's class attribute is enough, no model loads.
+
+    Args:
+        config: the run's config.
+        guidance: the policy's `ddpo.policy.GuidanceKind` (`ddpo.policy.guidance_kind`).
+    """
+    if guidance == "classifier_free" and not config.train_cfg and config.sample_guidance_scale > 1:
+        raise ValueError(
+            "DDPOConfig.train_cfg=False with sample_guidance_scale="
+            f"{config.sample_guidance_scale!r}: the samples are drawn with classifier-free "
+            "guidance but would be re-scored without it, so training would not be on the policy "
+            "that sampled (every PPO ratio is off before the first update). Set train_cfg=True "
+            "(re-score with the same guidance) or sample_guidance_scale=1.0 (no guidance in "
+            "either pass)"
         )
 
 

@@ -5,7 +5,9 @@ timesteps (a random subset per sample, or the first ones in order with
 ``train_timestep_order="first"``), re-scores the stored transitions through the
 accelerate-prepared UNet (so gradients are all-reduced across processes), and steps the optimizer
 once per ``train_gradient_accumulation_steps`` micro-batches, gradients accumulated over the kept
-timesteps too, the norm clipped and checked finite before any step.
+timesteps too, the norm clipped and checked finite before any step. Until an epoch's first
+optimizer step the weights are those that sampled, so every re-scored log-probability must
+equal the sampled one (`OnPolicyCheck`: the epoch stops before that step otherwise).
 """
 
 import functools
@@ -177,6 +179,62 @@ def timestep_loss(
     return loss, metrics
 
 
+LOG_RATIO_KEY = "max_abs_log_ratio"
+"""The metric `train_timestep` adds for the on-policy check: ``max |log_prob - old_log_prob|``."""
+
+DEFAULT_ON_POLICY_TOLERANCE = {"no": 1e-3, "fp16": 5e-2, "bf16": 5e-2}
+"""``DDPOConfig.on_policy_tolerance=None`` by the accelerator's mixed precision."""
+
+
+class OffPolicyError(RuntimeError):
+    """Re-scored log-probabilities differ from the sampled ones before any update."""
+
+
+class OnPolicyCheck:
+    """The largest ``|log_prob - old_log_prob|`` over the micro-batches scored before an epoch's
+    first optimizer step, where the weights are those that sampled, so every ratio must be 1.
+
+    The running maximum stays on the device; `verify` reads it once (with the other processes'),
+    before that step, and raises `OffPolicyError` above ``DDPOConfig.on_policy_tolerance``.
+    """
+
+    def __init__(self, accelerator: Any, tolerance: float | None, *, epoch: int) -> None:
+        """``tolerance``: ``DDPOConfig.on_policy_tolerance`` (None: by the accelerator's mixed
+        precision, `DEFAULT_ON_POLICY_TOLERANCE`)."""
+        self.accelerator, self.epoch = accelerator, epoch
+        if tolerance is None:
+            precision = str(accelerator.mixed_precision)
+            tolerance = DEFAULT_ON_POLICY_TOLERANCE.get(
+                precision, DEFAULT_ON_POLICY_TOLERANCE["fp16"]
+            )
+        self.tolerance = float(tolerance)
+        self.largest: torch.Tensor | None = None
+
+    def update(self, max_abs_log_ratio: torch.Tensor) -> None:
+        """Fold in one micro-batch's ``max |log ratio|`` (a 0-d tensor; no host sync)."""
+        value = max_abs_log_ratio.detach().float()
+        self.largest = value if self.largest is None else torch.maximum(self.largest, value)
+
+    def verify(self) -> None:
+        """OffPolicyError if some process scored a log ratio above the tolerance (NaN too)."""
+        if self.largest is None:
+            return
+        largest = float(self.accelerator.gather(self.largest.reshape(1)).max())
+        if not largest <= self.tolerance:
+            raise OffPolicyError(
+                f"epoch {self.epoch}: before the first optimizer step, the re-scored "
+                f"log-probabilities differ from the sampled ones by up to {largest:.3g} "
+                f"(DDPOConfig.on_policy_tolerance: {self.tolerance:g}), so the policy that "
+                "re-scores the samples is not the one that drew them and the PPO ratios are "
+                "not 1. Causes: the pipeline's score() guides, schedules or conditions "
+                "differently from its rollout (e.g. train_cfg=False while sampling with "
+                "classifier-free guidance; sample_eta or noise settings changed between the "
+                "passes); or kernels that round a micro-batch differently from the sampling "
+                "batch under mixed precision (then raise DDPOConfig.on_policy_tolerance). "
+                "Nothing was updated."
+            )
+
+
 def train_inner_epoch(
     opt: Optimisation,
     samples: Trajectories,
@@ -208,11 +266,23 @@ def train_inner_epoch(
     opt.unet.train()
     step_metrics: list[dict[str, float]] = []
     window: list[dict[str, torch.Tensor]] = []
-    for batch in shuffled.micro_batches(config.train_batch_size):
+    # Until the epoch's first optimizer step the weights are those that sampled.
+    on_policy = (
+        OnPolicyCheck(accelerator, config.on_policy_tolerance, epoch=epoch)
+        if inner_epoch == 0
+        else None
+    )
+    for batch in shuffled.micro_batches(micro_batch_size(config, len(shuffled))):
         for j in range(batch.timesteps.shape[1]):
             with accelerator.accumulate(opt.unet):
                 metrics = train_timestep(opt, batch, j, guidance_scale, train_cfg)
+                log_ratio = metrics.pop(LOG_RATIO_KEY)
+                if on_policy is not None:
+                    on_policy.update(log_ratio)
                 if accelerator.sync_gradients:
+                    if on_policy is not None:
+                        on_policy.verify()
+                        on_policy = None
                     grad_norm = accelerator.clip_grad_norm_(
                         opt.parameters, config.train_max_grad_norm
                     )
@@ -259,12 +329,15 @@ def train_timestep(
     )
     with opt.accelerator.autocast():
         out = score(denoiser=opt.unet)
+    log_prob = out.log_prob.float()
     old_log_prob = batch.log_probs[:, j]
     ref = None
     if config.kl_coef > 0:
         with torch.no_grad(), pipeline.reference_policy(), opt.accelerator.autocast():
             ref = score()
     loss, metrics = timestep_loss(config, out, old_log_prob, batch.advantages, ref)
+    # For the on-policy check of `train_inner_epoch` (popped there, not logged).
+    metrics[LOG_RATIO_KEY] = (log_prob.detach() - old_log_prob).abs().max()
     opt.accelerator.backward(loss)
     return metrics
 
@@ -328,6 +401,10 @@ def _parameters_of(layers: Any) -> Iterator[torch.nn.Parameter]:
 
 
 __all__ = [
+    "DEFAULT_ON_POLICY_TOLERANCE",
+    "LOG_RATIO_KEY",
+    "OffPolicyError",
+    "OnPolicyCheck",
     "Optimisation",
     "check_kl_convention",
     "clip_range",

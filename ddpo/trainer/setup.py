@@ -18,9 +18,10 @@ logger = logging.getLogger(__name__)
 
 def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
     """TypeError unless ``sd_pipeline`` implements the `ddpo.policy.DiffusionPolicy` boundary;
-    ValueError if its sampler cannot make ``sample_num_steps`` steps, or if training would
-    re-score another policy than the one that samples (`check_on_policy_guidance`). Cheap: no
-    model work."""
+    ValueError if its sampler cannot make ``sample_num_steps`` steps, if training would re-score
+    another policy than the one that samples (`check_on_policy_guidance`), or if it would ignore
+    a ``sample_eta`` that is set (a policy whose ``uses_sample_eta`` is False). Cheap: no model
+    work."""
     if isinstance(sd_pipeline, str | os.PathLike):
         raise TypeError(
             f"DDPOTrainer: sd_pipeline must be a pipeline object, got the string {sd_pipeline!r}; "
@@ -37,6 +38,12 @@ def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
         )
     sd_pipeline.check_num_steps(config.sample_num_steps)
     check_on_policy_guidance(config, guidance_kind(sd_pipeline))
+    if config.sample_eta != 1.0 and not getattr(sd_pipeline, "uses_sample_eta", True):
+        raise ValueError(
+            f"DDPOConfig.sample_eta={config.sample_eta!r} is DDIM's eta, which "
+            f"{type(sd_pipeline).__name__} does not use (a flow-matching policy: its sampler's "
+            "noise is the pipeline's noise_level); leave sample_eta at 1.0"
+        )
 
 
 def effective_mixed_precision(config: DDPOConfig) -> str:

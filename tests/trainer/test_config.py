@@ -62,6 +62,7 @@ OURS = {
     "gradient_checkpointing": False,
     "hub_model_id": "",
     "resume_allow_config_changes": False,
+    "on_policy_tolerance": None,
     "compile_denoiser": False,
     "sample_cuda_graphs": False,
     "channels_last": False,

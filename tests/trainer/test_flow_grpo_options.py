@@ -409,11 +409,6 @@ def test_drop_zero_advantages_trains_only_nonzero(
 
 
 @slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs train_inner_epoch to split by micro_batch_size(config, len(shuffled)) "
-    "instead of config.train_batch_size (the lead's loop)",
-)
 def test_drop_zero_advantages_keeps_the_step_count(tmp_path: Path) -> None:
     """As Flow-GRPO rebatches: the 2 kept samples fill the epoch's 2 micro-batches, one each, so
     the run takes as many backward passes and optimizer steps as without dropping."""

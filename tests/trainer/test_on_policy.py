@@ -181,3 +181,18 @@ def test_ddpo_train_refuses_the_mismatch_before_the_model_loads(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ddpo: DDPOConfig.train_cfg=False with"), err
+
+
+def test_sample_eta_on_a_flow_policy_is_refused_not_ignored(
+    tmp_path: Path, pipeline_factory: Any
+) -> None:
+    pipeline = pipeline_factory(SD3_MODEL)
+    config = tiny_config(tmp_path / "run", sample_eta=0.5, sample_guidance_scale=1.0)
+    with pytest.raises(ValueError, match=r"DDPOConfig.sample_eta=0.5 is DDIM's eta"):
+        DDPOTrainer(config, brightness, pick_prompt, pipeline)
+    DDPOTrainer(  # DDIM families use it
+        tiny_config(tmp_path / "sd", sample_eta=0.5, sample_guidance_scale=1.0),
+        brightness,
+        pick_prompt,
+        pipeline_factory(MODEL),
+    ).close()
