@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ddpo.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
     from ddpo.rewards.ocr import OcrReward, ocr_reward
     from ddpo.rewards.pickscore import PickScoreReward, pickscore_reward
-    from ddpo.rewards.remote import RemoteReward, RemoteRewardError
+    from ddpo.rewards.remote import RemoteReward, RemoteRewardError, RemoteRewardUnavailable
 
 _LAZY: dict[str, str] = {
     "AestheticMLP": "ddpo.rewards.aesthetic",
@@ -53,6 +53,7 @@ _LAZY: dict[str, str] = {
     "image_reward": "ddpo.rewards.image_reward",
     "RemoteReward": "ddpo.rewards.remote",
     "RemoteRewardError": "ddpo.rewards.remote",
+    "RemoteRewardUnavailable": "ddpo.rewards.remote",
 }
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "PickScoreReward",
     "RemoteReward",
     "RemoteRewardError",
+    "RemoteRewardUnavailable",
     "WeightedSumReward",
     "aesthetic_score",
     "alignment_accuracy",

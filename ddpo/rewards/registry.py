@@ -335,7 +335,13 @@ def build_reward_fn(name: str, options: RewardOptions | None = None) -> RewardFn
         return REWARD_SPECS[terms[0][0]].build(options)
     from ddpo.rewards.combine import WeightedSumReward
 
-    return WeightedSumReward({n: (REWARD_SPECS[n].build(options), w) for n, w in terms})
+    # The cheap checks first: a reward server is asked before any reward model loads.
+    built = {n: REWARD_SPECS[n].build(options) for n, _ in sorted(terms, key=_loads_a_model)}
+    return WeightedSumReward({n: (built[n], w) for n, w in terms})
+
+
+def _loads_a_model(term: tuple[str, float]) -> bool:
+    return term[0] != "remote"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -120,6 +120,25 @@ def test_remote_needs_a_url_and_gets_its_options(monkeypatch: pytest.MonkeyPatch
     assert calls == [(("http://h:1/score",), {"timeout": 5.0, "token": "t"})]
 
 
+def test_a_reward_server_is_asked_before_a_reward_model_loads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    order: list[str] = []
+
+    def built(name: str) -> Any:
+        def build(*args: Any, **kwargs: Any) -> Any:
+            order.append(name)
+            return lambda images, prompts, metadata: (torch.ones(len(prompts)), {})
+
+        return build
+
+    monkeypatch.setattr("ddpo.rewards.pickscore.pickscore_reward", built("pickscore"))
+    monkeypatch.setattr("ddpo.rewards.remote.RemoteReward", built("remote"))
+    fn = build_reward_fn("pickscore,remote:0.5", RewardOptions(remote_url="http://h:1/score"))
+    assert order == ["remote", "pickscore"]  # the server first: it checks /health when built
+    assert list(fn.rewards) == ["pickscore", "remote"]  # the sum keeps the order written
+
+
 @pytest.mark.slow
 def test_ocr_builds_and_scores() -> None:
     pytest.importorskip("rapidocr")
