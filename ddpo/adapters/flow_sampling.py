@@ -1,4 +1,4 @@
-"""Flow-matching sampling shared by the rectified-flow adapters (SD3 now, FLUX next).
+"""Flow-matching sampling shared by the rectified-flow adapters (SD3 and FLUX.1).
 
 What does not depend on the model family: the sampler settings and their checks (``noise_level``,
 ``sde_type`` and the stochastic window), the sigma table of a ``FlowMatchEulerDiscreteScheduler``,

@@ -49,7 +49,7 @@ def main() -> None:
         compile_denoiser=compiled,
         channels_last=compiled,
     )
-    pipeline = load_policy(model_dir)  # SD or SDXL, from the folder's model_index.json
+    pipeline = load_policy(model_dir)  # SD, SDXL, SD3 or FLUX, from the folder's model_index.json
     # Different initial LoRA weights per rank: preparing the UNet must broadcast rank 0's.
     with torch.no_grad():
         for name, param in pipeline.denoiser.named_parameters():
