@@ -337,17 +337,25 @@ def test_a_scheduler_config_lacking_a_shift_key_falls_back_as_the_stock_pipeline
 
 
 def test_flux_default_resolution_without_a_vae_sample_size_is_the_stock_default(
-    flux_path: Path, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
+    """``FluxPipeline`` draws ``128 * vae_scale_factor`` pixels by default; a folder whose VAE
+    config has no ``sample_size`` gets the same (a 4x VAE here: 512, not FLUX.1's 1024)."""
+    components = tiny_flux_components(0)
+    vae = components["vae"]
+    components["vae"] = AutoencoderKL(
+        **{**vae.config, "down_block_types": ("DownEncoderBlock2D",) * 3,
+           "up_block_types": ("UpDecoderBlock2D",) * 3, "block_out_channels": (8, 16, 16)}
+    )  # fmt: skip
     folder = tmp_path / "no-size"
-    shutil.copytree(flux_path, folder)
+    save_flux_pipeline(components, folder)
     config_file = folder / "vae" / "config.json"
     config = json.loads(config_file.read_text())
     del config["sample_size"]
     config_file.write_text(json.dumps(config))
     stock = stock_pipeline("flux", folder)
     side = stock.default_sample_size * stock.vae_scale_factor
-    assert flux_policy(folder).resolution == (side, side) == (1024, 1024)
+    assert flux_policy(folder).resolution == (side, side) == (512, 512)
 
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
