@@ -119,11 +119,17 @@ def check_family_options(
     given = {k: v for k, v in (family_options or {}).items() if v is not None}
     foreign = sorted(set(given) - set(family.options))
     if foreign:
+        hint = (
+            " (its sampler is DDIM: its stochasticity is sample_eta)"
+            if set(foreign) - {"lora_targets"}
+            else " (its LoRA adapters are on the UNet's attention projections)"
+        )
         raise ValueError(
             f"{foreign} apply to the flow-matching families (SD3, FLUX); {os.fspath(name)!r} is "
-            f"a {family.name!r} model (its sampler is DDIM: use sample_eta)"
+            f"a {family.name!r} model{hint}"
         )
-    if sample_eta is not None and sample_eta != 1.0 and "noise_level" in family.options:
+    uses_eta = getattr(family.policy_class(), "uses_sample_eta", True)
+    if sample_eta is not None and sample_eta != 1.0 and not uses_eta:
         raise ValueError(
             f"sample_eta={sample_eta} applies to the DDIM families (SD 1.x/2.x, SDXL); "
             f"{os.fspath(name)!r} is a {family.name!r} model, whose flow sampler ignores it "

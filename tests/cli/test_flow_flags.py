@@ -97,3 +97,5 @@ def test_flow_grpo_flags_on_a_ddim_model_are_refused_before_loading(
         assert status == 2 and "Traceback" not in err, err
         name = flags[0].removeprefix("--").split("=")[0]
         assert f"['{name}'] apply to the flow-matching families" in err
+        hint = "UNet's attention" if name == "lora_targets" else "stochasticity is sample_eta"
+        assert hint in err, err
