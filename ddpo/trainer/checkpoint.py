@@ -6,6 +6,9 @@ Layout of a run folder::
         trainable_weights.safetensors      the UNet parameters that train (LoRA or all)
         per_prompt_stats.json              the per-prompt tracker state (null without one)
         prompt_rng_<i>.json                process i's random stream of the prompt function
+        config.json                        the `DDPOConfig` (`check_resume_config`)
+        run_settings.json                  what else defines the run, by section: the policy's
+                                           settings, ddpo train's flags (`check_resume_settings`)
         optimizer.bin, random_states_<i>.pkl, scaler.pt, ...   (accelerate's save_state)
         ddpo_checkpoint.json               written last: epoch, global step, format version
 
@@ -17,9 +20,11 @@ nothing that can be mistaken for a good checkpoint.
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +39,23 @@ PROMPT_RNG_PREFIX = "prompt_rng_"
 TMP_PREFIX = ".tmp-"
 CALLABLE_STATE_PREFIX = "callable_state_"
 CONFIG_FILENAME = "config.json"
+SETTINGS_FILENAME = "run_settings.json"
+RNG_STATE_PREFIX = "random_states_"
+"""accelerate's RNG-state files, ``random_states_<process index>.pkl``."""
 FORMAT_VERSION = 2
 """2: the marker lists every file with its size and SHA-256 (``files``)."""
 
 _NAME = re.compile(r"^checkpoint_(\d+)$")
+_RNG_NAME = re.compile(rf"^{RNG_STATE_PREFIX}(\d+)\.pkl$")
+
+logger = logging.getLogger(__name__)
+
+_SETTLED_NS = 2_000_000_000
+_Stats = tuple[tuple[str, int, int, int, int], ...]
+_hashed: dict[Path, _Stats] = {}
+"""Checkpoint folders whose files matched their recorded SHA-256, with each file's (name, size,
+mtime, ctime, inode) then, the marker's included: checking an unchanged folder again
+(``ddpo train`` checks before the model loads, the trainer once more) does not re-read it."""
 
 
 @dataclass(frozen=True)
@@ -211,9 +229,11 @@ def verify_checkpoint(
 
     Args:
         folder: a complete checkpoint folder.
-        num_processes: when known, also require each process's RNG-state files.
+        num_processes: when known, also require each process's RNG-state files, and refuse a
+            checkpoint written by more processes.
         hashes: compare the SHA-256 of each file (False: presence and size only, for a
-            checkpoint whose hashes were checked already).
+            checkpoint whose hashes were checked already; an unchanged folder that matched
+            once is not read again).
 
     Raises:
         CheckpointError: naming the missing, truncated or damaged file and what to do.
@@ -225,6 +245,10 @@ def verify_checkpoint(
         raise CheckpointError(f"checkpoint marker {marker} cannot be read ({err})") from err
     advice = f"the checkpoint {folder} is damaged; resume from an earlier checkpoint"
     files: dict[str, Any] = data.get("files") or {}
+    stats = _stats(folder, [*files, MARKER_FILENAME])
+    if hashes and stats is not None and _hashed.get(folder.resolve()) == stats:
+        hashes = False  # this very folder was hashed already and has not changed since
+    started = time.time_ns()
     for name, record in files.items():
         path = folder / name
         if not path.is_file():
@@ -240,10 +264,17 @@ def verify_checkpoint(
                 f"checkpoint file {path} is corrupt (its SHA-256 differs from the one recorded "
                 f"when it was written); {advice}"
             )
+    # Remembered only when every file is older than the clock's coarseness could hide: a later
+    # write then shows in its times.
+    settled = stats is not None and all(
+        max(mtime, ctime) < started - _SETTLED_NS for _, _, mtime, ctime, _ in stats
+    )
+    if hashes and files and stats is not None and settled:
+        _hashed[folder.resolve()] = stats
     required = [WEIGHTS_FILENAME, TRACKER_FILENAME]
     if num_processes is not None:
         for index in range(num_processes):
-            required += [f"random_states_{index}.pkl", f"{PROMPT_RNG_PREFIX}{index}.json"]
+            required += [f"{RNG_STATE_PREFIX}{index}.pkl", f"{PROMPT_RNG_PREFIX}{index}.json"]
     for name in required:
         if not (folder / name).is_file():
             raise CheckpointError(
@@ -251,6 +282,67 @@ def verify_checkpoint(
                 "file per process: resume with the number of processes that wrote it); "
                 f"{advice}"
             )
+    if num_processes is not None:
+        writers = 1 + max(
+            (int(m.group(1)) for p in folder.iterdir() if (m := _RNG_NAME.match(p.name))),
+            default=-1,
+        )
+        if writers > num_processes:
+            raise CheckpointError(
+                f"checkpoint {folder} was written by {writers} processes (one "
+                f"{RNG_STATE_PREFIX}<i>.pkl each) and this run has {num_processes}: each process "
+                "samples its own share of an epoch, so the run would not continue as the "
+                f"checkpointed one; resume with {writers} processes"
+            )
+
+
+def _stats(folder: Path, names: list[str]) -> _Stats | None:
+    """(name, size, mtime, ctime, inode) of each named file, or None if one cannot be read."""
+    try:
+        stats = [(name, (folder / name).stat()) for name in sorted(names)]
+    except OSError:
+        return None
+    return tuple(
+        (name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for name, st in stats
+    )
+
+
+def check_rng_state(folder: Path, process_index: int) -> None:
+    """Read process ``process_index``'s RNG-state file as accelerate's ``load_state`` will, and
+    check that each generator takes its state.
+
+    accelerate's ``load_state`` catches any error while it restores these states and goes on
+    with the generators as they are (it only logs "Could not load random states" at info
+    level), so a damaged file would silently change the continued run.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it.
+    """
+    import random
+
+    import numpy as np
+    import torch
+    from accelerate.utils import load
+
+    path = folder / f"{RNG_STATE_PREFIX}{process_index}.pkl"
+    advice = f"the checkpoint {folder} is damaged; resume from an earlier checkpoint"
+    try:
+        states = load(path)
+    except Exception as err:  # torch.load and pickle raise many types, with pages of advice
+        raise CheckpointError(
+            f"checkpoint file {path} cannot be read ({type(err).__name__}: it is not a file "
+            f"that torch.save wrote, or it is cut short); {advice}"
+        ) from err
+    try:
+        random.Random().setstate(states["random_state"])
+        np.random.RandomState().set_state(states["numpy_random_seed"])
+        torch.Generator().set_state(states["torch_manual_seed"])
+    except Exception as err:  # the generators raise many types
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(
+            f"checkpoint file {path} does not hold the random-number-generator states that "
+            f"resuming restores ({type(err).__name__}: {reason}); {advice}"
+        ) from err
 
 
 # Fields whose change leaves the continued run identical to an uninterrupted one.
@@ -313,6 +405,73 @@ def check_resume_config(folder: Path, config: DDPOConfig) -> dict[str, tuple[Any
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in breaking.items())
         raise CheckpointError(
             f"resuming {folder} with a changed config: {listed}. These change the run, so it "
+            "would not continue as the checkpointed one; restore them, or set "
+            "DDPOConfig.resume_allow_config_changes=True to continue with the new values"
+        )
+    return changed
+
+
+def check_resume_settings(
+    folder: Path,
+    section: str,
+    current: dict[str, Any],
+    *,
+    allow_changes: bool,
+    what: str,
+    key_prefix: str = "",
+) -> dict[str, tuple[Any, Any]]:
+    """Compare run settings outside the config (``current``, JSON data by name) with the
+    section ``section`` of the checkpoint's ``run_settings.json``, as `check_resume_config`
+    compares the config.
+
+    A checkpoint without ``run_settings.json`` (written before they were recorded), or without
+    the section (e.g. a run started from Python resumed by ``ddpo train``), cannot be checked:
+    a warning says so and the resume goes on.
+
+    Args:
+        folder: the checkpoint folder.
+        section: ``"policy"`` (the pipeline's settings) or ``"ddpo_train"`` (the flags).
+        current: this run's settings.
+        allow_changes: ``DDPOConfig.resume_allow_config_changes``.
+        what: what the settings are, for the message (``"ddpo train flags"``).
+        key_prefix: put before each name in the message (``"--"`` for flags).
+
+    Returns:
+        The changed settings, ``{name: (saved, current)}``.
+
+    Raises:
+        CheckpointError: settings changed and ``allow_changes`` is False (listing them), or
+            the file cannot be read.
+    """
+    path = folder / SETTINGS_FILENAME
+    if not path.is_file():
+        logger.warning(
+            "checkpoint %s was written before run settings were recorded (no %s): the %s cannot "
+            "be compared with the ones it was written with; make sure they are the same",
+            folder,
+            SETTINGS_FILENAME,
+            what,
+        )
+        return {}
+    saved = read_json(path)
+    if not isinstance(saved, dict) or not isinstance(saved.get(section, {}), dict):
+        raise CheckpointError(f"checkpoint file {path} is corrupt: not a JSON object of sections")
+    if section not in saved:
+        logger.warning(
+            "checkpoint %s holds no record of its %s (its run was started another way): the %s "
+            "cannot be compared with the ones it was written with",
+            folder,
+            what,
+            what,
+        )
+        return {}
+    changed = config_changes(saved[section], json.loads(json.dumps(current)))
+    if changed and not allow_changes:
+        listed = ", ".join(
+            f"{key_prefix}{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items()
+        )
+        raise CheckpointError(
+            f"resuming {folder} with changed {what}: {listed}. These change the run, so it "
             "would not continue as the checkpointed one; restore them, or set "
             "DDPOConfig.resume_allow_config_changes=True to continue with the new values"
         )

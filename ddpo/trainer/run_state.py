@@ -2,14 +2,15 @@
 
 The one checkpoint format of a run (see `ddpo.trainer.checkpoint` for the layout and the atomic
 write): the trainable UNet parameters (safetensors), accelerate's optimizer, scaler and RNG
-states, the per-prompt tracker, the config, and per process the prompt function's random stream
-and the prompt and reward functions' own states.
+states, the per-prompt tracker, the config, the run settings outside the config (the policy's,
+`policy_settings`, and those of a wrapper such as ``ddpo train``), and per process the prompt
+function's random stream and the prompt and reward functions' own states.
 """
 
 import contextlib
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,44 @@ class RunState:
     prompt_rng: PromptRNG
     prompt_function: Any
     reward_function: Any
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """What defines the run besides the config, by section (JSON data): written into each
+    checkpoint (``run_settings.json``) and compared on resume (`ckpt.check_resume_settings`)."""
+
+
+POLICY_SETTINGS: tuple[str, ...] = (
+    "pretrained_model_name",
+    "pretrained_model_revision",
+    "use_lora",
+    "lora_rank",
+    "lora_alpha",
+    "resolution",
+    "noise_level",
+    "sde_type",
+    "sde_window_size",
+    "sde_window_start",
+    "sde_window_range",
+)
+"""The policy attributes that define a run when a policy has them (the constructor options of
+the built-in pipelines): the model, its LoRA, the image size, the flow models' sampler."""
+
+
+def policy_settings(policy: Any) -> dict[str, Any]:
+    """The `POLICY_SETTINGS` attributes that ``policy`` has, as JSON data (tuples as lists);
+    the LoRA shape only with ``use_lora``. A policy without them (one's own) records nothing."""
+    found: dict[str, Any] = {}
+    for name in POLICY_SETTINGS:
+        if not hasattr(policy, name):
+            continue
+        value = getattr(policy, name)
+        if isinstance(value, tuple):
+            value = list(value)
+        if value is None or isinstance(value, bool | int | float | str | list):
+            found[name] = value
+    if found.get("use_lora") is False:
+        found.pop("lora_rank", None)
+        found.pop("lora_alpha", None)
+    return found
 
 
 def save(state: RunState, epoch: int, global_step: int) -> Path:
@@ -60,6 +99,7 @@ def save(state: RunState, epoch: int, global_step: int) -> Path:
         tracker_state = state.stat_tracker.state_dict() if state.stat_tracker else None
         ckpt.write_json(tmp / ckpt.TRACKER_FILENAME, tracker_state)
         ckpt.write_json(tmp / ckpt.CONFIG_FILENAME, state.config.to_dict())
+        ckpt.write_json(tmp / ckpt.SETTINGS_FILENAME, state.settings)
     index = accelerator.process_index
     ckpt.write_json(tmp / f"{ckpt.PROMPT_RNG_PREFIX}{index}.json", state.prompt_rng.to_json())
     callables = {
@@ -97,6 +137,8 @@ def load(
     ckpt.verify_checkpoint(
         info.path, num_processes=accelerator.num_processes, hashes=not hashes_checked
     )
+    # accelerate's load_state swallows any error with the RNG states: checked here first.
+    ckpt.check_rng_state(info.path, accelerator.process_index)
     weights_file = info.path / ckpt.WEIGHTS_FILENAME
     try:
         weights = safetensors.torch.load_file(str(weights_file))
@@ -135,17 +177,29 @@ def load(
     tracker_state = ckpt.read_json(info.path / ckpt.TRACKER_FILENAME)
     if state.stat_tracker is not None and tracker_state is not None:
         state.stat_tracker.load_state_dict(tracker_state)
-    states_file = info.path / f"{ckpt.CALLABLE_STATE_PREFIX}{index}.json"
     functions = {"prompt_function": state.prompt_function, "reward_function": state.reward_function}
+    load_callable_states(info.path, index, functions)
+    return info, prompt_rng
+
+
+def load_callable_states(folder: Path, process_index: int, functions: dict[str, Any]) -> None:
+    """Load process ``process_index``'s saved states of the prompt and reward functions
+    (``functions``: ``{"prompt_function": fn, "reward_function": fn}``, either may be left
+    out) into them. Cheap: ``ddpo train`` runs it on its prompt function before the model loads.
+
+    Raises:
+        ckpt.CheckpointError: a state is missing, or does not fit its function (another prompt
+            set, pool or repeat count than the run was started with; the message says which).
+    """
+    states_file = folder / f"{ckpt.CALLABLE_STATE_PREFIX}{process_index}.json"
     if states_file.is_file():
         _load_callable_states(ckpt.read_json(states_file), functions, states_file)
     elif any(is_stateful(fn) for fn in functions.values()):
         raise ckpt.CheckpointError(
-            f"checkpoint {info.path} has no {states_file.name}, but the prompt or reward "
+            f"checkpoint {folder} has no {states_file.name}, but the prompt or reward "
             "function keeps state (state_dict/load_state_dict); it was written by an older "
             "version, so this run cannot resume exactly from it"
         )
-    return info, prompt_rng
 
 
 def _load_callable_states(states: dict[str, Any], functions: dict[str, Any], source: Path) -> None:
@@ -164,7 +218,12 @@ def _load_callable_states(states: dict[str, Any], functions: dict[str, Any], sou
                     f"{source} holds a state for the {label}, but {callable_name(fn)} has no "
                     "load_state_dict: resume with the function that wrote the checkpoint"
                 )
-            fn.load_state_dict(state)
+            try:
+                fn.load_state_dict(state)
+            except (ValueError, TypeError, KeyError) as err:
+                raise ckpt.CheckpointError(
+                    f"the {label}'s state in {source} does not fit {callable_name(fn)}: {err}"
+                ) from err
 
 
 def full_tensor(param: torch.Tensor) -> torch.Tensor:
@@ -203,10 +262,13 @@ def skip_model_loading(models: list[Any], input_dir: str) -> None:
 
 
 __all__ = [
+    "POLICY_SETTINGS",
     "RunState",
     "full_tensor",
     "gathered_parameters",
     "load",
+    "load_callable_states",
+    "policy_settings",
     "save",
     "skip_model_loading",
     "skip_model_weights",

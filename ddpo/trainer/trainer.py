@@ -82,6 +82,10 @@ class DDPOTrainer:
         accelerator: the `accelerate.Accelerator`.
         output_dir: the run folder (checkpoints, ``metrics.jsonl``, tracker logs, final weights).
         first_epoch, global_step: where `train` starts (non-zero after a resume).
+        run_settings: what defines the run besides the config, by section (JSON data):
+            ``"policy"``, the pipeline's settings (`ddpo.trainer.run_state.policy_settings`);
+            a caller may add a section before training. Each checkpoint records them, and a
+            resume refuses a changed section as it refuses a changed config.
     """
 
     def __init__(
@@ -115,6 +119,19 @@ class DDPOTrainer:
         check_output_dir(config)
         setup.check_pipeline(sd_pipeline, config)
         check_kl_convention(sd_pipeline, config)
+        # What defines the run besides the config: the policy's settings (`ddpo train` adds its
+        # flags); each checkpoint records them, a resume compares them.
+        self.run_settings: dict[str, dict[str, Any]] = {
+            "policy": run_state.policy_settings(sd_pipeline)
+        }
+        if resume is not None:
+            ckpt.check_resume_settings(
+                resume.path,
+                "policy",
+                self.run_settings["policy"],
+                allow_changes=config.resume_allow_config_changes,
+                what="pipeline settings",
+            )
         self.config = config
         self.reward_function = reward_function
         self.prompt_function = prompt_function
@@ -134,11 +151,9 @@ class DDPOTrainer:
         config.validate(num_processes=accelerator.num_processes)
 
         # 3. The run folder, the same on every process; never an existing run's silently.
+        #    Nothing is written into it before a resume has loaded (step 8).
         self.run_name, self.output_dir = resolve_output_dir(config, resume, broadcast_object_list)
         setup.set_project_dir(accelerator, config, self.output_dir)
-        if accelerator.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
 
         # 4. Seed the global RNGs (per process, e.g. for randomness inside reward functions).
         setup.seed_process(config)
@@ -160,7 +175,7 @@ class DDPOTrainer:
         accelerator.register_save_state_pre_hook(run_state.skip_model_weights)
         accelerator.register_load_state_pre_hook(run_state.skip_model_loading)
 
-        # 7. Advantage state, trackers (main process only inside accelerate), the sampler.
+        # 7. Advantage state and the sampler.
         # "auto" follows the policy's preference where it has one (flow models: GRPO's groups)
         preferred = getattr(sd_pipeline, "preferred_advantage_mode", None)
         self.advantage_mode = config.resolve_advantage_mode(preferred)
@@ -171,9 +186,6 @@ class DDPOTrainer:
             )
             if self.advantage_mode == "per_prompt"
             else None
-        )
-        setup.init_trackers(
-            accelerator, config, self.run_name, None if resume is None else resume.global_step
         )
         self.rollout = Rollout(
             config,
@@ -186,12 +198,18 @@ class DDPOTrainer:
             mixed_precision=self.mixed_precision,
         )
 
-        # 8. Resume.
+        # 8. Resume; then the run folder and the trackers (so a refused resume writes nothing).
         self.first_epoch = 0
         self.global_step = 0
         if resume is not None:
             self.load_checkpoint(resume.path)
         self._last_saved_epoch = self.first_epoch if resume is not None else -1
+        if accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        setup.init_trackers(
+            accelerator, config, self.run_name, None if resume is None else resume.global_step
+        )
 
     # ------------------------------------------------------------------------------------------
     # The loop
@@ -352,6 +370,7 @@ class DDPOTrainer:
             prompt_rng=self.rollout.prompt_rng,
             prompt_function=self.prompt_function,
             reward_function=self.reward_function,
+            settings=self.run_settings,
         )
 
     def save_checkpoint(self, epoch: int, global_step: int) -> Path:

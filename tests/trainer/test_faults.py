@@ -4,6 +4,8 @@ Each test here failed before its fix (issue: NaN from the packaged model, inexac
 misleading errors).
 """
 
+import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -321,6 +323,52 @@ def test_changed_config_is_listed_and_refused_unless_allowed(
     )
     assert trainer.first_epoch == 1
     trainer.close()
+
+
+def test_changed_pipeline_settings_are_listed_and_refused_unless_allowed(
+    finished_run: Path, pipeline_factory: Any
+) -> None:
+    # The policy's own options (resolution, LoRA shape; a flow model's noise level and SDE
+    # window) are recorded in the checkpoint: a pipeline built otherwise would not continue it.
+    config = _resume_config(finished_run, num_epochs=2, resume_from=str(finished_run))
+    with pytest.raises(CheckpointError) as caught:
+        DDPOTrainer(config, brightness, pick_prompt, pipeline_factory(resolution=32, lora_rank=8))
+    message = str(caught.value)
+    assert "changed pipeline settings: lora_rank: 4 -> 8, resolution: None -> [32, 32]" in message
+    assert "resume_allow_config_changes=True" in message
+    allowed = dataclasses.replace(config, resume_allow_config_changes=True)
+    trainer = DDPOTrainer(allowed, brightness, pick_prompt, pipeline_factory(resolution=32))
+    assert trainer.first_epoch == 1
+    trainer.close()
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file and folder under ``folder``, a file with the SHA-256 of its bytes."""
+    return {
+        path.relative_to(folder).as_posix(): (
+            hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+        )
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def test_a_refused_resume_writes_nothing(
+    finished_run: Path, pipeline_factory: Any, tmp_path: Path
+) -> None:
+    # Refused while the checkpoint loads, after the model is prepared: no tracker files (the
+    # tensorboard writer started before the resume did), no new run folder, no metrics rows.
+    before = _tree(finished_run)
+    elsewhere = tmp_path / "elsewhere"
+    for output_dir in ("", str(elsewhere)):
+        config = dataclasses.replace(
+            _resume_config(finished_run, num_epochs=2, resume_from=str(finished_run)),
+            log_with="tensorboard",
+            output_dir=output_dir,
+        )
+        with pytest.raises(CheckpointError, match="no state for the prompt function Cycling"):
+            DDPOTrainer(config, brightness, CyclingPrompts(), pipeline_factory())
+    assert _tree(finished_run) == before
+    assert not elsewhere.exists()
 
 
 # ---------------------------------------------------------------------------------------------
