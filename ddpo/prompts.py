@@ -186,13 +186,65 @@ def _load_inner(prompt_fn: PromptFn, state: dict[str, Any] | None, owner: str) -
             "as the run that saved it"
         )
     if state is not None and load is not None:
+        # A state of another kind of function (a pool where fresh prompts are drawn now, ...)
+        # is named by the setting that builds it, whatever the inner function would say.
+        own = _state_of(prompt_fn)
+        saved = _describe_state(state)
+        if own is not None and set(own) != set(state) and saved is not None:
+            raise _changed_settings(owner, saved, prompt_fn)
         load(state)
 
 
-def _check_keys(state: dict[str, Any], keys: tuple[str, ...], owner: str) -> None:
+def _check_keys(state: dict[str, Any], keys: tuple[str, ...], owner: str, fn: PromptFn) -> None:
     missing = [key for key in keys if key not in state]
     if missing:
+        saved = _describe_state(state)
+        if saved is not None:
+            raise _changed_settings(f"{owner}.load_state_dict", saved, fn)
         raise ValueError(f"{owner}.load_state_dict: state lacks {missing} (has {sorted(state)})")
+
+
+_CHANGED = (
+    "the prompt settings changed since it was saved; build the prompt function the run was "
+    "started with"
+)
+
+
+def _changed_settings(owner: str, saved: str, fn: PromptFn) -> ValueError:
+    return ValueError(
+        f"{owner}: the saved state is of {saved}, but this function draws {_describe(fn)}: "
+        f"{_CHANGED}"
+    )
+
+
+def _describe_state(state: Any) -> str | None:
+    """The prompt function that saved ``state`` (known by its keys), in the words of the
+    settings that build it (`training_prompt_fn`'s); None for an unknown state."""
+    keys = set(state) if isinstance(state, dict) else set()
+    if keys == {"left", "item", "inner"}:
+        return "each prompt repeated (prompt_repeats)"
+    if keys == {"position", "pool", "inner"}:
+        size = len(state["pool"]) if isinstance(state["pool"], list) else "?"
+        return f"a fixed pool of {size} prompts (prompt_pool={size})"
+    if keys == {"name", "rng"}:
+        name = state["name"]
+        return f"fresh prompts of the set {name!r} (prompts={name!r}, prompt_pool=0)"
+    if keys == {"split", "generator"}:
+        return "fresh prompts of the shapes grammar (prompts='shapes', prompt_pool=0)"
+    return None
+
+
+def _describe(fn: PromptFn) -> str:
+    """``fn`` in the words of `_describe_state`."""
+    if isinstance(fn, RepeatPrompts):
+        return f"each prompt repeated {fn.repeats} times (prompt_repeats={fn.repeats})"
+    if isinstance(fn, PoolPrompts):
+        return f"a fixed pool of {len(fn.pool)} prompts (prompt_pool={len(fn.pool)})"
+    if isinstance(fn, SeededPromptFn):
+        return f"fresh prompts of the set {fn.name!r} (prompts={fn.name!r}, prompt_pool=0)"
+    if type(fn).__name__ == "ShapesPromptFn":  # ddpo.data.shapes, which imports torch
+        return "fresh prompts of the shapes grammar (prompts='shapes', prompt_pool=0)"
+    return repr(fn)
 
 
 def _item_from_json(item: Any) -> tuple[str, dict[str, Any]]:
@@ -230,11 +282,12 @@ class SeededPromptFn:
         Raises:
             ValueError: if ``state`` is not one of a ``SeededPromptFn`` of the same ``name``.
         """
-        _check_keys(state, ("name", "rng"), "SeededPromptFn")
+        _check_keys(state, ("name", "rng"), "SeededPromptFn", self)
         if state["name"] != self.name:
             raise ValueError(
                 f"SeededPromptFn.load_state_dict: the state is of prompt function "
-                f"{state['name']!r}, this one is {self.name!r}"
+                f"{state['name']!r}, this one is {self.name!r} (prompts={state['name']!r} then, "
+                f"{self.name!r} now): {_CHANGED}"
             )
         random_state_from_json(self.rng, state["rng"])
 
@@ -277,8 +330,14 @@ class RepeatPrompts:
         Raises:
             ValueError: if ``state`` does not fit this function.
         """
-        _check_keys(state, ("left", "item", "inner"), "RepeatPrompts")
+        _check_keys(state, ("left", "item", "inner"), "RepeatPrompts", self)
         left = state["left"]
+        if not isinstance(left, bool) and isinstance(left, int) and left >= self.repeats >= 1:
+            raise ValueError(
+                f"RepeatPrompts.load_state_dict: the state is of a function that repeats each "
+                f"prompt more than {left} times, this one repeats it {self.repeats} times "
+                f"(prompt_repeats={self.repeats}): {_CHANGED}"
+            )
         if isinstance(left, bool) or not isinstance(left, int) or not 0 <= left < self.repeats:
             raise ValueError(
                 f"RepeatPrompts.load_state_dict: left must be an int in [0, {self.repeats}) "
@@ -323,12 +382,13 @@ class PoolPrompts:
         Raises:
             ValueError: if ``state`` does not fit this function (e.g. another pool size).
         """
-        _check_keys(state, ("position", "pool", "inner"), "PoolPrompts")
+        _check_keys(state, ("position", "pool", "inner"), "PoolPrompts", self)
         pool, position = state["pool"], state["position"]
         if len(pool) != len(self.pool):
             raise ValueError(
                 f"PoolPrompts.load_state_dict: the state holds a pool of {len(pool)} prompts, "
-                f"this function one of {len(self.pool)}"
+                f"this function one of {len(self.pool)} (prompt_pool={len(pool)} then, "
+                f"{len(self.pool)} now): {_CHANGED}"
             )
         if isinstance(position, bool) or not isinstance(position, int):
             raise ValueError(

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from ddpo.cli import TrainArgs, preset_prompt_fn
-from ddpo.prompts import PoolPrompts, RepeatPrompts, build_prompt_fn
+from ddpo.prompts import PoolPrompts, RepeatPrompts, build_prompt_fn, training_prompt_fn
 
 Builder = Callable[[int], Any]
 """Builds a prompt function from a seed."""
@@ -88,23 +88,29 @@ def test_a_plain_inner_function_has_no_inner_state() -> None:
     assert other() == ("b", {})
 
 
+def _training(name: str, *, pool: int, repeats: int = 2) -> Callable[[], Any]:
+    return lambda: training_prompt_fn(name, seed=0, prompt_repeats=repeats, prompt_pool=pool)
+
+
 @pytest.mark.parametrize(
     ("saved", "loader", "match"),
     [
         (
             lambda: build_prompt_fn("simple_animals", seed=0),
             lambda: build_prompt_fn("imagenet_animals", seed=0),
-            "'simple_animals', this one is 'imagenet_animals'",
+            "'simple_animals', this one is 'imagenet_animals' "
+            r"\(prompts='simple_animals' then, 'imagenet_animals' now\)",
         ),
         (
             lambda: PoolPrompts(build_prompt_fn("shapes", seed=0), 2),
             lambda: PoolPrompts(build_prompt_fn("shapes", seed=0), 3),
-            "pool of 2 prompts, this function one of 3",
+            r"pool of 2 prompts, this function one of 3 \(prompt_pool=2 then, 3 now\)",
         ),
         (
             lambda: RepeatPrompts(build_prompt_fn("shapes", seed=0), 5),  # 2 left after 3
             lambda: RepeatPrompts(build_prompt_fn("shapes", seed=0), 2),
-            r"left must be an int in \[0, 2\)",
+            r"repeats each prompt more than 2 times, this one repeats it 2 times "
+            r"\(prompt_repeats=2\)",
         ),
         (
             lambda: RepeatPrompts(build_prompt_fn("shapes", seed=0), 2),
@@ -114,7 +120,29 @@ def test_a_plain_inner_function_has_no_inner_state() -> None:
         (
             lambda: build_prompt_fn("shapes", seed=0),
             lambda: RepeatPrompts(build_prompt_fn("shapes", seed=0), 2),
-            r"state lacks \['left', 'item', 'inner'\]",
+            r"saved state is of fresh prompts of the shapes grammar \(prompts='shapes', "
+            r"prompt_pool=0\), but this function draws each prompt repeated 2 times",
+        ),
+        # The issue's case: --prompt_pool changed between the run and its resume.
+        (
+            _training("simple_animals", pool=2),
+            _training("simple_animals", pool=0),
+            r"saved state is of a fixed pool of 2 prompts \(prompt_pool=2\), but this function "
+            r"draws fresh prompts of the set 'simple_animals' \(prompts='simple_animals', "
+            r"prompt_pool=0\)",
+        ),
+        (
+            _training("shapes", pool=3),
+            _training("shapes", pool=0),
+            r"a fixed pool of 3 prompts \(prompt_pool=3\), but this function draws fresh "
+            r"prompts of the shapes grammar",
+        ),
+        (
+            _training("nouns_activities", pool=0),
+            _training("nouns_activities", pool=2),
+            r"fresh prompts of the set 'nouns_activities' \(prompts='nouns_activities', "
+            r"prompt_pool=0\), but this function draws a fixed pool of 2 prompts "
+            r"\(prompt_pool=2\)",
         ),
     ],
 )
@@ -125,5 +153,6 @@ def test_a_state_of_another_prompt_function_is_refused(
     for _ in range(3):
         source()
     target = loader()
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as caught:
         target.load_state_dict(_json_round_trip(source.state_dict()))
+    assert "state lacks" not in str(caught.value)  # a setting is named, not a missing key
