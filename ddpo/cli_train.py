@@ -7,6 +7,7 @@ last. The defaults of `TrainArgs` are the default preset's (:mod:`ddpo.presets`)
 """
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from ddpo.rewards.registry import (
 from ddpo.trainer.config import DDPOConfig
 
 __all__ = [
+    "RESUMABLE_TRAIN_ARGS",
     "HubUploadError",
     "TrainArgs",
     "TrainResult",
@@ -33,6 +35,7 @@ __all__ = [
     "check_reward_flags",
     "check_train_values",
     "preset_prompt_fn",
+    "run_settings",
     "run_train",
     "setup_train",
     "train_and_report",
@@ -257,10 +260,92 @@ def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> R
 # that `--help` and a bad flag answer at once.
 
 
-def _process_index() -> int:
-    from accelerate import PartialState
+# ---------------------------------------------------------------------------------------------
+# Resuming: the flags that change a run are recorded in its checkpoints and compared on resume
 
-    return int(PartialState().process_index)
+RESUMABLE_TRAIN_ARGS: tuple[str, ...] = (
+    "ddpo_config",  # compared field by field (`ddpo.trainer.checkpoint.check_resume_config`)
+    "reward_device",
+    "reward_batch_size",
+    "remote_reward_token",
+    "remote_reward_timeout",
+    "hf_user_access_token",
+    "grid_images",
+    "verbose",
+)
+"""`TrainArgs` fields that may change when a run resumes: devices, the reward models' batch
+size, tokens, timeouts, the image grid, messages. Every other field changes the run
+(`run_settings`); a new field is one of them until it is listed here."""
+
+
+def run_settings(args: TrainArgs) -> dict[str, Any]:
+    """The flags of ``args`` that change the run: every `TrainArgs` field but
+    `RESUMABLE_TRAIN_ARGS` (the model, LoRA, resolution, the flow sampler, the reward and its
+    models, the prompts), as JSON data; local paths absolute, the LoRA shape only with LoRA.
+
+    Each checkpoint of ``ddpo train`` records them (section ``ddpo_train`` of
+    ``run_settings.json``); a resume with other values is refused before the model loads,
+    unless ``--ddpo_config.resume_allow_config_changes``.
+    """
+    settings: dict[str, Any] = {}
+    for item in dataclasses.fields(args):
+        if item.name not in RESUMABLE_TRAIN_ARGS:
+            settings[item.name] = _recorded(getattr(args, item.name))
+    if not args.use_lora:
+        for name in ("lora_rank", "lora_alpha", "lora_targets"):
+            settings.pop(name, None)
+    return dict(json.loads(json.dumps(settings)))
+
+
+def _recorded(value: Any) -> Any:
+    """A flag's value as recorded: an existing local path absolute (so that a resume from
+    another folder names the same files), dicts value by value."""
+    if isinstance(value, dict):
+        return {key: _recorded(item) for key, item in value.items()}
+    if isinstance(value, str) and value and Path(value).expanduser().exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def _check_resume(args: TrainArgs) -> Any:
+    """The checkpoint that ``--ddpo_config.resume_from`` names (or None), once checked as far
+    as it can be before anything loads: every file present and undamaged, the config and the
+    run-changing flags (`run_settings`) those it was written with.
+
+    Raises:
+        FileNotFoundError, ddpo.trainer.checkpoint.CheckpointError: naming the file or the
+            changed settings.
+    """
+    from ddpo.trainer import checkpoint as ckpt
+
+    config = args.ddpo_config
+    if not config.resume_from:
+        return None
+    info = ckpt.resolve_resume(config.resume_from)[0]
+    ckpt.verify_checkpoint(info.path)
+    ckpt.check_resume_config(info.path, config)
+    ckpt.check_resume_settings(
+        info.path,
+        "ddpo_train",
+        run_settings(args),
+        allow_changes=config.resume_allow_config_changes,
+        what="ddpo train flags",
+        key_prefix="--",
+    )
+    return info
+
+
+def _check_resume_process(resume: Any, accelerator: Any, prompt_fn: Any) -> None:
+    """What the checkpoint holds for this process, before the model loads: an RNG-state file
+    per process of this run, this process's RNG states readable, and its prompt function's
+    saved state fit for the prompt function built from the flags."""
+    from ddpo.trainer import checkpoint as ckpt
+    from ddpo.trainer.run_state import load_callable_states
+
+    index = accelerator.process_index
+    ckpt.verify_checkpoint(resume.path, num_processes=accelerator.num_processes, hashes=False)
+    ckpt.check_rng_state(resume.path, index)
+    load_callable_states(resume.path, index, {"prompt_function": prompt_fn})
 
 
 @dataclass
@@ -304,6 +389,7 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
     config = args.ddpo_config
     # A taken or unwritable output folder is reported now, not after the model has loaded.
     check_output_dir(config)
+    resume = _check_resume(args)
     run_folder = _run_folder(config)
     if run_folder is not None:
         check_writable_folder(run_folder[0], flag=run_folder[1])
@@ -336,7 +422,15 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
 
     # Prompts (which check prompt_repeats and prompt_pool), reward, image hook, pipeline,
     # trainer.
-    prompt_fn = preset_prompt_fn(args, seed=config.seed, process_index=_process_index())
+    # The run's Accelerator, as the trainer would build it: accelerate's process state, which
+    # every later accelerate call shares, takes the config's accelerator_kwargs ({"cpu": true}:
+    # CPU processes that meet over gloo); the trainer sets its gradient accumulation.
+    from ddpo.trainer.setup import make_accelerator
+
+    accelerator = make_accelerator(trainer_config, accumulation_steps=1)
+    prompt_fn = preset_prompt_fn(args, seed=config.seed, process_index=accelerator.process_index)
+    if resume is not None:
+        _check_resume_process(resume, accelerator, prompt_fn)
     reward_fn = build_reward_fn(args)
     hook = ImageGridHook(max_images=args.grid_images)
     pipeline = load_policy(
@@ -348,7 +442,15 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_rank if args.lora_alpha is None else args.lora_alpha,
     )
-    trainer = DDPOTrainer(trainer_config, reward_fn, prompt_fn, pipeline, image_samples_hook=hook)
+    trainer = DDPOTrainer(
+        trainer_config,
+        reward_fn,
+        prompt_fn,
+        pipeline,
+        image_samples_hook=hook,
+        accelerator=accelerator,
+    )
+    trainer.run_settings["ddpo_train"] = run_settings(args)  # recorded in each checkpoint
     hook.folder = Path(trainer.output_dir) / "images"
     hook.epoch = trainer.first_epoch
     return _TrainSetup(args, trainer, hook, console, config.push_to_hub)

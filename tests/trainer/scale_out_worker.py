@@ -1,9 +1,8 @@
 """One process of the scale-out tests (run by ``accelerate launch`` or torch.distributed.run;
 not a test file).
 
-Usage: ``scale_out_worker.py OUT_DIR --mode lora`` trains one epoch of LoRA on the tiny model
-with the trainer's own accelerator (DDP across whatever processes the launcher started) and
-writes this rank's trainable weights (before and after) and local rewards into OUT_DIR.
+Usage: ``scale_out_worker.py OUT_DIR --mode probe --fsdp-version V`` writes what accelerate
+makes of an FSDP plugin on CPU processes (its distributed type and the model's wrapper).
 
 ``scale_out_worker.py OUT_DIR --mode fsdp --fsdp-version V --epochs N [--resume RUN]`` fine-tunes
 the whole UNet under accelerate's FSDP plugin (version ``V``) for ``N`` epochs with a checkpoint
@@ -78,7 +77,7 @@ def fsdp_accelerator(version: int, *, force: bool) -> Any:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--mode", choices=["lora", "fsdp", "probe"], required=True)
+    parser.add_argument("--mode", choices=["fsdp", "probe"], required=True)
     parser.add_argument("--fsdp-version", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--resume", default=None)
@@ -88,14 +87,11 @@ def main() -> None:
     out_dir: Path = args.out_dir
     # The process index as accelerate sees it (its CPU launcher may set no RANK until then).
     rank = PartialState(cpu=True).process_index
-    local_rewards: list[float] = []
 
     def brightness(images: torch.Tensor, prompts: object, metadata: object) -> tuple[Any, dict]:
-        rewards = images.mean(dim=(1, 2, 3))
-        local_rewards.extend(rewards.tolist())
-        return rewards, {}
+        return images.mean(dim=(1, 2, 3)), {}
 
-    torch.manual_seed(0)  # the LoRA initialisation draws from the global RNG
+    torch.manual_seed(0)  # the same global RNG in every process
     if args.mode == "probe":  # what accelerate makes of an FSDP plugin on CPU processes
         accelerator = fsdp_accelerator(args.fsdp_version, force=False)
         layer = torch.nn.Linear(4, 4)
@@ -104,38 +100,22 @@ def main() -> None:
         probe["wrapper"] = type(prepared).__name__
         (out_dir / f"probe{args.fsdp_version}_{rank}.json").write_text(json.dumps(probe))
         return
-    if args.mode == "lora":
-        pipeline = DefaultDDPOStableDiffusionPipeline(MODEL)
-        # Different initial LoRA weights per rank: preparing the UNet must broadcast rank 0's.
-        with torch.no_grad():
-            for name, param in pipeline.denoiser.named_parameters():
-                if param.requires_grad and "lora_B" in name:
-                    param.add_(0.01 * (1 + rank))
-        cfg = config(out_dir, epochs=args.epochs, resume=args.resume, lr=1e-2)
-        trainer = DDPOTrainer(cfg, brightness, prompt_fn, pipeline)
-        safetensors.torch.save_file(trainer.trainable_state_dict(), str(out_dir / f"init{rank}.st"))
-    else:
-        pipeline = DefaultDDPOStableDiffusionPipeline(MODEL, use_lora=False)
-        cfg = config(out_dir, epochs=args.epochs, resume=args.resume, lr=1e-4)
-        try:
-            accelerator = fsdp_accelerator(args.fsdp_version, force=args.force_fsdp)
-            trainer = DDPOTrainer(cfg, brightness, prompt_fn, pipeline, accelerator=accelerator)
-            (out_dir / f"sharding{args.tag}{rank}.json").write_text(json.dumps(sharding(trainer)))
-            trainer.train()
-        except Exception as err:
-            # The failure, for the test to read: type, message and where it was raised.
-            (out_dir / f"error{args.tag}{rank}.txt").write_text(
-                f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
-            )
-            raise
-        state = full_state_dict(trainer)
-        if trainer.accelerator.is_main_process:
-            safetensors.torch.save_file(state, str(out_dir / f"final{args.tag}.st"))
-        trainer.close()
-        return
-    trainer.train()
-    safetensors.torch.save_file(trainer.trainable_state_dict(), str(out_dir / f"final{rank}.st"))
-    (out_dir / f"rewards{rank}.json").write_text(json.dumps(local_rewards))
+    pipeline = DefaultDDPOStableDiffusionPipeline(MODEL, use_lora=False)
+    cfg = config(out_dir, epochs=args.epochs, resume=args.resume, lr=1e-4)
+    try:
+        accelerator = fsdp_accelerator(args.fsdp_version, force=args.force_fsdp)
+        trainer = DDPOTrainer(cfg, brightness, prompt_fn, pipeline, accelerator=accelerator)
+        (out_dir / f"sharding{args.tag}{rank}.json").write_text(json.dumps(sharding(trainer)))
+        trainer.train()
+    except Exception as err:
+        # The failure, for the test to read: type, message and where it was raised.
+        (out_dir / f"error{args.tag}{rank}.txt").write_text(
+            f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+        )
+        raise
+    state = full_state_dict(trainer)
+    if trainer.accelerator.is_main_process:
+        safetensors.torch.save_file(state, str(out_dir / f"final{args.tag}.st"))
     trainer.close()
 
 

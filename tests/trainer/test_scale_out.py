@@ -1,7 +1,8 @@
 """Scaling out on accelerate: two "machines" on loopback, and FSDP on CPU processes.
 
-The workers are `scale_out_worker.py` processes started by ``accelerate launch`` or
-torch.distributed.run; each test reads what they wrote.
+The two machines run ``ddpo train`` itself, started by ``accelerate launch`` as the README says;
+the FSDP workers are `scale_out_worker.py` processes started by torch.distributed.run. Each test
+reads what they wrote.
 """
 
 import json
@@ -17,6 +18,8 @@ import safetensors.torch
 import torch
 
 from ddpo import DefaultDDPOStableDiffusionPipeline
+from ddpo.cli import main
+from ddpo.trainer import checkpoint as ckpt
 
 MODEL = "ddpo-tiny-random"
 WORKER = Path(__file__).with_name("scale_out_worker.py")
@@ -45,37 +48,37 @@ def tiny_model() -> None:
     DefaultDDPOStableDiffusionPipeline(MODEL)
 
 
+def train_flags(run: Path) -> list[str]:
+    """``ddpo train`` on the tiny model, one epoch of 2 samples per process, on CPU processes;
+    each process draws its own prompts (``--prompt_pool 0``: seeded by the process index)."""
+    return [
+        *("-m", "ddpo", "train", "--pretrained_model", MODEL, "--reward", "brightness"),
+        *("--prompts", "simple_animals", "--prompt_pool", "0", "--prompt_repeats", "2"),
+        *("--ddpo_config.num_epochs", "1", "--ddpo_config.sample_num_steps", "2"),
+        *("--ddpo_config.sample_batch_size", "2", "--ddpo_config.train_batch_size", "1"),
+        *("--ddpo_config.sample_num_batches_per_epoch", "1", "--ddpo_config.save_freq", "1"),
+        *("--ddpo_config.log_with", "None", "--ddpo_config.output_dir", str(run)),
+        *("--ddpo_config.accelerator_kwargs", '{"cpu": true}'),
+    ]
+
+
 @pytest.mark.slow
-def test_two_machines_on_loopback_keep_identical_weights(tmp_path: Path, tiny_model: None) -> None:
-    # accelerate's --cpu launcher starts a plain process per machine (no rank, no world size,
-    # unless through mpirun): the machines never meet. Its --multi_gpu launcher (torchrun with
-    # --nnodes/--node_rank) does; the worker's Accelerator(cpu=True) then joins over gloo.
-    port = str(free_port())
+def test_two_machines_on_loopback_run_ddpo_train_as_one_run(
+    tmp_path: Path, tiny_model: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The README's two-machine command, through `ddpo train` itself. accelerate's --cpu launcher
+    # starts a plain process per machine (no rank, no world size, unless through mpirun): the
+    # machines never meet. Its --multi_gpu launcher (torchrun with --nnodes/--node_rank) does,
+    # and `ddpo train` joins over gloo with accelerator_kwargs {"cpu": true}. Before the CLI built
+    # accelerate's state with them, each process ran alone as process 0 and the second one died
+    # on the checkpoint folder the first had written.
+    run, port = tmp_path / "run", str(free_port())
+    launch = [str(ACCELERATE), "launch", "--multi_gpu", "--num_machines", "2"]
+    launch += ["--num_processes", "2", "--main_process_ip", "127.0.0.1"]
+    launch += ["--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no"]
     procs = [
         subprocess.Popen(
-            [
-                str(ACCELERATE),
-                "launch",
-                "--multi_gpu",
-                "--num_machines",
-                "2",
-                "--num_processes",
-                "2",
-                "--machine_rank",
-                str(rank),
-                "--main_process_ip",
-                "127.0.0.1",
-                "--main_process_port",
-                port,
-                "--mixed_precision",
-                "no",
-                "--dynamo_backend",
-                "no",
-                str(WORKER),
-                str(tmp_path),
-                "--mode",
-                "lora",
-            ],
+            [*launch, "--machine_rank", str(rank), *train_flags(run)],
             env=ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -86,17 +89,25 @@ def test_two_machines_on_loopback_keep_identical_weights(tmp_path: Path, tiny_mo
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     for proc, output in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, output[-4000:]
-    init0, init1 = load(tmp_path / "init0.st"), load(tmp_path / "init1.st")
-    final0, final1 = load(tmp_path / "final0.st"), load(tmp_path / "final1.st")
-    rewards0 = json.loads((tmp_path / "rewards0.json").read_text())
-    rewards1 = json.loads((tmp_path / "rewards1.json").read_text())
-    assert len(rewards0) == len(rewards1) == 2
-    assert rewards0 != rewards1  # each machine sampled its own images ...
-    assert all(torch.equal(init0[k], init1[k]) for k in init0)  # ... from machine 0's weights
-    assert any(not torch.equal(init0[k], final0[k]) for k in init0)  # trained
-    assert all(torch.equal(final0[k], final1[k]) for k in final0)  # and stayed identical
-    names = {p.name for p in (tmp_path / "run" / "checkpoints" / "checkpoint_1").iterdir()}
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= names  # one run of two processes
+    # One run of two processes: both machines' samples in the epoch, a complete checkpoint with
+    # each process's states, and each machine drew its own prompts (its own process index).
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert row["num_samples"] == 4
+    checkpoint = run / "checkpoints" / "checkpoint_1"
+    ckpt.verify_checkpoint(checkpoint, num_processes=2)
+    states = [json.loads((checkpoint / f"callable_state_{i}.json").read_text()) for i in (0, 1)]
+    assert states[0]["prompt_function"] != states[1]["prompt_function"]
+    # The weights saved are the trained ones, the same in the checkpoint and the final pipeline.
+    weights = load(checkpoint / "trainable_weights.safetensors")
+    final = load(run / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    base = DefaultDDPOStableDiffusionPipeline(MODEL, use_lora=False).denoiser.state_dict()
+    assert weights.keys() == final.keys() and all(torch.equal(weights[k], final[k]) for k in final)
+    assert any(not torch.equal(weights[k], base[k]) for k in weights)
+    # Resuming it needs two processes again (each sampled its own share of the epoch).
+    capsys.readouterr()
+    resume = ["--ddpo_config.num_epochs", "2", "--ddpo_config.resume_from", str(run)]
+    assert main(train_flags(run)[2:] + resume) == 2
+    assert "was written by 2 processes (one random_states_<i>.pkl each)" in capsys.readouterr().err
 
 
 @pytest.mark.slow
