@@ -1,17 +1,29 @@
-"""Presets: measured settings of whole training runs, as data.
+"""Presets: settings of whole training runs, as data.
 
 :func:`default_preset` is the `DDPOConfig` of the default ``ddpo train`` run and
 :data:`DEFAULT_SETTINGS` the rest of that run (model, LoRA, reward, prompts); ``ddpo train``
 with no flags and ``examples/ddpo.py`` take their defaults from here.
+
+:func:`flow_grpo_sd3_preset` and :data:`FLOW_GRPO_SD3_SETTINGS` are Flow-GRPO's SD3.5 Medium
+configuration (Liu et al., 2025) in this library's fields (``ddpo train --preset flow_grpo_sd3``).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ddpo.prompts import PromptSetName
 from ddpo.rewards.registry import RewardName
 from ddpo.trainer.config import DDPOConfig
 
-__all__ = ["DEFAULT_SETTINGS", "PresetSettings", "default_preset"]
+__all__ = [
+    "DEFAULT_SETTINGS",
+    "FLOW_GRPO_SD3_PROCESSES",
+    "FLOW_GRPO_SD3_SETTINGS",
+    "PRESETS",
+    "PresetSettings",
+    "default_preset",
+    "flow_grpo_sd3_preset",
+]
 
 
 def default_preset() -> DDPOConfig:
@@ -80,6 +92,12 @@ class PresetSettings:
     """Each prompt this many times in a row (see :func:`ddpo.prompts.training_prompt_fn`)."""
     prompt_pool: int
     """A fixed pool of this many prompts, drawn with the config's seed (0: fresh prompts)."""
+    lora_alpha: float | None = None
+    """LoRA's alpha (``None``: the rank, a scale of 1)."""
+    resolution: int | None = None
+    """Image side in pixels (``None``: the model's native size)."""
+    noise_level: float | None = None
+    """A flow model's SDE noise level (``None``: the policy's default, 0.7)."""
 
 
 #: The default run: the whole UNet of ``ddpo-tiny-shapes`` with the alignment reward, on a pool
@@ -93,3 +111,97 @@ DEFAULT_SETTINGS = PresetSettings(
     prompt_repeats=16,
     prompt_pool=2,
 )
+
+
+FLOW_GRPO_SD3_PROCESSES: tuple[int, ...] = (1, 2, 4, 8, 16)
+"""Process counts over which `flow_grpo_sd3_preset` keeps Flow-GRPO's epoch whole: 48 prompts x
+24 images per epoch, in sampling batches of 9, each prompt's 24 images on one process (this
+library's groups do not span processes) and 2 optimizer steps per epoch."""
+
+
+def flow_grpo_sd3_preset(num_processes: int = 1) -> DDPOConfig:
+    """Flow-GRPO's SD3.5 Medium configuration (its ``config/grpo.py``, ``general_ocr_sd3``) as a
+    `DDPOConfig`, per process for ``num_processes`` processes.
+
+    Flow-GRPO (yifan123/flow_grpo, ``config/base.py`` and ``config/grpo.py``; their keys in
+    brackets): seed 42; 10 sampling steps [``sample.num_steps``] at CFG 4.5
+    [``sample.guidance_scale``], re-scored with the same CFG [``train.cfg = True``]; epochs of
+    48 prompts x 24 images [``sample.num_image_per_prompt``] in batches of 9
+    [``sample.train_batch_size``, ``train.batch_size``], two optimizer steps per epoch
+    [``train.gradient_accumulation_steps = num_batches_per_epoch // 2``], one inner epoch; AdamW
+    at 3e-4 with TRL's betas, weight decay 1e-4 and epsilon 1e-8, gradient norm clipped to 1;
+    PPO clip range 1e-4 [``train.clip_range``], advantages clipped to 5; the first
+    ``int(0.99 x 10) = 9`` steps trained in order [``train.timestep_fraction = 0.99``]; each
+    prompt's rewards centred within the epoch and divided by the whole epoch's std + 1e-4
+    [``per_prompt_stat_tracking`` with ``sample.global_std``: ``advantage_mode="group_global"``];
+    samples whose advantage is 0 dropped before training (always on in its ``train_sd3.py``); a
+    KL penalty of weight 0.04 [``train.beta``; 0.01 in its PickScore config] in its own
+    convention [``kl_convention="flow_grpo"``]; fp16 mixed precision (its accelerate configs).
+    The pipeline settings (512 px, noise level 0.7, LoRA rank 32 and alpha 64 on the attention
+    projections) are :data:`FLOW_GRPO_SD3_SETTINGS`.
+
+    Not reproduced: its EMA copy of the LoRA weights (decay 0.9 every 8 steps), which only its
+    evaluation and saved checkpoints use, not training; the held-out evaluation every 60 epochs;
+    the number of epochs (it trains until stopped by hand: ``num_epochs`` is TRL's 100 here).
+
+    Args:
+        num_processes: the processes of the run (one per GPU), one of
+            :data:`FLOW_GRPO_SD3_PROCESSES`; Flow-GRPO's own runs used 32 GPUs, over which it
+            spreads a prompt's 24 images, which this library's per-process groups cannot.
+
+    Raises:
+        ValueError: for another ``num_processes``.
+    """
+    if num_processes not in FLOW_GRPO_SD3_PROCESSES:
+        raise ValueError(
+            f"flow_grpo_sd3_preset: num_processes must be one of {FLOW_GRPO_SD3_PROCESSES} (48 "
+            "prompts x 24 images in batches of 9 per epoch, each prompt on one process), got "
+            f"{num_processes!r}"
+        )
+    batches = 128 // num_processes  # 1152 images per epoch / (9 per batch x processes)
+    return DDPOConfig(
+        exp_name="flow_grpo_sd3",
+        seed=42,
+        mixed_precision="fp16",
+        sample_num_steps=10,
+        sample_guidance_scale=4.5,
+        sample_batch_size=9,
+        sample_num_batches_per_epoch=batches,
+        train_batch_size=9,
+        train_gradient_accumulation_steps=batches // 2,
+        train_num_inner_epochs=1,
+        train_learning_rate=3e-4,
+        train_clip_range=1e-4,
+        train_adv_clip_max=5.0,
+        train_max_grad_norm=1.0,
+        train_timestep_fraction=0.99,
+        train_timestep_order="first",
+        train_cfg=True,
+        advantage_mode="group_global",
+        train_drop_zero_advantages=True,
+        kl_coef=0.04,
+        kl_convention="flow_grpo",
+    )
+
+
+#: Flow-GRPO's SD3.5 Medium run besides its `DDPOConfig`: the model at 512 px, noise level 0.7,
+#: LoRA rank 32 and alpha 64 on the joint-attention projections (its ``train_sd3.py``), the OCR
+#: reward on text-rendering prompts, 24 images per prompt.
+FLOW_GRPO_SD3_SETTINGS = PresetSettings(
+    pretrained_model="stabilityai/stable-diffusion-3.5-medium",
+    use_lora=True,
+    lora_rank=32,
+    lora_alpha=64.0,
+    reward="ocr",
+    prompts="text_rendering",
+    prompt_repeats=24,
+    prompt_pool=0,
+    resolution=512,
+    noise_level=0.7,
+)
+
+PRESETS: dict[str, tuple[PresetSettings, Callable[[int], DDPOConfig]]] = {
+    "default": (DEFAULT_SETTINGS, lambda num_processes: default_preset()),
+    "flow_grpo_sd3": (FLOW_GRPO_SD3_SETTINGS, flow_grpo_sd3_preset),
+}
+"""``ddpo train --preset NAME``: each preset's settings and its config for a process count."""

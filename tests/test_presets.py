@@ -1,0 +1,105 @@
+"""The presets: Flow-GRPO's SD3.5 Medium configuration in this library's fields."""
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from ddpo.core import clip_advantages
+from ddpo.presets import (
+    FLOW_GRPO_SD3_PROCESSES,
+    FLOW_GRPO_SD3_SETTINGS,
+    flow_grpo_sd3_preset,
+)
+from ddpo.trainer.optimisation import num_train_timesteps, timestep_loss
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_flow_grpo_sd3_preset_is_its_config() -> None:
+    """Each value as yifan123/flow_grpo's ``config/base.py`` and ``general_ocr_sd3`` set it."""
+    config = flow_grpo_sd3_preset()
+    flow_grpo = {
+        "seed": 42,  # config.seed
+        "sample_num_steps": 10,  # sample.num_steps
+        "sample_guidance_scale": 4.5,  # sample.guidance_scale
+        "train_cfg": True,  # train.cfg
+        "sample_batch_size": 9,  # sample.train_batch_size
+        "train_batch_size": 9,  # train.batch_size
+        "train_num_inner_epochs": 1,  # train.num_inner_epochs
+        "train_learning_rate": 3e-4,  # train.learning_rate
+        "train_adam_beta1": 0.9,
+        "train_adam_beta2": 0.999,
+        "train_adam_weight_decay": 1e-4,
+        "train_adam_epsilon": 1e-8,
+        "train_max_grad_norm": 1.0,
+        "train_adv_clip_max": 5.0,  # train.adv_clip_max
+        "train_clip_range": 1e-4,  # train.clip_range
+        "train_timestep_fraction": 0.99,  # train.timestep_fraction
+        "train_timestep_order": "first",  # range(num_train_timesteps)
+        "advantage_mode": "group_global",  # per-prompt mean, sample.global_std
+        "train_drop_zero_advantages": True,  # its mask of all-zero advantages
+        "kl_coef": 0.04,  # train.beta
+        "kl_convention": "flow_grpo",
+        "mixed_precision": "fp16",
+    }
+    assert {k: getattr(config, k) for k in flow_grpo} == flow_grpo
+    assert num_train_timesteps(config) == int(10 * 0.99) == 9
+    settings = FLOW_GRPO_SD3_SETTINGS
+    assert (settings.resolution, settings.noise_level) == (512, 0.7)  # config.resolution
+    assert (settings.lora_rank, settings.lora_alpha, settings.use_lora) == (32, 64.0, True)
+    assert settings.prompt_repeats == 24  # sample.num_image_per_prompt
+
+
+@pytest.mark.parametrize("num_processes", FLOW_GRPO_SD3_PROCESSES)
+def test_flow_grpo_sd3_epoch_is_its_epoch_on_any_process_count(num_processes: int) -> None:
+    config = flow_grpo_sd3_preset(num_processes)
+    config.validate(num_processes=num_processes)
+    per_process = config.sample_batch_size * config.sample_num_batches_per_epoch
+    assert per_process * num_processes == 48 * 24  # 48 prompts x 24 images
+    assert per_process % FLOW_GRPO_SD3_SETTINGS.prompt_repeats == 0  # whole groups
+    micro_batches = per_process // config.train_batch_size
+    assert micro_batches // config.train_gradient_accumulation_steps == 2  # optimizer steps
+
+
+def test_flow_grpo_sd3_preset_refuses_a_process_count_that_splits_groups() -> None:
+    with pytest.raises(ValueError, match=r"num_processes must be one of .* got 32"):
+        flow_grpo_sd3_preset(32)
+
+
+def test_flow_grpo_sd3_preset_gives_flow_grpos_per_step_loss() -> None:
+    """Case 0 of the loss fixture was computed by Flow-GRPO's training code with its SD3.5-M
+    settings (clip range 1e-4, advantages clipped to 5, beta 0.04, noise level 0.7): the preset's
+    loss of the same tensors is Flow-GRPO's."""
+    case = json.loads((FIXTURES / "flow_grpo_loss.json").read_text())["cases"][0]
+    config = flow_grpo_sd3_preset()
+    assert (case["clip_range"], case["adv_clip_max"], case["beta"], case["noise_level"]) == (
+        config.train_clip_range,
+        config.train_adv_clip_max,
+        config.kl_coef,
+        FLOW_GRPO_SD3_SETTINGS.noise_level,
+    )
+    t = {
+        k.removeprefix("case0."): v
+        for k, v in load_file(FIXTURES / "flow_grpo_loss.safetensors").items()
+        if k.startswith("case0.")
+    }
+    std_dev_t = t["std_dev_t"].flatten()
+    minus_dt = (t["sigma"] - t["sigma_prev"]).flatten()
+
+    class Score:
+        def __init__(self, mean: object) -> None:
+            self.log_prob, self.mean = t["log_prob"], mean
+            self.std_dev, self.flow_grpo_std_dev = std_dev_t * minus_dt.sqrt(), std_dev_t
+
+    advantages = clip_advantages(t["advantages"], adv_clip_max=config.train_adv_clip_max)
+    loss, metrics = timestep_loss(
+        config,
+        Score(t["prev_sample_mean"]),  # type: ignore[arg-type]
+        t["old_log_prob"],
+        advantages,
+        Score(t["prev_sample_mean_ref"]),  # type: ignore[arg-type]
+    )
+    assert float(loss) == pytest.approx(case["loss"], rel=1e-6, abs=1e-7)
+    assert float(metrics["kl"]) == pytest.approx(case["kl_loss"], rel=1e-6)
