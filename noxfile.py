@@ -24,11 +24,30 @@ def _install(session: nox.Session, *groups: str) -> None:
     session.install("-e", ".", *requirements)
 
 
+# The reward models' original packages, which tests/rewards/originals.py runs in a subprocess to
+# compare our rewards with. They go into a folder of their own, never into the session's
+# environment: torchvision's registry build cannot load beside the CPU torch, and transformers
+# imports any torchvision it finds.
+REFERENCE_PACKAGES = (
+    "torchvision==0.28.0",
+    "open-clip-torch==3.3.0",
+    "hpsv2==1.2.0",
+    "image-reward==1.5",
+    "torchmetrics==1.9.0",
+    "lightning-utilities==0.15.3",
+    "einops==0.8.2",
+    "timm==0.6.13",
+    "fairscale==0.4.13",
+)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite (runtime shape checks on); extra arguments go to pytest."""
     _install(session, "test")
-    session.run("pytest", *session.posargs)
+    reference = os.path.join(session.virtualenv.location, "reference-packages")
+    session.install("--no-deps", "--upgrade", "--target", reference, *REFERENCE_PACKAGES)
+    session.run("pytest", *session.posargs, env={"DDPO_REFERENCE_PACKAGES": reference})
 
 
 @nox.session

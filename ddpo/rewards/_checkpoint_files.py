@@ -1,8 +1,8 @@
 """Shared plumbing of the checkpoint-converting rewards (HPS v2.1, ImageReward v1.0).
 
 Finding a weights file (local file, local folder or hub repository), loading a torch state dict
-safely, comparing a converted state dict with what a model expects, the CLIP-style image
-preprocessing on tensors, and the reward's argument checks.
+safely, comparing a converted state dict with what a model expects, and the reward's
+argument checks.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import torch
-import torch.nn.functional as F
-from jaxtyping import Float
 
 OPENAI_CLIP_MEAN: Final = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD: Final = (0.26862954, 0.26130258, 0.27577711)
@@ -21,7 +19,6 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "check_batch_size",
     "check_prompts",
-    "clip_preprocess",
     "convert_state_dict",
     "load_torch_state_dict",
     "require",
@@ -175,31 +172,6 @@ def require(checkpoint: Mapping[str, torch.Tensor], key: str, *, argument: str) 
             f"{argument}: the checkpoint has no key {key!r} (found e.g. {sorted(checkpoint)[:5]})"
         )
     return checkpoint[key]
-
-
-def clip_preprocess(
-    images: Float[torch.Tensor, "batch 3 height width"],
-    *,
-    size: int,
-    mean: Sequence[float] = OPENAI_CLIP_MEAN,
-    std: Sequence[float] = OPENAI_CLIP_STD,
-) -> Float[torch.Tensor, "batch 3 size size"]:
-    """Resize the shortest edge to ``size`` (bicubic, antialiased), centre-crop, normalise.
-
-    The tensor version of torchvision's ``Resize(size, BICUBIC), CenterCrop(size),
-    Normalize(mean, std)`` used by OpenCLIP and ImageReward: ``(crop(resize(x)) - mean) / std``.
-    """
-    height, width = images.shape[-2:]
-    scale = size / min(height, width)
-    new_size = (max(round(height * scale), size), max(round(width * scale), size))
-    if new_size != (height, width):
-        images = F.interpolate(images, size=new_size, mode="bicubic", antialias=True)
-    top = (new_size[0] - size) // 2
-    left = (new_size[1] - size) // 2
-    images = images[..., top : top + size, left : left + size].clamp(0, 1)
-    mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-    return (images - mean_t) / std_t
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

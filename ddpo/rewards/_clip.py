@@ -1,9 +1,11 @@
-"""CLIP loading, tensor preprocessing and image-text cosine similarity, shared by the CLIP rewards.
+"""CLIP loading, image preprocessing and image-text cosine similarity, shared by the CLIP rewards.
 
 The aesthetic, CLIPScore and PickScore rewards load a transformers ``CLIPModel`` from a local
-folder or a hub id, and preprocess the trainer's float images as tensors, with no PIL round trip:
-resize so that the shortest edge is the processor's ``size`` (bicubic, antialiased), centre crop
-to ``crop_size``, normalise by the processor's mean and std. Both the current
+folder or a hub id, and preprocess images exactly as transformers' CLIP image processor (its PIL
+backend) does with the 8-bit images a user would save: quantise, PIL resize so that the shortest
+edge is the processor's ``size`` (``resample``, bicubic for CLIP), centre crop to ``crop_size``,
+normalise by the processor's mean and std (:func:`ddpo.rewards._preprocess.pil_resize_crop`), per
+image on the CPU; the batch then runs on the model's device. Both the current
 (``{"shortest_edge": 224}``) and the older (``224``) ``preprocessor_config.json`` formats are read.
 """
 
@@ -14,11 +16,11 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import nn
 
-from ddpo.rewards._images import to_float_nchw
+from ddpo.rewards._images import to_uint8_nhwc
+from ddpo.rewards._preprocess import pil_resize_crop
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -146,12 +148,14 @@ def _three(values: Any, name: str) -> tuple[float, float, float]:
 @final
 @dataclass(frozen=True)
 class ClipImageTransform:
-    """CLIP's image preprocessing on tensors: shortest-edge resize, centre crop, normalisation."""
+    """transformers' CLIP image processing: shortest-edge PIL resize, centre crop, normalise."""
 
     shortest_edge: int
     crop_size: tuple[int, int]
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
+    resample: int = 3
+    """PIL resampling filter (3: bicubic, CLIP's)."""
 
     @classmethod
     def from_config(
@@ -165,28 +169,21 @@ class ClipImageTransform:
             crop_size=_crop_size(processor.get("crop_size"), image_size),
             mean=_three(processor.get("image_mean", OPENAI_CLIP_MEAN), "image_mean"),
             std=_three(processor.get("image_std", OPENAI_CLIP_STD), "image_std"),
+            resample=int(processor.get("resample", 3)),
         )
 
-    def __call__(
-        self, images: Float[torch.Tensor, "batch 3 height width"]
-    ) -> Float[torch.Tensor, "batch 3 crop_h crop_w"]:
-        """Resize (shortest edge, bicubic, antialiased), centre-crop and normalise images in
-        [0, 1]; an image smaller than the crop is zero-padded around its centre."""
-        height, width = images.shape[-2:]
-        scale = self.shortest_edge / min(height, width)
-        new_size = (max(round(height * scale), 1), max(round(width * scale), 1))
-        if new_size != (height, width):
-            images = F.interpolate(images, size=new_size, mode="bicubic", antialias=True)
-        crop_h, crop_w = self.crop_size
-        top = max((new_size[0] - crop_h) // 2, 0)
-        left = max((new_size[1] - crop_w) // 2, 0)
-        images = images[..., top : top + crop_h, left : left + crop_w]
-        if images.shape[-2:] != (crop_h, crop_w):
-            pad_h, pad_w = crop_h - images.shape[-2], crop_w - images.shape[-1]
-            images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images.clamp(0, 1) - mean) / std
+    def __call__(self, images: Any) -> Float[torch.Tensor, "batch 3 crop_h crop_w"]:
+        """Pixel values as the CLIP image processor makes them from the 8-bit images (float32,
+        on the CPU); images as ``to_uint8_nhwc`` takes them (floats are quantised first)."""
+        return pil_resize_crop(
+            images,
+            shortest_edge=self.shortest_edge,
+            crop=self.crop_size,
+            mean=self.mean,
+            std=self.std,
+            convention="transformers",
+            resample=self.resample,
+        )
 
 
 def check_prompts(prompts: Any, batch: int) -> list[str]:
@@ -244,13 +241,12 @@ class ClipSimilarity(nn.Module):
         )
 
     @torch.no_grad()
-    def image_embeds(
-        self, images: Float[torch.Tensor, "batch 3 height width"]
-    ) -> Float[torch.Tensor, "batch dim"]:
-        """L2-normalised projected image embeddings (float32) of images in [0, 1]."""
-        pixels = self.transform(images.to(self.device))
+    def image_embeds(self, images: Any) -> Float[torch.Tensor, "batch dim"]:
+        """L2-normalised projected image embeddings (float32); images as ``to_uint8_nhwc``
+        takes them."""
         dtype = self.model.visual_projection.weight.dtype
-        pooled = self.model.vision_model(pixel_values=pixels.to(dtype)).pooler_output
+        pixels = self.transform(images).to(self.device, dtype)
+        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
         embeds = self.model.visual_projection(pooled).float()
         return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
 
@@ -271,14 +267,17 @@ class ClipSimilarity(nn.Module):
         embeds = self.model.text_projection(pooled).float()
         return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
 
-    def forward(self, images: Any, prompts: Any) -> Float[torch.Tensor, " batch"]:
-        """Per-pair cosine similarities (float32, on CPU); images as ``to_float_nchw`` takes.
+    def forward(
+        self, images: Any, prompts: Any, *, prefix: str = ""
+    ) -> Float[torch.Tensor, " batch"]:
+        """Per-pair cosine similarities (float32, on CPU) of images (as ``to_uint8_nhwc`` takes
+        them) and ``prefix + prompt``.
 
         Raises:
             ValueError: if the images are not a batch, or prompts are not one str per image.
         """
-        pixels = to_float_nchw(images)
-        texts = check_prompts(prompts, pixels.shape[0])
+        pixels = to_uint8_nhwc(images)
+        texts = [prefix + text for text in check_prompts(prompts, pixels.shape[0])]
         cosines = []
         for start in range(0, len(texts), self.batch_size):
             stop = start + self.batch_size

@@ -7,8 +7,10 @@ Dropout(0.2), Linear(128, 64), Dropout(0.1), Linear(64, 16), Linear(16, 1), with
 The CLIP model comes from a local folder or a hub id (``CLIPModel.from_pretrained``); the MLP
 weights from a ``.safetensors`` file or the original ``.pth`` state dict (loaded with
 ``weights_only=True``), given as a local file, a local folder or a hub repository id. Images are
-preprocessed as tensors (resize of the shortest edge, centre crop, CLIP normalisation), with no
-PIL round trip.
+preprocessed as the original scorer (TRL's and ddpo-pytorch's ``AestheticScorer``: transformers'
+``CLIPProcessor`` on 8-bit images) does: quantised to 8 bits, PIL bicubic resize of the shortest
+edge, centre crop, CLIP normalisation (:class:`ddpo.rewards._clip.ClipImageTransform`), per image
+on the CPU; the batch then runs on the model's device.
 """
 
 from pathlib import Path
@@ -24,7 +26,6 @@ from ddpo.rewards._clip import (
     load_clip_model,
     read_preprocessor_config,
 )
-from ddpo.rewards._images import to_float_nchw
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
@@ -171,18 +172,16 @@ class AestheticScorer(nn.Module):
         self.vision_model.to(dtype)
         self.visual_projection.to(dtype)
 
-    def preprocess(
-        self, images: Float[torch.Tensor, "batch 3 height width"]
-    ) -> Float[torch.Tensor, "batch 3 crop_h crop_w"]:
-        """Resize (shortest edge, bicubic, antialiased), centre-crop and normalise for CLIP."""
+    def preprocess(self, images: Any) -> Float[torch.Tensor, "batch 3 crop_h crop_w"]:
+        """The CLIP image processor's pixel values (float32, on the CPU) of images as
+        ``to_uint8_nhwc`` takes them: quantised, PIL resize, centre crop, normalisation."""
         return self.transform(images)
 
     @torch.no_grad()
     def forward(self, images: Any) -> Float[torch.Tensor, " batch"]:
-        """Aesthetic scores (float32, on CPU) of a batch of images (see ``to_float_nchw``)."""
-        device = self.image_mean.device
-        pixels = self.preprocess(to_float_nchw(images).to(device))
-        pooled = self.vision_model(pixel_values=pixels.to(self.dtype)).pooler_output
+        """Aesthetic scores (float32, on CPU) of a batch of images (see ``to_uint8_nhwc``)."""
+        pixels = self.preprocess(images).to(self.image_mean.device, self.dtype)
+        pooled = self.vision_model(pixel_values=pixels).pooler_output
         embeds = self.visual_projection(pooled).float()
         embeds = embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
         return self.mlp(embeds).float().cpu()

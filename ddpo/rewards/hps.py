@@ -6,23 +6,31 @@ score of an image x for a prompt p is the cosine similarity of their CLIP embedd
     HPS(x, p) = <f(x) / ||f(x)||, g(p) / ||g(p)||>
 
 (``image_features @ text_features.T`` of the normalised features in the HPSv2 package, about
-0.2-0.35 for typical images; no logit scale and no factor 100). Images are resized (shortest edge
-224, bicubic), centre-cropped to 224 and normalised with the OpenAI CLIP mean and std; prompts are
-tokenised with OpenAI's CLIP BPE, padded and truncated to the 77-token context.
+0.2-0.35 for typical images; no logit scale and no factor 100).
+
+Preprocessing follows hpsv2's own (``img_score.score`` with ``light_augmentation=True``), which
+scores a PIL image: the float images are quantised to 8 bits as saving them would, the longest
+side is resized to 224 (bicubic, antialiased, on the float tensor, sizes rounded), zeros pad the
+image to 224 x 224 (centred), and it is normalised with the OpenAI CLIP mean and std; no crop
+and no clamp (:func:`ddpo.rewards._preprocess.resize_longest_and_pad`). Prompts are cleaned as
+OpenCLIP's tokenizer cleans them (``ftfy.fix_text``, HTML unescaping twice, runs of whitespace
+to one space, stripped; ``ftfy`` comes with ``pip install 'ddpo[hps]'``), then tokenised with
+OpenAI's CLIP BPE, lower-cased, padded and truncated to the 77-token context.
 
 Implementation: the weights are the original ``HPS_v2.1_compressed.pt`` (hub repository
 ``xswu/HPSv2``; a torch file whose ``"state_dict"`` holds OpenCLIP key names), converted at load
 time onto transformers' ``CLIPModel`` (:mod:`ddpo.rewards._openclip_convert`). The
-``open-clip-torch`` and ``hpsv2`` packages are not used: both require torchvision, which cannot be
-installed beside this project's torch. The architecture is read from the checkpoint's shapes, so
-a smaller OpenCLIP ViT checkpoint loads by the same code path. The text embedding is taken at the
-first end-of-text token, which is OpenCLIP's ``argmax`` pooling for its vocabulary (end-of-text
-has the highest id).
+``open-clip-torch`` and ``hpsv2`` packages are not used: both require torchvision. The
+architecture is read from the checkpoint's shapes, so a smaller OpenCLIP ViT checkpoint loads by
+the same code path. The text embedding is taken at the first end-of-text token, which is
+OpenCLIP's ``argmax`` pooling for its vocabulary (end-of-text has the highest id). The tests
+compare the scores with hpsv2 1.2.0's on the same weights and images.
 
 Real model: 986M parameters (vision tower 631M, text tower 353M, projections 2M), 3.9 GB in
 float32 (2 GB in bfloat16) plus activations.
 """
 
+import html
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -31,16 +39,17 @@ from jaxtyping import Float, Int
 from torch import nn
 
 from ddpo.rewards._checkpoint_files import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
     check_batch_size,
     check_prompts,
-    clip_preprocess,
     load_torch_state_dict,
     resolve_device,
     resolve_file,
     resolve_folder,
 )
-from ddpo.rewards._images import to_float_nchw
 from ddpo.rewards._openclip_convert import openclip_config, openclip_to_clip_state_dict
+from ddpo.rewards._preprocess import quantised_float_nchw, resize_longest_and_pad
 
 __all__ = [
     "DEFAULT_HPS_FILENAME",
@@ -48,12 +57,34 @@ __all__ = [
     "DEFAULT_HPS_TOKENIZER",
     "HPSReward",
     "HPSScorer",
+    "clean_prompt",
     "hps_reward",
 ]
 
 DEFAULT_HPS_REPO: Final = "xswu/HPSv2"
 DEFAULT_HPS_FILENAME: Final = "HPS_v2.1_compressed.pt"
 DEFAULT_HPS_TOKENIZER: Final = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+
+
+def _require_ftfy() -> Any:
+    """The ``ftfy`` module, or an ImportError saying how to install it."""
+    try:
+        import ftfy
+    except ImportError as exc:
+        raise ImportError(
+            "the HPS reward cleans prompts with ftfy, as the original does: pip install 'ddpo[hps]'"
+        ) from exc
+    return ftfy
+
+
+def clean_prompt(prompt: str) -> str:
+    """A prompt cleaned as OpenCLIP's tokenizer cleans it before BPE: ``ftfy.fix_text``, HTML
+    unescaped twice, stripped, every run of whitespace made one space (lower-casing is left to
+    the tokenizer)."""
+    import regex
+
+    text = html.unescape(html.unescape(_require_ftfy().fix_text(prompt))).strip()
+    return str(regex.sub(r"\s+", " ", text)).strip()
 
 
 def _load_tokenizer(tokenizer: str, token: str | None) -> Any:
@@ -105,6 +136,7 @@ class HPSScorer(nn.Module):
         from transformers import CLIPModel
 
         self.batch_size = check_batch_size(batch_size)
+        _require_ftfy()
         self.tokenizer = _load_tokenizer(tokenizer, token)
         path = resolve_file(model, filename, argument="model", token=token)
         state = load_torch_state_dict(path, argument=f"model={model!r}")
@@ -135,9 +167,10 @@ class HPSScorer(nn.Module):
         self.to(device=self.device, dtype=dtype)
 
     def tokenize(self, prompts: list[str]) -> Int[torch.Tensor, "batch tokens"]:
-        """Token ids padded and truncated to the context length (end-of-text kept last)."""
+        """Token ids of the cleaned prompts (:func:`clean_prompt`), padded and truncated to the
+        context length (end-of-text kept last)."""
         encoded = self.tokenizer(
-            prompts,
+            [clean_prompt(p) for p in prompts],
             padding="max_length",
             truncation=True,
             max_length=self.context_length,
@@ -158,8 +191,10 @@ class HPSScorer(nn.Module):
     def image_embeds(
         self, images: Float[torch.Tensor, "batch 3 height width"]
     ) -> Float[torch.Tensor, "batch dim"]:
-        """Unit-norm image embeddings of images in [0, 1] (preprocessed here)."""
-        pixels = clip_preprocess(images.to(self.device), size=self.image_size)
+        """Unit-norm image embeddings of 8-bit images ``k / 255`` (preprocessed here)."""
+        pixels = resize_longest_and_pad(
+            images.to(self.device), size=self.image_size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
+        )
         pooled = self.model.vision_model(pixel_values=pixels.to(self.dtype)).pooler_output
         embeds = self.model.visual_projection(pooled).float()
         return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
@@ -170,9 +205,9 @@ class HPSScorer(nn.Module):
 
         Raises:
             ValueError: if ``prompts`` is not one string per image, or ``images`` has another
-                layout than those of ``to_float_nchw``.
+                layout than those of ``to_uint8_nhwc``.
         """
-        pixels = to_float_nchw(images)
+        pixels = quantised_float_nchw(images)
         texts = check_prompts(prompts, pixels.shape[0])
         unique = sorted(set(texts))
         text = self.text_embeds(unique)

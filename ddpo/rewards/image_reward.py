@@ -8,9 +8,15 @@ dropouts and no activations), standardised with the statistics fixed in the orig
 
     ImageReward(x, p) = (MLP(h_[CLS](x, p)) - 0.16717362830052426) / 1.0333394966054072
 
-Images are resized (shortest edge 224, bicubic), centre-cropped to 224 and normalised with the
-OpenAI CLIP mean and std; prompts are tokenised with ``bert-base-uncased`` plus BLIP's special
-tokens (``[DEC]`` as bos, ``[ENC]``), padded and truncated to 35 tokens, [CLS] first.
+Preprocessing follows the original's (``ImageReward.score`` on a PIL image, torchvision's
+``Resize(224, BICUBIC)``, ``CenterCrop(224)``, ``ToTensor``, ``Normalize``): the float images are
+quantised to 8 bits as saving them would, each is resized on the CPU with PIL (bicubic, the
+shortest side to 224 and the other ``int(224 * long / short)``), centre-cropped at torchvision's
+offsets, and normalised with the OpenAI CLIP mean and std
+(:func:`ddpo.rewards._preprocess.pil_resize_crop`); the batch then runs on the model's device.
+Prompts are tokenised with ``bert-base-uncased`` plus BLIP's special tokens (``[DEC]`` as bos,
+``[ENC]``), padded and truncated to 35 tokens, [CLS] first. The tests compare the scores with
+image-reward 1.5's on the same weights and images.
 
 Implementation: the original files ``ImageReward.pt`` and ``med_config.json`` (hub repository
 ``THUDM/ImageReward``) are converted at load time onto transformers' ``BlipVisionModel`` and
@@ -27,21 +33,24 @@ import json
 from pathlib import Path
 from typing import Any, Final, final
 
+import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, UInt8
 from torch import nn
 
 from ddpo.rewards._blip_convert import ImageRewardModel, blip_text_config, blip_vision_config
 from ddpo.rewards._checkpoint_files import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
     check_batch_size,
     check_prompts,
-    clip_preprocess,
     load_torch_state_dict,
     resolve_device,
     resolve_file,
     resolve_folder,
 )
-from ddpo.rewards._images import to_float_nchw
+from ddpo.rewards._images import to_uint8_nhwc
+from ddpo.rewards._preprocess import pil_resize_crop
 
 __all__ = [
     "DEFAULT_IMAGE_REWARD_REPO",
@@ -163,11 +172,23 @@ class ImageRewardScorer(nn.Module):
         )
         return encoded["input_ids"], encoded["attention_mask"]
 
+    def preprocess(self, images: Any) -> Float[torch.Tensor, "batch 3 size size"]:
+        """The original's image preprocessing (see the module docstring), float32 on the CPU;
+        images as ``to_uint8_nhwc`` takes them."""
+        return pil_resize_crop(
+            images,
+            shortest_edge=self.image_size,
+            crop=(self.image_size, self.image_size),
+            mean=OPENAI_CLIP_MEAN,
+            std=OPENAI_CLIP_STD,
+            convention="torchvision",
+        )
+
     def raw_scores(
-        self, images: Float[torch.Tensor, "batch 3 height width"], prompts: list[str]
+        self, images: UInt8[np.ndarray, "batch height width 3"], prompts: list[str]
     ) -> Float[torch.Tensor, " batch"]:
         """The head's output ``MLP(h_[CLS])`` for one chunk, before standardisation."""
-        pixels = clip_preprocess(images.to(self.device), size=self.image_size).to(self.dtype)
+        pixels = self.preprocess(images).to(self.device, self.dtype)
         ids, mask = self.tokenize(prompts)
         return self.model(pixels, ids.to(self.device), mask.to(self.device))
 
@@ -177,9 +198,9 @@ class ImageRewardScorer(nn.Module):
 
         Raises:
             ValueError: if ``prompts`` is not one string per image, or ``images`` has another
-                layout than those of ``to_float_nchw``.
+                layout than those of ``to_uint8_nhwc``.
         """
-        pixels = to_float_nchw(images)
+        pixels = to_uint8_nhwc(images)
         texts = check_prompts(prompts, pixels.shape[0])
         raw = torch.cat(
             [

@@ -1,11 +1,15 @@
 """The aesthetic scorer with a tiny random CLIP and a random MLP, both saved and loaded by path."""
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from originals import SIZES, sample_images
+from safetensors.torch import load_file, save_file
 
+from ddpo.adapters.tokenizer import write_clip_tokenizer
+from ddpo.rewards._clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ddpo.rewards.aesthetic import AestheticMLP, AestheticScorer, aesthetic_score
 
 pytestmark = pytest.mark.slow
@@ -68,8 +72,8 @@ def test_preprocess_follows_clip_image_size(tiny_clip) -> None:  # type: ignore[
     scorer = AestheticScorer(str(clip_dir), str(safetensors_path))
     pixels = scorer.preprocess(torch.rand(2, 3, 48, 64))
     assert pixels.shape == (2, 3, 32, 32)
-    grey = scorer.preprocess(torch.full((1, 3, 40, 40), 0.5))
-    expected = (0.5 - scorer.image_mean) / scorer.image_std
+    grey = scorer.preprocess(torch.full((1, 3, 40, 40), 0.5))  # saved as 8-bit 128 (half even)
+    expected = (128 / 255 - scorer.image_mean) / scorer.image_std
     torch.testing.assert_close(grey, expected.expand_as(grey), rtol=1e-4, atol=1e-4)
 
 
@@ -97,3 +101,67 @@ def test_unreachable_hub_ids_fail_with_a_clear_message(tiny_clip, monkeypatch) -
         AestheticScorer("nobody/no-such-clip", "nobody/no-such-mlp")
     with pytest.raises(OSError, match=r"mlp_weights_path_or_hub_id='nobody/no-such-mlp'.*Hub"):
         AestheticScorer(str(clip_dir), "nobody/no-such-mlp")
+
+
+@pytest.fixture(scope="module")
+def clip_224(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random CLIP at 224 pixels as ``openai/clip-vit-large-patch14`` has it (model,
+    tokenizer, processor) and random MLP weights."""
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = tmp_path_factory.mktemp("aesthetic_224")
+    write_clip_tokenizer(folder, ("a", "photo"), model_max_length=77)
+    torch.manual_seed(6)
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2,
+            "num_hidden_layers": 1, "vocab_size": 600, "max_position_embeddings": 77,
+        },
+        vision_config={
+            "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2,
+            "num_hidden_layers": 2, "image_size": 224, "patch_size": 32,
+        },
+        projection_dim=PROJECTION_DIM,
+    )  # fmt: skip
+    clip = CLIPModel(config)
+    mlp = AestheticMLP(PROJECTION_DIM)
+    with torch.no_grad():
+        for param in [*clip.parameters(), *mlp.parameters()]:
+            param.add_(0.05 * torch.randn_like(param))
+    clip.save_pretrained(folder)
+    processor = {
+        "crop_size": 224, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": list(OPENAI_CLIP_MEAN),
+        "image_std": list(OPENAI_CLIP_STD), "resample": 3, "size": 224,
+    }  # fmt: skip
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor))
+    mlp_path = folder / "mlp.safetensors"
+    save_file({k: v.contiguous() for k, v in mlp.state_dict().items()}, str(mlp_path))
+    return folder, mlp_path
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_scores_equal_trls_scorer(clip_224: tuple[Path, Path], size: tuple[int, int]) -> None:
+    """Against the original scorer (TRL's ``aesthetic_scorer``, after ddpo-pytorch's): uint8
+    images through transformers' ``CLIPProcessor`` (PIL backend), ``get_image_features``,
+    L2 normalisation, the MLP; measured max difference 0 at every size."""
+    from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    clip_dir, mlp_path = clip_224
+    images = sample_images(size, 3, seed=sum(size))
+    ours = aesthetic_score(str(clip_dir), str(mlp_path))(images)[0]
+
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil.from_pretrained(clip_dir),
+        tokenizer=CLIPTokenizer.from_pretrained(clip_dir),
+    )
+    clip = CLIPModel.from_pretrained(clip_dir).eval()
+    mlp = AestheticMLP(PROJECTION_DIM).eval()
+    mlp.load_state_dict(load_file(str(mlp_path)))
+    uint8 = (images * 255).round().clamp(0, 255).to(torch.uint8)  # TRL's reward function
+    with torch.no_grad():
+        inputs = processor(images=uint8, return_tensors="pt")
+        embed = clip.get_image_features(**inputs).pooler_output
+        embed = embed / torch.linalg.vector_norm(embed, dim=-1, keepdim=True)
+        theirs = mlp(embed)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)

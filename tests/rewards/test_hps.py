@@ -6,11 +6,24 @@ here in the inverse direction of the library's conversion; the expected score is
 that original model with ``get_image_features`` / ``get_text_features``.
 """
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from originals import (
+    PROMPTS as ODD_PROMPTS,
+)
+from originals import (
+    SIZES,
+    run_original,
+    sample_images,
+    save_pngs,
+    to_uint8,
+    write_openai_clip_tokenizer,
+)
 
 from ddpo.adapters.tokenizer import write_clip_tokenizer
 from ddpo.rewards._checkpoint_files import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -106,7 +119,9 @@ def _expected(clip: Any, tokenizer: Any, images: torch.Tensor, prompts: list[str
 
 
 def _images(batch: int, size: int = IMAGE_SIZE, seed: int = 1) -> torch.Tensor:
-    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    """Random images of 8-bit values (which the reward's quantisation leaves as they are)."""
+    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return to_uint8(images).float() / 255
 
 
 PROMPTS = ["a red cat", "a photo of a blue dog", "a red cat", "of"]
@@ -193,3 +208,94 @@ def test_bad_arguments_fail_clearly(tiny_hps, tmp_path: Path, monkeypatch) -> No
         reward(_images(2), ["only one"], None)
     with pytest.raises(ValueError, match=r"images must be \(batch, 3, H, W\)"):
         reward(torch.rand(2, 4, 8, 8), ["a", "b"], None)
+
+
+# --- against the original package (hpsv2 1.2.0, run in a subprocess: see originals.py) ----------
+
+
+@pytest.fixture(scope="module")
+def hps_against_hpsv2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One tiny random OpenCLIP ViT (224 pixels, OpenAI's 49,408-token vocabulary) saved as
+    ``HPS_v2.1_compressed.pt``, the same images as PNG files, and hpsv2's scores of them."""
+    from transformers import CLIPConfig, CLIPModel
+
+    folder = tmp_path_factory.mktemp("hps_original")
+    tok_dir = write_openai_clip_tokenizer(folder / "tokenizer")
+    torch.manual_seed(2)
+    width, patch, embed = 128, 32, 32
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config={
+                "hidden_size": width, "intermediate_size": 4 * width, "num_attention_heads": 2,
+                "num_hidden_layers": LAYERS, "vocab_size": 49408, "max_position_embeddings": 77,
+                "hidden_act": "gelu", "bos_token_id": 49406, "eos_token_id": 49407,
+                "pad_token_id": 0,
+            },
+            vision_config={
+                "hidden_size": width, "intermediate_size": 4 * width, "num_attention_heads": 2,
+                "num_hidden_layers": LAYERS, "image_size": 224, "patch_size": patch,
+                "hidden_act": "gelu",
+            },
+            projection_dim=embed,
+        )
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for param in clip.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    ckpt_dir = folder / "ckpt"
+    ckpt_dir.mkdir()
+    checkpoint = ckpt_dir / "HPS_v2.1_compressed.pt"
+    torch.save({"state_dict": _openclip_state_dict(clip)}, checkpoint)
+    model_config = {
+        "embed_dim": embed,
+        "vision_cfg": {"image_size": 224, "layers": LAYERS, "width": width, "head_width": 64,
+                       "patch_size": patch},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": 2,
+                     "layers": LAYERS},
+    }  # fmt: skip
+    (folder / "hps-tiny.json").write_text(json.dumps(model_config))
+    images = {size: sample_images(size, len(ODD_PROMPTS), seed=i) for i, size in enumerate(SIZES)}
+    paths = [p for s, x in images.items() for p in save_pngs(to_uint8(x), folder, f"{s[0]}x{s[1]}")]
+    answer = run_original(
+        "hps",
+        {
+            "model_config": str(folder / "hps-tiny.json"),
+            "checkpoint": str(checkpoint),
+            "images": paths,
+            "prompts": list(ODD_PROMPTS) * len(SIZES),
+        },
+        folder,
+    )
+    scores = torch.tensor(answer["scores"]).view(len(SIZES), len(ODD_PROMPTS))
+    reward = hps_reward(str(ckpt_dir), tokenizer=str(tok_dir), device="cpu")
+    return {
+        "reward": reward, "images": images, "tokens": answer["tokens"],
+        "scores": dict(zip(SIZES, scores, strict=True)),
+    }  # fmt: skip
+
+
+def test_tokens_follow_hpsv2s_cleaning(hps_against_hpsv2: dict[str, Any]) -> None:
+    """ftfy, HTML unescaping (twice) and whitespace cleaning, then OpenAI's BPE, as hpsv2."""
+    ours = hps_against_hpsv2["reward"].scorer.tokenize(list(ODD_PROMPTS)).tolist()
+    theirs = hps_against_hpsv2["tokens"][: len(ODD_PROMPTS)]
+    for prompt, mine, original in zip(ODD_PROMPTS, ours, theirs, strict=True):
+        end = original.index(49407) + 1  # the rest is padding, behind the causal mask
+        assert mine[:end] == original[:end], prompt
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_scores_equal_hpsv2s(hps_against_hpsv2: dict[str, Any], size: tuple[int, int]) -> None:
+    """Our reward on float images equals hpsv2's ``score`` on the saved 8-bit images (longest
+    side to 224, zero padding, no clamp); measured max difference 0 at every size."""
+    ours, _ = hps_against_hpsv2["reward"](
+        hps_against_hpsv2["images"][size], list(ODD_PROMPTS), None
+    )
+    theirs = hps_against_hpsv2["scores"][size]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-6)
+
+
+def test_missing_ftfy_names_the_extra(tiny_hps, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _, _, ckpt_dir, tok_dir = tiny_hps
+    monkeypatch.setitem(sys.modules, "ftfy", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r"cleans prompts with ftfy.*pip install 'ddpo\[hps\]'"):
+        hps_reward(str(ckpt_dir), tokenizer=str(tok_dir))

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import torch
+from originals import PROMPTS as ODD_PROMPTS
+from originals import SIZES, run_original, sample_images, save_pngs, to_uint8
 from torch import nn
 
 from ddpo.rewards._checkpoint_files import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
@@ -39,7 +41,9 @@ def _med_config(vocab_size: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _original_state_dict(vision: Any, text: Any, head: nn.Module) -> dict[str, torch.Tensor]:
+def _original_state_dict(
+    vision: Any, text: Any, head: nn.Module, *, proj_dim: int = 8
+) -> dict[str, torch.Tensor]:
     """The tiny models' weights under ImageReward's key names (the layout of ImageReward.pt)."""
     v = vision.state_dict()
     out = {
@@ -50,7 +54,7 @@ def _original_state_dict(vision: Any, text: Any, head: nn.Module) -> dict[str, t
         "blip.visual_encoder.norm.weight": v["post_layernorm.weight"],
         "blip.visual_encoder.norm.bias": v["post_layernorm.bias"],
     }
-    for i in range(LAYERS):
+    for i in range(vision.config.num_hidden_layers):
         for kind in ("weight", "bias"):
             for theirs, ours in (
                 ("norm1", "layer_norm1"), ("attn.qkv", "self_attn.qkv"),
@@ -63,16 +67,17 @@ def _original_state_dict(vision: Any, text: Any, head: nn.Module) -> dict[str, t
     positions = torch.arange(text.config.max_position_embeddings).expand(1, -1)
     out["blip.text_encoder.embeddings.position_ids"] = positions  # as old transformers saved it
     out.update({f"mlp.{k}": t for k, t in head.state_dict().items()})
-    for name, width in (("vision_proj", VISION_WIDTH), ("text_proj", TEXT_WIDTH)):
-        out[f"blip.{name}.weight"] = torch.randn(8, width)
-        out[f"blip.{name}.bias"] = torch.randn(8)
+    widths = (("vision_proj", vision.config.hidden_size), ("text_proj", text.config.hidden_size))
+    for name, width in widths:
+        out[f"blip.{name}.weight"] = torch.randn(proj_dim, width)
+        out[f"blip.{name}.bias"] = torch.randn(proj_dim)
     return {k: t.clone().contiguous() for k, t in out.items()}
 
 
-def _head() -> nn.Module:
+def _head(width: int = TEXT_WIDTH) -> nn.Module:
     module = nn.Module()
     module.layers = nn.Sequential(
-        nn.Linear(TEXT_WIDTH, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+        nn.Linear(width, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
         nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
     )  # fmt: skip
     return module.eval()
@@ -155,7 +160,9 @@ def _expected(m: dict[str, Any], images: torch.Tensor, prompts: list[str]) -> to
 
 
 def _images(batch: int, size: int = IMAGE_SIZE, seed: int = 1) -> torch.Tensor:
-    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    """Random images of 8-bit values (which the reward's quantisation leaves as they are)."""
+    images = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return to_uint8(images).float() / 255
 
 
 PROMPTS = ["a red cat", "a photo of a blue dog on the grass", "a red cat", "cats"]
@@ -240,3 +247,75 @@ def test_bad_arguments_fail_clearly(tiny_ir, tmp_path: Path, monkeypatch) -> Non
     reward = image_reward(ckpt, tokenizer=tok)
     with pytest.raises(ValueError, match=r"prompts must be a sequence of 2 strings"):
         reward(_images(2), "a red cat", None)
+
+
+# --- against the original package (image-reward 1.5, run in a subprocess: see originals.py) -----
+
+
+@pytest.fixture(scope="module")
+def ir_against_original(
+    tiny_ir: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """A tiny random ImageReward.pt at 224 pixels (text width 768, which the original's head
+    requires), the same images as PNG files, and image-reward's own scores of them."""
+    from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
+
+    folder = tmp_path_factory.mktemp("image_reward_original")
+    med = {**_med_config(len(tiny_ir["tokenizer"])), "hidden_size": 768,
+           "num_attention_heads": 12, "intermediate_size": 256}  # fmt: skip
+    torch.manual_seed(3)
+    vision = BlipVisionModel(
+        BlipVisionConfig(
+            hidden_size=VISION_WIDTH, intermediate_size=4 * VISION_WIDTH, num_attention_heads=2,
+            num_hidden_layers=LAYERS, image_size=224, patch_size=32, layer_norm_eps=1e-6,
+        )
+    ).eval()  # fmt: skip
+    text = BlipTextModel(
+        BlipTextConfig(
+            vocab_size=med["vocab_size"], hidden_size=768, intermediate_size=256,
+            num_attention_heads=12, num_hidden_layers=LAYERS, max_position_embeddings=40,
+            encoder_hidden_size=VISION_WIDTH, is_decoder=True, pad_token_id=0,
+        ),
+        add_pooling_layer=False,
+    ).eval()  # fmt: skip
+    head = _head(768)
+    with torch.no_grad():
+        for model in (vision, text, head):
+            for param in model.parameters():
+                param.add_(0.05 * torch.randn_like(param))
+    ckpt_dir = folder / "ckpt"
+    ckpt_dir.mkdir()
+    state = _original_state_dict(vision, text, head, proj_dim=256)
+    torch.save(state, ckpt_dir / "ImageReward.pt")
+    (ckpt_dir / "med_config.json").write_text(json.dumps(med, indent=2))
+    images = {size: sample_images(size, len(ODD_PROMPTS), seed=i) for i, size in enumerate(SIZES)}
+    paths = [p for s, x in images.items() for p in save_pngs(to_uint8(x), folder, f"{s[0]}x{s[1]}")]
+    answer = run_original(
+        "image_reward",
+        {
+            "checkpoint": str(ckpt_dir / "ImageReward.pt"),
+            "med_config": str(ckpt_dir / "med_config.json"),
+            "tokenizer": str(tiny_ir["tok"]),
+            "vision": {"width": VISION_WIDTH, "depth": LAYERS, "heads": 2, "patch_size": 32},
+            "images": paths,
+            "prompts": list(ODD_PROMPTS) * len(SIZES),
+        },
+        folder,
+    )
+    scores = torch.tensor(answer["scores"]).view(len(SIZES), len(ODD_PROMPTS))
+    reward = image_reward(str(ckpt_dir), tokenizer=str(tiny_ir["tok"]), device="cpu")
+    return {"reward": reward, "images": images, "scores": dict(zip(SIZES, scores, strict=True))}
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_scores_equal_image_rewards(
+    ir_against_original: dict[str, Any], size: tuple[int, int]
+) -> None:
+    """Our reward on float images equals ``ImageReward.score`` on the saved 8-bit images (PIL
+    bicubic resize of the shortest side to 224, torchvision's centre crop); measured max
+    difference 0 at every size."""
+    ours, _ = ir_against_original["reward"](
+        ir_against_original["images"][size], list(ODD_PROMPTS), None
+    )
+    theirs = ir_against_original["scores"][size]
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-6)
