@@ -144,7 +144,8 @@ def clip_224(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_scores_equal_trls_scorer(clip_224: tuple[Path, Path], size: tuple[int, int]) -> None:
     """Against the original scorer (TRL's ``aesthetic_scorer``, after ddpo-pytorch's): uint8
     images through transformers' ``CLIPProcessor`` (PIL backend), ``get_image_features``,
-    L2 normalisation, the MLP; measured max difference 0 at every size."""
+    L2 normalisation, the MLP. Measured max difference 0 over the sizes (up to 1.7e-3 before
+    the fix)."""
     from transformers import CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     clip_dir, mlp_path = clip_224

@@ -312,10 +312,10 @@ def test_scores_equal_image_rewards(
     ir_against_original: dict[str, Any], size: tuple[int, int]
 ) -> None:
     """Our reward on float images equals ``ImageReward.score`` on the saved 8-bit images (PIL
-    bicubic resize of the shortest side to 224, torchvision's centre crop); measured max
-    difference 0 at every size."""
+    bicubic resize of the shortest side to 224, torchvision's centre crop). Measured max
+    difference 6e-7 over the sizes (2e-2 to 7e-2 at the non-square sizes before the fix)."""
     ours, _ = ir_against_original["reward"](
         ir_against_original["images"][size], list(ODD_PROMPTS), None
     )
     theirs = ir_against_original["scores"][size]
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-6)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=5e-6)

@@ -210,8 +210,8 @@ def test_scores_equal_the_readme_computation(
     pickscore_224: tuple[Path, Path], size: tuple[int, int]
 ) -> None:
     """Our reward on float images equals the README's code on the saved 8-bit PIL images (PIL
-    bicubic resize with the long side truncated, crop at floor offsets); measured max
-    difference 0 at every size."""
+    bicubic resize with the long side truncated, crop at floor offsets). Measured max
+    difference 1.4e-5 over the sizes (0.26 to 0.47 at the non-square sizes before the fix)."""
     from PIL import Image
 
     model_dir, processor_dir = pickscore_224
