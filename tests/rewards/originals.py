@@ -12,7 +12,8 @@ own that never enters the pytest process: ``$DDPO_REFERENCE_PACKAGES``, by defau
 A test writes the tiny weights and the images (8-bit PNG files, the images a user would have
 saved) into its temporary folder and calls :func:`run_original`; this file, run as a script with
 that folder on ``PYTHONPATH``, sets up the import work-arounds, scores with each package's own
-code and writes JSON back. None of the work-arounds is on a scoring path:
+code and writes JSON back. The work-arounds only let the packages import and run beside
+today's torch and transformers; none changes what they compute:
 
 - ``torchvision._meta_registrations``, which registers meta kernels for the compiled ops that
   cannot load, is an empty module; the image transforms the originals use are pure Python.
@@ -21,7 +22,14 @@ code and writes JSON back. None of the work-arounds is on a scoring path:
 - hpsv2's wheel lacks the BPE vocabulary its tokenizer module reads at import; the module is
   executed as if it lay beside open-clip-torch's identical ``bpe_simple_vocab_16e6.txt.gz``.
 - ImageReward's BLIP text model calls transformers-4 helpers that transformers 5 moved or
-  removed: the moved ones are re-exported, the removed ones written as transformers 4 had them.
+  removed: the moved ones are re-exported, the removed ones (``invert_attention_mask``,
+  ``get_head_mask``, ``init_weights`` without ``post_init``, the tokenizer's
+  ``additional_special_tokens_ids``) written as transformers 4 had them.
+- torchmetrics calls ``get_image_features``/``get_text_features`` and expects transformers 4's
+  tensors (5 returns an output object holding them as ``pooler_output``): its documented
+  model-and-processor callable passes a ``CLIPModel`` subclass that returns the tensors.
+- hpsv2 creates its cache folder (``$HPS_ROOT``) when it scores: it is set inside the test's
+  temporary folder.
 """
 
 import contextlib
@@ -138,7 +146,12 @@ def run_original(task: str, request: dict[str, Any], folder: Path) -> dict[str, 
     folder.mkdir(parents=True, exist_ok=True)
     request_path, answer_path = folder / f"{task}-request.json", folder / f"{task}-answer.json"
     request_path.write_text(json.dumps(request))
-    env = {**os.environ, "PYTHONPATH": str(reference_packages()), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(reference_packages()),
+        "OMP_NUM_THREADS": "1",
+        "HPS_ROOT": str(folder / "hps_root"),  # hpsv2 creates it (default: ~/.cache/hpsv2)
+    }
     done = subprocess.run(
         [sys.executable, __file__, task, str(request_path), str(answer_path)],
         env=env,
