@@ -395,8 +395,10 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         check_writable_folder(run_folder[0], flag=run_folder[1])
 
     from ddpo.adapters.families import check_family_options, load_policy
+    from ddpo.policy import guidance_kind
     from ddpo.reporting import ImageGridHook
     from ddpo.trainer import DDPOTrainer
+    from ddpo.trainer.config_checks import check_on_policy_guidance
 
     # The trainer pushes without a token; we push ourselves once everything is on disk.
     trainer_config = dataclasses.replace(config, push_to_hub=False)
@@ -410,12 +412,14 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         "sde_type": args.sde_type,
         "lora_targets": args.lora_targets,
     }
-    check_family_options(
+    family, _ = check_family_options(
         args.pretrained_model,
         args.pretrained_revision,
         family_options,
         sample_eta=config.sample_eta,
     )
+    # Sampling with classifier-free guidance and training without it is refused now.
+    check_on_policy_guidance(trainer_config, guidance_kind(family.policy_class()))
 
     # The reward models' files: local, cached, or on a reachable Hub (nothing loads yet).
     check_reward_weights(args.reward, options)
