@@ -18,6 +18,7 @@ named ``checkpoint_<N>`` holding the marker count as checkpoints, so a crash mid
 nothing that can be mistaken for a good checkpoint.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -383,8 +384,25 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     return changed
 
 
+def _with_new_fields_at_default(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved flat config with every `DDPOConfig` field it lacks (a field added after the
+    checkpoint was written) at that field's default: the run it was written by had the default's
+    behaviour, so only a new value is a change."""
+    filled = dict(saved)
+    for item in dataclasses.fields(DDPOConfig):
+        if item.name in saved or any(key.startswith(f"{item.name}/") for key in saved):
+            continue
+        if item.default is not dataclasses.MISSING:
+            filled[item.name] = item.default
+        # a dict field (default_factory) absent from the flat record was empty: nothing to add
+    return filled
+
+
 def check_resume_config(folder: Path, config: DDPOConfig) -> dict[str, tuple[Any, Any]]:
     """Compare ``config`` with the one a checkpoint was written with.
+
+    A field that the checkpoint's config lacks (added to `DDPOConfig` after it was written)
+    counts as its default.
 
     Returns:
         The changed flat keys (``{key: (saved, current)}``); changes of `RESUMABLE_CHANGES`
@@ -399,7 +417,7 @@ def check_resume_config(folder: Path, config: DDPOConfig) -> dict[str, tuple[Any
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint file {path} cannot be read ({err})") from err
-    changed = config_changes(saved, config.to_dict())
+    changed = config_changes(_with_new_fields_at_default(saved), config.to_dict())
     breaking = {k: v for k, v in changed.items() if k.split("/")[0] not in RESUMABLE_CHANGES}
     if breaking and not config.resume_allow_config_changes:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in breaking.items())

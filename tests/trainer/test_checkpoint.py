@@ -208,3 +208,19 @@ def test_a_damaged_rng_state_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ckpt.CheckpointError, match=rf"{rng} cannot be read") as caught:
         ckpt.check_rng_state(folder, 0)
     assert "\n" not in str(caught.value)
+
+
+def test_a_checkpoint_from_before_a_new_config_field_resumes_at_its_default(
+    tmp_path: Path,
+) -> None:
+    """A field added after the checkpoint was written is missing from its config.json: the run
+    that wrote it behaved as the default, so the default resumes and another value is a change."""
+    from ddpo import DDPOConfig
+
+    saved = DDPOConfig(output_dir="run").to_dict()
+    for new_field in ("kl_convention", "on_policy_tolerance", "train_drop_zero_advantages"):
+        del saved[new_field]
+    (tmp_path / ckpt.CONFIG_FILENAME).write_text(json.dumps(saved))
+    assert ckpt.check_resume_config(tmp_path, DDPOConfig(output_dir="run")) == {}
+    with pytest.raises(ckpt.CheckpointError, match=r"kl_convention: 'exact' -> 'flow_grpo'"):
+        ckpt.check_resume_config(tmp_path, DDPOConfig(output_dir="run", kl_convention="flow_grpo"))
