@@ -34,6 +34,7 @@ from ddpo.cli_train import (
     TrainArgs,
     TrainResult,
     build_reward_fn,
+    preset_args,
     preset_prompt_fn,
     run_train,
     setup_train,
@@ -160,17 +161,29 @@ def parse_train_args(argv: Sequence[str] | None = None, *, prog: str = "ddpo tra
     """
     import tyro
 
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
+        # `--preset NAME` sets the defaults the other flags override (the launch's process
+        # count picks the preset's per-process sizes).
+        default = preset_args(
+            _preset_name(args), num_processes=int(os.environ.get("WORLD_SIZE", "1"))
+        )
         with _tyro_registry():
-            return tyro.cli(
-                TrainArgs,
-                args=list(sys.argv[1:] if argv is None else argv),
-                prog=prog,
-                use_underscores=True,
-            )
-    except _ConfigError as err:
+            return tyro.cli(TrainArgs, args=args, prog=prog, use_underscores=True, default=default)
+    except (_ConfigError, ValueError) as err:
         print(f"ddpo: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _preset_name(args: Sequence[str]) -> str:
+    """The value of the last ``--preset NAME`` / ``--preset=NAME`` in ``args`` (``default``)."""
+    name = "default"
+    for i, arg in enumerate(args):
+        if arg == "--preset" and i + 1 < len(args):
+            name = args[i + 1]
+        elif arg.startswith("--preset="):
+            name = arg.removeprefix("--preset=")
+    return name
 
 
 def _parse_sample_args(argv: Sequence[str]) -> SampleArgs:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ddpo.presets import DEFAULT_SETTINGS, default_preset
+from ddpo.presets import DEFAULT_SETTINGS, PRESETS, PresetName, default_preset
 from ddpo.prompts import PromptSetName, RepeatPrompts, training_prompt_fn
 from ddpo.rewards.registry import (
     RewardFn,
@@ -46,8 +46,14 @@ __all__ = [
 class TrainArgs:
     """Fine-tune a text-to-image diffusion model with DDPO (``ddpo train``)."""
 
+    preset: PresetName = "default"
+    """Start from a preset (`ddpo.presets.PRESETS`); the other flags given override its values.
+    ``default``: the tiny shapes run below. ``flow_grpo_sd3``: Flow-GRPO's SD3.5 Medium run
+    (`ddpo.presets.flow_grpo_sd3_preset` for the launch's process count, ``WORLD_SIZE``:
+    1, 2, 4, 8 or 16; 512 px, LoRA rank 32 and alpha 64, the OCR reward on ``text_rendering``
+    prompts, 24 images per prompt)."""
     ddpo_config: DDPOConfig = field(default_factory=default_preset)
-    """The DDPO run (TRL's `DDPOConfig` fields); defaults: the default preset."""
+    """The DDPO run (TRL's `DDPOConfig` fields); defaults: the preset's."""
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
     """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-random``,
     ``ddpo-tiny-sdxl-random``, ``ddpo-tiny-sd3-random``, ``ddpo-tiny-flux-random``), a local
@@ -194,6 +200,20 @@ def build_reward_fn(args: TrainArgs) -> RewardFn:
     return build_named_reward_fn(args.reward, check_reward_flags(args))
 
 
+def preset_args(name: str, *, num_processes: int = 1) -> TrainArgs:
+    """The `TrainArgs` of preset ``name`` (`ddpo.presets.PRESETS`) for a run of ``num_processes``
+    processes: what ``ddpo train --preset NAME`` starts from.
+
+    Raises:
+        ValueError: for an unknown preset, or a process count the preset does not take.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+    settings, make_config = PRESETS[name]
+    values = dataclasses.asdict(settings)
+    return TrainArgs(preset=name, ddpo_config=make_config(num_processes), **values)  # type: ignore[arg-type]
+
+
 def check_train_values(args: TrainArgs) -> None:
     """Check the values of the flags that are not `DDPOConfig`'s nor the reward's; cheap.
 
@@ -265,6 +285,7 @@ def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> R
 
 RESUMABLE_TRAIN_ARGS: tuple[str, ...] = (
     "ddpo_config",  # compared field by field (`ddpo.trainer.checkpoint.check_resume_config`)
+    "preset",  # only sets the defaults of the other fields, which are compared
     "reward_device",
     "reward_batch_size",
     "remote_reward_token",

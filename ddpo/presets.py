@@ -10,6 +10,7 @@ configuration (Liu et al., 2025) in this library's fields (``ddpo train --preset
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from ddpo.prompts import PromptSetName
 from ddpo.rewards.registry import RewardName
@@ -20,6 +21,7 @@ __all__ = [
     "FLOW_GRPO_SD3_PROCESSES",
     "FLOW_GRPO_SD3_SETTINGS",
     "PRESETS",
+    "PresetName",
     "PresetSettings",
     "default_preset",
     "flow_grpo_sd3_preset",
@@ -199,6 +201,9 @@ FLOW_GRPO_SD3_SETTINGS = PresetSettings(
     resolution=512,
     noise_level=0.7,
 )
+
+PresetName = Literal["default", "flow_grpo_sd3"]
+"""The names of `PRESETS` (``ddpo train --preset``)."""
 
 PRESETS: dict[str, tuple[PresetSettings, Callable[[int], DDPOConfig]]] = {
     "default": (DEFAULT_SETTINGS, lambda num_processes: default_preset()),

@@ -1,5 +1,6 @@
 """The presets: Flow-GRPO's SD3.5 Medium configuration in this library's fields."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -103,3 +104,54 @@ def test_flow_grpo_sd3_preset_gives_flow_grpos_per_step_loss() -> None:
     )
     assert float(loss) == pytest.approx(case["loss"], rel=1e-6, abs=1e-7)
     assert float(metrics["kl"]) == pytest.approx(case["kl_loss"], rel=1e-6)
+
+
+def test_ddpo_train_preset_flag_sets_the_defaults_flags_override(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ddpo.cli import main, parse_train_args
+
+    args = parse_train_args(["--preset", "flow_grpo_sd3", "--ddpo_config.num_epochs=3"])
+    assert args.ddpo_config == dataclasses.replace(flow_grpo_sd3_preset(), num_epochs=3)
+    settings = dataclasses.asdict(FLOW_GRPO_SD3_SETTINGS)
+    assert {k: getattr(args, k) for k in settings} == settings
+    assert parse_train_args(["--preset=flow_grpo_sd3", "--lora_rank=8"]).lora_rank == 8
+    monkeypatch.setenv("WORLD_SIZE", "4")  # as accelerate launch sets it
+    assert parse_train_args(["--preset=flow_grpo_sd3"]).ddpo_config == flow_grpo_sd3_preset(4)
+    monkeypatch.setenv("WORLD_SIZE", "32")
+    assert main(["train", "--preset=flow_grpo_sd3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "num_processes must be one of" in err[0], err
+
+
+@pytest.mark.slow
+def test_the_flow_grpo_preset_trains_at_tiny_sizes(tmp_path: Path) -> None:
+    """Every Flow-GRPO option of the preset at once in a real run (tiny SD3, one epoch)."""
+    from ddpo.cli import main
+
+    tiny = {
+        "sample_batch_size": 2,
+        "train_batch_size": 2,
+        "sample_num_batches_per_epoch": 2,
+        "train_gradient_accumulation_steps": 1,
+        "sample_num_steps": 4,
+        "num_epochs": 1,
+        "mixed_precision": "no",
+        "output_dir": str(tmp_path / "run"),
+    }
+    status = main(
+        [
+            "train",
+            "--preset=flow_grpo_sd3",
+            "--pretrained_model=ddpo-tiny-sd3-random",
+            "--resolution=64",
+            "--reward=brightness",
+            "--prompts=simple_animals",
+            "--prompt_repeats=2",
+            *(f"--ddpo_config.{k}={v}" for k, v in tiny.items()),
+        ]
+    )
+    assert status == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    (metrics,) = [json.loads(line) for line in lines]
+    assert metrics["global_step"] == 2 and "kl" in metrics and "num_dropped_samples" in metrics
