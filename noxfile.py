@@ -37,7 +37,6 @@ REFERENCE_PACKAGES = (
     "lightning-utilities==0.15.3",
     "einops==0.8.2",
     "timm==0.6.13",
-    "fairscale==0.4.13",
 )
 
 

@@ -12,12 +12,6 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private cache folder for this session's tiny model."""
-    return tmp_path_factory.mktemp("ddpo-cache")
-
-
-@pytest.fixture(scope="session")
 def tiny_path(tiny_cache: Path) -> Path:
     """Folder of the random tiny Stable Diffusion model (``save_pretrained`` layout)."""
     from ddpo.adapters.tiny import tiny_pipeline_path

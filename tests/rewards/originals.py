@@ -1,7 +1,7 @@
 """Scores from the reward models' original packages, computed in a subprocess, for comparisons.
 
 The originals (hpsv2 1.2.0, image-reward 1.5, torchmetrics 1.9.0, with open-clip-torch 3.3.0,
-timm 0.6.13, fairscale 0.4.13, lightning-utilities and einops) need torchvision, and the
+timm 0.6.13, lightning-utilities and einops; fairscale is stubbed) need torchvision, and the
 registry's torchvision 0.28.0 is a CUDA build: beside the CPU torch its compiled ops do not load,
 and a transformers that can find it imports it (which breaks diffusers' pipelines) and switches
 to its torchvision image processors. So they are installed, ``--no-deps``, into a folder of their
@@ -113,13 +113,11 @@ def write_openai_clip_tokenizer(folder: Path) -> Path:
     """
     import gzip
 
-    import pytest
-
     from ddpo.adapters.tokenizer import write_clip_tokenizer
 
     bpe = reference_packages() / "open_clip" / "bpe_simple_vocab_16e6.txt.gz"
     if not bpe.is_file():
-        pytest.skip(f"open-clip-torch is not installed in {reference_packages()}")
+        _unavailable(f"open-clip-torch is not installed in {reference_packages()}")
     with gzip.open(bpe) as file:
         lines = file.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(line.split()) for line in lines]
@@ -136,12 +134,22 @@ def write_openai_clip_tokenizer(folder: Path) -> Path:
     return folder
 
 
+def _unavailable(reason: str) -> None:
+    """Skip the calling test, unless ``$DDPO_REFERENCE_PACKAGES`` is set (``nox -s tests``, CI),
+    where the originals were installed for these tests: there it fails."""
+    import pytest
+
+    if os.environ.get(REFERENCE_PACKAGES_ENV):
+        pytest.fail(f"{REFERENCE_PACKAGES_ENV} is set but {reason}")
+    pytest.skip(reason)
+
+
 def run_original(task: str, request: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Run ``task`` of this script on ``request`` in a subprocess; its JSON answer.
 
-    Skips the calling test (naming the package) if an original package cannot be imported.
+    Skips the calling test (naming the package) if an original package cannot be imported, or
+    fails it where the originals were meant to be installed (`_unavailable`).
     """
-    import pytest
 
     folder.mkdir(parents=True, exist_ok=True)
     request_path, answer_path = folder / f"{task}-request.json", folder / f"{task}-answer.json"
@@ -161,7 +169,7 @@ def run_original(task: str, request: dict[str, Any], folder: Path) -> dict[str, 
         timeout=600,
     )
     if done.returncode == UNAVAILABLE:
-        pytest.skip(f"original package not importable from {reference_packages()}: {done.stderr}")
+        _unavailable(f"original package not importable from {reference_packages()}: {done.stderr}")
     if done.returncode != 0:
         raise AssertionError(f"the original {task} failed:\n{done.stderr[-4000:]}")
     answer: dict[str, Any] = json.loads(answer_path.read_text())
@@ -283,6 +291,14 @@ def _image_reward(request: dict[str, Any]) -> dict[str, Any]:
 
     _empty_module("clip")
     _empty_module("ImageReward.ReFL")
+    # BLIP's ViT imports fairscale's activation checkpointing, used only when training with
+    # gradient checkpointing (off here); fairscale ships as an sdist that must be built.
+    for name in ("fairscale", "fairscale.nn", "fairscale.nn.checkpoint"):
+        _empty_module(name)
+    _empty_module(
+        "fairscale.nn.checkpoint.checkpoint_activations",
+        checkpoint_wrapper=lambda module, **kwargs: module,
+    )
     _transformers_4_helpers()
     with _importing("image-reward"):
         from ImageReward.ImageReward import ImageReward
