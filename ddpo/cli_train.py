@@ -311,11 +311,22 @@ def run_settings(args: TrainArgs) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for item in dataclasses.fields(args):
         if item.name not in RESUMABLE_TRAIN_ARGS:
-            settings[item.name] = _recorded(getattr(args, item.name))
+            value = getattr(args, item.name)
+            settings[item.name] = _recorded(value) if item.name in PATH_TRAIN_ARGS else value
     if not args.use_lora:
         for name in ("lora_rank", "lora_alpha", "lora_targets"):
             settings.pop(name, None)
     return dict(json.loads(json.dumps(settings)))
+
+
+PATH_TRAIN_ARGS: tuple[str, ...] = (
+    "pretrained_model",
+    "reward_model",
+    "aesthetic_clip_model",
+    "aesthetic_mlp_weights",
+)
+"""`TrainArgs` fields that may name local files: recorded with existing paths made absolute
+(other values, such as a prompt set called like a folder here, are recorded as given)."""
 
 
 def _recorded(value: Any) -> Any:
@@ -416,10 +427,9 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         check_writable_folder(run_folder[0], flag=run_folder[1])
 
     from ddpo.adapters.families import check_family_options, load_policy
-    from ddpo.policy import guidance_kind
     from ddpo.reporting import ImageGridHook
     from ddpo.trainer import DDPOTrainer
-    from ddpo.trainer.config_checks import check_on_policy_guidance
+    from ddpo.trainer.setup import check_policy_supports
 
     # The trainer pushes without a token; we push ourselves once everything is on disk.
     trainer_config = dataclasses.replace(config, push_to_hub=False)
@@ -434,13 +444,11 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         "lora_targets": args.lora_targets,
     }
     family, _ = check_family_options(
-        args.pretrained_model,
-        args.pretrained_revision,
-        family_options,
-        sample_eta=config.sample_eta,
+        args.pretrained_model, args.pretrained_revision, family_options
     )
-    # Sampling with classifier-free guidance and training without it is refused now.
-    check_on_policy_guidance(trainer_config, guidance_kind(family.policy_class()))
+    # What the family's policy cannot run (CFG sampling re-scored without it, a sample_eta it
+    # would ignore, a KL convention or shared initial noise it lacks) is refused now.
+    check_policy_supports(family.policy_class(), trainer_config)
 
     # The reward models' files: local, cached, or on a reachable Hub (nothing loads yet).
     check_reward_weights(args.reward, options)

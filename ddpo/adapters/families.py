@@ -95,25 +95,14 @@ def model_family(name: str | os.PathLike[str], revision: str = "main") -> Family
 
 
 def check_family_options(
-    name: str | os.PathLike[str],
-    revision: str,
-    family_options: dict[str, Any] | None,
-    *,
-    sample_eta: float | None = None,
+    name: str | os.PathLike[str], revision: str, family_options: dict[str, Any] | None
 ) -> tuple[Family, dict[str, Any]]:
     """The family of ``name`` and the family options given (``None`` values dropped); reads
-    only ``model_index.json``.
-
-    Args:
-        name, revision: the model (built-in name, folder or hub id) and its hub revision.
-        family_options: family-specific options, e.g. :data:`FLOW_OPTIONS`.
-        sample_eta: the run's ``DDPOConfig.sample_eta`` (None: not checked). It is the DDIM
-            families' stochasticity; a flow family's sampler ignores it, so any value but the
-            default 1.0 is refused for those (their ``noise_level`` sets the stochasticity).
+    only ``model_index.json``. What its policy class supports of a config is
+    `ddpo.trainer.setup.check_policy_supports`.
 
     Raises:
-        ValueError: as :func:`model_family`, for an option the family does not take, or for a
-            ``sample_eta`` other than 1.0 with a flow-matching family.
+        ValueError: as :func:`model_family`, or for an option the family does not take.
     """
     family = model_family(name, revision)
     given = {k: v for k, v in (family_options or {}).items() if v is not None}
@@ -127,13 +116,6 @@ def check_family_options(
         raise ValueError(
             f"{foreign} apply to the flow-matching families (SD3, FLUX); {os.fspath(name)!r} is "
             f"a {family.name!r} model{hint}"
-        )
-    uses_eta = getattr(family.policy_class(), "uses_sample_eta", True)
-    if sample_eta is not None and sample_eta != 1.0 and not uses_eta:
-        raise ValueError(
-            f"sample_eta={sample_eta} applies to the DDIM families (SD 1.x/2.x, SDXL); "
-            f"{os.fspath(name)!r} is a {family.name!r} model, whose flow sampler ignores it "
-            "(its stochasticity is Flow-GRPO's noise level: use noise_level)"
         )
     return family, given
 

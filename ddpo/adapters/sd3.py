@@ -170,6 +170,7 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         self.use_lora = use_lora
         self.lora_rank = int(lora_config.r)
         self.lora_alpha = float(lora_config.lora_alpha)
+        self.lora_layers = sorted(set(lora_config.target_modules or ()))
         self.pretrained_model_name = source.base_name
         self.pretrained_model_revision = source.base_revision
         self._negative: tuple[str, tuple[Tensor, Tensor]] | None = None

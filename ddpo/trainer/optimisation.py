@@ -109,21 +109,6 @@ def clip_range(config: DDPOConfig) -> float | tuple[float, float]:
     )
 
 
-def check_kl_convention(pipeline: Any, config: DDPOConfig) -> None:
-    """ValueError before any model work if the policy's ``score`` cannot measure the KL penalty
-    in ``config.kl_convention`` (its optional ``kl_conventions`` member; default ``("exact",)``).
-    """
-    offered = tuple(getattr(pipeline, "kl_conventions", ("exact",)))
-    if config.kl_convention not in offered:
-        raise ValueError(
-            f"DDPOConfig.kl_convention={config.kl_convention!r} is not offered by "
-            f"{type(pipeline).__name__} (it offers {offered}): Flow-GRPO's KL penalty divides by "
-            "the flow SDE step's coefficient std_dev_t, which only the flow-matching policies "
-            "(SD3, FLUX.1) report; use kl_convention='exact', the KL with the step's own "
-            "standard deviation"
-        )
-
-
 def timestep_loss(
     config: DDPOConfig,
     score: StepScore,
@@ -406,7 +391,6 @@ __all__ = [
     "OffPolicyError",
     "OnPolicyCheck",
     "Optimisation",
-    "check_kl_convention",
     "clip_range",
     "make_optimizer",
     "micro_batch_size",

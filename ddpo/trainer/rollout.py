@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ddpo._typing import PerSample, Trajectory
-from ddpo.policy import Conditioning, accepts_initial_noise
+from ddpo.policy import Conditioning
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import check_prompt, check_rewards
 from ddpo.trainer.prompt_cache import PromptEmbeddingCache
@@ -173,12 +173,6 @@ class Rollout:
         self.prompt_rng = PromptRNG.seeded(derive_seed(config.seed, PROMPT_STREAM, process_index))
         size = config.prompt_embedding_cache_size
         self.encoder: Any = PromptEmbeddingCache(pipeline, size) if size > 0 else pipeline
-        if config.sample_same_latent and not accepts_initial_noise(pipeline):
-            raise ValueError(
-                "DDPOConfig.sample_same_latent=True needs a policy whose rollout takes "
-                f"initial_noise_generators (the SD3 and FLUX.1 policies); {type(pipeline).__name__}"
-                "'s does not (its x_T is drawn from the batch's generator)"
-            )
         self.executor = (
             ThreadPoolExecutor(max_workers=config.max_workers)
             if config.async_reward_computation

@@ -51,7 +51,9 @@ POLICY_SETTINGS: tuple[str, ...] = (
     "use_lora",
     "lora_rank",
     "lora_alpha",
+    "lora_layers",
     "resolution",
+    "max_sequence_length",
     "noise_level",
     "sde_type",
     "sde_window_size",
@@ -59,7 +61,8 @@ POLICY_SETTINGS: tuple[str, ...] = (
     "sde_window_range",
 )
 """The policy attributes that define a run when a policy has them (the constructor options of
-the built-in pipelines): the model, its LoRA, the image size, the flow models' sampler."""
+the built-in pipelines): the model, its LoRA (rank, alpha, layers), the image size, the text
+length, the flow models' sampler."""
 
 
 def policy_settings(policy: Any) -> dict[str, Any]:
@@ -75,8 +78,8 @@ def policy_settings(policy: Any) -> dict[str, Any]:
         if value is None or isinstance(value, bool | int | float | str | list):
             found[name] = value
     if found.get("use_lora") is False:
-        found.pop("lora_rank", None)
-        found.pop("lora_alpha", None)
+        for name in ("lora_rank", "lora_alpha", "lora_layers"):
+            found.pop(name, None)
     return found
 
 

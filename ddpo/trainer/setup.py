@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from ddpo.policy import guidance_kind, missing_members
+from ddpo.policy import accepts_initial_noise, guidance_kind, missing_members
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.config_checks import check_on_policy_guidance
 
@@ -18,10 +18,8 @@ logger = logging.getLogger(__name__)
 
 def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
     """TypeError unless ``sd_pipeline`` implements the `ddpo.policy.DiffusionPolicy` boundary;
-    ValueError if its sampler cannot make ``sample_num_steps`` steps, if training would re-score
-    another policy than the one that samples (`check_on_policy_guidance`), or if it would ignore
-    a ``sample_eta`` that is set (a policy whose ``uses_sample_eta`` is False). Cheap: no model
-    work."""
+    ValueError if its sampler cannot make ``sample_num_steps`` steps, or if it cannot run the
+    config as asked (`check_policy_supports`). Cheap: no model work."""
     if isinstance(sd_pipeline, str | os.PathLike):
         raise TypeError(
             f"DDPOTrainer: sd_pipeline must be a pipeline object, got the string {sd_pipeline!r}; "
@@ -37,12 +35,41 @@ def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
             f"{missing}"
         )
     sd_pipeline.check_num_steps(config.sample_num_steps)
-    check_on_policy_guidance(config, guidance_kind(sd_pipeline))
-    if config.sample_eta != 1.0 and not getattr(sd_pipeline, "uses_sample_eta", True):
+    check_policy_supports(sd_pipeline, config)
+
+
+def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
+    """ValueError unless ``policy`` (a policy, or its class: ``ddpo train`` asks before the model
+    loads) can run ``config`` as asked, from its optional class members (`ddpo.policy`):
+
+    - its re-scoring pass is the policy that samples (`check_on_policy_guidance`, from
+      ``guidance_kind``);
+    - it uses ``sample_eta`` if one other than 1.0 is set (``uses_sample_eta``: the flow
+      policies' stochasticity is their ``noise_level``);
+    - its ``score`` reports what ``kl_convention`` needs (``kl_conventions``);
+    - its ``rollout`` takes ``initial_noise_generators`` if ``sample_same_latent`` is set.
+    """
+    name = policy.__name__ if isinstance(policy, type) else type(policy).__name__
+    check_on_policy_guidance(config, guidance_kind(policy))
+    if config.sample_eta != 1.0 and not getattr(policy, "uses_sample_eta", True):
         raise ValueError(
-            f"DDPOConfig.sample_eta={config.sample_eta!r} is DDIM's eta, which "
-            f"{type(sd_pipeline).__name__} does not use (a flow-matching policy: its sampler's "
-            "noise is the pipeline's noise_level); leave sample_eta at 1.0"
+            f"DDPOConfig.sample_eta={config.sample_eta!r}: sample_eta applies to the DDIM "
+            f"families (SD 1.x/2.x, SDXL); {name} is a flow-matching policy, whose sampler "
+            "ignores it (its stochasticity is Flow-GRPO's noise level: use noise_level)"
+        )
+    offered = tuple(getattr(policy, "kl_conventions", ("exact",)))
+    if config.kl_convention not in offered:
+        raise ValueError(
+            f"DDPOConfig.kl_convention={config.kl_convention!r} is not offered by {name} (it "
+            f"offers {offered}): Flow-GRPO's KL penalty divides by the flow SDE step's "
+            "coefficient std_dev_t, which only the flow-matching policies (SD3, FLUX.1) report; "
+            "use kl_convention='exact', the KL with the step's own standard deviation"
+        )
+    if config.sample_same_latent and not accepts_initial_noise(policy):
+        raise ValueError(
+            "DDPOConfig.sample_same_latent=True needs a policy whose rollout takes "
+            f"initial_noise_generators (the SD3 and FLUX.1 policies); {name}'s does not (its x_T "
+            "is drawn from the batch's generator)"
         )
 
 

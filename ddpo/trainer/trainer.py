@@ -33,7 +33,6 @@ from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import ImageSamplesHook, PromptFunction, RewardFunction
 from ddpo.trainer.optimisation import (
     Optimisation,
-    check_kl_convention,
     make_optimizer,
     micro_batches_per_epoch,
     num_train_timesteps,
@@ -118,7 +117,6 @@ class DDPOTrainer:
         self._hashes_checked = resume.path.resolve() if resume is not None else None
         check_output_dir(config)
         setup.check_pipeline(sd_pipeline, config)
-        check_kl_convention(sd_pipeline, config)
         # What defines the run besides the config: the policy's settings (`ddpo train` adds its
         # flags); each checkpoint records them, a resume compares them.
         self.run_settings: dict[str, dict[str, Any]] = {

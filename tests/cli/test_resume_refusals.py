@@ -162,6 +162,26 @@ def test_every_flag_is_run_changing_or_free() -> None:
     assert not {"lora_rank", "lora_alpha", "lora_targets"} & set(no_lora)  # no LoRA, no shape
 
 
+def test_only_path_flags_are_recorded_as_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume from another folder names the same files; a prompt set or reward named like a
+    folder of the current one is still its name."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("shapes", "brightness", "main", "model"):
+        (tmp_path / name).mkdir()
+    args = TrainArgs(
+        pretrained_model="model", reward="brightness", prompts="shapes", pretrained_revision="main"
+    )
+    settings = run_settings(args)
+    assert settings["pretrained_model"] == str(tmp_path / "model")
+    assert (settings["reward"], settings["prompts"], settings["pretrained_revision"]) == (
+        "brightness",
+        "shapes",
+        "main",
+    )
+
+
 @pytest.mark.parametrize("name", list(RUN_CHANGING))
 def test_a_changed_run_flag_is_refused(
     name: str, run: Path, capsys: pytest.CaptureFixture[str], no_model_loading: None

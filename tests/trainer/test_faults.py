@@ -342,6 +342,21 @@ def test_changed_pipeline_settings_are_listed_and_refused_unless_allowed(
     trainer.close()
 
 
+def test_lora_layers_and_text_length_are_recorded() -> None:
+    """Options that change the policy without changing the config: which layers LoRA adapts and
+    how many text tokens condition it (a resume with others would not continue the run)."""
+    from ddpo.adapters import load_policy
+    from ddpo.trainer.run_state import policy_settings
+
+    attention = policy_settings(load_policy("ddpo-tiny-sd3-random"))
+    options = {"lora_targets": "attention_ff"}
+    both = policy_settings(load_policy("ddpo-tiny-sd3-random", family_options=options))
+    assert set(attention["lora_layers"]) < set(both["lora_layers"])
+    assert attention["max_sequence_length"] == 256
+    shorter = load_policy("ddpo-tiny-sd3-random", max_sequence_length=77)
+    assert policy_settings(shorter)["max_sequence_length"] == 77
+
+
 def _tree(folder: Path) -> dict[str, str]:
     """Every file and folder under ``folder``, a file with the SHA-256 of its bytes."""
     return {

@@ -188,7 +188,7 @@ def test_sample_eta_on_a_flow_policy_is_refused_not_ignored(
 ) -> None:
     pipeline = pipeline_factory(SD3_MODEL)
     config = tiny_config(tmp_path / "run", sample_eta=0.5, sample_guidance_scale=1.0)
-    with pytest.raises(ValueError, match=r"DDPOConfig.sample_eta=0.5 is DDIM's eta"):
+    with pytest.raises(ValueError, match=r"DDPOConfig.sample_eta=0.5: sample_eta applies to"):
         DDPOTrainer(config, brightness, pick_prompt, pipeline)
     DDPOTrainer(  # DDIM families use it
         tiny_config(tmp_path / "sd", sample_eta=0.5, sample_guidance_scale=1.0),
@@ -196,3 +196,32 @@ def test_sample_eta_on_a_flow_policy_is_refused_not_ignored(
         pick_prompt,
         pipeline_factory(MODEL),
     ).close()
+
+
+@pytest.mark.parametrize(
+    ("model", "flag", "message"),
+    [
+        (
+            MODEL,
+            "--ddpo_config.kl_convention=flow_grpo",
+            "kl_convention='flow_grpo' is not offered",
+        ),
+        (MODEL, "--ddpo_config.sample_same_latent", "sample_same_latent=True needs a policy"),
+        (SD3_MODEL, "--ddpo_config.sample_eta=0.5", "sample_eta applies to the DDIM families"),
+    ],
+    ids=["kl-convention", "same-latent", "eta"],
+)
+def test_ddpo_train_refuses_what_the_policy_cannot_run_before_the_model_loads(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    model: str,
+    flag: str,
+    message: str,
+) -> None:
+    monkeypatch.setattr("ddpo.adapters.families.load_policy", _refuse_loading)
+    argv = ["train", f"--pretrained_model={model}", flag, "--reward=brightness"]
+    argv += ["--prompts=simple_animals", f"--ddpo_config.output_dir={tmp_path / 'run'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
