@@ -123,6 +123,9 @@ def make_steps(
         train_max_grad_norm=MAX_GRAD_NORM,
         train_clip_range=CLIP_RANGE,
         accelerator_kwargs={"cpu": True} if device.type == "cpu" else {},
+        # Each repeat re-trains the same transitions after the last one's update: not the
+        # policy that drew them, so the on-policy check (still timed) must not stop it.
+        on_policy_tolerance=1e30,
     )
     accelerator = make_accelerator(config, accumulation_steps=1)
     optimizer = accelerator.prepare_optimizer(make_optimizer(config, params))

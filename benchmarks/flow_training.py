@@ -148,6 +148,9 @@ def make_flow_steps(
         train_cfg=preset.train_cfg,
         kl_coef=preset.kl_coef,
         accelerator_kwargs={"cpu": True} if device.type == "cpu" else {},
+        # Each repeat re-trains the same transitions after the last one's update: not the
+        # policy that drew them, so the on-policy check (still timed) must not stop it.
+        on_policy_tolerance=1e30,
     )
     accelerator = make_accelerator(config, accumulation_steps=1)
     optimizer = accelerator.prepare_optimizer(make_optimizer(config, params))

@@ -11,6 +11,7 @@ equal the sampled one (`OnPolicyCheck`: the epoch stops before that step otherwi
 """
 
 import functools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -201,11 +202,12 @@ class OnPolicyCheck:
         self.largest = value if self.largest is None else torch.maximum(self.largest, value)
 
     def verify(self) -> None:
-        """OffPolicyError if some process scored a log ratio above the tolerance (NaN too)."""
+        """OffPolicyError if some process scored a finite log ratio above the tolerance (a
+        non-finite one is a numerical failure, which the gradient-norm check then reports)."""
         if self.largest is None:
             return
         largest = float(self.accelerator.gather(self.largest.reshape(1)).max())
-        if not largest <= self.tolerance:
+        if math.isfinite(largest) and largest > self.tolerance:
             raise OffPolicyError(
                 f"epoch {self.epoch}: before the first optimizer step, the re-scored "
                 f"log-probabilities differ from the sampled ones by up to {largest:.3g} "

@@ -260,6 +260,6 @@ def test_sample_eta_on_a_flow_model_is_refused_before_loading(
     argv += ["--prompts=simple_animals", f"--ddpo_config.output_dir={tmp_path / 'run'}"]
     assert main([*argv, "--ddpo_config.sample_eta=0.5"]) == 2
     line = _one_line_error(capsys)
-    assert "sample_eta=0.5 applies to the DDIM families (SD 1.x/2.x, SDXL)" in line
+    assert "sample_eta=0.5: sample_eta applies to the DDIM families (SD 1.x/2.x, SDXL)" in line
     assert "use noise_level" in line
     assert not (tmp_path / "run").exists()
