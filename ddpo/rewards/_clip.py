@@ -136,7 +136,10 @@ def _shortest_edge(value: Any, default: int) -> int:
         return value
     if "shortest_edge" in value:
         return int(value["shortest_edge"])
-    return min(int(value["height"]), int(value["width"]))
+    raise ValueError(
+        f"preprocessor_config.json: size={value!r} is not supported; CLIP's image processor "
+        "(and every CLIP checkpoint these rewards load) resizes by {'shortest_edge': N}"
+    )
 
 
 def _three(values: Any, name: str) -> tuple[float, float, float]:

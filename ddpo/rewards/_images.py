@@ -16,18 +16,22 @@ def to_uint8_nhwc(images: Any) -> np.ndarray:
     or a sequence of PIL images. Floats are scaled by 255, rounded and clipped.
 
     Raises:
-        ValueError: if ``images`` has another layout.
+        ValueError: if ``images`` has another layout, no pixels, or non-finite values.
     """
     if isinstance(images, torch.Tensor):
-        if images.ndim != 4 or images.shape[1] != 3:
+        if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape[2:]:
             raise ValueError(f"images must be (batch, 3, H, W), got shape {tuple(images.shape)}")
         if images.dtype != torch.uint8:
+            if not bool(torch.isfinite(images).all()):
+                raise ValueError("images hold NaN or infinite values; they must be in [0, 1]")
             images = (images.detach().float() * 255).round().clamp(0, 255).to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu().numpy()
     if isinstance(images, np.ndarray):
-        if images.ndim != 4 or images.shape[-1] != 3:
+        if images.ndim != 4 or images.shape[-1] != 3 or 0 in images.shape[1:3]:
             raise ValueError(f"images must be (batch, H, W, 3), got shape {images.shape}")
         if images.dtype != np.uint8:
+            if not np.isfinite(images).all():
+                raise ValueError("images hold NaN or infinite values; they must be in [0, 1]")
             images = np.clip(np.round(images.astype(np.float64) * 255), 0, 255).astype(np.uint8)
         return images
     if isinstance(images, Sequence) and all(isinstance(im, Image.Image) for im in images):

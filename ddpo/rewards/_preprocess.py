@@ -44,8 +44,10 @@ def quantised_float_nchw(images: Any) -> Float[torch.Tensor, "batch 3 height wid
     (``round(255 x)``, clipped); other inputs go through ``to_uint8_nhwc``.
     """
     if isinstance(images, torch.Tensor) and images.is_floating_point():
-        if images.ndim != 4 or images.shape[1] != 3:
+        if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape[2:]:
             raise ValueError(f"images must be (batch, 3, H, W), got shape {tuple(images.shape)}")
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("images hold NaN or infinite values; they must be in [0, 1]")
         levels = (images.detach().float() * 255).round().clamp(0, 255)
     else:
         levels = torch.from_numpy(to_uint8_nhwc(images)).permute(0, 3, 1, 2).float()

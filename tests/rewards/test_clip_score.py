@@ -145,6 +145,21 @@ def test_bad_arguments_and_inputs_fail_clearly(tiny_clip: Path) -> None:
     assert np.isclose(reward.similarity.max_length, 16)
 
 
+def test_a_processor_that_resizes_to_a_fixed_size_is_refused(
+    tiny_clip: Path, tmp_path: Path
+) -> None:
+    """transformers resizes ``{"height", "width"}`` to exactly that size: not what ours does, so
+    refused by name rather than scored differently."""
+    import shutil
+
+    folder = shutil.copytree(tiny_clip, tmp_path / "clip")
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    config["size"] = {"height": 32, "width": 32}
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"size=\{'height': 32, 'width': 32\} is not supported"):
+        clip_score_reward(str(folder), device="cpu")
+
+
 def test_unreachable_model_names_the_argument(monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 

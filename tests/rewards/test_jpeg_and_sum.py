@@ -60,6 +60,20 @@ def test_image_formats_agree() -> None:
         jpeg_size_kb(images, quality=0)
 
 
+def test_images_without_pixels_or_with_non_finite_values_are_refused() -> None:
+    """Not cast silently: NaN would become some 8-bit level, an empty image a ZeroDivisionError."""
+    from ddpo.rewards._preprocess import quantised_float_nchw
+
+    nan = torch.full((1, 3, 8, 8), float("nan"))
+    for convert in (jpeg_size_kb, quantised_float_nchw):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            convert(nan)
+        with pytest.raises(ValueError, match=r"got shape \(1, 3, 0, 8\)"):
+            convert(torch.zeros(1, 3, 0, 8))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        jpeg_size_kb(np.full((1, 8, 8, 3), np.inf))
+
+
 def _brightness(images, prompts, metadata):  # type: ignore[no-untyped-def]
     return images.mean(dim=(1, 2, 3)), {"note": ["x"] * len(prompts)}
 
