@@ -19,6 +19,26 @@ def tiny_path(tiny_cache: Path) -> Path:
     return tiny_pipeline_path(tiny_cache)
 
 
+@pytest.fixture(scope="session")
+def sd3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of the random tiny SD3 model (seed 0), shared by the SD3 and flow tests."""
+    from ddpo.adapters.tiny_sd3 import save_sd3_pipeline, tiny_sd3_components
+
+    folder = tmp_path_factory.mktemp("tiny-sd3")
+    save_sd3_pipeline(tiny_sd3_components(0), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def flux_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of the random tiny FLUX.1-dev model (seed 0), shared as ``sd3_path``."""
+    from ddpo.adapters.tiny_flux import save_flux_pipeline, tiny_flux_components
+
+    folder = tmp_path_factory.mktemp("tiny-flux")
+    save_flux_pipeline(tiny_flux_components(0), folder)
+    return folder
+
+
 @pytest.fixture
 def use_tiny_cache(tiny_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point ``DDPO_CACHE_DIR`` at the session's cache (for tests that resolve names)."""

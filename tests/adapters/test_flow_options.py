@@ -27,7 +27,6 @@ from ddpo.adapters.flow_sampling import (
 from ddpo.adapters.flux import FLUX_LORA_TARGET_MODULES, DefaultDDPOFluxPipeline
 from ddpo.adapters.sd3 import DefaultDDPOStableDiffusion3Pipeline
 from ddpo.adapters.tiny_flux import save_flux_pipeline, tiny_flux_components
-from ddpo.adapters.tiny_sd3 import save_sd3_pipeline, tiny_sd3_components
 from ddpo.core import flow_cps_step_with_logprob
 
 pytestmark = pytest.mark.slow
@@ -51,20 +50,6 @@ def _with_dynamic_shift(folder: Path, out: Path) -> Path:
     config_file = out / "scheduler" / "scheduler_config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), **DYNAMIC_SHIFT}))
     return out
-
-
-@pytest.fixture(scope="module")
-def sd3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-sd3")
-    save_sd3_pipeline(tiny_sd3_components(0), folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def flux_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-flux")
-    save_flux_pipeline(tiny_flux_components(0), folder)
-    return folder
 
 
 def sd3_policy(folder: Path, **kwargs: Any) -> DefaultDDPOStableDiffusion3Pipeline:
@@ -93,13 +78,6 @@ def ode_images(pipe: Any, family: str, *, stock: bool, steps: int = 3) -> torch.
                generator=torch.Generator().manual_seed(3), **extra)  # fmt: skip
     images: torch.Tensor = out.images
     return images
-
-
-def perturb_lora(pipe: Any, seed: int = 1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, param in sorted(pipe.trainable_parameters().items()):
-            param.add_(0.2 * torch.randn(param.shape, generator=gen))
 
 
 def rollout(pipe: Any, num_steps: int, seed: int, **kwargs: Any) -> Any:
@@ -162,13 +140,13 @@ def test_window_range_is_checked_before_model_work(sd3_path: Path, tmp_path: Pat
 # --- the coefficients-preserving step (Flow-GRPO's sde_type="cps") --------------------------
 
 
-def test_cps_rollout_rescores_to_its_log_probs(sd3_path: Path) -> None:
+def test_cps_rollout_rescores_to_its_log_probs(sd3_path: Path, perturb: Any) -> None:
     """The CPS policy samples with the CPS step, re-scores its transitions to the same
     log-probabilities (Flow-GRPO's ``-mean((x_prev - mu)^2)``), and reports the step's standard
     deviation ``sigma_prev sin(a pi / 2)`` both as ``std_dev`` and as Flow-GRPO's KL divisor."""
     pipe = sd3_policy(sd3_path, sde_type="cps", noise_level=0.8, sde_window_size=2,
                       sde_window_start=1)  # fmt: skip
-    perturb_lora(pipe)
+    perturb(pipe, scale=0.2)
     cond = pipe.encode(PROMPTS, "")
     out = rollout(pipe, 4, seed=0)
     assert out.timesteps.tolist() == [1, 2] and out.log_probs.shape == (2, 2)
@@ -270,7 +248,7 @@ def test_initial_noise_generators_draw_each_rows_x_T(sd3_path: Path) -> None:
 
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_feed_forward_lora_loads_in_stock_and_draws_the_same_images(
-    family: str, sd3_path: Path, flux_path: Path, tmp_path: Path
+    family: str, sd3_path: Path, flux_path: Path, tmp_path: Path, perturb: Any
 ) -> None:
     folder = sd3_path if family == "sd3" else flux_path
     make = sd3_policy if family == "sd3" else flux_policy
@@ -281,7 +259,7 @@ def test_feed_forward_lora_loads_in_stock_and_draws_the_same_images(
     assert any(".attn.to_q.lora_A" in n for n in names)
     attention_only = make(folder, lora_rank=2, lora_alpha=4)
     assert not any(".ff" in n for n in attention_only.trainable_parameters())
-    perturb_lora(pipe)
+    perturb(pipe, scale=0.2)
     pipe.save_lora_weights(tmp_path / "lora")
     stock = stock_pipeline(family, folder)
     stock.load_lora_weights(tmp_path / "lora")

@@ -33,13 +33,6 @@ T5_TOKENS = 32  # a short T5 sequence keeps the tiny models fast (FLUX.1 takes 5
 
 
 @pytest.fixture(scope="module")
-def flux_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-flux-dev")
-    save_flux_pipeline(tiny_flux_components(0), folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def schnell_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """No guidance embedding, and schnell's static schedule (shift 1, no dynamic shifting)."""
     folder = tmp_path_factory.mktemp("tiny-flux-schnell")

@@ -16,20 +16,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
 from ddpo.adapters.sd3 import DefaultDDPOStableDiffusion3Pipeline
-from ddpo.adapters.tiny_sd3 import save_sd3_pipeline, tiny_sd3_components
 from ddpo.adapters.tiny_sdxl import save_sdxl_pipeline, tiny_sdxl_components
 
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["a red circle", "a blue square"]
 SHAPE = (2, 16, 8, 8)  # latents of two 64x64 images
-
-
-@pytest.fixture(scope="module")
-def sd3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-sd3")
-    save_sd3_pipeline(tiny_sd3_components(0), folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
