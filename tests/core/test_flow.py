@@ -74,13 +74,20 @@ def test_matches_flow_grpo_reference(
         "noise_level": case["noise_level"],
         "sigma_max": case["sigma_max"],
     }
-    sampled = flow_sde_step_with_logprob(**common, noise=t["noise"])
+    _check_sampled_and_scored(flow_sde_step_with_logprob, common, t, std_atol=1e-6)
+
+
+def _check_sampled_and_scored(
+    step: Any, common: dict[str, Any], t: dict[str, torch.Tensor], *, std_atol: float
+) -> None:
+    """``step`` sampling with the fixture's noise and scoring its ``other`` give the reference's
+    ``prev_sample``, ``mean``, ``std_dev`` and both log-probs."""
+    sampled = step(**common, noise=t["noise"])
     torch.testing.assert_close(sampled.prev_sample, t["prev_sample"], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(sampled.mean, t["mean"], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(sampled.std_dev, t["std_dev"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sampled.std_dev, t["std_dev"], rtol=1e-6, atol=std_atol)
     torch.testing.assert_close(sampled.log_prob, t["log_prob"], rtol=1e-5, atol=1e-6)
-
-    scored = flow_sde_step_with_logprob(**common, prev_sample=t["other"])
+    scored = step(**common, prev_sample=t["other"])
     torch.testing.assert_close(scored.log_prob, t["log_prob_other"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scored.prev_sample, t["other"], rtol=0, atol=0)
 
@@ -404,14 +411,7 @@ def test_cps_matches_flow_grpo_reference(
         "sigma_prev": t["sigma_prev"],
         "noise_level": case["noise_level"],
     }
-    sampled = flow_cps_step_with_logprob(**common, noise=t["noise"])
-    torch.testing.assert_close(sampled.prev_sample, t["prev_sample"], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(sampled.mean, t["mean"], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(sampled.std_dev, t["std_dev"], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(sampled.log_prob, t["log_prob"], rtol=1e-5, atol=1e-6)
-    scored = flow_cps_step_with_logprob(**common, prev_sample=t["other"])
-    torch.testing.assert_close(scored.log_prob, t["log_prob_other"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(scored.prev_sample, t["other"], rtol=0, atol=0)
+    _check_sampled_and_scored(flow_cps_step_with_logprob, common, t, std_atol=1e-7)
     # the same step's exact Gaussian log-density: Flow-GRPO's value over 2 std^2, minus
     # log std and log sqrt(2 pi) (0 where the last step has no noise)
     gauss = flow_cps_step_with_logprob(**common, prev_sample=t["other"], log_prob_form="gaussian")
