@@ -10,6 +10,29 @@ from torch import Tensor
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def draw_step(
+    mean: Tensor,
+    std: Tensor,
+    *,
+    noise: Tensor | None,
+    prev_sample: Tensor | None,
+    out_dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """``x_prev`` sampled as ``mean + std * noise`` (or the given ``prev_sample``), in
+    ``out_dtype`` and, rounded through it, in the compute dtype of ``mean`` (see `gaussian_step`,
+    which adds the density).
+
+    Returns:
+        ``(x_prev in out_dtype, x_prev in mean's dtype)``.
+    """
+    dtype = mean.dtype
+    if noise is not None:
+        x_prev_out = (mean + std * noise.to(dtype)).to(out_dtype)
+        return x_prev_out, x_prev_out.to(dtype)
+    assert prev_sample is not None
+    return prev_sample.to(out_dtype), prev_sample.to(dtype)
+
+
 def gaussian_step(
     mean: Tensor,
     std: Tensor,
@@ -40,14 +63,9 @@ def gaussian_step(
     Returns:
         ``(x_prev in out_dtype, log_prob (batch,))``.
     """
-    dtype = mean.dtype
-    if noise is not None:
-        x_prev_out = (mean + std * noise.to(dtype)).to(out_dtype)
-        x_prev = x_prev_out.to(dtype)
-    else:
-        assert prev_sample is not None
-        x_prev_out = prev_sample.to(out_dtype)
-        x_prev = prev_sample.to(dtype)
+    x_prev_out, x_prev = draw_step(
+        mean, std, noise=noise, prev_sample=prev_sample, out_dtype=out_dtype
+    )
     deterministic = std == 0
     safe_std = torch.where(deterministic, torch.ones_like(std), std)
     z = (x_prev.detach() - mean) / safe_std

@@ -11,7 +11,7 @@ from torch import Tensor
 from ddpo._typing import Latents, PerSample
 from ddpo.core._broadcast import float_dtype, per_sample
 from ddpo.core._checks import values_checkable
-from ddpo.core._gaussian import gaussian_step
+from ddpo.core._gaussian import draw_step, gaussian_step
 
 
 class FlowSDEStepOutput(NamedTuple):
@@ -339,16 +339,19 @@ def flow_cps_step_with_logprob(
 
     # 3. Sample (rounded to the caller's dtype) or take the stored transition, and its
     #    log-probability: the Gaussian's, or Flow-GRPO's with the constants dropped.
-    x_prev_out, log_prob = gaussian_step(
-        mean,
-        std_dev_t,
-        noise=noise,
-        prev_sample=prev_sample,
-        out_dtype=sample.dtype,
-        reduction=log_prob_reduction,
-    )
-    if log_prob_form == "flow_grpo":
-        x_prev = (prev_sample if prev_sample is not None else x_prev_out).to(dtype)
+    if log_prob_form == "gaussian":
+        x_prev_out, log_prob = gaussian_step(
+            mean,
+            std_dev_t,
+            noise=noise,
+            prev_sample=prev_sample,
+            out_dtype=sample.dtype,
+            reduction=log_prob_reduction,
+        )
+    else:
+        x_prev_out, x_prev = draw_step(
+            mean, std_dev_t, noise=noise, prev_sample=prev_sample, out_dtype=sample.dtype
+        )
         residual = -((x_prev.detach() - mean) ** 2)
         dims = tuple(range(1, residual.ndim))
         log_prob = residual.mean(dim=dims) if log_prob_reduction == "mean" else residual.sum(dims)
