@@ -113,7 +113,8 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
             the last) or ``k >= 1`` consecutive stochastic steps; the others take the ODE step
             and are not trained.
         sde_window_start: the window's first step, or ``None`` to draw it per rollout from the
-            rollout's generator, uniformly in ``[0, num_steps - k]`` (Flow-GRPO-Fast).
+            rollout's generator, uniformly in ``[0, num_steps - k]`` (Flow-GRPO-Fast; ``[0,
+            num_steps - 1 - k]`` for ``"cps"``, whose last step is an ODE step).
         sde_window_range: ``(low, high)``: draw the start in ``[low, high - k]`` instead, so the
             window lies in steps ``low..high - 1`` (Flow-GRPO's ``sde_window_range``).
         max_sequence_length: T5 tokens, 1 to 512 (512 as in diffusers).
