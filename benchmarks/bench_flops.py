@@ -40,7 +40,7 @@ def _configs(preset: presets.Preset) -> tuple[dict[str, Any], dict[str, Any]]:
     model folder's ``unet/config.json`` and ``vae/config.json``."""
     if preset.model in models.ARCHITECTURES:
         return models.ARCHITECTURES[preset.model]
-    from ddpo.adapters.registry import resolve_pretrained
+    from ddpo.adapters.common.sources import resolve_pretrained
 
     folder = Path(resolve_pretrained(preset.model))
     unet: dict[str, Any] = json.loads((folder / "unet" / "config.json").read_text())

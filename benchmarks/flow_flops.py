@@ -42,7 +42,7 @@ T5_TOKENS = {"sd3": 256, "flux": 512}  # the policies' (and diffusers') max_sequ
 
 def _folder_architecture(model: str) -> flow_models.FlowArchitecture:
     """The architecture of a model folder (or built-in name), read from its configs."""
-    from ddpo.adapters.registry import read_json_object, resolve_pretrained
+    from ddpo.adapters.common.sources import read_json_object, resolve_pretrained
 
     folder = Path(resolve_pretrained(model))
     index = read_json_object(folder / "model_index.json")
@@ -92,7 +92,7 @@ def flow_flops(preset: presets.Preset) -> dict[str, int]:
     """FLOPs per sample of each part (module docstring), counted on the ``meta`` device."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
 
-    from ddpo.adapters.flux_text import flux_velocity
+    from ddpo.adapters.flux.text import flux_velocity
 
     arch = architecture(preset)
     factor = 2 ** (len(arch.vae["block_out_channels"]) - 1)

@@ -196,8 +196,9 @@ def flow_components(
         SD3Transformer2DModel,
     )
 
-    from ddpo.adapters.tiny_flux import FLUX_SCHEDULER_CONFIG
-    from ddpo.adapters.tiny_sd3 import SD3_SHIFT, tiny_t5_tokenizer
+    from ddpo.adapters.common.tiny import tiny_t5_tokenizer
+    from ddpo.adapters.flux.tiny import FLUX_SCHEDULER_CONFIG
+    from ddpo.adapters.sd3.tiny import SD3_SHIFT
 
     if name not in ARCHITECTURES:
         raise ValueError(f"name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
@@ -226,9 +227,9 @@ def flow_components(
 
 
 def _path(name: str, folder_name: str, root: str | Path | None) -> Path:
-    from ddpo.adapters.tiny import build_pipeline_folder
-    from ddpo.adapters.tiny_flux import save_flux_pipeline
-    from ddpo.adapters.tiny_sd3 import save_sd3_pipeline
+    from ddpo.adapters.common.tiny import build_pipeline_folder
+    from ddpo.adapters.flux.tiny import save_flux_pipeline
+    from ddpo.adapters.sd3.tiny import save_sd3_pipeline
 
     save = save_sd3_pipeline if name == "sd3" else save_flux_pipeline
     base = Path(root) if root is not None else models.cache_dir()

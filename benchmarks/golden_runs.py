@@ -100,7 +100,9 @@ def main() -> int:
         print(f"{family}: {'identical' if same else 'DIFFERENT'}")
         if not same:
             failed = True
-            for i, (a, b) in enumerate(zip(recorded[family]["metrics"], run["metrics"])):
+            for i, (a, b) in enumerate(
+                zip(recorded[family]["metrics"], run["metrics"], strict=False)
+            ):
                 if a != b:
                     print(f"  epoch {i}: recorded {a}\n           now      {b}")
             for name, digest in recorded[family]["weights"].items():

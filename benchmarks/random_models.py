@@ -107,7 +107,7 @@ def _tokenizer(folder: str | Path) -> Any:
     """A CLIP tokenizer padding to 77 tokens, in which each benchmark prompt word is one token."""
     from transformers import CLIPTokenizer
 
-    from ddpo.adapters.tokenizer import write_clip_tokenizer
+    from ddpo.adapters.common.tokenizer import write_clip_tokenizer
 
     write_clip_tokenizer(folder, TOKENIZER_WORDS, model_max_length=77)
     return CLIPTokenizer.from_pretrained(folder)
@@ -134,7 +134,7 @@ def sd15_components(seed: int = 0, *, tokenizer_dir: str | Path) -> dict[str, An
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from ddpo.adapters.tiny import sd_v1_ddim_scheduler
+    from ddpo.adapters.sd.tiny import sd_v1_ddim_scheduler
 
     tokenizer = _tokenizer(tokenizer_dir)
     torch.manual_seed(seed)
@@ -163,7 +163,7 @@ def sdxl_components(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    from ddpo.adapters.tiny_sdxl import sdxl_scheduler
+    from ddpo.adapters.sdxl.tiny import sdxl_scheduler
 
     tokenizer = _tokenizer(Path(tokenizer_dir) / "tokenizer")
     tokenizer_2 = _tokenizer(Path(tokenizer_dir) / "tokenizer_2")
@@ -191,7 +191,7 @@ def sd15_path(root: str | Path | None = None) -> Path:
     Written to a temporary sibling and renamed into place, so a half-written model is never seen.
     About 4 GB on disk (float32 weights); building takes a minute or so on a CPU.
     """
-    from ddpo.adapters.tiny import build_pipeline_folder
+    from ddpo.adapters.common.tiny import build_pipeline_folder
 
     base = Path(root) if root is not None else cache_dir()
     with tempfile.TemporaryDirectory() as tokenizer_dir:
@@ -207,8 +207,8 @@ def sdxl_path(root: str | Path | None = None) -> Path:
     run with ``--dtype fp32`` upcasts on load). Building needs about 20 GB of host memory (the
     modules are initialised in float32) and a few minutes on a CPU.
     """
-    from ddpo.adapters.tiny import build_pipeline_folder
-    from ddpo.adapters.tiny_sdxl import save_sdxl_pipeline
+    from ddpo.adapters.common.tiny import build_pipeline_folder
+    from ddpo.adapters.sdxl.tiny import save_sdxl_pipeline
 
     base = Path(root) if root is not None else cache_dir()
     with tempfile.TemporaryDirectory() as tokenizer_dir:

@@ -108,7 +108,7 @@ def test_importing_core_loads_no_heavy_library() -> None:
 SCRIPTS = ("ddpo.models.train_tiny_shapes", "ddpo.models.evaluate_tiny_shapes", "ddpo.cli")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "adapters": SCRIPTS,
-    "trainer": (*SCRIPTS, "ddpo.adapters.default"),  # the boundary's types, no concrete family
+    "trainer": (*SCRIPTS, "ddpo.adapters.sd.policy"),  # the boundary's types, no concrete family
     "core": SCRIPTS,
     "rewards": SCRIPTS,
 }
@@ -158,7 +158,7 @@ def test_the_packaged_model_package_imports_nothing_of_ddpo() -> None:
 def test_the_scripts_import_the_adapters_not_the_reverse() -> None:
     """The training script builds its model with the adapters' builder (one tiny-model builder)."""
     names = _imports(PACKAGE / "models" / "train_tiny_shapes.py")
-    assert "ddpo.adapters.tiny.tiny_unet" in names
+    assert "ddpo.adapters.sd.tiny.tiny_unet" in names
 
 
 def test_the_checker_sees_imports_inside_functions_and_importlib_names(tmp_path: Path) -> None:

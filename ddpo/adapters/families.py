@@ -1,15 +1,27 @@
-"""Model families by the pipeline class a model folder declares: which policy class trains it.
+"""The family table: each model family's folder classes, policy, options and built-in tiny models.
 
 ``ddpo train --pretrained_model X`` and ``ddpo sample --model X`` read ``X``'s
 ``model_index.json`` (following LoRA-only folders to their base) and build the family's policy.
-A new family adds one `Family` entry to `FAMILIES`; nothing else dispatches on the family.
+A new family is one folder ``ddpo/adapters/<family>/`` and one `Family` row in `FAMILIES`;
+nothing else dispatches on the family. This module sits above the families: it imports each
+one (its tiny-model builder at import, its policy lazily), and nothing below imports it.
 """
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
-from ddpo.adapters.registry import read_json_object, resolve_model_source
+from ddpo.adapters.common.sources import (
+    TINY_SHAPES_NAME,
+    read_json_object,
+    register_builtin_model,
+    resolve_model_source,
+)
+from ddpo.adapters.flux.tiny import TINY_FLUX_NAME, tiny_flux_path
+from ddpo.adapters.sd.tiny import TINY_MODEL_NAME, tiny_pipeline_path
+from ddpo.adapters.sd3.tiny import TINY_SD3_NAME, tiny_sd3_path
+from ddpo.adapters.sdxl.tiny import TINY_SDXL_NAME, tiny_sdxl_path
 
 FLOW_OPTIONS: tuple[str, ...] = (
     "noise_level",
@@ -25,13 +37,14 @@ passes them to those families only."""
 
 class Family(NamedTuple):
     """A model family: its name, the diffusers pipeline classes of its folders, its policy class
-    (``policy_class()`` imports it: diffusers loads only when a family is used), and the
-    family-specific options its constructor takes."""
+    (``policy_class()`` imports it), the family-specific options its constructor takes, and its
+    built-in models (name -> the function that gives the folder, building it on first use)."""
 
     name: str
     pipeline_classes: tuple[str, ...]
     policy_class: Callable[[], type]
     options: tuple[str, ...] = ()
+    builtin_models: tuple[tuple[str, Callable[[], Path]], ...] = ()
 
     def load(self, name: str, **options: Any) -> Any:
         """The family's policy for model ``name`` (``policy_class()(name, **options)``)."""
@@ -39,36 +52,50 @@ class Family(NamedTuple):
 
 
 def _sd() -> type:
-    from ddpo.adapters.default import DefaultDDPOStableDiffusionPipeline
+    from ddpo.adapters.sd.policy import DefaultDDPOStableDiffusionPipeline
 
     return DefaultDDPOStableDiffusionPipeline
 
 
 def _sdxl() -> type:
-    from ddpo.adapters.sdxl import DefaultDDPOStableDiffusionXLPipeline
+    from ddpo.adapters.sdxl.policy import DefaultDDPOStableDiffusionXLPipeline
 
     return DefaultDDPOStableDiffusionXLPipeline
 
 
 def _sd3() -> type:
-    from ddpo.adapters.sd3 import DefaultDDPOStableDiffusion3Pipeline
+    from ddpo.adapters.sd3.policy import DefaultDDPOStableDiffusion3Pipeline
 
     return DefaultDDPOStableDiffusion3Pipeline
 
 
 def _flux() -> type:
-    from ddpo.adapters.flux import DefaultDDPOFluxPipeline
+    from ddpo.adapters.flux.policy import DefaultDDPOFluxPipeline
 
     return DefaultDDPOFluxPipeline
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("sd", ("StableDiffusionPipeline",), _sd),
-    Family("sdxl", ("StableDiffusionXLPipeline",), _sdxl),
-    Family("sd3", ("StableDiffusion3Pipeline",), _sd3, FLOW_OPTIONS),
-    Family("flux", ("FluxPipeline",), _flux, FLOW_OPTIONS),
+    Family("sd", ("StableDiffusionPipeline",), _sd, (), ((TINY_MODEL_NAME, tiny_pipeline_path),)),
+    Family("sdxl", ("StableDiffusionXLPipeline",), _sdxl, (), ((TINY_SDXL_NAME, tiny_sdxl_path),)),
+    Family(
+        "sd3", ("StableDiffusion3Pipeline",), _sd3, FLOW_OPTIONS, ((TINY_SD3_NAME, tiny_sd3_path),)
+    ),
+    Family("flux", ("FluxPipeline",), _flux, FLOW_OPTIONS, ((TINY_FLUX_NAME, tiny_flux_path),)),
 )
 """Every family ddpo trains: Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1."""
+
+for _family in FAMILIES:
+    for _name, _folder in _family.builtin_models:
+        register_builtin_model(_name, _folder)
+
+BUILTIN_MODELS: tuple[str, ...] = (
+    TINY_MODEL_NAME,
+    TINY_SHAPES_NAME,
+    *(name for family in FAMILIES[1:] for name, _ in family.builtin_models),
+)
+"""Names `ddpo.adapters.resolve_pretrained` knows without a folder or a hub: the families' random
+tiny models and the trained ``ddpo-tiny-shapes`` (an SD model shipped with the package)."""
 
 
 def model_family(name: str | os.PathLike[str], revision: str = "main") -> Family:
@@ -151,6 +178,7 @@ def load_policy(
 
 
 __all__ = [
+    "BUILTIN_MODELS",
     "FAMILIES",
     "FLOW_OPTIONS",
     "Family",

@@ -5,8 +5,8 @@ CLIPTextModel, CLIP tokenizer, DDIM scheduler) trained on :mod:`ddpo.data.shapes
 :mod:`ddpo.models.train_tiny_shapes`. It draws 64x64 images of a coloured shape on a plain
 background from captions such as ``"a red circle on the left on a blue background"``.
 
-This package is data to the runtime: :func:`ddpo.adapters.registry.resolve_pretrained` finds the
-folder with :mod:`importlib.resources`, so this module imports nothing of ``ddpo``, and the
+This package is data to the runtime: :func:`ddpo.adapters.resolve_pretrained` finds the folder
+with :mod:`importlib.resources`, so this module imports nothing of ``ddpo``, and the
 scripts beside it (which import the adapters to build and train the model) are never imported by
 the library.
 """

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddpo.adapters.tiny import (
+from ddpo.adapters.common.tokenizer import write_clip_tokenizer
+from ddpo.adapters.sd.tiny import (
     TinyModelConfig,
     save_pipeline,
     sd_v1_ddim_scheduler,
@@ -38,7 +39,6 @@ from ddpo.adapters.tiny import (
     tiny_unet,
     tiny_vae,
 )
-from ddpo.adapters.tokenizer import write_clip_tokenizer
 from ddpo.data.shapes import IMAGE_SIZE, batches, vocabulary
 
 CFG_DROPOUT_DEFAULT = 0.1

@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_path(tiny_cache: Path) -> Path:
     """Folder of the random tiny Stable Diffusion model (``save_pretrained`` layout)."""
-    from ddpo.adapters.tiny import tiny_pipeline_path
+    from ddpo.adapters.sd.tiny import tiny_pipeline_path
 
     return tiny_pipeline_path(tiny_cache)
 
@@ -22,7 +22,7 @@ def tiny_path(tiny_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def sd3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of the random tiny SD3 model (seed 0), shared by the SD3 and flow tests."""
-    from ddpo.adapters.tiny_sd3 import save_sd3_pipeline, tiny_sd3_components
+    from ddpo.adapters.sd3.tiny import save_sd3_pipeline, tiny_sd3_components
 
     folder = tmp_path_factory.mktemp("tiny-sd3")
     save_sd3_pipeline(tiny_sd3_components(0), folder)
@@ -32,7 +32,7 @@ def sd3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def flux_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of the random tiny FLUX.1-dev model (seed 0), shared as ``sd3_path``."""
-    from ddpo.adapters.tiny_flux import save_flux_pipeline, tiny_flux_components
+    from ddpo.adapters.flux.tiny import save_flux_pipeline, tiny_flux_components
 
     folder = tmp_path_factory.mktemp("tiny-flux")
     save_flux_pipeline(tiny_flux_components(0), folder)

@@ -18,15 +18,15 @@ import torch
 from diffusers import AutoencoderKL, FluxPipeline, StableDiffusion3Pipeline
 from diffusers.configuration_utils import FrozenDict
 
-from ddpo.adapters.flow_sampling import (
+from ddpo.adapters.flow.sampling import (
     FEED_FORWARD_TARGET_MODULES,
     check_sde_type,
     lora_target_modules,
     ode_step,
 )
-from ddpo.adapters.flux import FLUX_LORA_TARGET_MODULES, DefaultDDPOFluxPipeline
-from ddpo.adapters.sd3 import DefaultDDPOStableDiffusion3Pipeline
-from ddpo.adapters.tiny_flux import save_flux_pipeline, tiny_flux_components
+from ddpo.adapters.flux.policy import FLUX_LORA_TARGET_MODULES, DefaultDDPOFluxPipeline
+from ddpo.adapters.flux.tiny import save_flux_pipeline, tiny_flux_components
+from ddpo.adapters.sd3.policy import DefaultDDPOStableDiffusion3Pipeline
 from ddpo.core import flow_cps_step_with_logprob
 
 pytestmark = pytest.mark.slow
@@ -340,8 +340,8 @@ def test_flux_default_resolution_without_a_vae_sample_size_is_the_stock_default(
 def test_the_vae_factor_without_block_out_channels_is_the_stock_pipelines(
     family: str, tmp_path: Path
 ) -> None:
-    from ddpo.adapters.flux_checks import flux_latent_factor
-    from ddpo.adapters.sd3_checks import sd3_latent_factor
+    from ddpo.adapters.flux.checks import flux_latent_factor
+    from ddpo.adapters.sd3.checks import sd3_latent_factor
 
     config = {"_class_name": "AutoencoderKL", "latent_channels": 16}
     (tmp_path / "vae").mkdir()

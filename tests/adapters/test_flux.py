@@ -15,15 +15,15 @@ import pytest
 import torch
 from diffusers import FluxPipeline
 
-from ddpo.adapters.flux import DefaultDDPOFluxPipeline
-from ddpo.adapters.flux_checks import latent_image_ids, pack_latents, unpack_latents
-from ddpo.adapters.tiny_flux import (
+from ddpo.adapters.flux.checks import latent_image_ids, pack_latents, unpack_latents
+from ddpo.adapters.flux.policy import DefaultDDPOFluxPipeline
+from ddpo.adapters.flux.tiny import (
     TinyFluxConfig,
     save_flux_pipeline,
     tiny_flux_components,
     tiny_flux_path,
 )
-from ddpo.adapters.tiny_sd3 import save_sd3_pipeline, tiny_sd3_components
+from ddpo.adapters.sd3.tiny import save_sd3_pipeline, tiny_sd3_components
 
 pytestmark = pytest.mark.slow
 

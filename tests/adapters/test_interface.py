@@ -93,7 +93,7 @@ class MinimalPipeline(DDPOStableDiffusionPipeline):
 
 @pytest.mark.slow
 def test_defaults_work_for_a_user_implementation(lora_pipeline) -> None:  # type: ignore[no-untyped-def]
-    from ddpo.adapters import tiny_model_components
+    from ddpo.adapters.sd.tiny import tiny_model_components
 
     user = MinimalPipeline(tiny_model_components(0))
     prompts = ["a red circle", "a cat"]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpo.adapters import DefaultDDPOStableDiffusionPipeline, check_prompts, resolve_pretrained
+from ddpo.adapters import DefaultDDPOStableDiffusionPipeline, resolve_pretrained
+from ddpo.adapters.common.args import check_prompts
 
 
 @pytest.fixture

@@ -233,7 +233,7 @@ def test_lora_trained_elsewhere_with_other_targets_loads(tiny_path: Path, tmp_pa
     from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from ddpo.adapters.registry import write_base_model
+    from ddpo.adapters.common.sources import write_base_model
 
     stock = _stock(tiny_path)
     config = LoraConfig(r=2, lora_alpha=3, target_modules=["to_q", "to_v"])

@@ -15,8 +15,8 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-from ddpo.adapters.sd3 import DefaultDDPOStableDiffusion3Pipeline
-from ddpo.adapters.tiny_sdxl import save_sdxl_pipeline, tiny_sdxl_components
+from ddpo.adapters.sd3.policy import DefaultDDPOStableDiffusion3Pipeline
+from ddpo.adapters.sdxl.tiny import save_sdxl_pipeline, tiny_sdxl_components
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline
 
 from ddpo import DefaultDDPOStableDiffusionPipeline, DefaultDDPOStableDiffusionXLPipeline
-from ddpo.adapters import TinySDXLConfig, load_policy, model_family, tiny_sdxl_components
-from ddpo.adapters.tiny import TinyModelConfig, tiny_vae
-from ddpo.adapters.tiny_sdxl import save_sdxl_pipeline
+from ddpo.adapters import load_policy, model_family
+from ddpo.adapters.sd.tiny import TinyModelConfig, tiny_vae
+from ddpo.adapters.sdxl.tiny import TinySDXLConfig, save_sdxl_pipeline, tiny_sdxl_components
 
 pytestmark = pytest.mark.slow
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddpo.adapters import TINY_MODEL_NAME, resolve_pretrained, tiny_model_components
-from ddpo.adapters.tiny import (
-    TINY_WORDS,
+from ddpo.adapters import resolve_pretrained
+from ddpo.adapters.common.tiny import TINY_WORDS, default_cache_dir
+from ddpo.adapters.sd.tiny import (
+    TINY_MODEL_NAME,
     TinyModelConfig,
-    default_cache_dir,
     sd_v1_ddim_scheduler,
+    tiny_model_components,
     tiny_pipeline_path,
 )
 
@@ -102,7 +103,7 @@ def test_registry_resolves_the_packaged_model_path() -> None:
 def test_registry_finds_the_packaged_model_without_the_training_scripts() -> None:
     """The registry locates the folder as package data, importing no module that trains it."""
     code = (
-        "import json, sys; from ddpo.adapters.registry import resolve_pretrained; "
+        "import json, sys; from ddpo.adapters.common.sources import resolve_pretrained; "
         "resolve_pretrained('ddpo-tiny-shapes'); "
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('ddpo.models'))))"
     )

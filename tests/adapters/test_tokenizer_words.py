@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import CLIPTokenizer
 
-from ddpo.adapters.tokenizer import write_clip_tokenizer
+from ddpo.adapters.common.tokenizer import write_clip_tokenizer
 
 WORDS = st.lists(
     st.text(alphabet="abcdez", min_size=1, max_size=7), min_size=1, max_size=40, unique=True

@@ -199,7 +199,9 @@ def test_flow_builder_writes_a_folder_that_load_policy_loads(
 
 @pytest.mark.slow
 def test_known_families_agree_with_the_model_folders() -> None:
-    from ddpo.adapters import TINY_FLUX_NAME, TINY_SD3_NAME, model_family
+    from ddpo.adapters import model_family
+    from ddpo.adapters.flux.tiny import TINY_FLUX_NAME
+    from ddpo.adapters.sd3.tiny import TINY_SD3_NAME
 
     for name in (TINY_SD3_NAME, TINY_FLUX_NAME):
         assert flow_models.FAMILY_OF_MODEL[name] == model_family(name).name

@@ -94,7 +94,7 @@ def test_the_tiny_model_builder_makes_the_packaged_architecture() -> None:
     """One builder: the adapters' tiny-model functions with the training script's settings."""
     from transformers import CLIPTokenizer
 
-    from ddpo.adapters.tiny import sd_v1_ddim_scheduler, tiny_text_encoder, tiny_unet, tiny_vae
+    from ddpo.adapters.sd.tiny import sd_v1_ddim_scheduler, tiny_text_encoder, tiny_unet, tiny_vae
     from ddpo.models.train_tiny_shapes import model_config
 
     root = tiny_shapes_path()

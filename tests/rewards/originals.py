@@ -113,7 +113,7 @@ def write_openai_clip_tokenizer(folder: Path) -> Path:
     """
     import gzip
 
-    from ddpo.adapters.tokenizer import write_clip_tokenizer
+    from ddpo.adapters.common.tokenizer import write_clip_tokenizer
 
     bpe = reference_packages() / "open_clip" / "bpe_simple_vocab_16e6.txt.gz"
     if not bpe.is_file():

@@ -8,7 +8,7 @@ import torch
 from originals import SIZES, sample_images
 from safetensors.torch import load_file, save_file
 
-from ddpo.adapters.tokenizer import write_clip_tokenizer
+from ddpo.adapters.common.tokenizer import write_clip_tokenizer
 from ddpo.rewards._clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ddpo.rewards.aesthetic import AestheticMLP, AestheticScorer, aesthetic_score
 

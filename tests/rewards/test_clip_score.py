@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from originals import PROMPTS as ODD_PROMPTS
 from originals import SIZES, run_original, sample_images, save_pngs, to_uint8
 
-from ddpo.adapters.tokenizer import write_clip_tokenizer
+from ddpo.adapters.common.tokenizer import write_clip_tokenizer
 from ddpo.rewards.clip_score import clip_score_reward
 
 pytestmark = pytest.mark.slow

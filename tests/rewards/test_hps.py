@@ -25,7 +25,7 @@ from originals import (
     write_openai_clip_tokenizer,
 )
 
-from ddpo.adapters.tokenizer import write_clip_tokenizer
+from ddpo.adapters.common.tokenizer import write_clip_tokenizer
 from ddpo.rewards._checkpoint_files import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ddpo.rewards.hps import HPSScorer, hps_reward
 

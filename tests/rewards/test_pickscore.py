@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from originals import PROMPTS as ODD_PROMPTS
 from originals import SIZES, sample_images, to_uint8
 
-from ddpo.adapters.tokenizer import write_clip_tokenizer
+from ddpo.adapters.common.tokenizer import write_clip_tokenizer
 from ddpo.rewards._clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from ddpo.rewards.pickscore import pickscore_reward
 

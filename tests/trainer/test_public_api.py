@@ -23,8 +23,8 @@ from ddpo import (
     DDPOTrainer,
     DefaultDDPOStableDiffusionPipeline,
 )
-from ddpo.adapters.interface import scheduler_step_with_logprob
-from ddpo.adapters.tiny import tiny_pipeline_path
+from ddpo.adapters.sd.interface import scheduler_step_with_logprob
+from ddpo.adapters.sd.tiny import tiny_pipeline_path
 
 from .test_trainer import MODEL, PROMPTS, read_metrics, tiny_config
 

@@ -6,7 +6,7 @@ CLIP embeddings. Sampling integrates the rectified-flow ODE with ``FlowMatchEule
 Scheduler``'s sigmas; as in Flow-GRPO (Liu et al., 2025, arXiv 2505.05470) the steps of a
 stochastic window take the SDE step of :func:`ddpo.core.flow_sde_step_with_logprob` instead and
 are the policy's actions. The family-independent parts live in
-:mod:`ddpo.adapters.flow_sampling`.
+:mod:`ddpo.adapters.flow.sampling`.
 """
 
 import os
@@ -19,7 +19,11 @@ from diffusers import StableDiffusion3Pipeline
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample
-from ddpo.adapters.flow_sampling import (
+from ddpo.adapters.common.args import Size, check_prompts, check_size, unwrap
+from ddpo.adapters.common.sources import resolve_model_source
+from ddpo.adapters.common.weights import check_model_args
+from ddpo.adapters.flow.policy import FlowPipelinePolicy
+from ddpo.adapters.flow.sampling import (
     FlowSchedule,
     LoraTargets,
     SDEType,
@@ -33,11 +37,7 @@ from ddpo.adapters.flow_sampling import (
     transformer_lora_config,
     write_transformer_lora,
 )
-from ddpo.adapters.registry import resolve_model_source
-from ddpo.adapters.sampling import Size, _unwrap, check_prompts, check_size
-from ddpo.adapters.sd3_checks import check_sd3_folder, check_sd3_resolution, sd3_latent_factor
-from ddpo.adapters.sd_weights import check_model_args
-from ddpo.adapters.wrapped import FlowPipelinePolicy
+from ddpo.adapters.sd3.checks import check_sd3_folder, check_sd3_resolution, sd3_latent_factor
 from ddpo.core import classifier_free_guidance
 from ddpo.policy import Conditioning
 
@@ -270,7 +270,7 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         guided: bool,
     ) -> Latents:
         """The transformer's velocity at timesteps ``t`` (true CFG: one doubled batch)."""
-        params = next(_unwrap(transformer).parameters(), None)
+        params = next(unwrap(transformer).parameters(), None)
         dtype = params.dtype if params is not None else x.dtype
         c = conditioning
         embeds, pooled = c["prompt_embeds"], c["pooled_prompt_embeds"]
@@ -295,7 +295,7 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
 
     def _write_lora(self, out: Path) -> None:
         base = (self.pretrained_model_name, self.pretrained_model_revision)
-        write_transformer_lora(_unwrap(self.transformer), out, base, saver=StableDiffusion3Pipeline)
+        write_transformer_lora(unwrap(self.transformer), out, base, saver=StableDiffusion3Pipeline)
 
     def _save_dtype(self) -> torch.dtype:
         return self._weights_dtype

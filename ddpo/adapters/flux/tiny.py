@@ -7,8 +7,8 @@ a ``CLIPTextModel`` whose pooled output conditions the modulation, a ``T5Encoder
 hidden states are the text tokens, an ``AutoencoderKL`` with FLUX's ``scaling_factor`` and
 ``shift_factor`` and the latent channels the transformer's packed ``in_channels / 4`` imply, and
 a ``FlowMatchEulerDiscreteScheduler`` with FLUX's resolution-dependent shift; only very small.
-Nothing is downloaded: the CLIP tokenizer is written by :mod:`ddpo.adapters.tokenizer`, the T5
-tokenizer by :func:`ddpo.adapters.tiny_sd3.tiny_t5_tokenizer`.
+Nothing is downloaded: the CLIP tokenizer is written by :mod:`ddpo.adapters.common.tokenizer`,
+the T5 tokenizer by :func:`ddpo.adapters.common.tiny.tiny_t5_tokenizer`.
 """
 
 from collections.abc import Mapping
@@ -25,8 +25,14 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, T5EncoderModel
 
-from ddpo.adapters.tiny import TINY_WORDS, build_pipeline_folder, default_cache_dir, tiny_tokenizer
-from ddpo.adapters.tiny_sd3 import tiny_t5_config, tiny_t5_tokenizer
+from ddpo.adapters.common.tiny import (
+    TINY_WORDS,
+    build_pipeline_folder,
+    default_cache_dir,
+    tiny_t5_config,
+    tiny_t5_tokenizer,
+    tiny_tokenizer,
+)
 
 TINY_FLUX_NAME = "ddpo-tiny-flux-random"
 """Built-in name of the random tiny FLUX.1 model (to be registered in ``registry.py``)."""

@@ -14,8 +14,8 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample, PromptEmbeds
-from ddpo.adapters.flux_checks import latent_image_ids, pack_latents, unpack_latents
-from ddpo.adapters.sampling import _unwrap
+from ddpo.adapters.common.args import unwrap
+from ddpo.adapters.flux.checks import latent_image_ids, pack_latents, unpack_latents
 
 MAX_T5_TOKENS = 512
 """The longest T5 sequence FLUX.1 takes (diffusers refuses more)."""
@@ -105,7 +105,7 @@ def flux_velocity(
     Returns:
         The velocity, ``x``'s shape, in the transformer's dtype.
     """
-    params = next(_unwrap(transformer).parameters(), None)
+    params = next(unwrap(transformer).parameters(), None)
     dtype = params.dtype if params is not None else x.dtype
     batch, _, height, width = x.shape
     guidance = None

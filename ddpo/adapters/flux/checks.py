@@ -15,9 +15,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ddpo._typing import Latents
-from ddpo.adapters.flow_checks import check_flow_pipeline, folder_config
-from ddpo.adapters.flow_sampling import FlowSchedule, flow_schedule
-from ddpo.adapters.sampling import Size
+from ddpo.adapters.common.args import Size
+from ddpo.adapters.flow.checks import check_flow_pipeline, folder_config
+from ddpo.adapters.flow.sampling import FlowSchedule, flow_schedule
 
 FLUX_COMPONENTS: tuple[str, ...] = (
     "transformer",
@@ -139,7 +139,7 @@ def flux_schedule(
 ) -> FlowSchedule:
     """``scheduler.set_timesteps`` as diffusers' ``FluxPipeline`` calls it (the sigmas
     ``linspace(1, 1/num_steps, num_steps)`` before the shift ``mu``, unless the scheduler makes
-    flow sigmas itself) and its table, as :func:`ddpo.adapters.flow_sampling.flow_schedule`."""
+    flow sigmas itself) and its table, as :func:`ddpo.adapters.flow.sampling.flow_schedule`."""
     sigmas = None
     if not scheduler.config.get("use_flow_sigmas", False):
         sigmas = np.linspace(1.0, 1 / num_steps, num_steps)

@@ -20,22 +20,17 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from ddpo._typing import Latents
-from ddpo.adapters.interface import DDPOPipelineOutput
-from ddpo.adapters.registry import resolve_model_source
-from ddpo.adapters.sampling import (
+from ddpo.adapters.common.args import (
     OUTPUT_TYPES,
     Size,
-    _unwrap,
-    check_ddim_num_steps,
-    check_eta,
     check_prompts,
     check_resolution,
     check_size,
-    decode_latents,
-    sample_ddim_trajectory,
-    scheduler_step_with_logprob,
+    unwrap,
 )
-from ddpo.adapters.sd_weights import (
+from ddpo.adapters.common.output import DDPOPipelineOutput
+from ddpo.adapters.common.sources import resolve_model_source
+from ddpo.adapters.common.weights import (
     check_ddim_config,
     check_model_args,
     load_vae,
@@ -43,9 +38,16 @@ from ddpo.adapters.sd_weights import (
     setup_trainable_unet,
     write_lora,
 )
-from ddpo.adapters.sdxl_checks import check_sdxl_folder
-from ddpo.adapters.sdxl_text import encode_sdxl_texts, sdxl_time_ids
-from ddpo.adapters.wrapped import WrappedPipelinePolicy
+from ddpo.adapters.common.wrapped import WrappedPipelinePolicy
+from ddpo.adapters.ddim.sampling import (
+    check_ddim_num_steps,
+    check_eta,
+    decode_latents,
+    sample_ddim_trajectory,
+    scheduler_step_with_logprob,
+)
+from ddpo.adapters.sdxl.checks import check_sdxl_folder
+from ddpo.adapters.sdxl.text import encode_sdxl_texts, sdxl_time_ids
 from ddpo.core import DDIMStepOutput, classifier_free_guidance, rescale_guidance
 from ddpo.policy import Conditioning, PolicyRollout
 
@@ -242,7 +244,7 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
     ) -> Latents:
         """The UNet's prediction (guided: both halves in one batched call, then CFG and the
         optional rescale)."""
-        params = next(_unwrap(unet).parameters(), None)
+        params = next(unwrap(unet).parameters(), None)
         dtype = params.dtype if params is not None else latents.dtype
         c = conditioning
         embeds, pooled, ids = c["prompt_embeds"], c["pooled_prompt_embeds"], c["add_time_ids"]
@@ -387,7 +389,7 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
 
     def _write_lora(self, out: Path) -> None:
         name, revision = self.pretrained_model_name, self.pretrained_model_revision
-        write_lora(_unwrap(self.unet), out, name, revision, saver=StableDiffusionXLPipeline)
+        write_lora(unwrap(self.unet), out, name, revision, saver=StableDiffusionXLPipeline)
 
     def _save_dtype(self) -> torch.dtype:
         dtype: torch.dtype = self._sd.text_encoder_2.dtype

@@ -12,16 +12,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PromptEmbeds
-from ddpo.adapters.interface import DDPOPipelineOutput, DDPOStableDiffusionPipeline
-from ddpo.adapters.registry import read_model_index, resolve_model_source
-from ddpo.adapters.sampling import (
-    _unwrap,
-    check_resolution,
-    check_sampling_args,
-    decode_latents,
-    sample_ddim_trajectory,
-)
-from ddpo.adapters.sd_weights import (
+from ddpo.adapters.common.args import check_resolution, unwrap
+from ddpo.adapters.common.output import DDPOPipelineOutput
+from ddpo.adapters.common.sources import read_model_index, resolve_model_source
+from ddpo.adapters.common.weights import (
     LORA_TARGET_MODULES,
     check_ddim_config,
     check_model_args,
@@ -33,6 +27,8 @@ from ddpo.adapters.sd_weights import (
     setup_trainable_unet,
     write_lora,
 )
+from ddpo.adapters.ddim.sampling import check_sampling_args, decode_latents, sample_ddim_trajectory
+from ddpo.adapters.sd.interface import DDPOStableDiffusionPipeline
 
 OutputType = Literal["pil", "pt", "np", "latent"]
 
@@ -338,7 +334,7 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_lora(
-            _unwrap(self.unet), out, self.pretrained_model_name, self.pretrained_model_revision
+            unwrap(self.unet), out, self.pretrained_model_name, self.pretrained_model_revision
         )
         return out
 
@@ -351,7 +347,7 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         scheduler saved is the DDIM scheduler. Weights are safetensors.
         """
         out = Path(output_dir)
-        unet = fused_unet(_unwrap(self.unet), self._sd.vae.dtype)
+        unet = fused_unet(unwrap(self.unet), self._sd.vae.dtype)
         components = dict(self._sd.components)
         components["unet"] = unet
         components["requires_safety_checker"] = False  # none was loaded (see __init__)
@@ -362,17 +358,17 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         """TRL's ``accelerate`` ``save_state`` pre-hook (`DDPOTrainer` does not need it): save the
         UNet's trained weights (LoRA: ``pytorch_lora_weights.safetensors``; full UNet:
         ``output_dir/unet``) and pop its entry from ``weights``."""
-        index = find_unet(models, _unwrap(self.unet))
+        index = find_unet(models, unwrap(self.unet))
         base = (self.pretrained_model_name, self.pretrained_model_revision)
-        save_unet_weights(_unwrap(models[index]), Path(output_dir), lora=self.use_lora, base=base)
+        save_unet_weights(unwrap(models[index]), Path(output_dir), lora=self.use_lora, base=base)
         if index < len(weights):
             weights.pop(index)
 
     def load_checkpoint(self, models: list[Any], input_dir: str) -> None:
         """TRL's ``accelerate`` ``load_state`` pre-hook: load what :meth:`save_checkpoint` wrote
         (no pickle) and pop the UNet from ``models``."""
-        index = find_unet(models, _unwrap(self.unet))
-        load_unet_weights(_unwrap(models[index]), Path(input_dir), lora=self.use_lora)
+        index = find_unet(models, unwrap(self.unet))
+        load_unet_weights(unwrap(models[index]), Path(input_dir), lora=self.use_lora)
         models.pop(index)
 
 

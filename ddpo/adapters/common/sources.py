@@ -1,34 +1,39 @@
 """Resolve a model name (built-in, local folder or hub id) to a local folder, with clear errors.
 
-Built-in names need no network: ``"ddpo-tiny-random"``, ``"ddpo-tiny-sdxl-random"``,
-``"ddpo-tiny-sd3-random"`` and ``"ddpo-tiny-flux-random"`` (the random SD, SDXL, SD3 and FLUX
-test models, built on first use into the cache folder) and
-``"ddpo-tiny-shapes"`` (the trained tiny model shipped with the package). Everything is checked
+Built-in names need no network: ``"ddpo-tiny-shapes"`` (the trained tiny model shipped with the
+package) and each family's random tiny model (``"ddpo-tiny-random"``, ``"ddpo-tiny-sdxl-random"``,
+``"ddpo-tiny-sd3-random"``, ``"ddpo-tiny-flux-random"``), which the family table registers and
+which are built on first use into the cache folder. Everything is checked
 here, before any weights are loaded.
 """
 
 import json
 import os
 import re
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ddpo.adapters.tiny import TINY_MODEL_NAME, tiny_pipeline_path
-from ddpo.adapters.tiny_flux import TINY_FLUX_NAME, tiny_flux_path
-from ddpo.adapters.tiny_sd3 import TINY_SD3_NAME, tiny_sd3_path
-from ddpo.adapters.tiny_sdxl import TINY_SDXL_NAME, tiny_sdxl_path
-
 TINY_SHAPES_NAME = "ddpo-tiny-shapes"
 _TINY_SHAPES_PACKAGE = "ddpo.models"  # holds the folder TINY_SHAPES_NAME (package data)
-BUILTIN_MODELS: tuple[str, ...] = (
-    TINY_MODEL_NAME,
-    TINY_SHAPES_NAME,
-    TINY_SDXL_NAME,
-    TINY_SD3_NAME,
-    TINY_FLUX_NAME,
-)
-"""Names :func:`resolve_pretrained` knows without a folder or a hub."""
+
+_BUILTIN: dict[str, Callable[[], Path]] = {}
+"""Built-in model names and the functions that give their folders (building them on first use):
+the trained tiny model shipped with the package here, each family's random tiny model registered
+by the family table (`ddpo.adapters.families`) with :func:`register_builtin_model`."""
+
+
+def register_builtin_model(name: str, folder: Callable[[], Path]) -> None:
+    """Make ``name`` a built-in model whose folder is ``folder()`` (the family table calls this
+    for each family's tiny model; models below the table never import it)."""
+    _BUILTIN[name] = folder
+
+
+def builtin_models() -> tuple[str, ...]:
+    """The names :func:`resolve_pretrained` knows without a folder or a hub."""
+    return tuple(_BUILTIN)
+
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 """File name of LoRA weights in diffusers' format (what ``load_lora_weights`` looks for)."""
@@ -50,14 +55,17 @@ def _tiny_shapes_path() -> Path:
     except ImportError as err:
         raise FileNotFoundError(
             f"the packaged model {TINY_SHAPES_NAME!r} is missing: the package "
-            f"{_TINY_SHAPES_PACKAGE} cannot be imported ({err}); use {TINY_MODEL_NAME!r} or a "
-            "model folder instead"
+            f"{_TINY_SHAPES_PACKAGE} cannot be imported ({err}); use another built-in model "
+            "or a model folder instead"
         ) from err
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(
             f"the packaged model {TINY_SHAPES_NAME!r} is missing or incomplete at {folder}"
         )
     return folder
+
+
+register_builtin_model(TINY_SHAPES_NAME, _tiny_shapes_path)
 
 
 def _hub_offline() -> bool:
@@ -73,7 +81,7 @@ def _hub_offline() -> bool:
 def resolve_pretrained(name: str | os.PathLike[str], revision: str = "main") -> Path:
     """The local folder of model ``name``.
 
-    ``name`` is a built-in name (:data:`BUILTIN_MODELS`), an existing local folder, or a hub id
+    ``name`` is a built-in name (:func:`builtin_models`), an existing local folder, or a hub id
     (``owner/model``) already in the local cache, or, when the hub is reachable and
     ``HF_HUB_OFFLINE`` is not set, downloaded through diffusers.
 
@@ -85,16 +93,8 @@ def resolve_pretrained(name: str | os.PathLike[str], revision: str = "main") -> 
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"pretrained_model_name must be a string or path, got {name!r}")
     text = os.fspath(name)
-    if text == TINY_MODEL_NAME:
-        return tiny_pipeline_path()
-    if text == TINY_SHAPES_NAME:
-        return _tiny_shapes_path()
-    if text == TINY_SDXL_NAME:
-        return tiny_sdxl_path()
-    if text == TINY_SD3_NAME:
-        return tiny_sd3_path()
-    if text == TINY_FLUX_NAME:
-        return tiny_flux_path()
+    if text in _BUILTIN:
+        return _BUILTIN[text]()
     path = Path(text).expanduser()
     if path.is_dir():
         return path.resolve()
@@ -111,7 +111,7 @@ def resolve_pretrained(name: str | os.PathLike[str], revision: str = "main") -> 
         where = "the local hub cache (offline)" if offline else "the hub"
         raise ValueError(
             f"pretrained_model_name {text!r} (revision {revision!r}) is not a local folder, not a "
-            f"built-in model {BUILTIN_MODELS}, and not found in {where}: {err}"
+            f"built-in model {builtin_models()}, and not found in {where}: {err}"
         ) from err
     return Path(folder)
 
@@ -219,14 +219,15 @@ def write_base_model(folder: Path, name: str, revision: str) -> None:
 
 __all__ = [
     "BASE_MODEL_FILE",
-    "BUILTIN_MODELS",
     "LORA_WEIGHTS_NAME",
     "SD_COMPONENTS",
     "TINY_SHAPES_NAME",
     "ModelSource",
+    "builtin_models",
     "read_base_model",
     "read_json_object",
     "read_model_index",
+    "register_builtin_model",
     "resolve_model_source",
     "resolve_pretrained",
     "write_base_model",

@@ -5,33 +5,36 @@ one SD3.5-style dual-attention block and RMS query/key norm), two ``CLIPTextMode
 encoders whose penultimate hidden states are concatenated, a ``T5EncoderModel``, the 16-channel
 ``AutoencoderKL`` with SD3's ``scaling_factor``/``shift_factor``, and a
 ``FlowMatchEulerDiscreteScheduler`` with SD3's ``shift=3.0``; only very small. Nothing is
-downloaded: the CLIP tokenizers are written by :mod:`ddpo.adapters.tokenizer`, the T5 tokenizer
-is a ``tokenizers`` Unigram model over :data:`ddpo.adapters.tiny.TINY_WORDS` built here.
+downloaded: the CLIP tokenizers are written by :mod:`ddpo.adapters.common.tokenizer`, the T5
+tokenizer is a ``tokenizers`` Unigram model over :data:`ddpo.adapters.common.tiny.TINY_WORDS`.
 """
 
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from diffusers import (
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
     CLIPTextConfig,
     CLIPTextModelWithProjection,
-    T5Config,
     T5EncoderModel,
 )
 
-from ddpo.adapters.tiny import TINY_WORDS, build_pipeline_folder, default_cache_dir, tiny_tokenizer
+from ddpo.adapters.common.tiny import (
+    TINY_WORDS,
+    build_pipeline_folder,
+    default_cache_dir,
+    tiny_t5_config,
+    tiny_t5_tokenizer,
+    tiny_tokenizer,
+)
 
 TINY_SD3_NAME = "ddpo-tiny-sd3-random"
 """Built-in name of the random tiny SD3 model (to be registered in ``registry.py``)."""
@@ -121,63 +124,6 @@ def tiny_sd3_vae(config: TinySD3Config) -> Any:
     )
 
 
-def _t5_tokenizer_class() -> Any:
-    """transformers' ``T5TokenizerFast`` (the tokenizers-backed ``T5Tokenizer`` since v5)."""
-    return transformers.T5TokenizerFast  # type: ignore[attr-defined,unused-ignore]
-
-
-def tiny_t5_config(vocab_size: int, width: int) -> T5Config:
-    """A tiny T5 encoder's config: 2 layers, 4 heads of 8, feed-forward ``2 * width``."""
-    return T5Config(
-        vocab_size=vocab_size,
-        d_model=width,
-        d_kv=8,
-        d_ff=2 * width,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-
-
-def tiny_t5_tokenizer(words: tuple[str, ...] = TINY_WORDS, *, model_max_length: int = 256) -> Any:
-    """A ``T5TokenizerFast`` whose Unigram vocabulary holds each of ``words`` as one piece
-    (``▁word``), every lower-case letter and digit (so other words still tokenize), and T5's
-    ``<pad>`` (0), ``</s>`` (1), ``<unk>`` (2); no sentinel tokens."""
-    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    seen = {p for p, _ in pieces}
-    for word in words:
-        piece = "▁" + word.strip().lower()
-        if piece not in seen:
-            seen.add(piece)
-            pieces.append((piece, -1.0))
-    pieces += [(c, -10.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789" if c not in seen]
-    backend = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.WhitespaceSplit(),
-            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
-        ]
-    )
-    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    backend.post_processor = processors.TemplateProcessing(
-        single=["$A", "</s>"], pair=["$A", "</s>", "$B", "</s>"], special_tokens=[("</s>", 1)]
-    )
-    tokenizer = _t5_tokenizer_class()(
-        tokenizer_object=backend,
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_ids=0,
-        model_max_length=model_max_length,
-    )
-    with tempfile.TemporaryDirectory() as tmp:  # through the on-disk format, as loaded later
-        tokenizer.save_pretrained(tmp)
-        return _t5_tokenizer_class().from_pretrained(tmp)
-
-
 def _clip_config(config: TinySD3Config, tokenizer: Any) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -257,5 +203,4 @@ __all__ = [
     "tiny_sd3_path",
     "tiny_sd3_transformer",
     "tiny_sd3_vae",
-    "tiny_t5_tokenizer",
 ]

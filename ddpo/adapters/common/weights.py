@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ddpo.adapters.registry import LORA_WEIGHTS_NAME, read_json_object, write_base_model
-from ddpo.adapters.sampling import _unwrap
+from ddpo.adapters.common.args import unwrap
+from ddpo.adapters.common.sources import LORA_WEIGHTS_NAME, read_json_object, write_base_model
 
 LORA_TARGET_MODULES: Final[tuple[str, ...]] = ("to_k", "to_q", "to_v", "to_out.0")
 """UNet attention projections that get LoRA adapters (as in TRL and ddpo-pytorch)."""
@@ -303,7 +303,7 @@ def load_vae(vae: str | os.PathLike[str], torch_dtype: torch.dtype | None) -> An
 
 def find_unet(models: list[Any], target: nn.Module) -> int:
     """Index of ``target`` (else of the first UNet) among accelerate's hook ``models``."""
-    unwrapped = [_unwrap(m) for m in models]
+    unwrapped = [unwrap(m) for m in models]
     for i, model in enumerate(unwrapped):
         if model is target:
             return i

@@ -5,7 +5,7 @@ transformer class and the flow-matching Euler scheduler."""
 from pathlib import Path
 from typing import Any
 
-from ddpo.adapters.registry import read_json_object, read_model_index
+from ddpo.adapters.common.sources import read_json_object, read_model_index
 
 FAMILY_HINTS: dict[str, str] = {
     "StableDiffusionPipeline": "a Stable Diffusion 1.x/2.x model: use "

@@ -10,7 +10,7 @@ together (tokenizers of different lengths, widths that do not add up).
 from pathlib import Path
 from typing import Any
 
-from ddpo.adapters.registry import read_json_object, read_model_index
+from ddpo.adapters.common.sources import read_json_object, read_model_index
 
 SDXL_COMPONENTS: tuple[str, ...] = (
     "unet",

@@ -14,36 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample, PromptEmbeds
-from ddpo.adapters.sampling import (
-    _unwrap,
-    check_ddim_num_steps,
-    check_eta,
-    check_prompts,
-    scheduler_step_with_logprob,
-)
+from ddpo.adapters.common.args import check_prompts, unwrap
+from ddpo.adapters.common.output import DDPOPipelineOutput
+from ddpo.adapters.ddim.sampling import check_ddim_num_steps, check_eta, scheduler_step_with_logprob
 from ddpo.core import DDIMStepOutput, classifier_free_guidance
 from ddpo.policy import Conditioning, PolicyRollout
-
-
-@dataclass
-class DDPOPipelineOutput:
-    """What a DDPO pipeline call returns.
-
-    Attributes:
-        images: the decoded images: a list of PIL images (``output_type="pil"``, the default), a
-            float tensor ``(batch, 3, H, W)`` in ``[0, 1]`` (``"pt"``) or a numpy array
-            ``(batch, H, W, 3)`` in ``[0, 1]`` (``"np"``).
-        latents: every latent of the trajectory, ``x_T`` first, ``(batch, T + 1, C, h, w)``.
-        log_probs: the log-density of each denoising step, ``(batch, T)``.
-    """
-
-    images: Any
-    latents: Float[Tensor, "batch steps_plus_one channels height width"]
-    log_probs: Float[Tensor, "batch steps"]
 
 
 @dataclass
@@ -181,7 +160,7 @@ class DDPOStableDiffusionPipeline(abc.ABC):
 
     def check_num_steps(self, num_steps: int) -> None:
         """ValueError unless the DDIM scheduler makes ``num_steps`` valid timesteps
-        (:func:`ddpo.adapters.sampling.check_ddim_num_steps`)."""
+        (:func:`ddpo.adapters.ddim.sampling.check_ddim_num_steps`)."""
         check_ddim_num_steps(self.scheduler, num_steps)
 
     def transitions_per_rollout(self, num_steps: int) -> int:
@@ -292,7 +271,7 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         """The UNet's prediction, with classifier-free guidance in one batched call if asked
         (negative embeddings given and a scale above 1: sampling guides only then, as diffusers
         does, so re-scoring must too)."""
-        params = next(_unwrap(unet).parameters(), None)
+        params = next(unwrap(unet).parameters(), None)
         dtype = params.dtype if params is not None else latents.dtype
         guided = negative_prompt_embeds is not None and guidance_scale > 1.0
         if guided:
@@ -362,7 +341,7 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         The default handles a UNet with peft LoRA adapters by disabling them; implementations
         that train the full UNet override it (e.g. with a frozen copy).
         """
-        base = _unwrap(self.unet)
+        base = unwrap(self.unet)
         if not getattr(base, "_hf_peft_config_loaded", False):
             raise NotImplementedError(
                 f"{type(self).__name__}.reference_policy: the UNet has no LoRA adapters to "

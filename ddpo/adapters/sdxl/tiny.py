@@ -5,7 +5,7 @@ The components of SDXL base (``StableDiffusionXLPipeline``): a ``UNet2DCondition
 time ids added to the timestep embedding), cross-attention over both text encoders' hidden states
 concatenated, a ``CLIPTextModel`` and a ``CLIPTextModelWithProjection`` with their tokenizers,
 the 8x ``AutoencoderKL`` and SDXL's Euler scheduler config; only very small. Nothing is
-downloaded: the tokenizers' vocabulary files are written by :mod:`ddpo.adapters.tokenizer`.
+downloaded: the tokenizers' vocabulary files are written by :mod:`ddpo.adapters.common.tokenizer`.
 """
 
 from collections.abc import Mapping
@@ -17,18 +17,16 @@ import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from ddpo.adapters.tiny import (
+from ddpo.adapters.common.tiny import (
     TINY_WORDS,
-    TinyModelConfig,
     build_pipeline_folder,
     default_cache_dir,
-    sd_v1_schedule,
     tiny_tokenizer,
-    tiny_vae,
 )
+from ddpo.adapters.sd.tiny import TinyModelConfig, sd_v1_schedule, tiny_vae
 
 TINY_SDXL_NAME = "ddpo-tiny-sdxl-random"
-"""Built-in name of the random tiny SDXL model (``ddpo.adapters.registry.resolve_pretrained``)."""
+"""Built-in name of the random tiny SDXL model (`ddpo.adapters.resolve_pretrained`)."""
 
 _FORMAT_VERSION = 1  # bump when the architecture or vocabulary changes, to rebuild caches
 

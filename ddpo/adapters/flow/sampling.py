@@ -24,8 +24,8 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample, Trajectory
-from ddpo.adapters.registry import LORA_WEIGHTS_NAME, write_base_model
-from ddpo.adapters.sd_weights import (
+from ddpo.adapters.common.sources import LORA_WEIGHTS_NAME, write_base_model
+from ddpo.adapters.common.weights import (
     load_adapter_state,
     lora_alpha_value,
     lora_config_of_file,

@@ -24,7 +24,11 @@ from diffusers import FluxPipeline
 from torch import nn
 
 from ddpo._typing import Latents, PerSample
-from ddpo.adapters.flow_sampling import (
+from ddpo.adapters.common.args import Size, check_prompts, check_size, unwrap
+from ddpo.adapters.common.sources import read_json_object, resolve_model_source
+from ddpo.adapters.common.weights import check_model_args
+from ddpo.adapters.flow.policy import FlowPipelinePolicy
+from ddpo.adapters.flow.sampling import (
     FlowSchedule,
     LoraTargets,
     SDEType,
@@ -37,17 +41,13 @@ from ddpo.adapters.flow_sampling import (
     transformer_lora_config,
     write_transformer_lora,
 )
-from ddpo.adapters.flux_checks import (
+from ddpo.adapters.flux.checks import (
     check_flux_folder,
     check_flux_resolution,
     flux_latent_factor,
     flux_schedule,
 )
-from ddpo.adapters.flux_text import check_max_sequence_length, encode_flux_prompts, flux_velocity
-from ddpo.adapters.registry import read_json_object, resolve_model_source
-from ddpo.adapters.sampling import Size, _unwrap, check_prompts, check_size
-from ddpo.adapters.sd_weights import check_model_args
-from ddpo.adapters.wrapped import FlowPipelinePolicy
+from ddpo.adapters.flux.text import check_max_sequence_length, encode_flux_prompts, flux_velocity
 from ddpo.policy import Conditioning, GuidanceKind
 
 FLUX_LORA_TARGET_MODULES: Final[tuple[str, ...]] = (
@@ -64,7 +64,7 @@ FLUX_LORA_TARGET_MODULES: Final[tuple[str, ...]] = (
 "attention"``, the default). Flow-GRPO's FLUX LoRA (rank 64, alpha 128, its
 ``scripts/train_flux.py``) and diffusers' FLUX LoRA training also adapt the double-stream
 blocks' feed-forward layers: ``lora_targets="attention_ff"``
-(:data:`ddpo.adapters.flow_sampling.FEED_FORWARD_TARGET_MODULES`)."""
+(:data:`ddpo.adapters.flow.sampling.FEED_FORWARD_TARGET_MODULES`)."""
 
 FLUX_DEFAULT_MAX_SHIFT: Final[float] = 1.15
 """``max_shift`` where the scheduler's config lacks it, as ``FluxPipeline`` falls back
@@ -266,7 +266,7 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
 
     def _write_lora(self, out: Path) -> None:
         base = (self.pretrained_model_name, self.pretrained_model_revision)
-        write_transformer_lora(_unwrap(self.transformer), out, base, saver=FluxPipeline)
+        write_transformer_lora(unwrap(self.transformer), out, base, saver=FluxPipeline)
 
     def _save_dtype(self) -> torch.dtype:
         return self._weights_dtype

@@ -7,10 +7,7 @@ runs on a laptop CPU in about a second. It is seeded and deterministic, written 
 Nothing is downloaded.
 """
 
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,33 +16,19 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from ddpo.adapters.tokenizer import write_clip_tokenizer
+from ddpo.adapters.common.tiny import (
+    TINY_WORDS,
+    build_pipeline_folder,
+    default_cache_dir,
+    tiny_tokenizer,
+)
 
 TINY_MODEL_NAME = "ddpo-tiny-random"
-"""Registry name of the random tiny model (:func:`ddpo.adapters.registry.resolve_pretrained`)."""
+"""Built-in name of the random tiny model (:func:`ddpo.adapters.resolve_pretrained`)."""
 
 _FORMAT_VERSION = 2  # bump when the architecture or vocabulary changes, to rebuild caches
 
 _PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-TINY_WORDS: tuple[str, ...] = (
-    # articles, prepositions and glue words of simple prompts
-    "a", "an", "the", "of", "on", "in", "with", "and", "photo", "picture", "painting", "image",
-    "drawing", "background", "small", "large", "big", "tiny", "one", "two", "three", "four",
-    # colours
-    "red", "green", "blue", "yellow", "orange", "purple", "pink", "black", "white", "gray",
-    "brown", "cyan",
-    # shapes
-    "circle", "square", "triangle", "star", "cross", "ring", "disk", "ball", "box", "shape",
-    "shapes",
-    # animals
-    "cat", "dog", "horse", "monkey", "rabbit", "zebra", "spider", "bird", "sheep", "deer", "cow",
-    "goat", "lion", "tiger", "bear", "raccoon", "fox", "wolf", "lizard", "beetle", "ant",
-    "butterfly", "fish", "shark", "whale", "dolphin", "squirrel", "mouse", "rat", "snake",
-    "turtle", "frog", "chicken", "duck", "goose", "bee", "pig", "turkey", "fly", "llama",
-    "camel", "bat", "gorilla", "hedgehog", "kangaroo",
-)  # fmt: skip
-"""The words the tiny tokenizer holds as single tokens (any other text still tokenizes)."""
 
 
 @dataclass(frozen=True)
@@ -156,21 +139,6 @@ def sd_v1_ddim_scheduler(
         steps_offset=1,
         timestep_spacing="trailing" if zero_terminal_snr else "leading",
     )
-
-
-def tiny_tokenizer(
-    words: Iterable[str], *, model_max_length: int, folder: str | Path | None = None
-) -> CLIPTokenizer:
-    """A CLIP tokenizer holding ``words`` as single tokens, written to ``folder`` and loaded.
-
-    ``folder`` defaults to a temporary folder, removed again once the tokenizer is loaded.
-    """
-    if folder is None:
-        with tempfile.TemporaryDirectory() as tmp:
-            write_clip_tokenizer(tmp, words, model_max_length=model_max_length)
-            return CLIPTokenizer.from_pretrained(tmp)
-    write_clip_tokenizer(folder, words, model_max_length=model_max_length)
-    return CLIPTokenizer.from_pretrained(folder)
 
 
 def tiny_unet(config: TinyModelConfig) -> Any:
@@ -287,12 +255,6 @@ def tiny_model_components(
     }
 
 
-def default_cache_dir() -> Path:
-    """``$DDPO_CACHE_DIR`` if set, else ``~/.cache/ddpo``."""
-    env = os.environ.get("DDPO_CACHE_DIR", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddpo"
-
-
 def tiny_pipeline_path(cache_dir: str | Path | None = None, *, seed: int = 0) -> Path:
     """The folder of the tiny model (``save_pretrained`` layout), building it on first use.
 
@@ -308,38 +270,7 @@ def tiny_pipeline_path(cache_dir: str | Path | None = None, *, seed: int = 0) ->
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = root / f"{TINY_MODEL_NAME}-v{_FORMAT_VERSION}-seed{seed}"
-    return build_pipeline_folder(target, lambda: tiny_model_components(seed))
-
-
-def build_pipeline_folder(
-    target: Path,
-    make_components: Callable[[], dict[str, Any]],
-    save: Callable[[Mapping[str, Any], Path], None] | None = None,
-) -> Path:
-    """Save ``make_components()`` with ``save`` (default: :func:`save_pipeline`, a
-    ``StableDiffusionPipeline``) to ``target`` unless it is there.
-
-    The folder is written into a temporary sibling and renamed into place, so concurrent
-    processes never see a half-written model; the loser of a race discards its copy.
-
-    Returns:
-        ``target``, a folder that ``StableDiffusionPipeline.from_pretrained`` loads.
-    """
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        (save or save_pipeline)(make_components(), staging)
-        try:
-            staging.rename(target)
-        except OSError:
-            if not (target / "model_index.json").is_file():
-                raise
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_pipeline_folder(target, lambda: tiny_model_components(seed), save_pipeline)
 
 
 def save_pipeline(components: Mapping[str, Any], folder: str | Path) -> None:

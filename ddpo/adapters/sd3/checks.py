@@ -10,8 +10,8 @@ the class found; widths that do not fit together are named.
 from pathlib import Path
 from typing import Any
 
-from ddpo.adapters.flow_checks import check_flow_pipeline, folder_config
-from ddpo.adapters.sampling import Size
+from ddpo.adapters.common.args import Size
+from ddpo.adapters.flow.checks import check_flow_pipeline, folder_config
 
 SD3_COMPONENTS: tuple[str, ...] = (
     "transformer",

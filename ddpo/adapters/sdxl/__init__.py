@@ -1,0 +1,1 @@
+"""Stable Diffusion XL base: the policy, its text encoding, folder checks, the tiny model."""
