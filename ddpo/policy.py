@@ -1,47 +1,38 @@
-"""The typed boundary between the trainer and a model family: what DDPO needs of a diffusion model.
+"""The typed boundary between the trainer (and every objective) and a model family.
 
-The trainer speaks to every model family (Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1,
-and the next ones) through `DiffusionPolicy` alone, and carries a family's text conditioning as
-an opaque `Conditioning`. A family implements the protocol; ``DDPOStableDiffusionPipeline`` (TRL's
-interface) implements it for Stable Diffusion from TRL's members, so a TRL-style pipeline trains
-unchanged.
+The trainer speaks to every model family (Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5, FLUX.1, and
+the next ones) through `DiffusionPolicy` alone, and carries a family's text conditioning as an
+opaque `Conditioning` and each recorded transition's schedule values as an opaque vector. A
+family implements the protocol over one of two bases (``ddpo.adapters.ddim``,
+``ddpo.adapters.flow``); ``DDPOStableDiffusionPipeline`` (TRL's interface) implements it for
+Stable Diffusion from TRL's members, so a TRL-style pipeline trains unchanged.
 
-What a new family writes (see CONTRIBUTING.md):
+What a policy offers (see CONTRIBUTING.md for a worked example of a new family):
 
-- ``encode``: prompts (and the negative prompt) to a `Conditioning` whose tensors all have the
-  batch first (SD: the prompt and negative embeddings; SDXL adds pooled embeddings and time ids);
-- ``rollout``: sample trajectories with the per-step log-probs (`PolicyRollout`);
-- ``score``: the log-probs of stored transitions through a given (trainable, maybe DDP-wrapped)
-  denoiser, with its step's mean and standard deviation (for the KL term);
-- ``reference_policy``: a context under which ``score`` gives the pre-fine-tuning policy;
-- ``denoiser``, ``get_trainable_layers``, ``prepare``, ``check_num_steps``,
-  ``transitions_per_rollout``, ``save_pretrained``;
-- optionally ``preferred_advantage_mode`` (e.g. ``"group"``): what ``DDPOConfig.advantage_mode
-  = "auto"`` resolves to for this family when per-prompt tracking is off (default: TRL's
-  ``"global"``);
-- optionally ``guidance_kind`` (:data:`GuidanceKind`): ``"classifier_free"`` (the default, as
-  TRL's Stable Diffusion interface) when a guidance scale above 1 mixes a conditional and an
-  unconditional prediction, so that re-scoring without guidance (``DDPOConfig.train_cfg=False``)
-  is not the policy that sampled; ``"embedded"`` when the scale is an input of the model's one
-  pass (guidance-distilled FLUX.1-dev), which re-scores as it sampled either way;
-- optionally ``kl_conventions``: the ``DDPOConfig.kl_convention`` values its ``score`` supports
-  (default ``("exact",)``; the flow policies add ``"flow_grpo"`` and return
-  ``StepScore.flow_grpo_std_dev``);
-- optionally ``uses_sample_eta`` (default True): False for a sampler that has no DDIM eta (the
-  flow policies), so that a ``DDPOConfig.sample_eta`` other than 1.0 is refused, not ignored;
-- optionally ``compile_regions``: the class names of the denoiser's repeated blocks that
-  ``DDPOConfig.compile_denoiser`` compiles (default: the diffusers model's ``_repeated_blocks``);
-- optionally a keyword ``initial_noise_generators`` of ``rollout``
-  (``Sequence[torch.Generator] | None = None``): one generator per row that draws the row's
-  initial noise ``x_T`` (the steps' noise still comes from ``generator``), which
-  ``DDPOConfig.sample_same_latent`` needs (`accepts_initial_noise`; the flow policies take it).
+- sampling: ``encode`` prompts to a `Conditioning`; ``rollout`` trajectories with the per-step
+  log-probs of the transitions it records (`PolicyRollout`), at a per-call ``height`` and
+  ``width``, optionally keeping the graph of its last ``grad_steps`` steps (reward
+  backpropagation);
+- re-scoring: ``score`` of stored transitions through a given (trainable, maybe DDP-wrapped)
+  denoiser, from the transitions alone (each carries its schedule values, `PolicyRollout.
+  schedule`): the same answer whatever was sampled since; ``reference_policy`` for the KL term;
+- the denoiser as a model (for objectives that are not policy gradients): ``predict`` (its
+  output at a noisy latent and timestep, in the family's ``prediction_type``), ``add_noise``
+  (the forward process), ``training_target`` (what ``predict`` should output for a clean latent
+  and its noise), ``decode`` (latents to images, differentiable);
+- training: ``denoiser``, ``get_trainable_layers``, ``prepare``, ``check_num_steps``,
+  ``transitions_per_rollout``, ``save_pretrained``.
+
+The sampler's own settings (DDIM's ``eta``; a flow policy's noise level, SDE type and window)
+belong to the policy; the trainer sets none of them per call. The optional members, with their
+defaults, are those of `PolicyOptions`.
 """
 
 import contextlib
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol, cast, get_args, runtime_checkable
+from typing import Any, ClassVar, Literal, NamedTuple, Protocol, cast, get_args, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -52,6 +43,49 @@ from ddpo._typing import PerSample, Trajectory
 GuidanceKind = Literal["classifier_free", "embedded"]
 """How a policy applies its guidance scale (the optional ``guidance_kind`` member of a policy)."""
 
+PredictionType = Literal["epsilon", "v_prediction", "flow"]
+"""What a denoiser predicts: the noise (epsilon), the velocity ``sqrt(alpha_bar) eps -
+sqrt(1 - alpha_bar) x0`` (v_prediction), or the flow velocity ``eps - x0`` (flow)."""
+
+
+class PolicyOptions:
+    """The optional members of a policy and their defaults; a policy (or its class) overrides
+    any of them as a class attribute. Read them with :func:`policy_option`.
+
+    Attributes:
+        guidance_kind: ``"classifier_free"`` when a guidance scale above 1 mixes a conditional
+            and an unconditional prediction, so that re-scoring without guidance
+            (``DDPOConfig.train_cfg=False``) is not the policy that sampled; ``"embedded"`` when
+            the scale is an input of the model's one pass (guidance-distilled FLUX.1-dev).
+        preferred_advantage_mode: what ``DDPOConfig.advantage_mode="auto"`` resolves to when
+            per-prompt tracking is off (``None``: TRL's ``"global"``; flow policies ``"group"``).
+        kl_conventions: the ``DDPOConfig.kl_convention`` values ``score`` supports (the flow
+            policies add ``"flow_grpo"`` and return ``StepScore.flow_grpo_std_dev``).
+        uses_sample_eta: whether the sampler has DDIM's ``eta`` (an attribute ``eta`` the trainer
+            sets from ``DDPOConfig.sample_eta``); False for the flow policies, so that a
+            ``sample_eta`` other than 1.0 is refused, not ignored.
+        compile_regions: class names of the denoiser's repeated blocks that
+            ``DDPOConfig.compile_denoiser`` compiles (``None``: the model's ``_repeated_blocks``).
+    """
+
+    guidance_kind: ClassVar[GuidanceKind] = "classifier_free"
+    preferred_advantage_mode: ClassVar[str | None] = None
+    kl_conventions: ClassVar[tuple[str, ...]] = ("exact",)
+    uses_sample_eta: ClassVar[bool] = True
+    compile_regions: ClassVar[tuple[str, ...] | None] = None
+
+
+def policy_option(policy: Any, name: str) -> Any:
+    """The optional member ``name`` of ``policy`` (an instance or a class), or its default in
+    `PolicyOptions`.
+
+    Raises:
+        AttributeError: if ``name`` is not an optional member.
+    """
+    if name not in vars(PolicyOptions).get("__annotations__", {}):
+        raise AttributeError(f"{name!r} is not an optional policy member (see PolicyOptions)")
+    return getattr(policy, name, getattr(PolicyOptions, name))
+
 
 def guidance_kind(policy: Any) -> GuidanceKind:
     """``policy.guidance_kind``, or ``"classifier_free"`` for a policy (or class) without it.
@@ -59,7 +93,7 @@ def guidance_kind(policy: Any) -> GuidanceKind:
     Raises:
         ValueError: if it is set to something else than a `GuidanceKind`.
     """
-    kind = getattr(policy, "guidance_kind", "classifier_free")
+    kind = policy_option(policy, "guidance_kind")
     if kind not in get_args(GuidanceKind):
         raise ValueError(
             f"{getattr(policy, '__name__', type(policy).__name__)}.guidance_kind must be one of "
@@ -109,18 +143,24 @@ class PolicyRollout(NamedTuple):
     (``K = T``, every step, for DDIM families; a window of consecutive steps for a flow policy).
 
     Attributes:
-        images: decoded images, float ``(batch, 3, H, W)`` in ``[0, 1]``.
+        images: decoded images, float ``(batch, 3, H, W)`` in ``[0, 1]`` (with the graph of the
+            last ``grad_steps`` steps when the rollout kept it).
         latents: the latents around the recorded transitions, ``(batch, K + 1, ...)``
             (every latent, ``x_T`` first, when ``K = T``).
         log_probs: the log-density of each recorded transition, ``(batch, K)``.
-        timesteps: what identifies each transition to ``score``, in sampling order, ``(K,)``:
-            the scheduler's timesteps (DDIM) or the step indices (flow policies).
+        timesteps: each recorded transition's timestep, in sampling order, ``(K,)`` (the
+            scheduler's timesteps, for logs and error messages).
+        schedule: what ``score`` needs of each recorded transition besides its latents,
+            ``(K, V)``: the step's schedule values and the sampler settings that shaped it
+            (e.g. DDIM ``t``, ``t_prev``, ``eta`` and the guidance scale); opaque to the
+            trainer, which stores it with the transition and passes each transition's row back.
     """
 
     images: Float[Tensor, "batch 3 height width"]
     latents: Tensor
     log_probs: Trajectory
     timesteps: Int[Tensor, " steps"]
+    schedule: Float[Tensor, "steps values"]
 
 
 @runtime_checkable
@@ -146,11 +186,27 @@ class StepScore(Protocol):
 
 @runtime_checkable
 class DiffusionPolicy(Protocol):
-    """What the trainer needs of a model family (and nothing more)."""
+    """What the trainer and the objectives need of a model family (and nothing more).
+
+    Timesteps given to ``predict``, ``add_noise`` and ``training_target`` are in the units of
+    the family's scheduler: DDIM's integer-valued ``0 .. num_train_timesteps - 1``; a flow
+    policy's ``sigma * num_train_timesteps`` (diffusers' ``FlowMatchEulerDiscreteScheduler``
+    timesteps, the transformer's input). Latents are those of ``rollout`` (unpacked for FLUX).
+    """
 
     @property
     def denoiser(self) -> nn.Module:
         """The network whose parameters train (the trainer prepares it with accelerate)."""
+        ...
+
+    @property
+    def prediction_type(self) -> PredictionType:
+        """What ``predict`` outputs: ``"epsilon"``, ``"v_prediction"`` or ``"flow"``."""
+        ...
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """The scheduler's training timestep count (the range of ``predict``'s timesteps)."""
         ...
 
     def get_trainable_layers(self) -> Any:
@@ -181,11 +237,23 @@ class DiffusionPolicy(Protocol):
         *,
         num_steps: int,
         guidance_scale: float,
-        eta: float,
         generator: torch.Generator,
+        height: int | None = None,
+        width: int | None = None,
+        initial_noise_generators: Sequence[torch.Generator] | None = None,
+        grad_steps: int = 0,
     ) -> PolicyRollout:
-        """Sample one trajectory per row of ``conditioning``, with the log-prob of each of the
-        ``transitions_per_rollout(num_steps)`` recorded transitions."""
+        """Sample one trajectory per row of ``conditioning`` with the policy's sampler, with the
+        log-prob of each of the ``transitions_per_rollout(num_steps)`` recorded transitions.
+
+        Args:
+            height, width: the image size in pixels (``None``: the policy's resolution).
+            initial_noise_generators: one generator per row that draws the row's ``x_T`` (the
+                steps' noise still comes from ``generator``); ``DDPOConfig.sample_same_latent``.
+            grad_steps: the number of final denoising steps whose graph is kept (each step's
+                denoiser call checkpointed), so that the images are differentiable through
+                them; 0 samples without gradients.
+        """
         ...
 
     def score(
@@ -193,19 +261,48 @@ class DiffusionPolicy(Protocol):
         conditioning: Conditioning,
         latents: Tensor,
         next_latents: Tensor,
-        timesteps: Int[Tensor, " batch"],
+        schedule: Float[Tensor, "batch values"],
         *,
-        guidance_scale: float,
-        guided: bool,
-        eta: float,
+        cfg: bool = True,
         denoiser: nn.Module | None = None,
     ) -> StepScore:
-        """Log-probs of stored transitions ``latents -> next_latents`` at ``timesteps`` through
-        ``denoiser`` (default: ``self.denoiser``), with guidance when ``guided``."""
+        """Log-probs of stored transitions ``latents -> next_latents`` with their ``schedule``
+        rows (`PolicyRollout.schedule`) through ``denoiser`` (default: ``self.denoiser``).
+
+        ``cfg=False`` (TRL's ``train_cfg=False``) leaves out the unconditional pass of
+        classifier-free guidance; a policy whose guidance is embedded has no such pass."""
+        ...
+
+    def predict(
+        self,
+        conditioning: Conditioning,
+        latents: Tensor,
+        timesteps: Float[Tensor, " batch"],
+        *,
+        guidance_scale: float = 1.0,
+        denoiser: nn.Module | None = None,
+    ) -> Tensor:
+        """The denoiser's output at noisy ``latents`` and ``timesteps``, in ``prediction_type``
+        (classifier-free or embedded guidance at ``guidance_scale``; 1: the conditional one)."""
+        ...
+
+    def add_noise(self, clean: Tensor, noise: Tensor, timesteps: Float[Tensor, " batch"]) -> Tensor:
+        """The forward process: clean latents noised to ``timesteps`` with ``noise``."""
+        ...
+
+    def training_target(
+        self, clean: Tensor, noise: Tensor, timesteps: Float[Tensor, " batch"]
+    ) -> Tensor:
+        """What ``predict`` should output at ``add_noise(clean, noise, timesteps)``."""
+        ...
+
+    def decode(self, latents: Tensor) -> Float[Tensor, "batch 3 height width"]:
+        """Images in ``[0, 1]`` (float32) of final latents, differentiable."""
         ...
 
     def reference_policy(self) -> contextlib.AbstractContextManager[Any]:
-        """A context under which ``score`` computes the policy before fine-tuning."""
+        """A context under which ``score`` and ``predict`` compute the policy before
+        fine-tuning."""
         ...
 
     def save_pretrained(self, output_dir: str) -> None:
@@ -214,7 +311,7 @@ class DiffusionPolicy(Protocol):
 
 
 def accepts_initial_noise(policy: Any) -> bool:
-    """Whether ``policy.rollout`` takes the optional ``initial_noise_generators`` keyword."""
+    """Whether ``policy.rollout`` takes the ``initial_noise_generators`` keyword."""
     rollout = getattr(policy, "rollout", None)
     if rollout is None:
         return False
@@ -225,30 +322,33 @@ def accepts_initial_noise(policy: Any) -> bool:
     return "initial_noise_generators" in parameters
 
 
+def protocol_members() -> tuple[str, ...]:
+    """The members every `DiffusionPolicy` has, read from the protocol itself."""
+    return tuple(
+        sorted(
+            name
+            for name in (*vars(DiffusionPolicy), *vars(DiffusionPolicy).get("__annotations__", {}))
+            if not name.startswith("_")
+        )
+    )
+
+
 def missing_members(obj: Any) -> list[str]:
     """The `DiffusionPolicy` members ``obj`` lacks (empty when it implements the boundary)."""
-    names = [
-        "denoiser",
-        "get_trainable_layers",
-        "prepare",
-        "check_num_steps",
-        "transitions_per_rollout",
-        "encode",
-        "rollout",
-        "score",
-        "reference_policy",
-        "save_pretrained",
-    ]
-    return [name for name in names if not hasattr(obj, name)]
+    return [name for name in protocol_members() if not hasattr(obj, name)]
 
 
 __all__ = [
     "Conditioning",
     "DiffusionPolicy",
     "GuidanceKind",
+    "PolicyOptions",
     "PolicyRollout",
+    "PredictionType",
     "StepScore",
     "accepts_initial_noise",
     "guidance_kind",
     "missing_members",
+    "policy_option",
+    "protocol_members",
 ]
