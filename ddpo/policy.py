@@ -154,6 +154,8 @@ class PolicyRollout(NamedTuple):
             ``(K, V)``: the step's schedule values and the sampler settings that shaped it
             (e.g. DDIM ``t``, ``t_prev``, ``eta`` and the guidance scale); opaque to the
             trainer, which stores it with the transition and passes each transition's row back.
+        final_latents: the final latents ``x_0`` (what ``decode`` turns into ``images``);
+            ``None`` where they are ``latents[:, -1]`` (a rollout that records every step).
     """
 
     images: Float[Tensor, "batch 3 height width"]
@@ -161,6 +163,7 @@ class PolicyRollout(NamedTuple):
     log_probs: Trajectory
     timesteps: Int[Tensor, " steps"]
     schedule: Float[Tensor, "steps values"]
+    final_latents: Tensor | None = None
 
 
 @runtime_checkable
