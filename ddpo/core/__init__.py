@@ -10,6 +10,10 @@
   :func:`clip_advantages` (``advantages``), and per-prompt statistics with history,
   :func:`init_per_prompt_stats` / :func:`update_per_prompt_stats` or
   :class:`PerPromptStatTracker` (``per_prompt``);
+- forward noising and training targets: :func:`vp_add_noise`, :func:`vp_velocity`,
+  :func:`vp_training_target`, :func:`vp_predicted_x0` and :func:`alpha_bar_at` (DDPM/DDIM),
+  :func:`flow_add_noise`, :func:`flow_velocity_target` and :func:`flow_predicted_x0`
+  (rectified flow) (``noising``);
 - training steps: :func:`subsample_timesteps` (``timesteps``).
 
 Imports only torch, jaxtyping and the standard library (``tests/test_layering.py`` enforces it).
@@ -27,6 +31,16 @@ from ddpo.core.flow import (
 )
 from ddpo.core.guidance import classifier_free_guidance, rescale_guidance
 from ddpo.core.kl import flow_grpo_kl, gaussian_kl
+from ddpo.core.noising import (
+    alpha_bar_at,
+    flow_add_noise,
+    flow_predicted_x0,
+    flow_velocity_target,
+    vp_add_noise,
+    vp_predicted_x0,
+    vp_training_target,
+    vp_velocity,
+)
 from ddpo.core.per_prompt import (
     PerPromptStatState,
     PerPromptStatTracker,
@@ -45,12 +59,16 @@ __all__ = [
     "PerPromptStatState",
     "PerPromptStatTracker",
     "PredictionType",
+    "alpha_bar_at",
     "classifier_free_guidance",
     "clip_advantages",
     "ddim_step_with_logprob",
+    "flow_add_noise",
     "flow_cps_step_with_logprob",
     "flow_grpo_kl",
+    "flow_predicted_x0",
     "flow_sde_step_with_logprob",
+    "flow_velocity_target",
     "gaussian_kl",
     "group_normalize_advantages",
     "init_per_prompt_stats",
@@ -60,4 +78,8 @@ __all__ = [
     "score_function_loss",
     "subsample_timesteps",
     "update_per_prompt_stats",
+    "vp_add_noise",
+    "vp_predicted_x0",
+    "vp_training_target",
+    "vp_velocity",
 ]

@@ -24,6 +24,14 @@ AGREED = {
     "gaussian_kl",
     "flow_grpo_kl",
     "subsample_timesteps",
+    "alpha_bar_at",
+    "vp_add_noise",
+    "vp_velocity",
+    "vp_training_target",
+    "vp_predicted_x0",
+    "flow_add_noise",
+    "flow_velocity_target",
+    "flow_predicted_x0",
 }
 # Hyper-parameters of the agreed interfaces that must be keyword-only.
 KEYWORD_ONLY = {
@@ -43,6 +51,8 @@ KEYWORD_ONLY = {
     "gaussian_kl": {"reduction"},
     "rescale_guidance": {"guidance_rescale"},
     "subsample_timesteps": {"timestep_fraction"},
+    "vp_training_target": {"prediction_type"},
+    "vp_predicted_x0": {"prediction_type"},
 }
 
 
