@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ddpo._typing import Latents, Trajectory
 from ddpo.adapters.common.args import OUTPUT_TYPES, check_prompts
+from ddpo.adapters.ddim.denoiser import decode_images, vae_decode
 from ddpo.adapters.ddim.scheduling import ddim_alpha_bars
 from ddpo.core import DDIMStepOutput, ddim_step_with_logprob
 
@@ -248,27 +249,17 @@ def check_sampling_args(
 def decode_latents(sd: Any, latents: Latents, output_type: str) -> Any:
     """Decode final latents with the pipeline's VAE into ``output_type`` images.
 
-    Undoes the latent normalisation as diffusers does: ``latents / scaling_factor``, or
-    ``latents * latents_std / scaling_factor + latents_mean`` for a VAE whose config has them.
-    Decodes in the VAE's dtype (a family that must decode in float32 keeps its VAE there).
+    Undoes the latent normalisation as diffusers does (:func:`ddpo.adapters.ddim.denoiser.
+    vae_decode`); ``"pt"`` is :func:`ddpo.adapters.ddim.denoiser.decode_images`, the policies'
+    ``decode``. Decodes in the VAE's dtype (a family that must decode in float32 keeps its VAE
+    there).
     """
     if output_type == "latent":
         return latents
-    vae = sd.vae
-    config = vae.config
-    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-    if mean is not None and std is not None:
-        shape = (1, -1, 1, 1)
-        mean_t = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(shape)
-        std_t = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(shape)
-        scaled = latents * std_t / config.scaling_factor + mean_t
-    else:
-        scaled = latents / config.scaling_factor
-    decoded = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
     processor = sd.image_processor
     if output_type == "pt":
-        images: Tensor = processor.postprocess(decoded, output_type="pt")
-        return images.to(torch.float32)
+        return decode_images(sd.vae, latents, processor)
+    decoded = vae_decode(sd.vae, latents)
     if output_type == "np":
         array: np.ndarray[Any, Any] = processor.postprocess(decoded.float(), output_type="np")
         return array

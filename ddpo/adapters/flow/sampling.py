@@ -31,6 +31,7 @@ from ddpo.adapters.common.weights import (
     lora_config_of_file,
     setup_trainable_unet,
 )
+from ddpo.adapters.flow.denoiser import flow_decode_images, flow_vae_decode
 from ddpo.core import flow_cps_step_with_logprob, flow_sde_step_with_logprob
 from ddpo.core._checks import values_checkable
 
@@ -394,16 +395,13 @@ def score_flow_step(
 
 def decode_flow_latents(pipe: Any, latents: Latents, output_type: str) -> Any:
     """Decode with ``pipe.vae`` as diffusers' SD3/FLUX pipelines do: ``latents / scaling_factor
-    + shift_factor``, then ``pipe.image_processor.postprocess`` (float32 ``"pt"``)."""
+    + shift_factor``, then ``pipe.image_processor.postprocess`` (float32 ``"pt"``: the policies'
+    ``decode``, :func:`ddpo.adapters.flow.denoiser.flow_decode_images`)."""
     if output_type == "latent":
         return latents
-    config = pipe.vae.config
-    shift = getattr(config, "shift_factor", None) or 0.0
-    scaled = latents / config.scaling_factor + shift
-    decoded = pipe.vae.decode(scaled.to(pipe.vae.dtype), return_dict=False)[0]
     if output_type == "pt":
-        images: Tensor = pipe.image_processor.postprocess(decoded, output_type="pt")
-        return images.to(torch.float32)
+        return flow_decode_images(pipe.vae, latents, pipe.image_processor)
+    decoded = flow_vae_decode(pipe.vae, latents)
     return pipe.image_processor.postprocess(decoded.float(), output_type=output_type)
 
 

@@ -1,0 +1,91 @@
+"""Argument checks of the boundary's model members (``predict``, ``add_noise``,
+``training_target``), the same for every family: they run before any model work and name the
+argument and its value."""
+
+import math
+import numbers
+from typing import Any
+
+import torch
+from jaxtyping import Real
+from torch import Tensor
+
+from ddpo.policy import Conditioning
+
+_COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
+
+
+def check_guidance_scale(value: Any) -> float:
+    """``guidance_scale`` as a float: a finite real number (at most 1: no classifier-free
+    guidance, as the families sample).
+
+    Raises:
+        ValueError: naming ``guidance_scale`` and its value.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+    ):
+        raise ValueError(f"guidance_scale must be a finite number, got guidance_scale={value!r}")
+    return float(value)
+
+
+def check_timesteps_shape(timesteps: Tensor, latents: Tensor, latents_name: str) -> None:
+    """``timesteps`` is ``(batch,)`` for ``latents`` of ``(batch, ...)``, of a real dtype.
+
+    Raises:
+        TypeError: if ``timesteps`` is not a real-valued tensor.
+        ValueError: naming ``timesteps``, its shape and the batch size.
+    """
+    if not isinstance(timesteps, Tensor) or timesteps.dtype in (torch.bool, *_COMPLEX):
+        raise TypeError(
+            f"timesteps must be a tensor of integers or floats, got {type(timesteps).__name__}"
+            f"{' of dtype ' + str(timesteps.dtype) if isinstance(timesteps, Tensor) else ''}"
+        )
+    if timesteps.shape != latents.shape[:1]:
+        raise ValueError(
+            f"timesteps must have shape (batch,) = {tuple(latents.shape[:1])} for {latents_name} "
+            f"of shape {tuple(latents.shape)}, got {tuple(timesteps.shape)}"
+        )
+
+
+def check_predict_args(
+    conditioning: Conditioning, latents: Tensor, timesteps: Real[Tensor, " batch"]
+) -> None:
+    """``latents`` is ``(batch, C, h, w)``, ``timesteps`` ``(batch,)`` and ``conditioning`` has
+    ``batch`` rows.
+
+    Raises:
+        ValueError: naming the argument and the shapes.
+    """
+    if latents.ndim != 4:
+        raise ValueError(
+            f"latents must be (batch, channels, height, width), got shape {tuple(latents.shape)}"
+        )
+    check_timesteps_shape(timesteps, latents, "latents")
+    if len(conditioning) != latents.shape[0]:
+        raise ValueError(
+            f"conditioning has {len(conditioning)} rows for latents of batch {latents.shape[0]}"
+        )
+
+
+def check_noising_args(clean: Tensor, noise: Tensor, timesteps: Real[Tensor, " batch"]) -> None:
+    """``noise`` has ``clean``'s shape and ``timesteps`` is ``(batch,)``.
+
+    Raises:
+        ValueError: naming the argument and the shapes.
+    """
+    if noise.shape != clean.shape:
+        raise ValueError(
+            f"noise must have clean's shape {tuple(clean.shape)}, got {tuple(noise.shape)}"
+        )
+    check_timesteps_shape(timesteps, clean, "clean")
+
+
+__all__ = [
+    "check_guidance_scale",
+    "check_noising_args",
+    "check_predict_args",
+    "check_timesteps_shape",
+]
