@@ -30,6 +30,16 @@ def sd3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sdxl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of the random tiny SDXL model (seed 0), shared as ``sd3_path``."""
+    from ddpo.adapters.sdxl.tiny import save_sdxl_pipeline, tiny_sdxl_components
+
+    folder = tmp_path_factory.mktemp("tiny-sdxl")
+    save_sdxl_pipeline(tiny_sdxl_components(0), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def flux_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of the random tiny FLUX.1-dev model (seed 0), shared as ``sd3_path``."""
     from ddpo.adapters.flux.tiny import save_flux_pipeline, tiny_flux_components

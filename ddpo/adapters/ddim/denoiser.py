@@ -122,7 +122,7 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
     return params.dtype if params is not None else torch.float32
 
 
-def vae_decode(vae: Any, latents: Latents) -> Float[Tensor, "batch 3 height width"]:
+def vae_decode(vae: Any, latents: Latents) -> Float[Tensor, "batch 3 image_height image_width"]:
     """The VAE's decoding of final latents, in ``[-1, 1]`` up to the model's error and in the
     VAE's dtype, differentiable.
 
@@ -145,7 +145,7 @@ def vae_decode(vae: Any, latents: Latents) -> Float[Tensor, "batch 3 height widt
 
 def decode_images(
     vae: Any, latents: Latents, image_processor: VaeImageProcessor | None = None
-) -> Float[Tensor, "batch 3 height width"]:
+) -> Float[Tensor, "batch 3 image_height image_width"]:
     """Final latents as images in ``[0, 1]``, float32, differentiable: :func:`vae_decode`, then
     the pipeline's ``image_processor.postprocess(..., output_type="pt")`` (a default
     ``VaeImageProcessor``, ``(x + 1) / 2`` clamped, where none is given)."""

@@ -87,7 +87,9 @@ def flow_training_target(
     return flow_velocity_target(clean, noise)
 
 
-def flow_vae_decode(vae: Any, latents: Latents) -> Float[Tensor, "batch 3 height width"]:
+def flow_vae_decode(
+    vae: Any, latents: Latents
+) -> Float[Tensor, "batch 3 image_height image_width"]:
     """The VAE's decoding of final (unpacked) latents as diffusers' SD3/FLUX pipelines decode:
     ``latents / scaling_factor + shift_factor``, in the VAE's dtype, differentiable."""
     config = vae.config
@@ -99,7 +101,7 @@ def flow_vae_decode(vae: Any, latents: Latents) -> Float[Tensor, "batch 3 height
 
 def flow_decode_images(
     vae: Any, latents: Latents, image_processor: VaeImageProcessor
-) -> Float[Tensor, "batch 3 height width"]:
+) -> Float[Tensor, "batch 3 image_height image_width"]:
     """Final latents as images in ``[0, 1]``, float32, differentiable: :func:`flow_vae_decode`,
     then the pipeline's ``image_processor.postprocess(..., output_type="pt")``."""
     decoded = flow_vae_decode(vae, latents)

@@ -3,17 +3,25 @@
 import abc
 import copy
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from jaxtyping import Int
+from jaxtyping import Float, Int, Real
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample
 from ddpo.adapters.common.args import OUTPUT_TYPES, Size, check_prompts
+from ddpo.adapters.common.denoiser import check_guidance_scale, check_predict_args
 from ddpo.adapters.common.output import DDPOPipelineOutput
 from ddpo.adapters.common.wrapped import WrappedPipelinePolicy
+from ddpo.adapters.flow.denoiser import (
+    flow_add_noise_at,
+    flow_decode_images,
+    flow_model_timesteps,
+    flow_num_train_timesteps,
+    flow_training_target,
+)
 from ddpo.adapters.flow.sampling import (
     FlowSchedule,
     FlowStepScore,
@@ -251,6 +259,64 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             output_type=output_type,
         )
         return out
+
+    # ---- the denoiser as a model (ddpo.adapters.flow.denoiser), for other objectives -----
+
+    @property
+    def prediction_type(self) -> Literal["flow"]:
+        """The transformer predicts the flow velocity ``eps - x_0``: ``"flow"``."""
+        return "flow"
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """The scheduler config's ``num_train_timesteps`` (timesteps are ``sigma`` times it)."""
+        return flow_num_train_timesteps(self.scheduler)
+
+    def predict(
+        self,
+        conditioning: Conditioning,
+        latents: Latents,
+        timesteps: Real[Tensor, " batch"],
+        *,
+        guidance_scale: float = 1.0,
+        denoiser: nn.Module | None = None,
+    ) -> Latents:
+        """The transformer's velocity at noisy ``latents`` and ``timesteps`` (``sigma *
+        num_train_timesteps``, in ``[0, num_train_timesteps]``), with gradients.
+
+        Computed as sampling and scoring compute it (the family's ``_velocity``): through
+        ``denoiser`` (default the transformer; the reference under :meth:`reference_policy`),
+        with the family's guidance at ``guidance_scale`` (true classifier-free guidance above 1
+        where the family has it; FLUX.1-dev's guidance embedding of the scale).
+
+        Raises:
+            ValueError: on shapes that disagree, timesteps outside the range or a guidance scale
+                that is not a finite number; before the transformer runs.
+        """
+        check_predict_args(conditioning, latents, timesteps)
+        scale = check_guidance_scale(guidance_scale)
+        t = flow_model_timesteps(self.scheduler, timesteps)
+        transformer = self._scoring_denoiser(denoiser)
+        return self._velocity(transformer, conditioning, latents, t, scale, scale > 1.0)
+
+    def add_noise(
+        self, clean: Latents, noise: Latents, timesteps: Real[Tensor, " batch"]
+    ) -> Latents:
+        """The forward process ``(1 - sigma) x_0 + sigma eps`` at ``sigma = timesteps /
+        num_train_timesteps``."""
+        return flow_add_noise_at(self.scheduler, clean, noise, timesteps)
+
+    def training_target(
+        self, clean: Latents, noise: Latents, timesteps: Real[Tensor, " batch"]
+    ) -> Latents:
+        """What :meth:`predict` should output at ``add_noise(clean, noise, timesteps)``: the
+        velocity ``noise - clean``, the same at every timestep."""
+        return flow_training_target(self.scheduler, clean, noise, timesteps)
+
+    def decode(self, latents: Latents) -> Float[Tensor, "batch 3 image_height image_width"]:
+        """Images in ``[0, 1]``, float32, of final (unpacked) latents, differentiable: the VAE
+        as sampling decodes (``latents / scaling_factor + shift_factor``)."""
+        return flow_decode_images(self.vae, latents, self._sd.image_processor)
 
     @abc.abstractmethod
     def encode(self, prompts: Any, negative_prompt: str) -> Conditioning:

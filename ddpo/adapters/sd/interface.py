@@ -14,12 +14,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int, Real
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample, PromptEmbeds
 from ddpo.adapters.common.args import check_prompts, unwrap
+from ddpo.adapters.common.denoiser import check_guidance_scale, check_predict_args
 from ddpo.adapters.common.output import DDPOPipelineOutput
+from ddpo.adapters.ddim.denoiser import (
+    DDIMPredictionType,
+    ddim_add_noise,
+    ddim_num_train_timesteps,
+    ddim_prediction_type,
+    ddim_timestep_indices,
+    ddim_training_target,
+    decode_images,
+)
 from ddpo.adapters.ddim.sampling import check_ddim_num_steps, check_eta, scheduler_step_with_logprob
 from ddpo.core import DDIMStepOutput, classifier_free_guidance
 from ddpo.policy import Conditioning, PolicyRollout
@@ -232,6 +242,69 @@ class DDPOStableDiffusionPipeline(abc.ABC):
             eta=eta,
             unet=denoiser,
         )
+
+    # ---- the denoiser as a model (ddpo.adapters.ddim.denoiser), for other objectives -----
+
+    @property
+    def prediction_type(self) -> DDIMPredictionType:
+        """What the UNet predicts, the scheduler config's ``prediction_type``: ``"epsilon"`` or
+        ``"v_prediction"`` (ValueError naming it for another, e.g. ``"sample"``)."""
+        return ddim_prediction_type(self.scheduler)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """The scheduler config's ``num_train_timesteps`` (the range of the UNet's timesteps)."""
+        return ddim_num_train_timesteps(self.scheduler)
+
+    def predict(
+        self,
+        conditioning: Conditioning,
+        latents: Latents,
+        timesteps: Real[Tensor, " batch"],
+        *,
+        guidance_scale: float = 1.0,
+        denoiser: nn.Module | None = None,
+    ) -> Latents:
+        """The UNet's prediction (in `prediction_type`) at noisy ``latents`` and training
+        timesteps ``timesteps`` (whole numbers in ``[0, num_train_timesteps)``), with gradients.
+
+        Computed as sampling and scoring compute it (:meth:`_guided_model_output`): through
+        ``denoiser`` (default the UNet; the reference UNet under :meth:`reference_policy`),
+        with classifier-free guidance on ``negative_prompt_embeds`` when ``guidance_scale > 1``.
+
+        Raises:
+            ValueError: on shapes that disagree, timesteps outside the range or a guidance scale
+                that is not a finite number; before the UNet runs.
+        """
+        check_predict_args(conditioning, latents, timesteps)
+        scale = check_guidance_scale(guidance_scale)
+        t = ddim_timestep_indices(self.scheduler, timesteps)
+        model = self._reference_unet
+        if model is None:
+            model = denoiser if denoiser is not None else self.unet
+        negative = conditioning["negative_prompt_embeds"] if scale > 1.0 else None
+        return self._guided_model_output(
+            model, latents, t, conditioning["prompt_embeds"], negative, scale
+        )
+
+    def add_noise(
+        self, clean: Latents, noise: Latents, timesteps: Real[Tensor, " batch"]
+    ) -> Latents:
+        """The forward process ``sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` at training timesteps
+        ``timesteps``, ``a_t`` from the scheduler's ``alphas_cumprod``."""
+        return ddim_add_noise(self.scheduler, clean, noise, timesteps)
+
+    def training_target(
+        self, clean: Latents, noise: Latents, timesteps: Real[Tensor, " batch"]
+    ) -> Latents:
+        """What :meth:`predict` should output at ``add_noise(clean, noise, timesteps)``: the
+        noise (epsilon) or the velocity (v-prediction)."""
+        return ddim_training_target(self.scheduler, clean, noise, timesteps)
+
+    def decode(self, latents: Latents) -> Float[Tensor, "batch 3 image_height image_width"]:
+        """Images in ``[0, 1]``, float32, of final latents, differentiable: the VAE as sampling
+        decodes (the pipeline's ``image_processor`` if it has one)."""
+        return decode_images(self.vae, latents, getattr(self, "image_processor", None))
 
     # ---- default implementations (override for speed) -----------------------------------
 

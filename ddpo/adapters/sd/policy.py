@@ -160,6 +160,11 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         return vae
 
     @property
+    def image_processor(self) -> Any:
+        """The wrapped pipeline's image processor (what :meth:`decode` and sampling use)."""
+        return self._sd.image_processor
+
+    @property
     def tokenizer(self) -> Any:
         return self._sd.tokenizer
 

@@ -1,0 +1,359 @@
+"""The boundary's model members of every family (``prediction_type``, ``num_train_timesteps``,
+``predict``, ``add_noise``, ``training_target``, ``decode``), against stock diffusers on the same
+inputs: the scheduler's ``add_noise`` / ``get_velocity`` / ``scale_noise``, the denoiser called
+with the stock pipeline's ``encode_prompt`` and guidance formula, and the stock VAE decode and
+image post-processing.
+
+One suite over the four tiny families (SD, SDXL, SD3, FLUX.1-dev), each policy with fresh LoRA
+adapters; the stock reference calls the policy's own denoiser module, so what is compared is the
+conditioning, the timesteps, the guidance and the plumbing.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import beartype
+import jaxtyping
+import pytest
+import torch
+from diffusers import FluxPipeline
+from torch import Tensor, nn
+
+from ddpo.adapters.common.denoiser import (
+    check_noising_args,
+    check_predict_args,
+    check_timesteps_shape,
+)
+from ddpo.adapters.sd.tiny import sd_v1_ddim_scheduler
+from ddpo.policy import Conditioning, DiffusionPolicy, missing_members
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["a red circle", "a blue square"]
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
+TYPE_ERRORS = (jaxtyping.TypeCheckError, beartype.roar.BeartypeException)
+
+
+@pytest.fixture(scope="module")
+def sdxl_policy(sdxl_path: Path) -> Any:
+    from ddpo.adapters import DefaultDDPOStableDiffusionXLPipeline
+
+    return DefaultDDPOStableDiffusionXLPipeline(sdxl_path)
+
+
+@pytest.fixture(scope="module")
+def sd3_policy(sd3_path: Path) -> Any:
+    from ddpo.adapters import DefaultDDPOStableDiffusion3Pipeline
+
+    return DefaultDDPOStableDiffusion3Pipeline(sd3_path)
+
+
+@pytest.fixture(scope="module")
+def flux_policy(flux_path: Path) -> Any:
+    from ddpo.adapters import DefaultDDPOFluxPipeline
+
+    return DefaultDDPOFluxPipeline(flux_path)
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def policy(family: str, request: pytest.FixtureRequest) -> Any:
+    name = {"sd": "lora_pipeline"}.get(family, f"{family}_policy")
+    return request.getfixturevalue(name)
+
+
+# ---- stock diffusers references ---------------------------------------------------------------
+
+
+def cfg(out: Tensor, scale: float) -> Tensor:
+    """The stock pipelines' guidance formula on a (negative, positive) doubled batch."""
+    uncond, cond = out.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+def stock_sd(policy: Any, x: Tensor, t: Tensor, scale: float) -> Tensor:
+    embeds, negative = policy.pipeline.encode_prompt(PROMPTS, "cpu", 1, True, negative_prompt=None)
+    unet = policy.denoiser
+    if scale <= 1:
+        return unet(x, t, encoder_hidden_states=embeds).sample
+    out = unet(
+        torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([negative, embeds])
+    )
+    return cfg(out.sample, scale)
+
+
+def stock_sdxl(policy: Any, x: Tensor, t: Tensor, scale: float) -> Tensor:
+    pipe = policy.pipeline
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+        PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True
+    )
+    size = tuple(policy.resolution)
+    ids = pipe._get_add_time_ids(
+        size, (0, 0), size, dtype=embeds.dtype,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+    ).repeat(len(PROMPTS), 1)  # fmt: skip
+    unet = policy.denoiser
+    if scale <= 1:
+        added = {"text_embeds": pooled, "time_ids": ids}
+        return unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+    added = {"text_embeds": torch.cat([negative_pooled, pooled]), "time_ids": torch.cat([ids, ids])}
+    out = unet(
+        torch.cat([x, x]), torch.cat([t, t]),
+        encoder_hidden_states=torch.cat([negative, embeds]), added_cond_kwargs=added,
+    )  # fmt: skip
+    return cfg(out.sample, scale)
+
+
+def stock_sd3(policy: Any, x: Tensor, t: Tensor, scale: float) -> Tensor:
+    embeds, negative, pooled, negative_pooled = policy.pipeline.encode_prompt(
+        PROMPTS, None, None, device="cpu", num_images_per_prompt=1,
+        do_classifier_free_guidance=True, max_sequence_length=policy.max_sequence_length,
+    )  # fmt: skip
+    transformer = policy.denoiser
+    if scale <= 1:
+        return transformer(
+            hidden_states=x, timestep=t, encoder_hidden_states=embeds, pooled_projections=pooled
+        ).sample
+    out = transformer(
+        hidden_states=torch.cat([x, x]), timestep=torch.cat([t, t]),
+        encoder_hidden_states=torch.cat([negative, embeds]),
+        pooled_projections=torch.cat([negative_pooled, pooled]),
+    )  # fmt: skip
+    return cfg(out.sample, scale)
+
+
+def stock_flux(policy: Any, x: Tensor, t: Tensor, scale: float) -> Tensor:
+    pipe = policy.pipeline
+    embeds, pooled, text_ids = pipe.encode_prompt(
+        PROMPTS, None, device="cpu", max_sequence_length=policy.max_sequence_length
+    )
+    batch, channels, height, width = x.shape
+    factor = pipe.vae_scale_factor
+    assert policy.denoiser.config.guidance_embeds  # the tiny FLUX.1-dev: guidance embedded
+    out = policy.denoiser(
+        hidden_states=FluxPipeline._pack_latents(x, batch, channels, height, width),
+        timestep=t / 1000,
+        guidance=torch.full([1], scale, dtype=torch.float32).expand(batch),
+        pooled_projections=pooled,
+        encoder_hidden_states=embeds,
+        txt_ids=text_ids,
+        img_ids=FluxPipeline._prepare_latent_image_ids(
+            batch, height // 2, width // 2, "cpu", embeds.dtype
+        ),
+    ).sample
+    return FluxPipeline._unpack_latents(out, height * factor, width * factor, factor)
+
+
+STOCK_PREDICT: dict[str, Callable[[Any, Tensor, Tensor, float], Tensor]] = {
+    "sd": stock_sd, "sdxl": stock_sdxl, "sd3": stock_sd3, "flux": stock_flux,
+}  # fmt: skip
+
+
+def stock_decode(policy: Any, latents: Tensor) -> Tensor:
+    """The stock pipelines' decode: DDIM families ``latents / scaling_factor``, flow families
+    ``+ shift_factor``; the VAE; ``image_processor.postprocess(output_type="pt")``."""
+    pipe = policy.pipeline
+    config = pipe.vae.config
+    assert getattr(config, "latents_mean", None) is None  # the tiny VAEs have no mean/std
+    scaled = latents / config.scaling_factor + (getattr(config, "shift_factor", None) or 0.0)
+    decoded = pipe.vae.decode(scaled, return_dict=False)[0]
+    images: Tensor = pipe.image_processor.postprocess(decoded, output_type="pt")
+    return images
+
+
+def latent_shape(policy: Any, family: str, batch: int) -> tuple[int, int, int, int]:
+    factor = policy.pipeline.vae_scale_factor
+    config = policy.denoiser.config
+    if family == "sd":
+        side = config.sample_size
+        return (batch, config.in_channels, side, side)
+    height, width = policy.resolution[0] // factor, policy.resolution[1] // factor
+    channels = config.in_channels // 4 if family == "flux" else config.in_channels
+    return (batch, channels, height, width)
+
+
+def random_timesteps(policy: Any, family: str, gen: torch.Generator) -> Tensor:
+    """Two timesteps in the family's units, as floats (DDIM: whole numbers)."""
+    num_train = policy.num_train_timesteps
+    if family in ("sd", "sdxl"):
+        return torch.randint(0, num_train, (2,), generator=gen).to(torch.float32)
+    return torch.rand(2, generator=gen) * num_train
+
+
+class Wrapped(nn.Module):
+    """A stand-in for DDP's wrapper: the model under ``.module``, forwarded."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+
+@dataclass
+class Inputs:
+    clean: Tensor
+    noise: Tensor
+    timesteps: Tensor
+
+
+def inputs(policy: Any, family: str, seed: int = 0) -> Inputs:
+    gen = torch.Generator().manual_seed(seed)
+    shape = latent_shape(policy, family, len(PROMPTS))
+    return Inputs(
+        torch.randn(shape, generator=gen),
+        torch.randn(shape, generator=gen),
+        random_timesteps(policy, family, gen),
+    )
+
+
+# ---- the members ----------------------------------------------------------------------------
+
+
+def test_the_policies_have_every_member(policy: Any, family: str) -> None:
+    assert missing_members(policy) == []
+    assert isinstance(policy, DiffusionPolicy)
+    assert policy.num_train_timesteps == policy.scheduler.config.num_train_timesteps == 1000
+    expected = "flow" if family in ("sd3", "flux") else "epsilon"
+    assert policy.prediction_type == expected
+
+
+def test_sd_prediction_type_follows_the_scheduler(
+    lora_pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert lora_pipeline.prediction_type == "epsilon"
+    v_scheduler = sd_v1_ddim_scheduler(prediction_type="v_prediction")
+    monkeypatch.setattr(lora_pipeline.pipeline, "scheduler", v_scheduler)
+    assert lora_pipeline.prediction_type == "v_prediction"
+    sample = type(v_scheduler).from_config(v_scheduler.config, prediction_type="sample")
+    monkeypatch.setattr(lora_pipeline.pipeline, "scheduler", sample)
+    with pytest.raises(ValueError, match="prediction_type='sample'"):
+        lora_pipeline.prediction_type  # noqa: B018
+
+
+def test_add_noise_equals_the_schedulers(policy: Any, family: str) -> None:
+    x = inputs(policy, family)
+    if family in ("sd", "sdxl"):
+        expected = policy.scheduler.add_noise(x.clean, x.noise, x.timesteps.long())
+    else:  # scale_noise looks the sigma up by timestep in its (fresh, 1000-entry) table
+        scheduler = type(policy.scheduler).from_config(policy.scheduler.config)
+        gen = torch.Generator().manual_seed(1)
+        t = scheduler.timesteps[torch.randint(0, len(scheduler.timesteps), (2,), generator=gen)]
+        x = Inputs(x.clean, x.noise, t)
+        expected = scheduler.scale_noise(x.clean, x.timesteps, x.noise)
+    noisy = policy.add_noise(x.clean, x.noise, x.timesteps)
+    torch.testing.assert_close(noisy, expected, atol=1e-6, rtol=1e-6)
+    assert not torch.equal(noisy, x.clean) and not torch.equal(noisy, x.noise)
+
+
+def test_training_target_is_what_the_model_regresses_to(policy: Any, family: str) -> None:
+    x = inputs(policy, family)
+    target = policy.training_target(x.clean, x.noise, x.timesteps)
+    expected = x.noise - x.clean if family in ("sd3", "flux") else x.noise
+    assert torch.equal(target, expected)
+
+
+def test_v_prediction_noises_and_targets_as_diffusers(
+    lora_pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = sd_v1_ddim_scheduler(prediction_type="v_prediction", zero_terminal_snr=True)
+    monkeypatch.setattr(lora_pipeline.pipeline, "scheduler", scheduler)
+    x = inputs(lora_pipeline, "sd")
+    t = torch.tensor([999.0, 321.0])  # 999: alpha_bar = 0 at zero terminal SNR, x_t = noise
+    target = lora_pipeline.training_target(x.clean, x.noise, t)
+    expected = scheduler.get_velocity(x.clean, x.noise, t.long())
+    torch.testing.assert_close(target, expected, atol=1e-6, rtol=1e-6)
+    noisy = lora_pipeline.add_noise(x.clean, x.noise, t)
+    torch.testing.assert_close(noisy, scheduler.add_noise(x.clean, x.noise, t.long()))
+    torch.testing.assert_close(noisy[0], x.noise[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.5])
+def test_predict_equals_the_stock_model_call(policy: Any, family: str, scale: float) -> None:
+    x = inputs(policy, family, seed=2)
+    noisy = policy.add_noise(x.clean, x.noise, x.timesteps)
+    conditioning = policy.encode(PROMPTS, "")
+    out = policy.predict(conditioning, noisy, x.timesteps, guidance_scale=scale)
+    with torch.no_grad():
+        t = x.timesteps.long() if family in ("sd", "sdxl") else x.timesteps
+        expected = STOCK_PREDICT[family](policy, noisy, t, scale)
+    assert out.shape == noisy.shape
+    torch.testing.assert_close(out.detach(), expected, atol=2e-5, rtol=1e-5)
+    params = [p for p in policy.trainable_parameters().values()]
+    grads = torch.autograd.grad(out.square().sum(), params, allow_unused=True)
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_predict_through_a_wrapped_denoiser(policy: Any, family: str) -> None:
+    x = inputs(policy, family, seed=3)
+    conditioning = policy.encode(PROMPTS, "")
+    with torch.no_grad():
+        own = policy.predict(conditioning, x.clean, x.timesteps, guidance_scale=2.0)
+        wrapped = policy.predict(
+            conditioning, x.clean, x.timesteps, guidance_scale=2.0,
+            denoiser=Wrapped(policy.denoiser),
+        )  # fmt: skip
+    assert torch.equal(own, wrapped)
+
+
+def test_decode_equals_the_stock_decode_and_is_differentiable(policy: Any, family: str) -> None:
+    latents = inputs(policy, family, seed=4).clean.requires_grad_(True)
+    images = policy.decode(latents)
+    assert images.dtype == torch.float32
+    assert images.shape[:2] == (len(PROMPTS), 3)
+    assert float(images.detach().min()) >= 0 and float(images.detach().max()) <= 1
+    with torch.no_grad():
+        expected = stock_decode(policy, latents)
+    torch.testing.assert_close(images.detach(), expected)
+    weights = torch.randn(images.shape, generator=torch.Generator().manual_seed(5))
+    (grad,) = torch.autograd.grad((images * weights).sum(), latents)
+    assert bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
+
+
+# ---- refusals -------------------------------------------------------------------------------
+
+
+def test_bad_arguments_are_refused_by_name(policy: Any, family: str) -> None:
+    x = inputs(policy, family)
+    conditioning = policy.encode(PROMPTS, "")
+    num_train = policy.num_train_timesteps
+    # Shapes that disagree fail the suite's type check first (ValueError without it).
+    with pytest.raises((ValueError, *TYPE_ERRORS)):
+        policy.add_noise(x.clean, x.noise, x.timesteps[:1])
+    with pytest.raises((ValueError, *TYPE_ERRORS)):
+        policy.training_target(x.clean, x.noise[:, :1], x.timesteps)
+    with pytest.raises(ValueError, match="timesteps must"):
+        policy.add_noise(x.clean, x.noise, torch.tensor([0.0, num_train + 1.0]))
+    with pytest.raises(ValueError, match="timesteps must"):
+        policy.predict(conditioning, x.clean, torch.tensor([-1.0, 0.0]))
+    with pytest.raises(ValueError, match="guidance_scale=nan"):
+        policy.predict(conditioning, x.clean, x.timesteps, guidance_scale=float("nan"))
+    with pytest.raises(ValueError, match="conditioning has 1 rows for latents of batch 2"):
+        policy.predict(conditioning.select(slice(0, 1)), x.clean, x.timesteps)
+    if family in ("sd", "sdxl"):
+        with pytest.raises(ValueError, match=r"whole numbers.*got timesteps=\[10\.5\]"):
+            policy.add_noise(x.clean, x.noise, torch.tensor([10.5, 3.0]))
+        with pytest.raises(ValueError, match=r"got timesteps=\[1000\]"):
+            policy.predict(conditioning, x.clean, torch.tensor([1000, 3]))
+
+
+def test_shape_checks_name_the_argument() -> None:
+    """What the type check catches in the suite is a ValueError naming the argument without
+    it."""
+    clean = torch.zeros(2, 4, 8, 8)
+    with pytest.raises(ValueError, match=r"timesteps must have shape \(batch,\) = \(2,\)"):
+        check_noising_args(clean, clean, torch.zeros(3))
+    with pytest.raises(ValueError, match=r"noise must have clean's shape \(2, 4, 8, 8\)"):
+        check_noising_args(clean, clean[:, :1], torch.zeros(2))
+    with pytest.raises(TypeError, match="timesteps must be a tensor of integers or floats"):
+        check_timesteps_shape(torch.zeros(2, dtype=torch.bool), clean, "clean")
+    conditioning = Conditioning({"prompt_embeds": torch.zeros(2, 3, 5)})
+    with pytest.raises(ValueError, match=r"latents must be \(batch, channels, height, width\)"):
+        check_predict_args(conditioning, clean[0], torch.zeros(2))
