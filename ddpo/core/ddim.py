@@ -2,11 +2,13 @@
 
 from typing import Literal, NamedTuple
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from ddpo._typing import Latents, PerSample
 from ddpo.core._broadcast import float_dtype, per_sample
+from ddpo.core._checks import values_checkable
 from ddpo.core._gaussian import gaussian_step
 
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
@@ -31,13 +33,42 @@ class DDIMStepOutput(NamedTuple):
     pred_original_sample: Latents
 
 
+def _check_eta(eta: float | PerSample) -> None:
+    """ValueError unless ``0 < eta <= 1`` (a tensor's values only where reading them is free)."""
+    if isinstance(eta, Tensor):
+        if values_checkable(eta) and eta.numel() > 0:
+            bad = ~((eta > 0) & (eta <= 1))
+            if bool(bad.any()):
+                raise ValueError(f"eta must be in (0, 1], got eta={eta[bad].tolist()}")
+        return
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0 for the step to have a log-density, got eta={eta!r}")
+    if not eta <= 1:
+        raise ValueError(
+            "eta must be <= 1: above it sigma_t^2 exceeds 1 - alpha_bar_prev and the DDIM mean "
+            f"coefficient sqrt(1 - alpha_bar_prev - sigma_t^2) does not exist, got eta={eta!r}"
+        )
+
+
+def _eta_factors(eta: float | PerSample, like: Tensor) -> tuple[float | Tensor, float | Tensor]:
+    """``eta`` and ``eta^2`` as factors of ``like``'s dtype: a number as it is; a per-sample
+    tensor rounded as PyTorch rounds a number (``eta^2`` squared in float64 first)."""
+    if not isinstance(eta, Tensor):
+        return eta, eta**2
+    wide = eta.to(device=like.device, dtype=torch.promote_types(like.dtype, torch.float64))
+    return (
+        per_sample(eta.to(device=like.device, dtype=like.dtype), like),
+        per_sample((wide**2).to(like.dtype), like),
+    )
+
+
 def ddim_step_with_logprob(
     model_output: Latents,
     sample: Latents,
     alpha_bar_t: PerSample,
     alpha_bar_prev: PerSample,
     *,
-    eta: float,
+    eta: float | PerSample,
     prediction_type: PredictionType = "epsilon",
     noise: Latents | None = None,
     prev_sample: Latents | None = None,
@@ -95,7 +126,11 @@ def ddim_step_with_logprob(
         alpha_bar_t: ``alpha_bar`` at each sample's current timestep, ``(batch,)``.
         alpha_bar_prev: ``alpha_bar`` at each sample's previous timestep, ``(batch,)``.
         eta: DDIM stochasticity in ``(0, 1]``: > 0 for the log-density to exist, <= 1 for
-            ``sigma_t^2 <= 1 - a_prev`` (Song et al.; ``eta = 1`` is DDPM's variance).
+            ``sigma_t^2 <= 1 - a_prev`` (Song et al.; ``eta = 1`` is DDPM's variance). One
+            number, or one per sample ``(batch,)`` (float64 for the same bits as the number:
+            ``eta^2`` is taken in float64 before rounding, as Python squares a float); a
+            tensor's range is checked where its values are free to read
+            (:func:`ddpo.core._checks.values_checkable`).
         prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``, as in diffusers.
         noise: standard normal noise for sampling mode, same shape as ``sample``.
         prev_sample: the stored ``x_{t-1}`` for scoring mode, same shape as ``sample``.
@@ -112,13 +147,7 @@ def ddim_step_with_logprob(
             ``log_prob_reduction``, or unless exactly one of ``noise`` and ``prev_sample`` is
             given.
     """
-    if not eta > 0:
-        raise ValueError(f"eta must be > 0 for the step to have a log-density, got eta={eta!r}")
-    if not eta <= 1:
-        raise ValueError(
-            "eta must be <= 1: above it sigma_t^2 exceeds 1 - alpha_bar_prev and the DDIM mean "
-            f"coefficient sqrt(1 - alpha_bar_prev - sigma_t^2) does not exist, got eta={eta!r}"
-        )
+    _check_eta(eta)
     if prediction_type not in _PREDICTION_TYPES:
         raise ValueError(
             f"prediction_type must be one of {_PREDICTION_TYPES}, got {prediction_type!r}"
@@ -158,7 +187,8 @@ def ddim_step_with_logprob(
 
     # 3. sigma_t = eta * sqrt(variance), "formula (16)".
     variance = (1 - a_prev) / beta_t * (1 - a_t / a_prev)
-    std_dev_t = eta * variance.sqrt()
+    eta_t, eta_squared = _eta_factors(eta, x_t)
+    std_dev_t = eta_t * variance.sqrt()
 
     # 4. The mean mu = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps. diffusers squares
     #    sigma = eta * sqrt(variance); at zero terminal SNR (a_t = 0) with eta = 1 the variance is
@@ -168,7 +198,7 @@ def ddim_step_with_logprob(
     #    an ulp of sigma^2. For 0 < eta <= 1 the radicand is >= 0 (it equals (1 - a_prev) *
     #    ((1 - eta^2) + eta^2 a_t (1 - a_prev) / (a_prev (1 - a_t)))); the clamp only removes
     #    rounding below 0 near a_t = 0 and never moves a value by more than that rounding.
-    direction_coeff = ((1 - a_prev) - eta**2 * variance).clamp(min=0).sqrt()
+    direction_coeff = ((1 - a_prev) - eta_squared * variance).clamp(min=0).sqrt()
     direction = direction_coeff * pred_epsilon
     mean = a_prev.sqrt() * pred_original_sample + direction
 

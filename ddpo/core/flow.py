@@ -95,7 +95,7 @@ def flow_sde_step_with_logprob(
     sigma_prev: PerSample,
     *,
     noise_level: float,
-    sigma_max: float,
+    sigma_max: float | PerSample,
     noise: Latents | None = None,
     prev_sample: Latents | None = None,
     log_prob_reduction: Literal["mean", "sum"] = "mean",
@@ -147,7 +147,9 @@ def flow_sde_step_with_logprob(
         noise_level: Flow-GRPO's ``a`` in ``std_t = a sqrt(sigma / (1 - sigma))``, > 0
             (the paper uses 0.7).
         sigma_max: the scheduler's largest sigma below 1, in ``(0, 1)``, used for ``sigma'``
-            where ``sigma == 1``.
+            where ``sigma == 1``: one number, or one per sample ``(batch,)`` (a tensor's range
+            is checked where its values are free to read,
+            :func:`ddpo.core._checks.values_checkable`).
         noise: standard normal noise for sampling mode, same shape as ``sample``.
         prev_sample: the stored ``x_prev`` for scoring mode, same shape as ``sample``.
         log_prob_reduction: ``"mean"`` over channels, height and width (the reference) or
@@ -169,7 +171,12 @@ def flow_sde_step_with_logprob(
         raise ValueError(
             f"noise_level must be > 0 for the step to have a log-density, got {noise_level!r}"
         )
-    if not 0 < sigma_max < 1:
+    if isinstance(sigma_max, Tensor):
+        if values_checkable(sigma_max) and sigma_max.numel() > 0:
+            outside = ~((sigma_max > 0) & (sigma_max < 1))
+            if bool(outside.any()):
+                raise ValueError(f"sigma_max must be in (0, 1), got sigma_max={sigma_max.tolist()}")
+    elif not 0 < sigma_max < 1:
         raise ValueError(f"sigma_max must be in (0, 1), got sigma_max={sigma_max!r}")
     _check_step(model_output, sample, sigma, sigma_prev, noise, prev_sample, log_prob_reduction)
 
@@ -180,7 +187,11 @@ def flow_sde_step_with_logprob(
     dt = per_sample(sigma_prev.to(dtype), x) - sigma_t
 
     # 1. The diffusion coefficient std_t = a sqrt(sigma / (1 - sigma')), sigma' = sigma_max at 1.
-    sigma_denominator = torch.where(sigma_t == 1, torch.full_like(sigma_t, sigma_max), sigma_t)
+    if isinstance(sigma_max, Tensor):
+        sigma_prime = per_sample(sigma_max.to(device=x.device, dtype=dtype), x)
+    else:
+        sigma_prime = torch.full_like(sigma_t, sigma_max)
+    sigma_denominator = torch.where(sigma_t == 1, sigma_prime, sigma_t)
     std_dev_t = torch.sqrt(sigma_t / (1 - sigma_denominator)) * noise_level
 
     # 2. The Euler-Maruyama mean of the reverse-time SDE.

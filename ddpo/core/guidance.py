@@ -1,22 +1,36 @@
 """Classifier-free guidance, and the rescaling of guided predictions for zero-SNR models."""
 
-from ddpo._typing import Latents
+import torch
+from torch import Tensor
+
+from ddpo._typing import Latents, PerSample
+from ddpo.core._broadcast import per_sample
 
 
-def classifier_free_guidance(uncond: Latents, cond: Latents, guidance_scale: float) -> Latents:
+def classifier_free_guidance(
+    uncond: Latents, cond: Latents, guidance_scale: float | PerSample
+) -> Latents:
     """Combine unconditional and conditional predictions with classifier-free guidance.
 
     ``out = uncond + w * (cond - uncond)`` (Ho & Salimans, 2022, Eq. 6, written as diffusers
     does); ``w = 1`` returns ``cond``.
 
+    A per-sample ``w`` gives the same bits as the same number given as a Python float: the
+    product is taken in float32 (or wider) and rounded to ``cond``'s dtype, as PyTorch does
+    with a Python number.
+
     Args:
         uncond: prediction for the empty or negative prompt, ``(batch, channels, height, width)``.
         cond: prediction for the prompt, same shape.
-        guidance_scale: the weight ``w``.
+        guidance_scale: the weight ``w``, one number or one per sample ``(batch,)``.
 
     Returns:
         The guided prediction, same shape and dtype as ``cond``.
     """
+    if isinstance(guidance_scale, Tensor):
+        opmath = torch.promote_types(cond.dtype, torch.float32)
+        weight = per_sample(guidance_scale.to(device=cond.device, dtype=opmath), cond)
+        return uncond + (weight * (cond - uncond)).to(cond.dtype)
     return uncond + guidance_scale * (cond - uncond)
 
 
