@@ -21,6 +21,7 @@ import torch
 from diffusers import FluxPipeline
 from torch import Tensor, nn
 
+from ddpo.adapters import DDPOStableDiffusionPipeline
 from ddpo.adapters.common.denoiser import (
     check_noising_args,
     check_predict_args,
@@ -315,6 +316,49 @@ def test_decode_equals_the_stock_decode_and_is_differentiable(policy: Any, famil
     weights = torch.randn(images.shape, generator=torch.Generator().manual_seed(5))
     (grad,) = torch.autograd.grad((images * weights).sum(), latents)
     assert bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
+
+
+class UserPipeline(DDPOStableDiffusionPipeline):
+    """TRL's abstract members only, over another pipeline's components (no image processor)."""
+
+    def __init__(self, other: Any) -> None:
+        self.other = other
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    unet = property(lambda self: self.other.unet)  # type: ignore[assignment]
+    vae = property(lambda self: self.other.vae)  # type: ignore[assignment]
+    tokenizer = property(lambda self: self.other.tokenizer)  # type: ignore[assignment]
+    scheduler = property(lambda self: self.other.scheduler)  # type: ignore[assignment]
+    text_encoder = property(lambda self: self.other.text_encoder)  # type: ignore[assignment]
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        pass
+
+    def save_pretrained(self, output_dir: str) -> None:
+        raise NotImplementedError
+
+    def get_trainable_layers(self) -> Any:
+        return self.unet
+
+
+def test_a_trl_style_pipeline_gets_the_members_from_trls(lora_pipeline: Any) -> None:
+    """The interface's members need only TRL's: the same outputs as the default pipeline."""
+    user = UserPipeline(lora_pipeline)
+    assert (user.prediction_type, user.num_train_timesteps) == ("epsilon", 1000)
+    x = inputs(lora_pipeline, "sd", seed=6)
+    conditioning = user.encode(PROMPTS, "")
+    with torch.no_grad():
+        assert torch.equal(
+            user.predict(conditioning, x.clean, x.timesteps, guidance_scale=3.0),
+            lora_pipeline.predict(conditioning, x.clean, x.timesteps, guidance_scale=3.0),
+        )
+        assert torch.equal(user.decode(x.clean), lora_pipeline.decode(x.clean))
+    assert torch.equal(
+        user.add_noise(x.clean, x.noise, x.timesteps),
+        lora_pipeline.add_noise(x.clean, x.noise, x.timesteps),
+    )
 
 
 # ---- refusals -------------------------------------------------------------------------------
