@@ -2,8 +2,8 @@
 
 ``ddpo serve-reward --reward brightness`` serves on ``http://127.0.0.1:8000`` until Ctrl-C;
 a trainer elsewhere uses it with ``RemoteReward("http://127.0.0.1:8000")``
-(:mod:`ddpo.rewards.remote`). The first line printed is the server's URL (with the actual port
-when ``--port 0`` asks for a free one).
+(:mod:`ddpo.rewards.remote`; the server is :mod:`ddpo.rewards.remote.server`). The first line
+printed is the server's URL (with the actual port when ``--port 0`` asks for a free one).
 """
 
 import os
@@ -107,7 +107,7 @@ def run_serve(args: ServeArgs) -> None:
     """
     _check(args)
     from ddpo.rewards.registry import build_reward_fn
-    from ddpo.rewards.server import is_loopback, serve
+    from ddpo.rewards.remote.server import is_loopback, serve
 
     token = server_token(args)
     if token is None and not is_loopback(args.host):

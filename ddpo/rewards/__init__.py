@@ -1,9 +1,9 @@
-"""Reward functions ``(images, prompts, prompt_metadata) -> (rewards, reward_metadata)``.
+"""Reward functions: each follows the reward contract of :mod:`ddpo.rewards.contract`
+(`RewardFunction`, checked by `check_rewards`) and returns its rewards as a ``(batch,)`` tensor.
 
-``images`` is the float tensor ``(batch, 3, H, W)`` in [0, 1] that DDPOTrainer passes; the
-rewards come back as a ``(batch,)`` tensor. :mod:`ddpo.rewards.registry` names them for
-``ddpo train --reward``. The names below are imported on first use, so that importing the
-registry does not import torch (and the aesthetic scorer, transformers).
+:mod:`ddpo.rewards.registry` names them for ``ddpo train --reward``; :mod:`ddpo.rewards.remote`
+serves one over HTTP and scores through a server. The names below are imported on first use, so
+that importing the registry does not import torch (and the aesthetic scorer, transformers).
 """
 
 import importlib
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ddpo.rewards.brightness import brightness
     from ddpo.rewards.clip_score import ClipScoreReward, clip_score_reward
     from ddpo.rewards.combine import WeightedSumReward, weighted_sum
+    from ddpo.rewards.contract import RewardFunction, check_rewards
     from ddpo.rewards.hps import HPSReward, hps_reward
     from ddpo.rewards.image_reward import ImageRewardFn, image_reward
     from ddpo.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
@@ -40,6 +41,8 @@ _LAZY: dict[str, str] = {
     "clip_score_reward": "ddpo.rewards.clip_score",
     "WeightedSumReward": "ddpo.rewards.combine",
     "weighted_sum": "ddpo.rewards.combine",
+    "RewardFunction": "ddpo.rewards.contract",
+    "check_rewards": "ddpo.rewards.contract",
     "jpeg_compressibility": "ddpo.rewards.jpeg",
     "jpeg_incompressibility": "ddpo.rewards.jpeg",
     "jpeg_size_kb": "ddpo.rewards.jpeg",
@@ -67,6 +70,7 @@ __all__ = [
     "RemoteReward",
     "RemoteRewardError",
     "RemoteRewardUnavailable",
+    "RewardFunction",
     "WeightedSumReward",
     "aesthetic_score",
     "alignment_accuracy",
@@ -74,6 +78,7 @@ __all__ = [
     "alignment_reward_fn",
     "alignment_scores",
     "brightness",
+    "check_rewards",
     "clip_score_reward",
     "hps_reward",
     "image_reward",

@@ -260,7 +260,7 @@ def _as_images(images: Any) -> Tensor:
 def alignment_reward_fn(
     images: Any, prompts: Sequence[str], prompt_metadata: Sequence[dict[str, Any]] | None = None
 ) -> tuple[Tensor, dict[str, Any]]:
-    """The library's reward contract: ``(images, prompts, prompt_metadata) -> (rewards, info)``.
+    """The alignment reward, a reward function of the contract in :mod:`ddpo.rewards.contract`.
 
     Args:
         images: ``(batch, 3, H, W)`` float tensor in [0, 1] (uint8 and numpy also accepted).

@@ -1,15 +1,18 @@
 """Several rewards in one: a weighted sum that also reports each term."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, final
 
 import numpy as np
 import torch
 from jaxtyping import Float
 
+from ddpo.rewards.contract import RewardFunction
+
 __all__ = ["RewardFn", "WeightedSumReward", "as_reward_tensor", "weighted_sum"]
 
-RewardFn = Callable[[Any, Any, Any], tuple[Any, Any]]
+RewardFn = RewardFunction
+"""A reward function of the reward contract (:mod:`ddpo.rewards.contract`)."""
 
 
 def as_reward_tensor(rewards: Any, *, name: str, batch_size: int) -> Float[torch.Tensor, " batch"]:

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 __all__ = [
     "MODEL_KEYS",
@@ -53,8 +53,12 @@ RewardName = Literal[
 ]
 REWARDS: tuple[RewardName, ...] = get_args(RewardName)
 
-RewardFn = Callable[..., tuple[Any, Any]]
-"""``(images, prompts, prompt_metadata) -> (rewards, reward_metadata)``."""
+if TYPE_CHECKING:
+    from ddpo.rewards.contract import RewardFunction as RewardFn
+else:  # the contract's protocol imports torch, which importing the registry must not
+    RewardFn = Callable[..., tuple[Any, Any]]
+"""A reward function of the reward contract, `ddpo.rewards.contract.RewardFunction` (at run
+time a plain callable type, so that importing the registry imports no torch)."""
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from torch import Tensor
 
 from ddpo._typing import PerSample, Trajectory
 from ddpo.policy import Conditioning
+from ddpo.rewards.contract import check_rewards
 from ddpo.trainer.config import DDPOConfig
-from ddpo.trainer.contract import check_prompt, check_rewards
+from ddpo.trainer.contract import check_prompt
 from ddpo.trainer.prompt_cache import PromptEmbeddingCache
 from ddpo.trainer.prompt_rng import PromptRNG
 from ddpo.trainer.timing import PhaseTimer

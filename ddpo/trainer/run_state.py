@@ -18,10 +18,11 @@ import safetensors.torch
 import torch
 from torch.distributed.tensor import DTensor, distribute_tensor
 
+from ddpo._callables import callable_name
 from ddpo.core import PerPromptStatTracker
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer.config import DDPOConfig
-from ddpo.trainer.contract import callable_name, is_stateful, state_of
+from ddpo.trainer.contract import is_stateful, state_of
 from ddpo.trainer.prompt_rng import PromptRNG
 
 logger = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
 from ddpo.core import PerPromptStatTracker
+from ddpo.rewards.contract import RewardFunction
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer import run_state, setup
 from ddpo.trainer.advantages import (
@@ -30,7 +31,7 @@ from ddpo.trainer.advantages import (
     num_dropped,
 )
 from ddpo.trainer.config import DDPOConfig
-from ddpo.trainer.contract import ImageSamplesHook, PromptFunction, RewardFunction
+from ddpo.trainer.contract import ImageSamplesHook, PromptFunction
 from ddpo.trainer.optimisation import (
     Optimisation,
     make_optimizer,

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import torch
 
-import ddpo.rewards.server
+import ddpo.rewards.remote.server
 from ddpo.cli import main
 from ddpo.cli_serve import parse_serve_args, reward_options
 from ddpo.rewards.brightness import brightness
 from ddpo.rewards.registry import RewardOptions
-from ddpo.rewards.server import DEFAULT_MAX_IMAGE_PIXELS, is_loopback
+from ddpo.rewards.remote import DEFAULT_MAX_IMAGE_PIXELS, is_loopback
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     def fake_serve(reward_fn: Any, **kwargs: Any) -> None:
         calls.append({"reward_fn": reward_fn, **kwargs})
 
-    monkeypatch.setattr(ddpo.rewards.server, "serve", fake_serve)
+    monkeypatch.setattr(ddpo.rewards.remote.server, "serve", fake_serve)
     monkeypatch.delenv("DDPO_REWARD_TOKEN", raising=False)
     return calls
 

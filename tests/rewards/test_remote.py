@@ -33,12 +33,14 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from ddpo.rewards.remote import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_REQUEST_BYTES,
     RemoteReward,
     RemoteRewardError,
     RemoteRewardUnavailable,
     encode_request,
+    make_app,
 )
-from ddpo.rewards.server import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_REQUEST_BYTES, make_app
 
 TOKEN = "s3cret-token"
 

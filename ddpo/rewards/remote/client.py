@@ -1,73 +1,34 @@
-"""A reward computed by a reward server (``ddpo serve-reward``), and the wire format they share.
+"""`RemoteReward`: a reward function that asks a reward server (``ddpo serve-reward``).
 
-`RemoteReward` is a reward function of the reward contract that sends each batch over HTTP to a
-server built by :mod:`ddpo.rewards.server` and returns the rewards and metadata it answers.
-
-Wire format, version 1 (``"format": 1``). One ``POST <url>/score`` per batch, a JSON body::
-
-    {"format": 1,
-     "image_format": "safetensors" | "png",
-     "images": <base64 safetensors blob> | [<base64 PNG>, ...],
-     "prompts": [str, ...] | null,
-     "prompt_metadata": <any JSON value>}
-
-- ``safetensors`` (the default): one tensor ``"images"``, float32 ``(batch, 3, H, W)`` in [0, 1],
-  exactly the images the trainer produced, so a remote reward equals the same reward computed
-  locally and a run does not change when its reward moves to a server. It is 4 bytes a
-  sub-pixel (plus a third for base64); use ``png`` where bandwidth matters more.
-- ``png``: one RGB PNG per image. The client rounds to 8 bits (``round(255 x)``) and the server
-  scores that 8-bit image as floats ``k / 255``, so rewards match local ones up to 8-bit
-  rounding.
-
-A JSON body with base64 (rather than multipart) needs no form parser on the server, is one
-self-describing document any HTTP client can write, and lets the server count the bytes it
-receives before parsing anything; base64 costs a third more bytes. Nothing is ever pickled:
-safetensors and PNG carry only numbers, JSON only data.
-
-The answer is JSON: ``{"format": 1, "rewards": [float, ...], "reward_metadata": {...}}``, with
-tensors and arrays in the metadata written as (nested) lists; an error is an HTTP status with
-``{"error": "<message>"}`` (400 a malformed request, 401 a missing or wrong token, 413 a request
-over the server's size or pixel limits, 500 the reward failed).
-
-``GET <url>/health`` answers the reward's name, the wire format, the limits and whether a token
-is required; `RemoteReward` asks it when built (`RemoteReward.check`), so a server that is not
-there, not a reward server, or refusing the token is reported before any model loads.
+It sends each batch over HTTP to a server built by :mod:`ddpo.rewards.remote.server` in the
+wire format of :mod:`ddpo.rewards.remote.wire`, and returns the rewards and metadata it answers,
+checked against the reward contract (:mod:`ddpo.rewards.contract`).
 """
 
-import base64
-import io
-import json
 import math
 import os
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Any
 
-import numpy as np
 import torch
 from jaxtyping import Float
 
-from ddpo.rewards._images import to_float_nchw, to_uint8_nhwc
-from ddpo.trainer.contract import check_rewards
+from ddpo.rewards._images import to_float_nchw
+from ddpo.rewards.contract import check_rewards
+from ddpo.rewards.remote.wire import (
+    IMAGE_FORMATS,
+    TOKEN_ENV,
+    WIRE_FORMAT,
+    ImageFormat,
+    decode_answer,
+    encode_request,
+    import_serve_extra,
+    to_json_data,
+)
 
-__all__ = [
-    "TOKEN_ENV",
-    "WIRE_FORMAT",
-    "ImageFormat",
-    "RemoteReward",
-    "RemoteRewardError",
-    "RemoteRewardUnavailable",
-    "encode_request",
-    "to_json_data",
-]
-
-WIRE_FORMAT = 1
-ImageFormat = Literal["safetensors", "png"]
-IMAGE_FORMATS: tuple[ImageFormat, ...] = get_args(ImageFormat)
-"""The ``image_format`` values (the server decodes them: :mod:`ddpo.rewards.server`)."""
-TOKEN_ENV = "DDPO_REWARD_TOKEN"
-"""Environment variable holding the bearer token (server and client) when none is passed."""
+__all__ = ["RemoteReward", "RemoteRewardError", "RemoteRewardUnavailable"]
 
 
 class RemoteRewardError(RuntimeError):
@@ -88,72 +49,6 @@ class RemoteRewardUnavailable(ConnectionError, ValueError):
     """
 
 
-def to_json_data(value: Any, path: str) -> Any:
-    """``value`` as JSON data: tensors and arrays become (nested) lists, tuples lists.
-
-    Raises:
-        TypeError: naming the first offending entry (``path`` spells where ``value`` is), if a
-            value is not JSON data (dict keys must be str).
-    """
-    if value is None or isinstance(value, str | bool | int | float):
-        return value
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, np.ndarray | np.generic):
-        return value.tolist()
-    if isinstance(value, list | tuple):
-        return [to_json_data(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"{path} has a key {key!r} that is not a str; JSON keys are str")
-            out[key] = to_json_data(item, f"{path}[{key!r}]")
-        return out
-    raise TypeError(
-        f"{path} is of type {type(value).__name__} ({value!r:.80}), which is not JSON data; use "
-        f"dicts, lists, str, numbers, None (tensors and arrays are sent as lists)"
-    )
-
-
-def encode_request(
-    images: Float[torch.Tensor, "batch 3 height width"],
-    prompts: list[str] | None,
-    prompt_metadata: Any,
-    *,
-    image_format: ImageFormat = "safetensors",
-) -> bytes:
-    """The JSON body of one ``POST /score`` (see the module docstring).
-
-    Raises:
-        TypeError: if ``prompt_metadata`` is not JSON data (naming the offending entry).
-    """
-    metadata = to_json_data(prompt_metadata, "prompt_metadata")
-    if image_format == "safetensors":
-        import safetensors.torch
-
-        blob = safetensors.torch.save({"images": images.detach().float().cpu().contiguous()})
-        encoded = b'"' + base64.b64encode(blob) + b'"'
-    else:
-        from PIL import Image
-
-        parts = []
-        for array in to_uint8_nhwc(images):
-            buffer = io.BytesIO()
-            Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-            parts.append(b'"' + base64.b64encode(buffer.getvalue()) + b'"')
-        encoded = b"[" + b", ".join(parts) + b"]"
-    head = {
-        "format": WIRE_FORMAT,
-        "image_format": image_format,
-        "prompts": prompts,
-        "prompt_metadata": metadata,
-    }
-    # Base64 needs no escaping in JSON: the images are spliced in rather than passed through
-    # json.dumps, which would scan (and copy) tens of MiB of text for nothing.
-    return json.dumps(head).encode()[:-1] + b', "images": ' + encoded + b"}"
-
-
 class RemoteReward:
     """A reward function that asks a reward server (``ddpo serve-reward``) for the rewards.
 
@@ -161,9 +56,10 @@ class RemoteReward:
     ``(rewards, reward_metadata)``: rewards a float32 tensor ``(batch,)``, the metadata the
     server's (per-sample lists of the chunks joined). Connection errors and 5xx answers are
     retried ``retries`` times with exponential backoff (``backoff * 2**attempt`` seconds, at most
-    10 s); a timeout or a 4xx answer is not retried. The answer is checked with the trainer's
-    reward contract. Safe to call from several threads (``async_reward_computation``): they
-    share one connection pool. Use it as a context manager, or call `close`.
+    10 s); a timeout or a 4xx answer is not retried. The answer is checked with
+    `ddpo.rewards.contract.check_rewards`. Safe to call from several threads
+    (``async_reward_computation``): they share one connection pool. Use it as a context manager,
+    or call `close`.
 
     Building it checks the server (`check`: ``GET /health`` and the token), unless
     ``check=False``.
@@ -210,7 +106,7 @@ class RemoteReward:
             raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
         if not (isinstance(backoff, int | float) and 0 <= backoff < math.inf):
             raise ValueError(f"backoff must be a number of seconds >= 0, got {backoff!r}")
-        httpx = _require("httpx")
+        httpx = import_serve_extra("httpx")
 
         self.url = url.rstrip("/")
         self.timeout, self.retries, self.batch_size = float(timeout), retries, batch_size
@@ -383,23 +279,11 @@ class RemoteReward:
                 continue
             if response.status_code != 200:
                 raise _status_error(endpoint, response, attempt + 1, len(body), size)
-            return _parse_answer(response.content, self.__name__)
+            return decode_answer(response.content, self.__name__)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _sleep(self, attempt: int) -> None:
         time.sleep(min(self.backoff * 2**attempt, 10.0))
-
-
-def _require(module: str) -> Any:
-    """Import ``module`` of the ``serve`` extra, or ImportError saying how to install it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(
-            f"the reward server and RemoteReward need {module}: pip install 'ddpo[serve]'"
-        ) from err
 
 
 def _status_error(endpoint: str, response: Any, attempts: int, nbytes: int, size: int) -> Exception:
@@ -420,21 +304,6 @@ def _status_error(endpoint: str, response: Any, attempts: int, nbytes: int, size
     if status == 401:
         message += f" (pass token= to RemoteReward or set ${TOKEN_ENV})"
     return RemoteRewardError(message, status=status)
-
-
-def _parse_answer(content: bytes, name: str) -> tuple[Any, Any]:
-    """``(rewards, reward_metadata)`` of an answer; TypeError in the contract's words if the
-    answer is not the JSON object ``{"rewards": ..., "reward_metadata": ...}``."""
-    try:
-        answer = json.loads(content)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        answer = None
-    if not (isinstance(answer, dict) and "rewards" in answer):
-        raise TypeError(
-            f"reward function {name} must return (rewards, reward_metadata), got an answer that "
-            f"is not the JSON object {{rewards, reward_metadata}}: {content[:200]!r}"
-        )
-    return answer["rewards"], answer.get("reward_metadata", {})
 
 
 def _join_metadata(parts: list[Any], sizes: list[int]) -> Any:
