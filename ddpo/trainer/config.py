@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ddpo.trainer.config_checks import validate_config
+
 LossType = Literal["ppo", "score_function"]
 AdvantageMode = Literal["auto", "per_prompt", "global", "group", "group_global"]
 KLConvention = Literal["exact", "flow_grpo"]
@@ -286,9 +288,6 @@ class DDPOConfig:
             num_processes: number of accelerate processes, when known (the trainer passes it);
                 needed for the rule that an epoch splits into whole optimizer steps.
         """
-        # Imported here: the rules module imports this one for `DDPOConfig`.
-        from ddpo.trainer.config_checks import validate_config
-
         validate_config(self, num_processes=num_processes)
 
 

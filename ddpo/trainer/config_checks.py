@@ -8,8 +8,10 @@ field and the offending value.
 import importlib.util
 import math
 import os
+from typing import TYPE_CHECKING
 
-from ddpo.trainer.config import DDPOConfig
+if TYPE_CHECKING:  # the config imports these rules: only type checkers import it back
+    from ddpo.trainer.config import DDPOConfig
 
 LOSS_TYPES: tuple[str, ...] = ("ppo", "score_function")
 ADVANTAGE_MODES: tuple[str, ...] = ("auto", "per_prompt", "global", "group", "group_global")
@@ -51,7 +53,7 @@ RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
 )
 
 
-def validate_config(config: DDPOConfig, *, num_processes: int | None = None) -> None:
+def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -> None:
     """Check every field; raise ValueError (or ImportError) naming the field and the value.
 
     Args:
@@ -294,7 +296,7 @@ def validate_config(config: DDPOConfig, *, num_processes: int | None = None) -> 
         )
 
 
-def check_on_policy_guidance(config: DDPOConfig, guidance: str) -> None:
+def check_on_policy_guidance(config: "DDPOConfig", guidance: str) -> None:
     """ValueError if the training pass would re-score another policy than the one that sampled.
 
     With classifier-free guidance (``guidance="classifier_free"``) and a scale above 1, samples
@@ -323,7 +325,7 @@ KL_CONVENTIONS: tuple[str, ...] = ("exact", "flow_grpo")
 TIMESTEP_ORDERS: tuple[str, ...] = ("random", "first")
 
 
-def check_flow_grpo_options(config: DDPOConfig) -> None:
+def check_flow_grpo_options(config: "DDPOConfig") -> None:
     """The fields of Flow-GRPO's training conventions: ``kl_convention``,
     ``train_drop_zero_advantages``, ``train_timestep_order``, ``train_clip_range_low`` and
     ``train_clip_range_high`` (TypeError or ValueError naming the field and the value)."""
