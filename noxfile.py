@@ -46,7 +46,20 @@ def tests(session: nox.Session) -> None:
     _install(session, "test")
     reference = os.path.join(session.virtualenv.location, "reference-packages")
     session.install("--no-deps", "--upgrade", "--target", reference, *REFERENCE_PACKAGES)
-    session.run("pytest", *session.posargs, env={"DDPO_REFERENCE_PACKAGES": reference})
+    # One test process per usable core (tests/conftest.py counts them and gives each one
+    # thread), each module's tests in one process, so that a module-scoped fixture (a training
+    # run, a benchmark, a subprocess several tests read) is computed once (--dist loadscope);
+    # the 25 slowest tests are listed. Arguments after `--` override these (`-n 0`: one process).
+    session.run(
+        "pytest",
+        "-n",
+        "auto",
+        "--dist",
+        "loadscope",
+        "--durations=25",
+        *session.posargs,
+        env={"DDPO_REFERENCE_PACKAGES": reference, "OMP_NUM_THREADS": "1"},
+    )
 
 
 @nox.session
