@@ -1,16 +1,17 @@
-"""Phase 3 of an epoch: passes of PPO (or score-function) updates over the epoch's samples.
+"""Phase 3 of an epoch: passes of the objective's updates over the epoch's samples.
 
 Each inner epoch shuffles the samples, keeps ``train_timestep_fraction`` of each sample's
-timesteps (a random subset per sample, or the first ones in order with
-``train_timestep_order="first"``), re-scores the stored transitions through the
-accelerate-prepared UNet (so gradients are all-reduced across processes), and steps the optimizer
-once per ``train_gradient_accumulation_steps`` micro-batches, gradients accumulated over the kept
-timesteps too, the norm clipped and checked finite before any step. Until an epoch's first
-optimizer step the weights are those that sampled, so every re-scored log-probability must
-equal the sampled one (`OnPolicyCheck`: the epoch stops before that step otherwise).
+transitions (a random subset per sample, or the first ones in order with
+``train_timestep_order="first"``), asks the objective (`ddpo.objectives`; by default
+`PolicyGradient`, which re-scores the stored transitions through the accelerate-prepared
+denoiser, so that gradients are all-reduced across processes) for each micro-batch's terms, and
+steps the optimizer once per ``train_gradient_accumulation_steps`` micro-batches, gradients
+accumulated over the terms too, the norm clipped and checked finite before any step. Until an
+epoch's first optimizer step the weights are those that sampled, so every re-scored
+log-probability must equal the sampled one (`OnPolicyCheck`, fed by the objective's
+`ddpo.objectives.ON_POLICY_KEY` diagnostic: the epoch stops before that step otherwise).
 """
 
-import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,28 +19,38 @@ from typing import Any
 
 import torch
 
-from ddpo.core import (
-    flow_grpo_kl,
-    gaussian_kl,
-    ppo_clip_loss,
-    score_function_loss,
-    subsample_timesteps,
-)
-from ddpo.policy import StepScore
+from ddpo.core import subsample_timesteps
+from ddpo.objectives import ON_POLICY_KEY, Objective, ObjectiveContext, PolicyGradient
+from ddpo.policy import DiffusionPolicy, StepScore
+from ddpo.samples import Trajectories
 from ddpo.trainer.config import DDPOConfig
-from ddpo.trainer.rollout import TRAIN_STREAM, Trajectories, derive_seed
+from ddpo.trainer.rollout import OBJECTIVE_STREAM, TRAIN_STREAM, derive_seed
 
 
 @dataclass
 class Optimisation:
-    """What an optimisation pass needs: the trained module as prepared by accelerate."""
+    """What an optimisation pass needs: the objective, and the trained module as prepared by
+    accelerate."""
 
     config: DDPOConfig
     accelerator: Any
-    pipeline: Any
+    pipeline: DiffusionPolicy
     unet: torch.nn.Module
     optimizer: torch.optim.Optimizer
     parameters: list[torch.nn.Parameter]
+    objective: Objective
+
+
+def policy_gradient(config: DDPOConfig) -> PolicyGradient:
+    """The default objective, from the config: ``loss_type``, `clip_range`, ``kl_coef``,
+    ``kl_convention`` and ``train_cfg``."""
+    return PolicyGradient(
+        loss_type=config.loss_type,
+        clip_range=clip_range(config),
+        kl_coef=config.kl_coef,
+        kl_convention=config.kl_convention,
+        cfg=config.train_cfg,
+    )
 
 
 def num_train_timesteps(config: DDPOConfig, transitions: int | None = None) -> int:
@@ -63,6 +74,9 @@ def shuffle(
     )
     num_samples, num_steps = samples.timesteps.shape
     order = torch.randperm(num_samples, generator=generator)
+    device = samples.timesteps.device
+    if num_steps == 0:  # an objective that trains on no transitions
+        return samples.select(order.to(device))
     if config.train_timestep_order == "first":
         time_perms = torch.arange(num_steps).expand(num_samples, num_steps)
     else:
@@ -70,7 +84,6 @@ def shuffle(
             [torch.randperm(num_steps, generator=generator) for _ in range(num_samples)]
         )
     kept = subsample_timesteps(time_perms, timestep_fraction=config.train_timestep_fraction)
-    device = samples.timesteps.device
     return samples.select(order.to(device), kept.to(device))
 
 
@@ -117,56 +130,13 @@ def timestep_loss(
     advantages: torch.Tensor,
     reference: StepScore | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The loss of one trained transition per sample and its diagnostics (no model call).
-
-    ``loss_type``'s loss of ``score.log_prob`` (``"ppo"``: clipped at `clip_range`), plus
-    ``kl_coef`` times the batch mean of the KL penalty to ``reference`` in ``kl_convention``:
-    ``"exact"``, `ddpo.core.gaussian_kl` with the step's standard deviation ``score.std_dev``;
-    ``"flow_grpo"``, `ddpo.core.flow_grpo_kl` with ``score.flow_grpo_std_dev`` (Flow-GRPO's
-    ``policy_loss + beta * kl_loss``).
-
-    Args:
-        config: the run's config.
-        score: the policy's re-scored transitions (gradients flow through it).
-        old_log_prob: the log-probs when sampled, ``(batch,)``.
-        advantages: the (clipped) advantages, ``(batch,)``.
-        reference: the reference policy's score of the same transitions (``kl_coef > 0``).
-
-    Returns:
-        The loss (0-d, with gradients) and detached diagnostics: ``approx_kl``,
-        ``clip_fraction``, ``kl`` (with ``kl_coef > 0``) and ``loss``.
-
-    Raises:
-        ValueError: ``kl_coef > 0`` without ``reference``, or ``kl_convention="flow_grpo"`` with a
-            score that has no ``flow_grpo_std_dev``.
-    """
-    log_prob = score.log_prob.float()
-    ppo = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range=clip_range(config))
-    loss = ppo.loss if config.loss_type == "ppo" else score_function_loss(log_prob, advantages)
-    # Diagnostics stay on the device as detached tensors; read once per optimizer step.
-    metrics = {"approx_kl": ppo.approx_kl, "clip_fraction": ppo.clip_fraction}
-    if config.kl_coef > 0:
-        if reference is None:
-            raise ValueError(f"DDPOConfig.kl_coef={config.kl_coef!r} needs the reference's score")
-        mean, ref_mean = score.mean.float(), reference.mean.float()
-        if config.kl_convention == "flow_grpo":
-            std_dev_t = getattr(score, "flow_grpo_std_dev", None)
-            if std_dev_t is None:
-                raise ValueError(
-                    "DDPOConfig.kl_convention='flow_grpo' needs the policy's score() result to "
-                    f"carry flow_grpo_std_dev; {type(score).__name__} has none"
-                )
-            kl = flow_grpo_kl(mean, ref_mean, std_dev_t.float()).mean()
-        else:
-            kl = gaussian_kl(mean, ref_mean, score.std_dev.float()).mean()
-        loss = loss + config.kl_coef * kl
-        metrics["kl"] = kl.detach()
-    metrics["loss"] = loss.detach()
-    return loss, metrics
+    """The default objective's loss of one trained transition per sample and its diagnostics
+    (no model call): `PolicyGradient.transition_loss` of `policy_gradient` ``(config)``."""
+    return policy_gradient(config).transition_loss(score, old_log_prob, advantages, reference)
 
 
-LOG_RATIO_KEY = "max_abs_log_ratio"
-"""The metric `train_timestep` adds for the on-policy check: ``max |log_prob - old_log_prob|``."""
+LOG_RATIO_KEY = ON_POLICY_KEY
+"""The diagnostic of the on-policy check: ``max |log_prob - old_log_prob|``."""
 
 DEFAULT_ON_POLICY_TOLERANCE = {"no": 1e-3, "fp16": 5e-2, "bf16": 5e-2}
 """``DDPOConfig.on_policy_tolerance=None`` by the accelerator's mixed precision."""
@@ -245,11 +215,6 @@ def train_inner_epoch(
         epoch=epoch,
         inner_epoch=inner_epoch,
     )
-    # The sampling guidance is always passed; `guided` (train_cfg) says whether the re-scoring
-    # pass runs classifier-free guidance. A guidance-distilled model (FLUX.1-dev) takes the
-    # scale as an input of its one pass either way, so it re-scores the policy it sampled.
-    train_cfg = config.train_cfg
-    guidance_scale = config.sample_guidance_scale
     opt.unet.train()
     step_metrics: list[dict[str, float]] = []
     window: list[dict[str, torch.Tensor]] = []
@@ -259,12 +224,31 @@ def train_inner_epoch(
         if inner_epoch == 0
         else None
     )
-    for batch in shuffled.micro_batches(micro_batch_size(config, len(shuffled))):
-        for j in range(batch.timesteps.shape[1]):
+    terms = opt.objective.terms(int(shuffled.timesteps.shape[1]))
+    size = micro_batch_size(config, len(shuffled))
+    for batch_index, batch in enumerate(shuffled.micro_batches(size)):
+        for term in range(terms):
             with accelerator.accumulate(opt.unet):
-                metrics = train_timestep(opt, batch, j, guidance_scale, train_cfg)
-                log_ratio = metrics.pop(LOG_RATIO_KEY)
-                if on_policy is not None:
+                seed = derive_seed(
+                    config.seed,
+                    OBJECTIVE_STREAM,
+                    accelerator.process_index,
+                    epoch,
+                    inner_epoch,
+                    batch_index,
+                    term,
+                )
+                context = ObjectiveContext(
+                    policy=opt.pipeline,
+                    denoiser=opt.unet,
+                    autocast=accelerator.autocast,
+                    generator=torch.Generator().manual_seed(seed),
+                    epoch=epoch,
+                    inner_epoch=inner_epoch,
+                )
+                metrics = train_term(opt, context, batch, term)
+                log_ratio = metrics.pop(LOG_RATIO_KEY, None)
+                if on_policy is not None and log_ratio is not None:
                     on_policy.update(log_ratio)
                 if accelerator.sync_gradients:
                     if on_policy is not None:
@@ -298,35 +282,13 @@ def train_inner_epoch(
     return global_step, step_metrics
 
 
-def train_timestep(
-    opt: Optimisation, batch: Trajectories, j: int, guidance_scale: float, train_cfg: bool
+def train_term(
+    opt: Optimisation, context: ObjectiveContext, batch: Trajectories, term: int
 ) -> dict[str, torch.Tensor]:
-    """Loss of the ``j``-th kept transition of each sample in ``batch``, backpropagated."""
-    config, pipeline = opt.config, opt.pipeline
-    assert batch.advantages is not None
-    score = functools.partial(
-        pipeline.score,
-        batch.conditioning,
-        batch.latents[:, j],
-        batch.next_latents[:, j],
-        batch.timesteps[:, j],
-        guidance_scale=guidance_scale,
-        guided=train_cfg,
-        eta=config.sample_eta,
-    )
-    with opt.accelerator.autocast():
-        out = score(denoiser=opt.unet)
-    log_prob = out.log_prob.float()
-    old_log_prob = batch.log_probs[:, j]
-    ref = None
-    if config.kl_coef > 0:
-        with torch.no_grad(), pipeline.reference_policy(), opt.accelerator.autocast():
-            ref = score()
-    loss, metrics = timestep_loss(config, out, old_log_prob, batch.advantages, ref)
-    # For the on-policy check of `train_inner_epoch` (popped there, not logged).
-    metrics[LOG_RATIO_KEY] = (log_prob.detach() - old_log_prob).abs().max()
+    """The objective's loss of term ``term`` of ``batch``, backpropagated; its diagnostics."""
+    loss, metrics = opt.objective.loss(context, batch, term)
     opt.accelerator.backward(loss)
-    return metrics
+    return dict(metrics)
 
 
 def reduce_metrics(accelerator: Any, window: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -339,7 +301,7 @@ def reduce_metrics(accelerator: Any, window: list[dict[str, torch.Tensor]]) -> d
     return {k: float(v) for k, v in zip(keys, reduced.tolist(), strict=True)}
 
 
-def trainable_named_parameters(pipeline: Any) -> list[tuple[str, torch.nn.Parameter]]:
+def trainable_named_parameters(pipeline: DiffusionPolicy) -> list[tuple[str, torch.nn.Parameter]]:
     """The UNet's parameters that train: those of ``get_trainable_layers()`` requiring grad."""
     unet = pipeline.denoiser  # the module the DDP wrapper (if any) shares parameters with
     wanted = {id(p) for p in _parameters_of(pipeline.get_trainable_layers())}
@@ -398,10 +360,11 @@ __all__ = [
     "micro_batch_size",
     "micro_batches_per_epoch",
     "num_train_timesteps",
+    "policy_gradient",
     "reduce_metrics",
     "shuffle",
     "timestep_loss",
     "train_inner_epoch",
-    "train_timestep",
+    "train_term",
     "trainable_named_parameters",
 ]

@@ -10,16 +10,15 @@ exactly.
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
-from ddpo.policy import Conditioning
+from ddpo.policy import Conditioning, DiffusionPolicy
 
 
 class PromptEmbeddingCache:
     """``encode(prompts, negative_prompt)`` of a policy, remembering up to ``size`` prompts
     (least recently used dropped first)."""
 
-    def __init__(self, policy: Any, size: int) -> None:
+    def __init__(self, policy: DiffusionPolicy, size: int) -> None:
         if size <= 0:
             raise ValueError(f"PromptEmbeddingCache: size must be > 0, got {size!r}")
         self.policy = policy

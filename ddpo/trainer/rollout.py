@@ -1,25 +1,23 @@
 """Phase 1 of an epoch: sample trajectories with log-probs, then score them with the reward.
 
-`Rollout.run` samples ``sample_num_batches_per_epoch`` batches with the pipeline's DDIM sampler
+`Rollout.run` samples ``sample_num_batches_per_epoch`` batches with the policy's sampler
 (a seed per process, epoch and batch), checks each rollout for non-finite values where they
 arise, and scores each batch with the reward function, in a thread pool overlapping the next
 batch when ``async_reward_computation``. The epoch's samples come back as `Trajectories`.
 """
 
 import hashlib
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
 from torch import Tensor
 
-from ddpo._typing import PerSample, Trajectory
-from ddpo.policy import Conditioning
+from ddpo.objectives import ObjectiveNeeds
+from ddpo.policy import DiffusionPolicy, PolicyRollout
 from ddpo.rewards.contract import check_rewards
+from ddpo.samples import Trajectories
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import check_prompt
 from ddpo.trainer.prompt_cache import PromptEmbeddingCache
@@ -30,8 +28,7 @@ SAMPLE_STREAM = 1
 TRAIN_STREAM = 2
 PROMPT_STREAM = 3
 INITIAL_NOISE_STREAM = 4
-
-StepLatents = Float[Tensor, "batch steps channels height width"]
+OBJECTIVE_STREAM = 5
 
 
 def derive_seed(*keys: int) -> int:
@@ -50,97 +47,15 @@ def initial_noise_seed(seed: int, epoch: int, prompt: str) -> int:
     return derive_seed(seed, INITIAL_NOISE_STREAM, epoch, digest)
 
 
-@dataclass
-class Trajectories:
-    """One epoch's samples on this process, in sampling order (one row per image).
-
-    Attributes:
-        prompts: the prompt of each sample.
-        conditioning: the model family's conditioning of each sample (opaque here).
-        timesteps: each transition's timestep ``t``, ``(batch, T)``.
-        latents: ``x_t`` of each transition, ``(batch, T, C, h, w)``.
-        next_latents: the sampled ``x_{t-1}``, same shape.
-        log_probs: the log-density of each transition when sampled, ``(batch, T)``.
-        rewards: ``(batch,)``.
-        advantages: ``(batch,)``, once computed.
-    """
-
-    prompts: list[str]
-    conditioning: Conditioning
-    timesteps: Int[Tensor, "batch steps"]
-    latents: StepLatents
-    next_latents: StepLatents
-    log_probs: Trajectory
-    rewards: PerSample | None = None
-    advantages: PerSample | None = None
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def select(
-        self,
-        rows: Int[Tensor, " rows"],
-        steps: Int[Tensor, "rows kept"] | None = None,
-    ) -> "Trajectories":
-        """The samples ``rows`` (in that order) and, per sample, the transitions ``steps``."""
-        rows_cpu = rows.tolist()
-
-        def per_step(value: Tensor) -> Tensor:
-            value = value[rows]
-            if steps is None:
-                return value
-            arange = torch.arange(len(rows_cpu), device=value.device).unsqueeze(1)
-            return value[arange, steps.to(value.device)]
-
-        return replace(
-            self,
-            prompts=[self.prompts[i] for i in rows_cpu],
-            conditioning=self.conditioning.select(rows),
-            timesteps=per_step(self.timesteps),
-            latents=per_step(self.latents),
-            next_latents=per_step(self.next_latents),
-            log_probs=per_step(self.log_probs),
-            rewards=None if self.rewards is None else self.rewards[rows],
-            advantages=None if self.advantages is None else self.advantages[rows],
-        )
-
-    def micro_batches(self, size: int) -> Iterator["Trajectories"]:
-        """Consecutive slices of ``size`` samples (views, no copies)."""
-        for start in range(0, len(self), size):
-            part = slice(start, start + size)
-            yield replace(
-                self,
-                prompts=self.prompts[part],
-                conditioning=self.conditioning.select(part),
-                timesteps=self.timesteps[part],
-                latents=self.latents[part],
-                next_latents=self.next_latents[part],
-                log_probs=self.log_probs[part],
-                rewards=None if self.rewards is None else self.rewards[part],
-                advantages=None if self.advantages is None else self.advantages[part],
-            )
-
-    @staticmethod
-    def cat(parts: list["Trajectories"]) -> "Trajectories":
-        """The samples of ``parts`` one after another."""
-        return Trajectories(
-            prompts=[p for part in parts for p in part.prompts],
-            conditioning=Conditioning.cat([p.conditioning for p in parts]),
-            timesteps=torch.cat([p.timesteps for p in parts]),
-            latents=torch.cat([p.latents for p in parts]),
-            next_latents=torch.cat([p.next_latents for p in parts]),
-            log_probs=torch.cat([p.log_probs for p in parts]),
-            rewards=_cat_optional([p.rewards for p in parts]),
-        )
-
-
 class Rollout:
     """Samples and scores an epoch's trajectories on one process.
 
     Args:
         config: the run's config.
         pipeline: the model, through the `ddpo.policy.DiffusionPolicy` boundary.
-        prompt_function, reward_function: the user's callables (see `ddpo.trainer.contract`).
+        needs: what the objective needs of the rollouts (transitions, final latents, images).
+        prompt_function, reward_function: the user's callables (`ddpo.trainer.contract`,
+            `ddpo.rewards.contract`).
         device: this process's device; process_index: its index (seeds the streams).
         autocast: the accelerator's autocast context factory.
 
@@ -151,10 +66,11 @@ class Rollout:
     def __init__(
         self,
         config: DDPOConfig,
-        pipeline: Any,
+        pipeline: DiffusionPolicy,
         prompt_function: Any,
         reward_function: Any,
         *,
+        needs: ObjectiveNeeds,
         device: torch.device,
         process_index: int,
         autocast: Any,
@@ -162,6 +78,7 @@ class Rollout:
     ) -> None:
         self.config = config
         self.pipeline = pipeline
+        self.needs = needs
         self.prompt_function = prompt_function
         self.reward_function = reward_function
         self.device = device
@@ -249,7 +166,6 @@ class Rollout:
                 conditioning,
                 num_steps=config.sample_num_steps,
                 guidance_scale=config.sample_guidance_scale,
-                eta=config.sample_eta,
                 generator=generator,
                 **extra,
             )
@@ -264,15 +180,32 @@ class Rollout:
             epoch=epoch,
             batch_index=batch_index,
         )
-        batch = Trajectories(
+        batch = self._trajectories(prompts, conditioning, out)
+        return batch, out.images, prompt_metadata
+
+    def _trajectories(
+        self, prompts: tuple[str, ...], conditioning: Any, out: PolicyRollout
+    ) -> Trajectories:
+        """The batch as stored: its transitions (0 steps when the objective needs none), and
+        its final latents and images when the objective needs them."""
+        batch_size = len(prompts)
+        keep = slice(None) if self.needs.transitions else slice(0, 0)
+        timesteps = out.timesteps.to(out.latents.device)[keep]
+        schedule = out.schedule.to(out.latents.device)[keep]
+        final_latents = images = None
+        if self.needs.final:
+            final_latents, images = final_of(out, self.config.sample_num_steps, self.pipeline)
+        return Trajectories(
             prompts=list(prompts),
             conditioning=conditioning,
-            timesteps=out.timesteps.to(out.latents.device).unsqueeze(0).repeat(batch_size, 1),
-            latents=out.latents[:, :-1],
-            next_latents=out.latents[:, 1:],
-            log_probs=out.log_probs.float(),
+            timesteps=timesteps.unsqueeze(0).repeat(batch_size, 1),
+            latents=out.latents[:, :-1][:, keep],
+            next_latents=out.latents[:, 1:][:, keep],
+            log_probs=out.log_probs.float()[:, keep],
+            schedule=schedule.unsqueeze(0).repeat(batch_size, 1, 1),
+            final_latents=final_latents,
+            images=images,
         )
-        return batch, out.images, prompt_metadata
 
     def _draw_prompts(self, batch_size: int) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         prompts: list[str] = []
@@ -292,13 +225,22 @@ class Rollout:
             self.executor = None
 
 
-def _cat_optional(parts: list[Tensor | None]) -> Tensor | None:
-    present = [p for p in parts if p is not None]
-    if not present:
-        return None
-    if len(present) != len(parts):
-        raise ValueError("Trajectories.cat: some parts have rewards and some do not")
-    return torch.cat(present)
+def final_of(out: PolicyRollout, num_steps: int, policy: DiffusionPolicy) -> tuple[Tensor, Tensor]:
+    """A rollout's final latents ``x_0`` and its images: ``out.final_latents``, or, for a
+    policy that records every step, the last latents.
+
+    Raises:
+        TypeError: if the rollout records a window of the steps and gives no final latents.
+    """
+    final = out.final_latents
+    if final is None:
+        if policy.transitions_per_rollout(num_steps) != num_steps:
+            raise TypeError(
+                f"{type(policy).__name__}.rollout records a window of the steps and returns no "
+                "final_latents, which the objective needs (ObjectiveNeeds.final)"
+            )
+        final = out.latents[:, -1]
+    return final, out.images
 
 
 def _param_dtype(module: Any) -> torch.dtype | None:
@@ -368,11 +310,13 @@ def check_rollout(
 
 
 __all__ = [
+    "OBJECTIVE_STREAM",
     "PromptRNG",
     "Rollout",
     "Trajectories",
     "check_rollout",
     "check_transitions",
     "derive_seed",
+    "final_of",
     "initial_noise_seed",
 ]

@@ -20,6 +20,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ddpo._callables import callable_name
 from ddpo.core import PerPromptStatTracker
+from ddpo.policy import DiffusionPolicy
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import is_stateful, state_of
@@ -44,6 +45,8 @@ class RunState:
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """What defines the run besides the config, by section (JSON data): written into each
     checkpoint (``run_settings.json``) and compared on resume (`ckpt.check_resume_settings`)."""
+    objective: Any = None
+    """The trainer's objective: its state is saved with the callables' when it keeps one."""
 
 
 POLICY_SETTINGS: tuple[str, ...] = (
@@ -66,7 +69,7 @@ the built-in pipelines): the model, its LoRA (rank, alpha, layers), the image si
 length, the flow models' sampler."""
 
 
-def policy_settings(policy: Any) -> dict[str, Any]:
+def policy_settings(policy: DiffusionPolicy) -> dict[str, Any]:
     """The `POLICY_SETTINGS` attributes that ``policy`` has, as JSON data (tuples as lists);
     the LoRA shape only with ``use_lora``. A policy without them (one's own) records nothing."""
     found: dict[str, Any] = {}
@@ -110,6 +113,8 @@ def save(state: RunState, epoch: int, global_step: int) -> Path:
         "prompt_function": state_of(state.prompt_function),
         "reward_function": state_of(state.reward_function),
     }
+    if state.objective is not None and is_stateful(state.objective):
+        callables["objective"] = state_of(state.objective)
     ckpt.write_json(tmp / f"{ckpt.CALLABLE_STATE_PREFIX}{index}.json", callables)
     accelerator.wait_for_everyone()
     final = tmp.parent / ckpt.checkpoint_name(epoch)
@@ -182,6 +187,8 @@ def load(
     if state.stat_tracker is not None and tracker_state is not None:
         state.stat_tracker.load_state_dict(tracker_state)
     functions = {"prompt_function": state.prompt_function, "reward_function": state.reward_function}
+    if state.objective is not None:
+        functions["objective"] = state.objective
     load_callable_states(info.path, index, functions)
     return info, prompt_rng
 

@@ -9,7 +9,14 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
-from ddpo.policy import accepts_initial_noise, guidance_kind, missing_members
+from ddpo.objectives import Objective
+from ddpo.policy import (
+    DiffusionPolicy,
+    accepts_initial_noise,
+    guidance_kind,
+    missing_members,
+    policy_option,
+)
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.config_checks import check_on_policy_guidance
 
@@ -51,13 +58,13 @@ def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
     """
     name = policy.__name__ if isinstance(policy, type) else type(policy).__name__
     check_on_policy_guidance(config, guidance_kind(policy))
-    if config.sample_eta != 1.0 and not getattr(policy, "uses_sample_eta", True):
+    if config.sample_eta != 1.0 and not policy_option(policy, "uses_sample_eta"):
         raise ValueError(
             f"DDPOConfig.sample_eta={config.sample_eta!r}: sample_eta applies to the DDIM "
             f"families (SD 1.x/2.x, SDXL); {name} is a flow-matching policy, whose sampler "
             "ignores it (its stochasticity is Flow-GRPO's noise level: use noise_level)"
         )
-    offered = tuple(getattr(policy, "kl_conventions", ("exact",)))
+    offered = tuple(policy_option(policy, "kl_conventions"))
     if config.kl_convention not in offered:
         raise ValueError(
             f"DDPOConfig.kl_convention={config.kl_convention!r} is not offered by {name} (it "
@@ -71,6 +78,31 @@ def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
             f"initial_noise_generators (the SD3 and FLUX.1 policies); {name}'s does not (its x_T "
             "is drawn from the batch's generator)"
         )
+
+
+def check_objective(objective: Objective, config: DDPOConfig) -> None:
+    """TypeError unless ``objective`` implements `ddpo.objectives.Objective`; ValueError if it
+    asks for a rollout with gradients through more steps than ``sample_num_steps``."""
+    missing = [name for name in ("needs", "terms", "loss") if not hasattr(objective, name)]
+    if missing:
+        raise TypeError(
+            f"DDPOTrainer: objective must implement ddpo.objectives.Objective; "
+            f"{type(objective).__name__} lacks {missing}"
+        )
+    grad_steps = objective.needs.grad_steps
+    if grad_steps > config.sample_num_steps:
+        raise ValueError(
+            f"{type(objective).__name__} needs a rollout with gradients through its last "
+            f"{grad_steps} steps, more than DDPOConfig.sample_num_steps="
+            f"{config.sample_num_steps}"
+        )
+
+
+def apply_sampler_settings(policy: DiffusionPolicy, config: DDPOConfig) -> None:
+    """Set the policy's own sampler settings that the config names: DDIM's ``eta`` from
+    ``sample_eta``, for a policy that has one (``uses_sample_eta``)."""
+    if policy_option(policy, "uses_sample_eta") and hasattr(policy, "eta"):
+        policy.eta = config.sample_eta
 
 
 def effective_mixed_precision(config: DDPOConfig) -> str:

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ddpo.policy import DiffusionPolicy, policy_option
+
 logger = logging.getLogger(__name__)
 
 #: Tensor methods that read values on the host (a device synchronisation on a GPU).
@@ -56,14 +58,14 @@ class SpeedOptions:
         )
 
 
-def compile_region_names(policy: Any) -> tuple[str, ...]:
+def compile_region_names(policy: DiffusionPolicy) -> tuple[str, ...]:
     """Class names of the denoiser's blocks to compile: the policy's ``compile_regions`` when it
     declares them, else the diffusers model's ``_repeated_blocks``.
 
     Raises:
         ValueError: if neither names a block (the model has no repeated blocks to compile).
     """
-    names = getattr(policy, "compile_regions", None)
+    names = policy_option(policy, "compile_regions")
     if names is None:
         names = getattr(policy.denoiser, "_repeated_blocks", None)
     if not names:
@@ -75,7 +77,9 @@ def compile_region_names(policy: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def apply_speed_options(policy: Any, options: SpeedOptions, device: torch.device) -> list[str]:
+def apply_speed_options(
+    policy: DiffusionPolicy, options: SpeedOptions, device: torch.device
+) -> list[str]:
     """Apply ``options`` to ``policy.denoiser`` in place; return what was done, one line each.
 
     The same module object stays (parameters, state dict and adapters unchanged), so saving,

@@ -56,8 +56,9 @@ def epoch_metrics(
     timer: PhaseTimer,
 ) -> dict[str, float | int]:
     """One ``metrics.jsonl`` row: reward statistics of every process's samples, the optimizer
-    steps' metrics averaged over the epoch (``loss``, ``approx_kl``, ``clip_fraction``, ``kl``),
-    the learning rate and the phase times."""
+    steps' metrics averaged over the epoch (the default objective's ``loss``, ``approx_kl``,
+    ``clip_fraction``, ``kl``, then any other objective's diagnostics by name), the learning
+    rate and the phase times."""
     metrics: dict[str, float | int] = {
         "epoch": epoch,
         "global_step": global_step,
@@ -66,7 +67,9 @@ def epoch_metrics(
         "num_samples": int(rewards.numel()),
         "lr": lr,
     }
-    for key in ("loss", "approx_kl", "clip_fraction", "kl"):
+    known = ("loss", "approx_kl", "clip_fraction", "kl")
+    others = sorted({key for m in step_metrics for key in m} - set(known))
+    for key in (*known, *others):
         values = [m[key] for m in step_metrics if key in m]
         if values:
             metrics[key] = float(np.mean(values))

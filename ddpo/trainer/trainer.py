@@ -4,7 +4,8 @@ One epoch, in the order of the algorithm, one module per phase:
 
 1. sample trajectories with log-probs and score them with the reward (`ddpo.trainer.rollout`);
 2. gather rewards across processes and turn them into advantages (`ddpo.trainer.advantages`);
-3. ``train_num_inner_epochs`` passes of PPO updates (`ddpo.trainer.optimisation`);
+3. ``train_num_inner_epochs`` passes of the objective's updates (`ddpo.trainer.optimisation`;
+   the objective is `ddpo.objectives.PolicyGradient`, DDPO's PPO, unless another is given);
 4. log the epoch (trackers and ``<output_dir>/metrics.jsonl``), then checkpoint every
    ``save_freq`` epochs (`ddpo.trainer.run_state`).
 """
@@ -21,6 +22,8 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
 from ddpo.core import PerPromptStatTracker
+from ddpo.objectives import Objective
+from ddpo.policy import DiffusionPolicy, policy_option
 from ddpo.rewards.contract import RewardFunction
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer import run_state, setup
@@ -37,6 +40,7 @@ from ddpo.trainer.optimisation import (
     make_optimizer,
     micro_batches_per_epoch,
     num_train_timesteps,
+    policy_gradient,
     train_inner_epoch,
     trainable_named_parameters,
 )
@@ -60,16 +64,17 @@ __all__ = ["METRICS_FILENAME", "DDPOTrainer", "PromptRNG", "derive_seed", "num_t
 
 
 class DDPOTrainer:
-    """Fine-tune a diffusion pipeline with DDPO (TRL-compatible constructor and methods).
+    """Fine-tune a diffusion model with DDPO or another objective (TRL-compatible constructor and
+    methods).
 
     Args:
         config: the run's `DDPOConfig` (validated again here, with the process count).
-        reward_function: ``(images, prompts, prompt_metadata) -> (rewards, reward_metadata)``;
-            ``images`` is a float tensor ``(batch, 3, H, W)`` in [0, 1], ``rewards`` a 1-D
-            tensor, array or list of ``batch`` finite numbers.
+        reward_function: a function of the reward contract (`ddpo.rewards.contract`):
+            ``(images, prompts, prompt_metadata) -> (rewards, reward_metadata)``.
         prompt_function: ``() -> (prompt, prompt_metadata)``. Either function may keep state for
             exact resumes: ``state_dict()`` (JSON data) and ``load_state_dict(state)``.
-        sd_pipeline: a `DDPOStableDiffusionPipeline`.
+        sd_pipeline: the model: any `ddpo.policy.DiffusionPolicy` (TRL's name for it: a
+            `DDPOStableDiffusionPipeline`; one ``DefaultDDPO...Pipeline`` per family).
         image_samples_hook: optional ``(image_data, global_step, tracker)``, called once per
             epoch on the main process with ``image_data`` a list, per sampling batch, of
             ``[images, prompts, prompt_metadata, rewards, reward_metadata]``; ``tracker`` is the
@@ -77,6 +82,10 @@ class DDPOTrainer:
             arrays and tensors), or None when there is none.
         accelerator: an `accelerate.Accelerator` to run on (default: one built from the config).
             Its gradient accumulation is set to the run's.
+        objective: the loss to train (`ddpo.objectives.Objective`); default DDPO's
+            `ddpo.objectives.PolicyGradient` from the config (``loss_type``, the clip range,
+            ``kl_coef``, ``kl_convention``, ``train_cfg``). A stateful objective
+            (``state_dict``/``load_state_dict``, JSON data) is checkpointed with the run.
 
     Attributes:
         accelerator: the `accelerate.Accelerator`.
@@ -93,10 +102,11 @@ class DDPOTrainer:
         config: DDPOConfig,
         reward_function: RewardFunction,
         prompt_function: PromptFunction,
-        sd_pipeline: Any,
+        sd_pipeline: DiffusionPolicy,
         image_samples_hook: ImageSamplesHook | None = None,
         *,
         accelerator: Accelerator | None = None,
+        objective: Objective | None = None,
     ) -> None:
         # 1. Checks that need no model work: config, callables, resume path, run folder, pipeline.
         config.validate()
@@ -118,6 +128,8 @@ class DDPOTrainer:
         self._hashes_checked = resume.path.resolve() if resume is not None else None
         check_output_dir(config)
         setup.check_pipeline(sd_pipeline, config)
+        self.objective: Objective = policy_gradient(config) if objective is None else objective
+        setup.check_objective(self.objective, config)
         # What defines the run besides the config: the policy's settings (`ddpo train` adds its
         # flags); each checkpoint records them, a resume compares them.
         self.run_settings: dict[str, dict[str, Any]] = {
@@ -137,10 +149,15 @@ class DDPOTrainer:
         self.sd_pipeline = sd_pipeline
         self.image_samples_hook = image_samples_hook
         self.transitions_per_rollout = sd_pipeline.transitions_per_rollout(config.sample_num_steps)
-        self.num_train_timesteps = num_train_timesteps(config, self.transitions_per_rollout)
+        self.num_train_timesteps = (
+            num_train_timesteps(config, self.transitions_per_rollout)
+            if self.objective.needs.transitions
+            else 0
+        )
+        self.terms = self.objective.terms(self.num_train_timesteps)
 
-        # 2. The accelerator: gradients accumulate over trained timesteps and micro-batches.
-        steps = config.train_gradient_accumulation_steps * self.num_train_timesteps
+        # 2. The accelerator: gradients accumulate over the objective's terms and micro-batches.
+        steps = config.train_gradient_accumulation_steps * self.terms
         if accelerator is None:
             accelerator = setup.make_accelerator(config, accumulation_steps=steps)
         else:
@@ -157,8 +174,10 @@ class DDPOTrainer:
         # 4. Seed the global RNGs (per process, e.g. for randomness inside reward functions).
         setup.seed_process(config)
 
-        # 5. The model on this process's device (its dtypes are the pipeline's own choice).
+        # 5. The model on this process's device (its dtypes are the pipeline's own choice), its
+        #    sampler set as the config says.
         device = accelerator.device
+        setup.apply_sampler_settings(sd_pipeline, config)
         sd_pipeline.prepare(device, gradient_checkpointing=config.gradient_checkpointing)
         for line in apply_speed_options(sd_pipeline, SpeedOptions.from_config(config), device):
             logger.info("%s", line)
@@ -176,7 +195,7 @@ class DDPOTrainer:
 
         # 7. Advantage state and the sampler.
         # "auto" follows the policy's preference where it has one (flow models: GRPO's groups)
-        preferred = getattr(sd_pipeline, "preferred_advantage_mode", None)
+        preferred = policy_option(sd_pipeline, "preferred_advantage_mode")
         self.advantage_mode = config.resolve_advantage_mode(preferred)
         self.stat_tracker = (
             PerPromptStatTracker(
@@ -191,6 +210,7 @@ class DDPOTrainer:
             sd_pipeline,
             prompt_function,
             reward_function,
+            needs=self.objective.needs,
             device=device,
             process_index=accelerator.process_index,
             autocast=accelerator.autocast,
@@ -297,9 +317,10 @@ class DDPOTrainer:
                     self.unet,
                     self.optimizer,
                     self.trainable_parameters,
+                    self.objective,
                 )
                 for inner_epoch in range(config.train_num_inner_epochs):
-                    total = micro_batches_per_epoch(config) * self.num_train_timesteps
+                    total = micro_batches_per_epoch(config) * self.terms
                     task = progress.add_task(f"epoch {epoch}.{inner_epoch}: training", total=total)
                     global_step, metrics = train_inner_epoch(
                         opt,
@@ -352,7 +373,7 @@ class DDPOTrainer:
     # ------------------------------------------------------------------------------------------
     # Weights and checkpoints
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trained UNet parameters (LoRA or all), detached on CPU, by parameter name (whole
+        """The trained denoiser parameters (LoRA or all), detached on CPU, by parameter name (whole
         tensors: under FSDP every process must call this, as it gathers the shards)."""
         return {
             n: run_state.full_tensor(p).to("cpu", copy=True).contiguous()
@@ -370,6 +391,7 @@ class DDPOTrainer:
             prompt_function=self.prompt_function,
             reward_function=self.reward_function,
             settings=self.run_settings,
+            objective=self.objective,
         )
 
     def save_checkpoint(self, epoch: int, global_step: int) -> Path:

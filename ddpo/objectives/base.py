@@ -1,0 +1,130 @@
+"""What an objective is: the loss of one algorithm over a micro-batch of an epoch's samples.
+
+`ddpo.trainer.DDPOTrainer` samples, rewards and turns rewards into advantages; then, for each
+micro-batch of the shuffled samples, it asks its objective for ``terms`` losses (one backward
+pass each, gradients accumulated over them and over ``train_gradient_accumulation_steps``
+micro-batches) and steps the optimizer. An objective declares what it needs of the epoch's
+rollouts (`ObjectiveNeeds`) and computes ``loss, metrics`` from `ddpo.core` functions and the
+`ddpo.policy.DiffusionPolicy` members, through the `ObjectiveContext` it is given.
+"""
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ddpo.policy import DiffusionPolicy
+from ddpo.samples import Trajectories
+
+
+@dataclass(frozen=True)
+class ObjectiveNeeds:
+    """What an objective needs from an epoch's rollouts.
+
+    Attributes:
+        transitions: the recorded transitions with their log-probs and schedule values
+            (``Trajectories.latents``, ``next_latents``, ``log_probs``, ``schedule``), of which
+            the trainer keeps ``train_timestep_fraction`` per sample; False: they are dropped
+            after sampling (0 steps), saving their memory.
+        final: the final latents and the images (``Trajectories.final_latents``, ``images``).
+        grad_steps: the objective samples in its loss a rollout whose last ``grad_steps`` steps
+            keep their graph (reward backpropagation); the trainer checks that the policy's
+            ``sample_num_steps`` allow it.
+    """
+
+    transitions: bool = True
+    final: bool = False
+    grad_steps: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("transitions", "final"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"ObjectiveNeeds.{name} must be True or False")
+        if isinstance(self.grad_steps, bool) or not isinstance(self.grad_steps, int):
+            raise TypeError(f"ObjectiveNeeds.grad_steps must be an int, got {self.grad_steps!r}")
+        if self.grad_steps < 0:
+            raise ValueError(f"ObjectiveNeeds.grad_steps must be >= 0, got {self.grad_steps}")
+
+
+@dataclass(frozen=True)
+class ObjectiveContext:
+    """What an objective's loss may use besides its micro-batch.
+
+    Attributes:
+        policy: the model family's policy.
+        denoiser: the trained denoiser as prepared by accelerate (DDP-wrapped when distributed):
+            pass it as ``denoiser=`` to ``policy.score`` / ``policy.predict`` so that gradients
+            are all-reduced; the policy's own ``denoiser`` is the same parameters, unwrapped.
+        autocast: the accelerator's autocast context factory (mixed precision).
+        generator: a CPU generator seeded from the run's seed, the process, the epoch, the inner
+            epoch, the micro-batch and the term: the objective's randomness (noise, timesteps)
+            is the same in a resumed run.
+        epoch, inner_epoch: where training is.
+    """
+
+    policy: DiffusionPolicy
+    denoiser: nn.Module
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]]
+    generator: torch.Generator
+    epoch: int
+    inner_epoch: int
+
+    def reference(self) -> contextlib.AbstractContextManager[Any]:
+        """No gradients, the policy before fine-tuning, and the accelerator's autocast."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(self.policy.reference_policy())
+        stack.enter_context(self.autocast())
+        return stack
+
+
+class ObjectiveLoss(NamedTuple):
+    """A term's loss (0-d, with gradients) and its detached diagnostics (0-d tensors, averaged
+    per optimizer step over terms, micro-batches and processes, logged as ``train/<name>``).
+
+    A diagnostic named `ON_POLICY_KEY` (``max |log_prob - old_log_prob|``) is not logged: the
+    trainer checks with it that the policy re-scoring the samples before the epoch's first
+    update is the one that drew them (``DDPOConfig.on_policy_tolerance``)."""
+
+    loss: Tensor
+    metrics: dict[str, Tensor]
+
+
+ON_POLICY_KEY = "max_abs_log_ratio"
+"""The diagnostic that feeds the trainer's on-policy check (see `ObjectiveLoss`)."""
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """One algorithm's loss over a micro-batch (see the module docstring).
+
+    An objective may keep state across epochs; with ``state_dict()`` (JSON data) and
+    ``load_state_dict(state)`` it is saved in checkpoints and restored on resume.
+    """
+
+    @property
+    def needs(self) -> ObjectiveNeeds:
+        """What the objective needs from the epoch's rollouts."""
+        ...
+
+    def terms(self, kept_transitions: int) -> int:
+        """Backward passes per micro-batch when each sample keeps ``kept_transitions``
+        transitions (a policy gradient: one per kept transition)."""
+        ...
+
+    def loss(self, context: ObjectiveContext, batch: Trajectories, term: int) -> ObjectiveLoss:
+        """The loss of term ``term`` (``0 .. terms - 1``) of micro-batch ``batch`` (with its
+        ``advantages``); the trainer backpropagates it."""
+        ...
+
+
+__all__ = [
+    "ON_POLICY_KEY",
+    "Objective",
+    "ObjectiveContext",
+    "ObjectiveLoss",
+    "ObjectiveNeeds",
+]

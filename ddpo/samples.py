@@ -1,0 +1,132 @@
+"""One epoch's samples as the trainer stores them and an objective trains on them."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ddpo._typing import PerSample, Trajectory
+from ddpo.policy import Conditioning
+
+StepLatents = Float[Tensor, "batch steps channels height width"]
+
+
+@dataclass
+class Trajectories:
+    """One epoch's samples on this process, in sampling order (one row per image).
+
+    The per-transition fields hold the transitions the policy recorded (all of them, or after
+    `select`, the kept ones); an objective that does not train on transitions
+    (`ddpo.objectives.ObjectiveNeeds.transitions` False) gets them with 0 steps.
+
+    Attributes:
+        prompts: the prompt of each sample.
+        conditioning: the model family's conditioning of each sample (opaque here).
+        timesteps: each transition's timestep ``t``, ``(batch, T)``.
+        latents: ``x_t`` of each transition, ``(batch, T, C, h, w)``.
+        next_latents: the sampled ``x_{t-1}``, same shape.
+        log_probs: the log-density of each transition when sampled, ``(batch, T)``.
+        schedule: each transition's schedule values (`ddpo.policy.PolicyRollout.schedule`),
+            ``(batch, T, V)``, which ``policy.score`` takes back.
+        rewards: ``(batch,)``.
+        advantages: ``(batch,)``, once computed.
+        final_latents: the final (clean) latents ``x_0``, ``(batch, C, h, w)``, when the
+            objective asks for them (`ObjectiveNeeds.final`).
+        images: the decoded images ``(batch, 3, H, W)`` in ``[0, 1]``, likewise.
+    """
+
+    prompts: list[str]
+    conditioning: Conditioning
+    timesteps: Int[Tensor, "batch steps"]
+    latents: StepLatents
+    next_latents: StepLatents
+    log_probs: Trajectory
+    schedule: Float[Tensor, "batch steps values"]
+    rewards: PerSample | None = None
+    advantages: PerSample | None = None
+    final_latents: Tensor | None = None
+    images: Float[Tensor, "batch 3 height width"] | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(
+        self,
+        rows: Int[Tensor, " rows"],
+        steps: Int[Tensor, "rows kept"] | None = None,
+    ) -> "Trajectories":
+        """The samples ``rows`` (in that order) and, per sample, the transitions ``steps``."""
+        rows_cpu = rows.tolist()
+
+        def per_step(value: Tensor) -> Tensor:
+            value = value[rows]
+            if steps is None:
+                return value
+            arange = torch.arange(len(rows_cpu), device=value.device).unsqueeze(1)
+            return value[arange, steps.to(value.device)]
+
+        def per_row(value: Tensor | None) -> Tensor | None:
+            return None if value is None else value[rows]
+
+        return replace(
+            self,
+            prompts=[self.prompts[i] for i in rows_cpu],
+            conditioning=self.conditioning.select(rows),
+            timesteps=per_step(self.timesteps),
+            latents=per_step(self.latents),
+            next_latents=per_step(self.next_latents),
+            log_probs=per_step(self.log_probs),
+            schedule=per_step(self.schedule),
+            rewards=per_row(self.rewards),
+            advantages=per_row(self.advantages),
+            final_latents=per_row(self.final_latents),
+            images=per_row(self.images),
+        )
+
+    def micro_batches(self, size: int) -> Iterator["Trajectories"]:
+        """Consecutive slices of ``size`` samples (views, no copies)."""
+        for start in range(0, len(self), size):
+            part = slice(start, start + size)
+            sliced: dict[str, Any] = {
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[part]
+                for f in fields(self)
+                if f.name not in ("prompts", "conditioning")
+            }
+            yield replace(
+                self,
+                prompts=self.prompts[part],
+                conditioning=self.conditioning.select(part),
+                **sliced,
+            )
+
+    @staticmethod
+    def cat(parts: list["Trajectories"]) -> "Trajectories":
+        """The samples of ``parts`` one after another."""
+        return Trajectories(
+            prompts=[p for part in parts for p in part.prompts],
+            conditioning=Conditioning.cat([p.conditioning for p in parts]),
+            timesteps=torch.cat([p.timesteps for p in parts]),
+            latents=torch.cat([p.latents for p in parts]),
+            next_latents=torch.cat([p.next_latents for p in parts]),
+            log_probs=torch.cat([p.log_probs for p in parts]),
+            schedule=torch.cat([p.schedule for p in parts]),
+            rewards=_cat_optional([p.rewards for p in parts]),
+            advantages=_cat_optional([p.advantages for p in parts]),
+            final_latents=_cat_optional([p.final_latents for p in parts]),
+            images=_cat_optional([p.images for p in parts]),
+        )
+
+
+def _cat_optional(parts: list[Tensor | None]) -> Tensor | None:
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    if len(present) != len(parts):
+        raise ValueError("Trajectories.cat: some parts have this field and some do not")
+    return torch.cat(present)
+
+
+__all__ = ["StepLatents", "Trajectories"]
