@@ -3,7 +3,7 @@
 Layout of a run folder::
 
     <run>/checkpoints/checkpoint_<N>/      N = epochs completed when it was written
-        trainable_weights.safetensors      the UNet parameters that train (LoRA or all)
+        trainable_weights.safetensors      the denoiser parameters that train (LoRA or all)
         per_prompt_stats.json              the per-prompt tracker state (null without one)
         prompt_rng_<i>.json                process i's random stream of the prompt function
         config.json                        the `DDPOConfig` (`check_resume_config`)

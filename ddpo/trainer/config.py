@@ -167,9 +167,9 @@ class DDPOConfig:
     kl_coef: float = 0.0
     """Weight of a KL-to-reference penalty (Gaussian KL between the DDIM step means of the
     current and the pre-fine-tuning policy; ``kl_convention`` says how it is measured); 0
-    disables it and its extra UNet pass."""
+    disables it and its extra denoiser pass."""
     gradient_checkpointing: bool = False
-    """Enable the UNet's gradient checkpointing (less memory, more compute)."""
+    """Enable the denoiser's gradient checkpointing (less memory, more compute)."""
     hub_model_id: str = ""
     """Hub repository for ``push_to_hub`` (default: the run name)."""
     resume_allow_config_changes: bool = False

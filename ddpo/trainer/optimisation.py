@@ -302,7 +302,7 @@ def reduce_metrics(accelerator: Any, window: list[dict[str, torch.Tensor]]) -> d
 
 
 def trainable_named_parameters(pipeline: DiffusionPolicy) -> list[tuple[str, torch.nn.Parameter]]:
-    """The UNet's parameters that train: those of ``get_trainable_layers()`` requiring grad."""
+    """The denoiser's parameters that train: those of ``get_trainable_layers()`` requiring grad."""
     unet = pipeline.denoiser  # the module the DDP wrapper (if any) shares parameters with
     wanted = {id(p) for p in _parameters_of(pipeline.get_trainable_layers())}
     named = [(n, p) for n, p in unet.named_parameters() if p.requires_grad and id(p) in wanted]

@@ -302,7 +302,7 @@ def check_rollout(
         f"sampling produced non-finite values ({' and '.join(what)}) {where}, epoch {epoch}, "
         f"sampling batch {batch_index}; settings: sample_num_steps={config.sample_num_steps}, "
         f"sample_eta={config.sample_eta}, sample_guidance_scale={config.sample_guidance_scale}, "
-        f"UNet dtype={dtype}, mixed_precision={mixed_precision!r}. This is the sampler or the "
+        f"denoiser dtype={dtype}, mixed_precision={mixed_precision!r}. This is the sampler or the "
         "model, not the reward or the learning rate: check the model's weights (finite, and "
         "in range for their dtype) and its scheduler config, or try mixed_precision='no' with a "
         "float32 model"

@@ -1,7 +1,7 @@
 """Everything a run needs to continue exactly, written into and read from a checkpoint folder.
 
 The one checkpoint format of a run (see `ddpo.trainer.checkpoint` for the layout and the atomic
-write): the trainable UNet parameters (safetensors), accelerate's optimizer, scaler and RNG
+write): the trainable denoiser parameters (safetensors), accelerate's optimizer, scaler and RNG
 states, the per-prompt tracker, the config, the run settings outside the config (the policy's,
 `policy_settings`, and those of a wrapper such as ``ddpo train``), and per process the prompt
 function's random stream and the prompt and reward functions' own states.
