@@ -43,6 +43,56 @@ def check_resolution(value: Any) -> Size | None:
     return size
 
 
+def check_call_size(
+    height: Any, width: Any, *, default: Size, multiple: int, why: str = ""
+) -> Size:
+    """A sampling call's ``height`` and ``width`` in pixels (``None``: the side of ``default``),
+    each checked to be a positive int multiple of ``multiple`` before any model work.
+
+    Args:
+        height, width: the call's arguments.
+        default: the policy's ``(height, width)`` (its resolution).
+        multiple: what each side must be a multiple of (the VAE factor, times the patch size
+            or the packing where the family has them).
+        why: the reason for ``multiple``, appended to the message.
+
+    Raises:
+        ValueError: naming ``height`` or ``width`` and the value.
+    """
+    sides = []
+    for name, value, fallback in (("height", height, default[0]), ("width", width, default[1])):
+        if value is None:
+            sides.append(int(fallback))
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
+            reason = f" ({why})" if why else ""
+            raise ValueError(
+                f"{name} must be a positive multiple of {multiple} pixels{reason}, got "
+                f"{name}={value!r}"
+            )
+        sides.append(int(value))
+    return sides[0], sides[1]
+
+
+def check_grad_steps(grad_steps: Any, num_steps: int) -> int:
+    """``grad_steps`` of a rollout: an int in ``[0, num_steps]`` (the final steps whose graph is
+    kept).
+
+    Raises:
+        ValueError: naming ``grad_steps``, its value and ``num_steps``.
+    """
+    if (
+        isinstance(grad_steps, bool)
+        or not isinstance(grad_steps, int)
+        or not 0 <= grad_steps <= num_steps
+    ):
+        raise ValueError(
+            f"grad_steps must be an int in [0, num_steps={num_steps}] (the final denoising "
+            f"steps whose graph is kept), got grad_steps={grad_steps!r}"
+        )
+    return grad_steps
+
+
 def check_prompts(prompt: Any, *, name: str = "prompt") -> list[str]:
     """``prompt`` as a list of strings; a single string becomes a one-element list.
 

@@ -1,6 +1,7 @@
 """DDIM sampling helpers shared by the Stable Diffusion adapters: argument checks, the scheduler
 step with its log-probability (noise drawn as diffusers draws it), latent decoding."""
 
+import contextlib
 import copy
 import numbers
 from collections.abc import Callable, Iterable
@@ -13,7 +14,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ddpo._typing import Latents, Trajectory
-from ddpo.adapters.common.args import OUTPUT_TYPES, check_prompts
+from ddpo.adapters.common.args import OUTPUT_TYPES, check_call_size, check_prompts
+from ddpo.adapters.common.sampling import checkpointed
 from ddpo.adapters.ddim.denoiser import decode_images, vae_decode
 from ddpo.adapters.ddim.scheduling import ddim_alpha_bars
 from ddpo.core import DDIMStepOutput, ddim_step_with_logprob
@@ -109,6 +111,7 @@ def sample_ddim_trajectory(
     eta: float | int,
     generator: torch.Generator | list[torch.Generator] | None,
     progress: Callable[[Iterable[Tensor]], Iterable[Tensor]] = iter,
+    grad_steps: int = 0,
 ) -> DDIMTrajectory:
     """Denoise ``x_T`` over ``scheduler.timesteps`` with DDIM, keeping each latent and log-prob.
 
@@ -123,6 +126,10 @@ def sample_ddim_trajectory(
         eta: DDIM stochasticity in ``(0, 1]``.
         generator: torch generator(s) for the step noise.
         progress: wraps the timesteps (e.g. a progress bar).
+        grad_steps: the last ``grad_steps`` steps run with gradients enabled, each ``predict``
+            call checkpointed (its activations recomputed in the backward pass), so that the
+            final latents are differentiable through them; the caller runs the others without
+            gradients. 0: no step keeps a graph.
 
     Returns:
         :class:`DDIMTrajectory` with ``latents`` ``(batch, T + 1, ...)`` and ``log_probs``
@@ -132,16 +139,23 @@ def sample_ddim_trajectory(
     batch = x_t.shape[0]
     all_latents = [x_t]
     all_log_probs = []
-    for t in progress(scheduler.timesteps):
+    first_grad_step = len(scheduler.timesteps) - grad_steps
+    for i, t in enumerate(progress(scheduler.timesteps)):
         timesteps = t.to(x_t.device).expand(batch)
-        model_output = predict(x_t, timesteps)
-        step = scheduler_step_with_logprob(
-            scheduler, model_output, timesteps, x_t, eta=eta, generator=generator
-        )
-        x_t = step.prev_sample.to(torch.float32)
-        all_latents.append(x_t)
-        all_log_probs.append(step.log_prob.to(torch.float32))
-    return DDIMTrajectory(torch.stack(all_latents, dim=1), torch.stack(all_log_probs, dim=1))
+        keep = grad_steps > 0 and i >= first_grad_step
+        with torch.enable_grad() if keep else contextlib.nullcontext():
+            if keep:
+                model_output = checkpointed(predict, x_t, timesteps)
+            else:
+                model_output = predict(x_t, timesteps)
+            step = scheduler_step_with_logprob(
+                scheduler, model_output, timesteps, x_t, eta=eta, generator=generator
+            )
+            x_t = step.prev_sample.to(torch.float32)
+            all_latents.append(x_t)
+            all_log_probs.append(step.log_prob.to(torch.float32))
+    with torch.enable_grad() if grad_steps else contextlib.nullcontext():
+        return DDIMTrajectory(torch.stack(all_latents, dim=1), torch.stack(all_log_probs, dim=1))
 
 
 def check_ddim_num_steps(scheduler: Any, num_steps: int) -> None:
@@ -223,14 +237,11 @@ def check_sampling_args(
     n_prompts = len(prompts) if prompts is not None else int(prompt_embeds.shape[0])  # type: ignore[union-attr]
     if negatives is not None and len(negatives) not in (1, n_prompts):
         raise ValueError(f"negative_prompt has {len(negatives)} entries for {n_prompts} prompts")
-    scale = sd.vae_scale_factor
-    sample_size = int(sd.unet.config.sample_size)
-    height = height if height is not None else sample_size * scale
-    width = width if width is not None else sample_size * scale
-    if height % scale or width % scale or height <= 0 or width <= 0:
-        raise ValueError(
-            f"height and width must be positive multiples of {scale}, got {height}x{width}"
-        )
+    scale = int(sd.vae_scale_factor)
+    side = int(sd.unet.config.sample_size) * scale
+    height, width = check_call_size(
+        height, width, default=(side, side), multiple=scale, why=f"the VAE's factor {scale}"
+    )
     batch = n_prompts * num_images_per_prompt
     if isinstance(generator, list) and len(generator) != batch:
         raise ValueError(f"generator list has {len(generator)} entries for {batch} images")

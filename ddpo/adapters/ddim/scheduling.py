@@ -66,20 +66,59 @@ def ddim_alpha_bars(
             outside ``[0, num_train_timesteps)``.
     """
     check_ddim_scheduler(scheduler)
+    t = timesteps.long()
+    prev = t - int(scheduler.config.num_train_timesteps) // scheduler.num_inference_steps
+    return ddim_alpha_bars_between(scheduler, t, prev)
+
+
+def ddim_alpha_bars_between(
+    scheduler: Any, timesteps: Int[Tensor, " batch"], prev_timesteps: Int[Tensor, " batch"]
+) -> tuple[PerSample, PerSample]:
+    """``alpha_bar`` at each sample's timestep and at its given predecessor, from the scheduler's
+    fixed tables only (``alphas_cumprod``, ``final_alpha_cumprod``, the config), not from its
+    inference timesteps: what a recorded transition's schedule row needs (`ddim_alpha_bars`
+    with the predecessor ``t - num_train_timesteps // num_inference_steps``).
+
+    A negative predecessor (the last step) reads ``final_alpha_cumprod``; a zero ``alpha_bar``
+    is floored for epsilon prediction as in :func:`ddim_alpha_bars`.
+
+    Args:
+        scheduler: a DDIM-like diffusers scheduler (its inference timesteps need not be set).
+        timesteps: one integer timestep per sample, ``(batch,)``.
+        prev_timesteps: each sample's previous timestep, ``(batch,)`` (negative: none).
+
+    Returns:
+        ``(alpha_bar_t, alpha_bar_prev)``, each ``(batch,)`` float32 on ``timesteps``' device.
+
+    Raises:
+        TypeError: if the scheduler has no DDIM tables.
+        ValueError: for timesteps outside ``[0, num_train_timesteps)`` or predecessors at or
+            above them (values read only where that is free).
+    """
+    name = type(scheduler).__name__
+    for attr in ("alphas_cumprod", "final_alpha_cumprod", "config"):
+        if not hasattr(scheduler, attr):
+            raise TypeError(
+                f"scheduler must be DDIM-like (diffusers' DDIMScheduler); {name} has no {attr!r}"
+            )
     num_train = int(scheduler.config.num_train_timesteps)
+    t, prev = timesteps.long(), prev_timesteps.long().to(timesteps.device)
     # The range check reads values: only on CPU, where it costs no device synchronisation (an
     # out-of-range index on an accelerator fails in the indexing kernel instead), and not while
     # torch.compile traces (a host read is a graph break).
-    if values_checkable(timesteps) and timesteps.numel() > 0:
-        low, high = int(timesteps.min()), int(timesteps.max())
+    if values_checkable(t, prev) and t.numel() > 0:
+        low, high = int(t.min()), int(t.max())
         if low < 0 or high >= num_train:
             raise ValueError(
                 f"timesteps must lie in [0, {num_train}), got values from {low} to {high}"
             )
+        if bool((prev >= t).any()):
+            raise ValueError(
+                f"previous timesteps must lie below the timesteps, got {prev.tolist()} for "
+                f"{t.tolist()}"
+            )
     floor_zero = scheduler.config.get("prediction_type", "epsilon") == "epsilon"
-    table, final = _tables_on(scheduler, timesteps.device, floor_zero=floor_zero)
-    t = timesteps.long()
-    prev = t - num_train // scheduler.num_inference_steps
+    table, final = _tables_on(scheduler, t.device, floor_zero=floor_zero)
     alpha_bar_t = table[t]
     alpha_bar_prev = torch.where(prev >= 0, table[prev.clamp(min=0)], final)
     return alpha_bar_t, alpha_bar_prev
@@ -122,4 +161,4 @@ def _tables_on(scheduler: Any, device: torch.device, *, floor_zero: bool) -> tup
     return cached[1], cached[2]
 
 
-__all__ = ["check_ddim_scheduler", "ddim_alpha_bars"]
+__all__ = ["check_ddim_scheduler", "ddim_alpha_bars", "ddim_alpha_bars_between"]

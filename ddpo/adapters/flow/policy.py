@@ -1,19 +1,27 @@
 """The flow-matching base policy (SD3, FLUX): Flow-GRPO's SDE window inside an ODE rollout."""
 
 import abc
+import contextlib
 import copy
 from collections.abc import Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from jaxtyping import Float, Int, Real
+from jaxtyping import Float, Real
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample
-from ddpo.adapters.common.args import OUTPUT_TYPES, Size, check_prompts
+from ddpo.adapters.common.args import (
+    OUTPUT_TYPES,
+    Size,
+    check_call_size,
+    check_grad_steps,
+    check_prompts,
+)
 from ddpo.adapters.common.denoiser import check_guidance_scale, check_predict_args
 from ddpo.adapters.common.output import DDPOPipelineOutput
+from ddpo.adapters.common.sampling import draw_initial_noise, scores_guided
 from ddpo.adapters.common.wrapped import WrappedPipelinePolicy
 from ddpo.adapters.flow.denoiser import (
     flow_add_noise_at,
@@ -30,11 +38,24 @@ from ddpo.adapters.flow.sampling import (
     check_window,
     choose_window,
     decode_flow_latents,
+    flow_rows,
+    flow_schedule_rows,
     sample_flow_trajectory,
-    score_flow_step,
+    score_flow_rows,
     stochastic_steps,
 )
 from ddpo.policy import Conditioning, PolicyRollout
+
+
+class FlowSample(NamedTuple):
+    """A flow sampling call: the pipeline output (the recorded latents and log-probs), the
+    stochastic window (``None`` for the ODE everywhere), the schedule sampled with and the
+    final latents."""
+
+    output: DDPOPipelineOutput
+    window: range | None
+    schedule: FlowSchedule
+    final_latents: Latents
 
 
 class FlowPipelinePolicy(WrappedPipelinePolicy):
@@ -43,7 +64,8 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
 
     Subclasses set ``noise_level``, ``sde_window_size``, ``sde_window_start`` and
     ``resolution`` (and, if not the defaults, ``sde_window_range`` and ``sde_type``), and
-    implement the schedule, the latent shape and the velocity.
+    implement the schedule, the latent shape, the size multiple and the velocity. A transition's
+    schedule row is :data:`ddpo.adapters.flow.sampling.FLOW_SCHEDULE_COLUMNS`.
     """
 
     denoiser_name = "transformer"
@@ -65,7 +87,6 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     sde_window_range: tuple[int, int] | None = None
     sde_type: str = "sde"
     resolution: Size
-    _schedule: FlowSchedule | None = None
 
     @property
     def transformer(self) -> nn.Module:
@@ -74,13 +95,23 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
 
     @abc.abstractmethod
     def _flow_schedule(
-        self, scheduler: Any, num_steps: int, device: torch.device | None = None
+        self,
+        scheduler: Any,
+        num_steps: int,
+        device: torch.device | None = None,
+        size: Size | None = None,
     ) -> FlowSchedule:
-        """The sigmas and timesteps of ``num_steps`` steps (sets ``scheduler``'s timesteps)."""
+        """The sigmas and timesteps of ``num_steps`` steps for images of ``size`` (``None``: the
+        resolution; the shift may depend on it), setting ``scheduler``'s timesteps."""
 
     @abc.abstractmethod
-    def _latent_shape(self, batch: int) -> tuple[int, int, int, int]:
-        """The (unpacked) initial latents' shape for ``batch`` samples."""
+    def _latent_shape(self, batch: int, size: Size | None = None) -> tuple[int, int, int, int]:
+        """The (unpacked) initial latents' shape for ``batch`` images of ``size`` (``None``: the
+        resolution)."""
+
+    @abc.abstractmethod
+    def _size_multiple(self) -> tuple[int, str]:
+        """What an image side must be a multiple of, and why (for the size checks)."""
 
     @abc.abstractmethod
     def _velocity(
@@ -89,10 +120,16 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         conditioning: Conditioning,
         x: Latents,
         t: PerSample,
-        guidance_scale: float,
+        guidance_scale: float | PerSample,
         guided: bool,
     ) -> Latents:
-        """The model's velocity at timesteps ``t`` (guided as the family guides)."""
+        """The model's velocity at timesteps ``t`` (guided as the family guides; a per-sample
+        scale is re-scoring's, whose rows sampled at or below 1 were not guided)."""
+
+    def _call_size(self, height: int | None, width: int | None) -> Size:
+        """A call's checked ``(height, width)`` (``None``: the side of the resolution)."""
+        multiple, why = self._size_multiple()
+        return check_call_size(height, width, default=self.resolution, multiple=multiple, why=why)
 
     def check_num_steps(self, num_steps: int) -> None:
         """ValueError naming ``DDPOConfig.sample_num_steps`` (and the window) if the window does
@@ -123,15 +160,19 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         guidance_scale: float,
         noise_level: float,
         generator: Generators,
+        size: Size | None = None,
         latents: Latents | None = None,
         output_type: str = "pt",
-    ) -> tuple[DDPOPipelineOutput, range | None]:
-        """Sample: the SDE window (``noise_level > 0``) or the ODE everywhere (0)."""
+        grad_steps: int = 0,
+    ) -> FlowSample:
+        """Sample images of ``size`` (``None``: the resolution): the SDE window (``noise_level >
+        0``) or the ODE everywhere (0); the last ``grad_steps`` steps and the decoding keep
+        their graph."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if noise_level > 0:
             self.check_num_steps(num_steps)
-        shape = self._latent_shape(len(conditioning))
+        shape = self._latent_shape(len(conditioning), size)
         if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         guided = guidance_scale > 1.0
@@ -141,12 +182,13 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             if latents is None:  # drawn in the text embeddings' dtype, as diffusers does
                 latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             x = latents.to(device=device, dtype=dtype)
-            schedule = self._flow_schedule(self.scheduler, num_steps, device)
+            schedule = self._flow_schedule(self.scheduler, num_steps, device, size)
             window = None
             if noise_level > 0:
-                self._schedule = schedule
-                size, start, bounds, sde_type = self._window_args()
-                window = choose_window(num_steps, size, start, generator, bounds, sde_type=sde_type)
+                length, start, bounds, sde_type = self._window_args()
+                window = choose_window(
+                    num_steps, length, start, generator, bounds, sde_type=sde_type
+                )
 
             def predict(x: Latents, t: PerSample) -> Latents:
                 return self._velocity(self.transformer, conditioning, x, t, guidance_scale, guided)
@@ -154,9 +196,12 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             trajectory = sample_flow_trajectory(
                 predict, x, schedule, window=window, noise_level=noise_level,
                 generator=generator, progress=self._sd.progress_bar, sde_type=self.sde_type,
+                grad_steps=grad_steps,
             )  # fmt: skip
-            images = decode_flow_latents(self._sd, trajectory.final, output_type)
-        return DDPOPipelineOutput(images, trajectory.latents, trajectory.log_probs), window
+            with torch.enable_grad() if grad_steps else contextlib.nullcontext():
+                images = decode_flow_latents(self._sd, trajectory.final, output_type)
+        output = DDPOPipelineOutput(images, trajectory.latents, trajectory.log_probs)
+        return FlowSample(output, window, schedule, trajectory.final)
 
     def rollout(
         self,
@@ -164,63 +209,93 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         *,
         num_steps: int,
         guidance_scale: float,
-        eta: float,
         generator: torch.Generator,
+        height: int | None = None,
+        width: int | None = None,
         initial_noise_generators: Sequence[torch.Generator] | None = None,
+        grad_steps: int = 0,
     ) -> PolicyRollout:
         """Sample one trajectory per row; record only the window's ``K`` SDE transitions:
         ``latents`` ``(batch, K + 1, C, h, w)``, ``log_probs`` ``(batch, K)``, ``timesteps``
-        the K step indices (int64). ``eta`` is ignored (flow policies use ``noise_level``).
-        ``initial_noise_generators``: one generator per row that draws the row's initial noise
-        ``x_T`` (otherwise drawn with ``generator``, which draws the steps' noise either way)."""
+        the K step indices (int64), ``schedule`` their rows
+        (:data:`ddpo.adapters.flow.sampling.FLOW_SCHEDULE_COLUMNS`) and ``final_latents`` the
+        last latents (after the window's end). The sampler is the policy's (``noise_level``,
+        ``sde_type``, the window).
+
+        Args:
+            height, width: the image size in pixels (``None``: the policy's resolution), positive
+                multiples of what the family needs; the schedule's shift follows the size where
+                the scheduler shifts dynamically.
+            initial_noise_generators: one generator per row that draws the row's initial noise
+                ``x_T`` (otherwise drawn with ``generator``, which draws the steps' noise either
+                way).
+            grad_steps: the final steps whose graph is kept (each transformer call
+                checkpointed), and the images decoded with gradients, in ``[0, num_steps]``.
+
+        Raises:
+            ValueError: naming ``grad_steps``, ``height``, ``width`` or
+                ``initial_noise_generators``, before any model work.
+        """
+        check_grad_steps(grad_steps, num_steps)
+        size = self._call_size(height, width)
         latents = None
-        if initial_noise_generators is not None:
-            generators = list(initial_noise_generators)
-            if len(generators) != len(conditioning):
-                raise ValueError(
-                    f"initial_noise_generators must hold one generator per row "
-                    f"({len(conditioning)}), got {len(generators)}"
-                )
-            shape = self._latent_shape(len(conditioning))
-            dtype = conditioning["prompt_embeds"].dtype  # as diffusers draws x_T
-            latents = randn_tensor(shape, generator=generators, device=self.device, dtype=dtype)
-        out, window = self._sample(
+        if initial_noise_generators is not None:  # drawn in the embeddings' dtype, as x_T is
+            latents = draw_initial_noise(
+                initial_noise_generators,
+                self._latent_shape(len(conditioning), size),
+                device=self.device,
+                dtype=conditioning["prompt_embeds"].dtype,
+            )
+        sample = self._sample(
             conditioning,
             num_steps=num_steps,
             guidance_scale=guidance_scale,
             noise_level=self.noise_level,
             generator=generator,
+            size=size,
             latents=latents,
+            grad_steps=grad_steps,
         )
+        out, window = sample.output, sample.window
         assert window is not None
         steps = torch.arange(window.start, window.stop, dtype=torch.int64, device=self.device)
-        return PolicyRollout(out.images, out.latents, out.log_probs, steps)
+        rows = flow_schedule_rows(
+            sample.schedule, window, guidance_scale=guidance_scale, device=self.device
+        )
+        return PolicyRollout(
+            out.images, out.latents, out.log_probs, steps, rows, sample.final_latents
+        )
 
     def score(
         self,
         conditioning: Conditioning,
         latents: Latents,
         next_latents: Latents,
-        timesteps: Int[Tensor, " batch"],
+        schedule: Float[Tensor, "batch values"],
         *,
-        guidance_scale: float,
-        guided: bool,
-        eta: float,
+        cfg: bool = True,
         denoiser: nn.Module | None = None,
     ) -> FlowStepScore:
-        """Log-probs of stored SDE transitions at step indices ``timesteps`` of the last
-        rollout's schedule, through ``denoiser`` (default the transformer; the reference under
-        :meth:`reference_policy`), guided when ``guided`` and ``guidance_scale > 1`` (where the
-        family has true CFG). ``eta`` is ignored. ``std_dev`` is ``std_t sqrt(sigma -
-        sigma_prev)``, the step's standard deviation."""
-        if self._schedule is None:
-            raise ValueError("score needs the schedule of a rollout: call rollout first")
+        """Log-probs of stored SDE transitions from their ``schedule`` rows alone (the
+        transformer's timestep, sigma, the next sigma, ``sigma_max`` and the guidance scale),
+        through ``denoiser`` (default the transformer; the reference under
+        :meth:`reference_policy`), with the policy's ``noise_level`` and ``sde_type``. With
+        ``cfg``, rows sampled with guidance above 1 are scored with true classifier-free
+        guidance where the family has it (FLUX.1's guidance is an input of its one pass, whatever
+        ``cfg``). ``std_dev`` is ``std_t sqrt(sigma - sigma_prev)``, the step's standard
+        deviation.
+
+        Raises:
+            TypeError, ValueError: naming ``schedule`` if it is not ``(batch, 5)`` rows.
+        """
+        rows = flow_rows(schedule, latents)
         transformer = self._scoring_denoiser(denoiser)
-        t = self._schedule.timesteps.to(latents.device)[timesteps.to(latents.device).long()]
-        use_cfg = guided and guidance_scale > 1.0
-        velocity = self._velocity(transformer, conditioning, latents, t, guidance_scale, use_cfg)
-        return score_flow_step(
-            velocity, latents, next_latents, timesteps, self._schedule,
+        guided = scores_guided(cfg, rows.guidance_scale)
+        velocity = self._velocity(
+            transformer, conditioning, latents, rows.timesteps, rows.guidance_scale, guided
+        )
+        return score_flow_rows(
+            velocity, latents, next_latents, rows,
             noise_level=self.noise_level, sde_type=self.sde_type,
         )  # fmt: skip
 
@@ -234,12 +309,15 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         noise_level: float | int | None = None,
         generator: Generators = None,
         latents: Latents | None = None,
+        height: int | None = None,
+        width: int | None = None,
         output_type: str = "pil",
     ) -> DDPOPipelineOutput:
         """Sample images of ``prompt`` (defaults: the family's step count and guidance).
         ``noise_level=0``: the ODE everywhere, the same images as the stock pipeline for the
         same generator (every latent is returned, no log-probs); ``None``: the policy's SDE
-        window and noise level."""
+        window and noise level. ``height`` and ``width``: the image size (``None``: the
+        policy's resolution), as the stock pipeline's."""
         steps = self.default_steps if num_inference_steps is None else num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, int):
             raise ValueError(f"num_inference_steps must be an int, got {steps!r}")
@@ -248,17 +326,18 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         level = self.noise_level
         if noise_level is not None:
             level = check_noise_level(noise_level, allow_zero=True, sde_type=self.sde_type)
+        size = self._call_size(height, width)
         conditioning = self.encode(check_prompts(prompt), negative_prompt)
-        out, _ = self._sample(
+        return self._sample(
             conditioning,
             num_steps=steps,
             guidance_scale=self.default_guidance if guidance_scale is None else guidance_scale,
             noise_level=level,
             generator=generator,
+            size=size,
             latents=latents,
             output_type=output_type,
-        )
-        return out
+        ).output
 
     # ---- the denoiser as a model (ddpo.adapters.flow.denoiser), for other objectives -----
 

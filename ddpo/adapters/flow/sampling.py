@@ -3,13 +3,15 @@
 What does not depend on the model family: the sampler settings and their checks (``noise_level``,
 ``sde_type`` and the stochastic window), the sigma table of a ``FlowMatchEulerDiscreteScheduler``,
 the trajectory loop that takes Flow-GRPO's stochastic step inside the window and diffusers' Euler
-ODE step outside it, the re-scoring of a stored window transition, and the transformer's LoRA
-targets and weights in diffusers' ``transformer.``-prefixed file format. The step math is
+ODE step outside it, the schedule rows of the window's transitions and their re-scoring from a
+row alone, and the transformer's LoRA targets and weights in diffusers' ``transformer.``-prefixed
+file format. The step math is
 :func:`ddpo.core.flow_sde_step_with_logprob` (``sde_type="sde"``) or
 :func:`ddpo.core.flow_cps_step_with_logprob` (``"cps"``); a family supplies ``predict(x, t) ->
 velocity``.
 """
 
+import contextlib
 import copy
 import numbers
 from collections.abc import Callable, Iterable
@@ -18,12 +20,13 @@ from typing import Any, Final, Literal, NamedTuple, cast, get_args
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample, Trajectory
+from ddpo.adapters.common.sampling import check_schedule, checkpointed, schedule_rows
 from ddpo.adapters.common.sources import LORA_WEIGHTS_NAME, write_base_model
 from ddpo.adapters.common.weights import (
     load_adapter_state,
@@ -33,7 +36,6 @@ from ddpo.adapters.common.weights import (
 )
 from ddpo.adapters.flow.denoiser import flow_decode_images, flow_vae_decode
 from ddpo.core import flow_cps_step_with_logprob, flow_sde_step_with_logprob
-from ddpo.core._checks import values_checkable
 
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -280,12 +282,15 @@ def sample_flow_trajectory(
     generator: Generators,
     progress: Callable[[Iterable[int]], Iterable[int]] = iter,
     sde_type: str = "sde",
+    grad_steps: int = 0,
 ) -> FlowTrajectory:
     """Integrate from pure noise ``x`` over ``schedule``: Flow-GRPO's stochastic step of
     ``sde_type`` (with noise from ``generator``, drawn as diffusers draws it) at the steps of
     ``window``, Euler's ODE step at the others (no noise drawn, no log-density).
     ``window=None``: the ODE everywhere, and every latent is recorded. ``predict(x, t)`` is the
-    family's (guided) velocity at timesteps ``t``.
+    family's (guided) velocity at timesteps ``t``. The last ``grad_steps`` steps run with
+    gradients enabled, each ``predict`` call checkpointed, so that the final latents are
+    differentiable through them (the caller runs the others without gradients).
 
     Returns:
         :class:`FlowTrajectory`; ``latents`` float32 ``(batch, K + 1, ...)``, the latent before
@@ -295,39 +300,65 @@ def sample_flow_trajectory(
     recorded = window if window is not None else range(schedule.num_steps)
     latents: list[Tensor] = []
     log_probs: list[Tensor] = []
+    first_grad_step = schedule.num_steps - grad_steps
     for i in progress(range(schedule.num_steps)):
         if i == recorded.start:
             latents.append(x.to(torch.float32))
-        sigma, sigma_prev = schedule.sigmas[i], schedule.sigmas[i + 1]
-        v = predict(x, schedule.timesteps[i].expand(batch))
-        if window is not None and i in window:
-            noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            sigmas = (sigma.expand(batch), sigma_prev.expand(batch))
-            if sde_type == "cps":
-                step: Any = flow_cps_step_with_logprob(
-                    v, x, *sigmas, noise_level=noise_level, noise=noise
-                )
-            else:
-                if schedule.sigma_max is None:
-                    raise ValueError(
-                        f"the {schedule.num_steps}-step schedule has no sigma in (0, 1)"
-                    )
-                step = flow_sde_step_with_logprob(
-                    v,
-                    x,
-                    *sigmas,
-                    noise_level=noise_level,
-                    sigma_max=schedule.sigma_max,
-                    noise=noise,
-                )
-            x = step.prev_sample
-            log_probs.append(step.log_prob.to(torch.float32))
+        keep = grad_steps > 0 and i >= first_grad_step
+        with torch.enable_grad() if keep else contextlib.nullcontext():
+            x = _flow_step(
+                predict, x, schedule, i, window, noise_level, generator, sde_type, log_probs,
+                grad=keep,
+            )  # fmt: skip
+            if i in recorded:
+                latents.append(x.to(torch.float32))
+    with torch.enable_grad() if grad_steps else contextlib.nullcontext():
+        stacked = torch.stack(log_probs, dim=1) if log_probs else x.new_zeros((batch, 0))
+        return FlowTrajectory(torch.stack(latents, dim=1), stacked.to(torch.float32), x)
+
+
+def _flow_step(
+    predict: Callable[[Latents, PerSample], Latents],
+    x: Latents,
+    schedule: FlowSchedule,
+    i: int,
+    window: range | None,
+    noise_level: float,
+    generator: Generators,
+    sde_type: str,
+    log_probs: list[Tensor],
+    *,
+    grad: bool = False,
+) -> Latents:
+    """Step ``i`` of :func:`sample_flow_trajectory` (its log-density appended to
+    ``log_probs`` in the window); ``grad``: the velocity call checkpointed."""
+    batch = x.shape[0]
+    sigma, sigma_prev = schedule.sigmas[i], schedule.sigmas[i + 1]
+    t = schedule.timesteps[i].expand(batch)
+    v = checkpointed(predict, x, t) if grad else predict(x, t)
+    if window is not None and i in window:
+        noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        sigmas = (sigma.expand(batch), sigma_prev.expand(batch))
+        if sde_type == "cps":
+            step: Any = flow_cps_step_with_logprob(
+                v, x, *sigmas, noise_level=noise_level, noise=noise
+            )
         else:
-            x = ode_step(v, x, sigma, sigma_prev)
-        if i in recorded:
-            latents.append(x.to(torch.float32))
-    stacked = torch.stack(log_probs, dim=1) if log_probs else x.new_zeros((batch, 0))
-    return FlowTrajectory(torch.stack(latents, dim=1), stacked.to(torch.float32), x)
+            if schedule.sigma_max is None:
+                raise ValueError(f"the {schedule.num_steps}-step schedule has no sigma in (0, 1)")
+            step = flow_sde_step_with_logprob(
+                v,
+                x,
+                *sigmas,
+                noise_level=noise_level,
+                sigma_max=schedule.sigma_max,
+                noise=noise,
+            )
+        x = step.prev_sample
+        log_probs.append(step.log_prob.to(torch.float32))
+    else:
+        x = ode_step(v, x, sigma, sigma_prev)
+    return x
 
 
 class FlowStepScore(NamedTuple):
@@ -344,52 +375,102 @@ class FlowStepScore(NamedTuple):
     flow_grpo_std_dev: PerSample
 
 
-def score_flow_step(
+FLOW_SCHEDULE_COLUMNS: Final[tuple[str, ...]] = (
+    "timestep",
+    "sigma",
+    "sigma_next",
+    "sigma_max",
+    "guidance_scale",
+)
+"""The values of a flow transition's schedule row, in order: the transformer's timestep input,
+the step's sigma and the next one, the schedule's largest sigma below 1 (Flow-GRPO's
+``sigma_max``; NaN where it has none) and the guidance scale it was sampled with."""
+
+
+class FlowRows(NamedTuple):
+    """A batch of flow schedule rows as the tensors scoring uses (float32, as the scheduler's
+    table; the guidance scale float64)."""
+
+    timesteps: PerSample
+    sigma: PerSample
+    sigma_next: PerSample
+    sigma_max: PerSample
+    guidance_scale: PerSample
+
+
+def flow_schedule_rows(
+    schedule: FlowSchedule, window: range, *, guidance_scale: float, device: torch.device
+) -> Float[Tensor, "steps 5"]:
+    """The ``(K, 5)`` rows of the window's steps of a rollout sampled with ``schedule``:
+    :data:`FLOW_SCHEDULE_COLUMNS` per step, in sampling order."""
+    steps = torch.arange(window.start, window.stop, device=schedule.sigmas.device)
+    sigma_max = float("nan") if schedule.sigma_max is None else schedule.sigma_max
+    settings = torch.tensor([sigma_max, float(guidance_scale)], dtype=torch.float64)
+    sigma_max_column, guidance_column = settings.to(device).expand(len(steps), 2).unbind(dim=1)
+    return schedule_rows(
+        [
+            schedule.timesteps.to(schedule.sigmas.device)[steps],
+            schedule.sigmas[steps],
+            schedule.sigmas[steps + 1],
+            sigma_max_column,
+            guidance_column,
+        ],
+        device,
+    )
+
+
+def flow_rows(schedule: Any, latents: Latents) -> FlowRows:
+    """``schedule`` (one flow row per sample of ``latents``) checked and split into the tensors
+    of :class:`FlowRows`, on ``latents``' device.
+
+    Raises:
+        TypeError, ValueError: naming ``schedule`` (see
+            :func:`ddpo.adapters.common.sampling.check_schedule`).
+    """
+    rows = check_schedule(schedule, latents, FLOW_SCHEDULE_COLUMNS, "a flow policy")
+    return FlowRows(
+        rows[:, 0].to(torch.float32),
+        rows[:, 1].to(torch.float32),
+        rows[:, 2].to(torch.float32),
+        rows[:, 3].to(torch.float32),
+        rows[:, 4].to(torch.float64),
+    )
+
+
+def score_flow_rows(
     model_output: Latents,
     latents: Latents,
     next_latents: Latents,
-    step_indices: Int[Tensor, " batch"],
-    schedule: FlowSchedule,
+    rows: FlowRows,
     *,
     noise_level: float,
     sde_type: str = "sde",
 ) -> FlowStepScore:
-    """The log-probability of stored stochastic transitions ``latents -> next_latents`` at
-    schedule positions ``step_indices`` under the velocity ``model_output``
+    """The log-probability of stored stochastic transitions ``latents -> next_latents`` under
+    the velocity ``model_output``, from each transition's schedule row alone
     (:func:`ddpo.core.flow_sde_step_with_logprob` or, for ``sde_type="cps"``,
     :func:`ddpo.core.flow_cps_step_with_logprob`, in scoring mode)."""
-    if schedule.sigma_max is None and sde_type != "cps":
-        raise ValueError(f"the {schedule.num_steps}-step schedule has no sigma in (0, 1)")
-    idx = step_indices.to(schedule.sigmas.device).long()
-    if values_checkable(idx) and bool(((idx < 0) | (idx >= schedule.num_steps)).any()):
-        raise ValueError(
-            f"timesteps must be step indices in [0, {schedule.num_steps}), got {idx.tolist()}"
-        )
-    sigma, sigma_prev = schedule.sigmas[idx], schedule.sigmas[idx + 1]
-    device = latents.device
+    sigma, sigma_next = rows.sigma, rows.sigma_next
     if sde_type == "cps":
         cps = flow_cps_step_with_logprob(
             model_output,
             latents,
-            sigma.to(device),
-            sigma_prev.to(device),
+            sigma,
+            sigma_next,
             noise_level=noise_level,
             prev_sample=next_latents,
         )
         return FlowStepScore(cps.log_prob, cps.mean, cps.std_dev, cps.std_dev)
-    assert schedule.sigma_max is not None
     out = flow_sde_step_with_logprob(
         model_output,
         latents,
-        sigma.to(device),
-        sigma_prev.to(device),
+        sigma,
+        sigma_next,
         noise_level=noise_level,
-        sigma_max=schedule.sigma_max,
+        sigma_max=rows.sigma_max,
         prev_sample=next_latents,
     )
-    step_std = out.std_dev * torch.sqrt(sigma - sigma_prev).to(
-        device=device, dtype=out.std_dev.dtype
-    )
+    step_std = out.std_dev * torch.sqrt(sigma - sigma_next).to(dtype=out.std_dev.dtype)
     return FlowStepScore(out.log_prob, out.mean, step_std, out.std_dev)
 
 
@@ -509,6 +590,8 @@ def write_transformer_lora(
 
 __all__ = [
     "FEED_FORWARD_TARGET_MODULES",
+    "FLOW_SCHEDULE_COLUMNS",
+    "FlowRows",
     "FlowSchedule",
     "FlowStepScore",
     "FlowTrajectory",
@@ -521,13 +604,15 @@ __all__ = [
     "choose_window",
     "decode_flow_latents",
     "dynamic_shift_mu",
+    "flow_rows",
     "flow_schedule",
+    "flow_schedule_rows",
     "load_transformer_lora",
     "lora_target_modules",
     "ode_step",
     "probe_schedule",
     "sample_flow_trajectory",
-    "score_flow_step",
+    "score_flow_rows",
     "setup_trainable_transformer",
     "stochastic_steps",
     "transformer_lora_config",

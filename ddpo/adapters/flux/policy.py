@@ -207,25 +207,34 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
 
     # ---- components and plumbing ----------------------------------------------------------
 
-    def _latent_size(self) -> tuple[int, int]:
+    def _latent_size(self, size: Size | None = None) -> tuple[int, int]:
+        height, width = size or self.resolution
         scale = int(self._sd.vae_scale_factor)
-        return self.resolution[0] // scale, self.resolution[1] // scale
+        return height // scale, width // scale
 
-    def _mu(self) -> float | None:
-        """The schedule's shift at this resolution: linear in the packed tokens (``None``
-        unless the scheduler uses dynamic shifting)."""
-        height, width = self._latent_size()
+    def _mu(self, size: Size | None = None) -> float | None:
+        """The schedule's shift for images of ``size`` (``None``: the resolution): linear in
+        the packed tokens (``None`` unless the scheduler uses dynamic shifting)."""
+        height, width = self._latent_size(size)
         tokens = (height // 2) * (width // 2)
         return dynamic_shift_mu(self.scheduler, tokens, default_max_shift=FLUX_DEFAULT_MAX_SHIFT)
 
     def _flow_schedule(
-        self, scheduler: Any, num_steps: int, device: torch.device | None = None
+        self,
+        scheduler: Any,
+        num_steps: int,
+        device: torch.device | None = None,
+        size: Size | None = None,
     ) -> FlowSchedule:
-        return flux_schedule(scheduler, num_steps, device, self._mu())
+        return flux_schedule(scheduler, num_steps, device, self._mu(size))
 
-    def _latent_shape(self, batch: int) -> tuple[int, int, int, int]:
+    def _latent_shape(self, batch: int, size: Size | None = None) -> tuple[int, int, int, int]:
         channels = int(self._sd.transformer.config.in_channels) // 4  # unpacked: 2x2 patches
-        return (batch, channels, *self._latent_size())
+        return (batch, channels, *self._latent_size(size))
+
+    def _size_multiple(self) -> tuple[int, str]:
+        factor = int(self._sd.vae_scale_factor)
+        return 2 * factor, f"the VAE's {factor}x times FLUX's 2x2 latent packing"
 
     # ---- conditioning ---------------------------------------------------------------------
 
@@ -247,7 +256,7 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
         c: Conditioning,
         x: Latents,
         t: PerSample,
-        scale: float,
+        scale: float | PerSample,
         guided: bool,
     ) -> Latents:
         """The velocity at timesteps ``t`` (guidance embedding of ``scale`` if the model has it;

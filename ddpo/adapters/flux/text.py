@@ -87,7 +87,7 @@ def flux_velocity(
     *,
     prompt_embeds: PromptEmbeds,
     pooled_prompt_embeds: Float[Tensor, "batch pooled"],
-    guidance_scale: float | None,
+    guidance_scale: float | PerSample | None,
     text_ids_dtype: torch.dtype,
 ) -> Latents:
     """FLUX's velocity ``v(x, t)`` on unpacked latents: ``x`` packed into 2x2-patch tokens with
@@ -99,7 +99,8 @@ def flux_velocity(
         x: latents ``(batch, C, h, w)``, ``h`` and ``w`` even.
         t: the scheduler's timesteps (``1000 sigma``) per sample.
         prompt_embeds, pooled_prompt_embeds: from :func:`encode_flux_prompts`.
-        guidance_scale: the guidance embedding's value, or ``None``.
+        guidance_scale: the guidance embedding's value, one or one per sample ``(batch,)``
+            (re-scoring's rows: the same float32 values), or ``None``.
         text_ids_dtype: dtype of the text ids (diffusers: the CLIP encoder's).
 
     Returns:
@@ -109,7 +110,9 @@ def flux_velocity(
     dtype = params.dtype if params is not None else x.dtype
     batch, _, height, width = x.shape
     guidance = None
-    if guidance_scale is not None:
+    if isinstance(guidance_scale, Tensor):
+        guidance = guidance_scale.to(device=x.device, dtype=torch.float32)
+    elif guidance_scale is not None:
         guidance = torch.full((batch,), float(guidance_scale), device=x.device)
     out = transformer(
         hidden_states=pack_latents(x.to(dtype)),

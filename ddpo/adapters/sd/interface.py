@@ -2,9 +2,11 @@
 
 ``DDPOStableDiffusionPipeline`` has the members of TRL's interface of the same name, so the
 trainer accepts any implementation of it. Besides the abstract members it carries working
-default implementations of what the trainer calls per step (:meth:`encode_prompt`,
-:meth:`score_transitions`, :meth:`reference_policy`), built only from ``unet``, ``scheduler``,
-``text_encoder`` and ``tokenizer``, with all step math in :mod:`ddpo.core`.
+default implementations of what the trainer calls (:meth:`encode`, :meth:`rollout`,
+:meth:`score`, :meth:`reference_policy`), built only from ``unet``, ``scheduler``, ``vae``,
+``text_encoder`` and ``tokenizer``, with all step math in :mod:`ddpo.core`; the DDIM policy
+members (``eta``, the schedule rows, re-scoring from them) come from
+:class:`ddpo.adapters.ddim.policy.DDIMPolicy`.
 """
 
 import abc
@@ -14,13 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 from jaxtyping import Float, Int, Real
 from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample, PromptEmbeds
-from ddpo.adapters.common.args import check_prompts, unwrap
+from ddpo.adapters.common.args import check_call_size, check_grad_steps, check_prompts, unwrap
 from ddpo.adapters.common.denoiser import check_guidance_scale, check_predict_args
 from ddpo.adapters.common.output import DDPOPipelineOutput
+from ddpo.adapters.common.sampling import draw_initial_noise, keep_unguided_rows, scores_guided
 from ddpo.adapters.ddim.denoiser import (
     DDIMPredictionType,
     ddim_add_noise,
@@ -30,7 +34,13 @@ from ddpo.adapters.ddim.denoiser import (
     ddim_training_target,
     decode_images,
 )
-from ddpo.adapters.ddim.sampling import check_ddim_num_steps, check_eta, scheduler_step_with_logprob
+from ddpo.adapters.ddim.policy import DDIMPolicy, ddim_rows, ddim_schedule_rows, score_ddim_rows
+from ddpo.adapters.ddim.sampling import (
+    DDIMTrajectory,
+    check_eta,
+    sample_ddim_trajectory,
+    scheduler_step_with_logprob,
+)
 from ddpo.core import DDIMStepOutput, classifier_free_guidance
 from ddpo.policy import Conditioning, PolicyRollout
 
@@ -43,13 +53,14 @@ class DDPOSchedulerOutput:
     log_probs: PerSample
 
 
-class DDPOStableDiffusionPipeline(abc.ABC):
+class DDPOStableDiffusionPipeline(DDIMPolicy, abc.ABC):
     """A Stable Diffusion pipeline for DDPO: samples with log-probs and re-scores transitions.
 
     Implement the abstract members (those of TRL's interface) for your own model; the trainer
-    then also uses the default :meth:`encode_prompt`, :meth:`score_transitions` and
-    :meth:`reference_policy` below, which need only ``unet``, ``scheduler`` (DDIM),
-    ``text_encoder`` and ``tokenizer``.
+    then also uses the default :meth:`encode`, :meth:`rollout` (which calls ``__call__``),
+    :meth:`score` and :meth:`reference_policy` below, which need only ``unet``, ``scheduler``
+    (DDIM), ``vae``, ``text_encoder`` and ``tokenizer``. ``eta`` (1.0 by default) is the
+    sampler's, set by the trainer from ``DDPOConfig.sample_eta``.
     """
 
     use_lora: bool = False
@@ -168,15 +179,6 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()  # type: ignore[operator]
 
-    def check_num_steps(self, num_steps: int) -> None:
-        """ValueError unless the DDIM scheduler makes ``num_steps`` valid timesteps
-        (:func:`ddpo.adapters.ddim.sampling.check_ddim_num_steps`)."""
-        check_ddim_num_steps(self.scheduler, num_steps)
-
-    def transitions_per_rollout(self, num_steps: int) -> int:
-        """Every DDIM step is recorded and may be trained: ``num_steps``."""
-        return num_steps
-
     def encode(self, prompts: Sequence[str], negative_prompt: str) -> Conditioning:
         """``prompt_embeds`` of ``prompts`` and ``negative_prompt_embeds`` (the negative prompt's,
         repeated per prompt), both ``(batch, tokens, dim)``."""
@@ -194,54 +196,129 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         *,
         num_steps: int,
         guidance_scale: float,
-        eta: float,
         generator: torch.Generator,
+        height: int | None = None,
+        width: int | None = None,
+        initial_noise_generators: Sequence[torch.Generator] | None = None,
+        grad_steps: int = 0,
     ) -> PolicyRollout:
-        """Sample with this pipeline's ``__call__`` (``output_type="pt"``), at its
-        ``resolution`` when it has one."""
-        size = getattr(self, "resolution", None)
-        extra = {"height": size[0], "width": size[1]} if size is not None else {}
-        output = self(
-            prompt_embeds=conditioning["prompt_embeds"],
-            negative_prompt_embeds=conditioning["negative_prompt_embeds"],
-            num_inference_steps=num_steps,
-            guidance_scale=guidance_scale,
-            eta=eta,
-            generator=generator,
-            output_type="pt",
-            **extra,
-        )
-        if not isinstance(output.images, Tensor):
-            raise TypeError(
-                "sd_pipeline(output_type='pt') must return images as a tensor, got "
-                f"{type(output.images).__name__}"
+        """Sample one trajectory per row of ``conditioning`` with DDIM at the policy's ``eta``,
+        recording every step; each step's ``schedule`` row is ``[t, t_prev, eta,
+        guidance_scale]`` (:func:`ddpo.adapters.ddim.policy.ddim_schedule_rows`).
+
+        Without gradients (``grad_steps=0``) it samples with this pipeline's ``__call__``
+        (``output_type="pt"``, TRL's interface). With ``grad_steps > 0`` it samples with the
+        interface's own DDIM loop over the same members (:meth:`_sample_trajectory`, what the
+        default pipeline's ``__call__`` runs), keeping the graph of the last ``grad_steps``
+        steps, and decodes with :meth:`decode`.
+
+        Args:
+            height, width: the image size in pixels, positive multiples of the VAE factor
+                (``None``: the pipeline's ``resolution`` where it has one, else its
+                ``__call__``'s default).
+            initial_noise_generators: one generator per row that draws the row's ``x_T``
+                (given to ``__call__`` as ``latents``); the steps' noise comes from
+                ``generator``.
+            grad_steps: the final steps whose graph is kept, in ``[0, num_steps]``.
+
+        Raises:
+            ValueError: naming ``grad_steps``, ``height``, ``width`` or
+                ``initial_noise_generators``, before any model work.
+        """
+        check_grad_steps(grad_steps, num_steps)
+        size = self._rollout_size(height, width)
+        batch = len(conditioning)
+        prompt_embeds = conditioning["prompt_embeds"]
+        latents = None
+        if initial_noise_generators is not None:  # drawn in the embeddings' dtype, as x_T is
+            latents = draw_initial_noise(
+                initial_noise_generators,
+                self._latent_shape(batch, size),
+                device=self._unet_device(),
+                dtype=prompt_embeds.dtype,
             )
-        timesteps = self.scheduler.timesteps.to(output.latents.device)
-        return PolicyRollout(output.images, output.latents, output.log_probs, timesteps)
+        if grad_steps == 0:
+            extra: dict[str, Any] = {}
+            if size is not None:
+                extra.update(height=size[0], width=size[1])
+            if latents is not None:
+                extra["latents"] = latents
+            output = self(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=conditioning["negative_prompt_embeds"],
+                num_inference_steps=num_steps,
+                guidance_scale=guidance_scale,
+                eta=self.eta,
+                generator=generator,
+                output_type="pt",
+                **extra,
+            )
+            if not isinstance(output.images, Tensor):
+                raise TypeError(
+                    "sd_pipeline(output_type='pt') must return images as a tensor, got "
+                    f"{type(output.images).__name__}"
+                )
+            images, all_latents, log_probs = output.images, output.latents, output.log_probs
+        else:
+            device = self._unet_device()
+            negative = conditioning["negative_prompt_embeds"] if guidance_scale > 1.0 else None
+            with torch.no_grad():
+                all_latents, log_probs = self._sample_trajectory(
+                    prompt_embeds.to(device),
+                    negative.to(device) if negative is not None else None,
+                    shape=self._latent_shape(batch, size),
+                    num_steps=num_steps,
+                    guidance_scale=guidance_scale,
+                    eta=self.eta,
+                    generator=generator,
+                    latents=latents,
+                    grad_steps=grad_steps,
+                )
+                with torch.enable_grad():
+                    images = self.decode(all_latents[:, -1])
+        timesteps = self.scheduler.timesteps.to(all_latents.device)
+        schedule = ddim_schedule_rows(
+            self.scheduler, eta=self.eta, guidance_scale=guidance_scale, device=all_latents.device
+        )
+        return PolicyRollout(images, all_latents, log_probs, timesteps, schedule)
 
     def score(
         self,
         conditioning: Conditioning,
         latents: Latents,
         next_latents: Latents,
-        timesteps: Int[Tensor, " batch"],
+        schedule: Float[Tensor, "batch values"],
         *,
-        guidance_scale: float,
-        guided: bool,
-        eta: float,
+        cfg: bool = True,
         denoiser: nn.Module | None = None,
     ) -> DDIMStepOutput:
-        """`score_transitions` on the conditioning (the negative embeddings when ``guided``)."""
-        return self.score_transitions(
+        """Log-probs of stored transitions ``x_t -> x_{t-1}`` from their ``schedule`` rows alone
+        (``[t, t_prev, eta, guidance_scale]``; the scheduler's inference timesteps are not read),
+        through ``denoiser`` (default the UNet; the reference UNet under
+        :meth:`reference_policy`).
+
+        With ``cfg`` a row sampled with guidance above 1 is scored with classifier-free
+        guidance on ``negative_prompt_embeds`` at its scale, as it was sampled; ``cfg=False``
+        (TRL's ``train_cfg=False``) scores the conditional prediction alone. Gradients flow to
+        the UNet's trainable parameters.
+
+        Raises:
+            TypeError, ValueError: naming ``schedule`` if it is not ``(batch, 4)`` rows.
+        """
+        rows = ddim_rows(schedule, latents)
+        guided = scores_guided(cfg, rows.guidance_scale)
+        model = self._reference_unet
+        if model is None:
+            model = denoiser if denoiser is not None else self.unet
+        model_output = self._guided_model_output(
+            model,
             latents,
-            next_latents,
-            timesteps,
+            rows.timesteps,
             conditioning["prompt_embeds"],
             conditioning["negative_prompt_embeds"] if guided else None,
-            guidance_scale=guidance_scale,
-            eta=eta,
-            unet=denoiser,
+            rows.guidance_scale,
         )
+        return score_ddim_rows(self.scheduler, model_output, latents, next_latents, rows)
 
     # ---- the denoiser as a model (ddpo.adapters.ddim.denoiser), for other objectives -----
 
@@ -311,6 +388,83 @@ class DDPOStableDiffusionPipeline(abc.ABC):
     def _text_device(self) -> torch.device:
         return next(self.text_encoder.parameters()).device
 
+    def _unet_device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def _vae_scale_factor(self) -> int:
+        """Pixels per latent along a side, as diffusers computes it from the VAE's config."""
+        config: Any = self.vae.config
+        return int(2 ** (len(config.block_out_channels) - 1))
+
+    def _rollout_size(self, height: int | None, width: int | None) -> tuple[int, int] | None:
+        """The checked ``(height, width)`` of a rollout: the given sides, the others from the
+        pipeline's ``resolution`` (or the UNet's sample size); ``None`` when neither is given
+        and the pipeline has no ``resolution`` (``__call__`` then uses its default)."""
+        resolution = getattr(self, "resolution", None)
+        if height is None and width is None and resolution is None:
+            return None
+        if resolution is None:
+            config: Any = self.unet.config
+            side = int(config.sample_size) * self._vae_scale_factor()
+            resolution = (side, side)
+        factor = self._vae_scale_factor()
+        return check_call_size(
+            height, width, default=resolution, multiple=factor, why=f"the VAE's factor {factor}"
+        )
+
+    def _latent_shape(self, batch: int, size: tuple[int, int] | None) -> tuple[int, int, int, int]:
+        """The initial latents' shape for ``batch`` images of ``size`` (``None``: the UNet's
+        sample size)."""
+        factor = self._vae_scale_factor()
+        config: Any = self.unet.config
+        channels = int(config.in_channels)
+        if size is None:
+            return (batch, channels, int(config.sample_size), int(config.sample_size))
+        return (batch, channels, size[0] // factor, size[1] // factor)
+
+    def _sample_trajectory(
+        self,
+        prompt_embeds: PromptEmbeds,
+        negative_prompt_embeds: PromptEmbeds | None,
+        *,
+        shape: tuple[int, int, int, int],
+        num_steps: int,
+        guidance_scale: float | int,
+        eta: float | int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        latents: Latents | None = None,
+        grad_steps: int = 0,
+        progress: Callable[[Any], Any] = iter,
+    ) -> DDIMTrajectory:
+        """The DDIM loop of :meth:`rollout` and of the default pipeline's ``__call__``: the
+        scheduler's ``num_steps`` timesteps, ``x_T`` (``latents``, or drawn with ``generator``
+        in the embeddings' dtype, as diffusers draws it) times ``init_noise_sigma``, then
+        :func:`ddpo.adapters.ddim.sampling.sample_ddim_trajectory` with the UNet's prediction
+        (guided on ``negative_prompt_embeds`` when given and the scale is above 1). The caller
+        runs it without gradients; the last ``grad_steps`` steps keep their graph."""
+        device = self._unet_device()
+        self.scheduler.set_timesteps(num_steps, device=device)
+        if latents is None:
+            latents = randn_tensor(
+                shape, generator=generator, device=device, dtype=prompt_embeds.dtype
+            )
+        x_t = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
+
+        def predict(x: Latents, t: Tensor) -> Latents:
+            return self._guided_model_output(
+                self.unet, x, t, prompt_embeds, negative_prompt_embeds, guidance_scale
+            )
+
+        return sample_ddim_trajectory(
+            self.scheduler,
+            predict,
+            x_t,
+            eta=eta,
+            generator=generator,
+            progress=progress,
+            grad_steps=grad_steps,
+        )
+
     def encode_prompt(self, prompts: Any) -> PromptEmbeds:
         """Text-encoder hidden states of ``prompts`` (a list of strings), padded to max length.
 
@@ -339,14 +493,19 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         timesteps: Int[Tensor, " batch"],
         prompt_embeds: PromptEmbeds,
         negative_prompt_embeds: PromptEmbeds | None,
-        guidance_scale: float | int,
+        guidance_scale: float | int | PerSample,
     ) -> Latents:
         """The UNet's prediction, with classifier-free guidance in one batched call if asked
         (negative embeddings given and a scale above 1: sampling guides only then, as diffusers
-        does, so re-scoring must too)."""
+        does, so re-scoring must too). A per-sample scale (re-scoring's rows) guides whenever
+        the negative embeddings are given, and keeps the conditional prediction of rows at or
+        below 1 (:func:`ddpo.adapters.common.sampling.keep_unguided_rows`)."""
         params = next(unwrap(unet).parameters(), None)
         dtype = params.dtype if params is not None else latents.dtype
-        guided = negative_prompt_embeds is not None and guidance_scale > 1.0
+        if isinstance(guidance_scale, Tensor):
+            guided = negative_prompt_embeds is not None
+        else:
+            guided = negative_prompt_embeds is not None and guidance_scale > 1.0
         if guided:
             assert negative_prompt_embeds is not None
             model_input = torch.cat([latents, latents])
@@ -361,7 +520,8 @@ class DDPOStableDiffusionPipeline(abc.ABC):
         if not guided:
             return out
         uncond, cond = out.chunk(2)
-        return classifier_free_guidance(uncond, cond, guidance_scale)
+        combined = classifier_free_guidance(uncond, cond, guidance_scale)
+        return keep_unguided_rows(combined, cond, guidance_scale)
 
     def score_transitions(
         self,

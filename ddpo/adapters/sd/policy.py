@@ -8,8 +8,7 @@ from typing import Any, Literal, final
 
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
-from diffusers.utils.torch_utils import randn_tensor
-from torch import Tensor, nn
+from torch import nn
 
 from ddpo._typing import Latents, PromptEmbeds
 from ddpo.adapters.common.args import check_resolution, unwrap
@@ -27,7 +26,7 @@ from ddpo.adapters.common.weights import (
     setup_trainable_unet,
     write_lora,
 )
-from ddpo.adapters.ddim.sampling import check_sampling_args, decode_latents, sample_ddim_trajectory
+from ddpo.adapters.ddim.sampling import check_sampling_args, decode_latents
 from ddpo.adapters.sd.interface import DDPOStableDiffusionPipeline
 
 OutputType = Literal["pil", "pt", "np", "latent"]
@@ -59,7 +58,10 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         lora_init_seed: seed of the new LoRA adapters' random initialisation (drawn on the CPU
             with a forked generator, so the global RNG neither affects nor is affected by it).
         resolution: the training images' size, one int or ``(height, width)`` (``None``: the
-            UNet's sample size times 8, e.g. 512 for SD 1.5).
+            UNet's sample size times 8, e.g. 512 for SD 1.5); a rollout's ``height`` and
+            ``width`` override it per call.
+        eta: DDIM's stochasticity in ``(0, 1]`` for :meth:`rollout` (the ``eta`` attribute,
+            which the trainer sets from ``DDPOConfig.sample_eta``).
 
     Raises:
         ValueError: unknown model, non-SD folder, scheduler not convertible to DDIM, or bad
@@ -78,8 +80,10 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         device: str | torch.device | None = None,
         lora_init_seed: int = 0,
         resolution: int | tuple[int, int] | None = None,
+        eta: float = 1.0,
     ) -> None:
         self.resolution = check_resolution(resolution)
+        self.eta = eta
         check_model_args(
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
@@ -291,31 +295,22 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
             else:
                 negative_prompt_embeds = None
 
-            # 3. Timesteps and initial noise x_T (drawn as diffusers draws it).
-            self.scheduler.set_timesteps(num_inference_steps, device=device)
-            if latents is None:
-                # drawn in the text encoder's dtype, as diffusers does, then kept in float32
-                latents = randn_tensor(
-                    shape, generator=generator, device=device, dtype=prompt_embeds.dtype
-                )
-            x_t = latents.to(device=device, dtype=torch.float32) * self.scheduler.init_noise_sigma
-
-            # 4. Denoise, keeping every latent and log-prob.
-            def predict(x: Latents, t: Tensor) -> Latents:
-                return self._guided_model_output(
-                    self.unet, x, t, prompt_embeds, negative_prompt_embeds, guidance_scale
-                )
-
-            trajectory = sample_ddim_trajectory(
-                self.scheduler,
-                predict,
-                x_t,
+            # 3. Timesteps, initial noise x_T (drawn as diffusers draws it, in the text
+            #    encoder's dtype, then kept in float32), and the denoising loop keeping every
+            #    latent and log-prob.
+            trajectory = self._sample_trajectory(
+                prompt_embeds,
+                negative_prompt_embeds,
+                shape=shape,
+                num_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
                 eta=eta,
                 generator=generator,
+                latents=latents,
                 progress=self._sd.progress_bar,
             )
 
-            # 5. Decode.
+            # 4. Decode.
             images = decode_latents(self._sd, trajectory.latents[:, -1], output_type)
         return DDPOPipelineOutput(images, trajectory.latents, trajectory.log_probs)
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from ddpo._typing import Latents, PerSample
 from ddpo.adapters.common.args import Size, check_prompts, check_size, unwrap
+from ddpo.adapters.common.sampling import keep_unguided_rows
 from ddpo.adapters.common.sources import resolve_model_source
 from ddpo.adapters.common.weights import check_model_args
 from ddpo.adapters.flow.policy import FlowPipelinePolicy
@@ -189,21 +190,32 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
 
     # ---- the schedule and the latents ------------------------------------------------------
 
-    def _mu(self) -> float | None:
-        """The dynamic shift of the schedule at this resolution (``None`` unless configured)."""
+    def _mu(self, size: Size | None = None) -> float | None:
+        """The dynamic shift of the schedule for images of ``size`` (``None``: the resolution;
+        the shift is ``None`` unless configured)."""
+        height, width = size or self.resolution
         scale = int(self._sd.vae_scale_factor) * int(self._sd.patch_size)
-        tokens = (self.resolution[0] // scale) * (self.resolution[1] // scale)
+        tokens = (height // scale) * (width // scale)
         return dynamic_shift_mu(self.scheduler, tokens, default_max_shift=SD3_DEFAULT_MAX_SHIFT)
 
     def _flow_schedule(
-        self, scheduler: Any, num_steps: int, device: torch.device | None = None
+        self,
+        scheduler: Any,
+        num_steps: int,
+        device: torch.device | None = None,
+        size: Size | None = None,
     ) -> FlowSchedule:
-        return flow_schedule(scheduler, num_steps, device, self._mu())
+        return flow_schedule(scheduler, num_steps, device, self._mu(size))
 
-    def _latent_shape(self, batch: int) -> tuple[int, int, int, int]:
+    def _latent_shape(self, batch: int, size: Size | None = None) -> tuple[int, int, int, int]:
+        height, width = size or self.resolution
         scale = int(self._sd.vae_scale_factor)
         channels = int(self._sd.transformer.config.in_channels)
-        return (batch, channels, self.resolution[0] // scale, self.resolution[1] // scale)
+        return (batch, channels, height // scale, width // scale)
+
+    def _size_multiple(self) -> tuple[int, str]:
+        factor, patch = int(self._sd.vae_scale_factor), int(self._sd.patch_size)
+        return factor * patch, f"the VAE's {factor}x times the transformer's patch_size={patch}"
 
     # ---- conditioning ---------------------------------------------------------------------
 
@@ -266,10 +278,11 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         conditioning: Conditioning,
         x: Latents,
         t: PerSample,
-        guidance_scale: float,
+        guidance_scale: float | PerSample,
         guided: bool,
     ) -> Latents:
-        """The transformer's velocity at timesteps ``t`` (true CFG: one doubled batch)."""
+        """The transformer's velocity at timesteps ``t`` (true CFG: one doubled batch; with a
+        per-sample scale, rows at or below 1 keep the conditional velocity)."""
         params = next(unwrap(transformer).parameters(), None)
         dtype = params.dtype if params is not None else x.dtype
         c = conditioning
@@ -289,7 +302,8 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         if not guided:
             return velocity
         uncond, cond = velocity.chunk(2)
-        return classifier_free_guidance(uncond, cond, guidance_scale)
+        combined = classifier_free_guidance(uncond, cond, guidance_scale)
+        return keep_unguided_rows(combined, cond, guidance_scale)
 
     # ---- saving ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ samples with DDIM and log-probs, and re-scores transitions; every step's math is
 (with :func:`ddpo.core.rescale_guidance` when ``guidance_rescale > 0``).
 """
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,10 +20,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from jaxtyping import Float, Int, Real
 from torch import Tensor, nn
 
-from ddpo._typing import Latents
+from ddpo._typing import Latents, PerSample
 from ddpo.adapters.common.args import (
     OUTPUT_TYPES,
     Size,
+    check_call_size,
+    check_grad_steps,
     check_prompts,
     check_resolution,
     check_size,
@@ -30,6 +33,7 @@ from ddpo.adapters.common.args import (
 )
 from ddpo.adapters.common.denoiser import check_guidance_scale, check_predict_args
 from ddpo.adapters.common.output import DDPOPipelineOutput
+from ddpo.adapters.common.sampling import draw_initial_noise, keep_unguided_rows, scores_guided
 from ddpo.adapters.common.sources import resolve_model_source
 from ddpo.adapters.common.weights import (
     check_ddim_config,
@@ -49,13 +53,8 @@ from ddpo.adapters.ddim.denoiser import (
     ddim_training_target,
     decode_images,
 )
-from ddpo.adapters.ddim.sampling import (
-    check_ddim_num_steps,
-    check_eta,
-    decode_latents,
-    sample_ddim_trajectory,
-    scheduler_step_with_logprob,
-)
+from ddpo.adapters.ddim.policy import DDIMPolicy, ddim_rows, ddim_schedule_rows, score_ddim_rows
+from ddpo.adapters.ddim.sampling import check_eta, decode_latents, sample_ddim_trajectory
 from ddpo.adapters.sdxl.checks import check_sdxl_folder
 from ddpo.adapters.sdxl.text import encode_sdxl_texts, sdxl_time_ids
 from ddpo.core import DDIMStepOutput, classifier_free_guidance, rescale_guidance
@@ -63,7 +62,7 @@ from ddpo.policy import Conditioning, PolicyRollout
 
 
 @final
-class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
+class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy, DDIMPolicy):
     """DDPO over diffusers' ``StableDiffusionXLPipeline`` (wrapped), with LoRA through peft.
 
     Implements :class:`ddpo.policy.DiffusionPolicy`, so ``DDPOTrainer`` trains it as it trains
@@ -83,13 +82,17 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
         vae: a replacement VAE (folder or hub id), e.g. ``"madebyollin/sdxl-vae-fp16-fix"``. A
             float16 VAE whose config sets ``force_upcast`` is kept and run in float32.
         resolution: image size ``(height, width)`` or one int (default: the UNet's sample size
-            times 8, 1024 for SDXL base).
+            times 8, 1024 for SDXL base); a rollout's or a call's ``height`` and ``width``
+            override it (the time ids of :meth:`encode` stay those of the resolution; those of
+            ``__call__`` follow its size, as diffusers').
         original_size, crops_coords_top_left, target_size: the micro-conditioning time ids
             (defaults: the resolution, ``(0, 0)``, the resolution), as in diffusers.
         guidance_rescale: ``phi`` of :func:`ddpo.core.rescale_guidance` (0: none), used when
             sampling and scoring alike.
         device: where to put the model (``None``: CPU; the trainer moves it).
         lora_init_seed: seed of the new adapters' initialisation (forked RNG).
+        eta: DDIM's stochasticity in ``(0, 1]`` for :meth:`rollout` (the ``eta`` attribute,
+            which the trainer sets from ``DDPOConfig.sample_eta``).
 
     Raises:
         ValueError: unknown model, a folder that is not SDXL base (the class found is named), a
@@ -117,8 +120,10 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
         guidance_rescale: float = 0.0,
         device: str | torch.device | None = None,
         lora_init_seed: int = 0,
+        eta: float = 1.0,
     ) -> None:
         # 1. Check the arguments and the folder before loading weights.
+        self.eta = eta
         check_model_args(
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
@@ -187,13 +192,18 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
         """The UNet (the denoiser)."""
         return self.denoiser
 
-    def check_num_steps(self, num_steps: int) -> None:
-        """ValueError naming ``DDPOConfig.sample_num_steps`` if DDIM cannot make the steps."""
-        check_ddim_num_steps(self.scheduler, num_steps)
+    def _call_size(self, height: int | None, width: int | None) -> Size:
+        """A call's checked ``(height, width)`` (``None``: the side of the resolution)."""
+        factor = int(self._sd.vae_scale_factor)
+        return check_call_size(
+            height, width, default=self.resolution, multiple=factor,
+            why=f"the VAE's factor {factor}",
+        )  # fmt: skip
 
-    def transitions_per_rollout(self, num_steps: int) -> int:
-        """Every DDIM step is recorded and may be trained: ``num_steps``."""
-        return num_steps
+    def _latent_shape(self, batch: int, size: Size) -> tuple[int, int, int, int]:
+        scale = int(self._sd.vae_scale_factor)
+        channels = int(self._sd.unet.config.in_channels)
+        return (batch, channels, size[0] // scale, size[1] // scale)
 
     # ---- conditioning ---------------------------------------------------------------------
 
@@ -216,12 +226,17 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
     def encode(self, prompts: Sequence[str], negative_prompt: str) -> Conditioning:
         """``prompt_embeds``, ``pooled_prompt_embeds``, their negatives, and ``add_time_ids``
         (from the policy's resolution and micro-conditioning), each with the batch first."""
+        return self._encode(prompts, negative_prompt, self.resolution)
+
+    def _encode(self, prompts: Sequence[str], negative_prompt: str, size: Size) -> Conditioning:
+        """:meth:`encode` with the time ids of images of ``size`` (where the original and target
+        sizes are not set)."""
         texts = check_prompts(list(prompts), name="prompts")
         embeds, pooled = encode_sdxl_texts(self._sd, texts)
         negative, negative_pooled = self._negative_embeds(
             negative_prompt, len(texts), (embeds, pooled)
         )
-        height, width = self.resolution
+        height, width = size
         original = self.original_size or (height, width)
         target = self.target_size or (height, width)
         time_ids = sdxl_time_ids(
@@ -249,11 +264,12 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
         conditioning: Conditioning,
         latents: Latents,
         timesteps: Int[Tensor, " batch"],
-        guidance_scale: float,
+        guidance_scale: float | PerSample,
         guided: bool,
     ) -> Latents:
         """The UNet's prediction (guided: both halves in one batched call, then CFG and the
-        optional rescale)."""
+        optional rescale; with a per-sample scale, re-scoring's rows, rows at or below 1 keep
+        the conditional prediction)."""
         params = next(unwrap(unet).parameters(), None)
         dtype = params.dtype if params is not None else latents.dtype
         c = conditioning
@@ -272,7 +288,8 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
             return prediction
         uncond, cond = prediction.chunk(2)
         combined = classifier_free_guidance(uncond, cond, guidance_scale)
-        return rescale_guidance(combined, cond, guidance_rescale=self.guidance_rescale)
+        rescaled = rescale_guidance(combined, cond, guidance_rescale=self.guidance_rescale)
+        return keep_unguided_rows(rescaled, cond, guidance_scale)
 
     def _sample(
         self,
@@ -282,18 +299,19 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
         guidance_scale: float,
         eta: float,
         generator: torch.Generator | list[torch.Generator] | None,
+        size: Size,
         latents: Latents | None = None,
         output_type: str = "pt",
+        grad_steps: int = 0,
     ) -> DDPOPipelineOutput:
+        """DDIM sampling of images of ``size``, every latent and log-prob recorded; the last
+        ``grad_steps`` steps and the decoding keep their graph."""
         check_eta(eta)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         sd, device = self._sd, self.device
-        batch = len(conditioning)
         embeds = conditioning["prompt_embeds"]
-        height, width = self.resolution
-        scale = int(sd.vae_scale_factor)
-        shape = (batch, int(sd.unet.config.in_channels), height // scale, width // scale)
+        shape = self._latent_shape(len(conditioning), size)
         if latents is not None and tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         guided = guidance_scale > 1.0
@@ -309,9 +327,11 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
                 return self._model_output(self.unet, conditioning, x, t, guidance_scale, guided)
 
             trajectory = sample_ddim_trajectory(
-                self.scheduler, predict, x_T, eta=eta, generator=generator, progress=sd.progress_bar
-            )
-            images = decode_latents(sd, trajectory.latents[:, -1], output_type)
+                self.scheduler, predict, x_T, eta=eta, generator=generator,
+                progress=sd.progress_bar, grad_steps=grad_steps,
+            )  # fmt: skip
+            with torch.enable_grad() if grad_steps else contextlib.nullcontext():
+                images = decode_latents(sd, trajectory.latents[:, -1], output_type)
         return DDPOPipelineOutput(images, trajectory.latents, trajectory.log_probs)
 
     def rollout(
@@ -320,43 +340,80 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
         *,
         num_steps: int,
         guidance_scale: float,
-        eta: float,
         generator: torch.Generator,
+        height: int | None = None,
+        width: int | None = None,
+        initial_noise_generators: Sequence[torch.Generator] | None = None,
+        grad_steps: int = 0,
     ) -> PolicyRollout:
-        """Sample one trajectory per row of ``conditioning`` with DDIM and log-probs."""
+        """Sample one trajectory per row of ``conditioning`` with DDIM at the policy's ``eta``,
+        recording every step; each step's ``schedule`` row is ``[t, t_prev, eta,
+        guidance_scale]`` (:func:`ddpo.adapters.ddim.policy.ddim_schedule_rows`).
+
+        Args:
+            height, width: the image size in pixels, positive multiples of the VAE factor
+                (``None``: the policy's resolution). The conditioning's time ids are used as
+                they are (:meth:`encode` makes them for the resolution).
+            initial_noise_generators: one generator per row that draws the row's ``x_T``; the
+                steps' noise comes from ``generator``.
+            grad_steps: the final steps whose graph is kept (each UNet call checkpointed), and
+                the images decoded with gradients, in ``[0, num_steps]``.
+
+        Raises:
+            ValueError: naming ``grad_steps``, ``height``, ``width`` or
+                ``initial_noise_generators``, before any model work.
+        """
+        check_grad_steps(grad_steps, num_steps)
+        size = self._call_size(height, width)
+        latents = None
+        if initial_noise_generators is not None:  # drawn in the embeddings' dtype, as x_T is
+            latents = draw_initial_noise(
+                initial_noise_generators,
+                self._latent_shape(len(conditioning), size),
+                device=self.device,
+                dtype=conditioning["prompt_embeds"].dtype,
+            )
         out = self._sample(
             conditioning,
             num_steps=num_steps,
             guidance_scale=guidance_scale,
-            eta=eta,
+            eta=self.eta,
             generator=generator,
+            size=size,
+            latents=latents,
+            grad_steps=grad_steps,
         )
         timesteps = self.scheduler.timesteps.to(out.latents.device)
-        return PolicyRollout(out.images, out.latents, out.log_probs, timesteps)
+        schedule = ddim_schedule_rows(
+            self.scheduler, eta=self.eta, guidance_scale=guidance_scale, device=out.latents.device
+        )
+        return PolicyRollout(out.images, out.latents, out.log_probs, timesteps, schedule)
 
     def score(
         self,
         conditioning: Conditioning,
         latents: Latents,
         next_latents: Latents,
-        timesteps: Int[Tensor, " batch"],
+        schedule: Float[Tensor, "batch values"],
         *,
-        guidance_scale: float,
-        guided: bool,
-        eta: float,
+        cfg: bool = True,
         denoiser: nn.Module | None = None,
     ) -> DDIMStepOutput:
-        """Log-probs of stored transitions ``x_t -> x_{t-1}`` through ``denoiser`` (default the
-        UNet; the reference UNet under :meth:`reference_policy`), guided when ``guided`` and
-        ``guidance_scale > 1`` as in sampling."""
-        check_eta(eta)
+        """Log-probs of stored transitions ``x_t -> x_{t-1}`` from their ``schedule`` rows alone
+        (``[t, t_prev, eta, guidance_scale]``) through ``denoiser`` (default the UNet; the
+        reference UNet under :meth:`reference_policy`); with ``cfg``, rows sampled with
+        guidance above 1 are scored with it (and the policy's ``guidance_rescale``), as sampled.
+
+        Raises:
+            TypeError, ValueError: naming ``schedule`` if it is not ``(batch, 4)`` rows.
+        """
+        rows = ddim_rows(schedule, latents)
         unet = self._scoring_denoiser(denoiser)
+        guided = scores_guided(cfg, rows.guidance_scale)
         model_output = self._model_output(
-            unet, conditioning, latents, timesteps, guidance_scale, guided and guidance_scale > 1.0
+            unet, conditioning, latents, rows.timesteps, rows.guidance_scale, guided
         )
-        return scheduler_step_with_logprob(
-            self.scheduler, model_output, timesteps, latents, eta=eta, prev_sample=next_latents
-        )
+        return score_ddim_rows(self.scheduler, model_output, latents, next_latents, rows)
 
     def __call__(
         self,
@@ -368,13 +425,17 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
         eta: float = 1.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: Latents | None = None,
+        height: int | None = None,
+        width: int | None = None,
         output_type: str = "pil",
     ) -> DDPOPipelineOutput:
         """Sample images of ``prompt`` with DDIM, returning every latent and step log-prob.
 
         The same images as diffusers' ``StableDiffusionXLPipeline`` with a DDIM scheduler, the
         same generator and arguments (``negative_prompt=""`` is diffusers' ``None``: zeros when
-        the model sets ``force_zeros_for_empty_prompt``).
+        the model sets ``force_zeros_for_empty_prompt``). ``height`` and ``width`` (``None``:
+        the policy's resolution) set the image size and, unless the policy fixes them, the
+        original and target sizes of the time ids, as diffusers does.
         """
         if (
             isinstance(num_inference_steps, bool)
@@ -384,13 +445,15 @@ class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy):
             raise ValueError(
                 f"num_inference_steps must be a positive int, got {num_inference_steps!r}"
             )
-        conditioning = self.encode(check_prompts(prompt), negative_prompt)
+        size = self._call_size(height, width)
+        conditioning = self._encode(check_prompts(prompt), negative_prompt, size)
         return self._sample(
             conditioning,
             num_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             eta=eta,
             generator=generator,
+            size=size,
             latents=latents,
             output_type=output_type,
         )
