@@ -49,6 +49,37 @@ def flux_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def sdxl_policy(sdxl_path: Path):  # type: ignore[no-untyped-def]
+    """The tiny SDXL policy with fresh LoRA adapters (shared: tests must not change weights,
+    and restore what they set, e.g. ``eta``)."""
+    from ddpo.adapters import DefaultDDPOStableDiffusionXLPipeline
+
+    pipe = DefaultDDPOStableDiffusionXLPipeline(sdxl_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def sd3_policy(sd3_path: Path):  # type: ignore[no-untyped-def]
+    """The tiny SD3 policy with fresh LoRA adapters (shared, as ``sdxl_policy``)."""
+    from ddpo.adapters import DefaultDDPOStableDiffusion3Pipeline
+
+    pipe = DefaultDDPOStableDiffusion3Pipeline(sd3_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def flux_policy(flux_path: Path):  # type: ignore[no-untyped-def]
+    """The tiny FLUX.1-dev policy with fresh LoRA adapters (shared, as ``sdxl_policy``)."""
+    from ddpo.adapters import DefaultDDPOFluxPipeline
+
+    pipe = DefaultDDPOFluxPipeline(flux_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture
 def use_tiny_cache(tiny_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """Point ``DDPO_CACHE_DIR`` at the session's cache (for tests that resolve names)."""

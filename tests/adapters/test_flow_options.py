@@ -83,8 +83,7 @@ def ode_images(pipe: Any, family: str, *, stock: bool, steps: int = 3) -> torch.
 def rollout(pipe: Any, num_steps: int, seed: int, **kwargs: Any) -> Any:
     cond = pipe.encode(PROMPTS, "")
     gen = torch.Generator().manual_seed(seed)
-    return pipe.rollout(cond, num_steps=num_steps, guidance_scale=1.0, eta=1.0, generator=gen,
-                        **kwargs)  # fmt: skip
+    return pipe.rollout(cond, num_steps=num_steps, guidance_scale=1.0, generator=gen, **kwargs)
 
 
 # --- the window drawn within a range of steps (Flow-GRPO's sde_window_range) -----------------
@@ -155,8 +154,7 @@ def test_cps_rollout_rescores_to_its_log_probs(sd3_path: Path, perturb: Any) -> 
         step = int(out.timesteps[j])
         with torch.no_grad():
             score = pipe.score(cond, out.latents[:, j], out.latents[:, j + 1],
-                               out.timesteps[j].expand(2), guidance_scale=1.0, guided=False,
-                               eta=1.0)  # fmt: skip
+                               out.schedule[j].expand(2, -1), cfg=False)  # fmt: skip
         torch.testing.assert_close(score.log_prob, out.log_probs[:, j], atol=1e-6, rtol=1e-5)
         std = float(sigmas[step + 1]) * math.sin(0.8 * math.pi / 2)
         torch.testing.assert_close(score.std_dev, torch.full((2,), std), atol=1e-7, rtol=1e-6)

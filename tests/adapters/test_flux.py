@@ -168,7 +168,7 @@ def test_rescoring_the_window_transitions_gives_ratio_one(flux_path: Path) -> No
     pipe = new_policy(flux_path, sde_window_size=2, noise_level=0.7)
     perturb_lora(pipe)
     cond = pipe.encode(PROMPTS, "")
-    out = pipe.rollout(cond, num_steps=5, guidance_scale=3.5, eta=1.0,
+    out = pipe.rollout(cond, num_steps=5, guidance_scale=3.5,
                        generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.latents.shape == (2, 3, *SHAPE[1:]) and out.log_probs.shape == (2, 2)
     sigmas = pipe.scheduler.sigmas  # set by the rollout's 5 steps
@@ -177,8 +177,7 @@ def test_rescoring_the_window_transitions_gives_ratio_one(flux_path: Path) -> No
         step = int(out.timesteps[j])
         with torch.no_grad():
             score = pipe.score(cond, out.latents[:, j], out.latents[:, j + 1],
-                               out.timesteps[j].expand(2), guidance_scale=3.5,
-                               guided=True, eta=1.0)  # fmt: skip
+                               out.schedule[j].expand(2, -1))  # fmt: skip
         torch.testing.assert_close(score.log_prob, out.log_probs[:, j], atol=1e-4, rtol=0)
         sigma, sigma_prev = float(sigmas[step]), float(sigmas[step + 1])
         std_t = 0.7 * math.sqrt(sigma / (1 - (sigma_max if sigma == 1 else sigma)))
@@ -188,22 +187,22 @@ def test_rescoring_the_window_transitions_gives_ratio_one(flux_path: Path) -> No
         z = (out.latents[:, j + 1] - score.mean) / expected
         assert 0.8 < float(z.std()) < 1.2 and abs(float(z.mean())) < 0.2
         # another guidance scale is another policy (the embedding enters the velocity)
+        rows = out.schedule[j].expand(2, -1).clone()
+        rows[:, -1] = 1.0  # the row's guidance scale
         with torch.no_grad():
-            other = pipe.score(cond, out.latents[:, j], out.latents[:, j + 1],
-                               out.timesteps[j].expand(2), guidance_scale=1.0,
-                               guided=False, eta=1.0)  # fmt: skip
+            other = pipe.score(cond, out.latents[:, j], out.latents[:, j + 1], rows, cfg=False)
         assert not torch.allclose(other.log_prob, score.log_prob, atol=1e-3)
 
 
 def test_window_steps_and_start(flux_path: Path) -> None:
     fixed = new_policy(flux_path, sde_window_size=2, sde_window_start=1)
     cond = fixed.encode(PROMPTS, "")
-    out = fixed.rollout(cond, num_steps=4, guidance_scale=3.5, eta=1.0,
+    out = fixed.rollout(cond, num_steps=4, guidance_scale=3.5,
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.timesteps.tolist() == [1, 2] and out.timesteps.dtype == torch.int64
     assert out.latents.shape == (2, 3, *SHAPE[1:]) and fixed.transitions_per_rollout(4) == 2
     everywhere = new_policy(flux_path)
-    out = everywhere.rollout(cond, num_steps=3, guidance_scale=3.5, eta=1.0,
+    out = everywhere.rollout(cond, num_steps=3, guidance_scale=3.5,
                              generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.timesteps.tolist() == [0, 1, 2] and out.log_probs.shape == (2, 3)
     assert everywhere.transitions_per_rollout(3) == 3
@@ -214,7 +213,7 @@ def test_window_steps_and_start(flux_path: Path) -> None:
         gen = torch.Generator().manual_seed(seed)
         torch.randn(SHAPE, generator=gen)
         expected = int(torch.randint(0, 3, (1,), generator=gen))
-        got = drawn.rollout(cond, num_steps=3, guidance_scale=3.5, eta=1.0,
+        got = drawn.rollout(cond, num_steps=3, guidance_scale=3.5,
                             generator=torch.Generator().manual_seed(seed)).timesteps  # fmt: skip
         assert got.tolist() == [expected]
         starts.add(expected)
@@ -274,9 +273,8 @@ def test_save_pretrained_loads_in_stock_flux(
     assert not torch.allclose(base, theirs, atol=1e-3)  # the fine-tuned weights were saved
 
 
-def _score_means(pipe: Any, cond: Any, x: torch.Tensor) -> torch.Tensor:
-    mean: torch.Tensor = pipe.score(cond, x, 0.9 * x, torch.tensor([0]), guidance_scale=3.5,
-                                    guided=False, eta=1.0).mean  # fmt: skip
+def _score_means(pipe: Any, cond: Any, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    mean: torch.Tensor = pipe.score(cond, x, 0.9 * x, rows, cfg=False).mean
     return mean
 
 
@@ -284,16 +282,16 @@ def _score_means(pipe: Any, cond: Any, x: torch.Tensor) -> torch.Tensor:
 def test_reference_policy_is_the_model_before_fine_tuning(flux_path: Path, use_lora: bool) -> None:
     pipe = new_policy(flux_path, use_lora=use_lora)
     cond = pipe.encode(PROMPTS[:1], "")
-    pipe.rollout(cond, num_steps=3, guidance_scale=3.5, eta=1.0,
-                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    rows = pipe.rollout(cond, num_steps=3, guidance_scale=3.5,
+                        generator=torch.Generator().manual_seed(0)).schedule[:1]  # fmt: skip
     x = torch.randn(1, *SHAPE[1:], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        base = _score_means(pipe, cond, x)
+        base = _score_means(pipe, cond, x, rows)
         perturb_lora(pipe) if use_lora else perturb_full(pipe)
-        tuned = _score_means(pipe, cond, x)
+        tuned = _score_means(pipe, cond, x, rows)
         with pipe.reference_policy():
-            reference = _score_means(pipe, cond, x)
-        after = _score_means(pipe, cond, x)
+            reference = _score_means(pipe, cond, x, rows)
+        after = _score_means(pipe, cond, x, rows)
     assert not torch.allclose(base, tuned, atol=1e-4)
     torch.testing.assert_close(reference, base)
     torch.testing.assert_close(after, tuned)  # the context restores the fine-tuned policy
@@ -308,13 +306,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(flux_path: Path) -> Non
         pipe = new_policy(flux_path)
         pipe.prepare(torch.device("cpu"), gradient_checkpointing=checkpointing)
         cond = pipe.encode(PROMPTS, "")
-        pipe.rollout(cond, num_steps=3, guidance_scale=3.5, eta=1.0,
-                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+        out = pipe.rollout(cond, num_steps=3, guidance_scale=3.5,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
         pipe.transformer.train()
         assert pipe.transformer.is_gradient_checkpointing == checkpointing
         x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-        score = pipe.score(cond, x, 0.9 * x, torch.tensor([0, 1]), guidance_scale=3.5,
-                           guided=False, eta=1.0)  # fmt: skip
+        score = pipe.score(cond, x, 0.9 * x, out.schedule[:2], cfg=False)  # steps 0 and 1
         score.log_prob.sum().backward()
         grads.append({n: p.grad.clone() for n, p in pipe.trainable_parameters().items()})
     assert grads[0].keys() == grads[1].keys() and grads[0]
@@ -354,10 +351,9 @@ def test_bad_input_gets_clear_errors_before_model_work(
     pipe.check_num_steps(5)
     with pytest.raises(ValueError, match="at least 2 steps"):
         new_policy(flux_path).check_num_steps(1)
-    with pytest.raises(ValueError, match="call rollout first"):
+    with pytest.raises(ValueError, match=r"schedule must be \(2, 5\)"):  # a row per transition
         cond = pipe.encode(PROMPTS, "")
-        pipe.score(cond, torch.zeros(SHAPE), torch.zeros(SHAPE), torch.tensor([0, 0]),
-                   guidance_scale=1.0, guided=False, eta=1.0)  # fmt: skip
+        pipe.score(cond, torch.zeros(SHAPE), torch.zeros(SHAPE), torch.zeros(2, 3))
 
 
 def test_resolution_dependent_shift_matches_stock(flux_path: Path) -> None:

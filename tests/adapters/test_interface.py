@@ -13,6 +13,7 @@ from ddpo.adapters import (
     DDPOStableDiffusionPipeline,
     scheduler_step_with_logprob,
 )
+from ddpo.policy import Conditioning
 
 
 def test_interface_is_abstract() -> None:
@@ -113,6 +114,12 @@ def test_defaults_work_for_a_user_implementation(lora_pipeline) -> None:  # type
     # same weights (fresh LoRA is zero), same scheduler: the defaults agree with the pipeline
     torch.testing.assert_close(scored.log_prob, expected.log_prob, atol=1e-6, rtol=0)
     assert scored.log_prob.requires_grad  # gradients flow to the user's UNet
+    # the boundary's score from schedule rows [t, t_prev, eta, guidance_scale] is the same
+    step = user.scheduler.config.num_train_timesteps // 4
+    rows = torch.stack([t, t - step, torch.ones(2), torch.full((2,), 4.0)], dim=1).double()
+    conditioning = Conditioning({"prompt_embeds": embeds, "negative_prompt_embeds": negative})
+    boundary = user.score(conditioning, x_t, drawn.latents, rows)
+    torch.testing.assert_close(boundary.log_prob, scored.log_prob, atol=0, rtol=0)
 
     with pytest.raises(NotImplementedError, match="no LoRA adapters"), user.reference_policy():
         pass

@@ -142,7 +142,7 @@ def test_check_prompts_names_the_bad_items() -> None:
     [
         ({"output_type": "jpeg"}, "output_type"),
         ({"num_inference_steps": 0}, "num_inference_steps"),
-        ({"height": 60}, "multiples of 8"),
+        ({"height": 60}, r"height must be a positive multiple of 8 .*got height=60"),
         ({"generator": [torch.Generator()] * 3}, "generator list has 3"),
         ({"negative_prompt": ["x", "y", "z"]}, "negative_prompt has 3"),
         ({"latents": torch.zeros(2, 4, 4, 4)}, r"latents must have shape \(2, 4, 8, 8\)"),

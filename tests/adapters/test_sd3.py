@@ -104,7 +104,7 @@ def test_rescoring_the_window_transitions_gives_ratio_one(sd3_path: Path, guided
     perturb_lora(pipe)
     guidance = 5.0 if guided else 1.0
     cond = pipe.encode(PROMPTS, "")
-    out = pipe.rollout(cond, num_steps=5, guidance_scale=guidance, eta=1.0,
+    out = pipe.rollout(cond, num_steps=5, guidance_scale=guidance,
                        generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.latents.shape == (2, 3, 16, 8, 8) and out.log_probs.shape == (2, 2)
     sigmas = pipe.scheduler.sigmas  # set by the rollout's 5 steps
@@ -113,8 +113,7 @@ def test_rescoring_the_window_transitions_gives_ratio_one(sd3_path: Path, guided
         step = int(out.timesteps[j])
         with torch.no_grad():
             score = pipe.score(cond, out.latents[:, j], out.latents[:, j + 1],
-                               out.timesteps[j].expand(2), guidance_scale=guidance,
-                               guided=guided, eta=1.0)  # fmt: skip
+                               out.schedule[j].expand(2, -1), cfg=guided)  # fmt: skip
         torch.testing.assert_close(score.log_prob, out.log_probs[:, j], atol=1e-4, rtol=0)
         sigma, sigma_prev = float(sigmas[step]), float(sigmas[step + 1])
         std_t = 0.7 * math.sqrt(sigma / (1 - (sigma_max if sigma == 1 else sigma)))
@@ -128,13 +127,13 @@ def test_rescoring_the_window_transitions_gives_ratio_one(sd3_path: Path, guided
 def test_window_steps_and_start(sd3_path: Path) -> None:
     fixed = new_policy(sd3_path, sde_window_size=2, sde_window_start=1)
     cond = fixed.encode(PROMPTS, "")
-    out = fixed.rollout(cond, num_steps=4, guidance_scale=1.0, eta=1.0,
+    out = fixed.rollout(cond, num_steps=4, guidance_scale=1.0,
                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.timesteps.tolist() == [1, 2] and out.timesteps.dtype == torch.int64
     assert out.latents.shape == (2, 3, 16, 8, 8) and fixed.transitions_per_rollout(4) == 2
     # without a window every step is stochastic and recorded
     everywhere = new_policy(sd3_path)
-    out = everywhere.rollout(cond, num_steps=3, guidance_scale=1.0, eta=1.0,
+    out = everywhere.rollout(cond, num_steps=3, guidance_scale=1.0,
                              generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.timesteps.tolist() == [0, 1, 2] and out.log_probs.shape == (2, 3)
     assert everywhere.transitions_per_rollout(3) == 3
@@ -146,7 +145,7 @@ def test_window_steps_and_start(sd3_path: Path) -> None:
         torch.randn(SHAPE, generator=gen)
         expected = int(torch.randint(0, 3, (1,), generator=gen))
         got = [
-            int(drawn.rollout(cond, num_steps=3, guidance_scale=1.0, eta=1.0,
+            int(drawn.rollout(cond, num_steps=3, guidance_scale=1.0,
                               generator=torch.Generator().manual_seed(seed)).timesteps[0])
             for _ in range(2)
         ]  # fmt: skip
@@ -204,9 +203,8 @@ def test_save_pretrained_loads_in_stock_sd3(sd3_path: Path, tmp_path: Path, use_
     assert not torch.allclose(base, theirs, atol=1e-3)  # the fine-tuned weights were saved
 
 
-def _score_means(pipe: Any, cond: Any, x: torch.Tensor) -> torch.Tensor:
-    mean: torch.Tensor = pipe.score(cond, x, 0.9 * x, torch.tensor([0]), guidance_scale=5.0,
-                                    guided=True, eta=1.0).mean  # fmt: skip
+def _score_means(pipe: Any, cond: Any, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    mean: torch.Tensor = pipe.score(cond, x, 0.9 * x, rows).mean
     return mean
 
 
@@ -214,16 +212,16 @@ def _score_means(pipe: Any, cond: Any, x: torch.Tensor) -> torch.Tensor:
 def test_reference_policy_is_the_model_before_fine_tuning(sd3_path: Path, use_lora: bool) -> None:
     pipe = new_policy(sd3_path, use_lora=use_lora)
     cond = pipe.encode(PROMPTS[:1], "")
-    pipe.rollout(cond, num_steps=3, guidance_scale=5.0, eta=1.0,
-                 generator=torch.Generator().manual_seed(0))  # fmt: skip
+    rows = pipe.rollout(cond, num_steps=3, guidance_scale=5.0,
+                        generator=torch.Generator().manual_seed(0)).schedule[:1]  # fmt: skip
     x = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        base = _score_means(pipe, cond, x)
+        base = _score_means(pipe, cond, x, rows)
         perturb_lora(pipe) if use_lora else perturb_full(pipe)
-        tuned = _score_means(pipe, cond, x)
+        tuned = _score_means(pipe, cond, x, rows)
         with pipe.reference_policy():
-            reference = _score_means(pipe, cond, x)
-        after = _score_means(pipe, cond, x)
+            reference = _score_means(pipe, cond, x, rows)
+        after = _score_means(pipe, cond, x, rows)
     assert not torch.allclose(base, tuned, atol=1e-4)
     torch.testing.assert_close(reference, base)
     torch.testing.assert_close(after, tuned)  # the context restores the fine-tuned policy
@@ -238,13 +236,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(sd3_path: Path) -> None
         pipe = new_policy(sd3_path)
         pipe.prepare(torch.device("cpu"), gradient_checkpointing=checkpointing)
         cond = pipe.encode(PROMPTS, "")
-        pipe.rollout(cond, num_steps=3, guidance_scale=5.0, eta=1.0,
-                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+        out = pipe.rollout(cond, num_steps=3, guidance_scale=5.0,
+                           generator=torch.Generator().manual_seed(0))  # fmt: skip
         pipe.transformer.train()
         assert pipe.transformer.is_gradient_checkpointing == checkpointing
         x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-        score = pipe.score(cond, x, 0.9 * x, torch.tensor([0, 1]), guidance_scale=5.0,
-                           guided=True, eta=1.0)  # fmt: skip
+        score = pipe.score(cond, x, 0.9 * x, out.schedule[:2])  # steps 0 and 1, guided
         score.log_prob.sum().backward()
         grads.append({n: p.grad.clone() for n, p in pipe.trainable_parameters().items()})
     assert grads[0].keys() == grads[1].keys() and grads[0]
@@ -281,10 +278,9 @@ def test_bad_input_gets_clear_errors_before_model_work(
     pipe.check_num_steps(5)
     with pytest.raises(ValueError, match="at least 2 steps"):
         new_policy(sd3_path).check_num_steps(1)
-    with pytest.raises(ValueError, match="call rollout first"):
+    with pytest.raises(ValueError, match=r"schedule must be \(2, 5\)"):  # a row per transition
         cond = pipe.encode(PROMPTS, "")
-        pipe.score(cond, torch.zeros(SHAPE), torch.zeros(SHAPE), torch.tensor([0, 0]),
-                   guidance_scale=1.0, guided=False, eta=1.0)  # fmt: skip
+        pipe.score(cond, torch.zeros(SHAPE), torch.zeros(SHAPE), torch.zeros(2, 3))
 
 
 def test_dynamic_shifting_schedule_matches_stock(sd3_path: Path, tmp_path: Path) -> None:

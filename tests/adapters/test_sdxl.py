@@ -154,20 +154,15 @@ def test_empty_negative_prompt_is_encoded_without_force_zeros(tmp_path: Path) ->
 def test_rescoring_the_trajectory_gives_ratio_one(ours: Any, guided: bool) -> None:
     cond = ours.encode(PROMPTS, "")
     out = ours.rollout(
-        cond, num_steps=4, guidance_scale=5.0 if guided else 1.0, eta=1.0,
+        cond, num_steps=4, guidance_scale=5.0 if guided else 1.0,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     for j in range(4):
         with torch.no_grad():
             score = ours.score(
-                cond,
-                out.latents[:, j],
-                out.latents[:, j + 1],
-                out.timesteps[j].expand(2),
-                guidance_scale=5.0 if guided else 1.0,
-                guided=guided,
-                eta=1.0,
-            )
+                cond, out.latents[:, j], out.latents[:, j + 1], out.schedule[j].expand(2, -1),
+                cfg=guided,
+            )  # fmt: skip
         torch.testing.assert_close(score.log_prob, out.log_probs[:, j], atol=1e-4, rtol=0)
 
 
@@ -224,33 +219,32 @@ def _perturb_full(pipe: Any) -> None:
 def test_full_unet_reference_policy_is_the_frozen_copy(sdxl_path: Path) -> None:
     pipe = DefaultDDPOStableDiffusionXLPipeline(sdxl_path, use_lora=False)
     cond = pipe.encode(PROMPTS, "")
-    out = pipe.rollout(cond, num_steps=3, guidance_scale=5.0, eta=1.0,
+    out = pipe.rollout(cond, num_steps=3, guidance_scale=5.0,
                        generator=torch.Generator().manual_seed(0))  # fmt: skip
-    args = (cond, out.latents[:, 0], out.latents[:, 1], out.timesteps[0].expand(2))
-    kwargs: dict[str, Any] = {"guidance_scale": 5.0, "guided": True, "eta": 1.0}
+    args = (cond, out.latents[:, 0], out.latents[:, 1], out.schedule[0].expand(2, -1))
     with torch.no_grad():
-        before = pipe.score(*args, **kwargs).mean
+        before = pipe.score(*args).mean
         _perturb_full(pipe)
-        after = pipe.score(*args, **kwargs).mean
+        after = pipe.score(*args).mean
         with pipe.reference_policy():
-            reference = pipe.score(*args, **kwargs).mean
+            reference = pipe.score(*args).mean
     assert not torch.allclose(before, after)
     torch.testing.assert_close(reference, before)
 
 
 def test_lora_reference_policy_disables_the_adapters(sdxl_path: Path) -> None:
     pipe = DefaultDDPOStableDiffusionXLPipeline(sdxl_path)
-    pipe.scheduler.set_timesteps(4)  # the step count a rollout would have set
     cond = pipe.encode(PROMPTS[:1], "")
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    args = (cond, x, x, torch.tensor([501]))
-    kwargs: dict[str, Any] = {"guidance_scale": 5.0, "guided": True, "eta": 1.0}
+    # [t, t_prev, eta, guidance_scale]: the second of 4 steps, guided
+    rows = torch.tensor([[501.0, 251.0, 1.0, 5.0]], dtype=torch.float64)
+    args = (cond, x, x, rows)
     with torch.no_grad():
-        base = pipe.score(*args, **kwargs).mean
+        base = pipe.score(*args).mean
         perturb_lora(pipe)
-        tuned = pipe.score(*args, **kwargs).mean
+        tuned = pipe.score(*args).mean
         with pipe.reference_policy():
-            reference = pipe.score(*args, **kwargs).mean
+            reference = pipe.score(*args).mean
     assert not torch.allclose(base, tuned)
     torch.testing.assert_close(reference, base)
 
@@ -260,13 +254,12 @@ def test_gradient_checkpointing_gives_the_same_gradients(sdxl_path: Path) -> Non
     for checkpointing in (False, True):
         pipe = DefaultDDPOStableDiffusionXLPipeline(sdxl_path)
         pipe.prepare(torch.device("cpu"), gradient_checkpointing=checkpointing)
-        pipe.scheduler.set_timesteps(4)
         pipe.unet.train()
         assert pipe.unet.is_gradient_checkpointing == checkpointing
         cond = pipe.encode(PROMPTS, "")
         x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-        score = pipe.score(cond, x, 0.9 * x, torch.tensor([501, 251]), guidance_scale=5.0,
-                           guided=True, eta=1.0)  # fmt: skip
+        rows = torch.tensor([[501.0, 251.0, 1.0, 5.0], [251.0, 1.0, 1.0, 5.0]], dtype=torch.float64)
+        score = pipe.score(cond, x, 0.9 * x, rows)
         score.log_prob.sum().backward()
         grads.append({n: p.grad.clone() for n, p in pipe.trainable_parameters().items()})
     assert grads[0].keys() == grads[1].keys() and grads[0]
@@ -350,6 +343,6 @@ def test_resolution_sets_the_image_size_and_time_ids(sdxl_path: Path) -> None:
     pipe = DefaultDDPOStableDiffusionXLPipeline(sdxl_path, resolution=(32, 48))
     cond = pipe.encode(PROMPTS, "")
     assert cond["add_time_ids"][0].tolist() == [32, 48, 0, 0, 32, 48]
-    out = pipe.rollout(cond, num_steps=2, guidance_scale=5.0, eta=1.0,
+    out = pipe.rollout(cond, num_steps=2, guidance_scale=5.0,
                        generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.images.shape == (2, 3, 32, 48) and out.latents.shape == (2, 3, 4, 4, 6)

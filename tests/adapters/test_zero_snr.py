@@ -30,3 +30,17 @@ def test_packaged_model_samples_finite_non_black_images_at_ten_steps() -> None:
     assert bool(torch.isfinite(out.log_probs).all())
     assert bool(torch.isfinite(out.images).all())
     assert float(out.images.amax()) > 0.5  # not black: the shape is drawn
+    # the boundary's rollout records each step's row; re-scoring from them gives ratio 1
+    conditioning = pipe.encode(["a red circle"], "")
+    trajectory = pipe.rollout(
+        conditioning, num_steps=10, guidance_scale=3.0, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(trajectory.latents, out.latents)
+    assert float(trajectory.schedule[0, 0]) == 999 and float(trajectory.schedule[-1, 1]) < 0
+    with torch.no_grad():
+        scored = [
+            pipe.score(conditioning, out.latents[:, j], out.latents[:, j + 1],
+                       trajectory.schedule[j : j + 1]).log_prob
+            for j in range(10)
+        ]  # fmt: skip
+    torch.testing.assert_close(torch.stack(scored, dim=1), out.log_probs, atol=1e-5, rtol=0)
