@@ -1,9 +1,12 @@
-"""One rank of the 2-process gradient-sync test (run by ``accelerate launch``; not a test file).
+"""One rank of the 2-process gradient-sync tests (run by ``torch.distributed.run``; not a test
+file).
 
-Usage: ``accelerate launch --num_processes 2 --cpu ddp_worker.py MODEL_DIR OUT_DIR [compiled]``.
-Each rank trains one epoch of a tiny config and writes its trainable weights (before and after)
-and its local rewards into OUT_DIR; ``compiled`` turns on ``compile_denoiser`` and
-``channels_last``.
+Usage: ``python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py OUT_DIR
+RUN...``, each ``RUN`` being ``NAME:MODEL`` or ``NAME:MODEL:compiled``. The runs train one after
+the other in the same two processes (one launch, one process group: starting the processes is
+most of the cost), each in ``OUT_DIR/NAME``: one epoch of a tiny config, then its trainable
+weights (before and after) and this rank's rewards are written there. ``compiled`` turns on
+``compile_denoiser`` and ``channels_last``.
 """
 
 import json
@@ -14,14 +17,15 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from accelerate.state import AcceleratorState, GradientState
 
 from ddpo import DDPOConfig, DDPOTrainer
 from ddpo.adapters import load_policy
 
 
-def main() -> None:
-    model_dir, out_dir = sys.argv[1], Path(sys.argv[2])
-    compiled = sys.argv[3:] == ["compiled"]
+def train(model: str, out_dir: Path, *, compiled: bool) -> DDPOTrainer:
+    """Train one epoch on ``model`` (its family from the folder's ``model_index.json``) and
+    write this rank's weights and rewards into ``out_dir``; returns the trainer, not closed."""
     local_rewards: list[float] = []
 
     def brightness(images: torch.Tensor, prompts: object, metadata: object) -> tuple[object, dict]:
@@ -49,7 +53,7 @@ def main() -> None:
         compile_denoiser=compiled,
         channels_last=compiled,
     )
-    pipeline = load_policy(model_dir)  # SD, SDXL, SD3 or FLUX, from the folder's model_index.json
+    pipeline = load_policy(model)  # SD, SDXL, SD3 or FLUX, from the folder's model_index.json
     # Different initial LoRA weights per rank: preparing the UNet must broadcast rank 0's.
     with torch.no_grad():
         for name, param in pipeline.denoiser.named_parameters():
@@ -65,7 +69,24 @@ def main() -> None:
     trainer.unet = trainer.accelerator.unwrap_model(trainer.unet)
     trainer.step(1, trainer.global_step)
     safetensors.torch.save_file(trainer.trainable_state_dict(), str(out_dir / f"unsynced{rank}.st"))
-    trainer.close()
+    return trainer
+
+
+def main() -> None:
+    out_dir, runs = Path(sys.argv[1]), sys.argv[2:]
+    trainer = None
+    for run in runs:
+        name, model, *flags = run.split(":")
+        if trainer is not None:
+            # The next run builds its own Accelerator on the same process group: closing the
+            # trainer would destroy the group, so only accelerate's singletons are cleared.
+            trainer.rollout.close()
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        trainer = train(model, out_dir / name, compiled=flags == ["compiled"])
+    if trainer is not None:
+        trainer.close()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 
 from ddpo import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline
-from ddpo.adapters import load_policy
+from ddpo.adapters import load_policy, resolve_pretrained
 from ddpo.adapters.families import FLOW_OPTIONS
 from ddpo.trainer.trainer import PromptRNG
 
@@ -504,35 +504,56 @@ def test_checkpoint_limit_and_exact_resume(
     assert sum(len(v) for v in stats["buffers"].values()) > 0
 
 
-@FAMILY_MODELS
-def test_two_processes_keep_identical_weights(
-    tmp_path: Path, pipeline_factory: Any, model: str
-) -> None:
-    pipeline_factory(model)  # build the cached tiny model once, before two processes race for it
+# The two-process runs: each family, and the SD model with a regionally compiled, channels-last
+# denoiser (DDP over compiled blocks must still all-reduce the gradients).
+TWO_PROCESS_RUNS = {
+    "sd": MODEL,
+    "sdxl": SDXL_MODEL,
+    "sd3": SD3_MODEL,
+    "flux": FLUX_MODEL,
+    "sd-compiled": f"{MODEL}:compiled",
+}
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every run of `TWO_PROCESS_RUNS` by `ddp_worker.py` in one launch of two processes
+    (starting them costs more than the tiny runs); run ``NAME`` writes into ``<folder>/NAME``."""
+    # The tiny models are built here first: built by the workers once their process group
+    # exists, rank 1's copy lacks the text encoders (transformers saves on rank 0 only).
+    for model in (MODEL, SDXL_MODEL, SD3_MODEL, FLUX_MODEL):
+        resolve_pretrained(model)
+    out = tmp_path_factory.mktemp("two-processes")
     worker = Path(__file__).with_name("ddp_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    runs = [f"{name}:{model}" for name, model in TWO_PROCESS_RUNS.items()]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run(
-        [*cmd, str(worker), model, str(tmp_path)],
-        env=env,
+        [*cmd, str(worker), str(out), *runs],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    load = lambda name: safetensors.torch.load_file(str(tmp_path / name))  # noqa: E731
+    return out
+
+
+@pytest.mark.parametrize("run", list(TWO_PROCESS_RUNS))
+def test_two_processes_keep_identical_weights(two_process_runs: Path, run: str) -> None:
+    folder = two_process_runs / run
+    load = lambda name: safetensors.torch.load_file(str(folder / name))  # noqa: E731
     init0, init1, final0, final1 = (
         load(f) for f in ("init0.st", "init1.st", "final0.st", "final1.st")
     )
-    rewards0 = json.loads((tmp_path / "rewards0.json").read_text())
-    rewards1 = json.loads((tmp_path / "rewards1.json").read_text())
+    rewards0 = json.loads((folder / "rewards0.json").read_text())
+    rewards1 = json.loads((folder / "rewards1.json").read_text())
     assert rewards0 != rewards1  # each rank trained on different samples ...
     assert all(torch.equal(init0[k], init1[k]) for k in init0)  # ... from rank 0's weights
     assert all(torch.equal(final0[k], final1[k]) for k in final0)  # and stayed identical
     assert any(not torch.equal(init0[k], final0[k]) for k in init0)
     # The checkpoint holds every rank's RNG states next to the shared weights and optimizer.
-    names = {p.name for p in (tmp_path / "run" / "checkpoints" / "checkpoint_1").iterdir()}
+    names = {p.name for p in (folder / "run" / "checkpoints" / "checkpoint_1").iterdir()}
     assert {"random_states_0.pkl", "random_states_1.pkl", "prompt_rng_0.json"} <= names
     assert {"prompt_rng_1.json", "trainable_weights.safetensors", "optimizer.bin"} <= names
     # Control: training through the unwrapped UNet (TRL's bug) lets the ranks diverge.
