@@ -124,20 +124,14 @@ def make_steps(
         return presets.sample(pipeline, preset, cond, device, dtype)
 
     out = rollout()
-    latents, timesteps = out.latents, out.timesteps
+    latents, schedule = out.latents, out.schedule
     old_log_prob = out.log_probs[:, 0].float()
     advantages = torch.ones(batch, device=device)
 
     def score(guided: bool) -> Any:
         with harness.autocast(device, dtype):
             return pipeline.score(
-                cond,
-                latents[:, 0],
-                latents[:, 1],
-                timesteps[:1].repeat(batch),
-                guidance_scale=preset.guidance_scale,
-                guided=guided,
-                eta=preset.eta,
+                cond, latents[:, 0], latents[:, 1], schedule[:1].repeat(batch, 1), cfg=guided
             )
 
     def sampling_step() -> Any:

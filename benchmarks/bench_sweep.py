@@ -110,7 +110,7 @@ def sweep_steps(
         conditioning = encode(size)
         out = rollout(conditioning)
         latents, next_latents = out.latents[:, 0], out.latents[:, 1]
-        timesteps = out.timesteps[:1].repeat(size)
+        schedule = out.schedule[:1].repeat(size, 1)
         old_log_prob = out.log_probs[:, 0].float()
         advantages = torch.linspace(-1.0, 1.0, size, device=device)
         del out
@@ -118,13 +118,7 @@ def sweep_steps(
         def score() -> Any:
             with harness.autocast(device, dtype):
                 return pipeline.score(
-                    conditioning,
-                    latents,
-                    next_latents,
-                    timesteps,
-                    guidance_scale=preset.guidance_scale,
-                    guided=preset.train_cfg,
-                    eta=preset.eta,
+                    conditioning, latents, next_latents, schedule, cfg=preset.train_cfg
                 )
 
         def step() -> None:

@@ -30,6 +30,8 @@ import harness
 import presets
 import torch
 
+from ddpo.adapters.ddim.policy import ddim_schedule_rows
+
 NAME = "training"
 MAX_GRAD_NORM = 1.0  # TRL's default train_max_grad_norm
 LEARNING_RATE = 3e-4  # TRL's default train_learning_rate
@@ -38,13 +40,20 @@ MIXED_PRECISION = {torch.float32: "no", torch.bfloat16: "bf16", torch.float16: "
 
 
 def training_inputs(
-    pipeline: Any, batch_size: int, num_steps: int, device: torch.device
+    pipeline: Any,
+    batch_size: int,
+    num_steps: int,
+    device: torch.device,
+    *,
+    guidance_scale: float = 5.0,
 ) -> dict[str, Any]:
-    """Random transitions shaped as a rollout's: latents, next latents, timesteps, conditioning.
+    """Random transitions shaped as a rollout's: latents, next latents, timesteps, their schedule
+    rows, conditioning.
 
-    Throughput does not depend on the values; the timesteps are the scheduler's, the
-    conditioning is the policy's own ``encode`` of the prompts and the empty negative prompt
-    (text embeddings; for SDXL also the pooled embeddings and the micro-conditioning time ids).
+    Throughput does not depend on the values; the timesteps are the scheduler's, the rows are
+    those a rollout at ``guidance_scale`` and the policy's ``eta`` records, the conditioning is
+    the policy's own ``encode`` of the prompts and the empty negative prompt (text embeddings;
+    for SDXL also the pooled embeddings and the micro-conditioning time ids).
     """
     pipeline.scheduler.set_timesteps(num_steps, device=device)
     unet = pipeline.unet
@@ -55,6 +64,9 @@ def training_inputs(
     next_latents = latents + 0.1 * torch.randn(latents.shape, generator=generator)
     picks = torch.randint(0, num_steps, (batch_size,), generator=generator)
     timesteps = pipeline.scheduler.timesteps.to(device)[picks.to(device)]
+    schedule = ddim_schedule_rows(
+        pipeline.scheduler, eta=pipeline.eta, guidance_scale=guidance_scale, device=device
+    )[picks.to(device)]
     with torch.no_grad():
         conditioning = pipeline.encode(presets.prompts(batch_size), "")
     return {
@@ -62,6 +74,7 @@ def training_inputs(
         "latents": latents.to(device),
         "next_latents": next_latents.to(device),
         "timesteps": timesteps,
+        "schedule": schedule,
         "conditioning": conditioning,
         "advantages": torch.randn(batch_size, generator=generator).to(device),
     }
@@ -98,9 +111,14 @@ def make_steps(
     dtype: torch.dtype,
 ) -> dict[str, Callable[[], Any]]:
     """The two training steps over the same inputs, parameters and optimizer settings."""
+    from ddpo.samples import Trajectories
     from ddpo.trainer import DDPOConfig
-    from ddpo.trainer.optimisation import Optimisation, make_optimizer, train_inner_epoch
-    from ddpo.trainer.rollout import Trajectories
+    from ddpo.trainer.optimisation import (
+        Optimisation,
+        make_optimizer,
+        policy_gradient,
+        train_inner_epoch,
+    )
     from ddpo.trainer.setup import make_accelerator
 
     unet = pipeline.unet
@@ -129,17 +147,13 @@ def make_steps(
     )
     accelerator = make_accelerator(config, accumulation_steps=1)
     optimizer = accelerator.prepare_optimizer(make_optimizer(config, params))
-    opt = Optimisation(config, accelerator, pipeline, unet, optimizer, params)
+    opt = Optimisation(
+        config, accelerator, pipeline, unet, optimizer, params, policy_gradient(config)
+    )
     conditioning = inputs["conditioning"]
     with torch.no_grad(), accelerator.autocast():
         old_log_prob = pipeline.score(
-            conditioning,
-            inputs["latents"],
-            inputs["next_latents"],
-            inputs["timesteps"],
-            guidance_scale=guidance_scale,
-            guided=True,
-            eta=eta,
+            conditioning, inputs["latents"], inputs["next_latents"], inputs["schedule"]
         ).log_prob
     samples = Trajectories(
         prompts=presets.prompts(batch_size),
@@ -148,6 +162,7 @@ def make_steps(
         latents=inputs["latents"][:, None],
         next_latents=inputs["next_latents"][:, None],
         log_probs=old_log_prob.detach().float()[:, None],
+        schedule=inputs["schedule"][:, None],
         advantages=inputs["advantages"],
     )
 
@@ -189,7 +204,9 @@ def steps_for(
             clip_range=CLIP_RANGE,
             mixed_precision=MIXED_PRECISION[dtype],
         )
-    inputs = training_inputs(pipeline, batch_size, preset.num_steps, device)
+    inputs = training_inputs(
+        pipeline, batch_size, preset.num_steps, device, guidance_scale=preset.guidance_scale
+    )
     return make_steps(
         pipeline,
         inputs,

@@ -1,10 +1,9 @@
 """The training benchmark's two steps for a flow policy (SD3, FLUX.1): the trainer's pass and a
 bare transformer loop, over transitions of a real rollout.
 
-A flow policy re-scores a transition by its step index in the schedule of its last rollout, so
-the inputs come from one real rollout of the preset's policy (its noise level and stochastic
-window): each sample contributes one transition of the window, with the log-prob recorded when
-it was sampled.
+A flow policy re-scores a transition from its schedule row, so the inputs come from one real
+rollout of the preset's policy (its noise level and stochastic window): each sample contributes
+one transition of the window, with its row and the log-prob recorded when it was sampled.
 
 - ``ddpo``: ``ddpo.trainer.optimisation.train_inner_epoch`` over those transitions (one
   timestep each, so one pass is one optimizer step): ``pipeline.score`` (guided only with
@@ -38,7 +37,6 @@ def flow_training_inputs(
             conditioning,
             num_steps=preset.num_steps,
             guidance_scale=preset.guidance_scale,
-            eta=preset.eta,
             generator=torch.Generator(device=device).manual_seed(0),
         )
     window = rollout.log_probs.shape[1]
@@ -51,6 +49,7 @@ def flow_training_inputs(
         "latents": rollout.latents[rows, picks].float(),
         "next_latents": rollout.latents[rows, picks + 1].float(),
         "steps": rollout.timesteps.to(picks.device)[picks],
+        "schedule": rollout.schedule.to(picks.device)[picks],
         "log_probs": rollout.log_probs[rows, picks].float(),
         "advantages": torch.randn(batch_size, generator=generator).to(device),
         "window": window,
@@ -124,9 +123,14 @@ def make_flow_steps(
     mixed_precision: str,
 ) -> dict[str, Callable[[], Any]]:
     """The two training steps (module docstring) over the same transitions and parameters."""
+    from ddpo.samples import Trajectories
     from ddpo.trainer import DDPOConfig
-    from ddpo.trainer.optimisation import Optimisation, make_optimizer, train_inner_epoch
-    from ddpo.trainer.rollout import Trajectories
+    from ddpo.trainer.optimisation import (
+        Optimisation,
+        make_optimizer,
+        policy_gradient,
+        train_inner_epoch,
+    )
     from ddpo.trainer.setup import make_accelerator
 
     transformer = pipeline.denoiser
@@ -154,7 +158,9 @@ def make_flow_steps(
     )
     accelerator = make_accelerator(config, accumulation_steps=1)
     optimizer = accelerator.prepare_optimizer(make_optimizer(config, params))
-    opt = Optimisation(config, accelerator, pipeline, transformer, optimizer, params)
+    opt = Optimisation(
+        config, accelerator, pipeline, transformer, optimizer, params, policy_gradient(config)
+    )
     samples = Trajectories(
         prompts=inputs["prompts"],
         conditioning=inputs["conditioning"],
@@ -162,6 +168,7 @@ def make_flow_steps(
         latents=inputs["latents"][:, None],
         next_latents=inputs["next_latents"][:, None],
         log_probs=inputs["log_probs"][:, None],
+        schedule=inputs["schedule"][:, None],
         advantages=inputs["advantages"],
     )
 

@@ -378,7 +378,8 @@ def load_pipeline(
     step).
 
     Frozen weights in the preset's dtype; the trainable (LoRA) weights are kept in float32, as a
-    mixed-precision trainer keeps them.
+    mixed-precision trainer keeps them. A DDIM policy samples at the preset's ``eta`` (its
+    ``eta`` attribute, as the trainer sets it from ``DDPOConfig.sample_eta``).
     """
     from ddpo.adapters import load_policy
 
@@ -398,6 +399,8 @@ def load_pipeline(
         device=device,
     )
     pipeline.set_progress_bar_config(disable=True)
+    if getattr(pipeline, "uses_sample_eta", True):
+        pipeline.eta = preset.eta
     for parameter in harness.trainable_parameters(pipeline.denoiser):
         parameter.data = parameter.data.float()
     return pipeline
@@ -410,15 +413,15 @@ def sample(
     device: torch.device,
     dtype: torch.dtype,
 ) -> Any:
-    """One seeded ``pipeline.rollout`` of ``conditioning`` at the preset's steps, guidance and
-    eta, without gradients, under the preset's autocast."""
+    """One seeded ``pipeline.rollout`` of ``conditioning`` at the preset's steps and guidance
+    (and the policy's sampler: the preset's eta, set by `load_pipeline`), without gradients,
+    under the preset's autocast."""
     generator = torch.Generator(device).manual_seed(0)
     with torch.no_grad(), harness.autocast(device, dtype):
         return pipeline.rollout(
             conditioning,
             num_steps=preset.num_steps,
             guidance_scale=preset.guidance_scale,
-            eta=preset.eta,
             generator=generator,
         )
 
