@@ -27,22 +27,12 @@ def first_transition(policy: Any, *, seed: int = 7) -> tuple[Any, Callable[[], A
     conditioning = policy.encode(PROMPTS, "")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        out = policy.rollout(
-            conditioning, num_steps=3, guidance_scale=5.0, eta=1.0, generator=generator
-        )
+        out = policy.rollout(conditioning, num_steps=3, guidance_scale=5.0, generator=generator)
     latents = out.latents
-    timesteps = out.timesteps[:1].repeat(len(PROMPTS))
+    schedule = out.schedule[:1].repeat(len(PROMPTS), 1)  # the first transition's row
 
     def score() -> Any:
-        return policy.score(
-            conditioning,
-            latents[:, 0],
-            latents[:, 1],
-            timesteps,
-            guidance_scale=5.0,
-            guided=True,
-            eta=1.0,
-        )
+        return policy.score(conditioning, latents[:, 0], latents[:, 1], schedule, cfg=True)
 
     return out, score
 
