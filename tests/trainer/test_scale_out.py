@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import safetensors.torch
@@ -110,53 +109,54 @@ def test_two_machines_on_loopback_run_ddpo_train_as_one_run(
     assert "was written by 2 processes (one random_states_<i>.pkl each)" in capsys.readouterr().err
 
 
+def fsdp_launch(out: Path, *steps: str, resume: Path | None = None) -> None:
+    """One launch of two `scale_out_worker.py` processes doing ``steps`` (``--probe V``,
+    ``--train TAG EPOCHS`` with FSDP2, accelerate's FSDP path forced on CPU)."""
+    cmd = [*TORCHRUN, str(WORKER), str(out), *steps, "--fsdp-version", "2", "--force-fsdp"]
+    if resume is not None:
+        cmd += ["--resume", str(resume)]
+    result = run(cmd)
+    errors = sorted(out.glob("error*0.txt"))
+    assert result.returncode == 0, errors[0].read_text() if errors else result.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Path:
+    """One launch: the FSDP plugin probes (versions 1 and 2), then run A (two epochs) and run B
+    (one epoch with a checkpoint); a second launch, C, resumes B's run for its second epoch."""
+    out = tmp_path_factory.mktemp("fsdp")
+    fsdp_launch(out, "--probe", "1", "--probe", "2", "--train", "A", "2", "--train", "B", "1")
+    fsdp_launch(out, "--train", "C", "2", resume=out / "runB")
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("version", [1, 2])
-def test_fsdp_plugin_on_cpu_processes_falls_back_to_ddp(tmp_path: Path, version: int) -> None:
+def test_fsdp_plugin_on_cpu_processes_falls_back_to_ddp(fsdp_runs: Path, version: int) -> None:
     # accelerate 1.x takes CPU processes for MULTI_CPU whatever fsdp_plugin it is given (and its
     # launcher ignores --use_fsdp with --cpu): the model is DDP-wrapped, never sharded. If this
     # starts failing, accelerate shards on CPU and the forced path below is no longer needed.
-    probe_args = ["--mode", "probe", "--fsdp-version", str(version)]
-    result = run([*TORCHRUN, str(WORKER), str(tmp_path), *probe_args])
-    assert result.returncode == 0, result.stderr[-4000:]
     for rank in (0, 1):
-        probe = json.loads((tmp_path / f"probe{version}_{rank}.json").read_text())
+        probe = json.loads((fsdp_runs / f"probe{version}_{rank}.json").read_text())
         assert probe == {
             "distributed_type": "DistributedType.MULTI_CPU",
             "wrapper": "DistributedDataParallel",
         }
 
 
-def fsdp_run(out: Path, tag: str, epochs: int, resume: Path | None = None) -> dict[str, Any]:
-    """One 2-process FSDP2 run (accelerate's FSDP path forced on CPU); its sharding report."""
-    cmd = [*TORCHRUN, str(WORKER), str(out), "--mode", "fsdp", "--fsdp-version", "2"]
-    cmd += ["--epochs", str(epochs), "--tag", tag, "--force-fsdp"]
-    if resume is not None:
-        cmd += ["--resume", str(resume)]
-    result = run(cmd)
-    error = out / f"error{tag}0.txt"
-    assert result.returncode == 0, error.read_text() if error.is_file() else result.stderr[-4000:]
-    report: dict[str, Any] = json.loads((out / f"sharding{tag}0.json").read_text())
-    return report
-
-
 @pytest.mark.slow
-def test_fsdp2_full_fine_tuning_resumes_exactly(tmp_path: Path, tiny_model: None) -> None:
+def test_fsdp2_full_fine_tuning_resumes_exactly(fsdp_runs: Path) -> None:
     # A: two epochs; B: one epoch with a checkpoint, then C resumes B's run for the second.
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
-    b.mkdir()
-    report = fsdp_run(a, "A", epochs=2)
+    report = json.loads((fsdp_runs / "shardingA0.json").read_text())
     assert report["kinds"] == ["DTensor"] and report["wrapper"].startswith("FSDP")
     assert report["local_numel"] * 2 == report["numel"]  # each process holds half the UNet
-    fsdp_run(b, "B", epochs=1)
-    fsdp_run(b, "C", epochs=2, resume=b / "run")
-    weights_a, weights_b = load(a / "finalA.st"), load(b / "finalB.st")
-    weights_c = load(b / "finalC.st")
+    weights_a, weights_b = load(fsdp_runs / "finalA.st"), load(fsdp_runs / "finalB.st")
+    weights_c = load(fsdp_runs / "finalC.st")
     assert all(torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
     assert all(not torch.equal(weights_a[k], weights_b[k]) for k in weights_a)  # epoch 2 trained
     # The checkpoint and the saved pipeline hold the whole tensors, as gathered by accelerate.
-    checkpoint = load(b / "run" / "checkpoints" / "checkpoint_1" / "trainable_weights.safetensors")
+    run_b = fsdp_runs / "runB"
+    checkpoint = load(run_b / "checkpoints" / "checkpoint_1" / "trainable_weights.safetensors")
     assert all(torch.equal(checkpoint[k], weights_b[k]) for k in weights_b)
-    saved = load(b / "run" / "final" / "unet" / "diffusion_pytorch_model.safetensors")
+    saved = load(run_b / "final" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(saved[k], weights_c[k]) for k in weights_c)
