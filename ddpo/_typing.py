@@ -5,8 +5,23 @@ named axis. Checked at run time only when the jaxtyping import hook is installed
 or ``DDPO_TYPECHECK=1`` for users).
 """
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def no_type_check(fn: _F) -> _F:
+    """Mark ``fn`` as checking its own arguments, with errors that name the argument and the
+    value (e.g. ``DDPOTrainer``'s pipeline and objective): the runtime shape checker
+    (jaxtyping's import hook, on in the tests and with ``DDPO_TYPECHECK=1``) skips a function
+    with a decorator of this name, so that those errors reach the user. Unlike
+    ``typing.no_type_check``, static type checkers still check ``fn`` and its callers."""
+    return fn
+
 
 Latents = Float[Tensor, "batch channels height width"]
 """A batch of latents or model outputs, ``(batch, channels, height, width)``."""
@@ -46,4 +61,5 @@ __all__ = [
     "Scalar",
     "StepIndices",
     "Trajectory",
+    "no_type_check",
 ]

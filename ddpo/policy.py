@@ -148,8 +148,8 @@ class PolicyRollout(NamedTuple):
         latents: the latents around the recorded transitions, ``(batch, K + 1, ...)``
             (every latent, ``x_T`` first, when ``K = T``).
         log_probs: the log-density of each recorded transition, ``(batch, K)``.
-        timesteps: each recorded transition's timestep, in sampling order, ``(K,)`` (the
-            scheduler's timesteps, for logs and error messages).
+        timesteps: what names each recorded transition, in sampling order, ``(K,)``, for logs
+            and error messages: the scheduler's timesteps (DDIM), the step indices (flow).
         schedule: what ``score`` needs of each recorded transition besides its latents,
             ``(K, V)``: the step's schedule values and the sampler settings that shaped it
             (e.g. DDIM ``t``, ``t_prev``, ``eta`` and the guidance scale); opaque to the

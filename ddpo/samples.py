@@ -48,7 +48,7 @@ class Trajectories:
     rewards: PerSample | None = None
     advantages: PerSample | None = None
     final_latents: Tensor | None = None
-    images: Float[Tensor, "batch 3 height width"] | None = None
+    images: Float[Tensor, "batch 3 image_height image_width"] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)

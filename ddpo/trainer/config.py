@@ -226,8 +226,8 @@ class DDPOConfig:
     (the steps' noise still differs), as Flow-GRPO's ``sample.same_latent``: ``x_T`` is drawn
     from a seed mixed from ``seed``, the epoch and the prompt's SHA-256, so a prompt's samples
     share it in any sampling batch, on any process, and after a resume. Needs a policy whose
-    ``rollout`` takes ``initial_noise_generators`` (SD3, FLUX.1); the others are refused before
-    sampling."""
+    ``rollout`` takes ``initial_noise_generators`` (every built-in family's does); another is
+    refused before sampling."""
 
     # ----------------------------------------------------------------------------------------
     # Throughput (`ddpo.trainer.speed`); none of these changes the math, only its speed

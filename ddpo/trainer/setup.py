@@ -3,7 +3,7 @@ the tracker config."""
 
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -75,12 +75,12 @@ def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
     if config.sample_same_latent and not accepts_initial_noise(policy):
         raise ValueError(
             "DDPOConfig.sample_same_latent=True needs a policy whose rollout takes "
-            f"initial_noise_generators (the SD3 and FLUX.1 policies); {name}'s does not (its x_T "
+            f"initial_noise_generators (every built-in family's does); {name}'s does not (its x_T "
             "is drawn from the batch's generator)"
         )
 
 
-def check_objective(objective: Objective, config: DDPOConfig) -> None:
+def check_objective(objective: object, config: DDPOConfig) -> None:
     """TypeError unless ``objective`` implements `ddpo.objectives.Objective`; ValueError if it
     asks for a rollout with gradients through more steps than ``sample_num_steps``."""
     missing = [name for name in ("needs", "terms", "loss") if not hasattr(objective, name)]
@@ -89,7 +89,7 @@ def check_objective(objective: Objective, config: DDPOConfig) -> None:
             f"DDPOTrainer: objective must implement ddpo.objectives.Objective; "
             f"{type(objective).__name__} lacks {missing}"
         )
-    grad_steps = objective.needs.grad_steps
+    grad_steps = cast(Objective, objective).needs.grad_steps
     if grad_steps > config.sample_num_steps:
         raise ValueError(
             f"{type(objective).__name__} needs a rollout with gradients through its last "

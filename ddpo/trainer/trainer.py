@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object
 
+from ddpo._typing import no_type_check
 from ddpo.core import PerPromptStatTracker
 from ddpo.objectives import Objective
 from ddpo.policy import DiffusionPolicy, policy_option
@@ -97,6 +98,7 @@ class DDPOTrainer:
             resume refuses a changed section as it refuses a changed config.
     """
 
+    @no_type_check  # it checks the callables, the pipeline and the objective itself
     def __init__(
         self,
         config: DDPOConfig,

@@ -91,11 +91,14 @@ class RescoresDifferently:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def score(self, *args: Any, **kwargs: Any) -> Any:
+    def score(
+        self, conditioning: Any, latents: Any, next_latents: Any, rows: Any, **kw: Any
+    ) -> Any:
         self.calls += 1
         if self.calls >= self._from_call:
-            kwargs["eta"] = 0.5  # it sampled with eta 1
-        return self._inner.score(*args, **kwargs)
+            rows = rows.clone()
+            rows[:, 2] = 0.5  # the DDIM row's eta: it sampled with eta 1
+        return self._inner.score(conditioning, latents, next_latents, rows, **kw)
 
 
 @pytest.mark.parametrize("from_call", [1, 3], ids=["first", "third-micro-batch"])
@@ -209,10 +212,9 @@ def test_sample_eta_on_a_flow_policy_is_refused_not_ignored(
             "--ddpo_config.kl_convention=flow_grpo",
             "kl_convention='flow_grpo' is not offered",
         ),
-        (MODEL, "--ddpo_config.sample_same_latent", "sample_same_latent=True needs a policy"),
         (SD3_MODEL, "--ddpo_config.sample_eta=0.5", "sample_eta applies to the DDIM families"),
     ],
-    ids=["kl-convention", "same-latent", "eta"],
+    ids=["kl-convention", "eta"],
 )
 def test_ddpo_train_refuses_what_the_policy_cannot_run_before_the_model_loads(
     tmp_path: Path,
