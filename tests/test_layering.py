@@ -127,6 +127,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "trainer": (*SCRIPTS, "ddpo.adapters"),  # the boundary is ddpo.policy, no adapter
     "core": SCRIPTS,
     "rewards": (*SCRIPTS, "ddpo.trainer"),  # the reward contract is ddpo.rewards.contract
+    # an objective composes core and the boundary's members: no family, no loop, no reward
+    "objectives": (*SCRIPTS, "ddpo.trainer", "ddpo.adapters", "ddpo.rewards"),
 }
 LIBRARY = sorted((layer, path) for layer in FORBIDDEN for path in (PACKAGE / layer).rglob("*.py"))
 
