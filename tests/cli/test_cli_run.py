@@ -216,17 +216,6 @@ def test_flow_models_train_with_a_window_and_sample(tmp_path: Path, model: str) 
         assert len(list((samples / eta).glob("*.png"))) == 1
 
 
-def test_flow_flags_on_a_ddim_model_are_refused_before_loading(tmp_path: Path) -> None:
-    result = _run(
-        ["-m", "ddpo", "train", *TINY, "--noise_level=0.7",
-         f"--ddpo_config.output_dir={tmp_path / 'run'}"],
-        tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "['noise_level'] apply to the flow-matching families" in result.stderr
-    assert not (tmp_path / "run").exists()
-
-
 def test_ocr_trains_on_the_text_rendering_prompts(tmp_path: Path) -> None:
     """The README's OCR run, on the tiny model for one tiny epoch."""
     pytest.importorskip("rapidocr")

@@ -87,6 +87,7 @@ def test_flow_grpo_flags_on_a_ddim_model_are_refused_before_loading(
     capsys.readouterr()
     run = tmp_path / "run"
     for flags in (
+        ["--noise_level=0.7"],
         ["--lora_targets=attention_ff"],
         ["--sde_type=cps"],
         ["--sde_window_range", "0", "1"],
@@ -95,6 +96,7 @@ def test_flow_grpo_flags_on_a_ddim_model_are_refused_before_loading(
                        f"--ddpo_config.output_dir={run}", *flags])  # fmt: skip
         err = capsys.readouterr().err
         assert status == 2 and "Traceback" not in err, err
+        assert not run.exists()
         name = flags[0].removeprefix("--").split("=")[0]
         assert f"['{name}'] apply to the flow-matching families" in err
         hint = "UNet's attention" if name == "lora_targets" else "stochasticity is sample_eta"
