@@ -109,6 +109,8 @@ def _score(pipe, unet=None):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("use_lora", [True, False])
 def test_reference_policy_is_the_pre_fine_tuning_model(tiny_path, perturb, use_lora: bool) -> None:  # type: ignore[no-untyped-def]
+    """Through TRL's ``score_transitions`` and its ``unet=`` argument (the boundary's ``score``, for
+    every family, is in test_conformance.py)."""
     pipe = DefaultDDPOStableDiffusionPipeline(tiny_path, use_lora=use_lora)
     before = _score(pipe)
     perturb(pipe, seed=3, scale=0.2)
