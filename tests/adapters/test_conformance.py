@@ -482,20 +482,12 @@ def test_load_policy_reads_the_family_from_model_index(family: Family, folder: P
     assert type(policy) is family.policy_class and not policy.use_lora
 
 
-SD_LOADS_SDXL = pytest.mark.xfail(
-    reason="library: DefaultDDPOStableDiffusionPipeline checks only the components an SD folder "
-    "lists, which an SDXL folder lists too, so it loads one (and sampling fails with a TypeError)",
-    strict=True,
-)
-
-
 def other_family_pairs() -> list[Any]:
     pairs = []
     for ours in FAMILIES:
         for theirs in FAMILIES:
             if ours is not theirs:
-                marks = [SD_LOADS_SDXL] if (ours.name, theirs.name) == ("sd", "sdxl") else []
-                pairs.append(pytest.param(ours, theirs, id=f"{ours}-{theirs}", marks=marks))
+                pairs.append(pytest.param(ours, theirs, id=f"{ours}-{theirs}"))
     return pairs
 
 

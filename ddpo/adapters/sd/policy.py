@@ -94,7 +94,13 @@ class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
         # 1. Resolve and check everything before loading weights.
         source = resolve_model_source(pretrained_model_name, pretrained_model_revision)
         folder = source.folder
-        read_model_index(folder)
+        class_name = read_model_index(folder).get("_class_name")
+        if class_name != "StableDiffusionPipeline":  # SDXL folders list SD's components too
+            raise ValueError(
+                f"{folder} is a {class_name!r} model, not a Stable Diffusion 1.x/2.x one "
+                "('StableDiffusionPipeline'); ddpo.adapters.load_policy picks the policy of "
+                "its family"
+            )
         ddim_config = check_ddim_config(folder)
         lora_config = new_lora_config(lora_rank, lora_alpha, source.lora_file)
 
