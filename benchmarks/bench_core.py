@@ -50,6 +50,8 @@ def cases(preset: str, device: str) -> list[Case]:
     sigmas = (torch.full((b,), 0.6, device=device), torch.full((b,), 0.5, device=device))
     flow = {"noise_level": 0.7, "sigma_max": 0.98}
     std_dev = torch.full((b,), 0.1, device=device)
+    alphas_cumprod = torch.linspace(0.9999, 0.005, 1000, device=device)
+    timesteps = (torch.arange(b, device=device) * 97) % 1000
     log_prob, old_log_prob, adv = randn(b), randn(b), randn(b)
     rewards = randn(n)
     prompts = [f"prompt {i % p['prompts']}" for i in range(n)]
@@ -91,6 +93,24 @@ def cases(preset: str, device: str) -> list[Case]:
         ("gaussian_kl", lat, (model_output, other, std_dev), {}),
         ("flow_grpo_kl", lat, (model_output, other, std_dev), {}),
         ("subsample_timesteps", f"{b}x{steps}", (permutation,), {"timestep_fraction": 0.5}),
+        ("alpha_bar_at", f"{b} of 1000", (alphas_cumprod, timesteps), {}),
+        ("vp_add_noise", lat, (sample, noise, alpha_bars[0]), {}),
+        ("vp_velocity", lat, (sample, noise, alpha_bars[0]), {}),
+        (
+            "vp_training_target",
+            lat,
+            (sample, noise, alpha_bars[0]),
+            {"prediction_type": "v_prediction"},
+        ),
+        (
+            "vp_predicted_x0",
+            lat,
+            (sample, model_output, alpha_bars[0]),
+            {"prediction_type": "epsilon"},
+        ),
+        ("flow_add_noise", lat, (sample, noise, sigmas[0]), {}),
+        ("flow_velocity_target", lat, (sample, noise), {}),
+        ("flow_predicted_x0", lat, (sample, model_output, sigmas[0]), {}),
     ]
 
 

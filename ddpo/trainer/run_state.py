@@ -20,7 +20,6 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ddpo._callables import callable_name
 from ddpo.core import PerPromptStatTracker
-from ddpo.policy import DiffusionPolicy
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import is_stateful, state_of
@@ -69,7 +68,7 @@ the built-in pipelines): the model, its LoRA (rank, alpha, layers), the image si
 length, the flow models' sampler."""
 
 
-def policy_settings(policy: DiffusionPolicy) -> dict[str, Any]:
+def policy_settings(policy: object) -> dict[str, Any]:
     """The `POLICY_SETTINGS` attributes that ``policy`` has, as JSON data (tuples as lists);
     the LoRA shape only with ``use_lora``. A policy without them (one's own) records nothing."""
     found: dict[str, Any] = {}

@@ -22,13 +22,23 @@ import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast, runtime_checkable
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ddpo.policy import DiffusionPolicy, policy_option
+from ddpo.policy import policy_option
+
+
+@runtime_checkable
+class HasDenoiser(Protocol):
+    """What the switches need of a policy (any `ddpo.policy.DiffusionPolicy` has it): the
+    denoiser, and optionally ``compile_regions`` (`ddpo.policy.PolicyOptions`)."""
+
+    @property
+    def denoiser(self) -> nn.Module: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +68,7 @@ class SpeedOptions:
         )
 
 
-def compile_region_names(policy: DiffusionPolicy) -> tuple[str, ...]:
+def compile_region_names(policy: HasDenoiser) -> tuple[str, ...]:
     """Class names of the denoiser's blocks to compile: the policy's ``compile_regions`` when it
     declares them, else the diffusers model's ``_repeated_blocks``.
 
@@ -78,7 +88,7 @@ def compile_region_names(policy: DiffusionPolicy) -> tuple[str, ...]:
 
 
 def apply_speed_options(
-    policy: DiffusionPolicy, options: SpeedOptions, device: torch.device
+    policy: HasDenoiser, options: SpeedOptions, device: torch.device
 ) -> list[str]:
     """Apply ``options`` to ``policy.denoiser`` in place; return what was done, one line each.
 
@@ -201,6 +211,7 @@ def _to_host(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
 
 
 __all__ = [
+    "HasDenoiser",
     "HOST_READS",
     "HostSyncCounter",
     "SpeedOptions",

@@ -271,18 +271,29 @@ class Recorder:
 
     def __init__(self, policy: Any) -> None:
         self.rollouts: list[torch.Tensor] = []
+        self.schedules: list[torch.Tensor] = []
         self.trained: list[tuple[torch.Tensor, torch.Tensor]] = []
         rollout, score = policy.rollout, policy.score
 
         def record_rollout(*args: Any, **kwargs: Any) -> Any:
             out = rollout(*args, **kwargs)
             self.rollouts.append(out.latents.detach().clone())
+            self.schedules.append(out.schedule.detach().cpu().clone())
             return out
 
-        def record_score(conditioning: Any, latents: Any, nxt: Any, t: Any, **kw: Any) -> Any:
+        def step_of(row: torch.Tensor) -> int:
+            """The index of a schedule row among its rollout's recorded transitions."""
+            for schedule in self.schedules:
+                found = [i for i, r in enumerate(schedule) if torch.equal(r, row)]
+                if found:
+                    return found[0]
+            raise AssertionError(f"a scored row of no rollout: {row}")
+
+        def record_score(conditioning: Any, latents: Any, nxt: Any, rows: Any, **kw: Any) -> Any:
             if kw.get("denoiser") is not None:
-                self.trained.append((latents.detach().clone(), t.detach().cpu().clone()))
-            return score(conditioning, latents, nxt, t, **kw)
+                steps = torch.tensor([step_of(row) for row in rows.detach().cpu()])
+                self.trained.append((latents.detach().clone(), steps))
+            return score(conditioning, latents, nxt, rows, **kw)
 
         policy.rollout, policy.score = record_rollout, record_score
 

@@ -581,13 +581,13 @@ def test_non_finite_gradients_never_reach_the_optimizer(
     tmp_path: Path, pipeline_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pipeline = pipeline_factory()
-    score = pipeline.score_transitions
+    score = pipeline.score
 
     def poisoned(*args: Any, **kwargs: Any) -> Any:
         out = score(*args, **kwargs)
         return out._replace(log_prob=out.log_prob * float("nan"))
 
-    monkeypatch.setattr(pipeline, "score_transitions", poisoned)
+    monkeypatch.setattr(pipeline, "score", poisoned)
     trainer = DDPOTrainer(tiny_config(tmp_path / "run"), brightness, pick_prompt, pipeline)
     before = trainer.trainable_state_dict()
     with pytest.raises(FloatingPointError, match="gradient norm is nan"):
