@@ -20,33 +20,27 @@ def tiny_path(tiny_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sd3_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of the random tiny SD3 model (seed 0), shared by the SD3 and flow tests."""
-    from ddpo.adapters.sd3.tiny import save_sd3_pipeline, tiny_sd3_components
+def sd3_path(tiny_cache: Path) -> Path:
+    """The built-in random tiny SD3 model (seed 0) in the session's shared cache: read only."""
+    from ddpo.adapters.sd3.tiny import tiny_sd3_path
 
-    folder = tmp_path_factory.mktemp("tiny-sd3")
-    save_sd3_pipeline(tiny_sd3_components(0), folder)
-    return folder
+    return tiny_sd3_path(tiny_cache)
 
 
 @pytest.fixture(scope="session")
-def sdxl_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of the random tiny SDXL model (seed 0), shared as ``sd3_path``."""
-    from ddpo.adapters.sdxl.tiny import save_sdxl_pipeline, tiny_sdxl_components
+def sdxl_path(tiny_cache: Path) -> Path:
+    """The built-in random tiny SDXL model (seed 0), as ``sd3_path``."""
+    from ddpo.adapters.sdxl.tiny import tiny_sdxl_path
 
-    folder = tmp_path_factory.mktemp("tiny-sdxl")
-    save_sdxl_pipeline(tiny_sdxl_components(0), folder)
-    return folder
+    return tiny_sdxl_path(tiny_cache)
 
 
 @pytest.fixture(scope="session")
-def flux_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder of the random tiny FLUX.1-dev model (seed 0), shared as ``sd3_path``."""
-    from ddpo.adapters.flux.tiny import save_flux_pipeline, tiny_flux_components
+def flux_path(tiny_cache: Path) -> Path:
+    """The built-in random tiny FLUX.1-dev model (seed 0), as ``sd3_path``."""
+    from ddpo.adapters.flux.tiny import tiny_flux_path
 
-    folder = tmp_path_factory.mktemp("tiny-flux")
-    save_flux_pipeline(tiny_flux_components(0), folder)
-    return folder
+    return tiny_flux_path(tiny_cache)
 
 
 @pytest.fixture(scope="session")
