@@ -177,3 +177,23 @@ def test_top_level_exports() -> None:
     assert {"DDPOStableDiffusionPipeline", "DefaultDDPOStableDiffusionPipeline"} <= set(dir(ddpo))
     for name in adapters.__all__:
         assert hasattr(adapters, name), name
+
+
+def test_a_folder_missing_a_listed_component_never_reaches_the_cache(tmp_path: Path) -> None:
+    """A saver that skips a component (transformers saving on rank 0 only, in a process group)
+    is refused before the rename: the cache never holds the incomplete folder."""
+    import json
+
+    from ddpo.adapters.common.tiny import build_pipeline_folder
+
+    def save(components: Any, folder: Path) -> None:
+        index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "X"]}
+        index["text_encoder"] = ["transformers", "CLIPTextModel"]
+        (folder / "model_index.json").write_text(json.dumps(index))
+        (folder / "unet").mkdir()
+        (folder / "unet" / "config.json").write_text("{}")
+
+    target = tmp_path / "cache" / "model"
+    with pytest.raises(RuntimeError, match=r"wrote no files for \['text_encoder'\]"):
+        build_pipeline_folder(target, dict, save)
+    assert not target.exists() and list((tmp_path / "cache").iterdir()) == []

@@ -1,6 +1,7 @@
 """What the tiny test models of every family share: the vocabulary, the tokenizers, the cache
 folder and the atomic folder builder."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -78,6 +79,7 @@ def build_pipeline_folder(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         save(make_components(), staging)
+        check_complete_folder(staging)
         try:
             staging.rename(target)
         except OSError:
@@ -87,6 +89,28 @@ def build_pipeline_folder(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def check_complete_folder(folder: Path) -> None:
+    """RuntimeError unless every component ``folder/model_index.json`` lists was written.
+
+    A saver that writes on the main process only (transformers inside a torch process group)
+    leaves the other processes' copies without their text encoders; such a copy must never be
+    renamed into the cache."""
+    index = json.loads((folder / "model_index.json").read_text())
+    missing = [
+        name
+        for name, entry in index.items()
+        if not name.startswith("_")
+        and isinstance(entry, list)
+        and entry[0] is not None
+        and not any((folder / name).iterdir() if (folder / name).is_dir() else ())
+    ]
+    if missing:
+        raise RuntimeError(
+            f"building the tiny model {folder.name} wrote no files for {missing} (a saver "
+            "that writes on the main process only? build it before starting a process group)"
+        )
 
 
 def tiny_t5_config(vocab_size: int, width: int) -> T5Config:
