@@ -43,6 +43,7 @@ def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
         )
     sd_pipeline.check_num_steps(config.sample_num_steps)
     check_policy_supports(sd_pipeline, config)
+    check_sampler_settings(sd_pipeline, config)
 
 
 def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
@@ -98,9 +99,25 @@ def check_objective(objective: object, config: DDPOConfig) -> None:
         )
 
 
+def check_sampler_settings(policy: DiffusionPolicy, config: DDPOConfig) -> None:
+    """ValueError if the policy's own DDIM ``eta`` (a constructor setting other than its
+    default 1.0) differs from ``DDPOConfig.sample_eta``, which the trainer samples with: one of
+    the two would be silently overridden."""
+    if not (policy_option(policy, "uses_sample_eta") and hasattr(policy, "eta")):
+        return
+    eta = float(policy.eta)
+    if eta != 1.0 and eta != config.sample_eta:
+        raise ValueError(
+            f"the pipeline's eta={eta!r} differs from DDPOConfig.sample_eta="
+            f"{config.sample_eta!r}; the trainer samples with DDPOConfig.sample_eta: set it to "
+            f"{eta!r} (or leave the pipeline's eta at its default)"
+        )
+
+
 def apply_sampler_settings(policy: DiffusionPolicy, config: DDPOConfig) -> None:
     """Set the policy's own sampler settings that the config names: DDIM's ``eta`` from
-    ``sample_eta``, for a policy that has one (``uses_sample_eta``)."""
+    ``sample_eta``, for a policy that has one (``uses_sample_eta``; checked first by
+    `check_sampler_settings`)."""
     if policy_option(policy, "uses_sample_eta") and hasattr(policy, "eta"):
         policy.eta = config.sample_eta
 

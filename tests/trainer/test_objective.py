@@ -150,3 +150,20 @@ def test_an_objective_is_checked_before_model_work(tmp_path: Path) -> None:
         DDPOTrainer(config, brightness, pick_prompt, _pipeline(), objective=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="grad_steps must be >= 0"):
         ObjectiveNeeds(grad_steps=-1)
+
+
+def test_a_pipeline_eta_that_differs_from_the_config_is_refused(tmp_path: Path) -> None:
+    """The trainer samples with DDPOConfig.sample_eta: a pipeline built with another eta is
+    refused before any model work, not silently overridden; a default one takes the config's."""
+    from ddpo import DefaultDDPOStableDiffusionPipeline
+
+    pipeline = DefaultDDPOStableDiffusionPipeline(MODEL, eta=0.5)
+    with pytest.raises(
+        ValueError, match=r"pipeline's eta=0\.5 differs from DDPOConfig\.sample_eta"
+    ):
+        DDPOTrainer(tiny_config(tmp_path / "a"), brightness, pick_prompt, pipeline)
+    config = tiny_config(tmp_path / "b", sample_eta=0.5)
+    DDPOTrainer(config, brightness, pick_prompt, pipeline).close()
+    default = DefaultDDPOStableDiffusionPipeline(MODEL)
+    DDPOTrainer(tiny_config(tmp_path / "c", sample_eta=0.7), brightness, pick_prompt, default)
+    assert default.eta == 0.7
