@@ -61,12 +61,14 @@ def _rollout_and_gradients(policy: Any) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", MODELS[:3], ids=["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("model", [MODELS[0], MODELS[2]], ids=["sd", "sd3"])
 def test_compiled_channels_last_denoiser_gives_the_same_rollout_and_gradients(model: str) -> None:
-    """The DDIM base (SD, and SDXL's own conditioning) and the flow base (SD3) under every
-    switch. FLUX's blocks compile without graph breaks (`test_sampling_and_training_steps_have_
-    no_graph_breaks[flux]`) through the same flow-base code as SD3's; its compiled numerics are
-    not checked again here (about 70 s of compiling on a fresh machine)."""
+    """A UNet of the DDIM base (SD) and a transformer of the flow base (SD3, whose compiled
+    blocks are its policy's ``compile_regions``) under every switch. SDXL's UNet blocks and
+    FLUX's transformer blocks compile without graph breaks
+    (`test_sampling_and_training_steps_have_no_graph_breaks`) through the same base code; their
+    compiled numerics are not checked again here (a minute of compiling each on a fresh
+    machine)."""
     torch.set_num_threads(1)
     policy = _policy(model)
     eager = _rollout_and_gradients(policy)
