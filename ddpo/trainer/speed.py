@@ -211,8 +211,8 @@ def _to_host(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
 
 
 __all__ = [
-    "HasDenoiser",
     "HOST_READS",
+    "HasDenoiser",
     "HostSyncCounter",
     "SpeedOptions",
     "apply_speed_options",
