@@ -13,11 +13,18 @@ was sampled since.
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Real
 from torch import Tensor
 
 from ddpo._typing import Latents, PerSample
 from ddpo.adapters.common.sampling import check_schedule, schedule_rows
+from ddpo.adapters.ddim.denoiser import (
+    DDIMPredictionType,
+    ddim_add_noise,
+    ddim_num_train_timesteps,
+    ddim_prediction_type,
+    ddim_training_target,
+)
 from ddpo.adapters.ddim.sampling import check_ddim_num_steps, check_eta
 from ddpo.adapters.ddim.scheduling import check_ddim_scheduler, ddim_alpha_bars_between
 from ddpo.core import DDIMStepOutput, ddim_step_with_logprob
@@ -101,9 +108,10 @@ def score_ddim_rows(
 
 class DDIMPolicy:
     """The members every DDIM policy shares: ``eta`` (the sampler's stochasticity, which the
-    trainer sets from ``DDPOConfig.sample_eta``), the step-count check and the transitions a
-    rollout records (every step). Mixed into TRL's interface and the SDXL policy, which provide
-    ``scheduler``."""
+    trainer sets from ``DDPOConfig.sample_eta``), the step-count check, the transitions a
+    rollout records (every step), and the denoiser's parameterisation, forward process and
+    training target (each family writes its own ``predict`` and ``decode``). Mixed into TRL's
+    interface and the SDXL policy, which provide ``scheduler``."""
 
     uses_sample_eta: ClassVar[bool] = True
     """The sampler has DDIM's ``eta`` (see `ddpo.policy.PolicyOptions`)."""
@@ -136,6 +144,33 @@ class DDIMPolicy:
     def transitions_per_rollout(self, num_steps: int) -> int:
         """Every DDIM step is recorded and may be trained: ``num_steps``."""
         return num_steps
+
+    # ---- the denoiser as a model (ddpo.adapters.ddim.denoiser), for other objectives -----
+
+    @property
+    def prediction_type(self) -> DDIMPredictionType:
+        """What the UNet predicts, the scheduler config's ``prediction_type``: ``"epsilon"`` or
+        ``"v_prediction"`` (ValueError naming it for another, e.g. ``"sample"``)."""
+        return ddim_prediction_type(self.scheduler)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """The scheduler config's ``num_train_timesteps`` (the range of the UNet's timesteps)."""
+        return ddim_num_train_timesteps(self.scheduler)
+
+    def add_noise(
+        self, clean: Latents, noise: Latents, timesteps: Real[Tensor, " batch"]
+    ) -> Latents:
+        """The forward process ``sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` at training timesteps
+        ``timesteps``, ``a_t`` from the scheduler's ``alphas_cumprod``."""
+        return ddim_add_noise(self.scheduler, clean, noise, timesteps)
+
+    def training_target(
+        self, clean: Latents, noise: Latents, timesteps: Real[Tensor, " batch"]
+    ) -> Latents:
+        """What :meth:`predict` should output at ``add_noise(clean, noise, timesteps)``: the
+        noise (epsilon) or the velocity (v-prediction)."""
+        return ddim_training_target(self.scheduler, clean, noise, timesteps)
 
 
 __all__ = [

@@ -26,12 +26,7 @@ from ddpo.adapters.common.denoiser import check_guidance_scale, check_predict_ar
 from ddpo.adapters.common.output import DDPOPipelineOutput
 from ddpo.adapters.common.sampling import draw_initial_noise, keep_unguided_rows, scores_guided
 from ddpo.adapters.ddim.denoiser import (
-    DDIMPredictionType,
-    ddim_add_noise,
-    ddim_num_train_timesteps,
-    ddim_prediction_type,
     ddim_timestep_indices,
-    ddim_training_target,
     decode_images,
 )
 from ddpo.adapters.ddim.policy import DDIMPolicy, ddim_rows, ddim_schedule_rows, score_ddim_rows
@@ -322,17 +317,6 @@ class DDPOStableDiffusionPipeline(DDIMPolicy, abc.ABC):
 
     # ---- the denoiser as a model (ddpo.adapters.ddim.denoiser), for other objectives -----
 
-    @property
-    def prediction_type(self) -> DDIMPredictionType:
-        """What the UNet predicts, the scheduler config's ``prediction_type``: ``"epsilon"`` or
-        ``"v_prediction"`` (ValueError naming it for another, e.g. ``"sample"``)."""
-        return ddim_prediction_type(self.scheduler)
-
-    @property
-    def num_train_timesteps(self) -> int:
-        """The scheduler config's ``num_train_timesteps`` (the range of the UNet's timesteps)."""
-        return ddim_num_train_timesteps(self.scheduler)
-
     def predict(
         self,
         conditioning: Conditioning,
@@ -363,20 +347,6 @@ class DDPOStableDiffusionPipeline(DDIMPolicy, abc.ABC):
         return self._guided_model_output(
             model, latents, t, conditioning["prompt_embeds"], negative, scale
         )
-
-    def add_noise(
-        self, clean: Latents, noise: Latents, timesteps: Real[Tensor, " batch"]
-    ) -> Latents:
-        """The forward process ``sqrt(a_t) x_0 + sqrt(1 - a_t) eps`` at training timesteps
-        ``timesteps``, ``a_t`` from the scheduler's ``alphas_cumprod``."""
-        return ddim_add_noise(self.scheduler, clean, noise, timesteps)
-
-    def training_target(
-        self, clean: Latents, noise: Latents, timesteps: Real[Tensor, " batch"]
-    ) -> Latents:
-        """What :meth:`predict` should output at ``add_noise(clean, noise, timesteps)``: the
-        noise (epsilon) or the velocity (v-prediction)."""
-        return ddim_training_target(self.scheduler, clean, noise, timesteps)
 
     def decode(self, latents: Latents) -> Float[Tensor, "batch 3 image_height image_width"]:
         """Images in ``[0, 1]``, float32, of final latents, differentiable: the VAE as sampling
