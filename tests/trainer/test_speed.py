@@ -60,15 +60,36 @@ def _rollout_and_gradients(policy: Any) -> dict[str, Any]:
     }
 
 
+EXPECTED_REGIONS = {
+    "sd": "4 blocks of ['BasicTransformerBlock']",
+    "sdxl": "4 blocks of ['BasicTransformerBlock']",
+    "sd3": "2 blocks of ['JointTransformerBlock']",
+    "flux": "2 blocks of ['FluxTransformerBlock', 'FluxSingleTransformerBlock']",
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [MODELS[0], MODELS[2]], ids=["sd", "sd3"])
-def test_compiled_channels_last_denoiser_gives_the_same_rollout_and_gradients(model: str) -> None:
-    """A UNet of the DDIM base (SD) and a transformer of the flow base (SD3, whose compiled
-    blocks are its policy's ``compile_regions``) under every switch. SDXL's UNet blocks and
-    FLUX's transformer blocks compile without graph breaks
-    (`test_sampling_and_training_steps_have_no_graph_breaks`) through the same base code; their
-    compiled numerics are not checked again here (a minute of compiling each on a fresh
-    machine)."""
+@FAMILIES
+def test_each_family_compiles_its_repeated_blocks(
+    model: str, request: pytest.FixtureRequest
+) -> None:
+    """Which blocks are compiled is the family's (the model's ``_repeated_blocks``, or SD3's
+    ``compile_regions``); compiling is lazy, so this costs no compilation. That compiled blocks
+    compute what eager ones do is checked once, on SD (the compile checks run on one family)."""
+    family = request.node.callspec.id
+    policy = _policy(model)
+    done = apply_speed_options(policy, SpeedOptions(compile_denoiser=True), CPU)
+    assert done == [f"compile_denoiser: {EXPECTED_REGIONS[family]} compiled, mode default"]
+    assert [m for m in policy.denoiser.modules() if "forward" in vars(m)]
+
+
+@pytest.mark.slow
+def test_compiled_channels_last_denoiser_gives_the_same_rollout_and_gradients() -> None:
+    """SD's UNet under every switch: the same rollout, log-probs, images, re-scored log-prob and
+    gradients as eager, to float32 tolerance. Every family's blocks are chosen by
+    `test_each_family_compiles_its_repeated_blocks` and trace without graph breaks
+    (`test_sampling_and_training_steps_have_no_graph_breaks`)."""
+    model = MODELS[0]
     torch.set_num_threads(1)
     policy = _policy(model)
     eager = _rollout_and_gradients(policy)
