@@ -9,6 +9,7 @@ rollouts (`ObjectiveNeeds`) and computes ``loss, metrics`` from `ddpo.core` func
 """
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from ddpo._seeds import derive_seed
 from ddpo.policy import DiffusionPolicy
 from ddpo.samples import Trajectories
 
@@ -59,18 +61,24 @@ class ObjectiveContext:
             pass it as ``denoiser=`` to ``policy.score`` / ``policy.predict`` so that gradients
             are all-reduced; the policy's own ``denoiser`` is the same parameters, unwrapped.
         autocast: the accelerator's autocast context factory (mixed precision).
-        generator: a CPU generator seeded from the run's seed, the process, the epoch, the inner
-            epoch, the micro-batch and the term: the objective's randomness (noise, timesteps)
-            is the same in a resumed run.
+        seed_keys: what `generator` is seeded from: the run's seed, the objective's stream, the
+            process, the epoch, the inner epoch, the micro-batch and the term.
         epoch, inner_epoch: where training is.
     """
 
     policy: DiffusionPolicy
     denoiser: nn.Module
     autocast: Callable[[], contextlib.AbstractContextManager[Any]]
-    generator: torch.Generator
+    seed_keys: tuple[int, ...]
     epoch: int
     inner_epoch: int
+
+    @functools.cached_property
+    def generator(self) -> torch.Generator:
+        """A CPU generator seeded from `seed_keys`, made on first use (an objective without
+        randomness costs nothing): the objective's noise and timesteps are the same in a
+        resumed run."""
+        return torch.Generator().manual_seed(derive_seed(*self.seed_keys))
 
     def reference(self) -> contextlib.AbstractContextManager[Any]:
         """No gradients, the policy before fine-tuning, and the accelerator's autocast."""

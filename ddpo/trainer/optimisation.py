@@ -228,23 +228,15 @@ def train_inner_epoch(
     )
     terms = opt.objective.terms(int(shuffled.timesteps.shape[1]))
     size = micro_batch_size(config, len(shuffled))
+    epoch_keys = (config.seed, OBJECTIVE_STREAM, accelerator.process_index, epoch, inner_epoch)
     for batch_index, batch in enumerate(shuffled.micro_batches(size)):
         for term in range(terms):
             with accelerator.accumulate(opt.unet):
-                seed = derive_seed(
-                    config.seed,
-                    OBJECTIVE_STREAM,
-                    accelerator.process_index,
-                    epoch,
-                    inner_epoch,
-                    batch_index,
-                    term,
-                )
                 context = ObjectiveContext(
                     policy=opt.pipeline,
                     denoiser=opt.unet,
                     autocast=accelerator.autocast,
-                    generator=torch.Generator().manual_seed(seed),
+                    seed_keys=(*epoch_keys, batch_index, term),
                     epoch=epoch,
                     inner_epoch=inner_epoch,
                 )

@@ -10,10 +10,10 @@ import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from ddpo._seeds import derive_seed
 from ddpo.objectives import ObjectiveNeeds
 from ddpo.policy import DiffusionPolicy, PolicyRollout
 from ddpo.rewards.contract import check_rewards
@@ -29,12 +29,6 @@ TRAIN_STREAM = 2
 PROMPT_STREAM = 3
 INITIAL_NOISE_STREAM = 4
 OBJECTIVE_STREAM = 5
-
-
-def derive_seed(*keys: int) -> int:
-    """A 63-bit seed mixed from integer keys (seed, stream, process, epoch, batch, ...)."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
 
 
 def initial_noise_seed(seed: int, epoch: int, prompt: str) -> int:
