@@ -93,18 +93,22 @@ def keep_unguided_rows(guided: Tensor, cond: Tensor, guidance_scale: Tensor | fl
 
 
 def draw_initial_noise(
-    generators: Sequence[torch.Generator],
+    generators: Sequence[torch.Generator] | None,
     shape: tuple[int, ...],
     *,
     device: torch.device,
     dtype: torch.dtype,
-) -> Tensor:
+) -> Tensor | None:
     """Initial noise ``x_T`` of ``shape``, row ``i`` drawn with ``generators[i]`` as diffusers'
-    ``randn_tensor`` draws it with a list of generators (``DDPOConfig.sample_same_latent``).
+    ``randn_tensor`` draws it with a list of generators (``DDPOConfig.sample_same_latent``);
+    ``None`` without generators (the sampler then draws ``x_T`` with its own generator). A
+    rollout passes the conditioning's dtype, in which diffusers draws ``x_T``.
 
     Raises:
         ValueError: naming ``initial_noise_generators`` unless there is one per row.
     """
+    if generators is None:
+        return None
     rows = list(generators)
     if len(rows) != shape[0]:
         raise ValueError(

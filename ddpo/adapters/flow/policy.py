@@ -238,14 +238,12 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         """
         check_grad_steps(grad_steps, num_steps)
         size = self._call_size(height, width)
-        latents = None
-        if initial_noise_generators is not None:  # drawn in the embeddings' dtype, as x_T is
-            latents = draw_initial_noise(
-                initial_noise_generators,
-                self._latent_shape(len(conditioning), size),
-                device=self.device,
-                dtype=conditioning["prompt_embeds"].dtype,
-            )
+        latents = draw_initial_noise(
+            initial_noise_generators,
+            self._latent_shape(len(conditioning), size),
+            device=self.device,
+            dtype=conditioning["prompt_embeds"].dtype,
+        )
         sample = self._sample(
             conditioning,
             num_steps=num_steps,

@@ -225,7 +225,7 @@ class DDPOStableDiffusionPipeline(DDIMPolicy, abc.ABC):
         batch = len(conditioning)
         prompt_embeds = conditioning["prompt_embeds"]
         latents = None
-        if initial_noise_generators is not None:  # drawn in the embeddings' dtype, as x_T is
+        if initial_noise_generators is not None:  # the shape reads the UNet's config: only then
             latents = draw_initial_noise(
                 initial_noise_generators,
                 self._latent_shape(batch, size),
