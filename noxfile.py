@@ -48,7 +48,8 @@ def tests(session: nox.Session) -> None:
     session.install("--no-deps", "--upgrade", "--target", reference, *REFERENCE_PACKAGES)
     # One test process per usable core (tests/conftest.py counts them and gives each one
     # thread), each module's tests in one process, so that a module-scoped fixture (a training
-    # run, a benchmark, a subprocess several tests read) is computed once (--dist loadscope);
+    # run, a benchmark, a subprocess several tests read) is computed once (--dist loadscope),
+    # handed out in collection order, which puts the longest modules first (tests/conftest.py);
     # the 25 slowest tests are listed. Arguments after `--` override these (`-n 0`: one process).
     session.run(
         "pytest",
@@ -56,6 +57,7 @@ def tests(session: nox.Session) -> None:
         "auto",
         "--dist",
         "loadscope",
+        "--no-loadscope-reorder",
         "--durations=25",
         *session.posargs,
         env={"DDPO_REFERENCE_PACKAGES": reference, "OMP_NUM_THREADS": "1"},

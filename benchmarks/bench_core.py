@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"batch": 2, "latent": (4, 8, 8), "steps": 10, "rewards": 8, "prompts": 4},
 }
 MIN_RUN_TIME = {"default": 0.3, "tiny": 0.1}
-ROUNDS = {"default": 3, "tiny": 2}
+ROUNDS = {"default": 3, "tiny": 1}  # tiny: a smoke run (each round is two processes)
 BLOCK_TIME = 1e-3
 
 Case = tuple[str, str, tuple[Any, ...], dict[str, Any]]

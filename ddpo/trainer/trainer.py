@@ -456,8 +456,12 @@ class DDPOTrainer:
         return wrap_tracker(self.accelerator.get_tracker(self.config.log_with))
 
     def close(self) -> None:
-        """Stop the reward pool and the trackers."""
+        """Stop the reward pool and the trackers, and (with several processes) end the process
+        group once every process has reached this point: none tears the group down while
+        another may still use it."""
         self.rollout.close()
+        if self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
 
     def __enter__(self) -> "DDPOTrainer":

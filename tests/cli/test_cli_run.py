@@ -179,8 +179,11 @@ def test_a_folder_of_another_family_is_named(tmp_path: Path) -> None:
     assert "StableDiffusionXLPipeline" in result.stderr
 
 
-@pytest.mark.parametrize("model", ["ddpo-tiny-sd3-random", "ddpo-tiny-flux-random"])
-def test_flow_models_train_with_a_window_and_sample(tmp_path: Path, model: str) -> None:
+def test_flow_models_train_with_a_window_and_sample(tmp_path: Path) -> None:
+    """A flow model through ``ddpo train`` (its SDE flags) and ``ddpo sample`` (the ODE and the
+    SDE policy), on SD3. FLUX takes the same command-line path: its family is read from the
+    folder like SD3's, and its saved folders load and sample in `test_conformance.py`."""
+    model = "ddpo-tiny-sd3-random"
     out = tmp_path / "run"
     result = _run(
         [
@@ -203,7 +206,7 @@ def test_flow_models_train_with_a_window_and_sample(tmp_path: Path, model: str) 
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "kl" in metrics[0]
     index = json.loads((out / "final" / "model_index.json").read_text())
-    assert index["_class_name"] in ("StableDiffusion3Pipeline", "FluxPipeline")
+    assert index["_class_name"] == "StableDiffusion3Pipeline"
     samples = tmp_path / "samples"
     for eta in ("0", "1"):  # the ODE, then the SDE policy
         result = _run(

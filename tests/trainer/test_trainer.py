@@ -504,33 +504,27 @@ def test_checkpoint_limit_and_exact_resume(
     assert sum(len(v) for v in stats["buffers"].values()) > 0
 
 
-# The two-process runs: each family, and the SD model with a regionally compiled, channels-last
-# denoiser (DDP over compiled blocks must still all-reduce the gradients).
-TWO_PROCESS_RUNS = {
-    "sd": MODEL,
-    "sd3": SD3_MODEL,
-    "sd-compiled": f"{MODEL}:compiled",
-}
+# The two-process runs: one DDIM family and one flow family. The same over a compiled denoiser
+# is `test_speed.py`'s (it runs there, after the compile checks, on their compiled kernels).
+TWO_PROCESS_RUNS = {"sd": MODEL, "sd3": SD3_MODEL}
 """Two processes keep identical weights through the trainer's all-reduce, whatever the family:
-checked on one DDIM family, on one flow family (which also gathers prompts across processes for
-its group advantages and draws its SDE window per process) and on a compiled denoiser. SDXL and
-FLUX train through the same code as SD and SD3 there."""
+checked on one DDIM family and on one flow family (which also gathers prompts across processes
+for its group advantages and draws its SDE window per process). SDXL and FLUX train through the
+same code as SD and SD3 there."""
 
 
-@pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Every run of `TWO_PROCESS_RUNS` by `ddp_worker.py` in one launch of two processes
-    (starting them costs more than the tiny runs); run ``NAME`` writes into ``<folder>/NAME``."""
+def launch_two_processes(out: Path, runs: dict[str, str]) -> Path:
+    """Every run of ``runs`` (``NAME: MODEL[:compiled]``) by `ddp_worker.py` in one launch of
+    two processes (starting them costs more than the tiny runs); run ``NAME`` writes into
+    ``<out>/NAME``."""
     # The tiny models are built here first: built by the workers once their process group
     # exists, rank 1's copy lacks the text encoders (transformers saves on rank 0 only).
-    for model in (MODEL, SD3_MODEL):
-        resolve_pretrained(model)
-    out = tmp_path_factory.mktemp("two-processes")
+    for spec in runs.values():
+        resolve_pretrained(spec.split(":")[0])
     worker = Path(__file__).with_name("ddp_worker.py")
-    runs = [f"{name}:{model}" for name, model in TWO_PROCESS_RUNS.items()]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run(
-        [*cmd, str(worker), str(out), *runs],
+        [*cmd, str(worker), str(out), *(f"{name}:{spec}" for name, spec in runs.items())],
         env=dict(os.environ, OMP_NUM_THREADS="1"),
         capture_output=True,
         text=True,
@@ -541,9 +535,9 @@ def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("run", list(TWO_PROCESS_RUNS))
-def test_two_processes_keep_identical_weights(two_process_runs: Path, run: str) -> None:
-    folder = two_process_runs / run
+def check_two_process_run(folder: Path) -> None:
+    """The ranks trained on different samples from rank 0's weights and stayed identical; the
+    checkpoint holds every rank's RNG states; the unwrapped control diverged."""
     load = lambda name: safetensors.torch.load_file(str(folder / name))  # noqa: E731
     init0, init1, final0, final1 = (
         load(f) for f in ("init0.st", "init1.st", "final0.st", "final1.st")
@@ -561,6 +555,16 @@ def test_two_processes_keep_identical_weights(two_process_runs: Path, run: str) 
     # Control: training through the unwrapped UNet (TRL's bug) lets the ranks diverge.
     unsynced0, unsynced1 = load("unsynced0.st"), load("unsynced1.st")
     assert any(not torch.equal(unsynced0[k], unsynced1[k]) for k in unsynced0)
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return launch_two_processes(tmp_path_factory.mktemp("two-processes"), TWO_PROCESS_RUNS)
+
+
+@pytest.mark.parametrize("run", list(TWO_PROCESS_RUNS))
+def test_two_processes_keep_identical_weights(two_process_runs: Path, run: str) -> None:
+    check_two_process_run(two_process_runs / run)
 
 
 def test_push_to_hub_failure_keeps_everything_local(
