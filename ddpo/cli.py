@@ -1,9 +1,11 @@
-"""The ``ddpo`` command: ``ddpo train`` fine-tunes a model with DDPO; ``ddpo sample`` draws images.
+"""The ``ddpo`` command: ``ddpo train`` fine-tunes a model with DDPO; ``ddpo sample`` draws images;
+``ddpo eval`` scores a model on held-out prompts against its base.
 
 This module parses flags and wires library pieces together: the default preset
 (:mod:`ddpo.presets`), rewards by name (:mod:`ddpo.rewards.registry`), prompt sets by name
 (:mod:`ddpo.prompts`), the pipeline, the trainer, and the run report (:mod:`ddpo.reporting`);
-``ddpo train`` is wired in :mod:`ddpo.cli_train`, ``ddpo sample`` in :mod:`ddpo.cli_sample`.
+``ddpo train`` is wired in :mod:`ddpo.cli_train`, ``ddpo sample`` in :mod:`ddpo.cli_sample`,
+``ddpo eval`` in :mod:`ddpo.cli_eval`.
 
 ``ddpo train`` with no flags runs the default preset (:func:`ddpo.presets.default_preset`): it
 fine-tunes the packaged ``ddpo-tiny-shapes`` model with the programmatic prompt-alignment reward
@@ -28,6 +30,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ddpo.cli_eval import EvalArgs, load_evaluation, run_eval
 from ddpo.cli_sample import SampleArgs, draw_samples, load_sampler, run_sample
 from ddpo.cli_train import (
     HubUploadError,
@@ -48,6 +51,7 @@ from ddpo.trainer.config import DDPOConfig
 __all__ = [
     "PROMPT_SETS",
     "REWARDS",
+    "EvalArgs",
     "HubUploadError",
     "SampleArgs",
     "TrainArgs",
@@ -60,6 +64,7 @@ __all__ = [
     "pool_prompts",
     "preset_prompt_fn",
     "repeat_prompts",
+    "run_eval",
     "run_sample",
     "run_train",
 ]
@@ -91,7 +96,7 @@ class _ConfigError(Exception):
 
 
 #: The flag dataclasses whose own checks (``__post_init__``) `_tyro_registry` lets out.
-_CHECKED_STRUCTS: tuple[type, ...] = (DDPOConfig, TrainArgs, SampleArgs)
+_CHECKED_STRUCTS: tuple[type, ...] = (DDPOConfig, TrainArgs, SampleArgs, EvalArgs)
 
 
 def _tyro_registry() -> Any:
@@ -198,14 +203,29 @@ def _parse_sample_args(argv: Sequence[str]) -> SampleArgs:
         raise SystemExit(2) from None
 
 
-_USAGE = """usage: ddpo {train,sample,serve-reward} [FLAGS]
+def _parse_eval_args(argv: Sequence[str]) -> EvalArgs:
+    """`EvalArgs` from flags; SystemExit as `parse_train_args`."""
+    import tyro
+
+    try:
+        with _tyro_registry():
+            return tyro.cli(EvalArgs, args=list(argv), prog="ddpo eval", use_underscores=True)
+    except _ConfigError as err:
+        print(f"ddpo: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+_USAGE = """usage: ddpo {train,sample,eval,serve-reward} [FLAGS]
 
   ddpo train    fine-tune a diffusion model with DDPO (no flags: the default preset,
                 ddpo-tiny-shapes with the prompt-alignment reward, a few minutes on a CPU)
   ddpo sample   write images from a model folder: ddpo sample --model DIR --prompt "..."
+  ddpo eval     score a model on held-out prompts, against its base: ddpo eval --model DIR
+                --base NAME (the tiny shapes models' held-out captions by default)
   ddpo serve-reward  serve a reward over HTTP for RemoteReward: ddpo serve-reward --reward NAME
 
-Run `ddpo train --help`, `ddpo sample --help` or `ddpo serve-reward --help` for every flag."""
+Run `ddpo train --help`, `ddpo sample --help`, `ddpo eval --help` or `ddpo serve-reward --help`
+for every flag."""
 
 
 #: Start-up log messages of diffusers and transformers that say nothing to a ``ddpo`` user:
@@ -290,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_USAGE)
         return 0 if args else 2
     command, rest = args[0], args[1:]
-    if command not in ("train", "sample", "serve-reward"):
+    if command not in ("train", "sample", "eval", "serve-reward"):
         print(f"ddpo: unknown command {command!r}\n\n{_USAGE}", file=sys.stderr)
         return 2
     if command == "serve-reward":
@@ -302,19 +322,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 1. Parse: every error here is the user's to fix, and is reported in a line.
     try:
-        parsed = parse_train_args(rest) if command == "train" else _parse_sample_args(rest)
+        parsed: TrainArgs | SampleArgs | EvalArgs
+        if command == "train":
+            parsed = parse_train_args(rest)
+        elif command == "sample":
+            parsed = _parse_sample_args(rest)
+        else:
+            parsed = _parse_eval_args(rest)
     except SystemExit as stop:  # --help (0), or a flag tyro could not parse (already printed)
         return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
     with _quiet_loading(parsed.verbose):
         return _set_up_and_work(parsed)
 
 
-def _set_up_and_work(parsed: TrainArgs | SampleArgs) -> int:
+def _set_up_and_work(parsed: TrainArgs | SampleArgs | EvalArgs) -> int:
     """`main`'s steps after parsing; returns the exit status."""
     # 1. Set up: every error here is the user's to fix, and is reported in a line.
     try:
         if isinstance(parsed, TrainArgs):
             train_setup = setup_train(parsed)
+        elif isinstance(parsed, EvalArgs):
+            evaluation = load_evaluation(parsed)
         else:
             sampler = load_sampler(parsed)
     except _USER_ERRORS as err:
@@ -325,6 +353,8 @@ def _set_up_and_work(parsed: TrainArgs | SampleArgs) -> int:
     try:
         if isinstance(parsed, TrainArgs):
             train_and_report(train_setup)
+        elif isinstance(parsed, EvalArgs):
+            run_eval(parsed, evaluation)
         else:
             files = draw_samples(parsed, sampler)
             print(f"wrote {len(files)} images to {files[0].parent if files else '-'}")

@@ -66,6 +66,12 @@ class PolicyOptions:
             ``sample_eta`` other than 1.0 is refused, not ignored.
         compile_regions: class names of the denoiser's repeated blocks that
             ``DDPOConfig.compile_denoiser`` compiles (``None``: the model's ``_repeated_blocks``).
+        deterministic_images: the family's deterministic sampler, a method
+            ``deterministic_images(prompts, *, negative_prompt, num_steps, guidance_scale,
+            generators) -> images`` (float ``(batch, 3, H, W)`` in ``[0, 1]``, image ``i``'s
+            initial noise drawn by ``generators[i]``): DDIM at ``eta=0`` for the DDIM families,
+            the flow ODE for the flow families, as the stock pipelines sample. ``None``: the
+            policy has none (`ddpo.evaluation.evaluate` then samples with :meth:`rollout`).
     """
 
     guidance_kind: ClassVar[GuidanceKind] = "classifier_free"
@@ -73,6 +79,7 @@ class PolicyOptions:
     kl_conventions: ClassVar[tuple[str, ...]] = ("exact",)
     uses_sample_eta: ClassVar[bool] = True
     compile_regions: ClassVar[tuple[str, ...] | None] = None
+    deterministic_images: ClassVar[Any] = None
 
 
 def policy_option(policy: Any, name: str) -> Any:

@@ -129,6 +129,8 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "rewards": (*SCRIPTS, "ddpo.trainer"),  # the reward contract is ddpo.rewards.contract
     # an objective composes core and the boundary's members: no family, no loop, no reward
     "objectives": (*SCRIPTS, "ddpo.trainer", "ddpo.adapters", "ddpo.rewards"),
+    # held-out evaluation samples through the boundary and scores through the reward contract
+    "evaluation": (*SCRIPTS, "ddpo.trainer", "ddpo.adapters"),
 }
 LIBRARY = sorted((layer, path) for layer in FORBIDDEN for path in (PACKAGE / layer).rglob("*.py"))
 

@@ -283,6 +283,40 @@ def test_sampling_draws_the_stock_images_for_the_same_generator(
     assert mine.log_probs.shape == (2, STEPS if family.ddim else 0)
 
 
+def test_deterministic_images_are_the_stock_deterministic_sampler(
+    family: Family, shared: Any, folder: Path
+) -> None:
+    """The family's deterministic sampler (`ddpo.policy.PolicyOptions.deterministic_images`,
+    what ``ddpo eval`` samples with): the stock pipeline at ``eta=0`` (DDIM) or its flow ODE,
+    image ``i`` from ``generators[i]``, so that an image depends on its own seed only."""
+    stock = stock_pipeline(family, folder)
+    seeds = [5, 9]
+    call = {"num_inference_steps": STEPS, "guidance_scale": family.guidance, "height": SIDE,
+            "width": SIDE, "output_type": "pt"}  # fmt: skip
+    if family.ddim:
+        call["eta"] = 0.0
+    with torch.no_grad():
+        theirs = stock(PROMPTS, generator=[torch.Generator().manual_seed(s) for s in seeds], **call)
+    mine = shared.deterministic_images(
+        PROMPTS,
+        num_steps=STEPS,
+        guidance_scale=family.guidance,
+        generators=[torch.Generator().manual_seed(s) for s in seeds],
+    )
+    torch.testing.assert_close(mine, theirs.images.float(), atol=2e-5, rtol=0)
+    alone = shared.deterministic_images(
+        PROMPTS[1:],
+        num_steps=STEPS,
+        guidance_scale=family.guidance,
+        generators=[torch.Generator().manual_seed(seeds[1])],
+    )
+    torch.testing.assert_close(alone[0], mine[1], atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="one generator per prompt, got 1 for 2 prompts"):
+        shared.deterministic_images(
+            PROMPTS, num_steps=STEPS, guidance_scale=1.0, generators=[torch.Generator()]
+        )
+
+
 @pytest.mark.parametrize("negative", ["", "blue"], ids=["empty-negative", "negative"])
 def test_encode_equals_stock_encode_prompt(
     family: Family, shared: Any, folder: Path, negative: str

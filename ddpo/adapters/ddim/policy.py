@@ -10,6 +10,7 @@ and nothing that the next ``set_timesteps`` changes, so a stored batch scores th
 was sampled since.
 """
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 import torch
@@ -173,10 +174,56 @@ class DDIMPolicy:
         return ddim_training_target(self.scheduler, clean, noise, timesteps)
 
 
+class StockDDIMImages:
+    """``deterministic_images`` (`ddpo.policy.PolicyOptions`) for a DDIM policy that wraps a
+    stock diffusers pipeline (``pipeline``): DDIM at ``eta=0`` through that pipeline, with the
+    policy's denoiser (its LoRA adapters active) and its ``resolution`` where it has one."""
+
+    if TYPE_CHECKING:
+
+        @property
+        def pipeline(self) -> Any:
+            """The wrapped diffusers pipeline (the class this is mixed into provides it)."""
+
+    @torch.no_grad()
+    def deterministic_images(
+        self,
+        prompts: Sequence[str],
+        *,
+        negative_prompt: str = "",
+        num_steps: int,
+        guidance_scale: float,
+        generators: Sequence[torch.Generator],
+    ) -> Float[Tensor, "batch 3 height width"]:
+        """Images in ``[0, 1]`` of ``prompts`` by deterministic DDIM (``eta=0``), image ``i``'s
+        ``x_T`` drawn by ``generators[i]``: the stock pipeline's images for those generators."""
+        if len(generators) != len(prompts):
+            raise ValueError(
+                f"deterministic_images needs one generator per prompt, got {len(generators)} "
+                f"for {len(prompts)} prompts"
+            )
+        size = getattr(self, "resolution", None)
+        height, width = (None, None) if size is None else size
+        out = self.pipeline(
+            prompt=list(prompts),
+            negative_prompt=[negative_prompt] * len(prompts) if negative_prompt else None,
+            num_inference_steps=num_steps,
+            guidance_scale=guidance_scale,
+            eta=0.0,
+            generator=list(generators),
+            height=height,
+            width=width,
+            output_type="pt",
+        )
+        images: Tensor = out.images
+        return images.float().clamp(0, 1)
+
+
 __all__ = [
     "DDIM_SCHEDULE_COLUMNS",
     "DDIMPolicy",
     "DDIMRows",
+    "StockDDIMImages",
     "ddim_rows",
     "ddim_schedule_rows",
     "score_ddim_rows",

@@ -297,6 +297,36 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             noise_level=self.noise_level, sde_type=self.sde_type,
         )  # fmt: skip
 
+    @torch.no_grad()
+    def deterministic_images(
+        self,
+        prompts: Sequence[str],
+        *,
+        negative_prompt: str = "",
+        num_steps: int,
+        guidance_scale: float,
+        generators: Sequence[torch.Generator],
+    ) -> Float[Tensor, "batch 3 height width"]:
+        """Images in ``[0, 1]`` of ``prompts`` by the flow ODE everywhere (``noise_level=0``,
+        the stock pipeline's sampler; `ddpo.policy.PolicyOptions`), image ``i``'s initial noise
+        drawn by ``generators[i]``, at the policy's resolution."""
+        if len(generators) != len(prompts):
+            raise ValueError(
+                f"deterministic_images needs one generator per prompt, got {len(generators)} "
+                f"for {len(prompts)} prompts"
+            )
+        out = self(
+            list(prompts),
+            negative_prompt=negative_prompt,
+            num_inference_steps=num_steps,
+            guidance_scale=guidance_scale,
+            noise_level=0,
+            generator=list(generators),
+            output_type="pt",
+        )
+        images: Tensor = out.images
+        return images.float().clamp(0, 1)
+
     def __call__(
         self,
         prompt: str | list[str],

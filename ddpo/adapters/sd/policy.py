@@ -26,6 +26,7 @@ from ddpo.adapters.common.weights import (
     setup_trainable_unet,
     write_lora,
 )
+from ddpo.adapters.ddim.policy import StockDDIMImages
 from ddpo.adapters.ddim.sampling import check_sampling_args, decode_latents
 from ddpo.adapters.sd.interface import DDPOStableDiffusionPipeline
 
@@ -33,7 +34,7 @@ OutputType = Literal["pil", "pt", "np", "latent"]
 
 
 @final
-class DefaultDDPOStableDiffusionPipeline(DDPOStableDiffusionPipeline):
+class DefaultDDPOStableDiffusionPipeline(StockDDIMImages, DDPOStableDiffusionPipeline):
     """DDPO over diffusers' ``StableDiffusionPipeline`` (wrapped), with LoRA through peft.
 
     Loads a built-in name, a local folder or a hub id; swaps the scheduler for DDIM with the

@@ -48,7 +48,13 @@ from ddpo.adapters.ddim.denoiser import (
     ddim_timestep_indices,
     decode_images,
 )
-from ddpo.adapters.ddim.policy import DDIMPolicy, ddim_rows, ddim_schedule_rows, score_ddim_rows
+from ddpo.adapters.ddim.policy import (
+    DDIMPolicy,
+    StockDDIMImages,
+    ddim_rows,
+    ddim_schedule_rows,
+    score_ddim_rows,
+)
 from ddpo.adapters.ddim.sampling import check_eta, decode_latents, sample_ddim_trajectory
 from ddpo.adapters.sdxl.checks import check_sdxl_folder
 from ddpo.adapters.sdxl.text import encode_sdxl_texts, sdxl_time_ids
@@ -57,7 +63,7 @@ from ddpo.policy import Conditioning, PolicyRollout
 
 
 @final
-class DefaultDDPOStableDiffusionXLPipeline(WrappedPipelinePolicy, DDIMPolicy):
+class DefaultDDPOStableDiffusionXLPipeline(StockDDIMImages, WrappedPipelinePolicy, DDIMPolicy):
     """DDPO over diffusers' ``StableDiffusionXLPipeline`` (wrapped), with LoRA through peft.
 
     Implements :class:`ddpo.policy.DiffusionPolicy`, so ``DDPOTrainer`` trains it as it trains
