@@ -248,6 +248,31 @@ class DDPOConfig:
     and encode only prompts not seen before; the least recently used are dropped. For a fixed
     prompt set, its size. 0: encode every batch."""
 
+    # ----------------------------------------------------------------------------------------
+    # Held-out evaluation during training (`ddpo.evaluation`); off by default, as TRL had none
+    eval_freq: int = 0
+    """Evaluate on held-out prompts after every this many epochs' training (0: never). Each
+    evaluation scores ``eval_num_prompts`` prompts of ``eval_prompt_set`` with the run's reward
+    function and logs, per metric, ``eval/<metric>`` (the mean over prompts) with
+    ``eval/<metric>_low`` and ``_high`` (its 95 % interval) in ``metrics.jsonl`` and the
+    trackers; the reward is ``eval/reward``, each per-image number of its metadata
+    ``eval/reward/<key>``. It draws from its own seeded generators, so the run trains exactly as
+    without it and a resumed run logs the same rows. Every process evaluates the same prompts
+    (the main process logs)."""
+    eval_prompt_set: str = "shapes_heldout"
+    """The evaluation prompts: a named set of `ddpo.evaluation.EVAL_PROMPT_SETS`
+    (``shapes_heldout``, ``text_rendering_heldout``)."""
+    eval_num_prompts: int = 16
+    """Prompts per evaluation (the first of the set in its order seeded by ``seed``)."""
+    eval_images_per_prompt: int = 1
+    """Images drawn per evaluation prompt."""
+    eval_sampler: Literal["deterministic", "policy"] = "deterministic"
+    """``deterministic``: the family's deterministic sampler (DDIM at eta 0, the flow ODE), as
+    Flow-GRPO evaluates; ``policy``: the stochastic sampler the run trains."""
+    eval_num_steps: int = 0
+    """Sampling steps of an evaluation (0: ``sample_num_steps``); guidance is
+    ``sample_guidance_scale``, the batch ``sample_batch_size``."""
+
     def __post_init__(self) -> None:
         self.validate()
 

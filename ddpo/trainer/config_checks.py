@@ -17,6 +17,9 @@ LOSS_TYPES: tuple[str, ...] = ("ppo", "score_function")
 ADVANTAGE_MODES: tuple[str, ...] = ("auto", "per_prompt", "global", "group", "group_global")
 MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
 LOG_WITH: tuple[str, ...] = ("tensorboard", "wandb")
+EVAL_SAMPLERS: tuple[str, ...] = ("deterministic", "policy")
+# `ddpo.evaluation.EVAL_PROMPT_SETS` (checked equal in the tests; the config imports no torch)
+EVAL_PROMPT_SET_NAMES: tuple[str, ...] = ("shapes_heldout", "text_rendering_heldout")
 MAX_SEED = 2**32 - 1
 BOOL_FIELDS: tuple[str, ...] = (
     "allow_tf32",
@@ -42,6 +45,8 @@ STR_FIELDS: tuple[str, ...] = (
     "negative_prompts",
     "hub_model_id",
     "mixed_precision",
+    "eval_prompt_set",
+    "eval_sampler",
 )
 # Accelerator arguments that come from the config's own fields.
 RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
@@ -77,6 +82,10 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "per_prompt_stat_tracking_min_count",
         "max_workers",
         "prompt_embedding_cache_size",
+        "eval_freq",
+        "eval_num_prompts",
+        "eval_images_per_prompt",
+        "eval_num_steps",
     )
     for name in int_fields:
         value = getattr(config, name)
@@ -121,6 +130,8 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "train_num_inner_epochs",
         "per_prompt_stat_tracking_buffer_size",
         "max_workers",
+        "eval_num_prompts",
+        "eval_images_per_prompt",
     )
     for name in positive:
         if getattr(config, name) <= 0:
@@ -130,6 +141,8 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "num_checkpoint_limit",
         "per_prompt_stat_tracking_min_count",
         "prompt_embedding_cache_size",
+        "eval_freq",
+        "eval_num_steps",
     ):
         if getattr(config, name) < 0:
             raise ValueError(f"DDPOConfig.{name} must be >= 0, got {getattr(config, name)!r}")
@@ -214,6 +227,15 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
     if config.loss_type not in LOSS_TYPES:
         raise ValueError(
             f"DDPOConfig.loss_type must be one of {LOSS_TYPES}, got {config.loss_type!r}"
+        )
+    if config.eval_sampler not in EVAL_SAMPLERS:
+        raise ValueError(
+            f"DDPOConfig.eval_sampler must be one of {EVAL_SAMPLERS}, got {config.eval_sampler!r}"
+        )
+    if config.eval_prompt_set not in EVAL_PROMPT_SET_NAMES:
+        raise ValueError(
+            f"DDPOConfig.eval_prompt_set must be one of {EVAL_PROMPT_SET_NAMES}, "
+            f"got {config.eval_prompt_set!r}"
         )
     if config.advantage_mode not in ADVANTAGE_MODES:
         raise ValueError(

@@ -42,6 +42,8 @@ def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
             f"{missing}"
         )
     sd_pipeline.check_num_steps(config.sample_num_steps)
+    if config.eval_freq > 0 and config.eval_num_steps:
+        sd_pipeline.check_num_steps(config.eval_num_steps)
     check_policy_supports(sd_pipeline, config)
     check_sampler_settings(sd_pipeline, config)
 
@@ -55,7 +57,9 @@ def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
     - it uses ``sample_eta`` if one other than 1.0 is set (``uses_sample_eta``: the flow
       policies' stochasticity is their ``noise_level``);
     - its ``score`` reports what ``kl_convention`` needs (``kl_conventions``);
-    - its ``rollout`` takes ``initial_noise_generators`` if ``sample_same_latent`` is set.
+    - its ``rollout`` takes ``initial_noise_generators`` if ``sample_same_latent`` is set;
+    - it has the sampler the held-out evaluation asks for (``eval_sampler``): a
+      ``deterministic_images`` member, or a ``rollout`` that takes ``initial_noise_generators``.
     """
     name = policy.__name__ if isinstance(policy, type) else type(policy).__name__
     check_on_policy_guidance(config, guidance_kind(policy))
@@ -78,6 +82,20 @@ def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
             "DDPOConfig.sample_same_latent=True needs a policy whose rollout takes "
             f"initial_noise_generators (every built-in family's does); {name}'s does not (its x_T "
             "is drawn from the batch's generator)"
+        )
+    evaluates = config.eval_freq > 0
+    deterministic = policy_option(policy, "deterministic_images")
+    if evaluates and config.eval_sampler == "deterministic" and deterministic is None:
+        raise ValueError(
+            f"DDPOConfig.eval_sampler='deterministic' (eval_freq={config.eval_freq}): "
+            f"{name} has no deterministic sampler (deterministic_images, every built-in "
+            "family has one); use eval_sampler='policy'"
+        )
+    if evaluates and config.eval_sampler == "policy" and not accepts_initial_noise(policy):
+        raise ValueError(
+            f"DDPOConfig.eval_sampler='policy' (eval_freq={config.eval_freq}) needs a "
+            "policy whose rollout takes initial_noise_generators (each evaluation image "
+            f"starts from its own seeded noise); {name}'s does not"
         )
 
 

@@ -335,6 +335,12 @@ class DDPOTrainer:
                     step_metrics += metrics
                     progress.remove_task(task)
 
+        # 3b. Held-out evaluation, every eval_freq epochs (its own generators: the run trains
+        #     exactly as without it).
+        if config.eval_freq > 0 and (epoch + 1) % config.eval_freq == 0:
+            with timer.phase("eval"):
+                extra.update(self.evaluate())
+
         # 4. Log the epoch.
         self._log_epoch(epoch, global_step, rewards_all, step_metrics, timer, extra)
 
@@ -343,6 +349,42 @@ class DDPOTrainer:
         if config.save_freq > 0 and (epoch + 1) % config.save_freq == 0:
             self.save_checkpoint(epoch + 1, global_step)
         return global_step
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate the policy as it is now on the config's held-out prompts
+        (``eval_prompt_set``, ``eval_num_prompts``, ...) with the run's reward function
+        (`ddpo.evaluation.evaluate`, seeded by ``seed``: the same prompts and initial noise at
+        every evaluation). Returns ``eval/<metric>`` means and ``eval/<metric>_low``/``_high``
+        95 % interval bounds, as the epoch's row logs them."""
+        from ddpo.evaluation import evaluate
+
+        config = self.config
+        denoiser = self.sd_pipeline.denoiser
+        was_training = denoiser.training
+        denoiser.eval()
+        try:
+            with self.accelerator.autocast():
+                result = evaluate(
+                    self.sd_pipeline,
+                    config.eval_prompt_set,
+                    {"reward": self.reward_function},
+                    num_prompts=config.eval_num_prompts,
+                    images_per_prompt=config.eval_images_per_prompt,
+                    num_steps=config.eval_num_steps or config.sample_num_steps,
+                    guidance_scale=config.sample_guidance_scale,
+                    sampler=config.eval_sampler,
+                    negative_prompt=config.negative_prompts,
+                    seed=config.seed,
+                    batch_size=config.sample_batch_size,
+                )
+        finally:
+            denoiser.train(was_training)
+        row: dict[str, float] = {}
+        for name, interval in result.report.metrics.items():
+            row[f"eval/{name}"] = interval.mean
+            row[f"eval/{name}_low"] = interval.low
+            row[f"eval/{name}_high"] = interval.high
+        return row
 
     def _advantages(self, rewards_all: torch.Tensor, prompts_local: list[str]) -> torch.Tensor:
         """Advantages of the epoch's rewards (all processes) by ``advantage_mode``, clipped."""

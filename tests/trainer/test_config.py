@@ -73,6 +73,12 @@ OURS = {
     "train_timestep_order": "random",
     "train_clip_range_low": None,
     "train_clip_range_high": None,
+    "eval_freq": 0,  # held-out evaluation: off, as TRL had none
+    "eval_prompt_set": "shapes_heldout",
+    "eval_num_prompts": 16,
+    "eval_images_per_prompt": 1,
+    "eval_sampler": "deterministic",
+    "eval_num_steps": 0,
 }
 # Fields read by the trainer through a config method rather than directly.
 READ_VIA_PROPERTY = {
