@@ -89,6 +89,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def learning(session: nox.Session) -> None:
+    """The learning benchmark (benchmarks/bench_learning.py): held-out reward of the default
+    run against samples and seconds, over seeds; extra arguments go to it."""
+    _install(session, "bench")
+    session.run("python", "benchmarks/bench_learning.py", *session.posargs)
+
+
+@nox.session(default=False)
 def demo(session: nox.Session) -> None:
     """Run the default DDPO training job (`ddpo train`); extra arguments go to the CLI."""
     _install(session)

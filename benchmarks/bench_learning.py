@@ -1,0 +1,226 @@
+"""Learning benchmark: does training raise the held-out reward, against samples and seconds?
+
+Runs ``ddpo train``'s default preset (DDPO on the packaged ``ddpo-tiny-shapes``, whole UNet, the
+``alignment`` reward, a pool of 2 training prompts drawn by the seed) once per seed, each in its
+own process with one thread, with held-out evaluation during training
+(``DDPOConfig.eval_freq``): the ``shapes_heldout`` captions, which the run never trains on,
+scored with the run's reward (``eval/reward``, and the share of images with every attribute
+right, ``eval/reward/accuracy``), each with a 95 % interval over prompts. The policy is also
+evaluated before its first epoch. Nothing is chosen per seed: every seed draws its own
+training pool and its own held-out prompts (in an order seeded by it).
+
+Writes ``learning.json`` (every evaluation of every seed: epoch, samples drawn, training
+seconds, the means and intervals), ``learning.png`` (held-out accuracy against samples drawn and
+held-out reward against training seconds, a line per seed) and prints a table: per seed the
+change from before training to the end, and across seeds the mean change with a t interval over
+the seeds (does the change exceed the seed-to-seed spread?).
+
+    python benchmarks/bench_learning.py --seeds 0 1 2 --out benchmarks/out/learning
+
+Training seconds are the epochs' wall time less their evaluation, with one thread per run:
+on a machine whose cores are shared they are an upper bound of CPU seconds.
+"""
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+METRICS = ("eval/reward", "eval/reward/accuracy")
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
+
+
+def _flags(args: argparse.Namespace, seed: int) -> list[str]:
+    return [
+        f"--ddpo_config.seed={seed}",
+        f"--ddpo_config.output_dir={Path(args.out) / f'seed{seed}'}",
+        f"--ddpo_config.num_epochs={args.epochs}",
+        f"--ddpo_config.eval_freq={args.eval_every}",
+        f"--ddpo_config.eval_num_prompts={args.eval_prompts}",
+        f"--ddpo_config.eval_num_steps={args.eval_steps}",
+        "--ddpo_config.save_freq=0",
+        "--ddpo_config.log_with=None",
+    ]
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One seed's run (in its own process): evaluate, train with evaluation, write points."""
+    import torch
+
+    torch.set_num_threads(1)
+    from ddpo.cli import parse_train_args
+    from ddpo.cli_train import setup_train, train_and_report
+
+    seed = args.worker
+    setup = setup_train(parse_train_args(_flags(args, seed)))
+    trainer = setup.trainer
+    start = time.perf_counter()
+    before = trainer.evaluate()
+    before_s = time.perf_counter() - start
+    train_and_report(setup)
+    config = trainer.config
+    samples_per_epoch = config.sample_batch_size * config.sample_num_batches_per_epoch
+    rows = [json.loads(line) for line in (Path(trainer.output_dir) / "metrics.jsonl").open()]
+    points = [{"epoch": 0, "samples": 0, "train_s": 0.0, **before}]
+    train_s = 0.0
+    for row in rows:
+        train_s += row["time_epoch_s"] - row.get("time_eval_s", 0.0)
+        if "eval/reward" in row:
+            evaluated = {k: v for k, v in row.items() if k.startswith("eval/")}
+            point = {"epoch": row["epoch"] + 1, "train_s": train_s, **evaluated}
+            points.append({**point, "samples": (row["epoch"] + 1) * samples_per_epoch})
+    train_rewards = [row["reward_mean"] for row in rows]
+    result = {"seed": seed, "points": points, "train_reward_mean": train_rewards}
+    result["eval_before_s"] = before_s
+    (Path(args.out) / f"seed{seed}.json").write_text(json.dumps(result, indent=1))
+
+
+def _run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", str(seed), "--out", args.out]
+    cmd += ["--epochs", str(args.epochs), "--eval-every", str(args.eval_every)]
+    cmd += ["--eval-prompts", str(args.eval_prompts), "--eval-steps", str(args.eval_steps)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = Path(args.out) / f"seed{seed}.log"
+    with log.open("w") as handle:
+        done = subprocess.run(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"seed {seed} failed (exit {done.returncode}); see {log}")
+    result: dict[str, Any] = json.loads((Path(args.out) / f"seed{seed}.json").read_text())
+    return result
+
+
+def _t_interval(values: list[float]) -> tuple[float, float, float]:
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    half = T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per seed, the change of each metric from before training to the last evaluation, whether
+    it exceeds the last evaluation's own interval; across seeds, the mean change with a t
+    interval over the seeds."""
+    summary: dict[str, Any] = {"per_seed": [], "across_seeds": {}}
+    for run in runs:
+        first, last = run["points"][0], run["points"][-1]
+        entry: dict[str, Any] = {"seed": run["seed"]}
+        for metric in METRICS:
+            change = last[metric] - first[metric]
+            half = (last[f"{metric}_high"] - last[f"{metric}_low"]) / 2
+            entry[metric] = {
+                "before": first[metric], "after": last[metric], "change": change,
+                "after_half_width": half, "beyond_interval": abs(change) > half,
+            }  # fmt: skip
+        summary["per_seed"].append(entry)
+    for metric in METRICS:
+        changes = [entry[metric]["change"] for entry in summary["per_seed"]]
+        mean, low, high = _t_interval(changes)
+        summary["across_seeds"][metric] = {
+            "mean_change": mean, "low": low, "high": high,
+            "exceeds_seed_spread": len(changes) > 1 and (low > 0 or high < 0),
+        }  # fmt: skip
+    return summary
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> None:
+    """Two panels: held-out accuracy against samples drawn, held-out reward against training
+    seconds; a line per seed, with the interval of each evaluation as a bar."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width, height, margin = 520, 360, 48
+    image = Image.new("RGB", (2 * width, height), "white")
+    draw = ImageDraw.Draw(image)
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    panels = (("samples", "eval/reward/accuracy"), ("train_s", "eval/reward"))
+    for index, (x_key, y_key) in enumerate(panels):
+        left = index * width
+        xs = [p[x_key] for run in runs for p in run["points"]]
+        lows = [p[f"{y_key}_low"] for run in runs for p in run["points"]]
+        highs = [p[f"{y_key}_high"] for run in runs for p in run["points"]]
+        x0, x1 = 0.0, max(xs) or 1.0
+        y0, y1 = min(lows), max(highs)
+        y0, y1 = (y0 - 0.05, y1 + 0.05) if y1 - y0 < 1e-9 else (y0, y1)
+
+        def px(x: float, y: float, left: int = left, x0: float = x0, x1: float = x1,
+               y0: float = y0, y1: float = y1) -> tuple[float, float]:  # fmt: skip
+            u = left + margin + (width - 2 * margin) * (x - x0) / (x1 - x0)
+            v = height - margin - (height - 2 * margin) * (y - y0) / (y1 - y0)
+            return u, v
+
+        (a, b), (c, d) = px(x0, y0), px(x1, y1)
+        draw.rectangle([a, d, c, b], outline="black")  # PIL wants the top-left corner first
+        draw.text((left + margin, 8), f"held-out {y_key.split('/')[-1]} vs {x_key}", "black", font)
+        draw.text((left + margin, height - margin + 6), f"{x0:g}", "black", font)
+        draw.text((left + width - margin - 40, height - margin + 6), f"{x1:g}", "black", font)
+        draw.text((left + 4, height - margin - 10), f"{y0:.3f}", "black", font)
+        draw.text((left + 4, margin - 4), f"{y1:.3f}", "black", font)
+        for number, run in enumerate(runs):
+            colour = colours[number % len(colours)]
+            line = [px(p[x_key], p[y_key]) for p in run["points"]]
+            draw.line(line, fill=colour, width=2)
+            for p in run["points"]:
+                top, bottom = px(p[x_key], p[f"{y_key}_high"]), px(p[x_key], p[f"{y_key}_low"])
+                draw.line([top, bottom], fill=colour, width=1)
+            draw.text((left + width - margin - 60, margin + 12 * number), f"seed {run['seed']}",
+                      colour, font)  # fmt: skip
+    image.save(path)
+
+
+def table(summary: dict[str, Any]) -> str:
+    lines = ["metric | seed | before | after | change | after's 95 % half-width | beyond it"]
+    for entry in summary["per_seed"]:
+        for metric in METRICS:
+            m = entry[metric]
+            lines.append(
+                f"{metric} | {entry['seed']} | {m['before']:.4f} | {m['after']:.4f} | "
+                f"{m['change']:+.4f} | {m['after_half_width']:.4f} | {m['beyond_interval']}"
+            )
+    for metric, m in summary["across_seeds"].items():
+        lines.append(
+            f"{metric} | mean over seeds | | | {m['mean_change']:+.4f} "
+            f"[{m['low']:+.4f}, {m['high']:+.4f}] | | exceeds the seed spread: "
+            f"{m['exceeds_seed_spread']}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=18, help="the default preset's 18")
+    parser.add_argument("--eval-every", type=int, default=3, help="epochs between evaluations")
+    parser.add_argument("--eval-prompts", type=int, default=48, help="held-out prompts")
+    parser.add_argument("--eval-steps", type=int, default=0, help="0: the training steps")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once (1 thread each)")
+    parser.add_argument("--out", default="benchmarks/out/learning")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        worker(args)
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    taken = [out / f"seed{s}" for s in args.seeds if (out / f"seed{s}").exists()]
+    if taken:
+        parser.error(f"--out {out} already holds {[str(t) for t in taken]}; choose another")
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        runs = list(pool.map(lambda seed: _run_seed(args, seed), args.seeds))
+    summary = summarize(runs)
+    settings = {k: v for k, v in vars(args).items() if k != "worker"}
+    result = {"settings": settings, "runs": runs, "summary": summary}
+    (out / "learning.json").write_text(json.dumps(result, indent=1))
+    plot(runs, out / "learning.png")
+    print(table(summary))
+
+
+if __name__ == "__main__":
+    main()
