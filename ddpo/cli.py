@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ddpo.cli_eval import EvalArgs, load_evaluation, run_eval
 from ddpo.cli_sample import SampleArgs, draw_samples, load_sampler, run_sample
@@ -102,7 +102,7 @@ _CHECKED_STRUCTS: tuple[type, ...] = (DDPOConfig, TrainArgs, SampleArgs, EvalArg
 def _tyro_registry() -> Any:
     """Let tyro parse `DDPOConfig`'s ``dict[str, Any]`` fields as JSON strings, and let the
     checks of `_CHECKED_STRUCTS` (e.g. of ``--reward``, ``--guidance_scale``) reach
-    `parse_train_args` and `_parse_sample_args` (tyro would draw them in a box)."""
+    `parse_train_args` and `_parse_flags` (tyro would draw them in a box)."""
     from tyro.constructors import (
         ConstructorRegistry,
         PrimitiveConstructorSpec,
@@ -191,25 +191,16 @@ def _preset_name(args: Sequence[str]) -> str:
     return name
 
 
-def _parse_sample_args(argv: Sequence[str]) -> SampleArgs:
-    """`SampleArgs` from flags; SystemExit as `parse_train_args`."""
+_Flags = TypeVar("_Flags", SampleArgs, EvalArgs)
+
+
+def _parse_flags(kind: type[_Flags], argv: Sequence[str], prog: str) -> _Flags:
+    """``kind`` (`SampleArgs` or `EvalArgs`) from flags; SystemExit as `parse_train_args`."""
     import tyro
 
     try:
         with _tyro_registry():
-            return tyro.cli(SampleArgs, args=list(argv), prog="ddpo sample", use_underscores=True)
-    except _ConfigError as err:
-        print(f"ddpo: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _parse_eval_args(argv: Sequence[str]) -> EvalArgs:
-    """`EvalArgs` from flags; SystemExit as `parse_train_args`."""
-    import tyro
-
-    try:
-        with _tyro_registry():
-            return tyro.cli(EvalArgs, args=list(argv), prog="ddpo eval", use_underscores=True)
+            return tyro.cli(kind, args=list(argv), prog=prog, use_underscores=True)
     except _ConfigError as err:
         print(f"ddpo: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -326,9 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "train":
             parsed = parse_train_args(rest)
         elif command == "sample":
-            parsed = _parse_sample_args(rest)
+            parsed = _parse_flags(SampleArgs, rest, "ddpo sample")
         else:
-            parsed = _parse_eval_args(rest)
+            parsed = _parse_flags(EvalArgs, rest, "ddpo eval")
     except SystemExit as stop:  # --help (0), or a flag tyro could not parse (already printed)
         return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
     with _quiet_loading(parsed.verbose):

@@ -57,20 +57,6 @@ def test_a_fine_tuned_folder_is_compared_with_its_base(
     assert "already holds a report.json" in capsys.readouterr().err
 
 
-def test_a_model_against_itself_differs_by_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out = tmp_path / "eval"
-    argv = ["eval", "--model", "ddpo-tiny-shapes", "--base", "ddpo-tiny-shapes", "--out", str(out)]
-    assert main([*argv, *FAST, "--sampler", "policy", "--grid_images", "0"]) == 0
-    report = json.loads((out / "report.json").read_text())
-    assert report["difference"]["alignment"] == {
-        "mean": 0.0, "low": 0.0, "high": 0.0, "n": 4, "significant": False
-    }  # fmt: skip
-    assert "within its interval" in capsys.readouterr().out
-    assert not (out / "grid.png").exists()
-
-
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

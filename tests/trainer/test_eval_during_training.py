@@ -72,17 +72,6 @@ def test_eval_rows_are_logged_and_training_is_unchanged_and_resumes_exactly(
     assert [_untimed(r) for r in rows_c] == [_untimed(r) for r in rows_a]
 
 
-def test_eval_every_other_epoch_with_the_policy_sampler(tmp_path: Path) -> None:
-    config = tiny_config(
-        tmp_path / "run", num_epochs=2, eval_freq=2, eval_sampler="policy",
-        eval_images_per_prompt=2, **EVAL,
-    )  # fmt: skip
-    _train(config)
-    first, second = read_metrics(tmp_path / "run")
-    assert not any(k.startswith("eval/") for k in first)
-    assert {"eval/reward", "eval/reward_low", "eval/reward_high"} <= set(second)
-
-
 @pytest.mark.parametrize(
     ("field", "value", "error", "match"),
     [

@@ -1,6 +1,7 @@
 """Argument checks and helpers every model family uses (prompts, sizes, output types, wrapped
 modules)."""
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -119,3 +120,13 @@ def unwrap(module: nn.Module) -> nn.Module:
             module = module.module
         else:
             return module
+
+
+def check_one_generator_per_prompt(prompts: Sequence[str], generators: Sequence[Any]) -> None:
+    """ValueError unless there is one generator per prompt (``deterministic_images``: image
+    ``i``'s initial noise is drawn by ``generators[i]``)."""
+    if len(generators) != len(prompts):
+        raise ValueError(
+            f"deterministic_images needs one generator per prompt, got {len(generators)} "
+            f"for {len(prompts)} prompts"
+        )

@@ -18,6 +18,7 @@ from jaxtyping import Float, Int, Real
 from torch import Tensor
 
 from ddpo._typing import Latents, PerSample
+from ddpo.adapters.common.args import check_one_generator_per_prompt
 from ddpo.adapters.common.sampling import check_schedule, schedule_rows
 from ddpo.adapters.ddim.denoiser import (
     DDIMPredictionType,
@@ -197,11 +198,7 @@ class StockDDIMImages:
     ) -> Float[Tensor, "batch 3 height width"]:
         """Images in ``[0, 1]`` of ``prompts`` by deterministic DDIM (``eta=0``), image ``i``'s
         ``x_T`` drawn by ``generators[i]``: the stock pipeline's images for those generators."""
-        if len(generators) != len(prompts):
-            raise ValueError(
-                f"deterministic_images needs one generator per prompt, got {len(generators)} "
-                f"for {len(prompts)} prompts"
-            )
+        check_one_generator_per_prompt(prompts, generators)
         size = getattr(self, "resolution", None)
         height, width = (None, None) if size is None else size
         out = self.pipeline(

@@ -17,6 +17,7 @@ from ddpo.adapters.common.args import (
     Size,
     check_call_size,
     check_grad_steps,
+    check_one_generator_per_prompt,
     check_prompts,
 )
 from ddpo.adapters.common.denoiser import check_guidance_scale, check_predict_args
@@ -310,11 +311,7 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         """Images in ``[0, 1]`` of ``prompts`` by the flow ODE everywhere (``noise_level=0``,
         the stock pipeline's sampler; `ddpo.policy.PolicyOptions`), image ``i``'s initial noise
         drawn by ``generators[i]``, at the policy's resolution."""
-        if len(generators) != len(prompts):
-            raise ValueError(
-                f"deterministic_images needs one generator per prompt, got {len(generators)} "
-                f"for {len(prompts)} prompts"
-            )
+        check_one_generator_per_prompt(prompts, generators)
         out = self(
             list(prompts),
             negative_prompt=negative_prompt,
