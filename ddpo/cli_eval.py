@@ -71,7 +71,7 @@ def check_eval_values(args: EvalArgs) -> None:
     Raises:
         ValueError: naming the flag and its value.
     """
-    from ddpo.evaluation import EVAL_PROMPT_SETS
+    from ddpo.evaluation import EVAL_PROMPT_SETS, eval_prompts
 
     for name in ("images_per_prompt", "num_inference_steps", "batch_size"):
         value = getattr(args, name)
@@ -88,6 +88,8 @@ def check_eval_values(args: EvalArgs) -> None:
             f"prompts must be one of {EVAL_PROMPT_SETS} or a text file, got {args.prompts!r} "
             "(no such file)"
         )
+    if args.prompts in EVAL_PROMPT_SETS and args.num_prompts is not None:
+        eval_prompts(args.prompts, args.num_prompts)  # ValueError naming the count and the set
     if not args.reward and args.prompts not in DEFAULT_REWARDS:
         raise ValueError(f"reward: name at least one reward for the prompt file {args.prompts!r}")
 

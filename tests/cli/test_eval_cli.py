@@ -62,6 +62,7 @@ def test_a_fine_tuned_folder_is_compared_with_its_base(
     [
         (["--prompts", "nowhere.txt"], "prompts must be one of .* or a text file, got 'nowhere"),
         (["--images_per_prompt", "0"], "images_per_prompt must be a positive int, got 0"),
+        (["--num_prompts", "500"], "num_prompts=500 is more than the 168 prompts"),
         (["--guidance_scale", "nan"], "guidance_scale must be a finite number >= 0, got nan"),
         (["--reward", "nope"], "reward must be one of"),
     ],
