@@ -23,9 +23,7 @@ on a machine whose cores are shared they are an upper bound of CPU seconds.
 
 import argparse
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -33,8 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ddpo.evaluation import mean_interval
+
 METRICS = ("eval/reward", "eval/reward/accuracy")
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
 
 
 def _flags(args: argparse.Namespace, seed: int) -> list[str]:
@@ -57,6 +56,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     from ddpo.cli import parse_train_args
     from ddpo.cli_train import setup_train, train_and_report
+    from ddpo.reporting import read_metrics
 
     seed = args.worker
     setup = setup_train(parse_train_args(_flags(args, seed)))
@@ -67,7 +67,7 @@ def worker(args: argparse.Namespace) -> None:
     train_and_report(setup)
     config = trainer.config
     samples_per_epoch = config.sample_batch_size * config.sample_num_batches_per_epoch
-    rows = [json.loads(line) for line in (Path(trainer.output_dir) / "metrics.jsonl").open()]
+    rows = read_metrics(Path(trainer.output_dir) / "metrics.jsonl")
     points = [{"epoch": 0, "samples": 0, "train_s": 0.0, **before}]
     train_s = 0.0
     for row in rows:
@@ -96,14 +96,6 @@ def _run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return result
 
 
-def _t_interval(values: list[float]) -> tuple[float, float, float]:
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, mean, mean
-    half = T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
-
-
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per seed, the change of each metric from before training to the last evaluation, whether
     it exceeds the last evaluation's own interval; across seeds, the mean change with a t
@@ -122,9 +114,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["per_seed"].append(entry)
     for metric in METRICS:
         changes = [entry[metric]["change"] for entry in summary["per_seed"]]
-        mean, low, high = _t_interval(changes)
+        interval = mean_interval(changes)  # Student's t over the seeds
+        low, high = interval.low, interval.high
         summary["across_seeds"][metric] = {
-            "mean_change": mean, "low": low, "high": high,
+            "mean_change": interval.mean, "low": low, "high": high,
             "exceeds_seed_spread": len(changes) > 1 and (low > 0 or high < 0),
         }  # fmt: skip
     return summary
