@@ -192,6 +192,7 @@ def evaluate(
 
     items = [(i, j) for i in range(len(pairs)) for j in range(images_per_prompt)]
     sums: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}  # images each column was reported for
     kept: list[Tensor] = []
     kept_rewards: list[float] = []
     first = next(iter(rewards))
@@ -226,14 +227,16 @@ def evaluate(
             columns |= {f"{name}/{k}": v for k, v in _per_image_numbers(info, len(chunk)).items()}
             for column, per_image in columns.items():
                 sums.setdefault(column, [0.0] * len(pairs))
+                counts[column] = counts.get(column, 0) + len(chunk)
                 for (i, _), value in zip(chunk, per_image, strict=True):
                     sums[column][i] += value
             if name == first and len(kept) < keep_images:
                 room = keep_images - len(kept)
                 kept.extend(images[:room])
                 kept_rewards.extend(values.tolist()[:room])
-    per_prompt = {k: [v / images_per_prompt for v in total] for k, total in sums.items()}
     # A metadata number some batches lacked would be averaged over too few images: dropped.
+    complete = {k: total for k, total in sums.items() if counts[k] == len(items)}
+    per_prompt = {k: [v / images_per_prompt for v in total] for k, total in complete.items()}
     report = EvalReport(
         prompts=[p for p, _ in pairs],
         metrics={name: mean_interval(values) for name, values in per_prompt.items()},

@@ -188,3 +188,22 @@ def test_bad_evaluate_arguments_are_refused_before_sampling(policy: Any) -> None
     with pytest.raises(ValueError, match="rewards must name at least one"):
         evaluate(policy, ["a red circle"], {})
     assert calls == []
+
+
+@pytest.mark.slow
+def test_a_metadata_number_some_batches_lack_is_left_out(policy: Any) -> None:
+    """Averaged over the images that had it, it would not be a per-prompt mean: not reported."""
+    calls: list[int] = []
+
+    def sometimes(images: torch.Tensor, prompts: Any, metadata: Any) -> tuple[Any, dict]:
+        calls.append(len(images))
+        info = {"always": [0.5] * len(images)}
+        if len(calls) == 1:
+            info["first_batch_only"] = [1.0] * len(images)
+        return images.mean(dim=(1, 2, 3)), info
+
+    report = evaluate(
+        policy, ["a red circle", "a blue square"], {"r": sometimes}, num_steps=2, batch_size=1
+    ).report
+    assert calls == [1, 1]
+    assert set(report.metrics) == {"r", "r/always"}
