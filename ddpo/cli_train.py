@@ -51,12 +51,15 @@ class TrainArgs:
     ``default``: the tiny shapes run below. ``flow_grpo_sd3``: Flow-GRPO's SD3.5 Medium run
     (`ddpo.presets.flow_grpo_sd3_preset` for the launch's process count, ``WORLD_SIZE``:
     1, 2, 4, 8 or 16; 512 px, LoRA rank 32 and alpha 64, the OCR reward on ``text_rendering``
-    prompts, 24 images per prompt)."""
+    prompts, 24 images per prompt). ``flow_grpo_tiny``: Flow-GRPO's algorithm on the packaged
+    ``ddpo-tiny-shapes-flow`` with the alignment reward, sized for a CPU
+    (`ddpo.presets.flow_grpo_tiny_preset`)."""
     ddpo_config: DDPOConfig = field(default_factory=default_preset)
     """The DDPO run (TRL's `DDPOConfig` fields); defaults: the preset's."""
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
-    """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-random``,
-    ``ddpo-tiny-sdxl-random``, ``ddpo-tiny-sd3-random``, ``ddpo-tiny-flux-random``), a local
+    """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-shapes-flow``,
+    ``ddpo-tiny-random``, ``ddpo-tiny-sdxl-random``, ``ddpo-tiny-sd3-random``,
+    ``ddpo-tiny-flux-random``), a local
     diffusers folder, or a hub id. The family is read from the folder's ``model_index.json``:
     Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), SD3/SD3.5
     (StableDiffusion3Pipeline) or FLUX.1 (FluxPipeline)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ddpo.adapters.common.sources import (
+    TINY_SHAPES_FLOW_NAME,
     TINY_SHAPES_NAME,
     read_json_object,
     register_builtin_model,
@@ -92,10 +93,12 @@ for _family in FAMILIES:
 BUILTIN_MODELS: tuple[str, ...] = (
     TINY_MODEL_NAME,
     TINY_SHAPES_NAME,
+    TINY_SHAPES_FLOW_NAME,
     *(name for family in FAMILIES[1:] for name, _ in family.builtin_models),
 )
 """Names `ddpo.adapters.resolve_pretrained` knows without a folder or a hub: the families' random
-tiny models and the trained ``ddpo-tiny-shapes`` (an SD model shipped with the package)."""
+tiny models and the trained ``ddpo-tiny-shapes`` and ``ddpo-tiny-shapes-flow`` (an SD and an SD3
+model shipped with the package)."""
 
 
 def model_family(name: str | os.PathLike[str], revision: str = "main") -> Family:

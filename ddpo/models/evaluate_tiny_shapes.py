@@ -1,8 +1,15 @@
 """Measure the tiny shapes model: held-out alignment accuracy, and a sample grid PNG.
 
-Uses stock diffusers (``StableDiffusionPipeline``) and the programmatic alignment reward::
+Uses stock diffusers (``StableDiffusionPipeline`` for ``ddpo-tiny-shapes``, DDIM;
+``StableDiffusion3Pipeline`` for ``ddpo-tiny-shapes-flow``, the flow ODE) and the programmatic
+alignment reward::
 
     python -m ddpo.models.evaluate_tiny_shapes --grid docs/tiny_shapes_samples.png
+    python -m ddpo.models.evaluate_tiny_shapes --model ddpo-tiny-shapes-flow --steps 20
+
+``--sampler policy`` draws the images with the DDPO policy's own sampler instead (the rollout a
+run trains: DDIM at ``--eta`` for ``ddpo-tiny-shapes``, Flow-GRPO's SDE at noise level 0.7 for
+``ddpo-tiny-shapes-flow``).
 
 prints a JSON report: accuracy on held-out prompts (every named attribute right), per-attribute
 accuracies, the same images scored against shuffled prompts (what a model that ignores its
@@ -10,6 +17,7 @@ prompt would get), and the analytic chance level.
 """
 
 import argparse
+import inspect
 import json
 import textwrap
 from collections.abc import Sequence
@@ -24,14 +32,23 @@ from ddpo.rewards.alignment import alignment_scores
 
 
 def load_pipeline(path: str | Path | None = None) -> Any:
-    """Load the (packaged, by default) tiny shapes model with stock diffusers, float32, CPU."""
-    from diffusers import StableDiffusionPipeline
+    """Load a tiny shapes model with stock diffusers (the pipeline class its folder names),
+    float32, CPU: ``None`` or ``"ddpo-tiny-shapes"`` (packaged), ``"ddpo-tiny-shapes-flow"``
+    (packaged) or a folder."""
+    from diffusers import DiffusionPipeline
 
-    from ddpo.models import tiny_shapes_path
+    from ddpo.models import tiny_shapes_flow_path, tiny_shapes_path
 
-    pipe = StableDiffusionPipeline.from_pretrained(
-        tiny_shapes_path() if path is None else path, torch_dtype=torch.float32
+    packaged = {
+        "ddpo-tiny-shapes": tiny_shapes_path,
+        "ddpo-tiny-shapes-flow": tiny_shapes_flow_path,
+    }
+    folder = (
+        packaged[str(path or "ddpo-tiny-shapes")]()
+        if str(path or "ddpo-tiny-shapes") in packaged
+        else path
     )
+    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -47,9 +64,16 @@ def generate(
     eta: float = 0.0,
     batch_size: int = 32,
 ) -> Tensor:
-    """Images ``(len(prompts), 3, 64, 64)`` in [0, 1] for ``prompts``, deterministic from seed."""
+    """Images ``(len(prompts), 3, 64, 64)`` in [0, 1] for ``prompts``, deterministic from seed.
+
+    ``eta`` is DDIM's (an SD pipeline's); an SD3 pipeline integrates the flow ODE, with its T5
+    prompt padded to the T5 tokenizer's ``model_max_length`` (at most diffusers' 256)."""
     if not prompts:
         raise ValueError("prompts must not be empty")
+    takes = inspect.signature(pipe.__call__).parameters
+    extra: dict[str, Any] = {"eta": eta} if "eta" in takes else {}
+    if "max_sequence_length" in takes and getattr(pipe, "tokenizer_3", None) is not None:
+        extra = {"max_sequence_length": min(256, int(pipe.tokenizer_3.model_max_length))}
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     for start in range(0, len(prompts), batch_size):
@@ -57,8 +81,8 @@ def generate(
             list(prompts[start : start + batch_size]),
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            eta=eta,
             generator=generator,
+            **extra,
             output_type="pt",
         )
         chunks.append(out.images.float().clamp(0, 1))
@@ -142,18 +166,33 @@ def save_grid(
 def main(argv: list[str] | None = None) -> None:
     """Command line: print the held-out report as JSON; optionally write a sample grid."""
     parser = argparse.ArgumentParser(description="Evaluate the tiny shapes model.")
-    parser.add_argument("--model", default=None, help="pipeline folder (default: packaged)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="ddpo-tiny-shapes (default), ddpo-tiny-shapes-flow, or a pipeline folder",
+    )
     parser.add_argument("--n", type=int, default=96, help="number of held-out prompts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--eta", type=float, default=0.0)
+    parser.add_argument(
+        "--sampler",
+        choices=("stock", "policy"),
+        default="stock",
+        help="stock diffusers' deterministic sampler, or the DDPO policy's rollout",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--grid", default=None, help="write a sample grid PNG here")
     parser.add_argument("--grid-size", type=int, default=32, help="images in the grid")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    pipe = load_pipeline(args.model)
+    if args.sampler == "policy":
+        from ddpo.adapters.families import load_policy
+
+        pipe = load_policy(args.model or "ddpo-tiny-shapes")
+    else:
+        pipe = load_pipeline(args.model)
     report, images, prompts = evaluate(
         pipe,
         n=args.n,

@@ -83,7 +83,9 @@ class TrainSettings:
     vae_from: str = ""
 
 
-def _lr_lambda(total: int, warmup: int) -> Any:
+def lr_factor(total: int, warmup: int) -> Any:
+    """``LambdaLR``'s factor: linear warm-up over ``warmup`` steps, then a cosine from 1 to 0.1."""
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -149,7 +151,7 @@ def train_vae(vae: Any, settings: TrainSettings) -> list[dict[str, int | float]]
     """Phase 1: reconstruction + KL on rendered batches; returns the logged losses."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(settings.vae_steps, settings.warmup_steps)
+        optimizer, lr_factor(settings.vae_steps, settings.warmup_steps)
     )
     data = batches(settings.vae_batch_size, seed=settings.seed * 2 + 1, split="all")
     history: list[dict[str, int | float]] = []
@@ -222,7 +224,7 @@ def train_unet(
     params = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = torch.optim.AdamW(params, lr=settings.unet_lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(settings.unet_steps, settings.warmup_steps)
+        optimizer, lr_factor(settings.unet_steps, settings.warmup_steps)
     )
     ema_unet = copy.deepcopy(unet).requires_grad_(False)
     ema_text = copy.deepcopy(text_encoder).requires_grad_(False)

@@ -1,12 +1,13 @@
 """Resolve a model name (built-in, local folder or hub id) to a local folder, with clear errors.
 
-Built-in names need no network: ``"ddpo-tiny-shapes"`` (the trained tiny model shipped with the
-package) and each family's random tiny model (``"ddpo-tiny-random"``, ``"ddpo-tiny-sdxl-random"``,
-``"ddpo-tiny-sd3-random"``, ``"ddpo-tiny-flux-random"``), which the family table registers and
-which are built on first use into the cache folder. Everything is checked
-here, before any weights are loaded.
+Built-in names need no network: ``"ddpo-tiny-shapes"`` and ``"ddpo-tiny-shapes-flow"`` (the
+trained tiny models shipped with the package, SD and SD3 architectures) and each family's random
+tiny model (``"ddpo-tiny-random"``, ``"ddpo-tiny-sdxl-random"``, ``"ddpo-tiny-sd3-random"``,
+``"ddpo-tiny-flux-random"``), which the family table registers and which are built on first use
+into the cache folder. Everything is checked here, before any weights are loaded.
 """
 
+import functools
 import json
 import os
 import re
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 TINY_SHAPES_NAME = "ddpo-tiny-shapes"
-_TINY_SHAPES_PACKAGE = "ddpo.models"  # holds the folder TINY_SHAPES_NAME (package data)
+TINY_SHAPES_FLOW_NAME = "ddpo-tiny-shapes-flow"
+_TINY_SHAPES_PACKAGE = "ddpo.models"  # holds both packaged folders (package data)
 
 _BUILTIN: dict[str, Callable[[], Path]] = {}
 """Built-in model names and the functions that give their folders (building them on first use):
@@ -47,25 +49,26 @@ SD_COMPONENTS: tuple[str, ...] = ("unet", "vae", "text_encoder", "tokenizer", "s
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
 
 
-def _tiny_shapes_path() -> Path:
+def _packaged_model_path(name: str) -> Path:
     # The packaged weights are data of the package ``ddpo.models``: located with importlib's
     # resources, never through a module that trains or evaluates them (those import adapters).
     try:
-        folder = Path(str(resources.files(_TINY_SHAPES_PACKAGE) / TINY_SHAPES_NAME))
+        folder = Path(str(resources.files(_TINY_SHAPES_PACKAGE) / name))
     except ImportError as err:
         raise FileNotFoundError(
-            f"the packaged model {TINY_SHAPES_NAME!r} is missing: the package "
+            f"the packaged model {name!r} is missing: the package "
             f"{_TINY_SHAPES_PACKAGE} cannot be imported ({err}); use another built-in model "
             "or a model folder instead"
         ) from err
     if not (folder / "model_index.json").is_file():
-        raise FileNotFoundError(
-            f"the packaged model {TINY_SHAPES_NAME!r} is missing or incomplete at {folder}"
-        )
+        raise FileNotFoundError(f"the packaged model {name!r} is missing or incomplete at {folder}")
     return folder
 
 
-register_builtin_model(TINY_SHAPES_NAME, _tiny_shapes_path)
+register_builtin_model(TINY_SHAPES_NAME, functools.partial(_packaged_model_path, TINY_SHAPES_NAME))
+register_builtin_model(
+    TINY_SHAPES_FLOW_NAME, functools.partial(_packaged_model_path, TINY_SHAPES_FLOW_NAME)
+)
 
 
 def _hub_offline() -> bool:

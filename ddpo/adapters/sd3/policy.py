@@ -54,6 +54,9 @@ SD3_LORA_TARGET_MODULES: Final[tuple[str, ...]] = (
 )
 """The joint-attention projections diffusers' SD3 LoRA training (and Flow-GRPO) adapts."""
 
+SD3_MAX_SEQUENCE_LENGTH: Final[int] = 256
+"""T5 tokens of ``StableDiffusion3Pipeline``'s default ``max_sequence_length``."""
+
 SD3_DEFAULT_MAX_SHIFT: Final[float] = 1.16
 """``max_shift`` where the scheduler's config lacks it, as ``StableDiffusion3Pipeline`` falls
 back (its dynamic shift; FLUX's pipeline falls back to 1.15)."""
@@ -96,7 +99,9 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
             num_steps - 1 - k]`` for ``"cps"``, whose last step is an ODE step).
         sde_window_range: ``(low, high)``: draw the start in ``[low, high - k]`` instead, so the
             window lies in steps ``low..high - 1`` (Flow-GRPO's ``sde_window_range``).
-        max_sequence_length: T5 tokens (256 as in diffusers).
+        max_sequence_length: T5 tokens; ``None``: 256 as in diffusers, or fewer where the T5
+            tokenizer's ``model_max_length`` is shorter (``ddpo-tiny-shapes-flow`` was trained
+            with 16; stock diffusers needs ``max_sequence_length=16`` passed for it).
         device: where to put the model (``None``: CPU).
         lora_init_seed: seed of the new adapters' initialisation (forked RNG).
 
@@ -128,7 +133,7 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         sde_window_size: int | None = None,
         sde_window_start: int | None = None,
         sde_window_range: tuple[int, int] | None = None,
-        max_sequence_length: int = 256,
+        max_sequence_length: int | None = None,
         device: str | torch.device | None = None,
         lora_init_seed: int = 0,
     ) -> None:
@@ -146,11 +151,12 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         )
         self.sde_window_size, self.sde_window_start = sde_window_size, sde_window_start
         targets = lora_target_modules(SD3_LORA_TARGET_MODULES, lora_targets)
-        if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):
+        if max_sequence_length is not None and (
+            isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int)
+        ):
             raise ValueError(f"max_sequence_length must be an int, got {max_sequence_length!r}")
-        if max_sequence_length < 1:
+        if max_sequence_length is not None and max_sequence_length < 1:
             raise ValueError(f"max_sequence_length must be >= 1, got {max_sequence_length!r}")
-        self.max_sequence_length = max_sequence_length
         size = check_size(resolution, "resolution")
         source = resolve_model_source(pretrained_model_name, pretrained_model_revision)
         transformer_config = check_sd3_folder(source.folder)
@@ -168,6 +174,10 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
             module.requires_grad_(False).eval()
         sd3.transformer.eval()
         self._sd: Any = sd3
+        if max_sequence_length is None:
+            t5_length = getattr(sd3.tokenizer_3, "model_max_length", SD3_MAX_SEQUENCE_LENGTH)
+            max_sequence_length = min(SD3_MAX_SEQUENCE_LENGTH, int(t5_length))
+        self.max_sequence_length: int = max_sequence_length
         self._weights_dtype = sd3.vae.dtype
         self.use_lora = use_lora
         self.lora_rank = int(lora_config.r)
@@ -318,5 +328,6 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
 __all__ = [
     "SD3_DEFAULT_MAX_SHIFT",
     "SD3_LORA_TARGET_MODULES",
+    "SD3_MAX_SEQUENCE_LENGTH",
     "DefaultDDPOStableDiffusion3Pipeline",
 ]
