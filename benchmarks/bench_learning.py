@@ -1,7 +1,9 @@
 """Learning benchmark: does training raise the held-out reward, against samples and seconds?
 
-Runs ``ddpo train``'s default preset (DDPO on the packaged ``ddpo-tiny-shapes``, whole UNet, the
-``alignment`` reward, a pool of 2 training prompts drawn by the seed) once per seed, each in its
+Runs a ``ddpo train`` preset once per seed: ``default`` (DDPO on the packaged
+``ddpo-tiny-shapes``, whole UNet) or ``flow_grpo_tiny`` (Flow-GRPO on the packaged
+``ddpo-tiny-shapes-flow``, LoRA; ``--flag=--sde_window_size=2`` for its stochastic window), both
+with the ``alignment`` reward on a pool of 2 training prompts drawn by the seed, each in its
 own process with one thread, with held-out evaluation during training
 (``DDPOConfig.eval_freq``): the ``shapes_heldout`` captions, which the run never trains on,
 scored with the run's reward (``eval/reward``, and the share of images with every attribute
@@ -10,12 +12,15 @@ evaluated before its first epoch. Nothing is chosen per seed: every seed draws i
 training pool and its own held-out prompts (in an order seeded by it).
 
 Writes ``learning.json`` (every evaluation of every seed: epoch, samples drawn, training
-seconds, the means and intervals), ``learning.png`` (held-out accuracy against samples drawn and
-held-out reward against training seconds, a line per seed) and prints a table: per seed the
+seconds, the means and intervals), ``learning.png`` (held-out accuracy and reward against
+samples drawn and against training seconds, a line per seed) and prints a table: per seed the
 change from before training to the end, and across seeds the mean change with a t interval over
 the seeds (does the change exceed the seed-to-seed spread?).
 
     python benchmarks/bench_learning.py --seeds 0 1 2 --out benchmarks/out/learning
+    python benchmarks/bench_learning.py --preset flow_grpo_tiny --out benchmarks/out/flow
+    python benchmarks/bench_learning.py --preset flow_grpo_tiny --flag=--sde_window_size=2 \
+        --out benchmarks/out/flow_window
 
 Training seconds are the epochs' wall time less their evaluation, with one thread per run:
 on a machine whose cores are shared they are an upper bound of CPU seconds.
@@ -38,6 +43,8 @@ METRICS = ("eval/reward", "eval/reward/accuracy")
 
 def _flags(args: argparse.Namespace, seed: int) -> list[str]:
     return [
+        f"--preset={args.preset}",
+        *args.flag,
         f"--ddpo_config.seed={seed}",
         f"--ddpo_config.output_dir={Path(args.out) / f'seed{seed}'}",
         f"--ddpo_config.num_epochs={args.epochs}",
@@ -86,6 +93,7 @@ def _run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--worker", str(seed), "--out", args.out]
     cmd += ["--epochs", str(args.epochs), "--eval-every", str(args.eval_every)]
     cmd += ["--eval-prompts", str(args.eval_prompts), "--eval-steps", str(args.eval_steps)]
+    cmd += ["--preset", args.preset, *(f"--flag={flag}" for flag in args.flag)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     log = Path(args.out) / f"seed{seed}.log"
     with log.open("w") as handle:
@@ -124,18 +132,20 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    """Two panels: held-out accuracy against samples drawn, held-out reward against training
-    seconds; a line per seed, with the interval of each evaluation as a bar."""
+    """Four panels: held-out accuracy and reward (rows) against samples drawn and training
+    seconds (columns); a line per seed, with the interval of each evaluation as a bar."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
     width, height, margin = 520, 360, 48
-    image = Image.new("RGB", (2 * width, height), "white")
+    image = Image.new("RGB", (2 * width, 2 * height), "white")
     draw = ImageDraw.Draw(image)
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    panels = (("samples", "eval/reward/accuracy"), ("train_s", "eval/reward"))
+    panels = [
+        (x, y) for y in ("eval/reward/accuracy", "eval/reward") for x in ("samples", "train_s")
+    ]
     for index, (x_key, y_key) in enumerate(panels):
-        left = index * width
+        left, top = (index % 2) * width, (index // 2) * height
         xs = [p[x_key] for run in runs for p in run["points"]]
         lows = [p[f"{y_key}_low"] for run in runs for p in run["points"]]
         highs = [p[f"{y_key}_high"] for run in runs for p in run["points"]]
@@ -143,28 +153,30 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
         y0, y1 = min(lows), max(highs)
         y0, y1 = (y0 - 0.05, y1 + 0.05) if y1 - y0 < 1e-9 else (y0, y1)
 
-        def px(x: float, y: float, left: int = left, x0: float = x0, x1: float = x1,
-               y0: float = y0, y1: float = y1) -> tuple[float, float]:  # fmt: skip
+        def px(x: float, y: float, left: int = left, top: int = top, x0: float = x0,
+               x1: float = x1, y0: float = y0, y1: float = y1) -> tuple[float, float]:  # fmt: skip
             u = left + margin + (width - 2 * margin) * (x - x0) / (x1 - x0)
-            v = height - margin - (height - 2 * margin) * (y - y0) / (y1 - y0)
+            v = top + height - margin - (height - 2 * margin) * (y - y0) / (y1 - y0)
             return u, v
 
         (a, b), (c, d) = px(x0, y0), px(x1, y1)
         draw.rectangle([a, d, c, b], outline="black")  # PIL wants the top-left corner first
-        draw.text((left + margin, 8), f"held-out {y_key.split('/')[-1]} vs {x_key}", "black", font)
-        draw.text((left + margin, height - margin + 6), f"{x0:g}", "black", font)
-        draw.text((left + width - margin - 40, height - margin + 6), f"{x1:g}", "black", font)
-        draw.text((left + 4, height - margin - 10), f"{y0:.3f}", "black", font)
-        draw.text((left + 4, margin - 4), f"{y1:.3f}", "black", font)
+        label = f"held-out {y_key.split('/')[-1]} vs {x_key}"
+        draw.text((left + margin, top + 8), label, "black", font)
+        bottom = top + height - margin + 6
+        draw.text((left + margin, bottom), f"{x0:g}", "black", font)
+        draw.text((left + width - margin - 40, bottom), f"{x1:g}", "black", font)
+        draw.text((left + 4, top + height - margin - 10), f"{y0:.3f}", "black", font)
+        draw.text((left + 4, top + margin - 4), f"{y1:.3f}", "black", font)
         for number, run in enumerate(runs):
             colour = colours[number % len(colours)]
             line = [px(p[x_key], p[y_key]) for p in run["points"]]
             draw.line(line, fill=colour, width=2)
             for p in run["points"]:
-                top, bottom = px(p[x_key], p[f"{y_key}_high"]), px(p[x_key], p[f"{y_key}_low"])
-                draw.line([top, bottom], fill=colour, width=1)
-            draw.text((left + width - margin - 60, margin + 12 * number), f"seed {run['seed']}",
-                      colour, font)  # fmt: skip
+                high, low = px(p[x_key], p[f"{y_key}_high"]), px(p[x_key], p[f"{y_key}_low"])
+                draw.line([high, low], fill=colour, width=1)
+            draw.text((left + width - margin - 60, top + margin + 12 * number),
+                      f"seed {run['seed']}", colour, font)  # fmt: skip
     image.save(path)
 
 
@@ -189,7 +201,15 @@ def table(summary: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=18, help="the default preset's 18")
+    parser.add_argument(
+        "--preset", default="default", help="ddpo train's preset: default (DDPO on "
+        "ddpo-tiny-shapes) or flow_grpo_tiny (Flow-GRPO on ddpo-tiny-shapes-flow)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--flag", action="append", default=[], help="one more ddpo train flag, as "
+        "--flag=--sde_window_size=2 (repeatable)"
+    )  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=18, help="the presets' 18")
     parser.add_argument("--eval-every", type=int, default=3, help="epochs between evaluations")
     parser.add_argument("--eval-prompts", type=int, default=48, help="held-out prompts")
     parser.add_argument("--eval-steps", type=int, default=0, help="0: the training steps")

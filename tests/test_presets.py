@@ -155,3 +155,46 @@ def test_the_flow_grpo_preset_trains_at_tiny_sizes(tmp_path: Path) -> None:
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     (metrics,) = [json.loads(line) for line in lines]
     assert metrics["global_step"] == 2 and "kl" in metrics and "num_dropped_samples" in metrics
+
+
+def test_flow_grpo_tiny_preset_is_flow_grpos_algorithm_on_the_tiny_flow_model() -> None:
+    """The tiny preset keeps every setting of Flow-GRPO's that defines the algorithm; it changes
+    only the sizes (epoch, guidance, precision, LoRA rank) for a CPU."""
+    from ddpo.presets import FLOW_GRPO_TINY_SETTINGS, flow_grpo_tiny_preset
+
+    tiny, sd3 = flow_grpo_tiny_preset(), flow_grpo_sd3_preset()
+    algorithm = ("sample_num_steps", "train_cfg", "train_num_inner_epochs", "train_learning_rate",
+                 "train_adam_weight_decay", "train_max_grad_norm", "train_adv_clip_max",
+                 "train_clip_range", "train_timestep_fraction", "train_timestep_order",
+                 "advantage_mode", "train_drop_zero_advantages", "kl_coef",
+                 "kl_convention")  # fmt: skip
+    assert {k: getattr(tiny, k) for k in algorithm} == {k: getattr(sd3, k) for k in algorithm}
+    tiny.validate(num_processes=1)
+    per_epoch = tiny.sample_batch_size * tiny.sample_num_batches_per_epoch
+    assert per_epoch // tiny.train_batch_size // tiny.train_gradient_accumulation_steps == 2
+    assert per_epoch % FLOW_GRPO_TINY_SETTINGS.prompt_repeats == 0
+    settings = FLOW_GRPO_TINY_SETTINGS
+    assert settings.pretrained_model == "ddpo-tiny-shapes-flow" and settings.noise_level == 0.7
+    assert settings.lora_alpha == 2 * settings.lora_rank  # Flow-GRPO's alpha of twice the rank
+
+
+def test_the_flow_demos_flags_parse_to_the_tiny_preset_with_a_window() -> None:
+    """``nox -s demo -- flow`` passes noxfile's FLOW_DEMO to ``ddpo train``."""
+    import ast
+
+    from ddpo.cli import parse_train_args
+    from ddpo.presets import flow_grpo_tiny_preset
+
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "noxfile.py").read_text())
+    flags = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "FLOW_DEMO"
+    )
+    args = parse_train_args([*flags, "--ddpo_config.output_dir=/tmp/x"])
+    assert args.preset == "flow_grpo_tiny" and args.sde_window_size == 2
+    assert args.pretrained_model == "ddpo-tiny-shapes-flow"
+    expected = dataclasses.replace(
+        flow_grpo_tiny_preset(), log_with=None, save_freq=0, output_dir="/tmp/x"
+    )
+    assert args.ddpo_config == expected

@@ -57,5 +57,5 @@ def test_one_seed_has_no_spread_to_exceed_and_the_plot_is_written(tmp_path: Path
     assert not summary["across_seeds"]["eval/reward"]["exceeds_seed_spread"]
     bench_learning.plot(runs, tmp_path / "learning.png")
     with Image.open(tmp_path / "learning.png") as image:
-        assert image.size == (1040, 360)
+        assert image.size == (1040, 720)
         assert len(image.getcolors(maxcolors=4096) or []) > 2  # axes, lines and labels drawn
