@@ -143,7 +143,8 @@ def build_components(settings: TrainSettings, tokenizer_dir: Path) -> dict[str, 
     }
 
 
-def _log(message: str) -> None:
+def log_line(message: str) -> None:
+    """Print ``message`` with the time of day (the training scripts' progress lines)."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
@@ -175,26 +176,71 @@ def train_vae(vae: Any, settings: TrainSettings) -> list[dict[str, int | float]]
             entry = {"step": step + 1, **{k: v / settings.log_every for k, v in sums.items()}}
             history.append(entry)
             sums = dict.fromkeys(sums, 0.0)
-            _log(f"vae step {step + 1}: mse {entry['mse']:.5f} kl/elem {entry['kl']:.3f}")
+            log_line(f"vae step {step + 1}: mse {entry['mse']:.5f} kl/elem {entry['kl']:.3f}")
     vae.eval()
     return history
 
 
 @torch.no_grad()
-def encode_dataset(vae: Any, settings: TrainSettings) -> tuple[Tensor, Tensor, list[str]]:
-    """Render ``unet_data_size`` training images; return latent means, stds and captions."""
-    data = batches(256, seed=settings.seed * 2 + 2, split="train")
+def encode_images(vae: Any, size: int, seed: int) -> tuple[Tensor, Tensor, list[str]]:
+    """Render ``size`` training images from ``seed`` (batches of up to 256); their VAE latent
+    means, stds and captions."""
+    data = batches(min(256, size), seed=seed, split="train")
     means: list[Tensor] = []
     stds: list[Tensor] = []
     captions: list[str] = []
-    while sum(len(m) for m in means) < settings.unet_data_size:
+    while sum(len(m) for m in means) < size:
         images, texts, _ = next(data)
         posterior = vae.encode(images * 2 - 1).latent_dist
         means.append(posterior.mean)
         stds.append(posterior.std)
         captions += texts
-    n = settings.unet_data_size
-    return torch.cat(means)[:n], torch.cat(stds)[:n], captions[:n]
+    return torch.cat(means)[:size], torch.cat(stds)[:size], captions[:size]
+
+
+def ema_update(pairs: Any, decay: float) -> None:
+    """``ema <- decay ema + (1 - decay) model`` for each ``(model, ema)`` module pair."""
+    with torch.no_grad():
+        for model, ema in pairs:
+            for p, q in zip(model.parameters(), ema.parameters(), strict=True):
+                q.lerp_(p, 1 - decay)
+
+
+def write_training_log(
+    out: Path, log: dict[str, Any], init_from: str, total_seconds: float
+) -> None:
+    """Write ``training_log.json``; a run that continues ``init_from`` keeps that run's log
+    under ``init_log`` and adds the wall time of both as ``all_phases``."""
+    if init_from:
+        source_log = Path(init_from) / "training_log.json"
+        if source_log.is_file():
+            previous = json.loads(source_log.read_text())
+            log["init_log"] = previous
+            earlier = previous.get("wall_seconds", {})
+            log["wall_seconds"]["all_phases"] = total_seconds + earlier.get(
+                "all_phases", earlier.get("total", 0.0)
+            )
+    (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
+    log_line(f"saved to {out} after {total_seconds / 60:.1f} min")
+
+
+def parse_settings(settings_class: Any, argv: list[str] | None, description: str | None) -> Any:
+    """``(settings, out)`` from the command line: ``--out`` and a flag per settings field
+    (``--field-name``; tuples take several ints, booleans ``--x``/``--no-x``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--out", required=True, help="output folder for the pipeline")
+    for field, value in asdict(settings_class()).items():
+        flag = "--" + field.replace("_", "-")
+        if isinstance(value, tuple):
+            parser.add_argument(flag, type=int, nargs="+", default=list(value))
+        elif isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+    args = vars(parser.parse_args(argv))
+    out = args.pop("out")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    return settings_class(**fields), out
 
 
 def train_unet(
@@ -204,14 +250,14 @@ def train_unet(
     vae, unet = components["vae"], components["unet"]
     text_encoder, tokenizer = components["text_encoder"], components["tokenizer"]
     noise_scheduler = components["noise_scheduler"]
-    _log("encoding the UNet training set")
-    means, stds, captions = encode_dataset(vae, settings)
+    log_line("encoding the UNet training set")
+    means, stds, captions = encode_images(vae, settings.unet_data_size, settings.seed * 2 + 2)
     if settings.init_from or settings.vae_from:
         scaling_factor = float(vae.config.scaling_factor)
     else:
         scaling_factor = float(1.0 / (means + stds * torch.randn_like(stds)).std())
         vae.register_to_config(scaling_factor=scaling_factor)
-    _log(f"latents {tuple(means.shape)}, scaling_factor {scaling_factor:.4f}")
+    log_line(f"latents {tuple(means.shape)}, scaling_factor {scaling_factor:.4f}")
     ids = tokenizer(
         [*captions, ""],
         padding="max_length",
@@ -268,19 +314,16 @@ def train_unet(
         optimizer.step()
         schedule.step()
         decay = min(settings.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
-                for p, q in zip(model.parameters(), ema.parameters(), strict=True):
-                    q.lerp_(p, 1 - decay)
+        ema_update(((unet, ema_unet), (text_encoder, ema_text)), decay)
         running += float(loss.detach())
         if (step + 1) % settings.log_every == 0:
             history.append({"step": step + 1, "mse": running / settings.log_every})
             running = 0.0
-            _log(f"unet step {step + 1}: mse {history[-1]['mse']:.4f}")
+            log_line(f"unet step {step + 1}: mse {history[-1]['mse']:.4f}")
         if out is not None and settings.save_every > 0 and (step + 1) % settings.save_every == 0:
             folder = out / "checkpoints" / f"step-{step + 1}"
             save_pipeline({**components, "unet": ema_unet, "text_encoder": ema_text}, folder)
-            _log(f"saved the EMA pipeline at step {step + 1} to {folder}")
+            log_line(f"saved the EMA pipeline at step {step + 1} to {folder}")
     components["text_encoder"] = ema_text.eval()
     return ema_unet.eval(), history
 
@@ -325,7 +368,7 @@ def train(settings: TrainSettings, out: str | Path) -> Path:
         k: sum(p.numel() for p in components[k].parameters())
         for k in ("vae", "unet", "text_encoder")
     }
-    _log(f"parameters: {counts}")
+    log_line(f"parameters: {counts}")
     torch.manual_seed(settings.seed + 1)  # the global RNG draws the VAE's posterior samples
     reuse_vae = bool(settings.init_from or settings.vae_from)
     vae_history = [] if reuse_vae else train_vae(components["vae"], settings)
@@ -343,38 +386,15 @@ def train(settings: TrainSettings, out: str | Path) -> Path:
         "wall_seconds": {"vae": vae_seconds, "total": total_seconds},
         "torch_version": torch.__version__,
     }
-    if settings.init_from:
-        # keep the history of the run this one continues (its settings, losses and times)
-        source_log = Path(settings.init_from) / "training_log.json"
-        if source_log.is_file():
-            previous = json.loads(source_log.read_text())
-            log["init_log"] = previous
-            earlier = previous.get("wall_seconds", {})
-            log["wall_seconds"]["all_phases"] = total_seconds + earlier.get(
-                "all_phases", earlier.get("total", 0.0)
-            )
-    (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-    _log(f"saved to {out} after {total_seconds / 60:.1f} min")
+    write_training_log(out, log, settings.init_from, total_seconds)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m ddpo.models.train_tiny_shapes --out DIR [--seed 0 ...]``."""
-    defaults = TrainSettings()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--out", required=True, help="output folder for the pipeline")
-    for field, value in asdict(defaults).items():
-        flag = "--" + field.replace("_", "-")
-        if isinstance(value, tuple):
-            parser.add_argument(flag, type=int, nargs="+", default=list(value))
-        elif isinstance(value, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
-        else:
-            parser.add_argument(flag, type=type(value), default=value)
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
-    train(TrainSettings(**fields), out)
+    description = __doc__.split("\n")[0] if __doc__ else None
+    settings, out = parse_settings(TrainSettings, argv, description)
+    train(settings, out)
 
 
 if __name__ == "__main__":

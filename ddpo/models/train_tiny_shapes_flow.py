@@ -18,9 +18,7 @@ DDPO policy reads; with stock diffusers pass ``max_sequence_length=16``::
     python -m ddpo.models.train_tiny_shapes_flow --out /tmp/tiny-shapes-flow --seed 0
 """
 
-import argparse
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,8 +30,15 @@ from torch import Tensor
 
 from ddpo.adapters.common.tiny import tiny_t5_config, tiny_t5_tokenizer
 from ddpo.adapters.common.tokenizer import write_clip_tokenizer
-from ddpo.data.shapes import batches, vocabulary
-from ddpo.models.train_tiny_shapes import lr_factor
+from ddpo.data.shapes import vocabulary
+from ddpo.models.train_tiny_shapes import (
+    ema_update,
+    encode_images,
+    log_line,
+    lr_factor,
+    parse_settings,
+    write_training_log,
+)
 
 
 @dataclass(frozen=True)
@@ -71,25 +76,16 @@ class FlowTrainSettings:
     init_from: str = ""
 
 
-def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def _clip_config(settings: FlowTrainSettings, tokenizer: Any) -> Any:
-    from transformers import CLIPTextConfig
+    from ddpo.adapters.sd3.tiny import tiny_clip_config
 
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=settings.clip_dim,
-        intermediate_size=4 * settings.clip_dim,
-        num_hidden_layers=settings.clip_layers,
-        num_attention_heads=2,
-        max_position_embeddings=settings.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    return tiny_clip_config(
+        tokenizer,
+        width=settings.clip_dim,
         projection_dim=settings.clip_dim,
-        hidden_act="gelu",
+        max_positions=settings.model_max_length,
+        layers=settings.clip_layers,
+        mlp_ratio=4,
     )
 
 
@@ -172,22 +168,6 @@ def encode(components: dict[str, Any], ids: tuple[Tensor, Tensor, Tensor]) -> tu
     return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
 
 
-@torch.no_grad()
-def encode_images(vae: Any, size: int, seed: int) -> tuple[Tensor, Tensor, list[str]]:
-    """Render ``size`` training images (seeded); their VAE latent means, stds and captions."""
-    data = batches(min(256, size), seed=seed, split="train")
-    means: list[Tensor] = []
-    stds: list[Tensor] = []
-    captions: list[str] = []
-    while sum(len(m) for m in means) < size:
-        images, texts, _ = next(data)
-        posterior = vae.encode(images * 2 - 1).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
-        captions += texts
-    return torch.cat(means)[:size], torch.cat(stds)[:size], captions[:size]
-
-
 def shifted_sigmas(u: Tensor, shift: float) -> Tensor:
     """``FlowMatchEulerDiscreteScheduler``'s static shift of the noise levels ``u`` in (0, 1)."""
     return shift * u / (1 + (shift - 1) * u)
@@ -229,7 +209,7 @@ def train_flow(
     """The rectified-flow MSE for the transformer and the three text encoders; the EMA weights
     replace the trained ones in ``components``. Returns the logged losses."""
     vae = components["vae"]
-    _log("encoding the training set")
+    log_line("encoding the training set")
     means, stds, captions = encode_images(vae, settings.data_size, settings.seed * 2 + 2)
     if settings.init_from:
         shift_factor = float(vae.config.shift_factor)
@@ -239,7 +219,9 @@ def train_flow(
         shift_factor = float(sample.mean())
         scaling_factor = float(1.0 / (sample - shift_factor).std())
         vae.register_to_config(shift_factor=shift_factor, scaling_factor=scaling_factor)
-    _log(f"latents {tuple(means.shape)}, shift {shift_factor:.4f}, scaling {scaling_factor:.4f}")
+    log_line(
+        f"latents {tuple(means.shape)}, shift {shift_factor:.4f}, scaling {scaling_factor:.4f}"
+    )
     caption_ids = tokenize(components, [*captions, ""])
     empty_ids = [ids[-1] for ids in caption_ids]
     caption_ids = tuple(ids[:-1] for ids in caption_ids)  # type: ignore[assignment]
@@ -296,20 +278,16 @@ def train_flow(
         optimizer.step()
         schedule.step()
         decay = min(settings.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for name in trained:
-                live = components[name].parameters()
-                for p, q in zip(live, emas[name].parameters(), strict=True):
-                    q.lerp_(p, 1 - decay)
+        ema_update(((components[name], emas[name]) for name in trained), decay)
         running += float(loss.detach())
         if (step + 1) % settings.log_every == 0:
             history.append({"step": step + 1, "mse": running / settings.log_every})
             running = 0.0
-            _log(f"step {step + 1}: mse {history[-1]['mse']:.4f}")
+            log_line(f"step {step + 1}: mse {history[-1]['mse']:.4f}")
         if out is not None and settings.save_every > 0 and (step + 1) % settings.save_every == 0:
             folder = out / "checkpoints" / f"step-{step + 1}"
             save_flow_pipeline({**components, **emas}, folder)
-            _log(f"saved the EMA pipeline at step {step + 1} to {folder}")
+            log_line(f"saved the EMA pipeline at step {step + 1} to {folder}")
     for name in trained:
         components[name] = emas[name].eval()
     return history
@@ -346,7 +324,7 @@ def train(settings: FlowTrainSettings, out: str | Path) -> Path:
         name: sum(p.numel() for p in components[name].parameters())
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
     }
-    _log(f"parameters: {counts}")
+    log_line(f"parameters: {counts}")
     torch.manual_seed(settings.seed + 1)  # the global RNG draws the latent normalisation sample
     history = train_flow(components, settings, out)
     total_seconds = time.perf_counter() - start
@@ -360,30 +338,15 @@ def train(settings: FlowTrainSettings, out: str | Path) -> Path:
         "wall_seconds": {"total": total_seconds},
         "torch_version": torch.__version__,
     }
-    if settings.init_from:
-        source_log = Path(settings.init_from) / "training_log.json"
-        if source_log.is_file():
-            previous = json.loads(source_log.read_text())
-            log["init_log"] = previous
-            earlier = previous.get("wall_seconds", {})
-            log["wall_seconds"]["all_phases"] = total_seconds + earlier.get(
-                "all_phases", earlier.get("total", 0.0)
-            )
-    (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
-    _log(f"saved to {out} after {total_seconds / 60:.1f} min")
+    write_training_log(out, log, settings.init_from, total_seconds)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: ``python -m ddpo.models.train_tiny_shapes_flow --out DIR [--seed 0 ...]``."""
-    defaults = FlowTrainSettings()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--out", required=True, help="output folder for the pipeline")
-    for field, value in asdict(defaults).items():
-        parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
-    args = vars(parser.parse_args(argv))
-    out = args.pop("out")
-    train(FlowTrainSettings(**args), out)
+    description = __doc__.split("\n")[0] if __doc__ else None
+    settings, out = parse_settings(FlowTrainSettings, argv, description)
+    train(settings, out)
 
 
 if __name__ == "__main__":

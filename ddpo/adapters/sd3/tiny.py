@@ -124,19 +124,38 @@ def tiny_sd3_vae(config: TinySD3Config) -> Any:
     )
 
 
-def _clip_config(config: TinySD3Config, tokenizer: Any) -> CLIPTextConfig:
+def tiny_clip_config(
+    tokenizer: Any,
+    *,
+    width: int,
+    projection_dim: int,
+    max_positions: int,
+    layers: int = 2,
+    mlp_ratio: int = 2,
+) -> CLIPTextConfig:
+    """A 2-head ``CLIPTextConfig`` of ``width`` over ``tokenizer``'s vocabulary (SD3's encoders
+    are ``CLIPTextModelWithProjection``; ``projection_dim`` is the pooled width)."""
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=config.clip_dim,
-        intermediate_size=2 * config.clip_dim,
-        num_hidden_layers=2,
+        hidden_size=width,
+        intermediate_size=mlp_ratio * width,
+        num_hidden_layers=layers,
         num_attention_heads=2,
-        max_position_embeddings=config.max_prompt_tokens,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        projection_dim=config.clip_projection_dim,
+        projection_dim=projection_dim,
         hidden_act="gelu",
+    )
+
+
+def _clip_config(config: TinySD3Config, tokenizer: Any) -> CLIPTextConfig:
+    return tiny_clip_config(
+        tokenizer,
+        width=config.clip_dim,
+        projection_dim=config.clip_projection_dim,
+        max_positions=config.max_prompt_tokens,
     )
 
 
@@ -199,6 +218,7 @@ __all__ = [
     "TINY_SD3_NAME",
     "TinySD3Config",
     "save_sd3_pipeline",
+    "tiny_clip_config",
     "tiny_sd3_components",
     "tiny_sd3_path",
     "tiny_sd3_transformer",
