@@ -14,7 +14,8 @@
   :func:`vp_training_target`, :func:`vp_predicted_x0` and :func:`alpha_bar_at` (DDPM/DDIM),
   :func:`flow_add_noise`, :func:`flow_velocity_target` and :func:`flow_predicted_x0`
   (rectified flow) (``noising``);
-- training steps: :func:`subsample_timesteps` (``timesteps``).
+- training steps: :func:`subsample_timesteps` (``timesteps``);
+- weight averages: :func:`ema_decay_at` and :func:`ema_step` (``ema``).
 
 Imports only torch, jaxtyping and the standard library (``tests/test_layering.py`` enforces it).
 Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPECHECK=1``.
@@ -22,6 +23,7 @@ Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPEC
 
 from ddpo.core.advantages import clip_advantages, group_normalize_advantages, normalize_advantages
 from ddpo.core.ddim import DDIMStepOutput, PredictionType, ddim_step_with_logprob
+from ddpo.core.ema import ema_decay_at, ema_step
 from ddpo.core.flow import (
     CPSLogProbForm,
     FlowCPSStepOutput,
@@ -63,6 +65,8 @@ __all__ = [
     "classifier_free_guidance",
     "clip_advantages",
     "ddim_step_with_logprob",
+    "ema_decay_at",
+    "ema_step",
     "flow_add_noise",
     "flow_cps_step_with_logprob",
     "flow_grpo_kl",

@@ -35,6 +35,8 @@ from ddpo.trainer.config import DDPOConfig
 CHECKPOINTS_DIRNAME = "checkpoints"
 MARKER_FILENAME = "ddpo_checkpoint.json"
 WEIGHTS_FILENAME = "trainable_weights.safetensors"
+EMA_WEIGHTS_FILENAME = "ema_weights.safetensors"
+"""The EMA of the trainable weights (``DDPOConfig.ema_decay``), by the same names."""
 TRACKER_FILENAME = "per_prompt_stats.json"
 PROMPT_RNG_PREFIX = "prompt_rng_"
 TMP_PREFIX = ".tmp-"

@@ -273,6 +273,28 @@ class DDPOConfig:
     """Sampling steps of an evaluation (0: ``sample_num_steps``); guidance is
     ``sample_guidance_scale``, the batch ``sample_batch_size``."""
 
+    # ----------------------------------------------------------------------------------------
+    # An exponential moving average of the trained weights (Flow-GRPO's ``train.ema``)
+    ema_decay: float = 0.0
+    """Keep an EMA of the trained weights with this decay (0: none; Flow-GRPO uses 0.9 every 8
+    steps). After optimizer step ``s`` (counted from 1), when ``s`` is a multiple of
+    ``ema_update_every``, ``ema <- d ema + (1 - d) weights`` with ``d = min((1 + s) / (10 + s),
+    ema_decay)`` (`ddpo.core.ema_decay_at`: diffusers' and Flow-GRPO's warm-up). The EMA
+    weights are what held-out evaluation (``eval_freq``) scores, checkpoints save them (resume
+    is exact), and with ``ema_save_final`` the run also writes them as ``final_ema/``. Sampling
+    and training use the trained weights."""
+    ema_update_every: int = 1
+    """Update the EMA after every this many optimizer steps (Flow-GRPO: 8)."""
+    ema_convention: Literal["step", "flow_grpo"] = "step"
+    """When the EMA updates. ``step``: once per optimizer step, as above. ``flow_grpo``:
+    Flow-GRPO's ``train_sd3.py``, which steps its EMA after every training micro-batch with the
+    optimizer steps taken so far, ``s``, and updates when ``(s + 1) % ema_update_every == 0``
+    (the same decay), so with gradient accumulation it updates once per micro-batch of those
+    steps (e.g. 8 times in a row with 8 accumulated micro-batches)."""
+    ema_save_final: bool = True
+    """With ``ema_decay``: besides ``final/`` (the trained weights), write ``final_ema/``, the
+    same pipeline with the EMA weights."""
+
     def __post_init__(self) -> None:
         self.validate()
 

@@ -34,6 +34,7 @@ BOOL_FIELDS: tuple[str, ...] = (
     "sample_cuda_graphs",
     "channels_last",
     "sample_same_latent",
+    "ema_save_final",
 )
 STR_FIELDS: tuple[str, ...] = (
     "exp_name",
@@ -47,7 +48,10 @@ STR_FIELDS: tuple[str, ...] = (
     "mixed_precision",
     "eval_prompt_set",
     "eval_sampler",
+    "ema_convention",
 )
+EMA_CONVENTIONS: tuple[str, ...] = ("step", "flow_grpo")
+"""`DDPOConfig.ema_convention`'s values."""
 # Accelerator arguments that come from the config's own fields.
 RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
     "log_with",
@@ -86,6 +90,7 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "eval_num_prompts",
         "eval_images_per_prompt",
         "eval_num_steps",
+        "ema_update_every",
     )
     for name in int_fields:
         value = getattr(config, name)
@@ -111,6 +116,7 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "train_clip_range",
         "train_timestep_fraction",
         "kl_coef",
+        "ema_decay",
     )
     for name in float_fields:
         value = getattr(config, name)
@@ -132,6 +138,7 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "max_workers",
         "eval_num_prompts",
         "eval_images_per_prompt",
+        "ema_update_every",
     )
     for name in positive:
         if getattr(config, name) <= 0:
@@ -158,6 +165,15 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
     for name in ("train_adam_weight_decay", "kl_coef"):
         if getattr(config, name) < 0:
             raise ValueError(f"DDPOConfig.{name} must be >= 0, got {getattr(config, name)!r}")
+    if config.ema_convention not in EMA_CONVENTIONS:
+        raise ValueError(
+            f"DDPOConfig.ema_convention must be one of {EMA_CONVENTIONS}, got "
+            f"{config.ema_convention!r}"
+        )
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(
+            f"DDPOConfig.ema_decay must be in [0, 1) (0: no EMA), got {config.ema_decay!r}"
+        )
     for name in ("train_adam_beta1", "train_adam_beta2"):
         if not 0.0 <= getattr(config, name) < 1.0:
             raise ValueError(f"DDPOConfig.{name} must be in [0, 1), got {getattr(config, name)!r}")

@@ -39,6 +39,9 @@ class Optimisation:
     optimizer: torch.optim.Optimizer
     parameters: list[torch.nn.Parameter]
     objective: Objective
+    after_micro_batch: Callable[[int, bool], None] | None = None
+    """Called after each micro-batch's terms with the global step and whether an optimizer step
+    ended it (the trainer's EMA update)."""
 
 
 def policy_gradient(config: DDPOConfig) -> PolicyGradient:
@@ -273,6 +276,8 @@ def train_inner_epoch(
                     step=global_step,
                 )
                 window = []
+        if opt.after_micro_batch is not None:
+            opt.after_micro_batch(global_step, accelerator.sync_gradients)
     return global_step, step_metrics
 
 

@@ -46,6 +46,8 @@ class RunState:
     checkpoint (``run_settings.json``) and compared on resume (`ckpt.check_resume_settings`)."""
     objective: Any = None
     """The trainer's objective: its state is saved with the callables' when it keeps one."""
+    ema: Any = None
+    """The trainer's `ddpo.trainer.ema.WeightsEMA` (``ema_decay``), saved beside the weights."""
 
 
 POLICY_SETTINGS: tuple[str, ...] = (
@@ -100,8 +102,15 @@ def save(state: RunState, epoch: int, global_step: int) -> Path:
         weights = {
             n: full_tensor(p).to("cpu", copy=True).contiguous() for n, p in state.parameters.items()
         }
+        if state.ema is not None:
+            ema_weights = {
+                n: full_tensor(p).to("cpu", copy=True).contiguous()
+                for n, p in state.ema.shadow.items()
+            }
     if accelerator.is_main_process:
         safetensors.torch.save_file(weights, str(tmp / ckpt.WEIGHTS_FILENAME))
+        if state.ema is not None:
+            safetensors.torch.save_file(ema_weights, str(tmp / ckpt.EMA_WEIGHTS_FILENAME))
         tracker_state = state.stat_tracker.state_dict() if state.stat_tracker else None
         ckpt.write_json(tmp / ckpt.TRACKER_FILENAME, tracker_state)
         ckpt.write_json(tmp / ckpt.CONFIG_FILENAME, state.config.to_dict())
@@ -147,14 +156,7 @@ def load(
     )
     # accelerate's load_state swallows any error with the RNG states: checked here first.
     ckpt.check_rng_state(info.path, accelerator.process_index)
-    weights_file = info.path / ckpt.WEIGHTS_FILENAME
-    try:
-        weights = safetensors.torch.load_file(str(weights_file))
-    except Exception as err:  # safetensors raises its own error type for a damaged header
-        raise ckpt.CheckpointError(
-            f"checkpoint file {weights_file} cannot be read ({type(err).__name__}: {err}); "
-            "resume from an earlier checkpoint"
-        ) from err
+    weights = _read_weights(info.path / ckpt.WEIGHTS_FILENAME)
     named = state.parameters
     missing = sorted(set(named) - set(weights))
     unexpected = sorted(set(weights) - set(named))
@@ -171,6 +173,8 @@ def load(
             if isinstance(param, DTensor):  # this process's shard of the full tensor
                 value = distribute_tensor(value, param.device_mesh, param.placements)
             param.copy_(value)
+    if state.ema is not None:
+        state.ema.load(_read_weights(info.path / ckpt.EMA_WEIGHTS_FILENAME))
     try:
         accelerator.load_state(str(info.path))
     except Exception as err:
@@ -190,6 +194,22 @@ def load(
         functions["objective"] = state.objective
     load_callable_states(info.path, index, functions)
     return info, prompt_rng
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file, or `ckpt.CheckpointError` naming it."""
+    if not path.is_file():
+        raise ckpt.CheckpointError(
+            f"checkpoint file {path} is missing (a run with ema_decay needs a checkpoint "
+            "that has its EMA weights); resume from another checkpoint"
+        )
+    try:
+        return safetensors.torch.load_file(str(path))
+    except Exception as err:  # safetensors raises its own error type for a damaged header
+        raise ckpt.CheckpointError(
+            f"checkpoint file {path} cannot be read ({type(err).__name__}: {err}); "
+            "resume from an earlier checkpoint"
+        ) from err
 
 
 def load_callable_states(folder: Path, process_index: int, functions: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ One epoch, in the order of the algorithm, one module per phase:
    ``save_freq`` epochs (`ddpo.trainer.run_state`).
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -36,6 +37,7 @@ from ddpo.trainer.advantages import (
 )
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import ImageSamplesHook, PromptFunction
+from ddpo.trainer.ema import WeightsEMA
 from ddpo.trainer.optimisation import (
     Optimisation,
     make_optimizer,
@@ -192,6 +194,16 @@ class DDPOTrainer:
         self.unet, self.optimizer = accelerator.prepare(sd_pipeline.denoiser, optimizer)
         # FSDP2 replaces the parameters in place (sharded DTensors): clip and save the new ones.
         self.trainable_parameters = [p for _, p in trainable_named_parameters(sd_pipeline)]
+        self.ema = (
+            WeightsEMA(
+                dict(trainable_named_parameters(sd_pipeline)),
+                config.ema_decay,
+                config.ema_update_every,
+                convention=config.ema_convention,
+            )
+            if config.ema_decay > 0
+            else None
+        )
         accelerator.register_save_state_pre_hook(run_state.skip_model_weights)
         accelerator.register_load_state_pre_hook(run_state.skip_model_loading)
 
@@ -255,6 +267,9 @@ class DDPOTrainer:
         if self.config.save_freq > 0 and self._last_saved_epoch != end and end > 0:
             self.save_checkpoint(end, global_step)
         self.save_pretrained(str(self.output_dir / "final"))
+        if self.ema is not None and self.config.ema_save_final:
+            with self._ema_weights():
+                self.save_pretrained(str(self.output_dir / "final_ema"))
         if self.config.push_to_hub:
             self.push_to_hub()
         return global_step
@@ -320,6 +335,7 @@ class DDPOTrainer:
                     self.optimizer,
                     self.trainable_parameters,
                     self.objective,
+                    after_micro_batch=self._after_micro_batch,
                 )
                 for inner_epoch in range(config.train_num_inner_epochs):
                     total = micro_batches_per_epoch(config) * self.terms
@@ -363,7 +379,7 @@ class DDPOTrainer:
         was_training = denoiser.training
         denoiser.eval()
         try:
-            with self.accelerator.autocast():
+            with self.accelerator.autocast(), self._ema_weights():
                 result = evaluate(
                     self.sd_pipeline,
                     config.eval_prompt_set,
@@ -385,6 +401,18 @@ class DDPOTrainer:
             row[f"eval/{name}_low"] = interval.low
             row[f"eval/{name}_high"] = interval.high
         return row
+
+    def _after_micro_batch(self, global_step: int, stepped: bool) -> None:
+        if self.ema is not None:
+            params = dict(trainable_named_parameters(self.sd_pipeline))
+            self.ema.after_micro_batch(params, global_step, stepped)
+
+    def _ema_weights(self) -> contextlib.AbstractContextManager[None]:
+        """The EMA weights in place of the trained ones within the block (nothing without
+        ``ema_decay``)."""
+        if self.ema is None:
+            return contextlib.nullcontext()
+        return self.ema.swapped_in(dict(trainable_named_parameters(self.sd_pipeline)))
 
     def _advantages(self, rewards_all: torch.Tensor, prompts_local: list[str]) -> torch.Tensor:
         """Advantages of the epoch's rewards (all processes) by ``advantage_mode``, clipped."""
@@ -436,6 +464,7 @@ class DDPOTrainer:
             reward_function=self.reward_function,
             settings=self.run_settings,
             objective=self.objective,
+            ema=self.ema,
         )
 
     def save_checkpoint(self, epoch: int, global_step: int) -> Path:

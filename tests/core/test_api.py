@@ -32,6 +32,8 @@ AGREED = {
     "flow_add_noise",
     "flow_velocity_target",
     "flow_predicted_x0",
+    "ema_decay_at",
+    "ema_step",
 }
 # Hyper-parameters of the agreed interfaces that must be keyword-only.
 KEYWORD_ONLY = {
@@ -53,6 +55,8 @@ KEYWORD_ONLY = {
     "subsample_timesteps": {"timestep_fraction"},
     "vp_training_target": {"prediction_type"},
     "vp_predicted_x0": {"prediction_type"},
+    "ema_decay_at": {"decay"},
+    "ema_step": {"decay"},
 }
 
 

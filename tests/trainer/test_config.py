@@ -79,6 +79,10 @@ OURS = {
     "eval_images_per_prompt": 1,
     "eval_sampler": "deterministic",
     "eval_num_steps": 0,
+    "ema_decay": 0.0,  # no EMA, as TRL had none
+    "ema_update_every": 1,
+    "ema_convention": "step",
+    "ema_save_final": True,
 }
 # Fields read by the trainer through a config method rather than directly.
 READ_VIA_PROPERTY = {
