@@ -15,7 +15,8 @@
   :func:`flow_add_noise`, :func:`flow_velocity_target` and :func:`flow_predicted_x0`
   (rectified flow) (``noising``);
 - training steps: :func:`subsample_timesteps` (``timesteps``);
-- weight averages: :func:`ema_decay_at` and :func:`ema_step` (``ema``).
+- weight averages: :func:`ema_decay_at` and :func:`ema_step` (``ema``);
+- DiffusionNFT's objective: :func:`nft_optimality` and :func:`nft_loss` (``nft``).
 
 Imports only torch, jaxtyping and the standard library (``tests/test_layering.py`` enforces it).
 Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPECHECK=1``.
@@ -33,6 +34,7 @@ from ddpo.core.flow import (
 )
 from ddpo.core.guidance import classifier_free_guidance, rescale_guidance
 from ddpo.core.kl import flow_grpo_kl, gaussian_kl
+from ddpo.core.nft import nft_loss, nft_optimality
 from ddpo.core.noising import (
     alpha_bar_at,
     flow_add_noise,
@@ -76,6 +78,8 @@ __all__ = [
     "gaussian_kl",
     "group_normalize_advantages",
     "init_per_prompt_stats",
+    "nft_loss",
+    "nft_optimality",
     "normalize_advantages",
     "ppo_clip_loss",
     "rescale_guidance",

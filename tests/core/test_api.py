@@ -34,6 +34,8 @@ AGREED = {
     "flow_predicted_x0",
     "ema_decay_at",
     "ema_step",
+    "nft_loss",
+    "nft_optimality",
 }
 # Hyper-parameters of the agreed interfaces that must be keyword-only.
 KEYWORD_ONLY = {
@@ -57,6 +59,8 @@ KEYWORD_ONLY = {
     "vp_predicted_x0": {"prediction_type"},
     "ema_decay_at": {"decay"},
     "ema_step": {"decay"},
+    "nft_loss": {"beta", "eps"},
+    "nft_optimality": {"adv_clip_max"},
 }
 
 
