@@ -16,7 +16,8 @@
   (rectified flow) (``noising``);
 - training steps: :func:`subsample_timesteps` (``timesteps``);
 - weight averages: :func:`ema_decay_at` and :func:`ema_step` (``ema``);
-- DiffusionNFT's objective: :func:`nft_optimality` and :func:`nft_loss` (``nft``).
+- DiffusionNFT's objective: :func:`nft_optimality` and :func:`nft_loss` (``nft``);
+- Diffusion-DPO's preference loss: :func:`diffusion_dpo_loss` (``dpo``).
 
 Imports only torch, jaxtyping and the standard library (``tests/test_layering.py`` enforces it).
 Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPECHECK=1``.
@@ -24,6 +25,7 @@ Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPEC
 
 from ddpo.core.advantages import clip_advantages, group_normalize_advantages, normalize_advantages
 from ddpo.core.ddim import DDIMStepOutput, PredictionType, ddim_step_with_logprob
+from ddpo.core.dpo import DPOLossOutput, diffusion_dpo_loss
 from ddpo.core.ema import ema_decay_at, ema_step
 from ddpo.core.flow import (
     CPSLogProbForm,
@@ -57,6 +59,7 @@ from ddpo.core.timesteps import subsample_timesteps
 __all__ = [
     "CPSLogProbForm",
     "DDIMStepOutput",
+    "DPOLossOutput",
     "FlowCPSStepOutput",
     "FlowSDEStepOutput",
     "PPOLossOutput",
@@ -67,6 +70,7 @@ __all__ = [
     "classifier_free_guidance",
     "clip_advantages",
     "ddim_step_with_logprob",
+    "diffusion_dpo_loss",
     "ema_decay_at",
     "ema_step",
     "flow_add_noise",

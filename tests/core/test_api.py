@@ -36,6 +36,7 @@ AGREED = {
     "ema_step",
     "nft_loss",
     "nft_optimality",
+    "diffusion_dpo_loss",
 }
 # Hyper-parameters of the agreed interfaces that must be keyword-only.
 KEYWORD_ONLY = {
@@ -61,6 +62,7 @@ KEYWORD_ONLY = {
     "ema_step": {"decay"},
     "nft_loss": {"beta", "eps"},
     "nft_optimality": {"adv_clip_max"},
+    "diffusion_dpo_loss": {"beta"},
 }
 
 

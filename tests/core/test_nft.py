@@ -18,7 +18,7 @@ def test_optimality_maps_clipped_advantages_to_the_unit_interval() -> None:
     torch.testing.assert_close(nft_optimality(advantages), expected)
     torch.testing.assert_close(nft_optimality(torch.tensor([1.0]), adv_clip_max=2.0),
                                torch.tensor([0.75]))  # fmt: skip
-    with pytest.raises(ValueError, match="adv_clip_max must be > 0, got 0.0"):
+    with pytest.raises(ValueError, match=r"adv_clip_max must be > 0, got 0\.0"):
         nft_optimality(advantages, adv_clip_max=0.0)
 
 
