@@ -17,13 +17,16 @@
 - training steps: :func:`subsample_timesteps` (``timesteps``);
 - weight averages: :func:`ema_decay_at` and :func:`ema_step` (``ema``);
 - DiffusionNFT's objective: :func:`nft_optimality` and :func:`nft_loss` (``nft``);
-- Diffusion-DPO's preference loss: :func:`diffusion_dpo_loss` (``dpo``).
+- Diffusion-DPO's preference loss: :func:`diffusion_dpo_loss` (``dpo``);
+- Advantage Weighted Matching's surrogate and regulariser: :func:`awm_log_likelihood` and
+  :func:`awm_kl_penalty` (``awm``).
 
 Imports only torch, jaxtyping and the standard library (``tests/test_layering.py`` enforces it).
 Shapes are checked at run time in the test suite, or for users with ``DDPO_TYPECHECK=1``.
 """
 
 from ddpo.core.advantages import clip_advantages, group_normalize_advantages, normalize_advantages
+from ddpo.core.awm import AWMKLWeighting, AWMWeighting, awm_kl_penalty, awm_log_likelihood
 from ddpo.core.ddim import DDIMStepOutput, PredictionType, ddim_step_with_logprob
 from ddpo.core.dpo import DPOLossOutput, diffusion_dpo_loss
 from ddpo.core.ema import ema_decay_at, ema_step
@@ -57,6 +60,8 @@ from ddpo.core.ppo import PPOLossOutput, ppo_clip_loss, score_function_loss
 from ddpo.core.timesteps import subsample_timesteps
 
 __all__ = [
+    "AWMKLWeighting",
+    "AWMWeighting",
     "CPSLogProbForm",
     "DDIMStepOutput",
     "DPOLossOutput",
@@ -67,6 +72,8 @@ __all__ = [
     "PerPromptStatTracker",
     "PredictionType",
     "alpha_bar_at",
+    "awm_kl_penalty",
+    "awm_log_likelihood",
     "classifier_free_guidance",
     "clip_advantages",
     "ddim_step_with_logprob",

@@ -37,6 +37,8 @@ AGREED = {
     "nft_loss",
     "nft_optimality",
     "diffusion_dpo_loss",
+    "awm_log_likelihood",
+    "awm_kl_penalty",
 }
 # Hyper-parameters of the agreed interfaces that must be keyword-only.
 KEYWORD_ONLY = {
@@ -63,6 +65,8 @@ KEYWORD_ONLY = {
     "nft_loss": {"beta", "eps"},
     "nft_optimality": {"adv_clip_max"},
     "diffusion_dpo_loss": {"beta"},
+    "awm_log_likelihood": {"weighting"},
+    "awm_kl_penalty": {"noise_level", "weighting"},
 }
 
 
