@@ -111,6 +111,23 @@ def cases(preset: str, device: str) -> list[Case]:
         ("flow_add_noise", lat, (sample, noise, sigmas[0]), {}),
         ("flow_velocity_target", lat, (sample, noise), {}),
         ("flow_predicted_x0", lat, (sample, model_output, sigmas[0]), {}),
+        ("ema_decay_at", "scalar", (100,), {"decay": 0.9}),
+        ("ema_step", lat, (sample, other), {"decay": 0.9}),
+        ("nft_optimality", f"{b}", (adv,), {}),
+        (
+            "nft_loss",
+            lat,
+            (sample, noise, sigmas[0], model_output, other, sigmas[1]),
+            {"beta": 1.0},
+        ),
+        (
+            "diffusion_dpo_loss",
+            f"{lat} pairs",
+            (model_output, other, sample, noise, sample, noise),
+            {"beta": 5000.0},
+        ),
+        ("awm_log_likelihood", lat, (model_output, noise, sigmas[0]), {}),
+        ("awm_kl_penalty", lat, (model_output, other, sigmas[0]), {}),
     ]
 
 
