@@ -18,6 +18,7 @@ ADVANTAGE_MODES: tuple[str, ...] = ("auto", "per_prompt", "global", "group", "gr
 MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
 LOG_WITH: tuple[str, ...] = ("tensorboard", "wandb")
 EVAL_SAMPLERS: tuple[str, ...] = ("deterministic", "policy")
+EMA_CONVENTIONS: tuple[str, ...] = ("step", "flow_grpo")
 # `ddpo.evaluation.EVAL_PROMPT_SETS` (checked equal in the tests; the config imports no torch)
 EVAL_PROMPT_SET_NAMES: tuple[str, ...] = ("shapes_heldout", "text_rendering_heldout")
 MAX_SEED = 2**32 - 1
@@ -50,8 +51,6 @@ STR_FIELDS: tuple[str, ...] = (
     "eval_sampler",
     "ema_convention",
 )
-EMA_CONVENTIONS: tuple[str, ...] = ("step", "flow_grpo")
-"""`DDPOConfig.ema_convention`'s values."""
 # Accelerator arguments that come from the config's own fields.
 RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
     "log_with",

@@ -20,7 +20,8 @@ class WeightsEMA:
     """The moving average of named parameters (shadow copies, same device and dtype).
 
     Args:
-        parameters: the trained parameters by name; the average starts at their values.
+        parameters: the trained parameters by name, kept by reference: updates read them and
+            `swapped_in` writes them; the average starts at their values.
         decay: the decay before its warm-up (`ddpo.core.ema_decay_at`), in (0, 1).
         update_every: update after every this many optimizer steps.
         convention: when to update (`after_micro_batch`): ``"step"`` (ours) or
@@ -36,11 +37,10 @@ class WeightsEMA:
         convention: str = "step",
     ) -> None:
         self.decay, self.update_every, self.convention = decay, update_every, convention
+        self.parameters = dict(parameters)
         self.shadow = {name: p.detach().clone() for name, p in parameters.items()}
 
-    def after_micro_batch(
-        self, parameters: Mapping[str, Tensor], global_step: int, stepped: bool
-    ) -> bool:
+    def after_micro_batch(self, global_step: int, stepped: bool) -> bool:
         """The update after a training micro-batch, by the convention; returns whether it
         updated.
 
@@ -54,38 +54,37 @@ class WeightsEMA:
         if self.convention == "flow_grpo":
             if (global_step + 1) % self.update_every:
                 return False
-            self._update(parameters, global_step)
+            self._update(global_step)
             return True
-        return stepped and self.update(parameters, global_step)
+        return stepped and self.update(global_step)
 
-    @torch.no_grad()
-    def update(self, parameters: Mapping[str, Tensor], step: int) -> bool:
+    def update(self, step: int) -> bool:
         """After optimizer step number ``step`` (1 for the first): when ``step`` is a multiple
-        of ``update_every``, move the average towards ``parameters`` with the decay
+        of ``update_every``, move the average towards the parameters with the decay
         ``ema_decay_at(step, decay)``. Returns whether it updated."""
         if step % self.update_every:
             return False
-        self._update(parameters, step)
+        self._update(step)
         return True
 
     @torch.no_grad()
-    def _update(self, parameters: Mapping[str, Tensor], step: int) -> None:
+    def _update(self, step: int) -> None:
         decay = ema_decay_at(step, decay=self.decay)
         for name, average in self.shadow.items():
-            average.copy_(ema_step(average, parameters[name].detach(), decay=decay))
+            average.copy_(ema_step(average, self.parameters[name].detach(), decay=decay))
 
     @contextmanager
-    def swapped_in(self, parameters: Mapping[str, Tensor]) -> Iterator[None]:
+    def swapped_in(self) -> Iterator[None]:
         """Within the block the parameters hold the average; their own values after it."""
         with torch.no_grad():
-            kept = {name: p.detach().clone() for name, p in parameters.items()}
-            for name, p in parameters.items():
+            kept = {name: p.detach().clone() for name, p in self.parameters.items()}
+            for name, p in self.parameters.items():
                 p.copy_(self.shadow[name])
         try:
             yield
         finally:
             with torch.no_grad():
-                for name, p in parameters.items():
+                for name, p in self.parameters.items():
                     p.copy_(kept[name])
 
     def load(self, weights: Mapping[str, Tensor]) -> None:

@@ -39,7 +39,7 @@ class Optimisation:
     optimizer: torch.optim.Optimizer
     parameters: list[torch.nn.Parameter]
     objective: Objective
-    after_micro_batch: Callable[[int, bool], None] | None = None
+    after_micro_batch: Callable[[int, bool], object] | None = None
     """Called after each micro-batch's terms with the global step and whether an optimizer step
     ended it (the trainer's EMA update)."""
 

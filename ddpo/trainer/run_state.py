@@ -174,7 +174,13 @@ def load(
                 value = distribute_tensor(value, param.device_mesh, param.placements)
             param.copy_(value)
     if state.ema is not None:
-        state.ema.load(_read_weights(info.path / ckpt.EMA_WEIGHTS_FILENAME))
+        ema_file = info.path / ckpt.EMA_WEIGHTS_FILENAME
+        if not ema_file.is_file():
+            raise ckpt.CheckpointError(
+                f"checkpoint file {ema_file} is missing (a run with ema_decay needs a checkpoint "
+                "that has its EMA weights); resume from another checkpoint"
+            )
+        state.ema.load(_read_weights(ema_file))
     try:
         accelerator.load_state(str(info.path))
     except Exception as err:
@@ -198,11 +204,6 @@ def load(
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """A checkpoint's safetensors file, or `ckpt.CheckpointError` naming it."""
-    if not path.is_file():
-        raise ckpt.CheckpointError(
-            f"checkpoint file {path} is missing (a run with ema_decay needs a checkpoint "
-            "that has its EMA weights); resume from another checkpoint"
-        )
     try:
         return safetensors.torch.load_file(str(path))
     except Exception as err:  # safetensors raises its own error type for a damaged header

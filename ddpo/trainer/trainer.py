@@ -335,7 +335,7 @@ class DDPOTrainer:
                     self.optimizer,
                     self.trainable_parameters,
                     self.objective,
-                    after_micro_batch=self._after_micro_batch,
+                    after_micro_batch=None if self.ema is None else self.ema.after_micro_batch,
                 )
                 for inner_epoch in range(config.train_num_inner_epochs):
                     total = micro_batches_per_epoch(config) * self.terms
@@ -402,17 +402,10 @@ class DDPOTrainer:
             row[f"eval/{name}_high"] = interval.high
         return row
 
-    def _after_micro_batch(self, global_step: int, stepped: bool) -> None:
-        if self.ema is not None:
-            params = dict(trainable_named_parameters(self.sd_pipeline))
-            self.ema.after_micro_batch(params, global_step, stepped)
-
     def _ema_weights(self) -> contextlib.AbstractContextManager[None]:
         """The EMA weights in place of the trained ones within the block (nothing without
         ``ema_decay``)."""
-        if self.ema is None:
-            return contextlib.nullcontext()
-        return self.ema.swapped_in(dict(trainable_named_parameters(self.sd_pipeline)))
+        return contextlib.nullcontext() if self.ema is None else self.ema.swapped_in()
 
     def _advantages(self, rewards_all: torch.Tensor, prompts_local: list[str]) -> torch.Tensor:
         """Advantages of the epoch's rewards (all processes) by ``advantage_mode``, clipped."""

@@ -139,17 +139,17 @@ def test_no_ema_by_default_and_bad_values_are_refused(tmp_path: Path) -> None:
 def test_the_two_conventions_update_when_they_say() -> None:
     """``step``: after optimizer steps 2, 4, ...; ``flow_grpo``: after each micro-batch whose
     step count s has (s + 1) % 2 == 0, so twice in a row with 2 accumulated micro-batches."""
-    start = {"w": torch.zeros(3)}
+    weights = {"w": torch.zeros(3)}  # the trained weights, which the EMAs read
     # (global step after the micro-batch, whether it ended with an optimizer step, weights)
     batches = [(0, False, 1.0), (1, True, 2.0), (1, False, 2.0), (2, True, 3.0), (2, False, 3.0)]
-    ours = WeightsEMA(start, 0.6, 2)
-    theirs = WeightsEMA(start, 0.6, 2, convention="flow_grpo")
+    ours = WeightsEMA(weights, 0.6, 2)
+    theirs = WeightsEMA(weights, 0.6, 2, convention="flow_grpo")
     updates: dict[str, list[int]] = {"ours": [], "theirs": []}
     for step, stepped, value in batches:
-        weights = {"w": torch.full((3,), value)}
-        if ours.after_micro_batch(weights, step, stepped):
+        weights["w"].fill_(value)
+        if ours.after_micro_batch(step, stepped):
             updates["ours"].append(step)
-        if theirs.after_micro_batch(weights, step, stepped):
+        if theirs.after_micro_batch(step, stepped):
             updates["theirs"].append(step)
     assert updates == {"ours": [2], "theirs": [1, 1]}
     d2, d1 = min(3 / 12, 0.6), min(2 / 11, 0.6)
