@@ -147,7 +147,6 @@ def run_eval(args: EvalArgs, loaded: _Loaded | None = None) -> dict[str, Any]:
     """Run ``ddpo eval``: evaluate the model (and the base), write ``report.json`` and
     ``grid.png`` into ``--out``, print the table; returns the report's JSON."""
     from ddpo.evaluation import compare, evaluate
-    from ddpo.image_grid import image_grid
 
     loaded = loaded or load_evaluation(args)
     out = Path(args.out)
@@ -177,13 +176,15 @@ def run_eval(args: EvalArgs, loaded: _Loaded | None = None) -> dict[str, Any]:
         document["difference"] = {name: d.to_json() for name, d in differences.items()}
     (out / "report.json").write_text(json.dumps(document, indent=2) + "\n")
     if args.grid_images:
-        _write_grid(results, out / "grid.png", image_grid)
+        _write_grid(results, out / "grid.png")
     print(format_table(document))
     return document
 
 
-def _write_grid(results: dict[str, Any], path: Path, image_grid: Any) -> None:
+def _write_grid(results: dict[str, Any], path: Path) -> None:
     import torch
+
+    from ddpo.image_grid import image_grid
 
     images, captions = [], []
     for role, result in results.items():

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ddpo.adapters.sd3.text import sd3_max_sequence_length
 from ddpo.data.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, Metadata, all_prompts
 from ddpo.rewards.alignment import alignment_scores
 
@@ -37,17 +38,9 @@ def load_pipeline(path: str | Path | None = None) -> Any:
     (packaged) or a folder."""
     from diffusers import DiffusionPipeline
 
-    from ddpo.models import tiny_shapes_flow_path, tiny_shapes_path
+    from ddpo.adapters import resolve_pretrained
 
-    packaged = {
-        "ddpo-tiny-shapes": tiny_shapes_path,
-        "ddpo-tiny-shapes-flow": tiny_shapes_flow_path,
-    }
-    folder = (
-        packaged[str(path or "ddpo-tiny-shapes")]()
-        if str(path or "ddpo-tiny-shapes") in packaged
-        else path
-    )
+    folder = resolve_pretrained(path or "ddpo-tiny-shapes")
     pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -73,7 +66,7 @@ def generate(
     takes = inspect.signature(pipe.__call__).parameters
     extra: dict[str, Any] = {"eta": eta} if "eta" in takes else {}
     if "max_sequence_length" in takes and getattr(pipe, "tokenizer_3", None) is not None:
-        extra = {"max_sequence_length": min(256, int(pipe.tokenizer_3.model_max_length))}
+        extra = {"max_sequence_length": sd3_max_sequence_length(pipe.tokenizer_3)}
     generator = torch.Generator().manual_seed(seed)
     chunks = []
     for start in range(0, len(prompts), batch_size):

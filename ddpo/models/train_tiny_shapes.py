@@ -39,6 +39,7 @@ from ddpo.adapters.sd.tiny import (
     tiny_unet,
     tiny_vae,
 )
+from ddpo.core import ema_decay_at
 from ddpo.data.shapes import IMAGE_SIZE, batches, vocabulary
 
 CFG_DROPOUT_DEFAULT = 0.1
@@ -313,7 +314,7 @@ def train_unet(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        decay = min(settings.ema_decay, (1 + step) / (10 + step))
+        decay = ema_decay_at(step, decay=settings.ema_decay)
         ema_update(((unet, ema_unet), (text_encoder, ema_text)), decay)
         running += float(loss.detach())
         if (step + 1) % settings.log_every == 0:

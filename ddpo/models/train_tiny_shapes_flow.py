@@ -30,6 +30,8 @@ from torch import Tensor
 
 from ddpo.adapters.common.tiny import tiny_t5_config, tiny_t5_tokenizer
 from ddpo.adapters.common.tokenizer import write_clip_tokenizer
+from ddpo.adapters.sd3.text import join_sd3_embeddings
+from ddpo.core import ema_decay_at, flow_add_noise, flow_velocity_target
 from ddpo.data.shapes import vocabulary
 from ddpo.models.train_tiny_shapes import (
     ema_update,
@@ -162,10 +164,7 @@ def encode(components: dict[str, Any], ids: tuple[Tensor, Tensor, Tensor]) -> tu
         out = components[name](token_ids, output_hidden_states=True)
         hidden.append(out.hidden_states[-2])
         pooled.append(out[0])
-    t5 = components["text_encoder_3"](ids[2])[0]
-    clip = torch.cat(hidden, dim=-1)
-    clip = F.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
-    return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
+    return join_sd3_embeddings(hidden, pooled, components["text_encoder_3"](ids[2])[0])
 
 
 def shifted_sigmas(u: Tensor, shift: float) -> Tensor:
@@ -173,15 +172,13 @@ def shifted_sigmas(u: Tensor, shift: float) -> Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
-def _load_vae(settings: FlowTrainSettings) -> Any:
+def _load_vae(folder: str) -> Any:
+    """The frozen VAE of the pipeline ``folder`` ("": the packaged ``ddpo-tiny-shapes``)."""
     from diffusers import AutoencoderKL
 
-    if settings.vae_from:
-        source = Path(settings.vae_from)
-    else:
-        from ddpo.models import tiny_shapes_path
+    from ddpo.models import tiny_shapes_path
 
-        source = tiny_shapes_path()
+    source = Path(folder) if folder else tiny_shapes_path()
     return AutoencoderKL.from_pretrained(source / "vae").requires_grad_(False).eval()
 
 
@@ -262,7 +259,7 @@ def train_flow(
             settings.logit_mean + settings.logit_std * torch.randn(b, generator=generator)
         )
         sigma = shifted_sigmas(u, settings.shift)
-        noisy = (1 - sigma[:, None, None, None]) * latents + sigma[:, None, None, None] * noise
+        noisy = flow_add_noise(latents, noise, sigma)
         embeds, pooled = encode(components, ids)  # type: ignore[arg-type]
         prediction = components["transformer"](
             hidden_states=noisy,
@@ -271,14 +268,16 @@ def train_flow(
             pooled_projections=pooled,
             return_dict=False,
         )[0]
-        loss = F.mse_loss(prediction, noise - latents)
+        loss = F.mse_loss(prediction, flow_velocity_target(latents, noise))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        decay = min(settings.ema_decay, (1 + step) / (10 + step))
-        ema_update(((components[name], emas[name]) for name in trained), decay)
+        ema_update(
+            ((components[name], emas[name]) for name in trained),
+            ema_decay_at(step, decay=settings.ema_decay),
+        )
         running += float(loss.detach())
         if (step + 1) % settings.log_every == 0:
             history.append({"step": step + 1, "mse": running / settings.log_every})
@@ -315,10 +314,10 @@ def train(settings: FlowTrainSettings, out: str | Path) -> Path:
     torch.set_num_threads(settings.threads)
     start = time.perf_counter()
     torch.manual_seed(settings.seed)
-    components = build_components(settings, out, _load_vae(settings))
+    components = build_components(settings, out, _load_vae(settings.vae_from))
     if settings.init_from:
         source = Path(settings.init_from)
-        components["vae"] = _load_vae(FlowTrainSettings(vae_from=str(source)))
+        components["vae"] = _load_vae(settings.init_from)
         _load_trained(components, source)
     counts = {
         name: sum(p.numel() for p in components[name].parameters())

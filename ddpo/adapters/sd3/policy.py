@@ -39,6 +39,11 @@ from ddpo.adapters.flow.sampling import (
     write_transformer_lora,
 )
 from ddpo.adapters.sd3.checks import check_sd3_folder, check_sd3_resolution, sd3_latent_factor
+from ddpo.adapters.sd3.text import (
+    SD3_MAX_SEQUENCE_LENGTH,
+    join_sd3_embeddings,
+    sd3_max_sequence_length,
+)
 from ddpo.core import classifier_free_guidance
 from ddpo.policy import Conditioning
 
@@ -53,9 +58,6 @@ SD3_LORA_TARGET_MODULES: Final[tuple[str, ...]] = (
     "attn.to_v",
 )
 """The joint-attention projections diffusers' SD3 LoRA training (and Flow-GRPO) adapts."""
-
-SD3_MAX_SEQUENCE_LENGTH: Final[int] = 256
-"""T5 tokens of ``StableDiffusion3Pipeline``'s default ``max_sequence_length``."""
 
 SD3_DEFAULT_MAX_SHIFT: Final[float] = 1.16
 """``max_shift`` where the scheduler's config lacks it, as ``StableDiffusion3Pipeline`` falls
@@ -151,12 +153,11 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         )
         self.sde_window_size, self.sde_window_start = sde_window_size, sde_window_start
         targets = lora_target_modules(SD3_LORA_TARGET_MODULES, lora_targets)
-        if max_sequence_length is not None and (
-            isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int)
-        ):
-            raise ValueError(f"max_sequence_length must be an int, got {max_sequence_length!r}")
-        if max_sequence_length is not None and max_sequence_length < 1:
-            raise ValueError(f"max_sequence_length must be >= 1, got {max_sequence_length!r}")
+        if max_sequence_length is not None:
+            if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):
+                raise ValueError(f"max_sequence_length must be an int, got {max_sequence_length!r}")
+            if max_sequence_length < 1:
+                raise ValueError(f"max_sequence_length must be >= 1, got {max_sequence_length!r}")
         size = check_size(resolution, "resolution")
         source = resolve_model_source(pretrained_model_name, pretrained_model_revision)
         transformer_config = check_sd3_folder(source.folder)
@@ -174,10 +175,11 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
             module.requires_grad_(False).eval()
         sd3.transformer.eval()
         self._sd: Any = sd3
-        if max_sequence_length is None:
-            t5_length = getattr(sd3.tokenizer_3, "model_max_length", SD3_MAX_SEQUENCE_LENGTH)
-            max_sequence_length = min(SD3_MAX_SEQUENCE_LENGTH, int(t5_length))
-        self.max_sequence_length: int = max_sequence_length
+        self.max_sequence_length: int = (
+            sd3_max_sequence_length(sd3.tokenizer_3)
+            if max_sequence_length is None
+            else max_sequence_length
+        )
         self._weights_dtype = sd3.vae.dtype
         self.use_lora = use_lora
         self.lora_rank = int(lora_config.r)
@@ -247,7 +249,6 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
                 out = encoder(ids.to(encoder.device), output_hidden_states=True)
             hidden.append(out.hidden_states[-2].to(sd.text_encoder.dtype))
             pooled.append(out[0])
-        clip = torch.cat(hidden, dim=-1)
         ids = sd.tokenizer_3(
             texts,
             padding="max_length",
@@ -258,9 +259,8 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         ).input_ids
         with torch.no_grad():
             t5 = sd.text_encoder_3(ids.to(sd.text_encoder_3.device))[0]
-        t5 = t5.to(dtype=sd.text_encoder_3.dtype, device=clip.device)
-        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
-        return torch.cat([clip, t5], dim=-2), torch.cat(pooled, dim=-1)
+        t5 = t5.to(dtype=sd.text_encoder_3.dtype, device=hidden[0].device)
+        return join_sd3_embeddings(hidden, pooled, t5)
 
     def encode(self, prompts: Sequence[str], negative_prompt: str) -> Conditioning:
         """``prompt_embeds``, ``pooled_prompt_embeds`` and their negatives (the negative prompt
