@@ -193,11 +193,12 @@ def _load_trained(components: dict[str, Any], source: Path) -> None:
 
 
 def save_flow_pipeline(components: dict[str, Any], folder: Path) -> None:
-    """Save the components as a ``StableDiffusion3Pipeline`` folder (safetensors)."""
+    """Save the components as a ``StableDiffusion3Pipeline`` folder (safetensors, in files of
+    at most 4 MB: diffusers' sharded layout, which stock ``from_pretrained`` reads)."""
     from diffusers import StableDiffusion3Pipeline
 
     pipeline: Any = StableDiffusion3Pipeline(**components)
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    pipeline.save_pretrained(folder, safe_serialization=True, max_shard_size="4MB")
 
 
 def train_flow(
