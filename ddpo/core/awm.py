@@ -60,9 +60,10 @@ def awm_log_likelihood(
     if weighting not in get_args(AWMWeighting):
         raise ValueError(f"weighting must be one of {get_args(AWMWeighting)}, got {weighting!r}")
     error = (velocity.double() - target.double()).pow(2).mean(dim=tuple(range(1, velocity.ndim)))
+    if weighting == "uniform":
+        return -error
     s = sigma.double()
-    weight = {"uniform": torch.ones_like(s), "sigma": s, "sigma_squared": s * s}[weighting]
-    return -weight * error
+    return -(s if weighting == "sigma" else s * s) * error
 
 
 @no_type_check  # it checks ``weighting`` and ``noise_level`` itself
