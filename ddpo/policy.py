@@ -72,6 +72,18 @@ class PolicyOptions:
             initial noise drawn by ``generators[i]``): DDIM at ``eta=0`` for the DDIM families,
             the flow ODE for the flow families, as the stock pipelines sample. ``None``: the
             policy has none (`ddpo.evaluation.evaluate` then samples with :meth:`rollout`).
+        sampling_timesteps: a method ``sampling_timesteps(num_steps) -> timesteps`` (float
+            ``(num_steps,)``, in sampling order, in the units ``predict`` takes): the timesteps a
+            rollout of ``num_steps`` steps visits, where DiffusionNFT and AWM train (both bases
+            have it). ``None``: the policy has none, and those objectives refuse it.
+        predicted_clean: a method ``predicted_clean(latents, prediction, timesteps) -> clean``:
+            the clean latents that ``predict``'s output at noisy ``latents`` implies (affine in
+            the prediction; both bases have it), which DiffusionNFT regresses. ``None``: none.
+        encode_images: a method ``encode_images(images) -> latents``, the inverse of ``decode``:
+            the final latents (those ``rollout`` ends in and ``decode`` takes, unpacked for
+            FLUX) of images, float ``(batch, 3, H, W)`` in ``[0, 1]``: the VAE's posterior mean,
+            normalised as the family's pipeline normalises (both bases have it), which
+            Diffusion-DPO trains on (`ddpo.data.preferences`). ``None``: none.
     """
 
     guidance_kind: ClassVar[GuidanceKind] = "classifier_free"
@@ -80,6 +92,9 @@ class PolicyOptions:
     uses_sample_eta: ClassVar[bool] = True
     compile_regions: ClassVar[tuple[str, ...] | None] = None
     deterministic_images: ClassVar[Any] = None
+    sampling_timesteps: ClassVar[Any] = None
+    predicted_clean: ClassVar[Any] = None
+    encode_images: ClassVar[Any] = None
 
 
 def policy_option(policy: Any, name: str) -> Any:

@@ -1,5 +1,12 @@
-"""Synthetic data sets: captioned images of coloured shapes (:mod:`ddpo.data.shapes`)."""
+"""Data sets: captioned images of coloured shapes (:mod:`ddpo.data.shapes`, synthetic) and
+Diffusion-DPO's offline preference pairs (:mod:`ddpo.data.preferences`)."""
 
+from ddpo.data.preferences import (
+    PreferenceLatents,
+    PreferencePair,
+    encode_preference_pairs,
+    read_preference_pairs,
+)
 from ddpo.data.shapes import (
     BACKGROUNDS,
     COLOURS,
@@ -25,13 +32,17 @@ __all__ = [
     "PALETTE",
     "POSITIONS",
     "SHAPES",
+    "PreferenceLatents",
+    "PreferencePair",
     "ShapesDataset",
     "all_prompts",
     "batches",
     "caption",
+    "encode_preference_pairs",
     "is_held_out",
     "parse_prompt",
     "prompt_fn",
+    "read_preference_pairs",
     "render",
     "render_batch",
     "sample_metadata",

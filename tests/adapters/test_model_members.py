@@ -1,8 +1,8 @@
 """The boundary's model members of every family (``prediction_type``, ``num_train_timesteps``,
-``predict``, ``add_noise``, ``training_target``, ``decode``), against stock diffusers on the same
-inputs: the scheduler's ``add_noise`` / ``get_velocity`` / ``scale_noise``, the denoiser called
-with the stock pipeline's ``encode_prompt`` and guidance formula, and the stock VAE decode and
-image post-processing.
+``predict``, ``add_noise``, ``training_target``, ``decode``, the optional ``encode_images``),
+against stock diffusers on the same inputs: the scheduler's ``add_noise`` / ``get_velocity`` /
+``scale_noise``, the denoiser called with the stock pipeline's ``encode_prompt`` and guidance
+formula, the stock VAE decode and image post-processing, and the VAE's posterior mean.
 
 One suite over the four tiny families (SD, SDXL, SD3, FLUX.1-dev), each policy with fresh LoRA
 adapters; the stock reference calls the policy's own denoiser module, so what is compared is the
@@ -18,7 +18,7 @@ import beartype
 import jaxtyping
 import pytest
 import torch
-from diffusers import FluxPipeline
+from diffusers import AutoencoderKL, FluxPipeline
 from torch import Tensor, nn
 
 from ddpo.adapters import DDPOStableDiffusionPipeline
@@ -27,6 +27,7 @@ from ddpo.adapters.common.denoiser import (
     check_predict_args,
     check_timesteps_shape,
 )
+from ddpo.adapters.ddim.denoiser import vae_decode, vae_encode
 from ddpo.adapters.sd.tiny import sd_v1_ddim_scheduler
 from ddpo.policy import Conditioning, DiffusionPolicy, missing_members
 
@@ -316,6 +317,63 @@ def test_decode_equals_the_stock_decode_and_is_differentiable(policy: Any, famil
     weights = torch.randn(images.shape, generator=torch.Generator().manual_seed(5))
     (grad,) = torch.autograd.grad((images * weights).sum(), latents)
     assert bool(torch.isfinite(grad).all()) and bool(grad.abs().sum() > 0)
+
+
+def test_encode_images_is_the_stock_posterior_mean_normalised(policy: Any, family: str) -> None:
+    """``encode_images`` is ``vae.encode(2 x - 1).latent_dist.mean`` normalised as the family's
+    pipeline normalises (DDIM ``z * scaling_factor``; flow ``(z - shift_factor) *
+    scaling_factor``), in the shape of a rollout's final latents at the images' size."""
+    height, width = 64, 32  # not square: a swapped side would show
+    images = torch.rand(len(PROMPTS), 3, height, width, generator=torch.Generator().manual_seed(7))
+    latents = policy.encode_images(images)
+    vae = policy.pipeline.vae
+    config = vae.config
+    assert getattr(config, "latents_mean", None) is None  # the tiny VAEs have no mean/std
+    with torch.no_grad():
+        z = vae.encode(images * 2 - 1).latent_dist.mean
+    shift = config.shift_factor if family in ("sd3", "flux") else 0.0
+    assert family in ("sd", "sdxl") or shift != 0.0  # the tiny flow VAEs have a shift
+    assert latents.dtype == torch.float32
+    torch.testing.assert_close(latents, (z - shift) * config.scaling_factor)
+    out = policy.rollout(
+        policy.encode(PROMPTS, ""), num_steps=2, guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(8), height=height, width=width,
+    )  # fmt: skip
+    final = out.final_latents if out.final_latents is not None else out.latents[:, -1]
+    assert latents.shape == final.shape
+    with pytest.raises(ValueError, match=r"images must have values in \[0, 1\]"):
+        policy.encode_images(images * 2 - 0.5)
+    with pytest.raises(ValueError, match=r"images' sides must be multiples of \d+ pixels"):
+        policy.encode_images(images[..., :60, :])
+
+
+def test_vae_encode_undoes_a_latents_mean_and_std(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``latents_mean`` and ``latents_std`` in the VAE's config (SDXL's replacement VAEs),
+    :func:`vae_encode` is ``(z - latents_mean) * scaling_factor / latents_std``, and
+    :func:`vae_decode` of it hands the VAE back its posterior mean ``z``."""
+    latents_mean, latents_std = [0.1, -0.2, 0.3, 0.0], [2.0, 0.5, 1.0, 4.0]
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4,
+        layers_per_block=1, sample_size=16, scaling_factor=0.5,
+        latents_mean=latents_mean, latents_std=latents_std,
+    ).eval()  # fmt: skip
+    handed: list[Tensor] = []
+    stock_decode_fn = vae.decode
+
+    def recording_decode(z: Tensor, **kwargs: Any) -> Any:
+        handed.append(z)
+        return stock_decode_fn(z, **kwargs)
+
+    monkeypatch.setattr(vae, "decode", recording_decode)
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        latents = vae_encode(vae, images)
+        z = vae.encode(images * 2 - 1).latent_dist.mean
+        vae_decode(vae, latents)
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (latents_mean, latents_std))
+    torch.testing.assert_close(latents, (z - mean) * 0.5 / std)
+    torch.testing.assert_close(handed[0], z)
 
 
 class UserPipeline(DDPOStableDiffusionPipeline):

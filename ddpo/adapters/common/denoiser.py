@@ -1,6 +1,6 @@
 """Argument checks of the boundary's model members (``predict``, ``add_noise``,
-``training_target``), the same for every family: they run before any model work and name the
-argument and its value."""
+``training_target``, ``encode_images``), the same for every family: they run before any model
+work and name the argument and its value."""
 
 import math
 import numbers
@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Real
 from torch import Tensor
 
+from ddpo.core._checks import values_checkable
 from ddpo.policy import Conditioning
 
 _COMPLEX = (torch.complex32, torch.complex64, torch.complex128)
@@ -83,8 +84,37 @@ def check_noising_args(clean: Tensor, noise: Tensor, timesteps: Real[Tensor, " b
     check_timesteps_shape(timesteps, clean, "clean")
 
 
+def check_images(images: Any, *, multiple: int, why: str) -> None:
+    """``images`` (of ``encode_images``) is a float tensor ``(batch, 3, H, W)`` with values in
+    ``[0, 1]`` (read only where that is free, see :func:`ddpo.core._checks.values_checkable`)
+    and sides that are multiples of ``multiple`` pixels.
+
+    Raises:
+        ValueError: naming ``images`` and its shape, dtype or offending values.
+    """
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        kind = (
+            f"a tensor of {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
+        )
+        raise ValueError(f"images must be a float tensor (batch, 3, height, width), got {kind}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"images must be (batch, 3, height, width), got shape {tuple(images.shape)}"
+        )
+    height, width = int(images.shape[2]), int(images.shape[3])
+    if height % multiple or width % multiple:
+        raise ValueError(
+            f"images' sides must be multiples of {multiple} pixels ({why}), got {height}x{width}"
+        )
+    if values_checkable(images) and images.numel() > 0:
+        low, high = float(images.min()), float(images.max())
+        if not (low >= 0.0 and high <= 1.0):  # NaN fails too
+            raise ValueError(f"images must have values in [0, 1], got values in [{low}, {high}]")
+
+
 __all__ = [
     "check_guidance_scale",
+    "check_images",
     "check_noising_args",
     "check_predict_args",
     "check_timesteps_shape",

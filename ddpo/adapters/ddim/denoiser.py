@@ -17,10 +17,10 @@ from jaxtyping import Float, Int, Real
 from torch import Tensor, nn
 
 from ddpo._typing import Latents
-from ddpo.adapters.common.denoiser import check_noising_args
+from ddpo.adapters.common.denoiser import check_images, check_noising_args
 from ddpo.adapters.ddim.scheduling import _tables_on
 from ddpo.core._checks import values_checkable
-from ddpo.core.noising import alpha_bar_at, vp_add_noise, vp_training_target
+from ddpo.core.noising import alpha_bar_at, vp_add_noise, vp_predicted_x0, vp_training_target
 
 DDIMPredictionType = Literal["epsilon", "v_prediction"]
 """What a DDIM family's denoiser predicts (a ``"sample"`` model has no boundary
@@ -114,6 +114,21 @@ def ddim_training_target(
     return vp_training_target(clean, noise, alpha_bar_t, prediction_type=prediction_type)
 
 
+def ddim_predicted_clean(
+    scheduler: Any, latents: Latents, prediction: Latents, timesteps: Real[Tensor, " batch"]
+) -> Latents:
+    """The clean latents a prediction at noisy ``latents`` implies (the inverse of
+    :func:`ddim_training_target`; :func:`ddpo.core.noising.vp_predicted_x0`).
+
+    Raises:
+        ValueError: on shapes that disagree or timesteps outside the scheduler's range.
+    """
+    prediction_type = ddim_prediction_type(scheduler)
+    check_noising_args(latents, prediction, timesteps)
+    alpha_bar_t = _alpha_bars(scheduler, timesteps)
+    return vp_predicted_x0(latents, prediction, alpha_bar_t, prediction_type=prediction_type)
+
+
 def _module_dtype(module: nn.Module) -> torch.dtype:
     dtype = getattr(module, "dtype", None)
     if isinstance(dtype, torch.dtype):
@@ -154,6 +169,46 @@ def decode_images(
     return images.to(torch.float32)
 
 
+def _module_device(module: nn.Module) -> torch.device:
+    device = getattr(module, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    params = next(module.parameters(), None)
+    return params.device if params is not None else torch.device("cpu")
+
+
+def vae_scale_factor(vae: Any) -> int:
+    """Pixels per latent along a side, as diffusers computes it from the VAE's config:
+    ``2 ** (len(block_out_channels) - 1)``."""
+    return int(2 ** (len(vae.config.block_out_channels) - 1))
+
+
+def vae_encode(vae: Any, images: Float[Tensor, "batch 3 image_height image_width"]) -> Latents:
+    """The latents of images in ``[0, 1]`` that :func:`vae_decode` takes back (the inverse of
+    its normalisation): the VAE's posterior mean of ``2 x - 1`` (deterministic), times
+    ``scaling_factor``, or ``(z - latents_mean) * scaling_factor / latents_std`` for a VAE whose
+    config has them; float32, on the VAE's device.
+
+    Raises:
+        ValueError: naming ``images`` if it is not ``(batch, 3, H, W)`` in ``[0, 1]`` with sides
+            that are multiples of the VAE's factor.
+    """
+    factor = vae_scale_factor(vae)
+    check_images(images, multiple=factor, why=f"the VAE's factor {factor}")
+    pixels = (images * 2 - 1).to(device=_module_device(vae), dtype=_module_dtype(vae))
+    posterior = vae.encode(pixels, return_dict=False)[0]
+    z = posterior.mean.to(torch.float32)
+    config = vae.config
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is not None and std is not None:
+        shape = (1, -1, 1, 1)
+        mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
+        std_t = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
+        return (z - mean_t) * config.scaling_factor / std_t
+    latents: Tensor = z * config.scaling_factor
+    return latents
+
+
 __all__ = [
     "DDIMPredictionType",
     "ddim_add_noise",
@@ -163,4 +218,6 @@ __all__ = [
     "ddim_training_target",
     "decode_images",
     "vae_decode",
+    "vae_encode",
+    "vae_scale_factor",
 ]

@@ -24,8 +24,10 @@ from ddpo.adapters.ddim.denoiser import (
     DDIMPredictionType,
     ddim_add_noise,
     ddim_num_train_timesteps,
+    ddim_predicted_clean,
     ddim_prediction_type,
     ddim_training_target,
+    vae_encode,
 )
 from ddpo.adapters.ddim.sampling import check_ddim_num_steps, check_eta
 from ddpo.adapters.ddim.scheduling import check_ddim_scheduler, ddim_alpha_bars_between
@@ -126,6 +128,10 @@ class DDIMPolicy:
         def scheduler(self) -> Any:
             """The DDIM scheduler (the class this is mixed into provides it)."""
 
+        @property
+        def vae(self) -> Any:
+            """The image autoencoder (the class this is mixed into provides it)."""
+
     @property
     def eta(self) -> float:
         """DDIM's stochasticity in ``(0, 1]`` used by :meth:`rollout` (1.0: DDPM's variance,
@@ -146,6 +152,15 @@ class DDIMPolicy:
     def transitions_per_rollout(self, num_steps: int) -> int:
         """Every DDIM step is recorded and may be trained: ``num_steps``."""
         return num_steps
+
+    def sampling_timesteps(self, num_steps: int) -> Float[Tensor, " steps"]:
+        """The timesteps a rollout of ``num_steps`` steps visits, in sampling order, in the
+        units of :meth:`predict` (``set_timesteps(num_steps)`` of a copy of the scheduler; the
+        policy's own is left as it is). DiffusionNFT and AWM train at them."""
+        self.check_num_steps(num_steps)
+        scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        scheduler.set_timesteps(num_steps)
+        return scheduler.timesteps.to(torch.float32)
 
     # ---- the denoiser as a model (ddpo.adapters.ddim.denoiser), for other objectives -----
 
@@ -173,6 +188,21 @@ class DDIMPolicy:
         """What :meth:`predict` should output at ``add_noise(clean, noise, timesteps)``: the
         noise (epsilon) or the velocity (v-prediction)."""
         return ddim_training_target(self.scheduler, clean, noise, timesteps)
+
+    def predicted_clean(
+        self, latents: Latents, prediction: Latents, timesteps: Real[Tensor, " batch"]
+    ) -> Latents:
+        """The clean latents that :meth:`predict`'s output ``prediction`` at noisy ``latents``
+        and ``timesteps`` implies (``(x_t - sqrt(1 - a_t) eps) / sqrt(a_t)``, or ``sqrt(a_t)
+        x_t - sqrt(1 - a_t) v``); affine in ``prediction``."""
+        return ddim_predicted_clean(self.scheduler, latents, prediction, timesteps)
+
+    def encode_images(self, images: Float[Tensor, "batch 3 image_height image_width"]) -> Latents:
+        """The final latents that :meth:`decode` turns into ``images`` (float ``(batch, 3, H,
+        W)`` in ``[0, 1]``): the VAE's posterior mean, normalised as the pipeline normalises
+        (:func:`ddpo.adapters.ddim.denoiser.vae_encode`); float32, on the VAE's device. What
+        Diffusion-DPO trains on (`ddpo.data.preferences`)."""
+        return vae_encode(self.vae, images)
 
 
 class StockDDIMImages:

@@ -16,7 +16,7 @@ from jaxtyping import Float, Real
 from torch import Tensor
 
 from ddpo._typing import Latents, PerSample
-from ddpo.adapters.common.denoiser import check_noising_args
+from ddpo.adapters.common.denoiser import check_images, check_noising_args
 from ddpo.core._checks import values_checkable
 from ddpo.core.noising import flow_add_noise, flow_velocity_target
 
@@ -87,6 +87,19 @@ def flow_training_target(
     return flow_velocity_target(clean, noise)
 
 
+def flow_predicted_clean(
+    scheduler: Any, latents: Latents, velocity: Latents, timesteps: Real[Tensor, " batch"]
+) -> Latents:
+    """The clean latents a velocity at noisy ``latents`` implies: ``x_sigma - sigma v``.
+
+    Raises:
+        ValueError: on shapes that disagree or timesteps outside ``[0, num_train_timesteps]``.
+    """
+    check_noising_args(latents, velocity, timesteps)
+    sigma = flow_sigmas(scheduler, timesteps).to(latents.dtype)
+    return latents - sigma.reshape(-1, *([1] * (latents.ndim - 1))) * velocity
+
+
 def flow_vae_decode(
     vae: Any, latents: Latents
 ) -> Float[Tensor, "batch 3 image_height image_width"]:
@@ -97,6 +110,25 @@ def flow_vae_decode(
     scaled = latents / config.scaling_factor + shift
     decoded: Tensor = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
     return decoded
+
+
+def flow_vae_encode(vae: Any, images: Float[Tensor, "batch 3 image_height image_width"]) -> Latents:
+    """The (unpacked) latents of images in ``[0, 1]`` that :func:`flow_vae_decode` takes back,
+    as diffusers' SD3/FLUX training scripts encode: the VAE's posterior mean ``z`` of ``2 x -
+    1`` (deterministic), ``(z - shift_factor) * scaling_factor``; float32, on the VAE's device.
+
+    Raises:
+        ValueError: naming ``images`` if it is not ``(batch, 3, H, W)`` in ``[0, 1]`` with sides
+            that are multiples of the VAE's factor.
+    """
+    config = vae.config
+    factor = int(2 ** (len(config.block_out_channels) - 1))
+    check_images(images, multiple=factor, why=f"the VAE's factor {factor}")
+    pixels = (images * 2 - 1).to(device=vae.device, dtype=vae.dtype)
+    z = vae.encode(pixels, return_dict=False)[0].mean.to(torch.float32)
+    shift = getattr(config, "shift_factor", None) or 0.0
+    latents: Tensor = (z - shift) * config.scaling_factor
+    return latents
 
 
 def flow_decode_images(
@@ -117,4 +149,5 @@ __all__ = [
     "flow_sigmas",
     "flow_training_target",
     "flow_vae_decode",
+    "flow_vae_encode",
 ]

@@ -20,7 +20,7 @@ from ddpo.adapters.common.args import (
     check_one_generator_per_prompt,
     check_prompts,
 )
-from ddpo.adapters.common.denoiser import check_guidance_scale, check_predict_args
+from ddpo.adapters.common.denoiser import check_guidance_scale, check_images, check_predict_args
 from ddpo.adapters.common.output import DDPOPipelineOutput
 from ddpo.adapters.common.sampling import draw_initial_noise, scores_guided
 from ddpo.adapters.common.wrapped import WrappedPipelinePolicy
@@ -29,7 +29,9 @@ from ddpo.adapters.flow.denoiser import (
     flow_decode_images,
     flow_model_timesteps,
     flow_num_train_timesteps,
+    flow_predicted_clean,
     flow_training_target,
+    flow_vae_encode,
 )
 from ddpo.adapters.flow.sampling import (
     FlowSchedule,
@@ -148,6 +150,15 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         if self.sde_window_size is None:
             return stochastic_steps(num_steps, self.sde_type)
         return self.sde_window_size
+
+    def sampling_timesteps(self, num_steps: int) -> Float[Tensor, " steps"]:
+        """The timesteps a rollout of ``num_steps`` steps visits at the policy's resolution, in
+        sampling order, in the units of :meth:`predict` (``sigma * num_train_timesteps``, the
+        shift applied; a copy of the scheduler, the policy's own left as it is). DiffusionNFT
+        and AWM train at them."""
+        self.check_num_steps(num_steps)
+        schedule = self._flow_schedule(copy.deepcopy(self.scheduler), num_steps)
+        return schedule.timesteps.detach().to("cpu", torch.float32)
 
     def _window_args(self) -> tuple[int | None, int | None, tuple[int, int] | None, str]:
         """``sde_window_size``, ``sde_window_start``, ``sde_window_range`` and ``sde_type``."""
@@ -417,10 +428,27 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         velocity ``noise - clean``, the same at every timestep."""
         return flow_training_target(self.scheduler, clean, noise, timesteps)
 
+    def predicted_clean(
+        self, latents: Latents, prediction: Latents, timesteps: Real[Tensor, " batch"]
+    ) -> Latents:
+        """The clean latents that the velocity ``prediction`` at noisy ``latents`` and
+        ``timesteps`` implies: ``x_sigma - sigma v``; affine in ``prediction``."""
+        return flow_predicted_clean(self.scheduler, latents, prediction, timesteps)
+
     def decode(self, latents: Latents) -> Float[Tensor, "batch 3 image_height image_width"]:
         """Images in ``[0, 1]``, float32, of final (unpacked) latents, differentiable: the VAE
         as sampling decodes (``latents / scaling_factor + shift_factor``)."""
         return flow_decode_images(self.vae, latents, self._sd.image_processor)
+
+    def encode_images(self, images: Float[Tensor, "batch 3 image_height image_width"]) -> Latents:
+        """The final (unpacked) latents that :meth:`decode` turns into ``images`` (float
+        ``(batch, 3, H, W)`` in ``[0, 1]``, sides multiples of the family's size multiple): the
+        VAE's posterior mean ``z``, ``(z - shift_factor) * scaling_factor``
+        (:func:`ddpo.adapters.flow.denoiser.flow_vae_encode`); float32, on the VAE's device.
+        What Diffusion-DPO trains on (`ddpo.data.preferences`)."""
+        multiple, why = self._size_multiple()
+        check_images(images, multiple=multiple, why=why)
+        return flow_vae_encode(self.vae, images)
 
     @abc.abstractmethod
     def encode(self, prompts: Any, negative_prompt: str) -> Conditioning:
