@@ -121,6 +121,13 @@ def cases(preset: str, device: str) -> list[Case]:
             {"beta": 1.0},
         ),
         (
+            "nft_clean_loss",
+            lat,
+            (sample, model_output, other, sigmas[1]),
+            {"beta": 1.0},
+        ),
+        ("nft_old_policy_decay", "scalar", (100,), {"decay_type": 1}),
+        (
             "diffusion_dpo_loss",
             f"{lat} pairs",
             (model_output, other, sample, noise, sample, noise),

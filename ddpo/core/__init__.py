@@ -16,7 +16,8 @@
   (rectified flow) (``noising``);
 - training steps: :func:`subsample_timesteps` (``timesteps``);
 - weight averages: :func:`ema_decay_at` and :func:`ema_step` (``ema``);
-- DiffusionNFT's objective: :func:`nft_optimality` and :func:`nft_loss` (``nft``);
+- DiffusionNFT's objective: :func:`nft_optimality`, :func:`nft_loss` (:func:`nft_clean_loss`
+  for any parameterisation) and its old policy's :func:`nft_old_policy_decay` (``nft``);
 - Diffusion-DPO's preference loss: :func:`diffusion_dpo_loss` (``dpo``);
 - Advantage Weighted Matching's surrogate and regulariser: :func:`awm_log_likelihood` and
   :func:`awm_kl_penalty` (``awm``).
@@ -39,7 +40,13 @@ from ddpo.core.flow import (
 )
 from ddpo.core.guidance import classifier_free_guidance, rescale_guidance
 from ddpo.core.kl import flow_grpo_kl, gaussian_kl
-from ddpo.core.nft import nft_loss, nft_optimality
+from ddpo.core.nft import (
+    NFT_DECAY_TYPES,
+    nft_clean_loss,
+    nft_loss,
+    nft_old_policy_decay,
+    nft_optimality,
+)
 from ddpo.core.noising import (
     alpha_bar_at,
     flow_add_noise,
@@ -60,6 +67,7 @@ from ddpo.core.ppo import PPOLossOutput, ppo_clip_loss, score_function_loss
 from ddpo.core.timesteps import subsample_timesteps
 
 __all__ = [
+    "NFT_DECAY_TYPES",
     "AWMKLWeighting",
     "AWMWeighting",
     "CPSLogProbForm",
@@ -89,7 +97,9 @@ __all__ = [
     "gaussian_kl",
     "group_normalize_advantages",
     "init_per_prompt_stats",
+    "nft_clean_loss",
     "nft_loss",
+    "nft_old_policy_decay",
     "nft_optimality",
     "normalize_advantages",
     "ppo_clip_loss",

@@ -30,9 +30,10 @@ from ddpo._typing import Latents, PerSample, no_type_check
 
 __all__ = ["AWMKLWeighting", "AWMWeighting", "awm_kl_penalty", "awm_log_likelihood"]
 
-AWMWeighting = Literal["uniform", "sigma", "sigma_squared"]
-"""The surrogate's weight ``w(sigma)``: 1, ``sigma`` or ``sigma^2`` (its "Uniform", "t",
-"t**2")."""
+AWMWeighting = Literal["uniform", "sigma", "sigma_squared", "ghuber"]
+"""The surrogate's weighting: ``w(sigma)`` = 1, ``sigma`` or ``sigma^2`` (its "Uniform", "t",
+"t**2"), or its generalised Huber ``-sigma ((e + 1e-10)^p - 1e-10^p) / p`` of the error ``e``
+("ghuber", the power ``p`` 0.25 in its GenEval recipe)."""
 
 AWMKLWeighting = Literal["elbo", "uniform"]
 """The regulariser's weight: ``1 / (2 std_t^2)`` ("ELBO") or 1 ("Uniform")."""
@@ -40,29 +41,41 @@ AWMKLWeighting = Literal["elbo", "uniform"]
 
 @no_type_check  # it checks ``weighting`` itself, naming the value
 def awm_log_likelihood(
-    velocity: Latents, target: Latents, sigma: PerSample, *, weighting: AWMWeighting = "uniform"
+    velocity: Latents,
+    target: Latents,
+    sigma: PerSample,
+    *,
+    weighting: AWMWeighting = "uniform",
+    ghuber_power: float = 0.25,
 ) -> Float[Tensor, " batch"]:
-    """AWM's log-likelihood surrogate of each sample: ``-w(sigma) mean((v - target)^2)``.
+    """AWM's log-likelihood surrogate of each sample: ``-w(sigma) e`` with ``e = mean((v -
+    target)^2)``, or ``-sigma ((e + 1e-10)^p - 1e-10^p) / p`` for ``"ghuber"``.
 
     Args:
         velocity: the policy's velocity at ``x_sigma``, ``(batch, channels, height, width)``.
         target: the flow-matching target ``eps - x_0`` (:func:`ddpo.core.flow_velocity_target`).
         sigma: each sample's noise level, ``(batch,)``.
         weighting: ``w``: ``"uniform"`` (1, the paper's default), ``"sigma"`` or
-            ``"sigma_squared"``.
+            ``"sigma_squared"``; or ``"ghuber"``.
+        ghuber_power: ``p`` of ``"ghuber"``, > 0.
 
     Returns:
         The surrogate, ``(batch,)``, in float64 as the authors compute it.
 
     Raises:
-        ValueError: for an unknown ``weighting``.
+        ValueError: for an unknown ``weighting`` or ``ghuber_power <= 0``.
     """
     if weighting not in get_args(AWMWeighting):
         raise ValueError(f"weighting must be one of {get_args(AWMWeighting)}, got {weighting!r}")
+    if not ghuber_power > 0:
+        raise ValueError(f"ghuber_power must be > 0, got {ghuber_power}")
     error = (velocity.double() - target.double()).pow(2).mean(dim=tuple(range(1, velocity.ndim)))
     if weighting == "uniform":
         return -error
     s = sigma.double()
+    if weighting == "ghuber":
+        floor = 1e-10**ghuber_power
+        return -((error + 1e-10).pow(ghuber_power) - floor) * s / ghuber_power
     return -(s if weighting == "sigma" else s * s) * error
 
 

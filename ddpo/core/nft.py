@@ -28,7 +28,51 @@ from torch import Tensor
 from ddpo._typing import Latents, PerSample
 from ddpo.core._broadcast import per_sample
 
-__all__ = ["nft_loss", "nft_optimality"]
+__all__ = [
+    "NFT_DECAY_TYPES",
+    "nft_clean_loss",
+    "nft_loss",
+    "nft_old_policy_decay",
+    "nft_optimality",
+]
+
+NFT_DECAY_TYPES: dict[int, tuple[int, float, float]] = {
+    0: (0, 0.0, 0.0),
+    1: (0, 0.001, 0.5),
+    2: (75, 0.0075, 0.999),
+}
+"""DiffusionNFT's old-policy schedules by ``decay_type``: ``(flat, rate, cap)`` (its
+``train_nft_sd3.py``; 0: the old policy is the current one after each epoch)."""
+
+
+def nft_old_policy_decay(optimizer_steps: int, *, decay_type: int = 1) -> float:
+    """How much of itself DiffusionNFT's old policy keeps when it moves towards the trained
+    weights after ``optimizer_steps`` optimizer steps: ``old = d old + (1 - d) theta`` with
+
+        d = 0                                   for s < flat
+        d = min((s - flat) rate, cap)           otherwise
+
+    and ``(flat, rate, cap)`` of `NFT_DECAY_TYPES` (type 1, the paper's default: ``min(0.001 s,
+    0.5)``; type 2, its OCR recipe: 0 for 75 steps, then ``0.0075`` per step up to ``0.999``).
+
+    Args:
+        optimizer_steps: ``s``, the optimizer steps taken so far, >= 0.
+        decay_type: 0, 1 or 2.
+
+    Returns:
+        ``d`` in ``[0, 1)``.
+
+    Raises:
+        ValueError: for an unknown ``decay_type`` or a negative step count.
+    """
+    if decay_type not in NFT_DECAY_TYPES:
+        raise ValueError(f"decay_type must be one of {sorted(NFT_DECAY_TYPES)}, got {decay_type!r}")
+    if optimizer_steps < 0:
+        raise ValueError(f"optimizer_steps must be >= 0, got {optimizer_steps}")
+    flat, rate, cap = NFT_DECAY_TYPES[decay_type]
+    if optimizer_steps < flat:
+        return 0.0
+    return min((optimizer_steps - flat) * rate, cap)
 
 
 def nft_optimality(advantages: PerSample, *, adv_clip_max: float = 5.0) -> PerSample:
@@ -105,5 +149,52 @@ def nft_loss(
     s = per_sample(sigma, x_t)
     positive_error = _weighted_error(x_t - s * positive, x0, eps)
     negative_error = _weighted_error(x_t - s * negative, x0, eps)
+    r = optimality.to(positive_error.dtype)
+    return r * positive_error / beta + (1.0 - r) * negative_error / beta
+
+
+def nft_clean_loss(
+    x0: Latents,
+    clean_prediction: Latents,
+    old_clean_prediction: Latents,
+    optimality: PerSample,
+    *,
+    beta: float,
+    eps: float = 1e-5,
+) -> Float[Tensor, " batch"]:
+    """DiffusionNFT's per-sample loss from the clean latents that the two predictions imply.
+
+    The loss of :func:`nft_loss` for any denoiser whose clean estimate is affine in its output
+    (epsilon, v or flow velocity at a fixed noisy point): mixing two outputs mixes their clean
+    estimates with the same weights, so with ``c = x0_hat(current)`` and ``c_old =
+    x0_hat(old)``::
+
+        c+ = beta c + (1 - beta) c_old,     c- = (1 + beta) c_old - beta c
+        L  = r E(c+) / beta + (1 - r) E(c-) / beta,   E(c) = ||c - x_0||^2 / w
+
+    with ``w`` the detached mean of ``|c - x_0|`` (at least ``eps``). For a flow model
+    ``x0_hat(v) = x_sigma - sigma v`` and this is :func:`nft_loss` (up to rounding); for
+    epsilon or v-prediction ``x0_hat`` is `ddpo.core.vp_predicted_x0` (``docs/algorithms.md``
+    derives it).
+
+    Args:
+        x0: the clean latents the policy sampled, ``(batch, channels, height, width)``.
+        clean_prediction: ``x0_hat`` of the trained policy's output (with gradients).
+        old_clean_prediction: ``x0_hat`` of the old policy's output (detached here).
+        optimality: ``r`` in ``[0, 1]`` (:func:`nft_optimality`), ``(batch,)``.
+        beta: the implicit policies' step, > 0.
+        eps: the smallest adaptive weight.
+
+    Returns:
+        The loss of each sample, ``(batch,)``.
+
+    Raises:
+        ValueError: for ``beta <= 0``.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    old = old_clean_prediction.detach()
+    positive_error = _weighted_error(beta * clean_prediction + (1.0 - beta) * old, x0, eps)
+    negative_error = _weighted_error((1.0 + beta) * old - beta * clean_prediction, x0, eps)
     r = optimality.to(positive_error.dtype)
     return r * positive_error / beta + (1.0 - r) * negative_error / beta

@@ -35,6 +35,8 @@ AGREED = {
     "ema_decay_at",
     "ema_step",
     "nft_loss",
+    "nft_clean_loss",
+    "nft_old_policy_decay",
     "nft_optimality",
     "diffusion_dpo_loss",
     "awm_log_likelihood",
@@ -63,9 +65,11 @@ KEYWORD_ONLY = {
     "ema_decay_at": {"decay"},
     "ema_step": {"decay"},
     "nft_loss": {"beta", "eps"},
+    "nft_clean_loss": {"beta", "eps"},
+    "nft_old_policy_decay": {"decay_type"},
     "nft_optimality": {"adv_clip_max"},
     "diffusion_dpo_loss": {"beta"},
-    "awm_log_likelihood": {"weighting"},
+    "awm_log_likelihood": {"weighting", "ghuber_power"},
     "awm_kl_penalty": {"noise_level", "weighting"},
 }
 

@@ -20,6 +20,15 @@ def test_a_hand_computed_case() -> None:
     for weighting, expected in (("uniform", -2.5), ("sigma", -1.25), ("sigma_squared", -0.625)):
         value = awm_log_likelihood(velocity, target, sigma, weighting=weighting)  # type: ignore[arg-type]
         torch.testing.assert_close(value, torch.tensor([expected], dtype=torch.float64))
+    # ghuber, p = 0.25: -sigma ((2.5 + 1e-10)^0.25 - 1e-10^0.25) / 0.25 = -2 (1.2574334 - 0.0031623)
+    #   = -2.5085422
+    ghuber = awm_log_likelihood(velocity, target, sigma, weighting="ghuber")
+    torch.testing.assert_close(ghuber, torch.tensor([-2 * (2.5**0.25 - 1e-10**0.25)],
+                                                    dtype=torch.float64))  # fmt: skip
+    torch.testing.assert_close(ghuber, torch.tensor([-2.50854], dtype=torch.float64),
+                               atol=1e-4, rtol=0)  # fmt: skip
+    with pytest.raises(ValueError, match=r"ghuber_power must be > 0, got 0"):
+        awm_log_likelihood(velocity, target, sigma, weighting="ghuber", ghuber_power=0)
     # std_t = 0.7 sqrt(0.5 / 0.5) = 0.7: 2.5 / (2 * 0.49) = 2.5510204
     torch.testing.assert_close(awm_kl_penalty(velocity, target, sigma),
                                torch.tensor([2.5 / 0.98]))  # fmt: skip

@@ -9,7 +9,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ddpo.core import flow_add_noise, flow_predicted_x0, nft_loss, nft_optimality
+from ddpo.core import (
+    flow_add_noise,
+    flow_predicted_x0,
+    nft_clean_loss,
+    nft_loss,
+    nft_old_policy_decay,
+    nft_optimality,
+)
 
 
 def test_optimality_maps_clipped_advantages_to_the_unit_interval() -> None:
@@ -101,3 +108,42 @@ def test_the_gradient_is_its_closed_form_in_float64() -> None:
     old_v = old.clone().requires_grad_(True)
     loss = nft_loss(x0, x_t, sigma, velocity, old_v, r, beta=beta).sum()
     assert not loss.requires_grad  # the old policy is a fixed target
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), beta=st.floats(0.05, 2.0))
+def test_the_clean_form_is_the_velocity_form_for_a_flow(seed: int, beta: float) -> None:
+    """`nft_clean_loss` on the clean latents that the velocities imply (``x_sigma - sigma v``)
+    is `nft_loss`, values and gradients: mixing predictions mixes their clean estimates."""
+    x0, x_t, sigma, velocity = _case(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    old = velocity + 0.2 * torch.randn(velocity.shape, dtype=torch.float64, generator=g)
+    r = torch.rand(3, dtype=torch.float64, generator=g)
+    v = velocity.clone().requires_grad_(True)
+    u = velocity.clone().requires_grad_(True)
+    direct = nft_loss(x0, x_t, sigma, v, old, r, beta=beta)
+    clean = nft_clean_loss(
+        x0, flow_predicted_x0(x_t, u, sigma), flow_predicted_x0(x_t, old, sigma), r, beta=beta
+    )
+    torch.testing.assert_close(clean, direct)
+    (grad_direct,) = torch.autograd.grad(direct.sum(), v)
+    (grad_clean,) = torch.autograd.grad(clean.sum(), u)
+    torch.testing.assert_close(grad_clean, grad_direct)
+    with pytest.raises(ValueError, match=r"beta must be > 0, got -1.0"):
+        nft_clean_loss(x0, x0, x0, r, beta=-1.0)
+
+
+def test_the_old_policys_schedules() -> None:
+    """``decay_type`` 1: ``min(0.001 s, 0.5)``; 2: 0 for 75 steps, then 0.0075 per step up to
+    0.999; 0: always 0 (the authors' ``return_decay``)."""
+    assert [nft_old_policy_decay(s) for s in (0, 1, 100, 499, 500, 10_000)] == pytest.approx(
+        [0.0, 0.001, 0.1, 0.499, 0.5, 0.5]
+    )
+    assert [nft_old_policy_decay(s, decay_type=2) for s in (0, 74, 75, 76, 200, 500)] == (
+        pytest.approx([0.0, 0.0, 0.0, 0.0075, 0.9375, 0.999])
+    )
+    assert nft_old_policy_decay(10**6, decay_type=0) == 0.0
+    with pytest.raises(ValueError, match=r"decay_type must be one of \[0, 1, 2\], got 3"):
+        nft_old_policy_decay(1, decay_type=3)
+    with pytest.raises(ValueError, match=r"optimizer_steps must be >= 0, got -1"):
+        nft_old_policy_decay(-1)
