@@ -53,9 +53,16 @@ class TrainArgs:
     1, 2, 4, 8 or 16; 512 px, LoRA rank 32 and alpha 64, the OCR reward on ``text_rendering``
     prompts, 24 images per prompt). ``flow_grpo_tiny``: Flow-GRPO's algorithm on the packaged
     ``ddpo-tiny-shapes-flow`` with the alignment reward, sized for a CPU
-    (`ddpo.presets.flow_grpo_tiny_preset`)."""
+    (`ddpo.presets.flow_grpo_tiny_preset`). ``nft_tiny``, ``awm_tiny``, ``dpo_tiny``:
+    DiffusionNFT, AWM and online Diffusion-DPO on the same run, with their papers' settings
+    (`ddpo.presets.algorithm_tiny_preset`)."""
     ddpo_config: DDPOConfig = field(default_factory=default_preset)
     """The DDPO run (TRL's `DDPOConfig` fields); defaults: the preset's."""
+    algorithm: Literal["ddpo", "nft", "awm", "dpo"] | None = None
+    """What to train (``--ddpo_config.algorithm``, which this sets; default: the config's,
+    ``ddpo``): ``ddpo``, DDPO's and Flow-GRPO's policy gradient; ``nft``, DiffusionNFT; ``awm``,
+    Advantage Weighted Matching; ``dpo``, online Diffusion-DPO on pairs of each prompt's images
+    (needs ``--prompt_repeats`` of 2 or more). See ``docs/algorithms.md``."""
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
     """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-shapes-flow``,
     ``ddpo-tiny-random``, ``ddpo-tiny-sdxl-random``, ``ddpo-tiny-sd3-random``,
@@ -154,6 +161,8 @@ class TrainArgs:
     (``ddpo train`` keeps them quiet by default)."""
 
     def __post_init__(self) -> None:
+        if self.algorithm is not None and self.algorithm != self.ddpo_config.algorithm:
+            self.ddpo_config = dataclasses.replace(self.ddpo_config, algorithm=self.algorithm)
         # A bad value, --reward or reward option is reported while the flags are parsed.
         check_train_values(self)
         check_reward_flags(self)
@@ -238,6 +247,11 @@ def check_train_values(args: TrainArgs) -> None:
         raise ValueError(f"sde_window_size must be >= 1, got {args.sde_window_size}")
     if args.sde_window_start is not None and args.sde_window_start < 0:
         raise ValueError(f"sde_window_start must be >= 0, got {args.sde_window_start}")
+    if args.ddpo_config.algorithm == "dpo" and args.prompt_repeats < 2:
+        raise ValueError(
+            f"algorithm 'dpo' pairs the images of each prompt: it needs prompt_repeats >= 2, "
+            f"got {args.prompt_repeats}"
+        )
 
 
 def check_reward_flags(args: TrainArgs) -> RewardOptions:
@@ -289,6 +303,7 @@ def preset_prompt_fn(args: TrainArgs, *, seed: int, process_index: int = 0) -> R
 RESUMABLE_TRAIN_ARGS: tuple[str, ...] = (
     "ddpo_config",  # compared field by field (`ddpo.trainer.checkpoint.check_resume_config`)
     "preset",  # only sets the defaults of the other fields, which are compared
+    "algorithm",  # only sets ddpo_config.algorithm, which is compared
     "reward_device",
     "reward_batch_size",
     "remote_reward_token",

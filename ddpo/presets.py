@@ -11,8 +11,9 @@ configuration (Liu et al., 2025) in this library's fields (``ddpo train --preset
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from ddpo._typing import no_type_check
 from ddpo.prompts import PromptSetName
 from ddpo.rewards.registry import RewardName
 from ddpo.trainer.config import DDPOConfig
@@ -245,12 +246,74 @@ FLOW_GRPO_TINY_SETTINGS = PresetSettings(
     noise_level=0.7,
 )
 
-PresetName = Literal["default", "flow_grpo_sd3", "flow_grpo_tiny"]
+
+AlgorithmName = Literal["nft", "awm", "dpo"]
+"""The algorithms with a tiny preset besides DDPO and Flow-GRPO."""
+
+
+@no_type_check  # it checks ``algorithm`` itself, naming the value
+def algorithm_tiny_preset(algorithm: AlgorithmName) -> DDPOConfig:
+    """``algorithm`` (``"nft"``, ``"awm"`` or ``"dpo"``) on the packaged
+    ``ddpo-tiny-shapes-flow`` with `flow_grpo_tiny_preset`'s epoch (128 samples of a pool of 2
+    shapes prompts, 16 in a row each, 18 epochs, guidance 1, two optimizer steps per epoch,
+    AdamW at 3e-4 on LoRA rank 8 and alpha 16, the sampler's 10 SDE steps at noise level 0.7)
+    and `FLOW_GRPO_TINY_SETTINGS`, so that the learning benchmark compares the algorithms on
+    the same samples, with each algorithm's published settings where they differ:
+
+    - ``nft``: DiffusionNFT's ``config/nft.py``: ``beta`` 1, the old policy's ``decay_type``
+      1, the KL weight 1e-4, advantages clipped at 5; each sample trains at 9 of the
+      sampler's 10 timesteps (``train_timestep_fraction`` 0.9);
+    - ``awm``: AWM's GenEval recipe (``config/dgx_awm.py``): 6 timesteps per sample, the
+      ``ghuber`` weighting at power 0.25, PPO clip 1.0, the KL weight 1e-3 (uniform);
+    - ``dpo``: online Diffusion-DPO on each prompt group's best and worst image (8 pairs an
+      epoch), 8 timesteps per pair, ``beta`` 500: the paper's 5000 (SD 1.5, learning rate
+      about 2e-5 after its scaling) saturated the sigmoid at this run's 3e-4 (logits 3 to 18
+      within 8 epochs of ``examples/diffusion_dpo.py``); every pair of a group (``dpo_pairs=
+      "all"``, 960 pairs) took 133 s an epoch here, 5 times Flow-GRPO's.
+
+    Flow-GRPO's own options (its KL convention, training the first steps in order, dropping
+    samples of zero advantage) are reset to the defaults; advantages stay ``group_global``.
+    """
+    changes: dict[str, dict[str, Any]] = {
+        "nft": {"kl_coef": 1e-4, "nft_beta": 1.0, "nft_decay_type": 1},
+        "awm": {
+            "kl_coef": 1e-3,
+            "train_clip_range": 1.0,
+            "awm_weighting": "ghuber",
+            "awm_ghuber_power": 0.25,
+            "train_num_timesteps": 6,
+        },
+        "dpo": {
+            "kl_coef": 0.0,
+            "dpo_beta": 500.0,
+            "dpo_pairs": "best_worst",
+            "train_num_timesteps": 8,
+        },
+    }
+    if algorithm not in changes:
+        raise ValueError(f"algorithm must be one of {sorted(changes)}, got {algorithm!r}")
+    return dataclasses.replace(
+        flow_grpo_tiny_preset(),
+        exp_name=f"{algorithm}_tiny",
+        algorithm=algorithm,
+        kl_convention="exact",
+        train_timestep_order="random",
+        train_drop_zero_advantages=False,
+        **changes[algorithm],
+    )
+
+
+PresetName = Literal[
+    "default", "flow_grpo_sd3", "flow_grpo_tiny", "nft_tiny", "awm_tiny", "dpo_tiny"
+]
 """The names of `PRESETS` (``ddpo train --preset``)."""
 
 PRESETS: dict[str, tuple[PresetSettings, Callable[[int], DDPOConfig]]] = {
     "default": (DEFAULT_SETTINGS, lambda num_processes: default_preset()),
     "flow_grpo_sd3": (FLOW_GRPO_SD3_SETTINGS, flow_grpo_sd3_preset),
     "flow_grpo_tiny": (FLOW_GRPO_TINY_SETTINGS, lambda num_processes: flow_grpo_tiny_preset()),
+    "nft_tiny": (FLOW_GRPO_TINY_SETTINGS, lambda num_processes: algorithm_tiny_preset("nft")),
+    "awm_tiny": (FLOW_GRPO_TINY_SETTINGS, lambda num_processes: algorithm_tiny_preset("awm")),
+    "dpo_tiny": (FLOW_GRPO_TINY_SETTINGS, lambda num_processes: algorithm_tiny_preset("dpo")),
 }
 """``ddpo train --preset NAME``: each preset's settings and its config for a process count."""

@@ -1,7 +1,7 @@
 """One epoch's samples as the trainer stores them and an objective trains on them."""
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -36,6 +36,10 @@ class Trajectories:
         final_latents: the final (clean) latents ``x_0``, ``(batch, C, h, w)``, when the
             objective asks for them (`ObjectiveNeeds.final`).
         images: the decoded images ``(batch, 3, H, W)`` in ``[0, 1]``, likewise.
+        extras: what an objective attaches to each sample before training
+            (``Objective.prepare_epoch``), by name, each tensor with the batch first (e.g. the
+            noise and the old surrogate of Advantage Weighted Matching); selected, sliced and
+            concatenated with the samples.
     """
 
     prompts: list[str]
@@ -49,6 +53,7 @@ class Trajectories:
     advantages: PerSample | None = None
     final_latents: Tensor | None = None
     images: Float[Tensor, "batch 3 image_height image_width"] | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -84,23 +89,44 @@ class Trajectories:
             advantages=per_row(self.advantages),
             final_latents=per_row(self.final_latents),
             images=per_row(self.images),
+            extras={name: value[rows] for name, value in self.extras.items()},
+        )
+
+    def rows(self, part: slice) -> "Trajectories":
+        """The samples of the slice ``part`` (views, no copies)."""
+        sliced: dict[str, Any] = {
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[part]
+            for f in fields(self)
+            if f.name not in ("prompts", "conditioning", "extras")
+        }
+        return replace(
+            self,
+            prompts=self.prompts[part],
+            conditioning=self.conditioning.select(part),
+            extras={name: value[part] for name, value in self.extras.items()},
+            **sliced,
         )
 
     def micro_batches(self, size: int) -> Iterator["Trajectories"]:
         """Consecutive slices of ``size`` samples (views, no copies)."""
         for start in range(0, len(self), size):
-            part = slice(start, start + size)
-            sliced: dict[str, Any] = {
-                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[part]
-                for f in fields(self)
-                if f.name not in ("prompts", "conditioning")
-            }
-            yield replace(
-                self,
-                prompts=self.prompts[part],
-                conditioning=self.conditioning.select(part),
-                **sliced,
-            )
+            yield self.rows(slice(start, start + size))
+
+    def split(self, count: int) -> Iterator["Trajectories"]:
+        """``count`` consecutive slices whose sizes differ by at most one, the larger first
+        (``torch.tensor_split``'s; ``micro_batches`` when ``count`` divides the samples).
+
+        Raises:
+            ValueError: if there are fewer samples than ``count``.
+        """
+        if not 0 < count <= len(self):
+            raise ValueError(f"{len(self)} samples do not split into {count} parts")
+        size, larger = divmod(len(self), count)
+        start = 0
+        for i in range(count):
+            stop = start + size + (1 if i < larger else 0)
+            yield self.rows(slice(start, stop))
+            start = stop
 
     @staticmethod
     def cat(parts: list["Trajectories"]) -> "Trajectories":
@@ -117,6 +143,7 @@ class Trajectories:
             advantages=_cat_optional([p.advantages for p in parts]),
             final_latents=_cat_optional([p.final_latents for p in parts]),
             images=_cat_optional([p.images for p in parts]),
+            extras={name: torch.cat([p.extras[name] for p in parts]) for name in parts[0].extras},
         )
 
 

@@ -198,3 +198,25 @@ def test_the_flow_demos_flags_parse_to_the_tiny_preset_with_a_window() -> None:
         flow_grpo_tiny_preset(), log_with=None, save_freq=0, output_dir="/tmp/x"
     )
     assert args.ddpo_config == expected
+
+
+@pytest.mark.parametrize("algorithm", ["nft", "awm", "dpo"])
+def test_the_algorithm_presets_share_flow_grpo_tinys_run(algorithm: str) -> None:
+    """``nft_tiny``, ``awm_tiny`` and ``dpo_tiny`` change the algorithm and its own settings,
+    not the run: the same model, prompts, epoch, optimizer and sampler as ``flow_grpo_tiny``."""
+    from ddpo.cli import parse_train_args
+    from ddpo.presets import FLOW_GRPO_TINY_SETTINGS, algorithm_tiny_preset, flow_grpo_tiny_preset
+
+    config, tiny = algorithm_tiny_preset(algorithm), flow_grpo_tiny_preset()
+    shared = ("seed", "num_epochs", "sample_num_steps", "sample_batch_size",
+              "sample_num_batches_per_epoch", "sample_guidance_scale", "train_batch_size",
+              "train_gradient_accumulation_steps", "train_learning_rate", "train_max_grad_norm",
+              "train_adv_clip_max", "advantage_mode", "mixed_precision")  # fmt: skip
+    assert {k: getattr(config, k) for k in shared} == {k: getattr(tiny, k) for k in shared}
+    assert config.algorithm == algorithm and config.kl_convention == "exact"
+    config.validate(num_processes=1)
+    args = parse_train_args([f"--preset={algorithm}_tiny", "--ddpo_config.output_dir=/tmp/x"])
+    assert args.ddpo_config == dataclasses.replace(config, output_dir="/tmp/x")
+    assert args.pretrained_model == FLOW_GRPO_TINY_SETTINGS.pretrained_model
+    with pytest.raises(ValueError, match=r"algorithm must be one of \['awm', 'dpo', 'nft'\]"):
+        algorithm_tiny_preset("ddpo")

@@ -6,12 +6,29 @@ pass each, gradients accumulated over them and over ``train_gradient_accumulatio
 micro-batches) and steps the optimizer. An objective declares what it needs of the epoch's
 rollouts (`ObjectiveNeeds`) and computes ``loss, metrics`` from `ddpo.core` functions and the
 `ddpo.policy.DiffusionPolicy` members, through the `ObjectiveContext` it is given.
+
+An objective may also implement any of these optional members (`HOOKS`; the trainer calls
+them where they exist, through the functions below, and does nothing where they do not):
+
+- ``check_policy(policy)``: raise (TypeError or ValueError, naming what is missing) for a
+  policy the objective cannot train, before any model work;
+- ``prepare_epoch(context, samples) -> samples``: once per epoch, after the advantages and
+  before the first update, with the weights that sampled (``context.inner_epoch`` is -1): it
+  may attach per-sample tensors to ``samples.extras`` (AWM's noise and old surrogate) or return
+  other rows (Diffusion-DPO's pairs: any number of rows, at least one per training
+  micro-batch, which the trainer then splits as evenly as it can);
+- ``end_epoch(context, global_step)``: after the epoch's updates (DiffusionNFT's old policy);
+- ``sampling_weights(parameters) -> context manager``: the weights the epoch samples with, in
+  place of the trained ones within the block (DiffusionNFT samples with its old policy);
+- ``state_dict()`` / ``load_state_dict(state)`` (JSON data) and ``tensor_state_dict()`` /
+  ``load_tensor_state_dict(tensors)`` (named tensors, saved as safetensors): checkpointed with
+  the run and restored on resume.
 """
 
 import contextlib
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -63,7 +80,12 @@ class ObjectiveContext:
         autocast: the accelerator's autocast context factory (mixed precision).
         seed_keys: what `generator` is seeded from: the run's seed, the objective's stream, the
             process, the epoch, the inner epoch, the micro-batch and the term.
-        epoch, inner_epoch: where training is.
+        epoch, inner_epoch: where training is (``inner_epoch`` -1 in ``prepare_epoch`` and
+            ``end_epoch``).
+        parameters: the trained parameters by name, by reference (an objective that keeps
+            copies of them, as DiffusionNFT's old policy, reads and swaps them).
+        micro_batch_size: the epoch's training micro-batch size (``prepare_epoch`` batches its
+            own model calls with it).
     """
 
     policy: DiffusionPolicy
@@ -72,6 +94,8 @@ class ObjectiveContext:
     seed_keys: tuple[int, ...]
     epoch: int
     inner_epoch: int
+    parameters: Mapping[str, nn.Parameter] = field(default_factory=dict)
+    micro_batch_size: int = 1
 
     @functools.cached_property
     def generator(self) -> torch.Generator:
@@ -129,10 +153,63 @@ class Objective(Protocol):
         ...
 
 
+HOOKS = (
+    "check_policy",
+    "prepare_epoch",
+    "end_epoch",
+    "sampling_weights",
+    "tensor_state_dict",
+    "load_tensor_state_dict",
+)
+"""The optional members of an objective (see the module docstring)."""
+
+
+def has_hook(objective: object, name: str) -> bool:
+    """Whether ``objective`` implements the optional member ``name`` (one of `HOOKS`)."""
+    if name not in HOOKS:
+        raise AttributeError(f"{name!r} is not an optional objective member (see HOOKS)")
+    return callable(getattr(objective, name, None))
+
+
+def prepare_epoch(
+    objective: object, context: ObjectiveContext, samples: Trajectories
+) -> Trajectories:
+    """``objective.prepare_epoch(context, samples)``, or ``samples`` where it has none."""
+    if not has_hook(objective, "prepare_epoch"):
+        return samples
+    prepared = objective.prepare_epoch(context, samples)  # type: ignore[attr-defined]
+    if not isinstance(prepared, Trajectories):
+        raise TypeError(
+            f"{type(objective).__name__}.prepare_epoch must return Trajectories, got "
+            f"{type(prepared).__name__}"
+        )
+    return prepared
+
+
+def end_epoch(objective: object, context: ObjectiveContext, global_step: int) -> None:
+    """``objective.end_epoch(context, global_step)`` where it has one."""
+    if has_hook(objective, "end_epoch"):
+        objective.end_epoch(context, global_step)  # type: ignore[attr-defined]
+
+
+def sampling_weights(
+    objective: object, parameters: Mapping[str, nn.Parameter]
+) -> contextlib.AbstractContextManager[Any]:
+    """``objective.sampling_weights(parameters)``, or no change where it has none."""
+    if not has_hook(objective, "sampling_weights"):
+        return contextlib.nullcontext()
+    return objective.sampling_weights(parameters)  # type: ignore[attr-defined]
+
+
 __all__ = [
+    "HOOKS",
     "ON_POLICY_KEY",
     "Objective",
     "ObjectiveContext",
     "ObjectiveLoss",
     "ObjectiveNeeds",
+    "end_epoch",
+    "has_hook",
+    "prepare_epoch",
+    "sampling_weights",
 ]

@@ -295,6 +295,40 @@ class DDPOConfig:
     """With ``ema_decay``: besides ``final/`` (the trained weights), write ``final_ema/``, the
     same pipeline with the EMA weights."""
 
+    # ----------------------------------------------------------------------------------------
+    # The algorithm (`docs/algorithms.md`; `ddpo.trainer.algorithms.objective_from_config`)
+    algorithm: Literal["ddpo", "nft", "awm", "dpo"] = "ddpo"
+    """What the trainer optimises. ``ddpo``: DDPO's and Flow-GRPO's policy gradient on the
+    sampler's steps (``loss_type``, the clip range, ``kl_coef``). ``nft``: DiffusionNFT
+    (Zheng et al., 2025) on the forward process, sampling with its old policy. ``awm``:
+    Advantage Weighted Matching (Xue et al., 2025), PPO's clip on the matching-loss surrogate
+    (``train_clip_range``, ``kl_coef``). ``dpo``: online Diffusion-DPO (Wallace et al., 2023)
+    on pairs of each prompt's samples, which needs repeated prompts. ``nft``, ``awm`` and
+    ``dpo`` train on the final latents at timesteps of their own, CFG-free, with any family of
+    ``ddpo.adapters``."""
+    train_num_timesteps: int = 0
+    """Timesteps each sample (a pair for ``dpo``) trains at per inner epoch with ``nft``,
+    ``awm`` and ``dpo``, one backward pass each. 0: the algorithm's default: ``nft``, the
+    sampler's ``int(sample_num_steps * train_timestep_fraction)`` (the authors'); ``awm``,
+    ``min(6, sample_num_steps - 1)`` (its GenEval recipe's 6); ``dpo``, 1 (the authors')."""
+    nft_beta: float = 1.0
+    """DiffusionNFT's implicit-policy step ``beta`` (the paper's 1; 0.1 in its OCR recipe)."""
+    nft_decay_type: int = 1
+    """DiffusionNFT's old-policy schedule (`ddpo.core.nft_old_policy_decay`): 1, ``min(0.001
+    s, 0.5)`` after ``s`` optimizer steps (the paper's); 2, its OCR recipe's; 0, none."""
+    awm_weighting: Literal["uniform", "sigma", "sigma_squared", "ghuber"] = "uniform"
+    """AWM's surrogate weighting (`ddpo.core.awm_log_likelihood`; the paper's ``uniform``, its
+    GenEval recipe's ``ghuber``; the others need a flow model)."""
+    awm_ghuber_power: float = 0.25
+    """The power of AWM's ``ghuber`` weighting (its recipe's 0.25)."""
+    awm_kl_weighting: Literal["uniform", "elbo"] = "uniform"
+    """How ``kl_coef``'s AWM regulariser weighs the velocity distance (`ddpo.core.
+    awm_kl_penalty`; the recipe's ``uniform``; ``elbo`` needs a flow model)."""
+    dpo_beta: float = 5000.0
+    """Diffusion-DPO's ``beta`` (the paper's 5000 for SD 1.5, 2500 for SDXL)."""
+    dpo_pairs: Literal["best_worst", "all"] = "best_worst"
+    """Diffusion-DPO's pairs per prompt group: its best and worst sample, or every two."""
+
     def __post_init__(self) -> None:
         self.validate()
 

@@ -19,6 +19,11 @@ MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
 LOG_WITH: tuple[str, ...] = ("tensorboard", "wandb")
 EVAL_SAMPLERS: tuple[str, ...] = ("deterministic", "policy")
 EMA_CONVENTIONS: tuple[str, ...] = ("step", "flow_grpo")
+ALGORITHMS: tuple[str, ...] = ("ddpo", "nft", "awm", "dpo")
+AWM_WEIGHTINGS: tuple[str, ...] = ("uniform", "sigma", "sigma_squared", "ghuber")
+AWM_KL_WEIGHTINGS: tuple[str, ...] = ("uniform", "elbo")
+DPO_PAIRS: tuple[str, ...] = ("best_worst", "all")
+NFT_DECAY_TYPES: tuple[int, ...] = (0, 1, 2)
 # `ddpo.evaluation.EVAL_PROMPT_SETS` (checked equal in the tests; the config imports no torch)
 EVAL_PROMPT_SET_NAMES: tuple[str, ...] = ("shapes_heldout", "text_rendering_heldout")
 MAX_SEED = 2**32 - 1
@@ -50,6 +55,10 @@ STR_FIELDS: tuple[str, ...] = (
     "eval_prompt_set",
     "eval_sampler",
     "ema_convention",
+    "algorithm",
+    "awm_weighting",
+    "awm_kl_weighting",
+    "dpo_pairs",
 )
 # Accelerator arguments that come from the config's own fields.
 RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
@@ -90,6 +99,8 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "eval_images_per_prompt",
         "eval_num_steps",
         "ema_update_every",
+        "train_num_timesteps",
+        "nft_decay_type",
     )
     for name in int_fields:
         value = getattr(config, name)
@@ -116,6 +127,9 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "train_timestep_fraction",
         "kl_coef",
         "ema_decay",
+        "nft_beta",
+        "awm_ghuber_power",
+        "dpo_beta",
     )
     for name in float_fields:
         value = getattr(config, name)
@@ -164,6 +178,44 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
     for name in ("train_adam_weight_decay", "kl_coef"):
         if getattr(config, name) < 0:
             raise ValueError(f"DDPOConfig.{name} must be >= 0, got {getattr(config, name)!r}")
+    for name, choices in (
+        ("algorithm", ALGORITHMS),
+        ("awm_weighting", AWM_WEIGHTINGS),
+        ("awm_kl_weighting", AWM_KL_WEIGHTINGS),
+        ("dpo_pairs", DPO_PAIRS),
+        ("nft_decay_type", NFT_DECAY_TYPES),
+    ):
+        if getattr(config, name) not in choices:
+            raise ValueError(
+                f"DDPOConfig.{name} must be one of {choices}, got {getattr(config, name)!r}"
+            )
+    for name in ("nft_beta", "awm_ghuber_power", "dpo_beta"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"DDPOConfig.{name} must be > 0, got {getattr(config, name)!r}")
+    if config.train_num_timesteps < 0:
+        raise ValueError(
+            f"DDPOConfig.train_num_timesteps must be >= 0 (0: the algorithm's default), got "
+            f"{config.train_num_timesteps!r}"
+        )
+    if config.algorithm == "awm" and config.train_num_timesteps >= config.sample_num_steps:
+        raise ValueError(
+            f"DDPOConfig.train_num_timesteps={config.train_num_timesteps} with algorithm='awm' "
+            f"must be below sample_num_steps={config.sample_num_steps} (AWM trains at the "
+            "sampler's steps after the first)"
+        )
+    if config.algorithm == "awm" and config.sample_num_steps < 2:
+        raise ValueError(
+            f"DDPOConfig.sample_num_steps={config.sample_num_steps} with algorithm='awm' must be "
+            ">= 2 (AWM trains at the sampler's steps after the first)"
+        )
+    if config.algorithm != "ddpo":
+        for name, default in (("loss_type", "ppo"), ("kl_convention", "exact")):
+            if getattr(config, name) != default:
+                raise ValueError(
+                    f"DDPOConfig.{name}={getattr(config, name)!r} is the policy gradient's "
+                    f"(algorithm='ddpo'); algorithm={config.algorithm!r} does not use it: leave "
+                    f"it at {default!r}"
+                )
     if config.ema_convention not in EMA_CONVENTIONS:
         raise ValueError(
             f"DDPOConfig.ema_convention must be one of {EMA_CONVENTIONS}, got "

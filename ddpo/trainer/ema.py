@@ -4,20 +4,19 @@ optimizer steps, swapped in for evaluation and for ``final_ema/``, and saved in 
 The math is :func:`ddpo.core.ema_decay_at` and :func:`ddpo.core.ema_step`.
 """
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
-import torch
 from torch import Tensor
-from torch.distributed.tensor import DTensor, distribute_tensor
 
-from ddpo.core import ema_decay_at, ema_step
+from ddpo.core import ema_decay_at
+from ddpo.objectives.weights import ShadowWeights
 
 __all__ = ["WeightsEMA"]
 
 
-class WeightsEMA:
-    """The moving average of named parameters (shadow copies, same device and dtype).
+class WeightsEMA(ShadowWeights):
+    """The moving average of named parameters (shadow copies, same device and dtype; swapped
+    in and loaded as `ddpo.objectives.weights.ShadowWeights`).
 
     Args:
         parameters: the trained parameters by name, kept by reference: updates read them and
@@ -36,9 +35,8 @@ class WeightsEMA:
         *,
         convention: str = "step",
     ) -> None:
+        super().__init__(parameters)
         self.decay, self.update_every, self.convention = decay, update_every, convention
-        self.parameters = dict(parameters)
-        self.shadow = {name: p.detach().clone() for name, p in parameters.items()}
 
     def after_micro_batch(self, global_step: int, stepped: bool) -> bool:
         """The update after a training micro-batch, by the convention; returns whether it
@@ -67,41 +65,5 @@ class WeightsEMA:
         self._update(step)
         return True
 
-    @torch.no_grad()
     def _update(self, step: int) -> None:
-        decay = ema_decay_at(step, decay=self.decay)
-        for name, average in self.shadow.items():
-            average.copy_(ema_step(average, self.parameters[name].detach(), decay=decay))
-
-    @contextmanager
-    def swapped_in(self) -> Iterator[None]:
-        """Within the block the parameters hold the average; their own values after it."""
-        with torch.no_grad():
-            kept = {name: p.detach().clone() for name, p in self.parameters.items()}
-            for name, p in self.parameters.items():
-                p.copy_(self.shadow[name])
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for name, p in self.parameters.items():
-                    p.copy_(kept[name])
-
-    def load(self, weights: Mapping[str, Tensor]) -> None:
-        """Set the average to ``weights`` (by name, as the shadow's; moved to its devices).
-
-        Raises:
-            ValueError: when the names differ from the trained parameters'.
-        """
-        if set(weights) != set(self.shadow):
-            missing, unexpected = set(self.shadow) - set(weights), set(weights) - set(self.shadow)
-            raise ValueError(
-                f"EMA weights do not match the trained parameters (missing {sorted(missing)[:5]}"
-                f", unexpected {sorted(unexpected)[:5]})"
-            )
-        with torch.no_grad():
-            for name, average in self.shadow.items():
-                value = weights[name].to(device=average.device, dtype=average.dtype)
-                if isinstance(average, DTensor):  # this process's shard of the whole tensor
-                    value = distribute_tensor(value, average.device_mesh, average.placements)
-                average.copy_(value)
+        self.move_towards(ema_decay_at(step, decay=self.decay))

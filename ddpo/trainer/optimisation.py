@@ -99,22 +99,6 @@ def micro_batches_per_epoch(config: DDPOConfig) -> int:
     return config.sample_batch_size * config.sample_num_batches_per_epoch // config.train_batch_size
 
 
-def micro_batch_size(config: DDPOConfig, num_samples: int) -> int:
-    """Samples per training micro-batch when a process trains ``num_samples`` samples: the
-    epoch's `micro_batches_per_epoch` split them evenly (``train_batch_size`` when every sample
-    trains; fewer once zero-advantage samples are dropped, as Flow-GRPO rebatches).
-
-    Raises:
-        ValueError: if ``num_samples`` is not a positive multiple of the micro-batch count.
-    """
-    count = micro_batches_per_epoch(config)
-    if num_samples <= 0 or num_samples % count:
-        raise ValueError(
-            f"{num_samples} samples do not split into the epoch's {count} training micro-batches"
-        )
-    return num_samples // count
-
-
 def clip_range(config: DDPOConfig) -> float | tuple[float, float]:
     """PPO's clip range: ``train_clip_range``, or the ``(low, high)`` pair when
     ``train_clip_range_low`` or ``train_clip_range_high`` is set (the other one defaulting to
@@ -230,9 +214,17 @@ def train_inner_epoch(
         else None
     )
     terms = opt.objective.terms(int(shuffled.timesteps.shape[1]))
-    size = micro_batch_size(config, len(shuffled))
+    count = micro_batches_per_epoch(config)
+    if len(shuffled) < count:
+        raise ValueError(
+            f"{type(opt.objective).__name__} left {len(shuffled)} training rows on process "
+            f"{accelerator.process_index} at epoch {epoch}, fewer than the epoch's {count} "
+            "training micro-batches (sample_batch_size * sample_num_batches_per_epoch / "
+            "train_batch_size): raise train_batch_size or the samples per epoch"
+        )
     epoch_keys = (config.seed, OBJECTIVE_STREAM, accelerator.process_index, epoch, inner_epoch)
-    for batch_index, batch in enumerate(shuffled.micro_batches(size)):
+    parameters = dict(trainable_named_parameters(opt.pipeline))
+    for batch_index, batch in enumerate(shuffled.split(count)):
         for term in range(terms):
             with accelerator.accumulate(opt.unet):
                 context = ObjectiveContext(
@@ -242,6 +234,8 @@ def train_inner_epoch(
                     seed_keys=(*epoch_keys, batch_index, term),
                     epoch=epoch,
                     inner_epoch=inner_epoch,
+                    parameters=parameters,
+                    micro_batch_size=len(batch),
                 )
                 metrics = train_term(opt, context, batch, term)
                 log_ratio = metrics.pop(LOG_RATIO_KEY, None)
@@ -359,7 +353,6 @@ __all__ = [
     "Optimisation",
     "clip_range",
     "make_optimizer",
-    "micro_batch_size",
     "micro_batches_per_epoch",
     "num_train_timesteps",
     "policy_gradient",

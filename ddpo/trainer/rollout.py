@@ -29,6 +29,7 @@ TRAIN_STREAM = 2
 PROMPT_STREAM = 3
 INITIAL_NOISE_STREAM = 4
 OBJECTIVE_STREAM = 5
+OBJECTIVE_EPOCH_STREAM = 8  # an objective's prepare_epoch and end_epoch
 
 
 def initial_noise_seed(seed: int, epoch: int, prompt: str) -> int:

@@ -20,6 +20,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ddpo._callables import callable_name
 from ddpo.core import PerPromptStatTracker
+from ddpo.objectives.base import has_hook
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import is_stateful, state_of
@@ -107,7 +108,17 @@ def save(state: RunState, epoch: int, global_step: int) -> Path:
                 n: full_tensor(p).to("cpu", copy=True).contiguous()
                 for n, p in state.ema.shadow.items()
             }
+        objective_tensors = None
+        if state.objective is not None and has_hook(state.objective, "tensor_state_dict"):
+            objective_tensors = {
+                n: full_tensor(t).to("cpu", copy=True).contiguous()
+                for n, t in state.objective.tensor_state_dict().items()
+            }
     if accelerator.is_main_process:
+        if objective_tensors is not None:
+            safetensors.torch.save_file(
+                objective_tensors, str(tmp / ckpt.OBJECTIVE_TENSORS_FILENAME)
+            )
         safetensors.torch.save_file(weights, str(tmp / ckpt.WEIGHTS_FILENAME))
         if state.ema is not None:
             safetensors.torch.save_file(ema_weights, str(tmp / ckpt.EMA_WEIGHTS_FILENAME))
@@ -181,6 +192,15 @@ def load(
                 "that has its EMA weights); resume from another checkpoint"
             )
         state.ema.load(_read_weights(ema_file))
+    if state.objective is not None and has_hook(state.objective, "load_tensor_state_dict"):
+        tensors_file = info.path / ckpt.OBJECTIVE_TENSORS_FILENAME
+        if not tensors_file.is_file():
+            raise ckpt.CheckpointError(
+                f"checkpoint file {tensors_file} is missing ({type(state.objective).__name__} "
+                "keeps tensors, e.g. DiffusionNFT's old policy, that a resume needs); resume "
+                "from a checkpoint of the same algorithm"
+            )
+        state.objective.load_tensor_state_dict(_read_weights(tensors_file))
     try:
         accelerator.load_state(str(info.path))
     except Exception as err:

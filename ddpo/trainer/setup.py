@@ -10,6 +10,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
 from ddpo.objectives import Objective
+from ddpo.objectives.base import has_hook
 from ddpo.policy import (
     DiffusionPolicy,
     accepts_initial_noise,
@@ -99,9 +100,12 @@ def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
         )
 
 
-def check_objective(objective: object, config: DDPOConfig) -> None:
+def check_objective(
+    objective: object, config: DDPOConfig, policy: DiffusionPolicy | None = None
+) -> None:
     """TypeError unless ``objective`` implements `ddpo.objectives.Objective`; ValueError if it
-    asks for a rollout with gradients through more steps than ``sample_num_steps``."""
+    asks for a rollout with gradients through more steps than ``sample_num_steps``; its own
+    ``check_policy(policy)`` where it has one."""
     missing = [name for name in ("needs", "terms", "loss") if not hasattr(objective, name)]
     if missing:
         raise TypeError(
@@ -115,6 +119,8 @@ def check_objective(objective: object, config: DDPOConfig) -> None:
             f"{grad_steps} steps, more than DDPOConfig.sample_num_steps="
             f"{config.sample_num_steps}"
         )
+    if policy is not None and has_hook(objective, "check_policy"):
+        objective.check_policy(policy)  # type: ignore[attr-defined]
 
 
 def check_sampler_settings(policy: DiffusionPolicy, config: DDPOConfig) -> None:

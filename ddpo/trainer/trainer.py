@@ -24,7 +24,8 @@ from accelerate.utils import broadcast_object_list, gather_object
 
 from ddpo._typing import no_type_check
 from ddpo.core import PerPromptStatTracker
-from ddpo.objectives import Objective
+from ddpo.objectives import Objective, ObjectiveContext
+from ddpo.objectives.base import end_epoch, prepare_epoch, sampling_weights
 from ddpo.policy import DiffusionPolicy, policy_option
 from ddpo.rewards.contract import RewardFunction
 from ddpo.trainer import checkpoint as ckpt
@@ -35,6 +36,7 @@ from ddpo.trainer.advantages import (
     kept_rows,
     num_dropped,
 )
+from ddpo.trainer.algorithms import objective_from_config
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.contract import ImageSamplesHook, PromptFunction
 from ddpo.trainer.ema import WeightsEMA
@@ -43,12 +45,11 @@ from ddpo.trainer.optimisation import (
     make_optimizer,
     micro_batches_per_epoch,
     num_train_timesteps,
-    policy_gradient,
     train_inner_epoch,
     trainable_named_parameters,
 )
 from ddpo.trainer.prompt_rng import PromptRNG
-from ddpo.trainer.rollout import Rollout, derive_seed
+from ddpo.trainer.rollout import OBJECTIVE_EPOCH_STREAM, Rollout, derive_seed
 from ddpo.trainer.run_folder import (
     check_output_dir,
     drop_epochs_from,
@@ -85,10 +86,12 @@ class DDPOTrainer:
             arrays and tensors), or None when there is none.
         accelerator: an `accelerate.Accelerator` to run on (default: one built from the config).
             Its gradient accumulation is set to the run's.
-        objective: the loss to train (`ddpo.objectives.Objective`); default DDPO's
-            `ddpo.objectives.PolicyGradient` from the config (``loss_type``, the clip range,
+        objective: the loss to train (`ddpo.objectives.Objective`); default the objective of
+            ``config.algorithm`` built from the config (`ddpo.trainer.algorithms`; for
+            ``"ddpo"``, `ddpo.objectives.PolicyGradient` from ``loss_type``, the clip range,
             ``kl_coef``, ``kl_convention``, ``train_cfg``). A stateful objective
-            (``state_dict``/``load_state_dict``, JSON data) is checkpointed with the run.
+            (``state_dict``/``load_state_dict``, JSON data; ``tensor_state_dict``/
+            ``load_tensor_state_dict``, tensors) is checkpointed with the run.
 
     Attributes:
         accelerator: the `accelerate.Accelerator`.
@@ -132,8 +135,10 @@ class DDPOTrainer:
         self._hashes_checked = resume.path.resolve() if resume is not None else None
         check_output_dir(config)
         setup.check_pipeline(sd_pipeline, config)
-        self.objective: Objective = policy_gradient(config) if objective is None else objective
-        setup.check_objective(self.objective, config)
+        self.objective: Objective = (
+            objective_from_config(config) if objective is None else objective
+        )
+        setup.check_objective(self.objective, config, sd_pipeline)
         # What defines the run besides the config: the policy's settings (`ddpo train` adds its
         # flags); each checkpoint records them, a resume compares them.
         self.run_settings: dict[str, dict[str, Any]] = {
@@ -295,9 +300,11 @@ class DDPOTrainer:
             task = progress.add_task(
                 f"epoch {epoch}: sampling", total=config.sample_num_batches_per_epoch
             )
-            samples, image_data = self.rollout.run(
-                epoch, self.unet, timer, lambda: progress.advance(task)
-            )
+            parameters = dict(trainable_named_parameters(self.sd_pipeline))
+            with sampling_weights(self.objective, parameters):
+                samples, image_data = self.rollout.run(
+                    epoch, self.unet, timer, lambda: progress.advance(task)
+                )
             progress.remove_task(task)
 
             # 2. Gather rewards across processes; advantages from the whole epoch's rewards.
@@ -325,6 +332,12 @@ class DDPOTrainer:
                     advantages_all, num_processes=accelerator.num_processes, num_batches=num_batches
                 )
 
+            # 2c. The objective's own preparation, with the weights that sampled (e.g. AWM's
+            #     old surrogate, Diffusion-DPO's pairs).
+            epoch_context = self._epoch_context(epoch, parameters)
+            with timer.phase("prepare"):
+                samples = prepare_epoch(self.objective, epoch_context, samples)
+
             # 3. Inner epochs of optimisation.
             with timer.phase("train"):
                 opt = Optimisation(
@@ -350,6 +363,7 @@ class DDPOTrainer:
                     )
                     step_metrics += metrics
                     progress.remove_task(task)
+                end_epoch(self.objective, epoch_context, global_step)
 
         # 3b. Held-out evaluation, every eval_freq epochs (its own generators: the run trains
         #     exactly as without it).
@@ -365,6 +379,23 @@ class DDPOTrainer:
         if config.save_freq > 0 and (epoch + 1) % config.save_freq == 0:
             self.save_checkpoint(epoch + 1, global_step)
         return global_step
+
+    def _epoch_context(
+        self, epoch: int, parameters: dict[str, torch.nn.Parameter]
+    ) -> ObjectiveContext:
+        """The objective's context outside the inner epochs (``inner_epoch`` -1)."""
+        accelerator = self.accelerator
+        keys = (self.config.seed, OBJECTIVE_EPOCH_STREAM, accelerator.process_index, epoch)
+        return ObjectiveContext(
+            policy=self.sd_pipeline,
+            denoiser=self.unet,
+            autocast=accelerator.autocast,
+            seed_keys=keys,
+            epoch=epoch,
+            inner_epoch=-1,
+            parameters=parameters,
+            micro_batch_size=self.config.train_batch_size,
+        )
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate the policy as it is now on the config's held-out prompts

@@ -83,6 +83,15 @@ OURS = {
     "ema_update_every": 1,
     "ema_convention": "step",
     "ema_save_final": True,
+    "algorithm": "ddpo",  # TRL's DDPO; DiffusionNFT, AWM and Diffusion-DPO by name
+    "train_num_timesteps": 0,
+    "nft_beta": 1.0,
+    "nft_decay_type": 1,
+    "awm_weighting": "uniform",
+    "awm_ghuber_power": 0.25,
+    "awm_kl_weighting": "uniform",
+    "dpo_beta": 5000.0,
+    "dpo_pairs": "best_worst",
 }
 # Fields read by the trainer through a config method rather than directly.
 READ_VIA_PROPERTY = {

@@ -1,0 +1,245 @@
+"""``DDPOConfig.algorithm``: DiffusionNFT, Advantage Weighted Matching and online Diffusion-DPO
+train every family through `DDPOTrainer`, resume exactly, and are refused with a clear error
+where they cannot train (before any model work)."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from ddpo import DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+from ddpo.objectives import AdvantageWeightedMatching, DiffusionDPO, DiffusionNFT
+from ddpo.prompts import RepeatPrompts
+from ddpo.trainer import checkpoint as ckpt
+
+from .test_trainer import (
+    FAMILY_MODELS,
+    MODEL,
+    SD3_MODEL,
+    brightness,
+    pick_prompt,
+    pipeline_factory,
+    read_metrics,
+    tiny_config,
+)
+
+pytestmark = pytest.mark.slow
+__all__ = ["pipeline_factory"]  # the module fixture, shared with test_trainer
+
+ALGORITHMS = ("nft", "awm", "dpo")
+OBJECTIVES = {"nft": DiffusionNFT, "awm": AdvantageWeightedMatching, "dpo": DiffusionDPO}
+DIAGNOSTICS = {
+    "nft": ("optimality", "old_deviation", "policy_loss", "kl"),
+    "awm": ("approx_kl", "clip_fraction", "policy_loss", "kl"),
+    "dpo": ("implicit_accuracy", "model_diff", "reference_diff"),
+}
+
+
+def _config(output_dir: Path | None, algorithm: str, **overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "algorithm": algorithm,
+        "sample_num_steps": 3,
+        "sample_guidance_scale": 1.0,
+        "train_learning_rate": 3e-3,
+        "kl_coef": 0.0 if algorithm == "dpo" else 0.01,
+        "dpo_beta": 50.0,
+    }
+    values.update(overrides)
+    return tiny_config(output_dir, **values)
+
+
+def _trainer(config: Any, model: str, pipeline_factory: Any) -> DDPOTrainer:
+    return DDPOTrainer(
+        config, brightness, RepeatPrompts(pick_prompt, 2), pipeline_factory(model, use_lora=True)
+    )
+
+
+def _reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@FAMILY_MODELS
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_each_algorithm_trains_each_family(
+    tmp_path: Path, model: str, algorithm: str, pipeline_factory: Any
+) -> None:
+    trainer = _trainer(_config(tmp_path / "run", algorithm), model, pipeline_factory)
+    assert isinstance(trainer.objective, OBJECTIVES[algorithm])
+    assert trainer.num_train_timesteps == 0  # no transitions kept: the final latents only
+    before = trainer.trainable_state_dict()
+    assert trainer.train() == 2  # 4 samples (2 pairs for dpo), 2 micro-batches of 1 step each
+    trainer.close()
+    after = trainer.trainable_state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    (row,) = read_metrics(tmp_path / "run")
+    for key in (*DIAGNOSTICS[algorithm], "loss"):
+        assert torch.isfinite(torch.tensor(row[key])), (key, row)
+    assert "time_prepare_s" in row
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_each_algorithm_resumes_exactly(
+    tmp_path: Path, algorithm: str, pipeline_factory: Any
+) -> None:
+    """Two epochs in one run equal one epoch and a resumed second: weights and every logged
+    number (DiffusionNFT's old policy, which samples the second epoch, comes back from the
+    checkpoint)."""
+    common: dict[str, Any] = {"save_freq": 1}
+    trainer = _trainer(_config(tmp_path / "a", algorithm, num_epochs=2, **common), SD3_MODEL,
+                       pipeline_factory)  # fmt: skip
+    trainer.train()
+    trainer.close()
+    weights_a = trainer.trainable_state_dict()
+    _reset_accelerate()
+    trainer = _trainer(_config(tmp_path / "b", algorithm, num_epochs=1, **common), SD3_MODEL,
+                       pipeline_factory)  # fmt: skip
+    trainer.train()
+    trainer.close()
+    checkpoint = tmp_path / "b" / "checkpoints" / "checkpoint_1"
+    has_tensors = (checkpoint / ckpt.OBJECTIVE_TENSORS_FILENAME).is_file()
+    assert has_tensors == (algorithm == "nft")
+    _reset_accelerate()
+    config_c = _config(None, algorithm, num_epochs=2, resume_from=str(tmp_path / "b"), **common)
+    trainer = _trainer(config_c, SD3_MODEL, pipeline_factory)
+    trainer.train()
+    trainer.close()
+    weights_c = trainer.trainable_state_dict()
+    assert all(torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
+    rows_a, rows_b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
+    for key in ("reward_mean", "loss", "global_step", *DIAGNOSTICS[algorithm]):
+        assert [r[key] for r in rows_a] == [r[key] for r in rows_b], key
+
+
+def test_nfts_old_policy_samples_and_follows_its_schedule(
+    tmp_path: Path, pipeline_factory: Any
+) -> None:
+    """After an epoch of s optimizer steps the old policy is ``d old + (1 - d) theta`` with
+    ``d = min(0.001 s, 0.5)``; the next epoch samples with it, not with the trained weights."""
+    config = _config(tmp_path / "run", "nft", num_epochs=1)
+    trainer = _trainer(config, SD3_MODEL, pipeline_factory)
+    objective = trainer.objective
+    assert isinstance(objective, DiffusionNFT)
+    start = trainer.trainable_state_dict()
+    step = trainer.train()
+    trained = trainer.trainable_state_dict()
+    old = objective.tensor_state_dict()
+    decay = min(0.001 * step, 0.5)
+    for name, value in old.items():
+        expected = decay * start[name] + (1 - decay) * trained[name]
+        torch.testing.assert_close(value.cpu(), expected, rtol=1e-6, atol=1e-7)
+    parameters = dict(trainer.sd_pipeline.denoiser.named_parameters())
+    with objective.sampling_weights({n: parameters[n] for n in old}):
+        swapped = {n: parameters[n].detach().clone() for n in old}
+    assert all(torch.equal(swapped[n].cpu(), old[n].cpu()) for n in old)
+    assert all(torch.equal(parameters[n].detach().cpu(), trained[n]) for n in old)
+    trainer.close()
+
+
+def test_dpo_pairs_each_prompts_best_and_worst(tmp_path: Path, pipeline_factory: Any) -> None:
+    """Rows of the epoch's DPO training are the pairs: the preferred image's row, with the
+    other's latents; a prompt drawn once has no pair, and an epoch without any pair is refused
+    with the fix."""
+    from ddpo.objectives.dpo import preference_pairs
+
+    rewards = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.7, 0.2])
+    prompts = ["a", "a", "b", "b", "b", "c"]
+    preferred, other = preference_pairs(prompts, rewards)
+    assert preferred.tolist() == [1, 4] and other.tolist() == [0, 3]
+    preferred, other = preference_pairs(prompts, rewards, pairs="all")
+    assert list(zip(preferred.tolist(), other.tolist(), strict=True)) == [
+        (1, 0), (2, 3), (4, 2), (4, 3)
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"no prompt with two samples .*--prompt_repeats 2"):
+        preference_pairs(["a", "b"], torch.tensor([0.0, 1.0]))
+    trainer = DDPOTrainer(
+        _config(tmp_path / "run", "dpo"), brightness, pick_prompt, pipeline_factory(MODEL)
+    )
+    import random
+
+    random.seed(0)  # pick_prompt draws 4 prompts from 3: in this seed, at most one repeats
+    with pytest.raises(ValueError, match=r"fewer than the epoch.s 2 training micro-batches|no "):
+        trainer.train()
+    trainer.close()
+
+
+def test_bad_algorithm_settings_are_refused_before_model_work(tmp_path: Path) -> None:
+    config = _config(tmp_path, "nft")
+    config.algorithm = "grpo"  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"DDPOConfig\.algorithm must be one of .* 'grpo'"):
+        config.validate()
+    with pytest.raises(ValueError, match=r"DDPOConfig\.loss_type='score_function' is the policy"):
+        _config(tmp_path, "nft", loss_type="score_function")
+    with pytest.raises(ValueError, match=r"train_num_timesteps=3 with algorithm='awm'"):
+        _config(tmp_path, "awm", train_num_timesteps=3)
+    with pytest.raises(ValueError, match=r"DDPOConfig\.nft_decay_type must be one of"):
+        _config(tmp_path, "nft", nft_decay_type=3)
+    with pytest.raises(ValueError, match=r"DDPOConfig\.dpo_beta must be > 0"):
+        _config(tmp_path, "dpo", dpo_beta=0.0)
+
+    class NoCleanEstimate(DefaultDDPOStableDiffusionPipeline):
+        predicted_clean = None  # a policy that cannot give DiffusionNFT's target
+
+    pipeline = NoCleanEstimate(MODEL)
+    with pytest.raises(TypeError, match=r"DiffusionNFT needs the policy's predicted_clean\(\)"):
+        DDPOTrainer(_config(tmp_path / "nft", "nft"), brightness, pick_prompt, pipeline)
+    with pytest.raises(ValueError, match=r"awm_weighting='sigma' .* predicts 'epsilon'"):
+        DDPOTrainer(_config(tmp_path / "awm", "awm", awm_weighting="sigma"), brightness,
+                    pick_prompt, pipeline)  # fmt: skip
+    assert not (tmp_path / "nft").exists() and not (tmp_path / "awm").exists()
+
+
+CLI_TINY = [
+    "--ddpo_config.num_epochs=1",
+    "--ddpo_config.sample_batch_size=2",
+    "--ddpo_config.sample_num_batches_per_epoch=2",
+    "--ddpo_config.train_batch_size=2",
+    "--ddpo_config.sample_num_steps=3",
+    "--ddpo_config.sample_guidance_scale=1.0",
+    "--ddpo_config.mixed_precision=no",
+    "--pretrained_model=ddpo-tiny-sd3-random",
+    "--use_lora",
+    "--reward=brightness",
+    "--prompts=simple_animals",
+    "--prompt_repeats=2",
+    "--prompt_pool=0",
+]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_ddpo_train_takes_the_algorithm(
+    tmp_path: Path, algorithm: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ddpo.cli import main
+
+    run = tmp_path / "run"
+    status = main(["train", *CLI_TINY, f"--algorithm={algorithm}",
+                   f"--ddpo_config.output_dir={run}"])  # fmt: skip
+    assert status == 0, capsys.readouterr().err
+    (row,) = read_metrics(run)
+    assert all(key in row for key in DIAGNOSTICS[algorithm] if key != "kl")  # kl_coef is 0
+    assert "kl" not in row and (run / "final").is_dir()
+    _reset_accelerate()
+
+
+def test_ddpo_train_refuses_dpo_without_repeated_prompts_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ddpo.adapters.families
+    from ddpo.cli import main, parse_train_args
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(ddpo.adapters.families, "load_policy", forbidden)
+    assert parse_train_args([*CLI_TINY, "--algorithm=nft"]).ddpo_config.algorithm == "nft"
+    run = tmp_path / "run"
+    status = main(["train", *CLI_TINY, "--algorithm=dpo", "--prompt_repeats=1",
+                   f"--ddpo_config.output_dir={run}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    assert "algorithm 'dpo' pairs the images of each prompt: it needs prompt_repeats >= 2" in err
+    assert not run.exists()
