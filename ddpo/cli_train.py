@@ -62,7 +62,22 @@ class TrainArgs:
     """What to train (``--ddpo_config.algorithm``, which this sets; default: the config's,
     ``ddpo``): ``ddpo``, DDPO's and Flow-GRPO's policy gradient; ``nft``, DiffusionNFT; ``awm``,
     Advantage Weighted Matching; ``dpo``, online Diffusion-DPO on pairs of each prompt's images
-    (needs ``--prompt_repeats`` of 2 or more). See ``docs/algorithms.md``."""
+    (needs ``--prompt_repeats`` of 2 or more), or offline with ``--preference_data``. See
+    ``docs/algorithms.md``."""
+    preference_data: str | None = None
+    """With ``--algorithm dpo``: train offline on this preference data set instead of sampling:
+    a ``.parquet`` file or a folder of shards in the Pick-a-Pic layout (``caption``, ``jpg_0``,
+    ``jpg_1``, ``label_0``; ties dropped), or a folder with ``pairs.jsonl`` (``prompt``,
+    ``preferred``, ``other`` image paths). Read and checked before the model loads; each image
+    is encoded by the model's VAE once and cached (``--preference_cache``). An epoch trains on
+    ``sample_batch_size * sample_num_batches_per_epoch`` pairs; ``--reward`` and ``--prompts``
+    serve only held-out evaluation (``eval_freq``)."""
+    preference_limit: int = 0
+    """Read at most this many pairs of ``--preference_data`` (0: all)."""
+    preference_cache: str | None = None
+    """Folder of the encoded preference images (default ``$XDG_CACHE_HOME/ddpo/
+    preference_latents``, ``~/.cache`` without it); keyed by the image, the resolution and the
+    VAE, so a changed model or size encodes again."""
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
     """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-shapes-flow``,
     ``ddpo-tiny-random``, ``ddpo-tiny-sdxl-random``, ``ddpo-tiny-sd3-random``,
@@ -247,10 +262,18 @@ def check_train_values(args: TrainArgs) -> None:
         raise ValueError(f"sde_window_size must be >= 1, got {args.sde_window_size}")
     if args.sde_window_start is not None and args.sde_window_start < 0:
         raise ValueError(f"sde_window_start must be >= 0, got {args.sde_window_start}")
-    if args.ddpo_config.algorithm == "dpo" and args.prompt_repeats < 2:
+    if args.preference_data is not None and args.ddpo_config.algorithm != "dpo":
+        raise ValueError(
+            f"preference_data is Diffusion-DPO's offline data: it needs --algorithm dpo, got "
+            f"algorithm {args.ddpo_config.algorithm!r}"
+        )
+    if args.preference_limit < 0:
+        raise ValueError(f"preference_limit must be >= 0 (0: all), got {args.preference_limit}")
+    offline = args.preference_data is not None
+    if args.ddpo_config.algorithm == "dpo" and not offline and args.prompt_repeats < 2:
         raise ValueError(
             f"algorithm 'dpo' pairs the images of each prompt: it needs prompt_repeats >= 2, "
-            f"got {args.prompt_repeats}"
+            f"got {args.prompt_repeats} (or --preference_data for offline pairs)"
         )
 
 
@@ -304,6 +327,7 @@ RESUMABLE_TRAIN_ARGS: tuple[str, ...] = (
     "ddpo_config",  # compared field by field (`ddpo.trainer.checkpoint.check_resume_config`)
     "preset",  # only sets the defaults of the other fields, which are compared
     "algorithm",  # only sets ddpo_config.algorithm, which is compared
+    "preference_cache",  # where encoded images are cached, not what they are
     "reward_device",
     "reward_batch_size",
     "remote_reward_token",
@@ -470,6 +494,12 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
 
     # The reward models' files: local, cached, or on a reachable Hub (nothing loads yet).
     check_reward_weights(args.reward, options)
+    # Offline preference pairs: every row read and checked now, before the model loads.
+    pairs = None
+    if args.preference_data is not None:
+        from ddpo.data.preferences import read_preference_pairs
+
+        pairs = read_preference_pairs(args.preference_data, limit=args.preference_limit or None)
 
     # Prompts (which check prompt_repeats and prompt_pool), reward, image hook, pipeline,
     # trainer.
@@ -493,6 +523,7 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_rank if args.lora_alpha is None else args.lora_alpha,
     )
+    objective = None if pairs is None else _offline_dpo(args, pipeline, pairs)
     trainer = DDPOTrainer(
         trainer_config,
         reward_fn,
@@ -500,11 +531,36 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         pipeline,
         image_samples_hook=hook,
         accelerator=accelerator,
+        objective=objective,
     )
     trainer.run_settings["ddpo_train"] = run_settings(args)  # recorded in each checkpoint
     hook.folder = Path(trainer.output_dir) / "images"
     hook.epoch = trainer.first_epoch
     return _TrainSetup(args, trainer, hook, console, config.push_to_hub)
+
+
+def _offline_dpo(args: TrainArgs, pipeline: Any, pairs: Any) -> Any:
+    """`ddpo.objectives.OfflineDiffusionDPO` of the pairs, encoded by the pipeline's VAE at its
+    resolution (``--resolution``, or the model's) through the cache."""
+    import os
+
+    from ddpo.data.preferences import encode_preference_pairs
+    from ddpo.objectives import OfflineDiffusionDPO
+
+    resolution = args.resolution or getattr(pipeline, "resolution", None)
+    if isinstance(resolution, tuple):
+        resolution = resolution[0]
+    if not isinstance(resolution, int):
+        raise ValueError("preference_data: the model's resolution is not known; pass --resolution")
+    cache = args.preference_cache
+    if cache is None:
+        base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        cache = str(Path(base) / "ddpo" / "preference_latents")
+    latents = encode_preference_pairs(pipeline, pairs, resolution=resolution, cache_dir=cache)
+    config = args.ddpo_config
+    return OfflineDiffusionDPO.from_latents(
+        latents, beta=config.dpo_beta, num_train_timesteps=config.train_num_timesteps or 1
+    )
 
 
 def _run_folder(config: DDPOConfig) -> tuple[Path, str] | None:
@@ -540,11 +596,12 @@ def train_and_report(setup: _TrainSetup) -> TrainResult:
     metrics = merge_epoch_means(read_metrics(output_dir / METRICS_FILENAME), setup.hook.epochs)
     summary_keys = summary_keys_for(args.reward)
     curve_path = output_dir / "reward_curve.png"
-    if main_process and metrics:
+    if main_process and metrics and "reward_mean" in metrics[0]:  # offline data: no rewards
         title = f"{args.reward}: mean reward per epoch ({args.pretrained_model})"
         run_curve(metrics, summary_keys, title=title).save(curve_path)
         title = f"DDPO run: {args.reward} reward per epoch"
         console.print(run_table(metrics, summary_keys, title=title))
+    if main_process:
         console.print(f"Run folder: {output_dir}  (final pipeline: {final_dir})")
 
     # 4. Upload last, once everything is saved.

@@ -12,7 +12,7 @@ from ddpo.objectives.base import (
     ObjectiveLoss,
     ObjectiveNeeds,
 )
-from ddpo.objectives.dpo import DiffusionDPO
+from ddpo.objectives.dpo import DiffusionDPO, OfflineDiffusionDPO
 from ddpo.objectives.nft import DiffusionNFT
 from ddpo.objectives.policy_gradient import PolicyGradient
 from ddpo.objectives.weights import ShadowWeights
@@ -26,6 +26,7 @@ __all__ = [
     "ObjectiveContext",
     "ObjectiveLoss",
     "ObjectiveNeeds",
+    "OfflineDiffusionDPO",
     "PolicyGradient",
     "ShadowWeights",
 ]

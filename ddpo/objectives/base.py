@@ -12,6 +12,10 @@ them where they exist, through the functions below, and does nothing where they 
 
 - ``check_policy(policy)``: raise (TypeError or ValueError, naming what is missing) for a
   policy the objective cannot train, before any model work;
+- ``epoch_rows(context) -> samples``: with ``needs.rollout`` False, the epoch's training rows on
+  this process (``context.process_index`` of ``context.num_processes``), in place of sampled
+  ones: as many as a sampled epoch's (``sample_batch_size * sample_num_batches_per_epoch``,
+  ``context.rows_per_epoch``);
 - ``prepare_epoch(context, samples) -> samples``: once per epoch, after the advantages and
   before the first update, with the weights that sampled (``context.inner_epoch`` is -1): it
   may attach per-sample tensors to ``samples.extras`` (AWM's noise and old surrogate) or return
@@ -52,14 +56,18 @@ class ObjectiveNeeds:
         grad_steps: the objective samples in its loss a rollout whose last ``grad_steps`` steps
             keep their graph (reward backpropagation); the trainer checks that the policy's
             ``sample_num_steps`` allow it.
+        rollout: the trainer samples and rewards an epoch of rollouts (True); False: the
+            objective brings each epoch's rows itself (``epoch_rows``, e.g. offline preference
+            data), and nothing is sampled or rewarded.
     """
 
     transitions: bool = True
     final: bool = False
     grad_steps: int = 0
+    rollout: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("transitions", "final"):
+        for name in ("transitions", "final", "rollout"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"ObjectiveNeeds.{name} must be True or False")
         if isinstance(self.grad_steps, bool) or not isinstance(self.grad_steps, int):
@@ -86,6 +94,8 @@ class ObjectiveContext:
             copies of them, as DiffusionNFT's old policy, reads and swaps them).
         micro_batch_size: the epoch's training micro-batch size (``prepare_epoch`` batches its
             own model calls with it).
+        process_index, num_processes: this process among the run's.
+        rows_per_epoch: the rows an epoch trains on each process (``epoch_rows``).
     """
 
     policy: DiffusionPolicy
@@ -96,6 +106,9 @@ class ObjectiveContext:
     inner_epoch: int
     parameters: Mapping[str, nn.Parameter] = field(default_factory=dict)
     micro_batch_size: int = 1
+    process_index: int = 0
+    num_processes: int = 1
+    rows_per_epoch: int = 0
 
     @functools.cached_property
     def generator(self) -> torch.Generator:
@@ -155,6 +168,7 @@ class Objective(Protocol):
 
 HOOKS = (
     "check_policy",
+    "epoch_rows",
     "prepare_epoch",
     "end_epoch",
     "sampling_weights",
@@ -186,6 +200,26 @@ def prepare_epoch(
     return prepared
 
 
+def epoch_rows(objective: object, context: ObjectiveContext) -> Trajectories:
+    """``objective.epoch_rows(context)`` (an objective whose ``needs.rollout`` is False).
+
+    Raises:
+        TypeError: where it has none, or it returns something else than `Trajectories`.
+    """
+    if not has_hook(objective, "epoch_rows"):
+        raise TypeError(
+            f"{type(objective).__name__}.needs.rollout is False, so it must implement "
+            "epoch_rows(context) (the epoch's rows in place of sampled ones)"
+        )
+    rows = objective.epoch_rows(context)  # type: ignore[attr-defined]
+    if not isinstance(rows, Trajectories):
+        raise TypeError(
+            f"{type(objective).__name__}.epoch_rows must return Trajectories, got "
+            f"{type(rows).__name__}"
+        )
+    return rows
+
+
 def end_epoch(objective: object, context: ObjectiveContext, global_step: int) -> None:
     """``objective.end_epoch(context, global_step)`` where it has one."""
     if has_hook(objective, "end_epoch"):
@@ -209,6 +243,7 @@ __all__ = [
     "ObjectiveLoss",
     "ObjectiveNeeds",
     "end_epoch",
+    "epoch_rows",
     "has_hook",
     "prepare_epoch",
     "sampling_weights",

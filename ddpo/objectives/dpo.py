@@ -9,12 +9,13 @@ and weighs 0.
 """
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from ddpo._seeds import derive_seed
 from ddpo.core import diffusion_dpo_loss
 from ddpo.objectives._forward import draw_noise
 from ddpo.objectives.base import ObjectiveContext, ObjectiveLoss, ObjectiveNeeds
@@ -154,4 +155,100 @@ class DiffusionDPO:
         return ObjectiveLoss(loss, metrics)
 
 
-__all__ = ["LOSER_KEY", "WEIGHT_KEY", "DPOPairs", "DiffusionDPO", "preference_pairs"]
+@dataclass(frozen=True)
+class OfflineDiffusionDPO(DiffusionDPO):
+    """Diffusion-DPO on a preference data set (the paper's setting: Pick-a-Pic), through
+    `ddpo.trainer.DDPOTrainer`: nothing is sampled or rewarded; each epoch trains on the next
+    ``sample_batch_size * sample_num_batches_per_epoch`` pairs per process of a seeded
+    permutation of the data set (a fresh one each pass over it, the same on every process,
+    the processes taking alternate pairs), so that a resumed run continues exactly.
+
+    Build it with `from_latents` from `ddpo.data.encode_preference_pairs`'s result.
+
+    Attributes:
+        prompts: each pair's prompt.
+        preferred, other: each pair's final latents (the policy's ``encode_images``), on the CPU.
+    """
+
+    prompts: tuple[str, ...] = ()
+    preferred: Tensor | None = field(default=None, repr=False)
+    other: Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.preferred is None or self.other is None or not self.prompts:
+            raise ValueError("OfflineDiffusionDPO needs at least one pair (prompts, latents)")
+        shapes = {tuple(self.preferred.shape), tuple(self.other.shape)}
+        if len(shapes) != 1 or self.preferred.shape[0] != len(self.prompts):
+            raise ValueError(
+                f"OfflineDiffusionDPO: {len(self.prompts)} prompts, preferred latents "
+                f"{tuple(self.preferred.shape)} and other latents {tuple(self.other.shape)} "
+                "must have one row per pair"
+            )
+
+    @classmethod
+    def from_latents(
+        cls, latents: tuple[list[str], Tensor, Tensor], **settings: object
+    ) -> "OfflineDiffusionDPO":
+        """From ``(prompts, preferred, other)`` (`ddpo.data.PreferenceLatents`) and the
+        settings of `DiffusionDPO` (``beta``, ``num_train_timesteps``)."""
+        prompts, preferred, other = latents
+        return cls(prompts=tuple(prompts), preferred=preferred, other=other, **settings)  # type: ignore[arg-type]
+
+    @property
+    def needs(self) -> ObjectiveNeeds:
+        """No rollout: the epoch's rows are the data set's (`epoch_rows`)."""
+        return ObjectiveNeeds(transitions=False, final=True, rollout=False)
+
+    def prepare_epoch(self, context: ObjectiveContext, samples: Trajectories) -> Trajectories:
+        """The rows are pairs already."""
+        return samples
+
+    def epoch_rows(self, context: ObjectiveContext) -> Trajectories:
+        """This process's pairs of epoch ``context.epoch``: rows of the preferred images, the
+        other images' latents in ``extras``, every pair weighing 1."""
+        assert self.preferred is not None and self.other is not None
+        n, per_process = len(self.prompts), context.rows_per_epoch
+        if per_process <= 0:
+            raise ValueError(f"rows_per_epoch must be > 0, got {per_process}")
+        total = per_process * context.num_processes
+        positions = torch.arange(context.epoch * total, (context.epoch + 1) * total)
+        positions = positions[context.process_index :: context.num_processes]
+        passes = positions // n
+        index = torch.empty_like(positions)
+        for p in passes.unique().tolist():
+            # each pass over the data in its own order, the same on every process
+            generator = torch.Generator().manual_seed(derive_seed(context.seed_keys[0], p))
+            order = torch.randperm(n, generator=generator)
+            chosen = passes == p
+            index[chosen] = order[positions[chosen] % n]
+        prompts = [self.prompts[i] for i in index.tolist()]
+        with torch.no_grad():
+            conditioning = context.policy.encode(prompts, "")
+        device = next(iter(conditioning.tensors.values())).device
+        preferred = self.preferred[index].to(device)
+        rows = len(prompts)
+        no_steps = torch.zeros(rows, 0, *preferred.shape[1:], device=device)
+        return Trajectories(
+            prompts=prompts,
+            conditioning=conditioning,
+            timesteps=torch.zeros(rows, 0, dtype=torch.int64, device=device),
+            latents=no_steps,
+            next_latents=no_steps,
+            log_probs=torch.zeros(rows, 0, device=device),
+            schedule=torch.zeros(rows, 0, 0, device=device),
+            final_latents=preferred,
+            extras={
+                LOSER_KEY: self.other[index].to(device),
+                WEIGHT_KEY: torch.ones(rows, device=device),
+            },
+        )
+
+
+__all__ = [
+    "LOSER_KEY",
+    "WEIGHT_KEY",
+    "DPOPairs",
+    "DiffusionDPO",
+    "OfflineDiffusionDPO",
+    "preference_pairs",
+]

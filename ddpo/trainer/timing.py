@@ -59,14 +59,11 @@ def epoch_metrics(
     steps' metrics averaged over the epoch (the default objective's ``loss``, ``approx_kl``,
     ``clip_fraction``, ``kl``, then any other objective's diagnostics by name), the learning
     rate and the phase times."""
-    metrics: dict[str, float | int] = {
-        "epoch": epoch,
-        "global_step": global_step,
-        "reward_mean": float(rewards.double().mean()),
-        "reward_std": float(rewards.double().std(unbiased=False)),
-        "num_samples": int(rewards.numel()),
-        "lr": lr,
-    }
+    metrics: dict[str, float | int] = {"epoch": epoch, "global_step": global_step}
+    if rewards.numel():  # an epoch of offline rows has none
+        metrics["reward_mean"] = float(rewards.double().mean())
+        metrics["reward_std"] = float(rewards.double().std(unbiased=False))
+    metrics |= {"num_samples": int(rewards.numel()), "lr": lr}
     known = ("loss", "approx_kl", "clip_fraction", "kl")
     others = sorted({key for m in step_metrics for key in m} - set(known))
     for key in (*known, *others):

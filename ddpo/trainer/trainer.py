@@ -25,9 +25,10 @@ from accelerate.utils import broadcast_object_list, gather_object
 from ddpo._typing import no_type_check
 from ddpo.core import PerPromptStatTracker
 from ddpo.objectives import Objective, ObjectiveContext
-from ddpo.objectives.base import end_epoch, prepare_epoch, sampling_weights
+from ddpo.objectives.base import end_epoch, epoch_rows, prepare_epoch, sampling_weights
 from ddpo.policy import DiffusionPolicy, policy_option
 from ddpo.rewards.contract import RewardFunction
+from ddpo.samples import Trajectories
 from ddpo.trainer import checkpoint as ckpt
 from ddpo.trainer import run_state, setup
 from ddpo.trainer.advantages import (
@@ -296,45 +297,23 @@ class DDPOTrainer:
             timer.phase("epoch"),
             progress_bar(enabled=accelerator.is_local_main_process) as progress,
         ):
-            # 1. Sample trajectories and score them (overlapped with sampling when async).
-            task = progress.add_task(
-                f"epoch {epoch}: sampling", total=config.sample_num_batches_per_epoch
-            )
+            # 1-2. Sample trajectories, score them, gather the rewards and turn them into
+            #      advantages; or, for an objective that brings its own rows (offline data),
+            #      take those.
             parameters = dict(trainable_named_parameters(self.sd_pipeline))
-            with sampling_weights(self.objective, parameters):
-                samples, image_data = self.rollout.run(
-                    epoch, self.unet, timer, lambda: progress.advance(task)
-                )
-            progress.remove_task(task)
-
-            # 2. Gather rewards across processes; advantages from the whole epoch's rewards.
-            assert samples.rewards is not None
-            rewards_all = accelerator.gather(samples.rewards).detach().float().cpu()
-            if self.image_samples_hook is not None and accelerator.is_main_process:
-                self.image_samples_hook(image_data, global_step, self._tracker())
-            with timer.phase("advantages"):
-                advantages_all = self._advantages(rewards_all, samples.prompts)
-                per_process = advantages_all.reshape(accelerator.num_processes, -1)
-                samples.advantages = per_process[accelerator.process_index].to(accelerator.device)
-
-            # 2b. Flow-GRPO's filter: samples whose advantage is 0 leave the epoch's training
-            #     (the micro-batches shrink, their number stays, so processes stay in step).
+            epoch_context = self._epoch_context(epoch, parameters)
             extra: dict[str, float | int] = {}
-            if config.train_drop_zero_advantages:
-                num_batches = micro_batches_per_epoch(config)
-                seed = derive_seed(
-                    config.seed, ZERO_ADVANTAGE_STREAM, accelerator.process_index, epoch
+            if self.objective.needs.rollout:
+                samples, rewards_all = self._sampled_epoch(
+                    epoch, global_step, parameters, timer, progress, extra
                 )
-                generator = torch.Generator().manual_seed(seed)
-                rows = kept_rows(samples.advantages, num_batches=num_batches, generator=generator)
-                samples = samples.select(rows.to(samples.timesteps.device))
-                extra["num_dropped_samples"] = num_dropped(
-                    advantages_all, num_processes=accelerator.num_processes, num_batches=num_batches
-                )
+            else:
+                with timer.phase("data"):
+                    samples = epoch_rows(self.objective, epoch_context)
+                rewards_all = torch.zeros(0)
 
             # 2c. The objective's own preparation, with the weights that sampled (e.g. AWM's
             #     old surrogate, Diffusion-DPO's pairs).
-            epoch_context = self._epoch_context(epoch, parameters)
             with timer.phase("prepare"):
                 samples = prepare_epoch(self.objective, epoch_context, samples)
 
@@ -380,6 +359,53 @@ class DDPOTrainer:
             self.save_checkpoint(epoch + 1, global_step)
         return global_step
 
+    def _sampled_epoch(
+        self,
+        epoch: int,
+        global_step: int,
+        parameters: dict[str, torch.nn.Parameter],
+        timer: PhaseTimer,
+        progress: Any,
+        extra: dict[str, float | int],
+    ) -> tuple[Trajectories, torch.Tensor]:
+        """Steps 1 to 2b of an epoch: sample and reward (with the objective's sampling weights),
+        call the image hook, compute the advantages from every process's rewards, and drop the
+        samples of zero advantage when the config says so. Returns this process's samples and
+        every process's rewards (CPU)."""
+        config, accelerator = self.config, self.accelerator
+        # 1. Sample trajectories and score them (overlapped with sampling when async).
+        task = progress.add_task(
+            f"epoch {epoch}: sampling", total=config.sample_num_batches_per_epoch
+        )
+        with sampling_weights(self.objective, parameters):
+            samples, image_data = self.rollout.run(
+                epoch, self.unet, timer, lambda: progress.advance(task)
+            )
+        progress.remove_task(task)
+
+        # 2. Gather rewards across processes; advantages from the whole epoch's rewards.
+        assert samples.rewards is not None
+        rewards_all = accelerator.gather(samples.rewards).detach().float().cpu()
+        if self.image_samples_hook is not None and accelerator.is_main_process:
+            self.image_samples_hook(image_data, global_step, self._tracker())
+        with timer.phase("advantages"):
+            advantages_all = self._advantages(rewards_all, samples.prompts)
+            per_process = advantages_all.reshape(accelerator.num_processes, -1)
+            samples.advantages = per_process[accelerator.process_index].to(accelerator.device)
+
+        # 2b. Flow-GRPO's filter: samples whose advantage is 0 leave the epoch's training
+        #     (the micro-batches shrink, their number stays, so processes stay in step).
+        if config.train_drop_zero_advantages:
+            num_batches = micro_batches_per_epoch(config)
+            seed = derive_seed(config.seed, ZERO_ADVANTAGE_STREAM, accelerator.process_index, epoch)
+            generator = torch.Generator().manual_seed(seed)
+            rows = kept_rows(samples.advantages, num_batches=num_batches, generator=generator)
+            samples = samples.select(rows.to(samples.timesteps.device))
+            extra["num_dropped_samples"] = num_dropped(
+                advantages_all, num_processes=accelerator.num_processes, num_batches=num_batches
+            )
+        return samples, rewards_all
+
     def _epoch_context(
         self, epoch: int, parameters: dict[str, torch.nn.Parameter]
     ) -> ObjectiveContext:
@@ -395,6 +421,9 @@ class DDPOTrainer:
             inner_epoch=-1,
             parameters=parameters,
             micro_batch_size=self.config.train_batch_size,
+            process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes,
+            rows_per_epoch=self.config.sample_batch_size * self.config.sample_num_batches_per_epoch,
         )
 
     def evaluate(self) -> dict[str, float]:

@@ -243,3 +243,143 @@ def test_ddpo_train_refuses_dpo_without_repeated_prompts_before_loading(
     assert status == 2 and "Traceback" not in err, err
     assert "algorithm 'dpo' pairs the images of each prompt: it needs prompt_repeats >= 2" in err
     assert not run.exists()
+
+
+def _pickapic(file: Path, count: int) -> Path:
+    """``count`` Pick-a-Pic rows of two plain images each (a bright and a dark one, the
+    preferred side alternating) and one tie, which is dropped."""
+    import io
+
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from PIL import Image
+
+    def png(level: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 40), (level, level // 2, 255 - level)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    captions = [PROMPT_NAMES[i % len(PROMPT_NAMES)] for i in range(count + 1)]
+    bright = [png(200 + i) for i in range(count + 1)]
+    dark = [png(20 + i) for i in range(count + 1)]
+    labels = [float(i % 2) for i in range(count)] + [0.5]
+    sides = list(zip(bright, dark, labels, strict=True))
+    table = pa.table({
+        "caption": captions,
+        "jpg_0": [b if label == 1.0 else d for b, d, label in sides],
+        "jpg_1": [d if label == 1.0 else b for b, d, label in sides],
+        "label_0": labels,
+    })  # fmt: skip
+    pq.write_table(table, file)
+    return file
+
+
+PROMPT_NAMES = ("a red circle", "a blue square", "a green star")
+
+
+def test_offline_dpo_trains_from_pickapic_parquet_and_resumes_exactly(
+    tmp_path: Path, pipeline_factory: Any
+) -> None:
+    """Pairs read from a Parquet file in Pick-a-Pic's layout, encoded by the model's VAE, train
+    through DDPOTrainer without sampling or rewarding; each epoch takes the next pairs of a
+    seeded order; a resumed run equals one run."""
+    from ddpo.data import encode_preference_pairs, read_preference_pairs
+    from ddpo.objectives import OfflineDiffusionDPO
+
+    pairs = read_preference_pairs(_pickapic(tmp_path / "prefs.parquet", 6))
+    assert len(pairs) == 6  # the tie is dropped
+
+    def run(output: Path | None, epochs: int, **overrides: Any) -> DDPOTrainer:
+        pipeline = pipeline_factory(MODEL, use_lora=True)
+        latents = encode_preference_pairs(pipeline, pairs, resolution=32, cache_dir=tmp_path / "c")
+        objective = OfflineDiffusionDPO.from_latents(latents, beta=50.0, num_train_timesteps=2)
+        config = _config(output, "dpo", num_epochs=epochs, save_freq=1, **overrides)
+        calls: list[int] = []
+
+        def reward(*args: Any) -> Any:
+            calls.append(1)
+            return brightness(*args)
+
+        trainer = DDPOTrainer(config, reward, pick_prompt, pipeline, objective=objective)
+        trainer.train()
+        trainer.close()
+        assert not calls  # nothing sampled, nothing rewarded
+        return trainer
+
+    weights_a = run(tmp_path / "a", 3).trainable_state_dict()
+    rows_a = read_metrics(tmp_path / "a")
+    assert [r["num_samples"] for r in rows_a] == [0, 0, 0] and "reward_mean" not in rows_a[0]
+    assert all(0 <= r["implicit_accuracy"] <= 1 for r in rows_a)
+    _reset_accelerate()
+    run(tmp_path / "b", 1)
+    _reset_accelerate()
+    weights_c = run(None, 3, resume_from=str(tmp_path / "b")).trainable_state_dict()
+    assert all(torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
+    assert [r["loss"] for r in read_metrics(tmp_path / "b")] == [r["loss"] for r in rows_a]
+
+
+def test_offline_dpo_walks_the_data_in_seeded_passes(pipeline_factory: Any) -> None:
+    """4 rows an epoch over 6 pairs on 2 processes: each pass is a permutation of the pairs,
+    the processes take alternate rows, and the order depends only on the seed."""
+    from ddpo.objectives import ObjectiveContext, OfflineDiffusionDPO
+
+    policy = pipeline_factory(MODEL)
+    n = 6
+    latents = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 4, 2, 2)
+    prompts = [PROMPT_NAMES[i % 3] for i in range(n)]
+    objective = OfflineDiffusionDPO.from_latents((prompts, latents, -latents))
+
+    def rows(epoch: int, process: int, seed: int = 0) -> list[int]:
+        context = ObjectiveContext(
+            policy=policy, denoiser=policy.denoiser, autocast=torch.autocast,
+            seed_keys=(seed, 8, process), epoch=epoch, inner_epoch=-1, process_index=process,
+            num_processes=2, rows_per_epoch=2,
+        )  # fmt: skip
+        batch = objective.epoch_rows(context)
+        assert batch.final_latents is not None
+        torch.testing.assert_close(batch.extras["dpo_other_latents"], -batch.final_latents)
+        index = [int(v) for v in batch.final_latents[:, 0, 0, 0]]
+        assert batch.prompts == [prompts[i] for i in index]
+        return index
+
+    stream = [
+        i for e in range(3) for pair in zip(rows(e, 0), rows(e, 1), strict=True) for i in pair
+    ]
+    assert sorted(stream[:6]) == list(range(6)) and sorted(stream[6:]) == list(range(6))
+    assert stream[:6] != stream[6:]  # a fresh order for the second pass
+    assert rows(0, 0, seed=1) + rows(0, 1, seed=1) != rows(0, 0) + rows(0, 1)
+
+
+def test_ddpo_train_takes_offline_preference_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ddpo.cli import main
+
+    data = _pickapic(tmp_path / "prefs.parquet", 4)
+    run = tmp_path / "run"
+    cache = tmp_path / "cache"
+    flags = ["train", *CLI_TINY, "--algorithm=dpo", f"--preference_data={data}",
+             f"--preference_cache={cache}", f"--ddpo_config.output_dir={run}"]  # fmt: skip
+    assert main(flags) == 0, capsys.readouterr().err
+    (row,) = read_metrics(run)
+    assert "implicit_accuracy" in row and row["num_samples"] == 0
+    assert any(cache.iterdir())
+    _reset_accelerate()
+
+    import ddpo.adapters.families
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the error")
+
+    monkeypatch.setattr(ddpo.adapters.families, "load_policy", forbidden)
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "pairs.jsonl").write_text('{"prompt": "a", "preferred": "x.png", "other": "y.png"}\n')
+    for extra, message in (
+        ([f"--preference_data={data}", "--algorithm=awm"], "it needs --algorithm dpo"),
+        ([f"--preference_data={bad}", "--algorithm=dpo"], "pairs.jsonl line 1"),
+    ):
+        status = main(["train", *CLI_TINY, *extra, f"--ddpo_config.output_dir={tmp_path / 'x'}"])
+        err = capsys.readouterr().err
+        assert status == 2 and message in err and "Traceback" not in err, err
