@@ -265,11 +265,11 @@ def algorithm_tiny_preset(algorithm: AlgorithmName) -> DDPOConfig:
       sampler's 10 timesteps (``train_timestep_fraction`` 0.9);
     - ``awm``: AWM's GenEval recipe (``config/dgx_awm.py``): 6 timesteps per sample, the
       ``ghuber`` weighting at power 0.25, PPO clip 1.0, the KL weight 1e-3 (uniform);
-    - ``dpo``: online Diffusion-DPO on each prompt group's best and worst image (8 pairs an
-      epoch), 8 timesteps per pair, ``beta`` 500: the paper's 5000 (SD 1.5, learning rate
-      about 2e-5 after its scaling) saturated the sigmoid at this run's 3e-4 (logits 3 to 18
-      within 8 epochs of ``examples/diffusion_dpo.py``); every pair of a group (``dpo_pairs=
-      "all"``, 960 pairs) took 133 s an epoch here, 5 times Flow-GRPO's.
+    - ``dpo``: online Diffusion-DPO on each prompt's better half of images against its worse
+      half, rank by rank (``dpo_pairs="halves"``: the pool's 2 prompts give 64 pairs an
+      epoch; their best and worst alone would give 2), 4 timesteps per pair, ``beta`` 500: the
+      paper's 5000 (SD 1.5, learning rate about 2e-5 after its scaling) saturated the sigmoid
+      at this run's 3e-4 (logits 3 to 18 within 8 epochs of ``examples/diffusion_dpo.py``).
 
     Flow-GRPO's own options (its KL convention, training the first steps in order, dropping
     samples of zero advantage) are reset to the defaults; advantages stay ``group_global``.
@@ -286,8 +286,8 @@ def algorithm_tiny_preset(algorithm: AlgorithmName) -> DDPOConfig:
         "dpo": {
             "kl_coef": 0.0,
             "dpo_beta": 500.0,
-            "dpo_pairs": "best_worst",
-            "train_num_timesteps": 8,
+            "dpo_pairs": "halves",
+            "train_num_timesteps": 4,
         },
     }
     if algorithm not in changes:

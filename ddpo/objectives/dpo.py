@@ -22,8 +22,10 @@ from ddpo.objectives.base import ObjectiveContext, ObjectiveLoss, ObjectiveNeeds
 from ddpo.policy import Conditioning
 from ddpo.samples import Trajectories
 
-DPOPairs = Literal["best_worst", "all"]
-"""How a prompt's group gives pairs: its best and worst sample, or every two samples."""
+DPOPairs = Literal["best_worst", "halves", "all"]
+"""How a prompt's group gives pairs: its best and worst sample; its better half against its
+worse half, rank by rank (the best with the worst, the second with the second worst, ...); or
+every two samples."""
 
 LOSER_KEY, WEIGHT_KEY = "dpo_other_latents", "dpo_weight"
 """``Trajectories.extras`` of a pair's row (the preferred sample's): the other sample's clean
@@ -37,7 +39,9 @@ def preference_pairs(
     the order of the prompts' first samples: ``(preferred, other)`` row indices.
 
     ``"best_worst"``: per group of two or more, its highest and lowest reward (the first of
-    equal ones); ``"all"``: every two samples of a group, the higher reward preferred.
+    equal ones); ``"halves"``: the group sorted by reward (stable), its ``i``-th best against
+    its ``i``-th worst for ``i`` below half its size; ``"all"``: every two samples of a group,
+    the higher reward preferred.
 
     Raises:
         ValueError: if no prompt has two samples (Diffusion-DPO needs repeated prompts).
@@ -51,7 +55,12 @@ def preference_pairs(
     for rows in groups.values():
         if len(rows) < 2:
             continue
-        if pairs == "best_worst":
+        if pairs == "halves":
+            ranked = sorted(rows, key=lambda i: -values[i])  # stable: ties keep their order
+            for i in range(len(ranked) // 2):
+                preferred.append(ranked[i])
+                other.append(ranked[-1 - i])
+        elif pairs == "best_worst":
             best = max(rows, key=lambda i: values[i])
             worst = min(rows, key=lambda i: values[i])
             if best == worst:  # all equal: the first and the last

@@ -326,8 +326,10 @@ class DDPOConfig:
     awm_kl_penalty`; the recipe's ``uniform``; ``elbo`` needs a flow model)."""
     dpo_beta: float = 5000.0
     """Diffusion-DPO's ``beta`` (the paper's 5000 for SD 1.5, 2500 for SDXL)."""
-    dpo_pairs: Literal["best_worst", "all"] = "best_worst"
-    """Diffusion-DPO's pairs per prompt group: its best and worst sample, or every two."""
+    dpo_pairs: Literal["best_worst", "halves", "all"] = "best_worst"
+    """Diffusion-DPO's pairs per prompt group (the samples of one prompt string): its best and
+    worst sample; ``halves``, its better half against its worse half rank by rank; or every
+    two."""
 
     def __post_init__(self) -> None:
         self.validate()

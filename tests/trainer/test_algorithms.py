@@ -153,6 +153,9 @@ def test_dpo_pairs_each_prompts_best_and_worst(tmp_path: Path, pipeline_factory:
     assert list(zip(preferred.tolist(), other.tolist(), strict=True)) == [
         (1, 0), (2, 3), (4, 2), (4, 3)
     ]  # fmt: skip
+    preferred, other = preference_pairs(["x"] * 4, torch.tensor([0.2, 0.8, 0.5, 0.1]),
+                                        pairs="halves")  # fmt: skip
+    assert preferred.tolist() == [1, 2] and other.tolist() == [3, 0]  # 1st vs 4th, 2nd vs 3rd
     with pytest.raises(ValueError, match=r"no prompt with two samples .*--prompt_repeats 2"):
         preference_pairs(["a", "b"], torch.tensor([0.0, 1.0]))
     trainer = DDPOTrainer(
