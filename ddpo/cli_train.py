@@ -363,6 +363,7 @@ def run_settings(args: TrainArgs) -> dict[str, Any]:
 
 PATH_TRAIN_ARGS: tuple[str, ...] = (
     "pretrained_model",
+    "preference_data",
     "reward_model",
     "aesthetic_clip_model",
     "aesthetic_mlp_weights",

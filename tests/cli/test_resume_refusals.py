@@ -63,6 +63,8 @@ RUN_CHANGING: dict[str, list[str]] = {
     "aesthetic_mlp_weights": ["--aesthetic_mlp_weights=someone/mlp"],
     "prompt_repeats": ["--prompt_repeats=3"],
     "prompt_pool": ["--prompt_pool=3"],
+    "preference_data": ["--preference_data=prefs.parquet", "--algorithm=dpo"],
+    "preference_limit": ["--preference_limit=5"],
 }
 
 #: A changed value of every flag that may change on resume, all at once.
@@ -187,7 +189,10 @@ def test_a_changed_run_flag_is_refused(
     name: str, run: Path, capsys: pytest.CaptureFixture[str], no_model_loading: None
 ) -> None:
     line = _refused(run, capsys, *RUN_CHANGING[name])
-    assert "with changed ddpo train flags: " in line and f"--{name}: " in line
+    if name == "preference_data":  # it needs --algorithm dpo: the changed config is named first
+        assert "with a changed config: algorithm: 'ddpo' -> 'dpo'" in line
+    else:
+        assert "with changed ddpo train flags: " in line and f"--{name}: " in line
     assert "resume_allow_config_changes=True" in line
 
 
