@@ -42,7 +42,7 @@ def test_a_hand_computed_case() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**16), advantage=st.floats(-3.0, 3.0),
-       weighting=st.sampled_from(["uniform", "sigma", "sigma_squared"]))  # fmt: skip
+       weighting=st.sampled_from(["uniform", "sigma", "sigma_squared", "ghuber"]))  # fmt: skip
 def test_on_policy_a_constant_advantage_trains_the_weighted_matching_loss(
     seed: int, advantage: float, weighting: str
 ) -> None:
@@ -59,3 +59,20 @@ def test_on_policy_a_constant_advantage_trains_the_weighted_matching_loss(
     matching = -awm_log_likelihood(u, target, sigma, weighting=weighting).mean()  # type: ignore[arg-type]
     (matching_grad,) = torch.autograd.grad(matching, u)
     torch.testing.assert_close(grad, advantage * matching_grad)
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "sigma", "sigma_squared", "ghuber"])
+def test_the_surrogate_and_the_regulariser_pass_gradcheck_in_float64(weighting: str) -> None:
+    g = torch.Generator().manual_seed(3)
+    velocity = torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(2, 1, 2, 2, generator=g, dtype=torch.float64)
+    sigma = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    assert torch.autograd.gradcheck(
+        lambda v: awm_log_likelihood(v, target, sigma, weighting=weighting),  # type: ignore[arg-type]
+        (velocity,),
+    )
+    for kl_weighting in ("elbo", "uniform"):
+        assert torch.autograd.gradcheck(
+            lambda v, w=kl_weighting: awm_kl_penalty(v, target, sigma, weighting=w),  # type: ignore[misc]
+            (velocity,),
+        )
