@@ -4,7 +4,8 @@ Runs a ``ddpo train`` preset once per seed: ``default`` (DDPO on the packaged
 ``ddpo-tiny-shapes``, whole UNet) or ``flow_grpo_tiny`` (Flow-GRPO on the packaged
 ``ddpo-tiny-shapes-flow``, LoRA; ``--flag=--sde_window_size=2`` for its stochastic window), both
 with the ``alignment`` reward on a pool of 2 training prompts drawn by the seed, each in its
-own process with one thread, with held-out evaluation during training
+own process with one thread (``nft_tiny``, ``awm_tiny`` and ``dpo_tiny``: the other
+algorithms on the flow run), with held-out evaluation during training
 (``DDPOConfig.eval_freq``): the ``shapes_heldout`` captions, which the run never trains on,
 scored with the run's reward (``eval/reward``, and the share of images with every attribute
 right, ``eval/reward/accuracy``), each with a 95 % interval over prompts. The policy is also
@@ -203,7 +204,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
         "--preset", default="default", help="ddpo train's preset: default (DDPO on "
-        "ddpo-tiny-shapes) or flow_grpo_tiny (Flow-GRPO on ddpo-tiny-shapes-flow)"
+        "ddpo-tiny-shapes), flow_grpo_tiny (Flow-GRPO on ddpo-tiny-shapes-flow), or nft_tiny, "
+        "awm_tiny, dpo_tiny (DiffusionNFT, AWM, Diffusion-DPO on the same run)"
     )  # fmt: skip
     parser.add_argument(
         "--flag", action="append", default=[], help="one more ddpo train flag, as "
