@@ -100,7 +100,9 @@ class TrainArgs:
     native size: 512 for SD 1.5, 1024 for SDXL, SD3 and FLUX.1, 64 for the tiny models)."""
     noise_level: float | None = None
     """Flow-matching models (SD3, FLUX.1): the noise level of Flow-GRPO's SDE sampler, > 0 (default
-    0.7). DDIM models use ``--ddpo_config.sample_eta`` instead."""
+    0.7); 0 samples with the deterministic ODE, for ``--algorithm nft``, ``awm`` or ``dpo``
+    (the default with ``nft`` and ``awm``, as their authors sample deterministically). DDIM
+    models use ``--ddpo_config.sample_eta`` instead."""
     sde_window_size: int | None = None
     """Flow-matching models: sample only this many consecutive steps with the SDE and train
     only those (the others are deterministic ODE steps: Flow-GRPO-Fast); default: every step."""
@@ -256,8 +258,13 @@ def check_train_values(args: TrainArgs) -> None:
     if args.resolution is not None and (args.resolution <= 0 or args.resolution % 8):
         raise ValueError(f"resolution must be a positive multiple of 8, got {args.resolution}")
     noise_level = args.noise_level
-    if noise_level is not None and not (noise_level > 0 and math.isfinite(noise_level)):
-        raise ValueError(f"noise_level must be > 0 and finite, got {noise_level}")
+    if noise_level is not None and not (noise_level >= 0 and math.isfinite(noise_level)):
+        raise ValueError(f"noise_level must be >= 0 and finite, got {noise_level}")
+    if noise_level == 0 and args.ddpo_config.algorithm == "ddpo":
+        raise ValueError(
+            "noise_level 0 samples with the ODE, which has no step log-probabilities for the "
+            "policy gradient (algorithm 'ddpo'): use it with --algorithm nft, awm or dpo"
+        )
     if args.sde_window_size is not None and args.sde_window_size < 1:
         raise ValueError(f"sde_window_size must be >= 1, got {args.sde_window_size}")
     if args.sde_window_start is not None and args.sde_window_start < 0:
@@ -489,6 +496,11 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
     family, _ = check_family_options(
         args.pretrained_model, args.pretrained_revision, family_options
     )
+    # DiffusionNFT and AWM sample deterministically, as their authors do: a flow model's ODE,
+    # unless --noise_level is given (the DDIM families sample at sample_eta > 0).
+    deterministic = config.algorithm in DETERMINISTIC_SAMPLING_ALGORITHMS
+    if deterministic and args.noise_level is None and "noise_level" in family.options:
+        family_options["noise_level"] = 0.0
     # What the family's policy cannot run (CFG sampling re-scored without it, a sample_eta it
     # would ignore, a KL convention or shared initial noise it lacks) is refused now.
     check_policy_supports(family.policy_class(), trainer_config)
@@ -538,6 +550,11 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
     hook.folder = Path(trainer.output_dir) / "images"
     hook.epoch = trainer.first_epoch
     return _TrainSetup(args, trainer, hook, console, config.push_to_hub)
+
+
+DETERMINISTIC_SAMPLING_ALGORITHMS: tuple[str, ...] = ("nft", "awm")
+"""The algorithms whose ``ddpo train`` runs sample a flow model with the ODE unless
+``--noise_level`` is given (their authors' deterministic sampling)."""
 
 
 def _offline_dpo(args: TrainArgs, pipeline: Any, pairs: Any) -> Any:

@@ -121,6 +121,19 @@ def check_objective(
         )
     if policy is not None and has_hook(objective, "check_policy"):
         objective.check_policy(policy)  # type: ignore[attr-defined]
+    needs_transitions = cast(Objective, objective).needs.transitions
+    if (
+        policy is not None
+        and needs_transitions
+        and policy.transitions_per_rollout(config.sample_num_steps) == 0
+    ):
+        raise ValueError(
+            f"{type(objective).__name__} trains on the sampler's recorded transitions, and "
+            f"the policy's sampler records none (a deterministic sampler, e.g. a flow "
+            "model's noise_level=0): sample with noise (noise_level > 0), or train with an "
+            "algorithm that needs only the final latents (DDPOConfig.algorithm 'nft', 'awm' "
+            "or 'dpo')"
+        )
 
 
 def check_sampler_settings(policy: DiffusionPolicy, config: DDPOConfig) -> None:

@@ -123,9 +123,11 @@ def test_bad_flow_arguments_get_clear_errors_before_model_work(
 ) -> None:
     # argument errors come before the folder is even looked at
     missing = tmp_path / "nowhere"
-    for level in (0, -0.5, float("nan")):
+    for level in (-0.5, float("nan")):
         with pytest.raises(ValueError, match="noise_level"):
             DefaultDDPOStableDiffusion3Pipeline(missing, noise_level=level)
+    with pytest.raises(ValueError, match=r"noise_level=0 samples with the ODE .* unused"):
+        DefaultDDPOStableDiffusion3Pipeline(missing, noise_level=0, sde_window_size=2)
     with pytest.raises(ValueError, match="sde_window_size=0"):
         DefaultDDPOStableDiffusion3Pipeline(missing, sde_window_size=0)
     with pytest.raises(ValueError, match="sde_window_start=1 needs sde_window_size"):

@@ -56,8 +56,8 @@ def test_taken_output_folder_is_reported_before_the_model_loads(
         (["--prompt_pool", "-1"], "prompt_pool must be >= 0, got -1"),
         (["--lora_rank", "0"], "lora_rank must be positive, got 0"),
         # non-finite numbers and weights that train on nothing
-        (["--noise_level", "inf"], "noise_level must be > 0 and finite, got inf"),
-        (["--noise_level", "nan"], "noise_level must be > 0 and finite, got nan"),
+        (["--noise_level", "inf"], "noise_level must be >= 0 and finite, got inf"),
+        (["--noise_level", "nan"], "noise_level must be >= 0 and finite, got nan"),
         (["--remote_reward_timeout", "inf"], "--remote_reward_timeout must be positive and fin"),
         (["--ddpo_config.sample_guidance_scale", "nan"], "sample_guidance_scale must be finite"),
         (["--reward", "jpeg_compressibility:0"], "a term of weight 0 trains on nothing; drop"),

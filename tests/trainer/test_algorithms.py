@@ -386,3 +386,61 @@ def test_ddpo_train_takes_offline_preference_data(
         status = main(["train", *CLI_TINY, *extra, f"--ddpo_config.output_dir={tmp_path / 'x'}"])
         err = capsys.readouterr().err
         assert status == 2 and message in err and "Traceback" not in err, err
+
+
+def test_a_flow_model_samples_with_the_ode_for_the_forward_process_algorithms(
+    tmp_path: Path, pipeline_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``noise_level=0``: the rollout is the ODE (the images of the deterministic sampler for
+    the same initial noise) and records no transition; DiffusionNFT trains on it (as its authors
+    sample deterministically); the policy gradient, which needs transitions, is refused."""
+    policy = pipeline_factory(SD3_MODEL, use_lora=True, noise_level=0)
+    prompts = ["a red circle", "a blue square"]
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = policy.rollout(
+        policy.encode(prompts, ""), num_steps=3, guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(9),
+        initial_noise_generators=[torch.Generator().manual_seed(i) for i in range(2)],
+    )  # fmt: skip
+    assert out.log_probs.shape == (2, 0) and out.timesteps.numel() == 0
+    assert policy.transitions_per_rollout(3) == 0 and out.final_latents is not None
+    ode = policy.deterministic_images(prompts, num_steps=3, guidance_scale=1.0,
+                                      generators=generators)  # fmt: skip
+    torch.testing.assert_close(out.images, ode)
+
+    trainer = DDPOTrainer(_config(tmp_path / "nft", "nft"), brightness,
+                          RepeatPrompts(pick_prompt, 2), policy)  # fmt: skip
+    assert trainer.train() == 2
+    trainer.close()
+    _reset_accelerate()
+    with pytest.raises(ValueError, match=r"PolicyGradient trains on the sampler's recorded"):
+        DDPOTrainer(_config(tmp_path / "ddpo", "ddpo"), brightness, pick_prompt,
+                    pipeline_factory(SD3_MODEL, noise_level=0))  # fmt: skip
+
+    from ddpo.cli import main
+
+    status = main(["train", *CLI_TINY, "--noise_level=0",
+                   f"--ddpo_config.output_dir={tmp_path / 'cli'}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and "noise_level 0 samples with the ODE" in err, err
+
+
+@pytest.mark.parametrize(("algorithm", "flags", "expected"), [
+    ("nft", [], 0.0), ("awm", [], 0.0), ("nft", ["--noise_level=0.7"], 0.7), ("dpo", [], 0.7),
+])  # fmt: skip
+def test_ddpo_train_samples_nft_and_awm_with_the_ode_by_default(
+    tmp_path: Path, algorithm: str, flags: list[str], expected: float
+) -> None:
+    """As DiffusionNFT's and AWM's authors sample deterministically, ``ddpo train`` gives a flow
+    model noise level 0 for them unless ``--noise_level`` says otherwise."""
+    from ddpo.cli import parse_train_args
+    from ddpo.cli_train import setup_train
+
+    args = parse_train_args([*CLI_TINY, f"--algorithm={algorithm}", *flags,
+                             f"--ddpo_config.output_dir={tmp_path / 'run'}"])  # fmt: skip
+    setup = setup_train(args)
+    try:
+        assert setup.trainer.sd_pipeline.noise_level == expected
+    finally:
+        setup.trainer.close()
+        _reset_accelerate()

@@ -136,7 +136,12 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
 
     def check_num_steps(self, num_steps: int) -> None:
         """ValueError naming ``DDPOConfig.sample_num_steps`` (and the window) if the window does
-        not fit in ``num_steps`` or the schedule has no sigma below 1 for the SDE."""
+        not fit in ``num_steps`` or the schedule has no sigma below 1 for the SDE (any positive
+        count for the ODE, ``noise_level=0``)."""
+        if self.noise_level == 0:
+            if num_steps < 1:
+                raise ValueError(f"DDPOConfig.sample_num_steps must be >= 1, got {num_steps}")
+            return
         check_window(num_steps, *self._window_args()[:3], sde_type=self.sde_type)
         if self._flow_schedule(copy.deepcopy(self.scheduler), num_steps).sigma_max is None:
             raise ValueError(
@@ -145,7 +150,11 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             )
 
     def transitions_per_rollout(self, num_steps: int) -> int:
-        """``K``, the stochastic (recorded, trained) steps of a ``num_steps``-step rollout."""
+        """``K``, the stochastic (recorded, trained) steps of a ``num_steps``-step rollout (0
+        with ``noise_level=0``: the ODE records none)."""
+        if self.noise_level == 0:
+            self.check_num_steps(num_steps)
+            return 0
         check_window(num_steps, *self._window_args()[:3], sde_type=self.sde_type)
         if self.sde_window_size is None:
             return stochastic_steps(num_steps, self.sde_type)
@@ -267,14 +276,16 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             grad_steps=grad_steps,
         )
         out, window = sample.output, sample.window
-        assert window is not None
+        if window is None:  # noise_level 0: the ODE everywhere, no transition recorded
+            window = range(0)
+            latents, log_probs = out.latents[:, :1], out.log_probs[:, :0]
+        else:
+            latents, log_probs = out.latents, out.log_probs
         steps = torch.arange(window.start, window.stop, dtype=torch.int64, device=self.device)
         rows = flow_schedule_rows(
             sample.schedule, window, guidance_scale=guidance_scale, device=self.device
         )
-        return PolicyRollout(
-            out.images, out.latents, out.log_probs, steps, rows, sample.final_latents
-        )
+        return PolicyRollout(out.images, latents, log_probs, steps, rows, sample.final_latents)
 
     def score(
         self,

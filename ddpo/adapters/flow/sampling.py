@@ -58,6 +58,19 @@ def check_sde_type(sde_type: Any) -> SDEType:
     return cast(SDEType, sde_type)
 
 
+def check_ode_has_no_window(
+    noise_level: float, sde_window_size: int | None, sde_window_range: tuple[int, int] | None
+) -> None:
+    """ValueError if ``noise_level`` 0 (the ODE everywhere) comes with an SDE window, which it
+    would not use."""
+    if noise_level == 0 and (sde_window_size is not None or sde_window_range is not None):
+        raise ValueError(
+            f"noise_level=0 samples with the ODE at every step: sde_window_size="
+            f"{sde_window_size!r} and sde_window_range={sde_window_range!r} would be unused; "
+            "leave them out, or sample with noise_level > 0"
+        )
+
+
 def check_noise_level(
     noise_level: Any, *, allow_zero: bool = False, sde_type: str = "sde"
 ) -> float:
@@ -598,6 +611,7 @@ __all__ = [
     "LoraTargets",
     "SDEType",
     "check_noise_level",
+    "check_ode_has_no_window",
     "check_sde_type",
     "check_window",
     "check_window_args",

@@ -33,6 +33,7 @@ from ddpo.adapters.flow.sampling import (
     LoraTargets,
     SDEType,
     check_noise_level,
+    check_ode_has_no_window,
     check_sde_type,
     check_window_args,
     dynamic_shift_mu,
@@ -105,7 +106,9 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
             ``FluxPipeline``), a multiple of 2 x the VAE factor (packing).
         noise_level: Flow-GRPO's ``noise_level``: ``a`` in ``std_t = a sqrt(sigma / (1 -
             sigma))`` for ``sde_type="sde"``, > 0; the fresh noise's share
-            ``sin(a pi / 2)`` of ``sigma_prev`` for ``"cps"``, in ``(0, 1]``.
+            ``sin(a pi / 2)`` of ``sigma_prev`` for ``"cps"``, in ``(0, 1]``; 0: the ODE
+            (deterministic), recording no transitions, for the algorithms that train on final
+            latents (DiffusionNFT, AWM, Diffusion-DPO).
         sde_type: Flow-GRPO's ``sde_type``: its SDE step (``"sde"``) or the
             coefficients-preserving step (``"cps"``, with Flow-GRPO's log-probability; its last
             step has no noise and is an ODE step).
@@ -161,10 +164,11 @@ class DefaultDDPOFluxPipeline(FlowPipelinePolicy):
             lora_init_seed=lora_init_seed,
         )
         self.sde_type = check_sde_type(sde_type)
-        self.noise_level = check_noise_level(noise_level, sde_type=sde_type)
+        self.noise_level = check_noise_level(noise_level, allow_zero=True, sde_type=sde_type)
         self.sde_window_range = check_window_args(
             sde_window_size, sde_window_start, sde_window_range
         )
+        check_ode_has_no_window(self.noise_level, sde_window_size, sde_window_range)
         self.sde_window_size, self.sde_window_start = sde_window_size, sde_window_start
         targets = lora_target_modules(FLUX_LORA_TARGET_MODULES, lora_targets)
         self.max_sequence_length = check_max_sequence_length(max_sequence_length)
