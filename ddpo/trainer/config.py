@@ -294,6 +294,12 @@ class DDPOConfig:
     ema_save_final: bool = True
     """With ``ema_decay``: besides ``final/`` (the trained weights), write ``final_ema/``, the
     same pipeline with the EMA weights."""
+    ema_sampling: bool = False
+    """With ``ema_decay``: sample each epoch with the EMA weights (an off-policy sampler, as
+    AWM's ``train.off_policy``), and run the objective's per-epoch preparation with them (AWM's
+    old surrogate); the policy gradient's ratios are then those of the trained weights to the
+    EMA's, so the trainer's on-policy check does not apply. Not with ``algorithm="nft"``,
+    which samples with its own old policy."""
 
     # ----------------------------------------------------------------------------------------
     # The algorithm (`docs/algorithms.md`; `ddpo.trainer.algorithms.objective_from_config`)

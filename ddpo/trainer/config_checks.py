@@ -41,6 +41,7 @@ BOOL_FIELDS: tuple[str, ...] = (
     "channels_last",
     "sample_same_latent",
     "ema_save_final",
+    "ema_sampling",
 )
 STR_FIELDS: tuple[str, ...] = (
     "exp_name",
@@ -216,6 +217,16 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
                     f"(algorithm='ddpo'); algorithm={config.algorithm!r} does not use it: leave "
                     f"it at {default!r}"
                 )
+    if config.ema_sampling and config.ema_decay == 0:
+        raise ValueError(
+            "DDPOConfig.ema_sampling=True samples with the EMA weights: it needs ema_decay > 0, "
+            "got 0.0"
+        )
+    if config.ema_sampling and config.algorithm == "nft":
+        raise ValueError(
+            "DDPOConfig.ema_sampling=True with algorithm='nft': DiffusionNFT samples with its "
+            "own old policy; leave ema_sampling False"
+        )
     if config.ema_convention not in EMA_CONVENTIONS:
         raise ValueError(
             f"DDPOConfig.ema_convention must be one of {EMA_CONVENTIONS}, got "

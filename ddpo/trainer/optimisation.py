@@ -208,9 +208,10 @@ def train_inner_epoch(
     step_metrics: list[dict[str, float]] = []
     window: list[dict[str, torch.Tensor]] = []
     # Until the epoch's first optimizer step the weights are those that sampled.
+    # (Not with ema_sampling: the EMA sampled, by design not the trained weights.)
     on_policy = (
         OnPolicyCheck(accelerator, config.on_policy_tolerance, epoch=epoch)
-        if inner_epoch == 0
+        if inner_epoch == 0 and not config.ema_sampling
         else None
     )
     terms = opt.objective.terms(int(shuffled.timesteps.shape[1]))

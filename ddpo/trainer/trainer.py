@@ -314,7 +314,7 @@ class DDPOTrainer:
 
             # 2c. The objective's own preparation, with the weights that sampled (e.g. AWM's
             #     old surrogate, Diffusion-DPO's pairs).
-            with timer.phase("prepare"):
+            with timer.phase("prepare"), self._sampling_weights(parameters):
                 samples = prepare_epoch(self.objective, epoch_context, samples)
 
             # 3. Inner epochs of optimisation.
@@ -377,7 +377,7 @@ class DDPOTrainer:
         task = progress.add_task(
             f"epoch {epoch}: sampling", total=config.sample_num_batches_per_epoch
         )
-        with sampling_weights(self.objective, parameters):
+        with self._sampling_weights(parameters):
             samples, image_data = self.rollout.run(
                 epoch, self.unet, timer, lambda: progress.advance(task)
             )
@@ -405,6 +405,15 @@ class DDPOTrainer:
                 advantages_all, num_processes=accelerator.num_processes, num_batches=num_batches
             )
         return samples, rewards_all
+
+    def _sampling_weights(
+        self, parameters: dict[str, torch.nn.Parameter]
+    ) -> contextlib.AbstractContextManager[Any]:
+        """The weights an epoch samples with: the EMA's with ``ema_sampling``, else the
+        objective's choice (DiffusionNFT's old policy), else the trained ones."""
+        if self.config.ema_sampling and self.ema is not None:
+            return self.ema.swapped_in()
+        return sampling_weights(self.objective, parameters)
 
     def _epoch_context(
         self, epoch: int, parameters: dict[str, torch.nn.Parameter]

@@ -83,6 +83,7 @@ OURS = {
     "ema_update_every": 1,
     "ema_convention": "step",
     "ema_save_final": True,
+    "ema_sampling": False,  # sampling uses the trained weights
     "algorithm": "ddpo",  # TRL's DDPO; DiffusionNFT, AWM and Diffusion-DPO by name
     "train_num_timesteps": 0,
     "nft_beta": 1.0,

@@ -2,6 +2,7 @@
 evaluation scores it, ``final_ema/`` holds it, checkpoints keep it (exact resume), and bad
 values are refused."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,30 @@ def test_flow_grpos_convention_through_the_trainer(tmp_path: Path) -> None:
     for name, average in trainer.ema.shadow.items():
         once = start[name] + (1 - d) * (after_one[name] - start[name])
         torch.testing.assert_close(average, once + (1 - d) * (after_one[name] - once))
+
+
+def test_sampling_with_the_ema_weights(tmp_path: Path) -> None:
+    """``ema_sampling``: the first epoch samples as without it (the average starts at the
+    weights), later ones with the average, not the trained weights; PPO's ratios are then off
+    the EMA's log-probs by design, so no on-policy check stops the run (AWM's old surrogate is
+    computed with the same EMA weights); refused without an EMA and with DiffusionNFT."""
+    every_step = {**EMA, "ema_update_every": 1, "train_gradient_accumulation_steps": 1}
+    rows = {}
+    for name, sampling in (("plain", False), ("ema", True)):
+        config = tiny_config(tmp_path / name, num_epochs=3, ema_sampling=sampling, **every_step)
+        trainer = _trainer(config)
+        trainer.train()
+        _close(trainer)
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        rows[name] = [json.loads(line)["reward_mean"] for line in lines]
+    assert rows["ema"][0] == rows["plain"][0]
+    assert rows["ema"][1:] != rows["plain"][1:]
+    config = tiny_config(tmp_path / "awm", num_epochs=2, algorithm="awm", ema_sampling=True,
+                         sample_num_steps=3, **every_step)  # fmt: skip
+    trainer = _trainer(config)
+    assert trainer.train() == 4
+    _close(trainer)
+    with pytest.raises(ValueError, match=r"ema_sampling=True samples with the EMA weights: it"):
+        tiny_config(None, ema_sampling=True)
+    with pytest.raises(ValueError, match=r"ema_sampling=True with algorithm='nft'"):
+        tiny_config(None, ema_sampling=True, algorithm="nft", **every_step)
