@@ -183,4 +183,6 @@ class ImageRewardModel(nn.Module):
             encoder_hidden_states=image_embeds,
             is_decoder=False,
         ).last_hidden_state
-        return self.mlp(hidden[:, 0].float())
+        head_dtype = next(self.mlp.parameters()).dtype  # float32, or float64 for a float64 model
+        scores: torch.Tensor = self.mlp(hidden[:, 0].to(head_dtype))
+        return scores

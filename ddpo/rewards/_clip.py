@@ -20,7 +20,7 @@ from jaxtyping import Float
 from torch import nn
 
 from ddpo.rewards._images import to_uint8_nhwc
-from ddpo.rewards._preprocess import pil_resize_crop
+from ddpo.rewards._preprocess import check_float_images, pil_resize_crop, resize_crop
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -188,6 +188,21 @@ class ClipImageTransform:
             resample=self.resample,
         )
 
+    def differentiable(
+        self, images: Float[torch.Tensor, "batch 3 height width"]
+    ) -> Float[torch.Tensor, "batch 3 crop_h crop_w"]:
+        """The same steps in torch on float images with their gradients, device and dtype, not
+        quantised (:func:`ddpo.rewards._preprocess.resize_crop`)."""
+        return resize_crop(
+            images,
+            shortest_edge=self.shortest_edge,
+            crop=self.crop_size,
+            mean=self.mean,
+            std=self.std,
+            convention="transformers",
+            resample=self.resample,
+        )
+
 
 def check_prompts(prompts: Any, batch: int) -> list[str]:
     """``prompts`` as a list of ``batch`` strings.
@@ -212,7 +227,8 @@ class ClipSimilarity(nn.Module):
     ``cos_i = <f(x_i), g(p_i)> / (||f(x_i)|| ||g(p_i)||)``, with ``f`` the vision tower and
     visual projection, ``g`` the text tower (prompt truncated to the model's context, 77 tokens
     for the released models, padded to it) and text projection. Inputs go to the model's device
-    ``batch_size`` pairs at a time, under ``torch.no_grad``.
+    ``batch_size`` pairs at a time, under ``torch.no_grad``; `differentiable_forward` keeps the
+    images' gradients (the text side stays without).
 
     Args:
         model: a transformers ``CLIPModel``.
@@ -247,15 +263,22 @@ class ClipSimilarity(nn.Module):
     def image_embeds(self, images: Any) -> Float[torch.Tensor, "batch dim"]:
         """L2-normalised projected image embeddings (float32); images as ``to_uint8_nhwc``
         takes them."""
+        return self.pixel_embeds(self.transform(images))
+
+    def pixel_embeds(
+        self, pixels: Float[torch.Tensor, "batch 3 crop_h crop_w"]
+    ) -> Float[torch.Tensor, "batch dim"]:
+        """L2-normalised projected image embeddings of preprocessed pixels, with gradients;
+        float32 (float64 for a float64 model)."""
         dtype = self.model.visual_projection.weight.dtype
-        pixels = self.transform(images).to(self.device, dtype)
-        pooled = self.model.vision_model(pixel_values=pixels).pooler_output
-        embeds = self.model.visual_projection(pooled).float()
+        pooled = self.model.vision_model(pixel_values=pixels.to(self.device, dtype)).pooler_output
+        embeds = self.model.visual_projection(pooled)
+        embeds = embeds.to(torch.promote_types(dtype, torch.float32))
         return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
 
     @torch.no_grad()
     def text_embeds(self, prompts: list[str]) -> Float[torch.Tensor, "batch dim"]:
-        """L2-normalised projected text embeddings (float32) of prompts."""
+        """L2-normalised projected text embeddings (float32; float64 for a float64 model)."""
         tokens = self.tokenizer(
             prompts,
             padding="max_length",
@@ -267,7 +290,8 @@ class ClipSimilarity(nn.Module):
             input_ids=tokens["input_ids"].to(self.device),
             attention_mask=tokens["attention_mask"].to(self.device),
         ).pooler_output
-        embeds = self.model.text_projection(pooled).float()
+        embeds = self.model.text_projection(pooled)
+        embeds = embeds.to(torch.promote_types(embeds.dtype, torch.float32))
         return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
 
     def forward(
@@ -288,3 +312,23 @@ class ClipSimilarity(nn.Module):
             text = self.text_embeds(texts[start:stop])
             cosines.append((image * text).sum(dim=-1).cpu())
         return torch.cat(cosines) if cosines else torch.zeros(0)
+
+    def differentiable_forward(
+        self, images: Float[torch.Tensor, "batch 3 height width"], prompts: Any, *, prefix: str = ""
+    ) -> Float[torch.Tensor, " batch"]:
+        """Per-pair cosine similarities with gradients to ``images`` (a float tensor in [0, 1],
+        preprocessed by `ClipImageTransform.differentiable`), on the images' device, float32
+        (float64 for a float64 model).
+
+        Raises:
+            ValueError: if the images are not a float batch, or prompts not one str per image.
+        """
+        images = check_float_images(images)
+        texts = [prefix + text for text in check_prompts(prompts, images.shape[0])]
+        cosines = []
+        for start in range(0, len(texts), self.batch_size):
+            stop = start + self.batch_size
+            image = self.pixel_embeds(self.transform.differentiable(images[start:stop]))
+            text = self.text_embeds(texts[start:stop])
+            cosines.append((image * text).sum(dim=-1).to(images.device))
+        return torch.cat(cosines) if cosines else images.new_zeros(0)

@@ -18,6 +18,15 @@ first quantised as saving them would (``round(255 x)``, clipped to [0, 255]; dif
   ``int(round((h - crop_h) / 2))`` (Python's round, half to even); ``x / 255`` in float32.
 
 The PIL steps run per image on the CPU; the caller moves the stacked result to its device.
+
+Differentiable counterparts (for reward backpropagation) take the float images themselves, with
+their gradients, and run in torch on their device, in their dtype: no quantisation, no PIL.
+:func:`resize_crop` resizes the shortest side with ``F.interpolate(mode="bicubic",
+antialias=True)`` (Keys' cubic with ``a = -0.75``, where PIL's bicubic has ``a = -0.5``) to the
+sizes the exact path computes, then crops at the convention's offsets and normalises; where the
+image already has the resized size nothing is resampled, so on 8-bit images it matches the exact
+path to float rounding. OpenCLIP's convention already runs in torch: :func:`resize_longest_and_pad`
+on the images without :func:`quantised_float_nchw` is its differentiable form.
 """
 
 from collections.abc import Sequence
@@ -31,7 +40,14 @@ from PIL import Image
 
 from ddpo.rewards._images import to_uint8_nhwc
 
-__all__ = ["Convention", "pil_resize_crop", "quantised_float_nchw", "resize_longest_and_pad"]
+__all__ = [
+    "Convention",
+    "check_float_images",
+    "pil_resize_crop",
+    "quantised_float_nchw",
+    "resize_crop",
+    "resize_longest_and_pad",
+]
 
 Convention = Literal["transformers", "torchvision"]
 """Whose centre crop and 8-bit-to-float conversion to follow (see the module docstring)."""
@@ -52,6 +68,23 @@ def quantised_float_nchw(images: Any) -> Float[torch.Tensor, "batch 3 height wid
     else:
         levels = torch.from_numpy(to_uint8_nhwc(images)).permute(0, 3, 1, 2).float()
     return levels / 255
+
+
+def check_float_images(images: Any) -> Float[torch.Tensor, "batch 3 height width"]:
+    """``images`` if it is a float tensor ``(batch, 3, H, W)`` (a differentiable reward's input).
+
+    Raises:
+        ValueError: naming ``images`` and its type, dtype or shape otherwise.
+    """
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        what = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(
+            f"images of a differentiable reward must be a float tensor (batch, 3, H, W) in "
+            f"[0, 1], got {what}"
+        )
+    if images.ndim != 4 or images.shape[1] != 3 or 0 in images.shape[2:]:
+        raise ValueError(f"images must be (batch, 3, H, W), got shape {tuple(images.shape)}")
+    return images
 
 
 def _normalise(
@@ -114,6 +147,58 @@ def _centre_crop(image: np.ndarray, crop: tuple[int, int], convention: Conventio
     top = _crop_start(height, crop_h, convention)
     left = _crop_start(width, crop_w, convention)
     return image[top : top + crop_h, left : left + crop_w]
+
+
+_TORCH_MODES: dict[int, Literal["bilinear", "bicubic"]] = {
+    int(Image.Resampling.BILINEAR): "bilinear",
+    int(Image.Resampling.BICUBIC): "bicubic",
+}
+
+
+def resize_crop(
+    images: Float[torch.Tensor, "batch 3 height width"],
+    *,
+    shortest_edge: int,
+    crop: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    convention: Convention,
+    resample: int = Image.Resampling.BICUBIC,
+) -> Float[torch.Tensor, "batch 3 crop_h crop_w"]:
+    """The differentiable form of :func:`pil_resize_crop`: resize, centre crop, normalise in
+    torch, on the images' device and in their dtype, without quantisation.
+
+    The shortest side becomes ``shortest_edge`` and the other ``int(shortest_edge * long /
+    short)`` (``F.interpolate``, antialiased, ``align_corners=False``; skipped where the size
+    does not change); the crop is taken at the convention's offsets (zero padding first where
+    the image is smaller than the crop); then ``(x - mean) / std``.
+
+    Args:
+        images: float ``(batch, 3, H, W)`` in [0, 1], gradients kept.
+        shortest_edge, crop, mean, std, convention: as :func:`pil_resize_crop`.
+        resample: PIL filter of the original: bicubic (3) or bilinear (2).
+
+    Raises:
+        ValueError: naming ``images`` (see :func:`check_float_images`) or ``resample``.
+    """
+    images = check_float_images(images)
+    mode = _TORCH_MODES.get(int(resample))
+    if mode is None:
+        raise ValueError(f"resample must be PIL's bicubic (3) or bilinear (2), got {resample!r}")
+    height, width = images.shape[-2:]
+    new_size = _shortest_edge_size(height, width, shortest_edge)
+    pixels = images
+    if new_size != (height, width):
+        pixels = F.interpolate(
+            pixels, size=new_size, mode=mode, antialias=True, align_corners=False
+        )
+    crop_h, crop_w = crop
+    pad_h, pad_w = max(crop_h - new_size[0], 0), max(crop_w - new_size[1], 0)
+    if pad_h or pad_w:
+        pixels = F.pad(pixels, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+    top = _crop_start(pixels.shape[-2], crop_h, convention)
+    left = _crop_start(pixels.shape[-1], crop_w, convention)
+    return _normalise(pixels[..., top : top + crop_h, left : left + crop_w], mean, std)
 
 
 def pil_resize_crop(

@@ -98,7 +98,8 @@ def _load_mlp_state(
 
 @final
 class AestheticScorer(nn.Module):
-    """CLIP image embedding -> L2 normalisation -> :class:`AestheticMLP`; no gradients.
+    """CLIP image embedding -> L2 normalisation -> :class:`AestheticMLP`; frozen weights, no
+    gradients except through `differentiable_forward`.
 
     Args:
         clip_model_name_or_path: a hub id (default ``openai/clip-vit-large-patch14``) or a local
@@ -177,36 +178,67 @@ class AestheticScorer(nn.Module):
         ``to_uint8_nhwc`` takes them: quantised, PIL resize, centre crop, normalisation."""
         return self.transform(images)
 
+    def score_pixels(
+        self, pixels: Float[torch.Tensor, "batch 3 crop_h crop_w"]
+    ) -> Float[torch.Tensor, " batch"]:
+        """Aesthetic scores of preprocessed pixels, on the model's device, with gradients;
+        float32 (float64 for a float64 model)."""
+        dtype = self.visual_projection.weight.dtype
+        pixels = pixels.to(self.image_mean.device, dtype)
+        pooled = self.vision_model(pixel_values=pixels).pooler_output
+        embeds = self.visual_projection(pooled)
+        embeds = embeds.to(torch.promote_types(next(self.mlp.parameters()).dtype, torch.float32))
+        embeds = embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
+        scores: torch.Tensor = self.mlp(embeds)
+        return scores
+
+    def differentiable_forward(
+        self, images: Float[torch.Tensor, "batch 3 height width"]
+    ) -> Float[torch.Tensor, " batch"]:
+        """Aesthetic scores of float images in [0, 1] with gradients to them, on their device:
+        the CLIP preprocessing in torch without quantisation
+        (`ddpo.rewards._clip.ClipImageTransform.differentiable`)."""
+        return self.score_pixels(self.transform.differentiable(images)).to(images.device)
+
     @torch.no_grad()
     def forward(self, images: Any) -> Float[torch.Tensor, " batch"]:
         """Aesthetic scores (float32, on CPU) of a batch of images (see ``to_uint8_nhwc``)."""
-        pixels = self.preprocess(images).to(self.image_mean.device, self.dtype)
-        pooled = self.vision_model(pixel_values=pixels).pooler_output
-        embeds = self.visual_projection(pooled).float()
-        embeds = embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
-        return self.mlp(embeds).float().cpu()
+        return self.score_pixels(self.preprocess(images)).float().cpu()
 
 
 @final
 class AestheticReward:
-    """Reward function ``(images, prompts, prompt_metadata) -> (scores, {})`` over a scorer."""
+    """Reward function ``(images, prompts, prompt_metadata) -> (scores, {})`` over a scorer.
 
-    def __init__(self, scorer: AestheticScorer) -> None:
+    Args:
+        scorer: the CLIP model and MLP.
+        differentiable: score float images with gradients (torch preprocessing, no 8-bit
+            round trip; see :mod:`ddpo.rewards._preprocess`) instead of exactly as the original.
+    """
+
+    def __init__(self, scorer: AestheticScorer, *, differentiable: bool = False) -> None:
         self.scorer = scorer
+        self.differentiable = differentiable
 
     def __call__(
         self, images: Any, prompts: Any = None, prompt_metadata: Any = None
     ) -> tuple[Float[torch.Tensor, " batch"], dict[str, Any]]:
         del prompts, prompt_metadata
+        if self.differentiable:
+            return self.scorer.differentiable_forward(images), {}
         return self.scorer(images), {}
 
 
 def aesthetic_score(
     clip_model_name_or_path: str = DEFAULT_CLIP_MODEL,
     mlp_weights_path_or_hub_id: str = DEFAULT_MLP_REPO,
+    *,
+    differentiable: bool = False,
     **kwargs: Any,
 ) -> AestheticReward:
-    """The aesthetic reward function; arguments as :class:`AestheticScorer`."""
+    """The aesthetic reward function; ``differentiable`` as :class:`AestheticReward`, the
+    other arguments as :class:`AestheticScorer`."""
     return AestheticReward(
-        AestheticScorer(clip_model_name_or_path, mlp_weights_path_or_hub_id, **kwargs)
+        AestheticScorer(clip_model_name_or_path, mlp_weights_path_or_hub_id, **kwargs),
+        differentiable=differentiable,
     )

@@ -56,29 +56,41 @@ class ClipScoreReward:
         similarity: the CLIP model, tokenizer and preprocessing (see `clip_score_reward`).
         weight: ``w``, 2.5 as in the paper (100 for torchmetrics' per-image scale).
         prefix: text put before every prompt ("A photo depicts " in Hessel et al.'s code).
+        differentiable: score float images with gradients (torch preprocessing, no 8-bit
+            round trip; see :mod:`ddpo.rewards._preprocess`) instead of exactly as the original.
 
     Raises:
         ValueError: naming ``weight`` when it is not positive and finite.
     """
 
     def __init__(
-        self, similarity: ClipSimilarity, *, weight: float = CLIP_SCORE_WEIGHT, prefix: str = ""
+        self,
+        similarity: ClipSimilarity,
+        *,
+        weight: float = CLIP_SCORE_WEIGHT,
+        prefix: str = "",
+        differentiable: bool = False,
     ) -> None:
         self.similarity = similarity
         self.weight = _check_weight(weight)
         self.prefix = prefix
+        self.differentiable = differentiable
 
     def __call__(
         self, images: Any, prompts: Any, prompt_metadata: Any = None
     ) -> tuple[Float[torch.Tensor, " batch"], dict[str, Any]]:
         """CLIPScores (float32, CPU, ``(batch,)``) of images ``(batch, 3, H, W)`` in [0, 1]
-        (or uint8 / PIL, see `ddpo.rewards._images`) against their prompts.
+        (or uint8 / PIL, see `ddpo.rewards._images`) against their prompts; when
+        ``differentiable``, of float images, on their device, with their gradients.
 
         Raises:
             ValueError: if the images are not a batch or prompts are not one str per image.
         """
         del prompt_metadata
-        cosine = self.similarity(images, prompts, prefix=self.prefix)
+        if self.differentiable:
+            cosine = self.similarity.differentiable_forward(images, prompts, prefix=self.prefix)
+        else:
+            cosine = self.similarity(images, prompts, prefix=self.prefix)
         return self.weight * cosine.clamp(min=0), {"cosine": cosine}
 
 
@@ -90,6 +102,7 @@ def clip_score_reward(
     token: str | None = None,
     weight: float = CLIP_SCORE_WEIGHT,
     prefix: str = "",
+    differentiable: bool = False,
 ) -> ClipScoreReward:
     """The CLIPScore reward of a CLIP model (see the module docstring for the definitions).
 
@@ -103,6 +116,7 @@ def clip_score_reward(
         weight: ``w``: 2.5 (Hessel et al.), or 100.0 for torchmetrics' scale.
         prefix: text put before every prompt: "" (torchmetrics), or "A photo depicts " (Hessel
             et al.'s reference code).
+        differentiable: score float images with gradients (see `ClipScoreReward`).
 
     Returns:
         A `ClipScoreReward`.
@@ -123,4 +137,4 @@ def clip_score_reward(
     similarity = ClipSimilarity(
         clip, tokenizer, transform, device=resolve_device(device), batch_size=batch_size
     )
-    return ClipScoreReward(similarity, weight=weight, prefix=prefix)
+    return ClipScoreReward(similarity, weight=weight, prefix=prefix, differentiable=differentiable)

@@ -41,7 +41,9 @@ class WeightedSumReward:
     """``sum_k weight_k * reward_k(images, prompts, metadata)`` as one reward function.
 
     The returned metadata holds, per term ``name``, its unweighted per-sample values under
-    ``name`` and each key ``k`` of its own metadata under ``f"{name}/{k}"``.
+    ``name`` and each key ``k`` of its own metadata under ``f"{name}/{k}"``. The sum (float32,
+    on the CPU) keeps the gradients of the terms that return tensors carrying them, so a sum of
+    differentiable rewards is differentiable; the metadata's values are detached.
 
     Args:
         rewards: ``{name: (reward_fn, weight)}``, at least one entry, finite weights, not all 0
@@ -81,7 +83,10 @@ class WeightedSumReward:
         for name, (fn, weight) in self.rewards.items():
             raw, term_metadata = fn(images, prompts, prompt_metadata)
             values = as_reward_tensor(raw, name=name, batch_size=batch_size)
-            total = total + float(weight) * values
+            if isinstance(raw, torch.Tensor) and raw.requires_grad:
+                total = total + float(weight) * raw.to("cpu", torch.float32).reshape(-1)
+            else:
+                total = total + float(weight) * values
             metadata[name] = values
             for key, value in dict(term_metadata or {}).items():
                 metadata[f"{name}/{key}"] = value

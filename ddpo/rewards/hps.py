@@ -49,7 +49,11 @@ from ddpo.rewards._checkpoint_files import (
     resolve_folder,
 )
 from ddpo.rewards._openclip_convert import openclip_config, openclip_to_clip_state_dict
-from ddpo.rewards._preprocess import quantised_float_nchw, resize_longest_and_pad
+from ddpo.rewards._preprocess import (
+    check_float_images,
+    quantised_float_nchw,
+    resize_longest_and_pad,
+)
 
 __all__ = [
     "DEFAULT_HPS_FILENAME",
@@ -102,7 +106,8 @@ def _load_tokenizer(tokenizer: str, token: str | None) -> Any:
 
 @final
 class HPSScorer(nn.Module):
-    """HPS v2.1 scores of (image, prompt) pairs, from the original checkpoint; no gradients.
+    """HPS v2.1 scores of (image, prompt) pairs, from the original checkpoint; frozen weights,
+    no gradients except through `differentiable_forward`.
 
     Args:
         model: a hub repository id holding ``filename``, a local folder holding it, or the file.
@@ -185,19 +190,53 @@ class HPSScorer(nn.Module):
         hidden = self.model.text_model(input_ids=ids).last_hidden_state
         eos = (ids == self.tokenizer.eos_token_id).int().argmax(dim=-1)
         pooled = hidden[torch.arange(ids.shape[0], device=self.device), eos]
-        embeds = self.model.text_projection(pooled).float()
+        embeds = self.model.text_projection(pooled)
+        embeds = embeds.to(torch.promote_types(embeds.dtype, torch.float32))
         return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
 
     def image_embeds(
         self, images: Float[torch.Tensor, "batch 3 height width"]
     ) -> Float[torch.Tensor, "batch dim"]:
-        """Unit-norm image embeddings of 8-bit images ``k / 255`` (preprocessed here)."""
+        """Unit-norm image embeddings of float images (preprocessed here, in torch, with their
+        gradients); float32 (float64 for a float64 model)."""
+        dtype = self.model.visual_projection.weight.dtype
         pixels = resize_longest_and_pad(
             images.to(self.device), size=self.image_size, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
         )
-        pooled = self.model.vision_model(pixel_values=pixels.to(self.dtype)).pooler_output
-        embeds = self.model.visual_projection(pooled).float()
+        pooled = self.model.vision_model(pixel_values=pixels.to(dtype)).pooler_output
+        embeds = self.model.visual_projection(pooled)
+        embeds = embeds.to(torch.promote_types(dtype, torch.float32))
         return embeds / torch.linalg.vector_norm(embeds, dim=-1, keepdim=True)
+
+    def scores(
+        self, pixels: Float[torch.Tensor, "batch 3 height width"], prompts: Any
+    ) -> Float[torch.Tensor, " batch"]:
+        """HPS of float images (taken as they are) with their prompts, in chunks of
+        ``batch_size``, on the model's device, gradients kept to the images (not the text)."""
+        texts = check_prompts(prompts, pixels.shape[0])
+        unique = sorted(set(texts))
+        with torch.no_grad():
+            text = self.text_embeds(unique)
+        row_of = {prompt: row for row, prompt in enumerate(unique)}
+        rows = torch.tensor([row_of[p] for p in texts], device=self.device)
+        scores = []
+        for start in range(0, pixels.shape[0], self.batch_size):
+            image = self.image_embeds(pixels[start : start + self.batch_size])
+            chunk = rows[start : start + self.batch_size]
+            scores.append((image * text[chunk].to(image.dtype)).sum(dim=-1))
+        return torch.cat(scores) if scores else pixels.new_zeros(0)
+
+    def differentiable_forward(
+        self, images: Float[torch.Tensor, "batch 3 height width"], prompts: Any
+    ) -> Float[torch.Tensor, " batch"]:
+        """HPS of float images in [0, 1] with gradients to them, on their device: OpenCLIP's
+        resize and pad in torch without the 8-bit quantisation.
+
+        Raises:
+            ValueError: if ``images`` is not a float batch or ``prompts`` not one str per image.
+        """
+        images = check_float_images(images)
+        return self.scores(images, prompts).to(images.device)
 
     @torch.no_grad()
     def forward(self, images: Any, prompts: Any) -> Float[torch.Tensor, " batch"]:
@@ -207,31 +246,29 @@ class HPSScorer(nn.Module):
             ValueError: if ``prompts`` is not one string per image, or ``images`` has another
                 layout than those of ``to_uint8_nhwc``.
         """
-        pixels = quantised_float_nchw(images)
-        texts = check_prompts(prompts, pixels.shape[0])
-        unique = sorted(set(texts))
-        text = self.text_embeds(unique)
-        row_of = {prompt: row for row, prompt in enumerate(unique)}
-        rows = torch.tensor([row_of[p] for p in texts], device=self.device)
-        scores = []
-        for start in range(0, pixels.shape[0], self.batch_size):
-            image = self.image_embeds(pixels[start : start + self.batch_size])
-            chunk = rows[start : start + self.batch_size]
-            scores.append((image * text[chunk]).sum(dim=-1))
-        return torch.cat(scores).cpu()
+        return self.scores(quantised_float_nchw(images), prompts).cpu()
 
 
 @final
 class HPSReward:
-    """Reward function ``(images, prompts, prompt_metadata) -> (HPS v2.1 scores, {})``."""
+    """Reward function ``(images, prompts, prompt_metadata) -> (HPS v2.1 scores, {})``.
 
-    def __init__(self, scorer: HPSScorer) -> None:
+    Args:
+        scorer: the HPS model.
+        differentiable: score float images with gradients (OpenCLIP's preprocessing in torch
+            without the 8-bit round trip) instead of exactly as the original.
+    """
+
+    def __init__(self, scorer: HPSScorer, *, differentiable: bool = False) -> None:
         self.scorer = scorer
+        self.differentiable = differentiable
 
     def __call__(
         self, images: Any, prompts: Any, prompt_metadata: Any = None
     ) -> tuple[Float[torch.Tensor, " batch"], dict[str, Any]]:
         del prompt_metadata
+        if self.differentiable:
+            return self.scorer.differentiable_forward(images, prompts), {}
         return self.scorer(images, prompts), {}
 
 
@@ -244,8 +281,10 @@ def hps_reward(
     batch_size: int = 16,
     token: str | None = None,
     dtype: torch.dtype = torch.float32,
+    differentiable: bool = False,
 ) -> HPSReward:
-    """The HPS v2.1 reward function; arguments as :class:`HPSScorer`.
+    """The HPS v2.1 reward function; ``differentiable`` as :class:`HPSReward`, the other
+    arguments as :class:`HPSScorer`.
 
     ``model`` may be the hub id (default ``xswu/HPSv2``), a folder holding ``filename``, or the
     checkpoint file itself (a path such as ``~/ckpt/HPS_v2.1_compressed.pt``).
@@ -262,5 +301,6 @@ def hps_reward(
             batch_size=batch_size,
             token=token,
             dtype=dtype,
-        )
+        ),
+        differentiable=differentiable,
     )

@@ -50,7 +50,7 @@ from ddpo.rewards._checkpoint_files import (
     resolve_folder,
 )
 from ddpo.rewards._images import to_uint8_nhwc
-from ddpo.rewards._preprocess import pil_resize_crop
+from ddpo.rewards._preprocess import check_float_images, pil_resize_crop, resize_crop
 
 __all__ = [
     "DEFAULT_IMAGE_REWARD_REPO",
@@ -100,7 +100,8 @@ def _checkpoint_files(model: str, token: str | None) -> tuple[Path, Path]:
 
 @final
 class ImageRewardScorer(nn.Module):
-    """ImageReward v1.0 scores of (image, prompt) pairs from the original files; no gradients.
+    """ImageReward v1.0 scores of (image, prompt) pairs from the original files; frozen
+    weights, no gradients except through `differentiable_forward`.
 
     Args:
         model: a hub repository id, a folder holding ``ImageReward.pt`` and ``med_config.json``,
@@ -184,13 +185,58 @@ class ImageRewardScorer(nn.Module):
             convention="torchvision",
         )
 
+    def differentiable_preprocess(
+        self, images: Float[torch.Tensor, "batch 3 height width"]
+    ) -> Float[torch.Tensor, "batch 3 size size"]:
+        """The original's preprocessing in torch on float images with their gradients, device
+        and dtype, not quantised (:func:`ddpo.rewards._preprocess.resize_crop`)."""
+        return resize_crop(
+            images,
+            shortest_edge=self.image_size,
+            crop=(self.image_size, self.image_size),
+            mean=OPENAI_CLIP_MEAN,
+            std=OPENAI_CLIP_STD,
+            convention="torchvision",
+        )
+
     def raw_scores(
         self, images: UInt8[np.ndarray, "batch height width 3"], prompts: list[str]
     ) -> Float[torch.Tensor, " batch"]:
         """The head's output ``MLP(h_[CLS])`` for one chunk, before standardisation."""
-        pixels = self.preprocess(images).to(self.device, self.dtype)
+        return self.score_pixels(self.preprocess(images), prompts)
+
+    def score_pixels(
+        self, pixels: Float[torch.Tensor, "batch 3 size size"], prompts: list[str]
+    ) -> Float[torch.Tensor, " batch"]:
+        """``MLP(h_[CLS])`` of preprocessed pixels, on the model's device, with gradients."""
+        dtype = self.model.vision.embeddings.patch_embedding.weight.dtype
         ids, mask = self.tokenize(prompts)
-        return self.model(pixels, ids.to(self.device), mask.to(self.device))
+        scores: torch.Tensor = self.model(
+            pixels.to(self.device, dtype), ids.to(self.device), mask.to(self.device)
+        )
+        return scores
+
+    def differentiable_forward(
+        self, images: Float[torch.Tensor, "batch 3 height width"], prompts: Any
+    ) -> Float[torch.Tensor, " batch"]:
+        """Standardised scores of float images in [0, 1] with gradients to them, on their
+        device, float32 (float64 for a float64 model); torch preprocessing, no quantisation.
+
+        Raises:
+            ValueError: if ``images`` is not a float batch or ``prompts`` not one str per image.
+        """
+        images = check_float_images(images)
+        texts = check_prompts(prompts, images.shape[0])
+        raw = [
+            self.score_pixels(
+                self.differentiable_preprocess(images[start : start + self.batch_size]),
+                texts[start : start + self.batch_size],
+            )
+            for start in range(0, images.shape[0], self.batch_size)
+        ]
+        if not raw:
+            return images.new_zeros(0)
+        return ((torch.cat(raw) - IMAGE_REWARD_MEAN) / IMAGE_REWARD_STD).to(images.device)
 
     @torch.no_grad()
     def forward(self, images: Any, prompts: Any) -> Float[torch.Tensor, " batch"]:
@@ -216,15 +262,25 @@ class ImageRewardScorer(nn.Module):
 
 @final
 class ImageRewardFn:
-    """Reward function ``(images, prompts, prompt_metadata) -> (ImageReward scores, {})``."""
+    """Reward function ``(images, prompts, prompt_metadata) -> (ImageReward scores, {})``.
 
-    def __init__(self, scorer: ImageRewardScorer) -> None:
+    Args:
+        scorer: the ImageReward model.
+        differentiable: score float images with gradients (torchvision's preprocessing in
+            torch, no 8-bit round trip; see :mod:`ddpo.rewards._preprocess`) instead of exactly
+            as the original.
+    """
+
+    def __init__(self, scorer: ImageRewardScorer, *, differentiable: bool = False) -> None:
         self.scorer = scorer
+        self.differentiable = differentiable
 
     def __call__(
         self, images: Any, prompts: Any, prompt_metadata: Any = None
     ) -> tuple[Float[torch.Tensor, " batch"], dict[str, Any]]:
         del prompt_metadata
+        if self.differentiable:
+            return self.scorer.differentiable_forward(images, prompts), {}
         return self.scorer(images, prompts), {}
 
 
@@ -236,8 +292,10 @@ def image_reward(
     token: str | None = None,
     tokenizer: str = "bert-base-uncased",
     dtype: torch.dtype = torch.float32,
+    differentiable: bool = False,
 ) -> ImageRewardFn:
-    """The ImageReward v1.0 reward function; arguments as :class:`ImageRewardScorer`."""
+    """The ImageReward v1.0 reward function; ``differentiable`` as :class:`ImageRewardFn`, the
+    other arguments as :class:`ImageRewardScorer`."""
     check_batch_size(batch_size)
     return ImageRewardFn(
         ImageRewardScorer(
@@ -247,5 +305,6 @@ def image_reward(
             token=token,
             tokenizer=tokenizer,
             dtype=dtype,
-        )
+        ),
+        differentiable=differentiable,
     )

@@ -42,23 +42,32 @@ class PickScoreReward:
     Args:
         similarity: the CLIP model, tokenizer and preprocessing (see `pickscore_reward`).
         logit_scale: ``exp(t)``, the model's ``logit_scale.exp()``.
+        differentiable: score float images with gradients (torch preprocessing, no 8-bit
+            round trip; see :mod:`ddpo.rewards._preprocess`) instead of exactly as the original.
     """
 
-    def __init__(self, similarity: ClipSimilarity, *, logit_scale: float) -> None:
+    def __init__(
+        self, similarity: ClipSimilarity, *, logit_scale: float, differentiable: bool = False
+    ) -> None:
         self.similarity = similarity
         self.logit_scale = float(logit_scale)
+        self.differentiable = differentiable
 
     def __call__(
         self, images: Any, prompts: Any, prompt_metadata: Any = None
     ) -> tuple[Float[torch.Tensor, " batch"], dict[str, Any]]:
         """PickScores (float32, CPU, ``(batch,)``) of images ``(batch, 3, H, W)`` in [0, 1]
-        (or uint8 / PIL, see `ddpo.rewards._images`) against their prompts.
+        (or uint8 / PIL, see `ddpo.rewards._images`) against their prompts; when
+        ``differentiable``, of float images, on their device, with their gradients.
 
         Raises:
             ValueError: if the images are not a batch or prompts are not one str per image.
         """
         del prompt_metadata
-        cosine = self.similarity(images, prompts)
+        if self.differentiable:
+            cosine = self.similarity.differentiable_forward(images, prompts)
+        else:
+            cosine = self.similarity(images, prompts)
         return self.logit_scale * cosine, {"cosine": cosine}
 
 
@@ -69,6 +78,7 @@ def pickscore_reward(
     device: str | torch.device | None = None,
     batch_size: int = 32,
     token: str | None = None,
+    differentiable: bool = False,
 ) -> PickScoreReward:
     """The PickScore reward.
 
@@ -78,6 +88,7 @@ def pickscore_reward(
         device: where the model runs; default CUDA when available, else CPU.
         batch_size: image-prompt pairs per forward pass.
         token: Hugging Face token for downloads.
+        differentiable: score float images with gradients (see `PickScoreReward`).
 
     Returns:
         A `PickScoreReward`.
@@ -96,4 +107,6 @@ def pickscore_reward(
     similarity = ClipSimilarity(
         clip, tokenizer, transform, device=resolve_device(device), batch_size=batch_size
     )
-    return PickScoreReward(similarity, logit_scale=float(clip.logit_scale.exp()))
+    return PickScoreReward(
+        similarity, logit_scale=float(clip.logit_scale.exp()), differentiable=differentiable
+    )

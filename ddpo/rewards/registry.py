@@ -8,6 +8,11 @@ rewards pull in transformers or their extras and load weights).
 ``--reward`` also takes a weighted sum, ``pickscore:1.0,ocr:0.5`` (`parse_reward_spec`): the
 rewards are built and summed by `ddpo.rewards.combine.WeightedSumReward`.
 
+`DIFFERENTIABLE_REWARDS` names the rewards that also come in a differentiable form (float images
+with gradients in, rewards with gradients out, for reward backpropagation):
+``build_reward_fn(name, options, differentiable=True)`` builds it, and raises ValueError naming
+each reward of ``name`` that has none (``jpeg_*``, ``ocr``, ``alignment``, ``remote``).
+
 `check_reward_weights` checks, before anything loads, that the files of every model-based reward
 can be had: in a local folder, in the Hugging Face cache, or (when not offline) on the Hub.
 """
@@ -17,10 +22,12 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 __all__ = [
+    "DIFFERENTIABLE_REWARDS",
     "MODEL_KEYS",
     "REWARDS",
     "REWARD_SPECS",
@@ -32,6 +39,7 @@ __all__ = [
     "build_reward_fn",
     "check_reward_options",
     "check_reward_weights",
+    "is_differentiable",
     "parse_reward_spec",
     "reward_spec",
     "reward_weights",
@@ -107,6 +115,9 @@ class RewardSpec(NamedTuple):
     summary_keys: tuple[str, ...] = ()
     """Per-sample reward-metadata keys (values in [0, 1]) whose epoch means (``<key>_mean``)
     the run's closing table and reward curve show; every numeric key's mean is logged anyway."""
+    differentiable: Callable[[RewardOptions], RewardFn] | None = None
+    """How its differentiable form is built (gradients from the rewards to float images), or
+    None where it has none."""
 
 
 def _alignment(options: RewardOptions) -> RewardFn:
@@ -127,11 +138,11 @@ def _jpeg_incompressibility(options: RewardOptions) -> RewardFn:
     return jpeg_incompressibility
 
 
-def _aesthetic(options: RewardOptions) -> RewardFn:
+def _aesthetic(options: RewardOptions, **extra: Any) -> RewardFn:
     from ddpo.rewards.aesthetic import aesthetic_score
 
     return aesthetic_score(
-        options.aesthetic_clip_model, options.aesthetic_mlp_weights, token=options.token
+        options.aesthetic_clip_model, options.aesthetic_mlp_weights, token=options.token, **extra
     )
 
 
@@ -149,16 +160,17 @@ def _model_args(options: RewardOptions, key: str) -> tuple[str, ...]:
     return (options.models[key],) if key in options.models else ()
 
 
-def _clip_score(options: RewardOptions) -> RewardFn:
+def _clip_score(options: RewardOptions, **extra: Any) -> RewardFn:
     from ddpo.rewards.clip_score import clip_score_reward
 
-    return clip_score_reward(*_model_args(options, "clip_score"), **_model_kwargs(options))
+    kwargs = _model_kwargs(options) | extra
+    return clip_score_reward(*_model_args(options, "clip_score"), **kwargs)
 
 
-def _pickscore(options: RewardOptions) -> RewardFn:
+def _pickscore(options: RewardOptions, **extra: Any) -> RewardFn:
     from ddpo.rewards.pickscore import pickscore_reward
 
-    kwargs = _model_kwargs(options)
+    kwargs = _model_kwargs(options) | extra
     if "pickscore_processor" in options.models:
         kwargs["processor"] = options.models["pickscore_processor"]
     return pickscore_reward(*_model_args(options, "pickscore"), **kwargs)
@@ -168,17 +180,18 @@ def _tokenizer_kwargs(options: RewardOptions, key: str) -> dict[str, Any]:
     return {"tokenizer": options.models[key]} if key in options.models else {}
 
 
-def _hps(options: RewardOptions) -> RewardFn:
+def _hps(options: RewardOptions, **extra: Any) -> RewardFn:
     from ddpo.rewards.hps import hps_reward
 
-    kwargs = _model_kwargs(options) | _tokenizer_kwargs(options, "hps_tokenizer")
+    kwargs = _model_kwargs(options) | _tokenizer_kwargs(options, "hps_tokenizer") | extra
     return hps_reward(*_model_args(options, "hps"), **kwargs)
 
 
-def _image_reward(options: RewardOptions) -> RewardFn:
+def _image_reward(options: RewardOptions, **extra: Any) -> RewardFn:
     from ddpo.rewards.image_reward import image_reward
 
     kwargs = _model_kwargs(options) | _tokenizer_kwargs(options, "image_reward_tokenizer")
+    kwargs |= extra
     return image_reward(*_model_args(options, "image_reward"), **kwargs)
 
 
@@ -210,15 +223,33 @@ REWARD_SPECS: dict[RewardName, RewardSpec] = {
     "alignment": RewardSpec(_alignment, summary_keys=("accuracy",)),
     "jpeg_compressibility": RewardSpec(_jpeg_compressibility),
     "jpeg_incompressibility": RewardSpec(_jpeg_incompressibility),
-    "aesthetic": RewardSpec(_aesthetic),
-    "brightness": RewardSpec(_brightness),
-    "clip_score": RewardSpec(_clip_score),
-    "pickscore": RewardSpec(_pickscore),
-    "hps": RewardSpec(_hps),
-    "image_reward": RewardSpec(_image_reward),
+    "aesthetic": RewardSpec(_aesthetic, differentiable=partial(_aesthetic, differentiable=True)),
+    "brightness": RewardSpec(_brightness, differentiable=_brightness),  # differentiable as it is
+    "clip_score": RewardSpec(_clip_score, differentiable=partial(_clip_score, differentiable=True)),
+    "pickscore": RewardSpec(_pickscore, differentiable=partial(_pickscore, differentiable=True)),
+    "hps": RewardSpec(_hps, differentiable=partial(_hps, differentiable=True)),
+    "image_reward": RewardSpec(
+        _image_reward, differentiable=partial(_image_reward, differentiable=True)
+    ),
     "ocr": RewardSpec(_ocr),
     "remote": RewardSpec(_remote),
 }
+
+
+DIFFERENTIABLE_REWARDS: tuple[RewardName, ...] = tuple(
+    name for name in REWARDS if REWARD_SPECS[name].differentiable is not None
+)
+"""The rewards with a differentiable form: aesthetic, brightness, clip_score, pickscore, hps,
+image_reward (not alignment, the JPEG sizes, ocr, remote)."""
+
+
+def is_differentiable(name: str) -> bool:
+    """Whether the reward ``name`` has a differentiable form (a weighted sum: all its terms).
+
+    Raises:
+        ValueError: as `parse_reward_spec`.
+    """
+    return all(term in DIFFERENTIABLE_REWARDS for term, _ in parse_reward_spec(name))
 
 
 def reward_spec(name: str) -> RewardSpec:
@@ -324,23 +355,43 @@ def _is_plain(terms: list[tuple[RewardName, float]]) -> bool:
     return len(terms) == 1 and terms[0][1] == 1.0
 
 
-def build_reward_fn(name: str, options: RewardOptions | None = None) -> RewardFn:
+def build_reward_fn(
+    name: str, options: RewardOptions | None = None, *, differentiable: bool = False
+) -> RewardFn:
     """The reward function of a ``--reward`` value: one name (``alignment``, ``pickscore``, ...)
     gives that reward; a weighted sum (``pickscore:1.0,ocr:0.5``) a
     `ddpo.rewards.combine.WeightedSumReward` of them (one term of weight 1 is the plain reward).
+    With ``differentiable``, each reward's differentiable form (`DIFFERENTIABLE_REWARDS`): float
+    images in, rewards with their gradients out (the sum stays differentiable).
 
     Raises:
-        ValueError: for a bad value or option (`check_reward_options`), before anything loads.
+        ValueError: for a bad value or option (`check_reward_options`), or, with
+            ``differentiable``, naming the rewards without a differentiable form; before
+            anything loads.
         ImportError: naming the extra to install when a reward's packages are missing.
     """
     options = options or RewardOptions()
     terms = check_reward_options(name, options)
+    if differentiable:
+        missing = [n for n, _ in terms if n not in DIFFERENTIABLE_REWARDS]
+        if missing:
+            raise ValueError(
+                f"reward {name!r}: {missing} have no differentiable form (differentiable=True); "
+                f"the differentiable rewards are {DIFFERENTIABLE_REWARDS}"
+            )
+
+    def build(reward: RewardName) -> RewardFn:
+        spec = REWARD_SPECS[reward]
+        builder = spec.differentiable if differentiable else spec.build
+        assert builder is not None  # checked above
+        return builder(options)
+
     if _is_plain(terms):
-        return REWARD_SPECS[terms[0][0]].build(options)
+        return build(terms[0][0])
     from ddpo.rewards.combine import WeightedSumReward
 
     # The cheap checks first: a reward server is asked before any reward model loads.
-    built = {n: REWARD_SPECS[n].build(options) for n, _ in sorted(terms, key=_loads_a_model)}
+    built = {n: build(n) for n, _ in sorted(terms, key=_loads_a_model)}
     return WeightedSumReward({n: (built[n], w) for n, w in terms})
 
 

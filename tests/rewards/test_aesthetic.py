@@ -19,6 +19,11 @@ PROJECTION_DIM = 24
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return build_tiny_aesthetic(tmp_path_factory.mktemp("aesthetic"))
+
+
+def build_tiny_aesthetic(folder: Path) -> tuple[Path, Path, Path]:
+    """A tiny random CLIP folder and its random MLP as ``.safetensors`` and ``.pth`` files."""
     from transformers import CLIPConfig, CLIPModel
 
     torch.manual_seed(0)
@@ -33,7 +38,6 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
         },
         projection_dim=PROJECTION_DIM,
     )  # fmt: skip
-    folder = tmp_path_factory.mktemp("aesthetic")
     clip_dir = folder / "clip"
     CLIPModel(config).save_pretrained(clip_dir)
     mlp = AestheticMLP(PROJECTION_DIM)

@@ -24,10 +24,13 @@ PROMPTS = ["a photo of a cat", "a red car", "blue dog", "a photo of a blue car",
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def build_tiny_clip(folder: Path) -> Path:
     """A CLIP folder as ``openai/clip-vit-large-patch14`` has: model, tokenizer, processor."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    folder = tmp_path_factory.mktemp("clip")
     write_clip_tokenizer(folder, WORDS, model_max_length=16)
     tokenizer = CLIPTokenizer.from_pretrained(folder)
     torch.manual_seed(0)

@@ -73,9 +73,13 @@ def _openclip_state_dict(clip: Any) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def tiny_hps(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path, Path]:
+    return build_tiny_hps(tmp_path_factory.mktemp("hps"))
+
+
+def build_tiny_hps(folder: Path) -> tuple[Any, Any, Path, Path]:
+    """The tiny CLIPModel, its tokenizer, the checkpoint folder and the tokenizer folder."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    folder = tmp_path_factory.mktemp("hps")
     tok_dir = write_clip_tokenizer(folder / "tokenizer", WORDS, model_max_length=CONTEXT)
     tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(0)

@@ -85,6 +85,11 @@ def _head(width: int = TEXT_WIDTH) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def tiny_ir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return build_tiny_image_reward(tmp_path_factory.mktemp("image_reward"))
+
+
+def build_tiny_image_reward(folder: Path) -> dict[str, Any]:
+    """The tiny original models, tokenizer, checkpoint folder (``ckpt``) and tokenizer (``tok``)."""
     from transformers import (
         BertTokenizer,
         BlipTextConfig,
@@ -93,7 +98,6 @@ def tiny_ir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         BlipVisionModel,
     )
 
-    folder = tmp_path_factory.mktemp("image_reward")
     tok_dir = folder / "bert"
     tok_dir.mkdir()
     (tok_dir / "vocab.txt").write_text("\n".join(VOCAB) + "\n")

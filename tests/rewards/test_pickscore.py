@@ -26,12 +26,15 @@ LOGIT_SCALE = 50.0
 
 @pytest.fixture(scope="module")
 def tiny_pickscore(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return build_tiny_pickscore(tmp_path_factory.mktemp("pickscore"))
+
+
+def build_tiny_pickscore(root: Path) -> tuple[Path, Path]:
     """A model folder (``CLIPModel.save_pretrained``, as ``yuvalkirstain/PickScore_v1``) and a
     processor folder (tokenizer and an old-format ``preprocessor_config.json`` with integer
     sizes, as ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` has)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    root = tmp_path_factory.mktemp("pickscore")
     processor = root / "processor"
     write_clip_tokenizer(processor, WORDS, model_max_length=16)
     config = {
