@@ -58,12 +58,14 @@ class TrainArgs:
     (`ddpo.presets.algorithm_tiny_preset`)."""
     ddpo_config: DDPOConfig = field(default_factory=default_preset)
     """The DDPO run (TRL's `DDPOConfig` fields); defaults: the preset's."""
-    algorithm: Literal["ddpo", "nft", "awm", "dpo"] | None = None
+    algorithm: Literal["ddpo", "nft", "awm", "dpo", "draft", "alignprop"] | None = None
     """What to train (``--ddpo_config.algorithm``, which this sets; default: the config's,
     ``ddpo``): ``ddpo``, DDPO's and Flow-GRPO's policy gradient; ``nft``, DiffusionNFT; ``awm``,
     Advantage Weighted Matching; ``dpo``, online Diffusion-DPO on pairs of each prompt's images
-    (needs ``--prompt_repeats`` of 2 or more), or offline with ``--preference_data``. See
-    ``docs/algorithms.md``."""
+    (needs ``--prompt_repeats`` of 2 or more), or offline with ``--preference_data``;
+    ``draft``, DRaFT-K, and ``alignprop``, AlignProp: reward backpropagation through the last
+    ``--ddpo_config.backprop_grad_steps`` steps, with the differentiable form of ``--reward``
+    (one process). See ``docs/algorithms.md``."""
     preference_data: str | None = None
     """With ``--algorithm dpo``: train offline on this preference data set instead of sampling:
     a ``.parquet`` file or a folder of shards in the Pick-a-Pic layout (``caption``, ``jpg_0``,
@@ -225,8 +227,17 @@ def build_reward_fn(args: TrainArgs) -> RewardFn:
         ValueError: for a bad ``--reward`` or reward option, or ``alignment`` (alone or in a
             sum) with prompts other than ``shapes``; all before any model loads.
         ImportError: naming the extra to install when a reward's packages are missing.
+
+    With ``--algorithm draft`` or ``alignprop`` it is the reward's differentiable form.
     """
-    return build_named_reward_fn(args.reward, check_reward_flags(args))
+    differentiable = args.ddpo_config.algorithm in BACKPROP_ALGORITHMS
+    return build_named_reward_fn(
+        args.reward, check_reward_flags(args), differentiable=differentiable
+    )
+
+
+BACKPROP_ALGORITHMS: tuple[str, ...] = ("draft", "alignprop")
+"""The algorithms that backpropagate the reward (its differentiable form)."""
 
 
 def preset_args(name: str, *, num_processes: int = 1) -> TrainArgs:
@@ -274,6 +285,15 @@ def check_train_values(args: TrainArgs) -> None:
             f"preference_data is Diffusion-DPO's offline data: it needs --algorithm dpo, got "
             f"algorithm {args.ddpo_config.algorithm!r}"
         )
+    if args.ddpo_config.algorithm in BACKPROP_ALGORITHMS:
+        from ddpo.rewards.registry import DIFFERENTIABLE_REWARDS, is_differentiable
+
+        if not is_differentiable(args.reward):
+            raise ValueError(
+                f"algorithm {args.ddpo_config.algorithm!r} backpropagates the reward: --reward "
+                f"{args.reward!r} has no differentiable form (those that do: "
+                f"{', '.join(DIFFERENTIABLE_REWARDS)})"
+            )
     if args.preference_limit < 0:
         raise ValueError(f"preference_limit must be >= 0 (0: all), got {args.preference_limit}")
     offline = args.preference_data is not None

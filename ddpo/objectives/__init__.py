@@ -15,6 +15,7 @@ from ddpo.objectives.base import (
 from ddpo.objectives.dpo import DiffusionDPO, OfflineDiffusionDPO
 from ddpo.objectives.nft import DiffusionNFT
 from ddpo.objectives.policy_gradient import PolicyGradient
+from ddpo.objectives.reward_backprop import RewardBackprop
 from ddpo.objectives.weights import ShadowWeights
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "ObjectiveNeeds",
     "OfflineDiffusionDPO",
     "PolicyGradient",
+    "RewardBackprop",
     "ShadowWeights",
 ]

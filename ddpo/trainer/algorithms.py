@@ -2,12 +2,14 @@
 per algorithm; the loop itself has no algorithm branch)."""
 
 from collections.abc import Callable
+from typing import Any
 
 from ddpo.objectives import (
     AdvantageWeightedMatching,
     DiffusionDPO,
     DiffusionNFT,
     Objective,
+    RewardBackprop,
 )
 from ddpo.trainer.config import DDPOConfig
 from ddpo.trainer.optimisation import clip_range, num_train_timesteps, policy_gradient
@@ -54,18 +56,41 @@ def dpo_objective(config: DDPOConfig) -> DiffusionDPO:
     )
 
 
-OBJECTIVES: dict[str, Callable[[DDPOConfig], Objective]] = {
-    "ddpo": policy_gradient,
-    "nft": nft_objective,
-    "awm": awm_objective,
-    "dpo": dpo_objective,
+def reward_backprop_objective(config: DDPOConfig, reward_function: Any) -> RewardBackprop:
+    """DRaFT-K (``draft``) or AlignProp (``alignprop``) through ``backprop_grad_steps`` steps of
+    the config's sampler, descending the (differentiable) ``reward_function``."""
+    return RewardBackprop(
+        reward_function=reward_function,
+        num_steps=config.sample_num_steps,
+        guidance_scale=config.sample_guidance_scale,
+        grad_steps=config.backprop_grad_steps,
+        random_truncation=config.algorithm == "alignprop",
+    )
+
+
+OBJECTIVES: dict[str, Callable[[DDPOConfig, Any], Objective]] = {
+    "ddpo": lambda config, reward: policy_gradient(config),
+    "nft": lambda config, reward: nft_objective(config),
+    "awm": lambda config, reward: awm_objective(config),
+    "dpo": lambda config, reward: dpo_objective(config),
+    "draft": reward_backprop_objective,
+    "alignprop": reward_backprop_objective,
 }
-"""``DDPOConfig.algorithm`` -> the builder of its objective."""
+"""``DDPOConfig.algorithm`` -> the builder of its objective, from the config and the run's
+reward function."""
 
 
-def objective_from_config(config: DDPOConfig) -> Objective:
-    """The objective of ``config.algorithm``."""
-    return OBJECTIVES[config.algorithm](config)
+def objective_from_config(config: DDPOConfig, reward_function: Any = None) -> Objective:
+    """The objective of ``config.algorithm`` (``reward_function``: the run's, which reward
+    backpropagation differentiates)."""
+    return OBJECTIVES[config.algorithm](config, reward_function)
 
 
-__all__ = ["OBJECTIVES", "awm_objective", "dpo_objective", "nft_objective", "objective_from_config"]
+__all__ = [
+    "OBJECTIVES",
+    "awm_objective",
+    "dpo_objective",
+    "nft_objective",
+    "objective_from_config",
+    "reward_backprop_objective",
+]

@@ -303,7 +303,7 @@ class DDPOConfig:
 
     # ----------------------------------------------------------------------------------------
     # The algorithm (`docs/algorithms.md`; `ddpo.trainer.algorithms.objective_from_config`)
-    algorithm: Literal["ddpo", "nft", "awm", "dpo"] = "ddpo"
+    algorithm: Literal["ddpo", "nft", "awm", "dpo", "draft", "alignprop"] = "ddpo"
     """What the trainer optimises. ``ddpo``: DDPO's and Flow-GRPO's policy gradient on the
     sampler's steps (``loss_type``, the clip range, ``kl_coef``). ``nft``: DiffusionNFT
     (Zheng et al., 2025) on the forward process, sampling with its old policy. ``awm``:
@@ -311,12 +311,18 @@ class DDPOConfig:
     (``train_clip_range``, ``kl_coef``). ``dpo``: online Diffusion-DPO (Wallace et al., 2023)
     on pairs of each prompt's samples, which needs repeated prompts. ``nft``, ``awm`` and
     ``dpo`` train on the final latents at timesteps of their own, CFG-free, with any family of
-    ``ddpo.adapters``."""
+    ``ddpo.adapters``. ``draft`` (DRaFT-K, Clark et al., 2023) and ``alignprop`` (Prabhudesai
+    et al., 2023): reward backpropagation through the last ``backprop_grad_steps`` sampling
+    steps with a differentiable ``reward_function``, on one process."""
     train_num_timesteps: int = 0
     """Timesteps each sample (a pair for ``dpo``) trains at per inner epoch with ``nft``,
     ``awm`` and ``dpo``, one backward pass each. 0: the algorithm's default: ``nft``, the
     sampler's ``int(sample_num_steps * train_timestep_fraction)`` (the authors'); ``awm``,
     ``min(6, sample_num_steps - 1)`` (its GenEval recipe's 6); ``dpo``, 1 (the authors')."""
+    backprop_grad_steps: int = 1
+    """``draft``: the last sampling steps whose graph the reward is backpropagated through
+    (DRaFT-K's ``K``; DRaFT's best was 1); ``alignprop``: the largest of them, drawn uniformly
+    in ``[1, backprop_grad_steps]`` per micro-batch."""
     nft_beta: float = 1.0
     """DiffusionNFT's implicit-policy step ``beta`` (the paper's 1; 0.1 in its OCR recipe)."""
     nft_decay_type: int = 1

@@ -19,7 +19,7 @@ MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
 LOG_WITH: tuple[str, ...] = ("tensorboard", "wandb")
 EVAL_SAMPLERS: tuple[str, ...] = ("deterministic", "policy")
 EMA_CONVENTIONS: tuple[str, ...] = ("step", "flow_grpo")
-ALGORITHMS: tuple[str, ...] = ("ddpo", "nft", "awm", "dpo")
+ALGORITHMS: tuple[str, ...] = ("ddpo", "nft", "awm", "dpo", "draft", "alignprop")
 AWM_WEIGHTINGS: tuple[str, ...] = ("uniform", "sigma", "sigma_squared", "ghuber")
 AWM_KL_WEIGHTINGS: tuple[str, ...] = ("uniform", "elbo")
 DPO_PAIRS: tuple[str, ...] = ("best_worst", "halves", "all")
@@ -102,6 +102,7 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "ema_update_every",
         "train_num_timesteps",
         "nft_decay_type",
+        "backprop_grad_steps",
     )
     for name in int_fields:
         value = getattr(config, name)
@@ -204,10 +205,20 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
             f"must be below sample_num_steps={config.sample_num_steps} (AWM trains at the "
             "sampler's steps after the first)"
         )
+    if not 1 <= config.backprop_grad_steps <= config.sample_num_steps:
+        raise ValueError(
+            f"DDPOConfig.backprop_grad_steps must be in [1, sample_num_steps="
+            f"{config.sample_num_steps}], got {config.backprop_grad_steps}"
+        )
     if config.algorithm == "awm" and config.sample_num_steps < 2:
         raise ValueError(
             f"DDPOConfig.sample_num_steps={config.sample_num_steps} with algorithm='awm' must be "
             ">= 2 (AWM trains at the sampler's steps after the first)"
+        )
+    if config.kl_coef > 0 and config.algorithm in ("dpo", "draft", "alignprop"):
+        raise ValueError(
+            f"DDPOConfig.kl_coef={config.kl_coef!r}: algorithm={config.algorithm!r} has no KL "
+            "penalty (Diffusion-DPO's pull to the reference is its beta); set kl_coef to 0"
         )
     if config.algorithm != "ddpo":
         for name, default in (("loss_type", "ppo"), ("kl_convention", "exact")):

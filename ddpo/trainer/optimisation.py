@@ -237,6 +237,8 @@ def train_inner_epoch(
                     inner_epoch=inner_epoch,
                     parameters=parameters,
                     micro_batch_size=len(batch),
+                    process_index=accelerator.process_index,
+                    num_processes=accelerator.num_processes,
                 )
                 metrics = train_term(opt, context, batch, term)
                 log_ratio = metrics.pop(LOG_RATIO_KEY, None)

@@ -137,7 +137,7 @@ class DDPOTrainer:
         check_output_dir(config)
         setup.check_pipeline(sd_pipeline, config)
         self.objective: Objective = (
-            objective_from_config(config) if objective is None else objective
+            objective_from_config(config, reward_function) if objective is None else objective
         )
         setup.check_objective(self.objective, config, sd_pipeline)
         # What defines the run besides the config: the policy's settings (`ddpo train` adds its

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from ddpo import DDPOTrainer, DefaultDDPOStableDiffusionPipeline
-from ddpo.objectives import AdvantageWeightedMatching, DiffusionDPO, DiffusionNFT
+from ddpo.objectives import (
+    AdvantageWeightedMatching,
+    DiffusionDPO,
+    DiffusionNFT,
+    RewardBackprop,
+)
 from ddpo.prompts import RepeatPrompts
 from ddpo.trainer import checkpoint as ckpt
 
@@ -27,12 +32,20 @@ from .test_trainer import (
 pytestmark = pytest.mark.slow
 __all__ = ["pipeline_factory"]  # the module fixture, shared with test_trainer
 
-ALGORITHMS = ("nft", "awm", "dpo")
-OBJECTIVES = {"nft": DiffusionNFT, "awm": AdvantageWeightedMatching, "dpo": DiffusionDPO}
+ALGORITHMS = ("nft", "awm", "dpo", "draft", "alignprop")
+OBJECTIVES = {
+    "nft": DiffusionNFT,
+    "awm": AdvantageWeightedMatching,
+    "dpo": DiffusionDPO,
+    "draft": RewardBackprop,
+    "alignprop": RewardBackprop,
+}
 DIAGNOSTICS = {
     "nft": ("optimality", "old_deviation", "policy_loss", "kl"),
     "awm": ("approx_kl", "clip_fraction", "policy_loss", "kl"),
     "dpo": ("implicit_accuracy", "model_diff", "reference_diff"),
+    "draft": ("backprop_reward", "grad_steps"),
+    "alignprop": ("backprop_reward", "grad_steps"),
 }
 
 
@@ -42,8 +55,9 @@ def _config(output_dir: Path | None, algorithm: str, **overrides: Any) -> Any:
         "sample_num_steps": 3,
         "sample_guidance_scale": 1.0,
         "train_learning_rate": 3e-3,
-        "kl_coef": 0.0 if algorithm == "dpo" else 0.01,
+        "kl_coef": 0.01 if algorithm in ("nft", "awm") else 0.0,
         "dpo_beta": 50.0,
+        "backprop_grad_steps": 2,
     }
     values.update(overrides)
     return tiny_config(output_dir, **values)
@@ -444,3 +458,38 @@ def test_ddpo_train_samples_nft_and_awm_with_the_ode_by_default(
     finally:
         setup.trainer.close()
         _reset_accelerate()
+
+
+def test_reward_backpropagation_needs_a_differentiable_reward(
+    tmp_path: Path, pipeline_factory: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DRaFT keeps K fixed and AlignProp draws it in [1, K] (the logged mean lies between); a
+    reward without gradients is refused when it is first differentiated, a named reward without
+    a differentiable form before the model loads."""
+    for algorithm, low, high in (("draft", 3.0, 3.0), ("alignprop", 1.0, 3.0)):
+        config = _config(tmp_path / algorithm, algorithm, backprop_grad_steps=3, num_epochs=2)
+        trainer = _trainer(config, MODEL, pipeline_factory)
+        trainer.train()
+        trainer.close()
+        _reset_accelerate()
+        values = [row["grad_steps"] for row in read_metrics(tmp_path / algorithm)]
+        assert all(low <= v <= high for v in values), values
+
+    def detached(images: Any, prompts: Any, metadata: Any) -> Any:
+        return images.detach().mean(dim=(1, 2, 3)), {}
+
+    trainer = DDPOTrainer(_config(tmp_path / "detached", "draft"), detached, pick_prompt,
+                          pipeline_factory(MODEL, use_lora=True))  # fmt: skip
+    with pytest.raises(ValueError, match=r"rewards without gradients: reward backpropagation"):
+        trainer.train()
+    trainer.close()
+    _reset_accelerate()
+    with pytest.raises(ValueError, match=r"algorithm='draft' has no KL penalty"):
+        _config(tmp_path, "draft", kl_coef=0.1)
+
+    from ddpo.cli import main
+
+    status = main(["train", *CLI_TINY, "--algorithm=draft", "--reward=jpeg_compressibility",
+                   f"--ddpo_config.output_dir={tmp_path / 'cli'}"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and "--reward 'jpeg_compressibility' has no differentiable form" in err

@@ -86,6 +86,7 @@ OURS = {
     "ema_sampling": False,  # sampling uses the trained weights
     "algorithm": "ddpo",  # TRL's DDPO; DiffusionNFT, AWM and Diffusion-DPO by name
     "train_num_timesteps": 0,
+    "backprop_grad_steps": 1,
     "nft_beta": 1.0,
     "nft_decay_type": 1,
     "awm_weighting": "uniform",
