@@ -58,14 +58,14 @@ class TrainArgs:
     (`ddpo.presets.algorithm_tiny_preset`)."""
     ddpo_config: DDPOConfig = field(default_factory=default_preset)
     """The DDPO run (TRL's `DDPOConfig` fields); defaults: the preset's."""
-    algorithm: Literal["ddpo", "nft", "awm", "dpo", "draft", "alignprop"] | None = None
+    algorithm: Literal["ddpo", "nft", "awm", "dpo", "draft", "draft_lv", "alignprop"] | None = None
     """What to train (``--ddpo_config.algorithm``, which this sets; default: the config's,
     ``ddpo``): ``ddpo``, DDPO's and Flow-GRPO's policy gradient; ``nft``, DiffusionNFT; ``awm``,
     Advantage Weighted Matching; ``dpo``, online Diffusion-DPO on pairs of each prompt's images
     (needs ``--prompt_repeats`` of 2 or more), or offline with ``--preference_data``;
     ``draft``, DRaFT-K, and ``alignprop``, AlignProp: reward backpropagation through the last
     ``--ddpo_config.backprop_grad_steps`` steps, with the differentiable form of ``--reward``
-    (one process). See ``docs/algorithms.md``."""
+    (one process); ``draft_lv``, DRaFT-LV. See ``docs/algorithms.md``."""
     preference_data: str | None = None
     """With ``--algorithm dpo``: train offline on this preference data set instead of sampling:
     a ``.parquet`` file or a folder of shards in the Pick-a-Pic layout (``caption``, ``jpg_0``,
@@ -236,7 +236,7 @@ def build_reward_fn(args: TrainArgs) -> RewardFn:
     )
 
 
-BACKPROP_ALGORITHMS: tuple[str, ...] = ("draft", "alignprop")
+BACKPROP_ALGORITHMS: tuple[str, ...] = ("draft", "draft_lv", "alignprop")
 """The algorithms that backpropagate the reward (its differentiable form)."""
 
 

@@ -6,11 +6,16 @@ keeping their graph (each denoiser call checkpointed, `ddpo.policy.DiffusionPoli
 ``grad_steps``), decodes with gradients, scores the images with a differentiable reward
 (`ddpo.rewards.registry.DIFFERENTIABLE_REWARDS`) and descends ``-mean(reward)``. DRaFT-K keeps
 ``K`` fixed; AlignProp draws it per micro-batch, uniformly in ``[1, K]`` (TRL's
-``truncated_rand_backprop_minmax`` of ``(T - K, T)`` for ``T`` steps). The epoch's sampled
-images (without gradients) give the prompts and the logged reward.
+``truncated_rand_backprop_minmax`` of ``(T - K, T)`` for ``T`` steps). DRaFT-LV (the same
+paper, its lower-variance ``K = 1``) samples without gradients, then ``lv_samples`` times noises
+the final latents again to the sampler's last timestep with fresh noise and takes that last step
+with gradients (the clean latents the prediction implies, `policy.predicted_clean`), averaging
+the rewards. The epoch's sampled images (without gradients) give the prompts and the logged
+reward.
 
-The rollout runs the policy's own denoiser, not the accelerate-prepared one, so its gradients
-are not all-reduced: it trains on one process (refused on several).
+DRaFT-K's and AlignProp's rollout runs the policy's own denoiser, not the accelerate-prepared
+one, so its gradients are not all-reduced: they train on one process (refused on several).
+DRaFT-LV's step runs the prepared denoiser and trains on any number.
 """
 
 from dataclasses import dataclass
@@ -18,8 +23,26 @@ from typing import Any
 
 import torch
 
+from ddpo.objectives._forward import draw_noise, required_member, sampling_timesteps
 from ddpo.objectives.base import ObjectiveContext, ObjectiveLoss, ObjectiveNeeds
+from ddpo.policy import DiffusionPolicy
 from ddpo.samples import Trajectories
+
+
+def differentiated(rewards: Any) -> torch.Tensor:
+    """``rewards`` as a tensor that carries gradients.
+
+    Raises:
+        ValueError: where it carries none (a reward function that is not differentiable).
+    """
+    rewards = torch.as_tensor(rewards)
+    if not rewards.requires_grad:
+        raise ValueError(
+            "the reward function returned rewards without gradients: reward backpropagation "
+            "needs a differentiable reward (ddpo.rewards.registry.DIFFERENTIABLE_REWARDS, "
+            "build_reward_fn(name, differentiable=True))"
+        )
+    return rewards
 
 
 @dataclass(frozen=True)
@@ -34,6 +57,8 @@ class RewardBackprop:
         grad_steps: ``K``, the last steps whose graph is kept (DRaFT-K), or the largest one
             drawn (AlignProp), in ``[1, num_steps]``.
         random_truncation: AlignProp's draw of ``K`` per micro-batch.
+        lv_samples: DRaFT-LV's re-noised last steps per image (the paper's 2); 0: DRaFT-K or
+            AlignProp.
     """
 
     reward_function: Any
@@ -41,6 +66,7 @@ class RewardBackprop:
     guidance_scale: float
     grad_steps: int = 1
     random_truncation: bool = False
+    lv_samples: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.grad_steps <= self.num_steps:
@@ -48,11 +74,23 @@ class RewardBackprop:
                 f"reward backpropagation's grad_steps must be in [1, sample_num_steps="
                 f"{self.num_steps}], got {self.grad_steps}"
             )
+        if self.lv_samples < 0:
+            raise ValueError(f"lv_samples must be >= 0, got {self.lv_samples}")
 
     @property
     def needs(self) -> ObjectiveNeeds:
-        """No transitions; a rollout with gradients through its last ``grad_steps`` steps."""
+        """No transitions; DRaFT-K and AlignProp: a rollout with gradients through its last
+        ``grad_steps`` steps; DRaFT-LV: the final latents."""
+        if self.lv_samples:
+            return ObjectiveNeeds(transitions=False, final=True)
         return ObjectiveNeeds(transitions=False, grad_steps=self.grad_steps)
+
+    def check_policy(self, policy: DiffusionPolicy) -> None:
+        """DRaFT-LV: TypeError unless the policy has ``predicted_clean`` and
+        ``sampling_timesteps``."""
+        if self.lv_samples:
+            required_member(policy, "predicted_clean", "DRaFT-LV")
+            sampling_timesteps(policy, self.num_steps, "DRaFT-LV")
 
     def terms(self, kept_transitions: int) -> int:
         """One backward pass per micro-batch."""
@@ -60,7 +98,9 @@ class RewardBackprop:
 
     def loss(self, context: ObjectiveContext, batch: Trajectories, term: int) -> ObjectiveLoss:
         """``-mean(reward)`` of the batch's prompts sampled again with gradients through the
-        last ``K`` steps."""
+        last ``K`` steps (DRaFT-LV: of its re-noised last steps)."""
+        if self.lv_samples:
+            return self._lower_variance_loss(context, batch)
         if context.num_processes > 1:
             raise ValueError(
                 "reward backpropagation trains on one process: its rollout runs the policy's "
@@ -81,13 +121,7 @@ class RewardBackprop:
             )
         metadata: tuple[dict[str, Any], ...] = tuple({} for _ in batch.prompts)
         rewards, _ = self.reward_function(out.images, tuple(batch.prompts), metadata)
-        rewards = torch.as_tensor(rewards)
-        if not rewards.requires_grad:
-            raise ValueError(
-                "the reward function returned rewards without gradients: reward "
-                "backpropagation needs a differentiable reward (ddpo.rewards.registry."
-                "DIFFERENTIABLE_REWARDS, build_reward_fn(name, differentiable=True))"
-            )
+        rewards = differentiated(rewards)
         loss = -rewards.float().mean()
         metrics = {
             "backprop_reward": rewards.detach().float().mean(),
@@ -96,5 +130,30 @@ class RewardBackprop:
         }
         return ObjectiveLoss(loss, metrics)
 
+    def _lower_variance_loss(self, context: ObjectiveContext, batch: Trajectories) -> ObjectiveLoss:
+        """DRaFT-LV: the final latents noised again ``lv_samples`` times to the last sampling
+        timestep, the last step taken with gradients through the prepared denoiser."""
+        if batch.final_latents is None:
+            raise ValueError("DRaFT-LV needs the batch's final latents")
+        policy, x0 = context.policy, batch.final_latents
+        predicted_clean = required_member(policy, "predicted_clean", "DRaFT-LV")
+        last = sampling_timesteps(policy, self.num_steps, "DRaFT-LV")[-1]
+        t = last.expand(len(batch)).to(x0.device)
+        metadata: tuple[dict[str, Any], ...] = tuple({} for _ in batch.prompts)
+        total = x0.new_zeros((), dtype=torch.float32)
+        for _ in range(self.lv_samples):
+            x_t = policy.add_noise(x0, draw_noise(x0, context.generator), t)
+            with context.autocast():
+                prediction = policy.predict(batch.conditioning, x_t, t,
+                                            guidance_scale=self.guidance_scale,
+                                            denoiser=context.denoiser)  # fmt: skip
+            images = policy.decode(predicted_clean(x_t, prediction, t))
+            rewards, _ = self.reward_function(images, tuple(batch.prompts), metadata)
+            total = total + differentiated(rewards).float().mean()
+        mean_reward = total / self.lv_samples
+        loss = -mean_reward
+        metrics = {"backprop_reward": mean_reward.detach(), "loss": loss.detach()}
+        return ObjectiveLoss(loss, metrics)
 
-__all__ = ["RewardBackprop"]
+
+__all__ = ["RewardBackprop", "differentiated"]

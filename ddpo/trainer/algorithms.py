@@ -58,13 +58,15 @@ def dpo_objective(config: DDPOConfig) -> DiffusionDPO:
 
 def reward_backprop_objective(config: DDPOConfig, reward_function: Any) -> RewardBackprop:
     """DRaFT-K (``draft``) or AlignProp (``alignprop``) through ``backprop_grad_steps`` steps of
-    the config's sampler, descending the (differentiable) ``reward_function``."""
+    the config's sampler, or DRaFT-LV (``draft_lv``, ``backprop_lv_samples`` re-noised last
+    steps), descending the (differentiable) ``reward_function``."""
     return RewardBackprop(
         reward_function=reward_function,
         num_steps=config.sample_num_steps,
         guidance_scale=config.sample_guidance_scale,
         grad_steps=config.backprop_grad_steps,
         random_truncation=config.algorithm == "alignprop",
+        lv_samples=config.backprop_lv_samples if config.algorithm == "draft_lv" else 0,
     )
 
 
@@ -74,6 +76,7 @@ OBJECTIVES: dict[str, Callable[[DDPOConfig, Any], Objective]] = {
     "awm": lambda config, reward: awm_objective(config),
     "dpo": lambda config, reward: dpo_objective(config),
     "draft": reward_backprop_objective,
+    "draft_lv": reward_backprop_objective,
     "alignprop": reward_backprop_objective,
 }
 """``DDPOConfig.algorithm`` -> the builder of its objective, from the config and the run's

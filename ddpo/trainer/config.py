@@ -303,7 +303,7 @@ class DDPOConfig:
 
     # ----------------------------------------------------------------------------------------
     # The algorithm (`docs/algorithms.md`; `ddpo.trainer.algorithms.objective_from_config`)
-    algorithm: Literal["ddpo", "nft", "awm", "dpo", "draft", "alignprop"] = "ddpo"
+    algorithm: Literal["ddpo", "nft", "awm", "dpo", "draft", "draft_lv", "alignprop"] = "ddpo"
     """What the trainer optimises. ``ddpo``: DDPO's and Flow-GRPO's policy gradient on the
     sampler's steps (``loss_type``, the clip range, ``kl_coef``). ``nft``: DiffusionNFT
     (Zheng et al., 2025) on the forward process, sampling with its old policy. ``awm``:
@@ -313,7 +313,8 @@ class DDPOConfig:
     ``dpo`` train on the final latents at timesteps of their own, CFG-free, with any family of
     ``ddpo.adapters``. ``draft`` (DRaFT-K, Clark et al., 2023) and ``alignprop`` (Prabhudesai
     et al., 2023): reward backpropagation through the last ``backprop_grad_steps`` sampling
-    steps with a differentiable ``reward_function``, on one process."""
+    steps with a differentiable ``reward_function``, on one process; ``draft_lv``: DRaFT-LV,
+    the last step taken again ``backprop_lv_samples`` times from fresh noise."""
     train_num_timesteps: int = 0
     """Timesteps each sample (a pair for ``dpo``) trains at per inner epoch with ``nft``,
     ``awm`` and ``dpo``, one backward pass each. 0: the algorithm's default: ``nft``, the
@@ -323,6 +324,8 @@ class DDPOConfig:
     """``draft``: the last sampling steps whose graph the reward is backpropagated through
     (DRaFT-K's ``K``; DRaFT's best was 1); ``alignprop``: the largest of them, drawn uniformly
     in ``[1, backprop_grad_steps]`` per micro-batch."""
+    backprop_lv_samples: int = 2
+    """``draft_lv``: the re-noised last steps per image (DRaFT-LV's ``n``, the paper's 2)."""
     nft_beta: float = 1.0
     """DiffusionNFT's implicit-policy step ``beta`` (the paper's 1; 0.1 in its OCR recipe)."""
     nft_decay_type: int = 1

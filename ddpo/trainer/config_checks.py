@@ -19,7 +19,7 @@ MIXED_PRECISIONS: tuple[str, ...] = ("no", "fp16", "bf16")
 LOG_WITH: tuple[str, ...] = ("tensorboard", "wandb")
 EVAL_SAMPLERS: tuple[str, ...] = ("deterministic", "policy")
 EMA_CONVENTIONS: tuple[str, ...] = ("step", "flow_grpo")
-ALGORITHMS: tuple[str, ...] = ("ddpo", "nft", "awm", "dpo", "draft", "alignprop")
+ALGORITHMS: tuple[str, ...] = ("ddpo", "nft", "awm", "dpo", "draft", "draft_lv", "alignprop")
 AWM_WEIGHTINGS: tuple[str, ...] = ("uniform", "sigma", "sigma_squared", "ghuber")
 AWM_KL_WEIGHTINGS: tuple[str, ...] = ("uniform", "elbo")
 DPO_PAIRS: tuple[str, ...] = ("best_worst", "halves", "all")
@@ -103,6 +103,7 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "train_num_timesteps",
         "nft_decay_type",
         "backprop_grad_steps",
+        "backprop_lv_samples",
     )
     for name in int_fields:
         value = getattr(config, name)
@@ -215,7 +216,11 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
             f"DDPOConfig.sample_num_steps={config.sample_num_steps} with algorithm='awm' must be "
             ">= 2 (AWM trains at the sampler's steps after the first)"
         )
-    if config.kl_coef > 0 and config.algorithm in ("dpo", "draft", "alignprop"):
+    if config.backprop_lv_samples < 1:
+        raise ValueError(
+            f"DDPOConfig.backprop_lv_samples must be >= 1, got {config.backprop_lv_samples!r}"
+        )
+    if config.kl_coef > 0 and config.algorithm in ("dpo", "draft", "draft_lv", "alignprop"):
         raise ValueError(
             f"DDPOConfig.kl_coef={config.kl_coef!r}: algorithm={config.algorithm!r} has no KL "
             "penalty (Diffusion-DPO's pull to the reference is its beta); set kl_coef to 0"

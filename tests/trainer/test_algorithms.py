@@ -32,12 +32,13 @@ from .test_trainer import (
 pytestmark = pytest.mark.slow
 __all__ = ["pipeline_factory"]  # the module fixture, shared with test_trainer
 
-ALGORITHMS = ("nft", "awm", "dpo", "draft", "alignprop")
+ALGORITHMS = ("nft", "awm", "dpo", "draft", "draft_lv", "alignprop")
 OBJECTIVES = {
     "nft": DiffusionNFT,
     "awm": AdvantageWeightedMatching,
     "dpo": DiffusionDPO,
     "draft": RewardBackprop,
+    "draft_lv": RewardBackprop,
     "alignprop": RewardBackprop,
 }
 DIAGNOSTICS = {
@@ -45,6 +46,7 @@ DIAGNOSTICS = {
     "awm": ("approx_kl", "clip_fraction", "policy_loss", "kl"),
     "dpo": ("implicit_accuracy", "model_diff", "reference_diff"),
     "draft": ("backprop_reward", "grad_steps"),
+    "draft_lv": ("backprop_reward",),
     "alignprop": ("backprop_reward", "grad_steps"),
 }
 

@@ -87,6 +87,7 @@ OURS = {
     "algorithm": "ddpo",  # TRL's DDPO; DiffusionNFT, AWM and Diffusion-DPO by name
     "train_num_timesteps": 0,
     "backprop_grad_steps": 1,
+    "backprop_lv_samples": 2,
     "nft_beta": 1.0,
     "nft_decay_type": 1,
     "awm_weighting": "uniform",
