@@ -112,6 +112,12 @@ def cases(preset: str, device: str) -> list[Case]:
         ("flow_velocity_target", lat, (sample, noise), {}),
         ("flow_predicted_x0", lat, (sample, model_output, sigmas[0]), {}),
         ("ema_decay_at", "scalar", (100,), {"decay": 0.9}),
+        (
+            "sliding_window_start",
+            "scalar",
+            (100,),
+            {"shift_interval": 25, "stride": 4, "max_start": 12},
+        ),
         ("ema_step", lat, (sample, other), {"decay": 0.9}),
         ("nft_optimality", f"{b}", (adv,), {}),
         (

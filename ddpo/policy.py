@@ -84,6 +84,11 @@ class PolicyOptions:
             FLUX) of images, float ``(batch, 3, H, W)`` in ``[0, 1]``: the VAE's posterior mean,
             normalised as the family's pipeline normalises (both bases have it), which
             Diffusion-DPO trains on (`ddpo.data.preferences`). ``None``: none.
+        window_starts, set_window_start: methods ``window_starts(num_steps) -> range`` (the
+            first steps a stochastic window of the policy's size can take) and
+            ``set_window_start(start)`` (place it there for the next rollouts): MixGRPO's
+            sliding window (``DDPOConfig.sde_window_schedule="sliding"``); the flow families
+            have them. ``None``: the policy has no window to move.
     """
 
     guidance_kind: ClassVar[GuidanceKind] = "classifier_free"
@@ -94,6 +99,8 @@ class PolicyOptions:
     deterministic_images: ClassVar[Any] = None
     sampling_timesteps: ClassVar[Any] = None
     predicted_clean: ClassVar[Any] = None
+    window_starts: ClassVar[Any] = None
+    set_window_start: ClassVar[Any] = None
     encode_images: ClassVar[Any] = None
 
 

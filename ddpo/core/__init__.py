@@ -14,7 +14,8 @@
   :func:`vp_training_target`, :func:`vp_predicted_x0` and :func:`alpha_bar_at` (DDPM/DDIM),
   :func:`flow_add_noise`, :func:`flow_velocity_target` and :func:`flow_predicted_x0`
   (rectified flow) (``noising``);
-- training steps: :func:`subsample_timesteps` (``timesteps``);
+- training steps: :func:`subsample_timesteps` and MixGRPO's :func:`sliding_window_start`
+  (``timesteps``);
 - weight averages: :func:`ema_decay_at` and :func:`ema_step` (``ema``);
 - DiffusionNFT's objective: :func:`nft_optimality`, :func:`nft_loss` (:func:`nft_clean_loss`
   for any parameterisation) and its old policy's :func:`nft_old_policy_decay` (``nft``);
@@ -64,7 +65,7 @@ from ddpo.core.per_prompt import (
     update_per_prompt_stats,
 )
 from ddpo.core.ppo import PPOLossOutput, ppo_clip_loss, score_function_loss
-from ddpo.core.timesteps import subsample_timesteps
+from ddpo.core.timesteps import sliding_window_start, subsample_timesteps
 
 __all__ = [
     "NFT_DECAY_TYPES",
@@ -105,6 +106,7 @@ __all__ = [
     "ppo_clip_loss",
     "rescale_guidance",
     "score_function_loss",
+    "sliding_window_start",
     "subsample_timesteps",
     "update_per_prompt_stats",
     "vp_add_noise",

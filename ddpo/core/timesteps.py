@@ -51,3 +51,43 @@ def subsample_timesteps(
         )
     # 2. Keep the first num_train of each.
     return permutation[:, :num_train]
+
+
+def sliding_window_start(
+    iteration: int, *, shift_interval: int, stride: int, max_start: int, roll_back: bool = False
+) -> int:
+    """MixGRPO's sliding window (Li et al., 2025, arXiv 2507.21802, its ``progressive``
+    strategy): the first sampler step of the stochastic window at training iteration
+    ``iteration`` (0-based).
+
+    The window starts at step 0 and moves ``stride`` steps every ``shift_interval`` iterations,
+    ``k = iteration // shift_interval`` moves so far:
+
+        start = min(k stride, max_start)                     (the window stops at the end)
+        start = (k mod (max_start // stride + 1)) stride     (``roll_back``: it starts over)
+
+    Args:
+        iteration: the training iteration (an epoch here), >= 0.
+        shift_interval: iterations per window position (MixGRPO's ``iters_per_group``), >= 1.
+        stride: steps per move (its ``group_size``, or ``prog_overlap_step``), >= 1.
+        max_start: the last start the window may take, >= 0.
+        roll_back: start over from step 0 past the end (its ``roll_back``).
+
+    Returns:
+        The window's first step.
+
+    Raises:
+        ValueError: naming an argument outside its range.
+    """
+    for name, value, low in (
+        ("iteration", iteration, 0),
+        ("shift_interval", shift_interval, 1),
+        ("stride", stride, 1),
+        ("max_start", max_start, 0),
+    ):
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    moves = iteration // shift_interval
+    if roll_back:
+        return (moves % (max_start // stride + 1)) * stride
+    return min(moves * stride, max_start)

@@ -302,6 +302,23 @@ class DDPOConfig:
     which samples with its own old policy."""
 
     # ----------------------------------------------------------------------------------------
+    # MixGRPO's sliding window (Li et al., 2025)
+    sde_window_schedule: Literal["fixed", "sliding"] = "fixed"
+    """Where a flow policy's stochastic window (its ``sde_window_size``) lies each epoch.
+    ``fixed``: the policy's own ``sde_window_start`` (or one drawn per rollout). ``sliding``:
+    MixGRPO's progressive schedule (`ddpo.core.sliding_window_start`): it starts at the first
+    step it can take and moves ``sliding_window_stride`` steps every
+    ``sliding_window_shift_interval`` epochs, stopping at the last whole window (or starting over
+    with ``sliding_window_roll_back``); each epoch logs ``sde_window_start``."""
+    sliding_window_shift_interval: int = 25
+    """Epochs per window position (MixGRPO's ``iters_per_group``, 25)."""
+    sliding_window_stride: int = 0
+    """Steps per move (0: the window's size, MixGRPO's default; its ``prog_overlap_step`` with
+    overlap)."""
+    sliding_window_roll_back: bool = False
+    """Start the window over from the first step past the end (MixGRPO's ``roll_back``)."""
+
+    # ----------------------------------------------------------------------------------------
     # The algorithm (`docs/algorithms.md`; `ddpo.trainer.algorithms.objective_from_config`)
     algorithm: Literal["ddpo", "nft", "awm", "dpo", "draft", "draft_lv", "alignprop"] = "ddpo"
     """What the trainer optimises. ``ddpo``: DDPO's and Flow-GRPO's policy gradient on the

@@ -42,6 +42,7 @@ BOOL_FIELDS: tuple[str, ...] = (
     "sample_same_latent",
     "ema_save_final",
     "ema_sampling",
+    "sliding_window_roll_back",
 )
 STR_FIELDS: tuple[str, ...] = (
     "exp_name",
@@ -60,6 +61,7 @@ STR_FIELDS: tuple[str, ...] = (
     "awm_weighting",
     "awm_kl_weighting",
     "dpo_pairs",
+    "sde_window_schedule",
 )
 # Accelerator arguments that come from the config's own fields.
 RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
@@ -104,6 +106,8 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "nft_decay_type",
         "backprop_grad_steps",
         "backprop_lv_samples",
+        "sliding_window_shift_interval",
+        "sliding_window_stride",
     )
     for name in int_fields:
         value = getattr(config, name)
@@ -215,6 +219,17 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         raise ValueError(
             f"DDPOConfig.sample_num_steps={config.sample_num_steps} with algorithm='awm' must be "
             ">= 2 (AWM trains at the sampler's steps after the first)"
+        )
+    if config.sde_window_schedule not in ("fixed", "sliding"):
+        raise ValueError(
+            "DDPOConfig.sde_window_schedule must be one of ('fixed', 'sliding'), got "
+            f"{config.sde_window_schedule!r}"
+        )
+    if config.sliding_window_shift_interval < 1 or config.sliding_window_stride < 0:
+        raise ValueError(
+            "DDPOConfig.sliding_window_shift_interval must be >= 1 and sliding_window_stride "
+            f">= 0, got {config.sliding_window_shift_interval!r} and "
+            f"{config.sliding_window_stride!r}"
         )
     if config.backprop_lv_samples < 1:
         raise ValueError(

@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 
+from ddpo.core import sliding_window_start
 from ddpo.objectives import Objective
 from ddpo.objectives.base import has_hook
 from ddpo.policy import (
@@ -47,6 +48,27 @@ def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
         sd_pipeline.check_num_steps(config.eval_num_steps)
     check_policy_supports(sd_pipeline, config)
     check_sampler_settings(sd_pipeline, config)
+    if config.sde_window_schedule == "sliding":
+        sliding_window_at(sd_pipeline, config, 0)  # a policy without a window fails here
+
+
+def sliding_window_at(policy: Any, config: DDPOConfig, epoch: int) -> int:
+    """MixGRPO's window start for ``epoch`` (`ddpo.core.sliding_window_start` over the
+    policy's possible starts, ``sliding_window_stride`` 0 meaning the window's size).
+
+    Raises:
+        ValueError: where the policy has no window to move.
+    """
+    starts = policy.window_starts(config.sample_num_steps)
+    size = getattr(policy, "sde_window_size", None) or 1
+    offset = sliding_window_start(
+        epoch,
+        shift_interval=config.sliding_window_shift_interval,
+        stride=config.sliding_window_stride or size,
+        max_start=len(starts) - 1,
+        roll_back=config.sliding_window_roll_back,
+    )
+    return int(starts[offset])
 
 
 def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
@@ -64,6 +86,14 @@ def check_policy_supports(policy: Any, config: DDPOConfig) -> None:
     """
     name = policy.__name__ if isinstance(policy, type) else type(policy).__name__
     check_on_policy_guidance(config, guidance_kind(policy))
+    if (
+        config.sde_window_schedule == "sliding"
+        and policy_option(policy, "set_window_start") is None
+    ):
+        raise ValueError(
+            f"DDPOConfig.sde_window_schedule='sliding' moves a stochastic window: {name} has none "
+            "(the flow families, SD3 and FLUX.1, with sde_window_size, do)"
+        )
     if config.sample_eta != 1.0 and not policy_option(policy, "uses_sample_eta"):
         raise ValueError(
             f"DDPOConfig.sample_eta={config.sample_eta!r}: sample_eta applies to the DDIM "

@@ -373,7 +373,12 @@ class DDPOTrainer:
         samples of zero advantage when the config says so. Returns this process's samples and
         every process's rewards (CPU)."""
         config, accelerator = self.config, self.accelerator
-        # 1. Sample trajectories and score them (overlapped with sampling when async).
+        # 1. Sample trajectories and score them (overlapped with sampling when async), with
+        #    MixGRPO's window placed for this epoch.
+        if config.sde_window_schedule == "sliding":
+            start = setup.sliding_window_at(self.sd_pipeline, config, epoch)
+            self.sd_pipeline.set_window_start(start)  # type: ignore[attr-defined]
+            extra["sde_window_start"] = start
         task = progress.add_task(
             f"epoch {epoch}: sampling", total=config.sample_num_batches_per_epoch
         )

@@ -495,3 +495,40 @@ def test_reward_backpropagation_needs_a_differentiable_reward(
                    f"--ddpo_config.output_dir={tmp_path / 'cli'}"])  # fmt: skip
     err = capsys.readouterr().err
     assert status == 2 and "--reward 'jpeg_compressibility' has no differentiable form" in err
+
+
+def test_mixgrpos_window_slides_with_the_epochs_and_resumes(
+    tmp_path: Path, pipeline_factory: Any
+) -> None:
+    """``sde_window_schedule="sliding"``: a window of 1 step of 3 starts at steps 0, 1, 2 in
+    epochs 0, 1, 2 (moved every epoch by one step); a resumed run places it as one run does;
+    a DDIM policy is refused."""
+    sliding = {"sde_window_schedule": "sliding", "sliding_window_shift_interval": 1,
+               "sliding_window_stride": 1, "save_freq": 1,
+               "train_timestep_fraction": 1.0}  # fmt: skip
+
+    def trainer(output: Path | None, epochs: int, **extra: Any) -> DDPOTrainer:
+        config = _config(output, "ddpo", num_epochs=epochs, **sliding, **extra)
+        policy = pipeline_factory(SD3_MODEL, use_lora=True, sde_window_size=1)
+        return DDPOTrainer(config, brightness, RepeatPrompts(pick_prompt, 2), policy)
+
+    run = trainer(tmp_path / "a", 3)
+    run.train()
+    run.close()
+    weights_a = run.trainable_state_dict()
+    rows = read_metrics(tmp_path / "a")
+    assert [r["sde_window_start"] for r in rows] == [0, 1, 2]
+    _reset_accelerate()
+    run = trainer(tmp_path / "b", 1)
+    run.train()
+    run.close()
+    _reset_accelerate()
+    run = trainer(None, 3, resume_from=str(tmp_path / "b"))
+    run.train()
+    run.close()
+    assert all(torch.equal(weights_a[k], run.trainable_state_dict()[k]) for k in weights_a)
+    assert [r["sde_window_start"] for r in read_metrics(tmp_path / "b")] == [0, 1, 2]
+    _reset_accelerate()
+    with pytest.raises(ValueError, match=r"sde_window_schedule='sliding' moves a stochastic"):
+        DDPOTrainer(_config(tmp_path / "c", "ddpo", **sliding), brightness, pick_prompt,
+                    pipeline_factory(MODEL))  # fmt: skip

@@ -87,6 +87,10 @@ OURS = {
     "algorithm": "ddpo",  # TRL's DDPO; DiffusionNFT, AWM and Diffusion-DPO by name
     "train_num_timesteps": 0,
     "backprop_grad_steps": 1,
+    "sde_window_schedule": "fixed",  # the policy's own window
+    "sliding_window_shift_interval": 25,
+    "sliding_window_stride": 0,
+    "sliding_window_roll_back": False,
     "backprop_lv_samples": 2,
     "nft_beta": 1.0,
     "nft_decay_type": 1,

@@ -169,6 +169,30 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         schedule = self._flow_schedule(copy.deepcopy(self.scheduler), num_steps)
         return schedule.timesteps.detach().to("cpu", torch.float32)
 
+    def window_starts(self, num_steps: int) -> range:
+        """The first steps the policy's stochastic window (``sde_window_size``) can take in a
+        rollout of ``num_steps`` steps.
+
+        Raises:
+            ValueError: without a window (``sde_window_size`` None) or at ``noise_level=0``.
+        """
+        if self.sde_window_size is None or self.noise_level == 0:
+            raise ValueError(
+                "a sliding window needs the policy's sde_window_size (and noise_level > 0); "
+                f"it has sde_window_size={self.sde_window_size!r}, noise_level="
+                f"{self.noise_level!r}"
+            )
+        last = stochastic_steps(num_steps, self.sde_type)
+        low, high = self.sde_window_range if self.sde_window_range is not None else (0, last)
+        return range(low, min(high, last) - self.sde_window_size + 1)
+
+    def set_window_start(self, start: int) -> None:
+        """Place the stochastic window's first step at ``start`` for the next rollouts (checked
+        against the step count when a rollout runs)."""
+        if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise ValueError(f"the window start must be an int >= 0, got {start!r}")
+        self.sde_window_start = start
+
     def _window_args(self) -> tuple[int | None, int | None, tuple[int, int] | None, str]:
         """``sde_window_size``, ``sde_window_start``, ``sde_window_range`` and ``sde_type``."""
         return self.sde_window_size, self.sde_window_start, self.sde_window_range, self.sde_type
