@@ -105,6 +105,28 @@ def _weighted_error(x0_hat: Latents, x0: Latents, eps: float) -> Float[Tensor, "
     return ((x0_hat - x0) ** 2 / weight.to(x0_hat.dtype)).mean(dim=dims)
 
 
+def _check_beta(beta: float) -> None:
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+
+
+def _implicit_policies_loss(
+    positive: Latents,
+    negative: Latents,
+    x0: Latents,
+    optimality: PerSample,
+    *,
+    beta: float,
+    eps: float,
+) -> Float[Tensor, " batch"]:
+    """``r E(positive) / beta + (1 - r) E(negative) / beta`` of the clean latents that the
+    implicit positive and negative policies imply (see :func:`nft_clean_loss`)."""
+    positive_error = _weighted_error(positive, x0, eps)
+    negative_error = _weighted_error(negative, x0, eps)
+    r = optimality.to(positive_error.dtype)
+    return r * positive_error / beta + (1.0 - r) * negative_error / beta
+
+
 def nft_loss(
     x0: Latents,
     x_t: Latents,
@@ -141,16 +163,13 @@ def nft_loss(
     Raises:
         ValueError: for ``beta <= 0``.
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    _check_beta(beta)
     old = old_velocity.detach()
     positive = beta * velocity + (1.0 - beta) * old
     negative = (1.0 + beta) * old - beta * velocity
     s = per_sample(sigma, x_t)
-    positive_error = _weighted_error(x_t - s * positive, x0, eps)
-    negative_error = _weighted_error(x_t - s * negative, x0, eps)
-    r = optimality.to(positive_error.dtype)
-    return r * positive_error / beta + (1.0 - r) * negative_error / beta
+    return _implicit_policies_loss(x_t - s * positive, x_t - s * negative, x0, optimality,
+                                   beta=beta, eps=eps)  # fmt: skip
 
 
 def nft_clean_loss(
@@ -191,10 +210,8 @@ def nft_clean_loss(
     Raises:
         ValueError: for ``beta <= 0``.
     """
-    if not beta > 0:
-        raise ValueError(f"beta must be > 0, got {beta}")
+    _check_beta(beta)
     old = old_clean_prediction.detach()
-    positive_error = _weighted_error(beta * clean_prediction + (1.0 - beta) * old, x0, eps)
-    negative_error = _weighted_error((1.0 + beta) * old - beta * clean_prediction, x0, eps)
-    r = optimality.to(positive_error.dtype)
-    return r * positive_error / beta + (1.0 - r) * negative_error / beta
+    positive = beta * clean_prediction + (1.0 - beta) * old
+    negative = (1.0 + beta) * old - beta * clean_prediction
+    return _implicit_policies_loss(positive, negative, x0, optimality, beta=beta, eps=eps)

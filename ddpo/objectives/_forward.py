@@ -32,6 +32,22 @@ def sampling_timesteps(policy: DiffusionPolicy, num_steps: int, algorithm: str) 
     return member(num_steps).detach().to("cpu", torch.float32)
 
 
+class SamplingTimesteps:
+    """The sampler's timesteps of ``num_steps`` steps (`sampling_timesteps`), asked of the
+    policy once and kept: asking copies its scheduler and sets its timesteps, work that need not
+    run per micro-batch. An objective trains one policy, so one table serves it."""
+
+    def __init__(self, num_steps: int, algorithm: str) -> None:
+        self.num_steps, self.algorithm = num_steps, algorithm
+        self._table: Tensor | None = None
+
+    def __call__(self, policy: DiffusionPolicy) -> Tensor:
+        """The table (float, CPU, ``(num_steps,)``); TypeError where the policy has none."""
+        if self._table is None:
+            self._table = sampling_timesteps(policy, self.num_steps, self.algorithm)
+        return self._table
+
+
 def draw_noise(like: Tensor, generator: torch.Generator) -> Tensor:
     """Standard normal noise of ``like``'s shape, drawn on the CPU by ``generator`` (the same
     numbers on every device), in ``like``'s dtype and on its device."""

@@ -24,7 +24,7 @@ from ddpo.core import (
     awm_log_likelihood,
     ppo_clip_loss,
 )
-from ddpo.objectives._forward import draw_noise, sampling_timesteps
+from ddpo.objectives._forward import SamplingTimesteps, draw_noise
 from ddpo.objectives.base import ON_POLICY_KEY, ObjectiveContext, ObjectiveLoss, ObjectiveNeeds
 from ddpo.policy import Conditioning, DiffusionPolicy
 from ddpo.samples import Trajectories
@@ -73,9 +73,10 @@ class AdvantageWeightedMatching:
     kl_coef: float = 0.0
     kl_weighting: AWMKLWeighting = "uniform"
     noise_level: float = 0.7
-    _timesteps: Tensor | None = field(default=None, init=False, repr=False)
+    _timesteps: SamplingTimesteps = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self._timesteps = SamplingTimesteps(self.num_steps, "AWM")
         if not 0 < self.num_train_timesteps < self.num_steps:
             raise ValueError(
                 f"AWM trains at 1 to sample_num_steps - 1 = {self.num_steps - 1} timesteps per "
@@ -94,7 +95,7 @@ class AdvantageWeightedMatching:
     def check_policy(self, policy: DiffusionPolicy) -> None:
         """TypeError unless the policy has ``sampling_timesteps``; ValueError for the
         sigma-weighted surrogates or the ELBO regulariser on a policy that is not a flow."""
-        sampling_timesteps(policy, self.num_steps, "AWM")
+        self._timesteps(policy)
         flow_only = self.weighting != "uniform" or self.kl_weighting == "elbo"
         if flow_only and policy.prediction_type != "flow":
             raise ValueError(
@@ -107,9 +108,7 @@ class AdvantageWeightedMatching:
         self, policy: DiffusionPolicy, x0: Tensor, noise: Tensor, steps: Tensor
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``t``, ``sigma``, the noisy latents and the training target of each sample."""
-        if self._timesteps is None:
-            self._timesteps = sampling_timesteps(policy, self.num_steps, "AWM")
-        t = self._timesteps[steps.cpu()].to(x0.device)
+        t = self._timesteps(policy)[steps.cpu()].to(x0.device)
         x_t = policy.add_noise(x0, noise, t)
         target = policy.training_target(x0, noise, t)
         return t, t / policy.num_train_timesteps, x_t, target

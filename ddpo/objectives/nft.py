@@ -23,10 +23,10 @@ from torch import Tensor, nn
 
 from ddpo.core import nft_clean_loss, nft_old_policy_decay, nft_optimality
 from ddpo.objectives._forward import (
+    SamplingTimesteps,
     draw_noise,
     per_sample_mean,
     required_member,
-    sampling_timesteps,
 )
 from ddpo.objectives.base import ObjectiveContext, ObjectiveLoss, ObjectiveNeeds
 from ddpo.objectives.weights import ShadowWeights
@@ -61,7 +61,10 @@ class DiffusionNFT:
     decay_type: int = 1
     _old: ShadowWeights | None = field(default=None, init=False, repr=False)
     _pending: dict[str, Tensor] | None = field(default=None, init=False, repr=False)
-    _timesteps: Tensor | None = field(default=None, init=False, repr=False)
+    _timesteps: SamplingTimesteps = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._timesteps = SamplingTimesteps(self.num_steps, "DiffusionNFT")
 
     @property
     def needs(self) -> ObjectiveNeeds:
@@ -75,7 +78,7 @@ class DiffusionNFT:
     def check_policy(self, policy: DiffusionPolicy) -> None:
         """TypeError unless the policy has ``predicted_clean`` and ``sampling_timesteps``."""
         required_member(policy, "predicted_clean", "DiffusionNFT")
-        required_member(policy, "sampling_timesteps", "DiffusionNFT")
+        self._timesteps(policy)
 
     # ---- the old policy -----------------------------------------------------------------
     def _old_weights(self, parameters: Mapping[str, nn.Parameter]) -> ShadowWeights:
@@ -130,11 +133,6 @@ class DiffusionNFT:
         samples.extras[STEP_KEY] = steps.to(samples.timesteps.device)
         return samples
 
-    def _timesteps_of(self, policy: DiffusionPolicy) -> Tensor:
-        if self._timesteps is None:
-            self._timesteps = sampling_timesteps(policy, self.num_steps, "DiffusionNFT")
-        return self._timesteps
-
     def loss(self, context: ObjectiveContext, batch: Trajectories, term: int) -> ObjectiveLoss:
         """The NFT loss at the ``term``-th of each sample's timesteps (see the module
         docstring)."""
@@ -145,7 +143,7 @@ class DiffusionNFT:
         predicted_clean = required_member(policy, "predicted_clean", "DiffusionNFT")
         x0 = batch.final_latents
         steps = batch.extras[STEP_KEY][:, term].cpu()
-        t = self._timesteps_of(policy)[steps].to(x0.device)
+        t = self._timesteps(policy)[steps].to(x0.device)
         noise = draw_noise(x0, context.generator)
         x_t = policy.add_noise(x0, noise, t)
         conditioning = batch.conditioning

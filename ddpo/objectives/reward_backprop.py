@@ -18,12 +18,12 @@ one, so its gradients are not all-reduced: they train on one process (refused on
 DRaFT-LV's step runs the prepared denoiser and trains on any number.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ddpo.objectives._forward import draw_noise, required_member, sampling_timesteps
+from ddpo.objectives._forward import SamplingTimesteps, draw_noise, required_member
 from ddpo.objectives.base import ObjectiveContext, ObjectiveLoss, ObjectiveNeeds
 from ddpo.policy import DiffusionPolicy
 from ddpo.samples import Trajectories
@@ -67,8 +67,10 @@ class RewardBackprop:
     grad_steps: int = 1
     random_truncation: bool = False
     lv_samples: int = 0
+    _timesteps: SamplingTimesteps = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_timesteps", SamplingTimesteps(self.num_steps, "DRaFT-LV"))
         if not 1 <= self.grad_steps <= self.num_steps:
             raise ValueError(
                 f"reward backpropagation's grad_steps must be in [1, sample_num_steps="
@@ -90,7 +92,7 @@ class RewardBackprop:
         ``sampling_timesteps``."""
         if self.lv_samples:
             required_member(policy, "predicted_clean", "DRaFT-LV")
-            sampling_timesteps(policy, self.num_steps, "DRaFT-LV")
+            self._timesteps(policy)
 
     def terms(self, kept_transitions: int) -> int:
         """One backward pass per micro-batch."""
@@ -137,7 +139,7 @@ class RewardBackprop:
             raise ValueError("DRaFT-LV needs the batch's final latents")
         policy, x0 = context.policy, batch.final_latents
         predicted_clean = required_member(policy, "predicted_clean", "DRaFT-LV")
-        last = sampling_timesteps(policy, self.num_steps, "DRaFT-LV")[-1]
+        last = self._timesteps(policy)[-1]
         t = last.expand(len(batch)).to(x0.device)
         metadata: tuple[dict[str, Any], ...] = tuple({} for _ in batch.prompts)
         total = x0.new_zeros((), dtype=torch.float32)

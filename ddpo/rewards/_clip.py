@@ -178,30 +178,25 @@ class ClipImageTransform:
     def __call__(self, images: Any) -> Float[torch.Tensor, "batch 3 crop_h crop_w"]:
         """Pixel values as the CLIP image processor makes them from the 8-bit images (float32,
         on the CPU); images as ``to_uint8_nhwc`` takes them (floats are quantised first)."""
-        return pil_resize_crop(
-            images,
-            shortest_edge=self.shortest_edge,
-            crop=self.crop_size,
-            mean=self.mean,
-            std=self.std,
-            convention="transformers",
-            resample=self.resample,
-        )
+        return pil_resize_crop(images, **self._steps())
 
     def differentiable(
         self, images: Float[torch.Tensor, "batch 3 height width"]
     ) -> Float[torch.Tensor, "batch 3 crop_h crop_w"]:
         """The same steps in torch on float images with their gradients, device and dtype, not
         quantised (:func:`ddpo.rewards._preprocess.resize_crop`)."""
-        return resize_crop(
-            images,
-            shortest_edge=self.shortest_edge,
-            crop=self.crop_size,
-            mean=self.mean,
-            std=self.std,
-            convention="transformers",
-            resample=self.resample,
-        )
+        return resize_crop(images, **self._steps())
+
+    def _steps(self) -> dict[str, Any]:
+        """The processor's settings, as both preprocessing functions take them."""
+        return {
+            "shortest_edge": self.shortest_edge,
+            "crop": self.crop_size,
+            "mean": self.mean,
+            "std": self.std,
+            "convention": "transformers",
+            "resample": self.resample,
+        }
 
 
 def check_prompts(prompts: Any, batch: int) -> list[str]:

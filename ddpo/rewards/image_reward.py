@@ -176,28 +176,24 @@ class ImageRewardScorer(nn.Module):
     def preprocess(self, images: Any) -> Float[torch.Tensor, "batch 3 size size"]:
         """The original's image preprocessing (see the module docstring), float32 on the CPU;
         images as ``to_uint8_nhwc`` takes them."""
-        return pil_resize_crop(
-            images,
-            shortest_edge=self.image_size,
-            crop=(self.image_size, self.image_size),
-            mean=OPENAI_CLIP_MEAN,
-            std=OPENAI_CLIP_STD,
-            convention="torchvision",
-        )
+        return pil_resize_crop(images, **self._steps())
 
     def differentiable_preprocess(
         self, images: Float[torch.Tensor, "batch 3 height width"]
     ) -> Float[torch.Tensor, "batch 3 size size"]:
         """The original's preprocessing in torch on float images with their gradients, device
         and dtype, not quantised (:func:`ddpo.rewards._preprocess.resize_crop`)."""
-        return resize_crop(
-            images,
-            shortest_edge=self.image_size,
-            crop=(self.image_size, self.image_size),
-            mean=OPENAI_CLIP_MEAN,
-            std=OPENAI_CLIP_STD,
-            convention="torchvision",
-        )
+        return resize_crop(images, **self._steps())
+
+    def _steps(self) -> dict[str, Any]:
+        """The original's transform settings, as both preprocessing functions take them."""
+        return {
+            "shortest_edge": self.image_size,
+            "crop": (self.image_size, self.image_size),
+            "mean": OPENAI_CLIP_MEAN,
+            "std": OPENAI_CLIP_STD,
+            "convention": "torchvision",
+        }
 
     def raw_scores(
         self, images: UInt8[np.ndarray, "batch height width 3"], prompts: list[str]

@@ -54,13 +54,14 @@ def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
 
 def sliding_window_at(policy: Any, config: DDPOConfig, epoch: int) -> int:
     """MixGRPO's window start for ``epoch`` (`ddpo.core.sliding_window_start` over the
-    policy's possible starts, ``sliding_window_stride`` 0 meaning the window's size).
+    policy's possible starts, ``sliding_window_stride`` 0 meaning the window's size: the
+    transitions a rollout records).
 
     Raises:
         ValueError: where the policy has no window to move.
     """
-    starts = policy.window_starts(config.sample_num_steps)
-    size = getattr(policy, "sde_window_size", None) or 1
+    starts = policy_option(policy, "window_starts")(config.sample_num_steps)
+    size = policy.transitions_per_rollout(config.sample_num_steps)
     offset = sliding_window_start(
         epoch,
         shift_interval=config.sliding_window_shift_interval,

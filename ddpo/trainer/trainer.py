@@ -377,7 +377,7 @@ class DDPOTrainer:
         #    MixGRPO's window placed for this epoch.
         if config.sde_window_schedule == "sliding":
             start = setup.sliding_window_at(self.sd_pipeline, config, epoch)
-            self.sd_pipeline.set_window_start(start)  # type: ignore[attr-defined]
+            policy_option(self.sd_pipeline, "set_window_start")(start)
             extra["sde_window_start"] = start
         task = progress.add_task(
             f"epoch {epoch}: sampling", total=config.sample_num_batches_per_epoch

@@ -2,29 +2,18 @@
 model: seeded, with finite losses, the same history twice, and the reference's loss at the
 first step."""
 
-import importlib.util
 import math
-from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "diffusion_dpo.py"
+from . import load_example
 
 pytestmark = pytest.mark.slow
 
 
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location("diffusion_dpo_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_hand_written_loop_runs_and_is_reproducible() -> None:
-    example = _example()
+    example = load_example("diffusion_dpo")
     argv = ["--epochs", "2", "--prompts", "2", "--images_per_prompt", "2", "--steps", "4"]
     first = example.main(argv)
     assert len(first["reward"]) == len(first["loss"]) == len(first["implicit_accuracy"]) == 2
@@ -38,7 +27,7 @@ def test_the_hand_written_loop_runs_and_is_reproducible() -> None:
 
 
 def test_pairs_are_each_prompts_best_and_worst_and_skip_ties() -> None:
-    example = _example()
+    example = load_example("diffusion_dpo")
     rewards = torch.tensor([0.2, 0.9, 0.5, 0.4, 0.4, 0.4, 0.7, 0.1, 0.3])
     preferred, other = example.best_and_worst(rewards, 3)
     assert preferred.tolist() == [1, 6] and other.tolist() == [0, 7]

@@ -2,28 +2,17 @@
 the reward's gradient reaches the adapters, AlignProp draws K in its range, and a seed gives
 the same run twice."""
 
-import importlib.util
 import math
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "draft.py"
+from . import load_example
 
 pytestmark = pytest.mark.slow
 
 
-def _example() -> Any:
-    spec = importlib.util.spec_from_file_location("draft_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_hand_written_loop_runs_and_is_reproducible() -> None:
-    example = _example()
+    example = load_example("draft")
     argv = ["--epochs", "2", "--batch", "2", "--steps", "3", "--k", "2"]
     first = example.main(argv)
     assert all(0 <= v <= 1 for v in first["reward"])  # brightness's range

@@ -137,6 +137,19 @@ def _module_dtype(module: nn.Module) -> torch.dtype:
     return params.dtype if params is not None else torch.float32
 
 
+def _latent_stats(config: Any, like: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The VAE config's per-channel ``latents_mean`` and ``latents_std`` as ``(1, C, 1, 1)``
+    tensors on ``like``'s device and dtype, or None where the config has none."""
+    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+    if mean is None or std is None:
+        return None
+    shape = (1, -1, 1, 1)
+    return (
+        torch.tensor(mean, device=like.device, dtype=like.dtype).view(shape),
+        torch.tensor(std, device=like.device, dtype=like.dtype).view(shape),
+    )
+
+
 def vae_decode(vae: Any, latents: Latents) -> Float[Tensor, "batch 3 image_height image_width"]:
     """The VAE's decoding of final latents, in ``[-1, 1]`` up to the model's error and in the
     VAE's dtype, differentiable.
@@ -146,11 +159,9 @@ def vae_decode(vae: Any, latents: Latents) -> Float[Tensor, "batch 3 image_heigh
     (SDXL's and some replacement VAEs).
     """
     config = vae.config
-    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-    if mean is not None and std is not None:
-        shape = (1, -1, 1, 1)
-        mean_t = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(shape)
-        std_t = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(shape)
+    stats = _latent_stats(config, latents)
+    if stats is not None:
+        mean_t, std_t = stats
         scaled = latents * std_t / config.scaling_factor + mean_t
     else:
         scaled = latents / config.scaling_factor
@@ -199,11 +210,9 @@ def vae_encode(vae: Any, images: Float[Tensor, "batch 3 image_height image_width
     posterior = vae.encode(pixels, return_dict=False)[0]
     z = posterior.mean.to(torch.float32)
     config = vae.config
-    mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-    if mean is not None and std is not None:
-        shape = (1, -1, 1, 1)
-        mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
-        std_t = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
+    stats = _latent_stats(config, z)
+    if stats is not None:
+        mean_t, std_t = stats
         return (z - mean_t) * config.scaling_factor / std_t
     latents: Tensor = z * config.scaling_factor
     return latents
