@@ -65,10 +65,15 @@ from ddpo.core.per_prompt import (
     update_per_prompt_stats,
 )
 from ddpo.core.ppo import PPOLossOutput, ppo_clip_loss, score_function_loss
-from ddpo.core.timesteps import sliding_window_start, subsample_timesteps
+from ddpo.core.timesteps import (
+    SLIDING_WINDOW_STRATEGIES,
+    sliding_window_start,
+    subsample_timesteps,
+)
 
 __all__ = [
     "NFT_DECAY_TYPES",
+    "SLIDING_WINDOW_STRATEGIES",
     "AWMKLWeighting",
     "AWMWeighting",
     "CPSLogProbForm",

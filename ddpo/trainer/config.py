@@ -317,6 +317,21 @@ class DDPOConfig:
     overlap)."""
     sliding_window_roll_back: bool = False
     """Start the window over from the first step past the end (MixGRPO's ``roll_back``)."""
+    sliding_window_strategy: Literal["progressive", "decay", "exp_decay"] = "progressive"
+    """How long the window stays at each position (MixGRPO's ``sample_strategy``;
+    `ddpo.core.sliding_window_start`): ``progressive``, ``sliding_window_shift_interval`` epochs
+    everywhere; ``decay``, from that at the first step down linearly to
+    ``sliding_window_min_shift_interval`` at the last start; ``exp_decay``, that until step
+    ``sliding_window_decay_threshold``, then exponentially fewer at
+    ``sliding_window_decay_rate`` per step."""
+    sliding_window_min_shift_interval: int = 1
+    """``decay``'s epochs at the last start (MixGRPO's ``min_iters_per_group``, 1; its
+    ``max_iters_per_group``, 10 in its scripts, is ``sliding_window_shift_interval``)."""
+    sliding_window_decay_threshold: int = 13
+    """``exp_decay``'s last step held ``sliding_window_shift_interval`` epochs (MixGRPO's
+    ``exp_decay_thre_timestep``, 13)."""
+    sliding_window_decay_rate: float = 0.1
+    """``exp_decay``'s rate per step past the threshold (MixGRPO's ``exp_decay_k``, 0.1)."""
 
     # ----------------------------------------------------------------------------------------
     # The algorithm (`docs/algorithms.md`; `ddpo.trainer.algorithms.objective_from_config`)

@@ -24,6 +24,8 @@ AWM_WEIGHTINGS: tuple[str, ...] = ("uniform", "sigma", "sigma_squared", "ghuber"
 AWM_KL_WEIGHTINGS: tuple[str, ...] = ("uniform", "elbo")
 DPO_PAIRS: tuple[str, ...] = ("best_worst", "halves", "all")
 NFT_DECAY_TYPES: tuple[int, ...] = (0, 1, 2)
+# `ddpo.core.SLIDING_WINDOW_STRATEGIES` (checked equal in the tests)
+SLIDING_WINDOW_STRATEGIES: tuple[str, ...] = ("progressive", "decay", "exp_decay")
 # `ddpo.evaluation.EVAL_PROMPT_SETS` (checked equal in the tests; the config imports no torch)
 EVAL_PROMPT_SET_NAMES: tuple[str, ...] = ("shapes_heldout", "text_rendering_heldout")
 MAX_SEED = 2**32 - 1
@@ -62,6 +64,7 @@ STR_FIELDS: tuple[str, ...] = (
     "awm_kl_weighting",
     "dpo_pairs",
     "sde_window_schedule",
+    "sliding_window_strategy",
 )
 # Accelerator arguments that come from the config's own fields.
 RESERVED_ACCELERATOR_KWARGS: tuple[str, ...] = (
@@ -108,6 +111,8 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "backprop_lv_samples",
         "sliding_window_shift_interval",
         "sliding_window_stride",
+        "sliding_window_min_shift_interval",
+        "sliding_window_decay_threshold",
     )
     for name in int_fields:
         value = getattr(config, name)
@@ -137,6 +142,7 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "nft_beta",
         "awm_ghuber_power",
         "dpo_beta",
+        "sliding_window_decay_rate",
     )
     for name in float_fields:
         value = getattr(config, name)
@@ -225,6 +231,18 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
             "DDPOConfig.sde_window_schedule must be one of ('fixed', 'sliding'), got "
             f"{config.sde_window_schedule!r}"
         )
+    if config.sliding_window_strategy not in SLIDING_WINDOW_STRATEGIES:
+        raise ValueError(
+            f"DDPOConfig.sliding_window_strategy must be one of {SLIDING_WINDOW_STRATEGIES}, got "
+            f"{config.sliding_window_strategy!r}"
+        )
+    for name, low in (
+        ("sliding_window_min_shift_interval", 1),
+        ("sliding_window_decay_threshold", 0),
+        ("sliding_window_decay_rate", 0),
+    ):
+        if getattr(config, name) < low:
+            raise ValueError(f"DDPOConfig.{name} must be >= {low}, got {getattr(config, name)!r}")
     if config.sliding_window_shift_interval < 1 or config.sliding_window_stride < 0:
         raise ValueError(
             "DDPOConfig.sliding_window_shift_interval must be >= 1 and sliding_window_stride "

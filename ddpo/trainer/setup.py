@@ -53,9 +53,9 @@ def check_pipeline(sd_pipeline: Any, config: DDPOConfig) -> None:
 
 
 def sliding_window_at(policy: Any, config: DDPOConfig, epoch: int) -> int:
-    """MixGRPO's window start for ``epoch`` (`ddpo.core.sliding_window_start` over the
-    policy's possible starts, ``sliding_window_stride`` 0 meaning the window's size: the
-    transitions a rollout records).
+    """MixGRPO's window start for ``epoch`` (`ddpo.core.sliding_window_start` with
+    ``sliding_window_strategy`` over the policy's possible starts, ``sliding_window_stride`` 0
+    meaning the window's size: the transitions a rollout records).
 
     Raises:
         ValueError: where the policy has no window to move.
@@ -68,6 +68,10 @@ def sliding_window_at(policy: Any, config: DDPOConfig, epoch: int) -> int:
         stride=config.sliding_window_stride or size,
         max_start=len(starts) - 1,
         roll_back=config.sliding_window_roll_back,
+        strategy=config.sliding_window_strategy,
+        min_shift_interval=config.sliding_window_min_shift_interval,
+        decay_threshold=config.sliding_window_decay_threshold,
+        decay_rate=config.sliding_window_decay_rate,
     )
     return int(starts[offset])
 

@@ -2,6 +2,7 @@
 train every family through `DDPOTrainer`, resume exactly, and are refused with a clear error
 where they cannot train (before any model work)."""
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ddpo.objectives import (
 )
 from ddpo.prompts import RepeatPrompts
 from ddpo.trainer import checkpoint as ckpt
+from ddpo.trainer import setup
 
 from .test_trainer import (
     FAMILY_MODELS,
@@ -198,6 +200,14 @@ def test_bad_algorithm_settings_are_refused_before_model_work(tmp_path: Path) ->
         _config(tmp_path, "nft", nft_decay_type=3)
     with pytest.raises(ValueError, match=r"DDPOConfig\.dpo_beta must be > 0"):
         _config(tmp_path, "dpo", dpo_beta=0.0)
+    config = _config(tmp_path, "ddpo", sde_window_schedule="sliding")
+    config.sliding_window_strategy = "random"  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=r"sliding_window_strategy must be one of .*'random'"):
+        config.validate()
+    with pytest.raises(ValueError, match=r"sliding_window_decay_rate must be >= 0, got -1.0"):
+        _config(tmp_path, "ddpo", sliding_window_decay_rate=-1.0)
+    with pytest.raises(ValueError, match=r"sliding_window_min_shift_interval must be >= 1"):
+        _config(tmp_path, "ddpo", sliding_window_min_shift_interval=0)
 
     class NoCleanEstimate(DefaultDDPOStableDiffusionPipeline):
         predicted_clean = None  # a policy that cannot give DiffusionNFT's target
@@ -528,6 +538,11 @@ def test_mixgrpos_window_slides_with_the_epochs_and_resumes(
     run.close()
     assert all(torch.equal(weights_a[k], run.trainable_state_dict()[k]) for k in weights_a)
     assert [r["sde_window_start"] for r in read_metrics(tmp_path / "b")] == [0, 1, 2]
+    # MixGRPO's decay: 3 epochs at step 0, then 2 (3 (1 - 1/2) + 1/2), then 1 at the last start.
+    decay = dataclasses.replace(run.config, sliding_window_strategy="decay",
+                                sliding_window_shift_interval=3)  # fmt: skip
+    starts = [setup.sliding_window_at(run.sd_pipeline, decay, epoch) for epoch in range(8)]
+    assert starts == [0, 0, 0, 1, 1, 2, 2, 2]
     _reset_accelerate()
     with pytest.raises(ValueError, match=r"sde_window_schedule='sliding' moves a stochastic"):
         DDPOTrainer(_config(tmp_path / "c", "ddpo", **sliding), brightness, pick_prompt,
