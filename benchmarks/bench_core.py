@@ -82,6 +82,12 @@ def cases(preset: str, device: str) -> list[Case]:
             (model_output, sample, *sigmas),
             {"noise_level": 0.8, "noise": noise},
         ),
+        (
+            "flow_dpm_solver_step",
+            f"{lat} second order",
+            (model_output, sample, *sigmas),
+            {"previous_clean": other, "sigma_previous": torch.full_like(sigmas[0], 0.95)},
+        ),
         ("classifier_free_guidance", lat, (model_output, other, 7.5), {}),
         ("rescale_guidance", lat, (model_output, other), {"guidance_rescale": 0.7}),
         ("ppo_clip_loss", f"{b}", (log_prob, old_log_prob, adv), {}),

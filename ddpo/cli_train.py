@@ -115,6 +115,13 @@ class TrainArgs:
     """Flow-matching models: ``LOW HIGH``, draw the SDE window's start in ``[LOW, HIGH -
     sde_window_size]``, so the window lies in steps ``LOW..HIGH - 1`` (Flow-GRPO's
     ``sample.sde_window_range``); default: every start that fits."""
+    post_window_solver: Literal["euler", "dpmsolver++"] | None = None
+    """Flow-matching models with ``--sde_window_size``: the deterministic steps after the window,
+    Euler's (the default) or the second-order DPM-Solver++ (``dpmsolver++``: MixGRPO-Flash's)."""
+    post_window_step_ratio: float | None = None
+    """Flow-matching models with ``--sde_window_size``: MixGRPO-Flash's
+    ``dpm_post_compress_ratio`` in (0, 1], fewer steps after the window (0.4 in its scripts);
+    default 1, as many as the schedule has."""
     sde_type: Literal["sde", "cps"] | None = None
     """Flow-matching models: Flow-GRPO's ``sample.sde_type``, its SDE step (``sde``, the
     default) or the coefficients-preserving step (``cps``: noise level in (0, 1], Flow-GRPO's
@@ -511,6 +518,8 @@ def setup_train(args: TrainArgs, *, console: Any = None) -> _TrainSetup:
         "sde_window_start": args.sde_window_start,
         "sde_window_range": args.sde_window_range,
         "sde_type": args.sde_type,
+        "post_window_solver": args.post_window_solver,
+        "post_window_step_ratio": args.post_window_step_ratio,
         "lora_targets": args.lora_targets,
     }
     family, _ = check_family_options(

@@ -30,6 +30,8 @@ FLOW_OPTIONS: tuple[str, ...] = (
     "sde_window_start",
     "sde_window_range",
     "sde_type",
+    "post_window_solver",
+    "post_window_step_ratio",
     "lora_targets",
 )
 """Options of the flow-matching families (Flow-GRPO's sampler and its LoRA layers): `load_policy`
@@ -165,9 +167,9 @@ def load_policy(
         revision: hub revision.
         resolution: image side in pixels (``None``: the model's native size).
         family_options: family-specific options, e.g. the flow families' ``noise_level``,
-            ``sde_type``, ``sde_window_size``, ``sde_window_start``, ``sde_window_range`` and
-            ``lora_targets`` (:data:`FLOW_OPTIONS`); ``None`` values are left at the family's
-            defaults.
+            ``sde_type``, ``sde_window_size``, ``sde_window_start``, ``sde_window_range``,
+            ``post_window_solver``, ``post_window_step_ratio`` and ``lora_targets``
+            (:data:`FLOW_OPTIONS`); ``None`` values are left at the family's defaults.
         options: the pipeline constructor's common keywords (``use_lora``, ``lora_rank``, ...).
 
     Raises:

@@ -36,7 +36,9 @@ from ddpo.core.flow import (
     CPSLogProbForm,
     FlowCPSStepOutput,
     FlowSDEStepOutput,
+    FlowSolverStep,
     flow_cps_step_with_logprob,
+    flow_dpm_solver_step,
     flow_sde_step_with_logprob,
 )
 from ddpo.core.guidance import classifier_free_guidance, rescale_guidance
@@ -81,6 +83,7 @@ __all__ = [
     "DPOLossOutput",
     "FlowCPSStepOutput",
     "FlowSDEStepOutput",
+    "FlowSolverStep",
     "PPOLossOutput",
     "PerPromptStatState",
     "PerPromptStatTracker",
@@ -96,6 +99,7 @@ __all__ = [
     "ema_step",
     "flow_add_noise",
     "flow_cps_step_with_logprob",
+    "flow_dpm_solver_step",
     "flow_grpo_kl",
     "flow_predicted_x0",
     "flow_sde_step_with_logprob",

@@ -8,7 +8,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ddpo._typing import Latents, PerSample
+from ddpo._typing import Latents, PerSample, no_type_check
 from ddpo.core._broadcast import float_dtype, per_sample
 from ddpo.core._checks import values_checkable
 from ddpo.core._gaussian import draw_step, gaussian_step
@@ -371,3 +371,102 @@ def flow_cps_step_with_logprob(
     return FlowCPSStepOutput(
         prev_sample=x_prev_out, log_prob=log_prob, mean=mean, std_dev=std_per_sample
     )
+
+
+class FlowSolverStep(NamedTuple):
+    """Result of :func:`flow_dpm_solver_step`.
+
+    Attributes:
+        prev_sample: ``x`` at ``sigma_next``, in ``sample``'s dtype.
+        clean: the clean estimate ``x - sigma v`` at this step, float32+: the next step's
+            ``previous_clean``.
+    """
+
+    prev_sample: Latents
+    clean: Latents
+
+
+@no_type_check  # it checks ``solver_type`` itself, naming the value
+def flow_dpm_solver_step(
+    model_output: Latents,
+    sample: Latents,
+    sigma: PerSample,
+    sigma_next: PerSample,
+    *,
+    previous_clean: Latents | None = None,
+    sigma_previous: PerSample | None = None,
+    solver_type: Literal["midpoint", "heun"] = "midpoint",
+) -> FlowSolverStep:
+    """One deterministic step of the multistep DPM-Solver++ (Lu et al., 2022, arXiv 2211.01095)
+    for a rectified-flow model, ``x_sigma -> x_sigma_next``, second order where the previous
+    step's clean estimate is given.
+
+    In a flow, ``x_sigma = alpha x_0 + sigma eps`` with ``alpha = 1 - sigma``; the model's
+    velocity ``v`` gives the clean estimate ``D = x - sigma v``, and with ``lambda = log(alpha /
+    sigma)``, ``h = lambda_next - lambda``::
+
+        first order:  x_next = (sigma_next / sigma) x - alpha_next (e^-h - 1) D
+        second order: r = (lambda - lambda_previous) / h,  D1 = (D - D_previous) / r
+                      midpoint: x_next = first order - alpha_next (e^-h - 1) D1 / 2
+                      heun:     x_next = first order + alpha_next ((e^-h - 1) / h + 1) D1
+
+    The first-order step is Euler's ODE step ``x + (sigma_next - sigma) v`` written another way;
+    the second order reuses the previous step's estimate, so it costs no extra model call.
+    MixGRPO-Flash (Li et al., 2025, arXiv 2507.21802) samples the deterministic steps after its
+    stochastic window this way. The arithmetic is diffusers' ``DPMSolverMultistepScheduler``'s
+    (``algorithm_type="dpmsolver++"``, ``solver_order=2``, ``prediction_type="flow_prediction"``,
+    ``use_flow_sigmas=True``), which also takes the first order at a final ``sigma_next = 0``
+    (its ``lower_order_final``), as here.
+
+    Args:
+        model_output: the velocity ``v`` at ``sample``, ``(batch, ...)``.
+        sample: ``x_sigma``, ``(batch, ...)``.
+        sigma, sigma_next: ``(batch,)``, ``0 <= sigma_next < sigma < 1`` (the solver needs
+            ``alpha > 0``: not the first step from pure noise).
+        previous_clean: the previous step's clean estimate (``FlowSolverStep.clean``); ``None``:
+            the first order.
+        sigma_previous: its sigma, ``(batch,)``, given with ``previous_clean``.
+        solver_type: ``"midpoint"`` (diffusers' default, MixGRPO-Flash's scripts) or ``"heun"``.
+
+    Returns:
+        :class:`FlowSolverStep`.
+
+    Raises:
+        ValueError: for an unknown ``solver_type``, ``previous_clean`` without
+            ``sigma_previous`` (or the reverse), or sigmas outside their range (on CPU).
+    """
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    if (previous_clean is None) != (sigma_previous is None):
+        raise ValueError("give previous_clean and sigma_previous together (or neither)")
+    if values_checkable(sigma, sigma_next):
+        bad = ~((sigma_next >= 0) & (sigma_next < sigma) & (sigma < 1))
+        if bool(bad.any()):
+            raise ValueError(
+                "flow_dpm_solver_step needs 0 <= sigma_next < sigma < 1, got sigma="
+                f"{_describe(sigma, bad)} and sigma_next={_describe(sigma_next, bad)}"
+            )
+    dtype = float_dtype(model_output, sample)
+    x = sample.to(dtype)
+    s, s_next = per_sample(sigma.to(dtype), x), per_sample(sigma_next.to(dtype), x)
+    clean = x - s * model_output.to(dtype)
+    alpha_next = 1 - s_next
+    lam, lam_next = torch.log(1 - s) - torch.log(s), torch.log(alpha_next) - torch.log(s_next)
+    h = lam_next - lam
+    decay = torch.exp(-h) - 1.0
+    prev = (s_next / s) * x - (alpha_next * decay) * clean
+    if previous_clean is None or sigma_previous is None:
+        return FlowSolverStep(prev.to(sample.dtype), clean)
+    # The second order, except at a final sigma_next = 0 (h infinite): masked, not branched on,
+    # so that nothing is read on the host and no infinity reaches a gradient.
+    second = s_next > 0
+    h = torch.where(second, h, torch.ones_like(h))
+    s_previous = per_sample(sigma_previous.to(dtype), x)
+    lam_previous = torch.log(1 - s_previous) - torch.log(s_previous)
+    d1 = (clean - previous_clean.to(dtype)) * (h / (lam - lam_previous))
+    if solver_type == "midpoint":
+        coefficient = -0.5 * alpha_next * decay
+    else:
+        coefficient = alpha_next * (decay / h + 1.0)
+    prev = prev + torch.where(second, coefficient, torch.zeros_like(coefficient)) * d1
+    return FlowSolverStep(prev.to(sample.dtype), clean)

@@ -65,6 +65,8 @@ POLICY_SETTINGS: tuple[str, ...] = (
     "sde_window_size",
     "sde_window_start",
     "sde_window_range",
+    "post_window_solver",
+    "post_window_step_ratio",
 )
 """The policy attributes that define a run when a policy has them (the constructor options of
 the built-in pipelines): the model, its LoRA (rank, alpha, layers), the image size, the text

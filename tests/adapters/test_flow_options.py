@@ -23,11 +23,13 @@ from ddpo.adapters.flow.sampling import (
     check_sde_type,
     lora_target_modules,
     ode_step,
+    post_window_schedule,
+    probe_schedule,
 )
 from ddpo.adapters.flux.policy import FLUX_LORA_TARGET_MODULES, DefaultDDPOFluxPipeline
 from ddpo.adapters.flux.tiny import save_flux_pipeline, tiny_flux_components
 from ddpo.adapters.sd3.policy import DefaultDDPOStableDiffusion3Pipeline
-from ddpo.core import flow_cps_step_with_logprob
+from ddpo.core import flow_cps_step_with_logprob, flow_dpm_solver_step
 
 pytestmark = pytest.mark.slow
 
@@ -348,3 +350,74 @@ def test_the_vae_factor_without_block_out_channels_is_the_stock_pipelines(
     stock = 2 ** (len(vae.config.block_out_channels) - 1)  # both pipelines' vae_scale_factor
     factor = sd3_latent_factor if family == "sd3" else flux_latent_factor
     assert factor(tmp_path) == stock
+
+
+# --- MixGRPO-Flash's steps after the window (post_window_solver, post_window_step_ratio) ------
+
+
+def test_the_steps_after_the_window_take_dpm_solver_plus_plus(sd3_path: Path, perturb: Any) -> None:
+    """The window samples as before; after it, each step is DPM-Solver++'s second order from
+    the previous step's clean estimate (the window's last, first), as `flow_dpm_solver_step`
+    written out by hand; the final step to sigma 0 is the clean estimate."""
+    window = {"sde_window_size": 2, "sde_window_start": 1}
+    euler = sd3_policy(sd3_path, **window)
+    dpm = sd3_policy(sd3_path, post_window_solver="dpmsolver++", **window)
+    for pipe in (euler, dpm):
+        perturb(pipe, scale=0.2)
+    a, b = rollout(euler, 6, seed=0), rollout(dpm, 6, seed=0)
+    torch.testing.assert_close(a.latents, b.latents, atol=0, rtol=0)
+    torch.testing.assert_close(a.log_probs, b.log_probs, atol=0, rtol=0)
+    assert (a.final_latents - b.final_latents).abs().max() > 1e-3
+    cond = dpm.encode(PROMPTS, "")
+    sigmas, timesteps = dpm.scheduler.sigmas, dpm.scheduler.timesteps
+
+    def velocity(x: torch.Tensor, i: int) -> torch.Tensor:
+        with torch.no_grad():
+            return dpm._velocity(dpm.transformer, cond, x, timesteps[i].expand(2), 1.0, False)
+
+    x = b.latents[:, 1]  # before the window's last step (2)
+    previous = (x - sigmas[2] * velocity(x, 2), sigmas[2].expand(2))
+    x = b.latents[:, 2]
+    for i in range(3, 6):
+        step = flow_dpm_solver_step(velocity(x, i), x, sigmas[i].expand(2),
+                                    sigmas[i + 1].expand(2), previous_clean=previous[0],
+                                    sigma_previous=previous[1])  # fmt: skip
+        x, previous = step.prev_sample, (step.clean, sigmas[i].expand(2))
+    torch.testing.assert_close(b.final_latents, x, atol=1e-5, rtol=1e-5)
+
+
+def test_the_steps_after_the_window_can_be_fewer(sd3_path: Path) -> None:
+    """``post_window_step_ratio``: MixGRPO-Flash's count, ``max(1, int((r + 1) ratio) - 1)`` of
+    the ``r`` steps after the window, spaced evenly between the schedule's own sigmas; the
+    transformer runs that many times fewer."""
+    schedule = probe_schedule(sd3_policy(sd3_path).scheduler, 25)
+    fast = post_window_schedule(schedule, 4, 0.4)  # 21 steps after the window: int(8.8) - 1
+    assert fast.num_steps == 4 + 7 and fast.timesteps.shape == (11,)
+    torch.testing.assert_close(fast.sigmas[:5], schedule.sigmas[:5], atol=0, rtol=0)
+    assert float(fast.sigmas[-1]) == 0 and bool((fast.sigmas.diff() < 0).all())
+    torch.testing.assert_close(fast.timesteps, fast.sigmas[:-1] * 1000, atol=1e-3, rtol=1e-5)
+    halved = post_window_schedule(schedule, 5, 0.5)  # 20 after: 9 steps, every 20/9th sigma
+    assert halved.num_steps == 14 and post_window_schedule(schedule, 4, 1.0) is schedule
+    calls = []
+    pipe = sd3_policy(sd3_path, sde_window_size=2, sde_window_start=1,
+                      post_window_solver="dpmsolver++", post_window_step_ratio=0.5)  # fmt: skip
+    pipe.transformer.register_forward_hook(lambda *_: calls.append(1))
+    out = rollout(pipe, 6, seed=0)  # 3 steps after the window: max(1, int(2) - 1) = 1
+    assert len(calls) == 3 + 1 and out.log_probs.shape == (2, 2)
+    cond = pipe.encode(PROMPTS, "")
+    with torch.no_grad():  # one first-order step to sigma 0: the clean estimate
+        t = pipe.scheduler.timesteps[3].expand(2)
+        v = pipe._velocity(pipe.transformer, cond, out.latents[:, 2], t, 1.0, False)
+    clean = out.latents[:, 2] - pipe.scheduler.sigmas[3] * v
+    torch.testing.assert_close(out.final_latents, clean, atol=1e-5, rtol=1e-5)
+
+
+def test_the_post_window_options_are_checked_before_model_work(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises((ValueError, *TYPE_ERRORS), match="post_window_solver"):
+        DefaultDDPOStableDiffusion3Pipeline(missing, sde_window_size=2, post_window_solver="rk4")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"post_window_step_ratio must be in \(0, 1\], got 0"):
+        DefaultDDPOFluxPipeline(missing, sde_window_size=2, post_window_step_ratio=0)
+    with pytest.raises(ValueError, match=r"change the deterministic steps after a stochastic "
+                                         r"window: set sde_window_size"):  # fmt: skip
+        DefaultDDPOStableDiffusion3Pipeline(missing, post_window_solver="dpmsolver++")

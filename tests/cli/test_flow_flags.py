@@ -1,6 +1,7 @@
 """``ddpo train``'s flags for Flow-GRPO's sampling options reach the flow policy (in process).
 
-``--sde_type``, ``--sde_window_range``, ``--lora_targets`` and ``--lora_alpha`` are policy
+``--sde_type``, ``--sde_window_range``, ``--post_window_solver``, ``--lora_targets`` and
+``--lora_alpha`` are policy
 arguments (family options of the flow families, refused for the DDIM ones before any model
 loads); ``--ddpo_config.sample_same_latent`` is a `DDPOConfig` field.
 """
@@ -51,6 +52,7 @@ def test_flow_grpo_flags_reach_the_policy_and_train(tmp_path: Path) -> None:
             "--sde_window_range",
             "1",
             "2",
+            "--post_window_solver=dpmsolver++",
             "--use_lora",
             "--lora_targets=attention_ff",
             "--lora_rank=2",
@@ -64,6 +66,7 @@ def test_flow_grpo_flags_reach_the_policy_and_train(tmp_path: Path) -> None:
         policy = setup.trainer.sd_pipeline
         assert (policy.sde_type, policy.noise_level) == ("cps", 0.8)
         assert (policy.sde_window_size, policy.sde_window_range) == (1, (1, 2))
+        assert (policy.post_window_solver, policy.post_window_step_ratio) == ("dpmsolver++", 1.0)
         assert (policy.lora_rank, policy.lora_alpha) == (2, 4.0)
         names = list(policy.trainable_parameters())
         assert any(".ff.net.2.lora_A" in n for n in names)
@@ -91,6 +94,7 @@ def test_flow_grpo_flags_on_a_ddim_model_are_refused_before_loading(
         ["--lora_targets=attention_ff"],
         ["--sde_type=cps"],
         ["--sde_window_range", "0", "1"],
+        ["--post_window_step_ratio=0.4"],
     ):
         status = main(["train", *TINY, "--pretrained_model=ddpo-tiny-random",
                        f"--ddpo_config.output_dir={run}", *flags])  # fmt: skip

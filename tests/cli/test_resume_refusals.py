@@ -55,6 +55,8 @@ RUN_CHANGING: dict[str, list[str]] = {
     "sde_window_size": ["--sde_window_size=2"],
     "sde_window_start": ["--sde_window_start=0"],
     "sde_window_range": ["--sde_window_range", "0", "2"],
+    "post_window_solver": ["--post_window_solver=dpmsolver++"],
+    "post_window_step_ratio": ["--post_window_step_ratio=0.5"],
     "reward": ["--reward=jpeg_compressibility"],
     "reward_model": ["--reward_model", "clip_score", "someone/clip"],
     "remote_reward_url": ["--remote_reward_url=http://127.0.0.1:9"],

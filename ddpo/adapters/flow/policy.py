@@ -43,6 +43,7 @@ from ddpo.adapters.flow.sampling import (
     decode_flow_latents,
     flow_rows,
     flow_schedule_rows,
+    post_window_schedule,
     sample_flow_trajectory,
     score_flow_rows,
     stochastic_steps,
@@ -89,6 +90,12 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     sde_window_start: int | None
     sde_window_range: tuple[int, int] | None = None
     sde_type: str = "sde"
+    post_window_solver: str = "euler"
+    """The deterministic steps after the window: ``"euler"`` or MixGRPO-Flash's
+    ``"dpmsolver++"`` (:data:`ddpo.adapters.flow.sampling.PostWindowSolver`)."""
+    post_window_step_ratio: float = 1.0
+    """MixGRPO-Flash's ``dpm_post_compress_ratio``: the steps after the window, compressed
+    (:func:`ddpo.adapters.flow.sampling.post_window_schedule`); 1: as many as the schedule has."""
     resolution: Size
 
     @property
@@ -234,6 +241,10 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
                 window = choose_window(
                     num_steps, length, start, generator, bounds, sde_type=sde_type
                 )
+                if length is not None:  # MixGRPO-Flash's fewer steps after the window
+                    schedule = post_window_schedule(
+                        schedule, window.stop, self.post_window_step_ratio
+                    )
 
             def predict(x: Latents, t: PerSample) -> Latents:
                 return self._velocity(self.transformer, conditioning, x, t, guidance_scale, guided)
@@ -242,6 +253,7 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
                 predict, x, schedule, window=window, noise_level=noise_level,
                 generator=generator, progress=self._sd.progress_bar, sde_type=self.sde_type,
                 grad_steps=grad_steps,
+                post_window_solver=self.post_window_solver if window is not None else "euler",
             )  # fmt: skip
             with torch.enable_grad() if grad_steps else contextlib.nullcontext():
                 images = decode_flow_latents(self._sd, trajectory.final, output_type)

@@ -35,9 +35,40 @@ from ddpo.adapters.common.weights import (
     setup_trainable_unet,
 )
 from ddpo.adapters.flow.denoiser import flow_decode_images, flow_vae_decode
-from ddpo.core import flow_cps_step_with_logprob, flow_sde_step_with_logprob
+from ddpo.core import (
+    flow_cps_step_with_logprob,
+    flow_dpm_solver_step,
+    flow_sde_step_with_logprob,
+)
 
 Generators = torch.Generator | list[torch.Generator] | None
+
+PostWindowSolver = Literal["euler", "dpmsolver++"]
+"""The deterministic steps after the stochastic window: Euler's (diffusers'
+``FlowMatchEulerDiscreteScheduler``) or the second-order multistep DPM-Solver++
+(:func:`ddpo.core.flow_dpm_solver_step`, MixGRPO-Flash's ``dpm_algorithm_type="dpmsolver++"``)."""
+POST_WINDOW_SOLVERS: Final = get_args(PostWindowSolver)
+
+
+def check_post_window(solver: Any, step_ratio: Any, window_size: int | None) -> None:
+    """ValueError naming ``post_window_solver`` or ``post_window_step_ratio``: an unknown solver,
+    a ratio outside ``(0, 1]``, or either set without a window (``sde_window_size``) whose
+    deterministic steps they would change."""
+    if solver not in POST_WINDOW_SOLVERS:
+        raise ValueError(f"post_window_solver must be one of {POST_WINDOW_SOLVERS}, got {solver!r}")
+    if (
+        isinstance(step_ratio, bool)
+        or not isinstance(step_ratio, int | float)
+        or not 0 < step_ratio <= 1
+    ):
+        raise ValueError(f"post_window_step_ratio must be in (0, 1], got {step_ratio!r}")
+    if window_size is None and (solver != "euler" or step_ratio != 1):
+        raise ValueError(
+            f"post_window_solver={solver!r} and post_window_step_ratio={step_ratio!r} change the "
+            "deterministic steps after a stochastic window: set sde_window_size (MixGRPO-Flash's "
+            "window of 4, say)"
+        )
+
 
 SDEType = Literal["sde", "cps"]
 """Flow-GRPO's ``sde_type``: its SDE step (``"sde"``, :func:`ddpo.core.flow_sde_step_with_logprob`)
@@ -269,6 +300,46 @@ def probe_schedule(scheduler: Any, num_steps: int, mu: float | None = None) -> F
     return flow_schedule(copy.deepcopy(scheduler), num_steps, mu=mu)
 
 
+def post_window_schedule(
+    schedule: FlowSchedule, window_stop: int, step_ratio: float
+) -> FlowSchedule:
+    """``schedule`` with the steps after a window ending at step ``window_stop`` compressed to
+    ``max(1, int((remaining + 1) step_ratio) - 1)`` steps (MixGRPO-Flash's
+    ``dpm_post_compress_ratio`` count, ``remaining`` the steps after the window); ``step_ratio``
+    1 (or nothing after the window) leaves it as it is.
+
+    The new steps are evenly spaced in step index over what the window leaves, their sigmas and
+    timesteps linear between the schedule's own (MixGRPO-Flash instead spaces the remaining time
+    evenly and applies its shift again: the two agree on a schedule without shift, and here any
+    scheduler's shift is kept as the table has it)."""
+    remaining = schedule.num_steps - window_stop
+    if step_ratio == 1 or remaining < 1:
+        return schedule
+    count = max(1, int((remaining + 1) * step_ratio) - 1)
+    if count >= remaining:
+        return schedule
+    sigmas = schedule.sigmas.detach().to("cpu", torch.float64)
+    timesteps = torch.cat(
+        [schedule.timesteps.detach().to("cpu", torch.float64), sigmas.new_zeros(1)]
+    )
+    where = torch.linspace(window_stop, schedule.num_steps, count + 1, dtype=torch.float64)
+    low = where.floor().long().clamp(max=schedule.num_steps - 1)
+    weight = where - low
+
+    def at(table: Tensor) -> Tensor:
+        return table[low] * (1 - weight) + table[low + 1] * weight
+
+    new_sigmas = torch.cat([sigmas[:window_stop], at(sigmas)])
+    new_timesteps = torch.cat([timesteps[:window_stop], at(timesteps)[:-1]])
+    device = schedule.sigmas.device
+    return FlowSchedule(
+        window_stop + count,
+        new_sigmas.to(device, schedule.sigmas.dtype),
+        new_timesteps.to(device, schedule.timesteps.dtype),
+        schedule.sigma_max,
+    )
+
+
 def ode_step(model_output: Latents, sample: Latents, sigma: Tensor, sigma_prev: Tensor) -> Latents:
     """Euler's ODE step ``x + (sigma_prev - sigma) v`` as diffusers' ``FlowMatchEulerDiscrete
     Scheduler.step`` computes it (``x`` in float32, 0-d float32 sigmas), in ``v``'s dtype."""
@@ -296,6 +367,7 @@ def sample_flow_trajectory(
     progress: Callable[[Iterable[int]], Iterable[int]] = iter,
     sde_type: str = "sde",
     grad_steps: int = 0,
+    post_window_solver: str = "euler",
 ) -> FlowTrajectory:
     """Integrate from pure noise ``x`` over ``schedule``: Flow-GRPO's stochastic step of
     ``sde_type`` (with noise from ``generator``, drawn as diffusers draws it) at the steps of
@@ -304,6 +376,8 @@ def sample_flow_trajectory(
     family's (guided) velocity at timesteps ``t``. The last ``grad_steps`` steps run with
     gradients enabled, each ``predict`` call checkpointed, so that the final latents are
     differentiable through them (the caller runs the others without gradients).
+    ``post_window_solver="dpmsolver++"``: the steps after the window take the second-order
+    DPM-Solver++ step, with the previous step's clean estimate (the window's last, at first).
 
     Returns:
         :class:`FlowTrajectory`; ``latents`` float32 ``(batch, K + 1, ...)``, the latent before
@@ -314,6 +388,7 @@ def sample_flow_trajectory(
     latents: list[Tensor] = []
     log_probs: list[Tensor] = []
     first_grad_step = schedule.num_steps - grad_steps
+    solver = _PostWindowSolver(window, schedule) if post_window_solver != "euler" else None
     for i in progress(range(schedule.num_steps)):
         if i == recorded.start:
             latents.append(x.to(torch.float32))
@@ -321,7 +396,7 @@ def sample_flow_trajectory(
         with torch.enable_grad() if keep else contextlib.nullcontext():
             x = _flow_step(
                 predict, x, schedule, i, window, noise_level, generator, sde_type, log_probs,
-                grad=keep,
+                grad=keep, solver=solver,
             )  # fmt: skip
             if i in recorded:
                 latents.append(x.to(torch.float32))
@@ -342,13 +417,19 @@ def _flow_step(
     log_probs: list[Tensor],
     *,
     grad: bool = False,
+    solver: "_PostWindowSolver | None" = None,
 ) -> Latents:
     """Step ``i`` of :func:`sample_flow_trajectory` (its log-density appended to
-    ``log_probs`` in the window); ``grad``: the velocity call checkpointed."""
+    ``log_probs`` in the window); ``grad``: the velocity call checkpointed; ``solver``: the
+    DPM-Solver++ steps after the window."""
     batch = x.shape[0]
     sigma, sigma_prev = schedule.sigmas[i], schedule.sigmas[i + 1]
     t = schedule.timesteps[i].expand(batch)
     v = checkpointed(predict, x, t) if grad else predict(x, t)
+    if solver is not None:
+        stepped = solver.step(i, v, x)
+        if stepped is not None:
+            return stepped
     if window is not None and i in window:
         noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         sigmas = (sigma.expand(batch), sigma_prev.expand(batch))
@@ -372,6 +453,35 @@ def _flow_step(
     else:
         x = ode_step(v, x, sigma, sigma_prev)
     return x
+
+
+class _PostWindowSolver:
+    """The DPM-Solver++ steps after the window: from the window's last step on, it keeps each
+    step's clean estimate for the next one, and takes the steps after the window."""
+
+    def __init__(self, window: range | None, schedule: FlowSchedule) -> None:
+        self.after = window.stop if window is not None else schedule.num_steps
+        self.schedule = schedule
+        self.previous: tuple[Tensor, Tensor] | None = None
+
+    def step(self, i: int, v: Latents, x: Latents) -> Latents | None:
+        """Step ``i`` after the window (``None`` before it: the caller's step), remembering
+        the clean estimate from the window's last step on."""
+        if i < self.after - 1:
+            return None
+        batch = x.shape[0]
+        sigma = self.schedule.sigmas[i].expand(batch)
+        if i == self.after - 1:  # the window's last step: its estimate only
+            self.previous = (x.to(torch.float32) - sigma.view(-1, *[1] * (x.ndim - 1)) * v, sigma)
+            return None
+        previous = self.previous
+        stepped = flow_dpm_solver_step(
+            v, x, sigma, self.schedule.sigmas[i + 1].expand(batch),
+            previous_clean=None if previous is None else previous[0],
+            sigma_previous=None if previous is None else previous[1],
+        )  # fmt: skip
+        self.previous = (stepped.clean, sigma)
+        return stepped.prev_sample
 
 
 class FlowStepScore(NamedTuple):

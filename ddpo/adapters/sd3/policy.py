@@ -27,9 +27,11 @@ from ddpo.adapters.flow.policy import FlowPipelinePolicy
 from ddpo.adapters.flow.sampling import (
     FlowSchedule,
     LoraTargets,
+    PostWindowSolver,
     SDEType,
     check_noise_level,
     check_ode_has_no_window,
+    check_post_window,
     check_sde_type,
     check_window_args,
     dynamic_shift_mu,
@@ -104,6 +106,12 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
             num_steps - 1 - k]`` for ``"cps"``, whose last step is an ODE step).
         sde_window_range: ``(low, high)``: draw the start in ``[low, high - k]`` instead, so the
             window lies in steps ``low..high - 1`` (Flow-GRPO's ``sde_window_range``).
+        post_window_solver: the deterministic steps after the window: ``"euler"`` or the
+            second-order DPM-Solver++ (``"dpmsolver++"``, MixGRPO-Flash's); needs
+            ``sde_window_size``.
+        post_window_step_ratio: MixGRPO-Flash's ``dpm_post_compress_ratio`` in ``(0, 1]``: the
+            ``r`` steps after the window become ``max(1, int((r + 1) ratio) - 1)`` (0.4 in its
+            scripts); needs ``sde_window_size``.
         max_sequence_length: T5 tokens; ``None``: 256 as in diffusers, or fewer where the T5
             tokenizer's ``model_max_length`` is shorter (``ddpo-tiny-shapes-flow`` was trained
             with 16; stock diffusers needs ``max_sequence_length=16`` passed for it).
@@ -138,6 +146,8 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         sde_window_size: int | None = None,
         sde_window_start: int | None = None,
         sde_window_range: tuple[int, int] | None = None,
+        post_window_solver: PostWindowSolver = "euler",
+        post_window_step_ratio: float | int = 1.0,
         max_sequence_length: int | None = None,
         device: str | torch.device | None = None,
         lora_init_seed: int = 0,
@@ -156,6 +166,9 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         )
         check_ode_has_no_window(self.noise_level, sde_window_size, sde_window_range)
         self.sde_window_size, self.sde_window_start = sde_window_size, sde_window_start
+        check_post_window(post_window_solver, post_window_step_ratio, sde_window_size)
+        self.post_window_solver = post_window_solver
+        self.post_window_step_ratio = float(post_window_step_ratio)
         targets = lora_target_modules(SD3_LORA_TARGET_MODULES, lora_targets)
         if max_sequence_length is not None:
             if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):
