@@ -29,7 +29,7 @@ from ddpo.objectives._forward import (
     required_member,
 )
 from ddpo.objectives.base import ObjectiveContext, ObjectiveLoss, ObjectiveNeeds
-from ddpo.objectives.weights import ShadowWeights
+from ddpo.objectives.weights import ShadowWeights, WeightsAtStart
 from ddpo.policy import DiffusionPolicy
 from ddpo.samples import Trajectories
 
@@ -59,8 +59,7 @@ class DiffusionNFT:
     adv_clip_max: float = 5.0
     kl_coef: float = 0.0
     decay_type: int = 1
-    _old: ShadowWeights | None = field(default=None, init=False, repr=False)
-    _pending: dict[str, Tensor] | None = field(default=None, init=False, repr=False)
+    _old: WeightsAtStart = field(default_factory=WeightsAtStart, init=False, repr=False)
     _timesteps: SamplingTimesteps = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,12 +81,7 @@ class DiffusionNFT:
 
     # ---- the old policy -----------------------------------------------------------------
     def _old_weights(self, parameters: Mapping[str, nn.Parameter]) -> ShadowWeights:
-        if self._old is None:
-            self._old = ShadowWeights(parameters)  # the trained weights at the run's start
-            if self._pending is not None:
-                self._old.load(self._pending)
-                self._pending = None
-        return self._old
+        return self._old.of(parameters)  # the trained weights at the run's start
 
     def sampling_weights(
         self, parameters: Mapping[str, nn.Parameter]
@@ -103,16 +97,11 @@ class DiffusionNFT:
 
     def tensor_state_dict(self) -> dict[str, Tensor]:
         """The old policy's weights by parameter name (none before the first epoch)."""
-        if self._old is None:
-            return dict(self._pending or {})
-        return dict(self._old.shadow)
+        return self._old.state_dict()
 
     def load_tensor_state_dict(self, tensors: Mapping[str, Tensor]) -> None:
         """Restore the old policy (applied when the trained parameters are first seen)."""
-        if self._old is not None:
-            self._old.load(tensors)
-        else:
-            self._pending = dict(tensors)
+        self._old.load(tensors)
 
     # ---- the loss -------------------------------------------------------------------------
     def prepare_epoch(self, context: ObjectiveContext, samples: Trajectories) -> Trajectories:

@@ -13,18 +13,25 @@ with gradients (the clean latents the prediction implies, `policy.predicted_clea
 the rewards. The epoch's sampled images (without gradients) give the prompts and the logged
 reward.
 
+With ``base_pull`` ``c > 0`` the loss adds ``c sum (theta - theta_0)^2`` over the trained
+parameters, ``theta_0`` their values when the run started (checkpointed, so a resume pulls
+toward the same weights).
+
 DRaFT-K's and AlignProp's rollout runs the policy's own denoiser, not the accelerate-prepared
 one, so its gradients are not all-reduced: they train on one process (refused on several).
 DRaFT-LV's step runs the prepared denoiser and trains on any number.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ddpo.objectives._forward import SamplingTimesteps, draw_noise, required_member
 from ddpo.objectives.base import ObjectiveContext, ObjectiveLoss, ObjectiveNeeds
+from ddpo.objectives.weights import WeightsAtStart
 from ddpo.policy import DiffusionPolicy
 from ddpo.samples import Trajectories
 
@@ -59,6 +66,8 @@ class RewardBackprop:
         random_truncation: AlignProp's draw of ``K`` per micro-batch.
         lv_samples: DRaFT-LV's re-noised last steps per image (the paper's 2); 0: DRaFT-K or
             AlignProp.
+        base_pull: ``c`` of the pull ``c sum (theta - theta_0)^2`` toward the run's starting
+            weights, >= 0.
     """
 
     reward_function: Any
@@ -67,7 +76,11 @@ class RewardBackprop:
     grad_steps: int = 1
     random_truncation: bool = False
     lv_samples: int = 0
+    base_pull: float = 0.0
     _timesteps: SamplingTimesteps = field(init=False, repr=False, compare=False)
+    _start: WeightsAtStart = field(
+        default_factory=WeightsAtStart, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_timesteps", SamplingTimesteps(self.num_steps, "DRaFT-LV"))
@@ -78,6 +91,8 @@ class RewardBackprop:
             )
         if self.lv_samples < 0:
             raise ValueError(f"lv_samples must be >= 0, got {self.lv_samples}")
+        if not self.base_pull >= 0:
+            raise ValueError(f"base_pull must be >= 0, got {self.base_pull}")
 
     @property
     def needs(self) -> ObjectiveNeeds:
@@ -98,11 +113,43 @@ class RewardBackprop:
         """One backward pass per micro-batch."""
         return 1
 
+    def prepare_epoch(self, context: ObjectiveContext, samples: Trajectories) -> Trajectories:
+        """With ``base_pull``, keep the trained weights as the run starts (or as restored)."""
+        if self.base_pull > 0:
+            self._start.of(context.parameters)
+        return samples
+
+    def tensor_state_dict(self) -> dict[str, Tensor]:
+        """The starting weights the pull is toward (none without ``base_pull``)."""
+        return self._start.state_dict()
+
+    def load_tensor_state_dict(self, tensors: Mapping[str, Tensor]) -> None:
+        """Restore the starting weights."""
+        if tensors:
+            self._start.load(tensors)
+
+    def _with_pull(self, context: ObjectiveContext, loss: ObjectiveLoss) -> ObjectiveLoss:
+        """``loss`` plus ``base_pull sum (theta - theta_0)^2`` (its distance logged)."""
+        if self.base_pull == 0:
+            return loss
+        start = self._start.of(context.parameters).shadow
+        squared = sum(
+            ((p.float() - start[name].float()) ** 2).sum() for name, p in context.parameters.items()
+        )
+        distance = torch.as_tensor(squared, dtype=torch.float32)
+        total = loss.loss + self.base_pull * distance
+        metrics = {
+            **loss.metrics,
+            "base_distance": distance.detach().sqrt(),
+            "loss": total.detach(),
+        }
+        return ObjectiveLoss(total, metrics)
+
     def loss(self, context: ObjectiveContext, batch: Trajectories, term: int) -> ObjectiveLoss:
         """``-mean(reward)`` of the batch's prompts sampled again with gradients through the
         last ``K`` steps (DRaFT-LV: of its re-noised last steps)."""
         if self.lv_samples:
-            return self._lower_variance_loss(context, batch)
+            return self._with_pull(context, self._lower_variance_loss(context, batch))
         if context.num_processes > 1:
             raise ValueError(
                 "reward backpropagation trains on one process: its rollout runs the policy's "
@@ -130,7 +177,7 @@ class RewardBackprop:
             "grad_steps": torch.tensor(float(k)),
             "loss": loss.detach(),
         }
-        return ObjectiveLoss(loss, metrics)
+        return self._with_pull(context, ObjectiveLoss(loss, metrics))
 
     def _lower_variance_loss(self, context: ObjectiveContext, batch: Trajectories) -> ObjectiveLoss:
         """DRaFT-LV: the final latents noised again ``lv_samples`` times to the last sampling

@@ -1,6 +1,8 @@
 """`ShadowWeights`: a copy of the trained parameters kept beside them (an EMA of them, or
 DiffusionNFT's old policy), moved towards them with `ddpo.core.ema_step`, swapped in for a
-block (evaluation, sampling, the old policy's prediction) and loaded from a checkpoint."""
+block (evaluation, sampling, the old policy's prediction) and loaded from a checkpoint;
+`WeightsAtStart`: such a copy taken when an objective first sees the parameters, or restored
+from a checkpoint before then."""
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -11,7 +13,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ddpo.core import ema_step
 
-__all__ = ["ShadowWeights"]
+__all__ = ["ShadowWeights", "WeightsAtStart"]
 
 
 class ShadowWeights:
@@ -66,3 +68,35 @@ class ShadowWeights:
                 if isinstance(average, DTensor):  # this process's shard of the whole tensor
                     value = distribute_tensor(value, average.device_mesh, average.placements)
                 average.copy_(value)
+
+
+class WeightsAtStart:
+    """`ShadowWeights` of the trained parameters as an objective first sees them (the run's
+    start), or as a checkpoint restored them before then: DiffusionNFT's old policy starts
+    there, and reward backpropagation's pull is towards them."""
+
+    def __init__(self) -> None:
+        self.weights: ShadowWeights | None = None
+        self._pending: dict[str, Tensor] | None = None
+
+    def of(self, parameters: Mapping[str, Tensor]) -> ShadowWeights:
+        """The copy, taken from ``parameters`` on the first call (then the restored values)."""
+        if self.weights is None:
+            self.weights = ShadowWeights(parameters)
+            if self._pending is not None:
+                self.weights.load(self._pending)
+                self._pending = None
+        return self.weights
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The copy by parameter name (the restored one, or nothing, before the first call)."""
+        if self.weights is None:
+            return dict(self._pending or {})
+        return dict(self.weights.shadow)
+
+    def load(self, tensors: Mapping[str, Tensor]) -> None:
+        """Restore the copy (applied at the first call where it has not been taken yet)."""
+        if self.weights is not None:
+            self.weights.load(tensors)
+        else:
+            self._pending = dict(tensors)

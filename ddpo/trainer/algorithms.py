@@ -67,6 +67,7 @@ def reward_backprop_objective(config: DDPOConfig, reward_function: Any) -> Rewar
         grad_steps=config.backprop_grad_steps,
         random_truncation=config.algorithm == "alignprop",
         lv_samples=config.backprop_lv_samples if config.algorithm == "draft_lv" else 0,
+        base_pull=config.backprop_base_pull,
     )
 
 

@@ -358,6 +358,11 @@ class DDPOConfig:
     in ``[1, backprop_grad_steps]`` per micro-batch."""
     backprop_lv_samples: int = 2
     """``draft_lv``: the re-noised last steps per image (DRaFT-LV's ``n``, the paper's 2)."""
+    backprop_base_pull: float = 0.0
+    """``draft``, ``draft_lv`` and ``alignprop``: a weight-decay pull toward the weights the run
+    started from (the base model; with LoRA, the base model's adapters at zero), ``c sum
+    (theta - theta_0)^2`` added to ``-mean(reward)``, against reward hacking (DRaFT's
+    regularisation of the fine-tuned weights); 0: none."""
     nft_beta: float = 1.0
     """DiffusionNFT's implicit-policy step ``beta`` (the paper's 1; 0.1 in its OCR recipe)."""
     nft_decay_type: int = 1

@@ -23,6 +23,7 @@ ALGORITHMS: tuple[str, ...] = ("ddpo", "nft", "awm", "dpo", "draft", "draft_lv",
 AWM_WEIGHTINGS: tuple[str, ...] = ("uniform", "sigma", "sigma_squared", "ghuber")
 AWM_KL_WEIGHTINGS: tuple[str, ...] = ("uniform", "elbo")
 DPO_PAIRS: tuple[str, ...] = ("best_worst", "halves", "all")
+BACKPROP_ALGORITHMS: tuple[str, ...] = ("draft", "draft_lv", "alignprop")
 NFT_DECAY_TYPES: tuple[int, ...] = (0, 1, 2)
 # `ddpo.core.SLIDING_WINDOW_STRATEGIES` (checked equal in the tests)
 SLIDING_WINDOW_STRATEGIES: tuple[str, ...] = ("progressive", "decay", "exp_decay")
@@ -143,6 +144,7 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
         "awm_ghuber_power",
         "dpo_beta",
         "sliding_window_decay_rate",
+        "backprop_base_pull",
     )
     for name in float_fields:
         value = getattr(config, name)
@@ -252,6 +254,14 @@ def validate_config(config: "DDPOConfig", *, num_processes: int | None = None) -
     if config.backprop_lv_samples < 1:
         raise ValueError(
             f"DDPOConfig.backprop_lv_samples must be >= 1, got {config.backprop_lv_samples!r}"
+        )
+    if config.backprop_base_pull < 0 or (
+        config.backprop_base_pull > 0 and config.algorithm not in BACKPROP_ALGORITHMS
+    ):
+        raise ValueError(
+            f"DDPOConfig.backprop_base_pull={config.backprop_base_pull!r} must be >= 0, and is "
+            f"reward backpropagation's ({BACKPROP_ALGORITHMS}); algorithm="
+            f"{config.algorithm!r}"
         )
     if config.kl_coef > 0 and config.algorithm in ("dpo", "draft", "draft_lv", "alignprop"):
         raise ValueError(

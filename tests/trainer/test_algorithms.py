@@ -105,8 +105,9 @@ def test_each_algorithm_resumes_exactly(
 ) -> None:
     """Two epochs in one run equal one epoch and a resumed second: weights and every logged
     number (DiffusionNFT's old policy, which samples the second epoch, comes back from the
-    checkpoint)."""
-    common: dict[str, Any] = {"save_freq": 1}
+    checkpoint, as do the starting weights reward backpropagation's pull is toward)."""
+    backprop = algorithm in ("draft", "draft_lv", "alignprop")
+    common: dict[str, Any] = {"save_freq": 1, **({"backprop_base_pull": 0.5} if backprop else {})}
     trainer = _trainer(_config(tmp_path / "a", algorithm, num_epochs=2, **common), SD3_MODEL,
                        pipeline_factory)  # fmt: skip
     trainer.train()
@@ -119,7 +120,7 @@ def test_each_algorithm_resumes_exactly(
     trainer.close()
     checkpoint = tmp_path / "b" / "checkpoints" / "checkpoint_1"
     has_tensors = (checkpoint / ckpt.OBJECTIVE_TENSORS_FILENAME).is_file()
-    assert has_tensors == (algorithm == "nft")
+    assert has_tensors == (algorithm == "nft" or backprop)
     _reset_accelerate()
     config_c = _config(None, algorithm, num_epochs=2, resume_from=str(tmp_path / "b"), **common)
     trainer = _trainer(config_c, SD3_MODEL, pipeline_factory)
@@ -128,8 +129,12 @@ def test_each_algorithm_resumes_exactly(
     weights_c = trainer.trainable_state_dict()
     assert all(torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
     rows_a, rows_b = read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b")
-    for key in ("reward_mean", "loss", "global_step", *DIAGNOSTICS[algorithm]):
+    pulled = ("base_distance",) if backprop else ()
+    for key in ("reward_mean", "loss", "global_step", *DIAGNOSTICS[algorithm], *pulled):
         assert [r[key] for r in rows_a] == [r[key] for r in rows_b], key
+    if backprop:  # the weights left their start, and the pull measured it
+        assert rows_a[0]["base_distance"] < rows_a[1]["base_distance"]
+        assert rows_a[1]["base_distance"] > 0
 
 
 def test_nfts_old_policy_samples_and_follows_its_schedule(
@@ -200,6 +205,8 @@ def test_bad_algorithm_settings_are_refused_before_model_work(tmp_path: Path) ->
         _config(tmp_path, "nft", nft_decay_type=3)
     with pytest.raises(ValueError, match=r"DDPOConfig\.dpo_beta must be > 0"):
         _config(tmp_path, "dpo", dpo_beta=0.0)
+    with pytest.raises(ValueError, match=r"backprop_base_pull=0.1 must be >= 0, and is reward"):
+        _config(tmp_path, "nft", backprop_base_pull=0.1)
     config = _config(tmp_path, "ddpo", sde_window_schedule="sliding")
     config.sliding_window_strategy = "random"  # type: ignore[assignment]
     with pytest.raises(ValueError, match=r"sliding_window_strategy must be one of .*'random'"):

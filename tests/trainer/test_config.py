@@ -96,6 +96,7 @@ OURS = {
     "sliding_window_decay_threshold": 13,
     "sliding_window_decay_rate": 0.1,
     "backprop_lv_samples": 2,
+    "backprop_base_pull": 0.0,
     "nft_beta": 1.0,
     "nft_decay_type": 1,
     "awm_weighting": "uniform",
