@@ -370,12 +370,13 @@ def load_pipeline(
     *,
     use_lora: bool = True,
     sde_window_size: int | str | None = "preset",
+    **flow_options: Any,
 ) -> Any:
     """Our DDPO pipeline for the preset, on ``device``: ``ddpo.adapters.load_policy`` picks
     ``DefaultDDPOStableDiffusionPipeline``, ``...XLPipeline``, ``...3Pipeline`` or
     ``DefaultDDPOFluxPipeline`` from the model folder; a flow policy gets the preset's noise
     level and stochastic window (``sde_window_size`` overrides the window; ``None``: every
-    step).
+    step; ``flow_options``: other options of the flow families, e.g. ``post_window_solver``).
 
     Frozen weights in the preset's dtype; the trainable (LoRA) weights are kept in float32, as a
     mixed-precision trainer keeps them. A DDIM policy samples at the preset's ``eta`` (its
@@ -387,7 +388,11 @@ def load_pipeline(
     family_options = None
     if is_flow(preset):
         window = preset.sde_window_size if sde_window_size == "preset" else sde_window_size
-        family_options = {"noise_level": preset.noise_level, "sde_window_size": window}
+        family_options = {
+            "noise_level": preset.noise_level,
+            "sde_window_size": window,
+            **flow_options,
+        }
     pipeline = load_policy(
         model_location(preset),
         resolution=preset.resolution,

@@ -59,6 +59,11 @@ def test_window_override_is_checked_against_the_family_and_the_steps() -> None:
         _resolve(preset="sdxl", sde_window_size=2)
     assert bench_window.windows(10) == [10, 2, 1]
     assert bench_window.windows(2) == [2, 1]
+    arms = bench_window.arms(10)
+    assert list(arms) == ["10", "2", "1", "2_flash"]
+    assert arms["10"][1] == {"sde_window_size": None}
+    assert arms["2_flash"] == (2, {"sde_window_size": 2, **bench_window.FLASH})
+    assert "2_flash" not in bench_window.arms(2)  # nothing after a window of every step
 
 
 def test_flow_architectures_widths_fit_together() -> None:
