@@ -4,13 +4,17 @@ Runs a ``ddpo train`` preset once per seed: ``default`` (DDPO on the packaged
 ``ddpo-tiny-shapes``, whole UNet) or ``flow_grpo_tiny`` (Flow-GRPO on the packaged
 ``ddpo-tiny-shapes-flow``, LoRA; ``--flag=--sde_window_size=2`` for its stochastic window), both
 with the ``alignment`` reward on a pool of 2 training prompts drawn by the seed, each in its
-own process with one thread (``nft_tiny``, ``awm_tiny`` and ``dpo_tiny``: the other
-algorithms on the flow run), with held-out evaluation during training
-(``DDPOConfig.eval_freq``): the ``shapes_heldout`` captions, which the run never trains on,
-scored with the run's reward (``eval/reward``, and the share of images with every attribute
-right, ``eval/reward/accuracy``), each with a 95 % interval over prompts. The policy is also
-evaluated before its first epoch. Nothing is chosen per seed: every seed draws its own
-training pool and its own held-out prompts (in an order seeded by it).
+own process with one thread (``nft_tiny``, ``awm_tiny``, ``dpo_tiny`` and ``draft_tiny``: the
+other algorithms on the flow run; ``mixgrpo_tiny``: Flow-GRPO with MixGRPO's sliding window),
+with held-out evaluation during training (``DDPOConfig.eval_freq``): the ``shapes_heldout``
+captions, which the run never trains on, scored with the run's reward (``eval/reward``, and the
+share of images with every attribute right, ``eval/reward/accuracy``), each with a 95 % interval
+over prompts. A run that trains on the alignment reward's differentiable form (``draft_tiny``)
+is scored with that form, whose metadata also holds the exact alignment reward of the same
+images: it is summarised too (``eval/reward/exact``; the plot shows it in place of
+``eval/reward``), and the training pool's exact reward is kept beside the trained one. The
+policy is also evaluated before its first epoch. Nothing is chosen per seed: every seed draws
+its own training pool and its own held-out prompts (in an order seeded by it).
 
 Writes ``learning.json`` (every evaluation of every seed: epoch, samples drawn, training
 seconds, the means and intervals), ``learning.png`` (held-out accuracy and reward against
@@ -40,6 +44,15 @@ from typing import Any
 from ddpo.evaluation import mean_interval
 
 METRICS = ("eval/reward", "eval/reward/accuracy")
+EXACT = "eval/reward/exact"
+"""The exact score beside a differentiable reward's (the alignment reward's differentiable form
+reports it as metadata, `ddpo.rewards.alignment.differentiable_alignment_reward_fn`)."""
+
+
+def metrics_of(runs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """`METRICS`, and `EXACT` where every evaluation of every run reports it."""
+    exact = all(EXACT in point for run in runs for point in run["points"])
+    return (*METRICS, EXACT) if exact else METRICS
 
 
 def _flags(args: argparse.Namespace, seed: int) -> list[str]:
@@ -64,7 +77,6 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     from ddpo.cli import parse_train_args
     from ddpo.cli_train import setup_train, train_and_report
-    from ddpo.reporting import read_metrics
 
     seed = args.worker
     setup = setup_train(parse_train_args(_flags(args, seed)))
@@ -72,10 +84,9 @@ def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     before = trainer.evaluate()
     before_s = time.perf_counter() - start
-    train_and_report(setup)
+    rows = train_and_report(setup).metrics  # metrics.jsonl with the reward metadata's means
     config = trainer.config
     samples_per_epoch = config.sample_batch_size * config.sample_num_batches_per_epoch
-    rows = read_metrics(Path(trainer.output_dir) / "metrics.jsonl")
     points = [{"epoch": 0, "samples": 0, "train_s": 0.0, **before}]
     train_s = 0.0
     for row in rows:
@@ -85,7 +96,9 @@ def worker(args: argparse.Namespace) -> None:
             point = {"epoch": row["epoch"] + 1, "train_s": train_s, **evaluated}
             points.append({**point, "samples": (row["epoch"] + 1) * samples_per_epoch})
     train_rewards = [row["reward_mean"] for row in rows]
-    result = {"seed": seed, "points": points, "train_reward_mean": train_rewards}
+    result: dict[str, Any] = {"seed": seed, "points": points, "train_reward_mean": train_rewards}
+    if all("exact_mean" in row for row in rows):  # a differentiable reward's exact score
+        result["train_exact_reward_mean"] = [row["exact_mean"] for row in rows]
     result["eval_before_s"] = before_s
     (Path(args.out) / f"seed{seed}.json").write_text(json.dumps(result, indent=1))
 
@@ -110,10 +123,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     it exceeds the last evaluation's own interval; across seeds, the mean change with a t
     interval over the seeds."""
     summary: dict[str, Any] = {"per_seed": [], "across_seeds": {}}
+    metrics = metrics_of(runs)
     for run in runs:
         first, last = run["points"][0], run["points"][-1]
         entry: dict[str, Any] = {"seed": run["seed"]}
-        for metric in METRICS:
+        for metric in metrics:
             change = last[metric] - first[metric]
             half = (last[f"{metric}_high"] - last[f"{metric}_low"]) / 2
             entry[metric] = {
@@ -121,7 +135,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "after_half_width": half, "beyond_interval": abs(change) > half,
             }  # fmt: skip
         summary["per_seed"].append(entry)
-    for metric in METRICS:
+    for metric in metrics:
         changes = [entry[metric]["change"] for entry in summary["per_seed"]]
         interval = mean_interval(changes)  # Student's t over the seeds
         low, high = interval.low, interval.high
@@ -133,8 +147,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def plot(runs: list[dict[str, Any]], path: Path) -> None:
-    """Four panels: held-out accuracy and reward (rows) against samples drawn and training
-    seconds (columns); a line per seed, with the interval of each evaluation as a bar."""
+    """Four panels: held-out accuracy and reward (rows; the exact reward where the runs report
+    `EXACT`) against samples drawn and training seconds (columns); a line per seed, with the
+    interval of each evaluation as a bar."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
@@ -142,9 +157,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
     image = Image.new("RGB", (2 * width, 2 * height), "white")
     draw = ImageDraw.Draw(image)
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
-    panels = [
-        (x, y) for y in ("eval/reward/accuracy", "eval/reward") for x in ("samples", "train_s")
-    ]
+    reward = EXACT if EXACT in metrics_of(runs) else "eval/reward"
+    panels = [(x, y) for y in ("eval/reward/accuracy", reward) for x in ("samples", "train_s")]
     for index, (x_key, y_key) in enumerate(panels):
         left, top = (index % 2) * width, (index // 2) * height
         xs = [p[x_key] for run in runs for p in run["points"]]
@@ -162,7 +176,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 
         (a, b), (c, d) = px(x0, y0), px(x1, y1)
         draw.rectangle([a, d, c, b], outline="black")  # PIL wants the top-left corner first
-        label = f"held-out {y_key.split('/')[-1]} vs {x_key}"
+        label = f"held-out {'exact reward' if y_key == EXACT else y_key.split('/')[-1]} vs {x_key}"
         draw.text((left + margin, top + 8), label, "black", font)
         bottom = top + height - margin + 6
         draw.text((left + margin, bottom), f"{x0:g}", "black", font)
@@ -184,7 +198,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> None:
 def table(summary: dict[str, Any]) -> str:
     lines = ["metric | seed | before | after | change | after's 95 % half-width | beyond it"]
     for entry in summary["per_seed"]:
-        for metric in METRICS:
+        for metric in summary["across_seeds"]:
             m = entry[metric]
             lines.append(
                 f"{metric} | {entry['seed']} | {m['before']:.4f} | {m['after']:.4f} | "
@@ -205,7 +219,8 @@ def main() -> None:
     parser.add_argument(
         "--preset", default="default", help="ddpo train's preset: default (DDPO on "
         "ddpo-tiny-shapes), flow_grpo_tiny (Flow-GRPO on ddpo-tiny-shapes-flow), or nft_tiny, "
-        "awm_tiny, dpo_tiny (DiffusionNFT, AWM, Diffusion-DPO on the same run)"
+        "awm_tiny, dpo_tiny, draft_tiny (DiffusionNFT, AWM, Diffusion-DPO, DRaFT-1 on the same "
+        "run), mixgrpo_tiny (Flow-GRPO with MixGRPO's sliding window of 2 steps)"
     )  # fmt: skip
     parser.add_argument(
         "--flag", action="append", default=[], help="one more ddpo train flag, as "

@@ -53,9 +53,11 @@ class TrainArgs:
     1, 2, 4, 8 or 16; 512 px, LoRA rank 32 and alpha 64, the OCR reward on ``text_rendering``
     prompts, 24 images per prompt). ``flow_grpo_tiny``: Flow-GRPO's algorithm on the packaged
     ``ddpo-tiny-shapes-flow`` with the alignment reward, sized for a CPU
-    (`ddpo.presets.flow_grpo_tiny_preset`). ``nft_tiny``, ``awm_tiny``, ``dpo_tiny``:
-    DiffusionNFT, AWM and online Diffusion-DPO on the same run, with their papers' settings
-    (`ddpo.presets.algorithm_tiny_preset`)."""
+    (`ddpo.presets.flow_grpo_tiny_preset`). ``nft_tiny``, ``awm_tiny``, ``dpo_tiny``,
+    ``draft_tiny``: DiffusionNFT, AWM, online Diffusion-DPO and DRaFT-1 (on the alignment
+    reward's differentiable form) on the same run, with their papers' settings
+    (`ddpo.presets.algorithm_tiny_preset`). ``mixgrpo_tiny``: Flow-GRPO with a window of 2 SDE
+    steps that MixGRPO's schedule slides over the steps (`ddpo.presets.mixgrpo_tiny_preset`)."""
     ddpo_config: DDPOConfig = field(default_factory=default_preset)
     """The DDPO run (TRL's `DDPOConfig` fields); defaults: the preset's."""
     algorithm: Literal["ddpo", "nft", "awm", "dpo", "draft", "draft_lv", "alignprop"] | None = None

@@ -23,12 +23,14 @@ __all__ = [
     "FLOW_GRPO_SD3_PROCESSES",
     "FLOW_GRPO_SD3_SETTINGS",
     "FLOW_GRPO_TINY_SETTINGS",
+    "MIXGRPO_TINY_SETTINGS",
     "PRESETS",
     "PresetName",
     "PresetSettings",
     "default_preset",
     "flow_grpo_sd3_preset",
     "flow_grpo_tiny_preset",
+    "mixgrpo_tiny_preset",
 ]
 
 
@@ -104,6 +106,8 @@ class PresetSettings:
     """Image side in pixels (``None``: the model's native size)."""
     noise_level: float | None = None
     """A flow model's SDE noise level (``None``: the policy's default, 0.7)."""
+    sde_window_size: int | None = None
+    """A flow model's stochastic window, in steps (``None``: every step is an SDE step)."""
 
 
 #: The default run: the whole UNet of ``ddpo-tiny-shapes`` with the alignment reward, on a pool
@@ -247,13 +251,21 @@ FLOW_GRPO_TINY_SETTINGS = PresetSettings(
 )
 
 
-AlgorithmName = Literal["nft", "awm", "dpo"]
+AlgorithmName = Literal["nft", "awm", "dpo", "draft"]
 """The algorithms with a tiny preset besides DDPO and Flow-GRPO."""
+
+DRAFT_TINY_LEARNING_RATE = 1e-4
+"""``draft_tiny``'s AdamW learning rate: a third of the other arms' 3e-4. Fixed before the
+measured runs from one 6-epoch trial on seed 0 at 3e-4 (RESULTS.md, issue #25): the training
+pool's exact alignment reward rose 0.653 -> 0.684 in 6 epochs, as far as Flow-GRPO's rose in
+18, with the held-out reward flat (0.712 -> 0.712); at a third of the rate the 18 epochs take
+about the steps the trial showed to be safe (Adam's steps scale with the rate, and the
+reward's gradient keeps one direction from step to step)."""
 
 
 @no_type_check  # it checks ``algorithm`` itself, naming the value
 def algorithm_tiny_preset(algorithm: AlgorithmName) -> DDPOConfig:
-    """``algorithm`` (``"nft"``, ``"awm"`` or ``"dpo"``) on the packaged
+    """``algorithm`` (``"nft"``, ``"awm"``, ``"dpo"`` or ``"draft"``) on the packaged
     ``ddpo-tiny-shapes-flow`` with `flow_grpo_tiny_preset`'s epoch (128 samples of a pool of 2
     shapes prompts, 16 in a row each, 18 epochs, guidance 1, two optimizer steps per epoch,
     AdamW at 3e-4 on LoRA rank 8 and alpha 16, the sampler's 10 SDE steps at noise level 0.7)
@@ -269,7 +281,12 @@ def algorithm_tiny_preset(algorithm: AlgorithmName) -> DDPOConfig:
       half, rank by rank (``dpo_pairs="halves"``: the pool's 2 prompts give 64 pairs an
       epoch; their best and worst alone would give 2), 4 timesteps per pair, ``beta`` 500: the
       paper's 5000 (SD 1.5, learning rate about 2e-5 after its scaling) saturated the sigmoid
-      at this run's 3e-4 (logits 3 to 18 within 8 epochs of ``examples/diffusion_dpo.py``).
+      at this run's 3e-4 (logits 3 to 18 within 8 epochs of ``examples/diffusion_dpo.py``);
+    - ``draft``: DRaFT-K at ``K`` 1 (the paper's best trade-off): each micro-batch of 16 is
+      sampled again with the SDE sampler, the last step keeping its graph, and descends minus
+      the mean of the alignment reward's differentiable form (``ddpo train`` builds it for
+      ``draft``; `ddpo.rewards.alignment.differentiable_alignment_scores`), at the learning
+      rate `DRAFT_TINY_LEARNING_RATE`, no KL term (DRaFT has none).
 
     Flow-GRPO's own options (its KL convention, training the first steps in order, dropping
     samples of zero advantage) are reset to the defaults; advantages stay ``group_global``.
@@ -289,6 +306,11 @@ def algorithm_tiny_preset(algorithm: AlgorithmName) -> DDPOConfig:
             "dpo_pairs": "halves",
             "train_num_timesteps": 4,
         },
+        "draft": {
+            "kl_coef": 0.0,
+            "backprop_grad_steps": 1,
+            "train_learning_rate": DRAFT_TINY_LEARNING_RATE,
+        },
     }
     if algorithm not in changes:
         raise ValueError(f"algorithm must be one of {sorted(changes)}, got {algorithm!r}")
@@ -303,8 +325,41 @@ def algorithm_tiny_preset(algorithm: AlgorithmName) -> DDPOConfig:
     )
 
 
+def mixgrpo_tiny_preset() -> DDPOConfig:
+    """MixGRPO's sliding window (Li et al., 2025, arXiv 2507.21802; its ``progressive``
+    strategy) on `flow_grpo_tiny_preset`'s run: with `MIXGRPO_TINY_SETTINGS`' window of 2 SDE
+    steps of the 10 (the other 8 ODE steps), the window starts at step 0 and moves one step
+    every 2 epochs (``sliding_window_shift_interval`` 2, ``sliding_window_stride`` 1), so that
+    over the 18 epochs it visits each of its 9 starts, 0 to 8, for 2 epochs; both steps of the
+    window train (``train_timestep_fraction`` 1: MixGRPO optimises every step of its window,
+    where Flow-GRPO's 0.99 keeps ``int(2 x 0.99) = 1``). Everything else is Flow-GRPO's
+    (clip 1e-4, the KL penalty 0.04 in its convention, AdamW at 3e-4, two steps an epoch); not
+    reproduced: MixGRPO's higher-order ODE solver for the steps after the window (MixGRPO-Flash)
+    and its own learning rate, clip and KL settings."""
+    return dataclasses.replace(
+        flow_grpo_tiny_preset(),
+        exp_name="mixgrpo_tiny",
+        sde_window_schedule="sliding",
+        sliding_window_shift_interval=2,
+        sliding_window_stride=1,
+        train_timestep_fraction=1.0,
+    )
+
+
+#: `mixgrpo_tiny_preset`'s model, reward and prompts: `FLOW_GRPO_TINY_SETTINGS` with a
+#: stochastic window of 2 steps.
+MIXGRPO_TINY_SETTINGS = dataclasses.replace(FLOW_GRPO_TINY_SETTINGS, sde_window_size=2)
+
+
 PresetName = Literal[
-    "default", "flow_grpo_sd3", "flow_grpo_tiny", "nft_tiny", "awm_tiny", "dpo_tiny"
+    "default",
+    "flow_grpo_sd3",
+    "flow_grpo_tiny",
+    "nft_tiny",
+    "awm_tiny",
+    "dpo_tiny",
+    "draft_tiny",
+    "mixgrpo_tiny",
 ]
 """The names of `PRESETS` (``ddpo train --preset``)."""
 
@@ -315,5 +370,7 @@ PRESETS: dict[str, tuple[PresetSettings, Callable[[int], DDPOConfig]]] = {
     "nft_tiny": (FLOW_GRPO_TINY_SETTINGS, lambda num_processes: algorithm_tiny_preset("nft")),
     "awm_tiny": (FLOW_GRPO_TINY_SETTINGS, lambda num_processes: algorithm_tiny_preset("awm")),
     "dpo_tiny": (FLOW_GRPO_TINY_SETTINGS, lambda num_processes: algorithm_tiny_preset("dpo")),
+    "draft_tiny": (FLOW_GRPO_TINY_SETTINGS, lambda num_processes: algorithm_tiny_preset("draft")),
+    "mixgrpo_tiny": (MIXGRPO_TINY_SETTINGS, lambda num_processes: mixgrpo_tiny_preset()),
 }
 """``ddpo train --preset NAME``: each preset's settings and its config for a process count."""

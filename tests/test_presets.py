@@ -218,5 +218,71 @@ def test_the_algorithm_presets_share_flow_grpo_tinys_run(algorithm: str) -> None
     args = parse_train_args([f"--preset={algorithm}_tiny", "--ddpo_config.output_dir=/tmp/x"])
     assert args.ddpo_config == dataclasses.replace(config, output_dir="/tmp/x")
     assert args.pretrained_model == FLOW_GRPO_TINY_SETTINGS.pretrained_model
-    with pytest.raises(ValueError, match=r"algorithm must be one of \['awm', 'dpo', 'nft'\]"):
+    choices = r"\[.awm., .dpo., .draft., .nft.\]"
+    with pytest.raises(ValueError, match=rf"algorithm must be one of {choices}"):
         algorithm_tiny_preset("ddpo")
+
+
+def test_draft_tiny_is_drafts_first_step_on_flow_grpo_tinys_run() -> None:
+    """``draft_tiny``: DRaFT-1 at a third of the learning rate, no KL term, on the same model,
+    prompts, epoch and sampler as ``flow_grpo_tiny``; ``ddpo train`` builds the alignment
+    reward's differentiable form for it."""
+    from ddpo.cli import parse_train_args
+    from ddpo.cli_train import build_reward_fn
+    from ddpo.presets import (
+        DRAFT_TINY_LEARNING_RATE,
+        FLOW_GRPO_TINY_SETTINGS,
+        algorithm_tiny_preset,
+        flow_grpo_tiny_preset,
+    )
+    from ddpo.rewards.alignment import differentiable_alignment_reward_fn
+
+    config, tiny = algorithm_tiny_preset("draft"), flow_grpo_tiny_preset()
+    shared = ("seed", "num_epochs", "sample_num_steps", "sample_batch_size",
+              "sample_num_batches_per_epoch", "sample_guidance_scale", "train_batch_size",
+              "train_gradient_accumulation_steps", "train_max_grad_norm",
+              "mixed_precision")  # fmt: skip
+    assert {k: getattr(config, k) for k in shared} == {k: getattr(tiny, k) for k in shared}
+    assert (config.algorithm, config.backprop_grad_steps, config.kl_coef) == ("draft", 1, 0.0)
+    assert config.train_learning_rate == DRAFT_TINY_LEARNING_RATE < tiny.train_learning_rate
+    config.validate(num_processes=1)
+    args = parse_train_args(["--preset=draft_tiny", "--ddpo_config.output_dir=/tmp/x"])
+    assert args.ddpo_config == dataclasses.replace(config, output_dir="/tmp/x")
+    assert args.reward == FLOW_GRPO_TINY_SETTINGS.reward == "alignment"
+    assert build_reward_fn(args) is differentiable_alignment_reward_fn
+
+
+def test_mixgrpo_tiny_slides_a_window_of_2_over_the_10_steps_in_18_epochs() -> None:
+    """``mixgrpo_tiny``: Flow-GRPO's run with a window of 2 SDE steps (a preset setting, passed
+    to the policy as ``--sde_window_size``) that starts at step 0 and moves one step every 2
+    epochs, through each of its 9 starts; both of its steps train."""
+    from ddpo.cli import parse_train_args
+    from ddpo.core import sliding_window_start
+    from ddpo.presets import (
+        FLOW_GRPO_TINY_SETTINGS,
+        MIXGRPO_TINY_SETTINGS,
+        flow_grpo_tiny_preset,
+        mixgrpo_tiny_preset,
+    )
+
+    config = mixgrpo_tiny_preset()
+    assert config == dataclasses.replace(
+        flow_grpo_tiny_preset(), exp_name="mixgrpo_tiny", sde_window_schedule="sliding",
+        sliding_window_shift_interval=2, sliding_window_stride=1, train_timestep_fraction=1.0,
+    )  # fmt: skip
+    config.validate(num_processes=1)
+    windowed = dataclasses.replace(FLOW_GRPO_TINY_SETTINGS, sde_window_size=2)
+    assert windowed == MIXGRPO_TINY_SETTINGS
+    size = MIXGRPO_TINY_SETTINGS.sde_window_size
+    assert size is not None
+    max_start = config.sample_num_steps - size  # the SDE sampler's starts: 0 to 8
+    starts = [
+        sliding_window_start(epoch, shift_interval=config.sliding_window_shift_interval,
+                             stride=config.sliding_window_stride, max_start=max_start)
+        for epoch in range(config.num_epochs)
+    ]  # fmt: skip
+    assert starts == [p for p in range(max_start + 1) for _ in range(2)]
+    args = parse_train_args(["--preset=mixgrpo_tiny", "--ddpo_config.output_dir=/tmp/x"])
+    assert args.sde_window_size == 2 and args.pretrained_model == "ddpo-tiny-shapes-flow"
+    assert args.ddpo_config == dataclasses.replace(config, output_dir="/tmp/x")
+    assert parse_train_args(["--preset=flow_grpo_tiny"]).sde_window_size is None

@@ -11,7 +11,7 @@ rewards are built and summed by `ddpo.rewards.combine.WeightedSumReward`.
 `DIFFERENTIABLE_REWARDS` names the rewards that also come in a differentiable form (float images
 with gradients in, rewards with gradients out, for reward backpropagation):
 ``build_reward_fn(name, options, differentiable=True)`` builds it, and raises ValueError naming
-each reward of ``name`` that has none (``jpeg_*``, ``ocr``, ``alignment``, ``remote``).
+each reward of ``name`` that has none (``jpeg_*``, ``ocr``, ``remote``).
 
 `check_reward_weights` checks, before anything loads, that the files of every model-based reward
 can be had: in a local folder, in the Hugging Face cache, or (when not offline) on the Hub.
@@ -126,6 +126,12 @@ def _alignment(options: RewardOptions) -> RewardFn:
     return alignment_reward_fn
 
 
+def _differentiable_alignment(options: RewardOptions) -> RewardFn:
+    from ddpo.rewards.alignment import differentiable_alignment_reward_fn
+
+    return differentiable_alignment_reward_fn
+
+
 def _jpeg_compressibility(options: RewardOptions) -> RewardFn:
     from ddpo.rewards.jpeg import jpeg_compressibility
 
@@ -220,7 +226,10 @@ _REMOTE_URL_MISSING = (
 #: Each name of `REWARDS` with its spec (``tests/rewards/test_registry.py`` checks they match).
 REWARD_SPECS: dict[RewardName, RewardSpec] = {
     # `accuracy`: the per-image flag "every named attribute right"; its mean is the accuracy.
-    "alignment": RewardSpec(_alignment, summary_keys=("accuracy",)),
+    # Its differentiable form's metadata also holds the exact reward (`exact`) and `accuracy`.
+    "alignment": RewardSpec(
+        _alignment, summary_keys=("accuracy",), differentiable=_differentiable_alignment
+    ),
     "jpeg_compressibility": RewardSpec(_jpeg_compressibility),
     "jpeg_incompressibility": RewardSpec(_jpeg_incompressibility),
     "aesthetic": RewardSpec(_aesthetic, differentiable=partial(_aesthetic, differentiable=True)),
@@ -239,8 +248,8 @@ REWARD_SPECS: dict[RewardName, RewardSpec] = {
 DIFFERENTIABLE_REWARDS: tuple[RewardName, ...] = tuple(
     name for name in REWARDS if REWARD_SPECS[name].differentiable is not None
 )
-"""The rewards with a differentiable form: aesthetic, brightness, clip_score, pickscore, hps,
-image_reward (not alignment, the JPEG sizes, ocr, remote)."""
+"""The rewards with a differentiable form: alignment, aesthetic, brightness, clip_score,
+pickscore, hps, image_reward (not the JPEG sizes, ocr, remote)."""
 
 
 def is_differentiable(name: str) -> bool:

@@ -59,3 +59,21 @@ def test_one_seed_has_no_spread_to_exceed_and_the_plot_is_written(tmp_path: Path
     with Image.open(tmp_path / "learning.png") as image:
         assert image.size == (1040, 720)
         assert len(image.getcolors(maxcolors=4096) or []) > 2  # axes, lines and labels drawn
+
+
+def test_a_differentiable_rewards_exact_score_is_summarised_and_plotted(tmp_path: Path) -> None:
+    """`draft_tiny`'s evaluations report the exact alignment reward (``eval/reward/exact``)
+    beside the differentiable form's: it is judged like the others where every point has it."""
+    runs = [_run(0, [0.60, 0.62], [0.4, 0.5]), _run(1, [0.55, 0.57], [0.3, 0.3])]
+    assert bench_learning.metrics_of(runs) == bench_learning.METRICS
+    for run, exact in zip(runs, ([0.50, 0.58], [0.45, 0.44]), strict=True):
+        for point, value in zip(run["points"], exact, strict=True):
+            point |= {bench_learning.EXACT: value}
+            point |= {f"{bench_learning.EXACT}_low": value - 0.01}
+            point |= {f"{bench_learning.EXACT}_high": value + 0.01}
+    summary = bench_learning.summarize(runs)
+    assert summary["per_seed"][0][bench_learning.EXACT]["change"] == pytest.approx(0.08)
+    assert summary["per_seed"][1][bench_learning.EXACT]["change"] == pytest.approx(-0.01)
+    assert "eval/reward/exact | mean over seeds | | | +0.0350" in bench_learning.table(summary)
+    bench_learning.plot(runs, tmp_path / "learning.png")
+    assert (tmp_path / "learning.png").is_file()

@@ -162,10 +162,12 @@ def test_a_weighted_sum_of_differentiable_rewards_is_differentiable(
 
 
 def test_the_registry_names_the_differentiable_rewards() -> None:
-    assert set(DIFFERENTIABLE_REWARDS) == {*MODEL_REWARDS, "brightness"}
+    # alignment's form is tested in test_alignment_differentiable.py
+    assert set(DIFFERENTIABLE_REWARDS) == {*MODEL_REWARDS, "brightness", "alignment"}
     assert all(is_differentiable(name) == (name in DIFFERENTIABLE_REWARDS) for name in REWARDS)
     assert is_differentiable("pickscore:1.0,brightness:0.5")
     assert not is_differentiable("pickscore:1.0,ocr:0.5")
+    assert is_differentiable("alignment:1.0,brightness:0.5")
     fn = build_reward_fn("brightness", differentiable=True)
     images = torch.rand(2, 3, 8, 8, requires_grad=True)
     assert fn(images, PROMPTS, None)[0].requires_grad
@@ -173,7 +175,13 @@ def test_the_registry_names_the_differentiable_rewards() -> None:
 
 @pytest.mark.parametrize(
     "spec",
-    ["jpeg_compressibility", "jpeg_incompressibility", "ocr", "alignment", "brightness,ocr:0.5"],
+    [
+        "jpeg_compressibility",
+        "jpeg_incompressibility",
+        "ocr",
+        "brightness,ocr:0.5",
+        "alignment,ocr",  # alignment has one since issue #25; ocr has none
+    ],
 )
 def test_asking_for_a_reward_without_a_differentiable_form_names_it(spec: str) -> None:
     name = spec.split(",")[-1].split(":")[0]
