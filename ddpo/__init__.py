@@ -23,6 +23,8 @@ _LAZY: dict[str, str] = {
     "DefaultDDPOStableDiffusionXLPipeline": "ddpo.adapters",
     "DefaultDDPOStableDiffusion3Pipeline": "ddpo.adapters",
     "DefaultDDPOFluxPipeline": "ddpo.adapters",
+    "DefaultDDPOQwenImagePipeline": "ddpo.adapters",
+    "DefaultDDPOWanPipeline": "ddpo.adapters",
     "DDPOPipelineOutput": "ddpo.adapters",
     "DDPOSchedulerOutput": "ddpo.adapters",
     "DDPOConfig": "ddpo.trainer.config",

@@ -23,8 +23,19 @@ def no_type_check(fn: _F) -> _F:
     return fn
 
 
-Latents = Float[Tensor, "batch channels height width"]
-"""A batch of latents or model outputs, ``(batch, channels, height, width)``."""
+Latents = Float[Tensor, "batch channels *spatial"]
+"""A batch of latents or model outputs, ``(batch, channels, height, width)`` for an image family,
+``(batch, channels, frames, height, width)`` for a video family (Wan2.1); the same shape for
+every argument so annotated."""
+
+Images = Float[Tensor, "batch 3 height width"]
+"""A batch of decoded images, float ``(batch, 3, H, W)`` in ``[0, 1]``."""
+
+Videos = Float[Tensor, "batch frames 3 height width"]
+"""A batch of decoded videos, float ``(batch, frames, 3, H, W)`` in ``[0, 1]``."""
+
+ImagesOrVideos = Images | Videos
+"""What a policy decodes and a reward receives: `Images` or, for a video family, `Videos`."""
 
 PerSample = Float[Tensor, " batch"]
 """One float per sample, ``(batch,)``."""
@@ -53,6 +64,8 @@ PromptEmbeds = Float[Tensor, "batch tokens dim"]
 
 __all__ = [
     "AnyBatch",
+    "Images",
+    "ImagesOrVideos",
     "Latents",
     "PerSample",
     "PerSampleBool",
@@ -61,5 +74,6 @@ __all__ = [
     "Scalar",
     "StepIndices",
     "Trajectory",
+    "Videos",
     "no_type_check",
 ]

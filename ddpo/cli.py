@@ -348,7 +348,8 @@ def _set_up_and_work(parsed: TrainArgs | SampleArgs | EvalArgs) -> int:
             run_eval(parsed, evaluation)
         else:
             files = draw_samples(parsed, sampler)
-            print(f"wrote {len(files)} images to {files[0].parent if files else '-'}")
+            kind = "videos" if files and files[0].suffix == ".webp" else "images"
+            print(f"wrote {len(files)} {kind} to {files[0].parent if files else '-'}")
     except HubUploadError as err:
         print(f"ddpo: {err}", file=sys.stderr)
         return 1

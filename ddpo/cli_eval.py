@@ -192,8 +192,10 @@ def _write_grid(results: dict[str, Any], path: Path) -> None:
         captions += [
             f"{role}: {p} ({r:.3f})" for p, r in zip(result.prompts, result.rewards, strict=True)
         ]
-    columns = max(1, min(8, len(results["model"].prompts)))
-    image_grid(torch.cat(images), captions, columns=columns).save(path)
+    grid = torch.cat(images)
+    # a row per role: each prompt's image side by side, or (videos) a strip per row
+    columns = max(1, min(8, len(results["model"].prompts))) if grid.ndim == 4 else 1
+    image_grid(grid, captions, columns=columns).save(path)
 
 
 def format_table(document: dict[str, Any]) -> str:

@@ -1,8 +1,10 @@
 """``ddpo sample``: write images from a (fine-tuned) model folder (parsed by :mod:`ddpo.cli`).
 
 Every family ``ddpo train`` trains samples: Stable Diffusion 1.x/2.x (StableDiffusionPipeline),
-SDXL (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline) and FLUX.1 (FluxPipeline),
-read from the folder's ``model_index.json``.
+SDXL (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline), FLUX.1 (FluxPipeline) and
+Qwen-Image (QwenImagePipeline), read from the folder's ``model_index.json``. Images are written
+as PNG files; a video family's samples (``(frames, 3, H, W)`` each) as animated WebP files at
+``--fps``, with PIL (`write_sample`).
 """
 
 import json
@@ -12,7 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SampleArgs", "check_sample_values", "draw_samples", "load_sampler", "run_sample"]
+__all__ = [
+    "SampleArgs",
+    "check_sample_values",
+    "draw_samples",
+    "load_sampler",
+    "run_sample",
+    "split_samples",
+    "write_sample",
+]
 
 
 @dataclass
@@ -23,7 +33,8 @@ class SampleArgs:
     model: str
     """Model folder (e.g. ``<output_dir>/final``), built-in name or hub id, of a family read from
     its ``model_index.json``: Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL
-    (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline) or FLUX.1 (FluxPipeline)."""
+    (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline), FLUX.1 (FluxPipeline),
+    Qwen-Image (QwenImagePipeline) or Wan2.1 text-to-video (WanPipeline)."""
     prompt: list[str]
     """One or more prompts."""
     num_images: int = 4
@@ -31,7 +42,8 @@ class SampleArgs:
     seed: int = 0
     """Seed of the sampling noise."""
     out: str = "samples"
-    """Folder the PNG files go to (created if needed)."""
+    """Folder the files go to (created if needed): a PNG per image, an animated WebP per
+    video."""
     num_inference_steps: int = 10
     """Sampling steps (DDIM steps; flow-ODE or SDE steps for SD3 and FLUX.1)."""
     guidance_scale: float = 5.0
@@ -40,6 +52,8 @@ class SampleArgs:
     eta: float = 1.0
     """DDIM eta (0: deterministic DDIM; 1: the stochastic sampler DDPO trains). For a flow model
     (SD3, FLUX.1): 0 samples the deterministic ODE, anything else its SDE policy."""
+    fps: float = 16.0
+    """Frames per second of the animated WebP files of a video model (16: Wan2.1's)."""
     verbose: bool = False
     """Show diffusers', transformers' and huggingface_hub's loading progress bars and messages
     (``ddpo sample`` keeps them quiet by default)."""
@@ -71,6 +85,8 @@ def check_sample_values(args: SampleArgs) -> None:
             f"eta must be in [0, 1] (0: deterministic DDIM, 1: the stochastic sampler DDPO "
             f"trains), got {args.eta}"
         )
+    if not 0 < args.fps <= 1000:
+        raise ValueError(f"fps must be in (0, 1000] frames per second, got {args.fps}")
 
 
 def _slug(text: str) -> str:
@@ -78,7 +94,8 @@ def _slug(text: str) -> str:
 
 
 def run_sample(args: SampleArgs) -> list[Path]:
-    """Run ``ddpo sample``: write ``num_images`` PNGs per prompt into ``args.out``.
+    """Run ``ddpo sample``: write ``num_images`` PNGs (or animated WebPs, for a video model) per
+    prompt into ``args.out``.
 
     With ``eta=0`` the images come from the wrapped diffusers pipeline's deterministic DDIM
     (no log-probabilities needed); otherwise from the DDPO pipeline's stochastic sampler.
@@ -138,9 +155,76 @@ def draw_samples(args: SampleArgs, pipeline: Any) -> list[Path]:
                 **stochasticity,
                 output_type="pil",
             )
-        for number, image in enumerate(result.images):
-            path = out / f"{index:02d}_{_slug(prompt)}_{number:03d}.png"
-            image.save(path)
-            written.append(path)
+        outputs = getattr(result, "images", None)
+        if outputs is None:  # diffusers' video pipelines answer with frames
+            outputs = result.frames
+        for number, sample in enumerate(split_samples(outputs)):
+            stem = out / f"{index:02d}_{_slug(prompt)}_{number:03d}"
+            written.append(write_sample(sample, stem, fps=args.fps))
     (out / "prompts.json").write_text(json.dumps({"model": args.model, "prompts": args.prompt}))
     return written
+
+
+def split_samples(outputs: Any) -> list[Any]:
+    """A sampler's outputs one sample at a time: a PIL image, an image ``(3, H, W)``, or a video
+    (``(frames, 3, H, W)``, or a list of PIL frames).
+
+    Args:
+        outputs: a list of PIL images, or of PIL frame lists (one per video); a tensor
+            ``(batch, 3, H, W)`` or ``(batch, frames, 3, H, W)``; a numpy array ``(batch, H, W,
+            3)`` or ``(batch, frames, H, W, 3)`` (diffusers' ``"np"`` output).
+
+    Raises:
+        ValueError: naming the shape, for any other layout.
+    """
+    import numpy as np
+    import torch
+
+    if isinstance(outputs, np.ndarray):
+        if outputs.ndim not in (4, 5) or outputs.shape[-1] != 3:
+            raise ValueError(
+                f"outputs: expected (batch, H, W, 3) or (batch, frames, H, W, 3), got shape "
+                f"{outputs.shape}"
+            )
+        outputs = torch.from_numpy(outputs).movedim(-1, -3)
+    if isinstance(outputs, torch.Tensor) and (outputs.ndim not in (4, 5) or outputs.shape[-3] != 3):
+        raise ValueError(
+            f"outputs: expected (batch, 3, H, W) or (batch, frames, 3, H, W), got shape "
+            f"{tuple(outputs.shape)}"
+        )
+    return list(outputs)
+
+
+def write_sample(sample: Any, stem: Path, *, fps: float = 16.0) -> Path:
+    """Write one sample beside ``stem``: an image as ``<stem>.png``, a video as an animated WebP
+    ``<stem>.webp`` at ``fps`` frames per second (PIL; looping).
+
+    Args:
+        sample: a PIL image, an image ``(3, H, W)``, or a video ``(frames, 3, H, W)`` (a float
+            tensor or array in [0, 1], or uint8) or list of PIL frames.
+
+    Returns:
+        The written file.
+
+    Raises:
+        ValueError: for another layout.
+    """
+    from PIL import Image
+
+    from ddpo._animation import save_animation, video_frames
+
+    if isinstance(sample, Image.Image):
+        path = stem.with_name(stem.name + ".png")
+        sample.save(path)
+        return path
+    if isinstance(sample, list | tuple) or getattr(sample, "ndim", None) == 4:
+        return save_animation(video_frames(sample), stem.with_name(stem.name + ".webp"), fps=fps)
+    if getattr(sample, "ndim", None) == 3:
+        (image,) = video_frames(sample[None])
+        path = stem.with_name(stem.name + ".png")
+        image.save(path)
+        return path
+    raise ValueError(
+        f"sample must be a PIL image, an image (3, H, W) or a video (frames, 3, H, W), got "
+        f"{type(sample).__name__} of shape {getattr(sample, 'shape', None)}"
+    )

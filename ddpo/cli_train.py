@@ -85,10 +85,11 @@ class TrainArgs:
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
     """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-shapes-flow``,
     ``ddpo-tiny-random``, ``ddpo-tiny-sdxl-random``, ``ddpo-tiny-sd3-random``,
-    ``ddpo-tiny-flux-random``), a local
+    ``ddpo-tiny-flux-random``, ``ddpo-tiny-qwenimage-random``, ``ddpo-tiny-wan-random``), a local
     diffusers folder, or a hub id. The family is read from the folder's ``model_index.json``:
     Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), SD3/SD3.5
-    (StableDiffusion3Pipeline) or FLUX.1 (FluxPipeline)."""
+    (StableDiffusion3Pipeline), FLUX.1 (FluxPipeline), Qwen-Image (QwenImagePipeline) or Wan2.1
+    text-to-video (WanPipeline)."""
     pretrained_revision: str = "main"
     """Hub revision of ``pretrained_model``."""
     use_lora: bool = DEFAULT_SETTINGS.use_lora
@@ -145,11 +146,14 @@ class TrainArgs:
     ``hps``: Human Preference Score v2;
     ``image_reward``: ImageReward, a BLIP human-preference score;
     ``ocr``: the prompt's quoted text read back by OCR, 1 - normalised edit distance;
+    ``temporal_consistency``: videos only, the mean cosine similarity of consecutive frames
+    (low-resolution pixels, or a CLIP's embeddings named by ``reward_model``);
     ``remote``: scores from a reward server (``--remote_reward_url``)."""
     reward_model: dict[str, str] = dataclasses.field(default_factory=dict)
     """Model overrides of the rewards, as ``NAME PATH`` pairs (hub id or local path): names
     ``clip_score``, ``pickscore``, ``pickscore_processor``, ``hps``, ``hps_tokenizer``,
-    ``image_reward``, ``image_reward_tokenizer``; a reward not named loads its default model.
+    ``image_reward``, ``image_reward_tokenizer``, ``temporal_consistency`` (a CLIP for its
+    features); a reward not named loads its default model (``temporal_consistency``: none).
     Every model's files are checked before the diffusion model loads (offline with
     ``HF_HUB_OFFLINE=1``: they must be in the Hugging Face cache, or given here as folders)."""
     reward_device: str | None = None

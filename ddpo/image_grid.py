@@ -1,8 +1,11 @@
 """Epoch image grids drawn with PIL: sampled images captioned with prompt and reward.
 
-- :func:`image_grid`: sampled images in a grid, each captioned with its prompt and reward.
-- :class:`ImageGridHook`: a DDPOTrainer ``image_samples_hook`` that writes one grid PNG per epoch,
-  logs the images to the tracker (tensorboard or wandb) when there is one, and keeps per-epoch
+- :func:`image_grid`: sampled images in a grid, each captioned with its prompt and reward; a
+  video ``(frames, 3, H, W)`` is shown as a horizontal strip of its frames (up to 8, evenly
+  spaced: :func:`strip_frame_indices`).
+- :class:`ImageGridHook`: a DDPOTrainer ``image_samples_hook`` that writes one grid PNG per epoch
+  (for videos also the grid animated, an animated WebP), logs the images to the tracker
+  (tensorboard or wandb; videos as an animation too) when there is one, and keeps per-epoch
   summaries of the reward metadata (e.g. alignment accuracy).
 - :func:`select_grid_indices`: which samples the grid shows (every prompt of the epoch).
 
@@ -18,13 +21,21 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from ddpo._animation import save_animation
 from ddpo.rewards._images import to_uint8_nhwc
 from ddpo.trainer.run_folder import drop_epochs_from
 from ddpo.trainer.tracking import wrap_tracker
 
-__all__ = ["ImageGridHook", "image_grid", "select_grid_indices"]
+__all__ = [
+    "ImageGridHook",
+    "fit_video",
+    "image_grid",
+    "select_grid_indices",
+    "strip_frame_indices",
+]
 
 _BACKGROUND = (255, 255, 255)
 _TEXT = (20, 20, 20)
@@ -58,36 +69,110 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+_STRIP_GAP = 2
+"""Pixels between the frames of a video's strip."""
+
+
+def strip_frame_indices(num_frames: int, max_frames: int) -> list[int]:
+    """The frames a strip shows of a video of ``num_frames``: all of them when there are at most
+    ``max_frames``, else ``max_frames`` evenly spaced from the first to the last.
+
+    Raises:
+        ValueError: if either count is not positive.
+    """
+    if num_frames <= 0 or max_frames <= 0:
+        raise ValueError(
+            f"num_frames and max_frames must be positive, got {num_frames} and {max_frames}"
+        )
+    if num_frames <= max_frames:
+        return list(range(num_frames))
+    if max_frames == 1:
+        return [0]
+    return [round(i * (num_frames - 1) / (max_frames - 1)) for i in range(max_frames)]
+
+
+def fit_video(video: torch.Tensor, max_side: int) -> torch.Tensor:
+    """``video`` (``(..., 3, H, W)`` float) area-downscaled so that its longer side is at most
+    ``max_side`` pixels (aspect kept), as float32 on the CPU; a smaller one as it is."""
+    video = video.detach().float().cpu()
+    height, width = video.shape[-2:]
+    if max(height, width) <= max_side:
+        return video
+    factor = max_side / max(height, width)
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    frames = video.reshape(-1, *video.shape[-3:])
+    return F.interpolate(frames, size=size, mode="area").reshape(*video.shape[:-2], *size)
+
+
+def _strips(videos: torch.Tensor, max_frames: int, max_frame_side: int) -> np.ndarray:
+    """Each video ``(frames, 3, H, W)`` of ``videos`` as one uint8 ``(H', W', 3)`` strip of its
+    `strip_frame_indices` frames side by side, each frame fitted to ``max_frame_side``."""
+    if videos.shape[2] != 3 or 0 in videos.shape:
+        raise ValueError(
+            f"videos must be (batch, frames, 3, H, W), got shape {tuple(videos.shape)}"
+        )
+    chosen = strip_frame_indices(videos.shape[1], max_frames)
+    frames = fit_video(videos[:, chosen], max_frame_side)
+    batch, k, _, height, width = frames.shape
+    arrays = to_uint8_nhwc(frames.reshape(batch * k, 3, height, width))
+    arrays = arrays.reshape(batch, k, height, width, 3)
+    strips = np.full((batch, height, k * width + (k - 1) * _STRIP_GAP, 3), 255, np.uint8)
+    for j in range(k):
+        left = j * (width + _STRIP_GAP)
+        strips[:, :, left : left + width] = arrays[:, j]
+    return strips
+
+
 def image_grid(
     images: Any,
     captions: Sequence[str],
     *,
-    columns: int = 4,
+    columns: int | None = None,
     min_cell: int = 128,
     caption_chars: int = 22,
+    max_frames: int = 8,
+    max_frame_side: int = 256,
 ) -> Image.Image:
-    """Images side by side, ``columns`` per row, each with a (wrapped) caption beneath.
+    """Images side by side, ``columns`` per row, each with a (wrapped) caption beneath; each
+    video a horizontal strip of its frames, one per row by default.
 
     Args:
         images: a float tensor ``(batch, 3, H, W)`` in [0, 1] or any layout accepted by
-            ``ddpo.rewards._images.to_uint8_nhwc``.
-        captions: one text per image.
-        columns: images per row.
-        min_cell: small images are upscaled (nearest) to at least this many pixels wide.
-        caption_chars: characters per caption line.
+            ``ddpo.rewards._images.to_uint8_nhwc``; or videos, a float tensor
+            ``(batch, frames, 3, H, W)`` in [0, 1].
+        captions: one text per image or video.
+        columns: images (or strips) per row; default 4 images, 1 strip.
+        min_cell: small images (a strip's frames) are upscaled (nearest) to at least this many
+            pixels wide.
+        caption_chars: characters per caption line (per frame of a strip).
+        max_frames: the most frames a strip shows (`strip_frame_indices`).
+        max_frame_side: a strip's frames are area-downscaled to at most this many pixels on
+            their longer side (`fit_video`).
 
     Raises:
         ValueError: if the number of captions differs from the number of images.
     """
-    arrays = to_uint8_nhwc(images)
+    frames_shown = 1
+    if isinstance(images, torch.Tensor) and images.ndim == 5:
+        if max_frames <= 0 or max_frame_side <= 0:
+            raise ValueError(
+                f"max_frames and max_frame_side must be positive, got {max_frames} and "
+                f"{max_frame_side}"
+            )
+        arrays = _strips(images, max_frames, max_frame_side)
+        frames_shown = len(strip_frame_indices(images.shape[1], max_frames))
+    else:
+        arrays = to_uint8_nhwc(images)
     if len(captions) != len(arrays):
         raise ValueError(f"captions: expected {len(arrays)} captions, got {len(captions)}")
+    columns = columns if columns is not None else 4 if frames_shown == 1 else 1
     if columns <= 0:
         raise ValueError(f"columns must be positive, got {columns}")
     height, width = arrays.shape[1:3]
-    scale = max(1, math.ceil(min_cell / width))
+    frame_width = (width - (frames_shown - 1) * _STRIP_GAP) // frames_shown
+    scale = max(1, math.ceil(min_cell / frame_width))
     cell_w, cell_h = width * scale, height * scale
-    wrapped = [textwrap.wrap(c, caption_chars) or [""] for c in captions]
+    wrapped = [textwrap.wrap(c, caption_chars * frames_shown) or [""] for c in captions]
     caption_h = _text_height(max((len(w) for w in wrapped), default=1))
     columns = min(columns, max(len(arrays), 1))
     rows = max(math.ceil(len(arrays) / columns), 1)
@@ -117,10 +202,14 @@ class ImageGridHook:
     Each image is captioned with its prompt, its reward and the yes/no reward metadata with one
     value per sample (for instance the alignment reward's per-sample ``correct``). The grid is
     also logged to the tracker when there is one (``tracker.log_images`` through
-    :func:`ddpo.trainer.tracking.wrap_tracker`). Per epoch it records the local mean reward and
-    the mean of every numeric per-sample metadata key in :attr:`epochs` (a list of dicts) and
-    appends them to ``<folder>/epochs.jsonl`` (dropping, on its first write, the rows of a resumed
-    run's epochs from ``first_epoch`` on, which are logged again).
+    :func:`ddpo.trainer.tracking.wrap_tracker`). Videos ``(batch, frames, 3, H, W)`` are shown
+    as strips of up to ``max_frames`` frames (:func:`image_grid`), fitted to ``max_frame_side``
+    pixels; the grid of their frames is also written animated, ``<folder>/epoch_<NNNN>.webp`` at
+    ``fps`` frames per second, and logged to the tracker as a video
+    (:meth:`ddpo.trainer.tracking.ImageTracker.log_videos`). Per epoch it records the local mean
+    reward and the mean of every numeric per-sample metadata key in :attr:`epochs` (a list of
+    dicts) and appends them to ``<folder>/epochs.jsonl`` (dropping, on its first write, the rows
+    of a resumed run's epochs from ``first_epoch`` on, which are logged again).
 
     Args:
         folder: where the grids go (created on first use); None until known, e.g. set it to
@@ -128,15 +217,35 @@ class ImageGridHook:
         max_images: images per grid, covering every prompt of the epoch (see
             :func:`select_grid_indices`).
         first_epoch: index of the first epoch this hook sees (``trainer.first_epoch``).
+        max_frames: frames per video strip.
+        max_frame_side: the longer side, in pixels, that video frames are downscaled to.
+        fps: frames per second of the animated grid (16: Wan2.1's).
     """
 
     def __init__(
-        self, folder: str | Path | None = None, *, max_images: int = 16, first_epoch: int = 0
+        self,
+        folder: str | Path | None = None,
+        *,
+        max_images: int = 16,
+        first_epoch: int = 0,
+        max_frames: int = 8,
+        max_frame_side: int = 256,
+        fps: float = 16.0,
     ) -> None:
-        if max_images <= 0:
-            raise ValueError(f"max_images must be positive, got {max_images}")
+        for name, value in (
+            ("max_images", max_images),
+            ("max_frames", max_frames),
+            ("max_frame_side", max_frame_side),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        if not 0 < fps <= 1000:
+            raise ValueError(f"fps must be in (0, 1000], got {fps}")
         self.folder = None if folder is None else Path(folder)
         self.max_images = max_images
+        self.max_frames = max_frames
+        self.max_frame_side = max_frame_side
+        self.fps = fps
         self.epoch = first_epoch
         self.epochs: list[dict[str, Any]] = []
         self._log_trimmed = False
@@ -162,7 +271,8 @@ class ImageGridHook:
         images: list[torch.Tensor] = []
         captions: list[str] = []
         for b, i in select_grid_indices([batch.prompts for batch in batches], self.max_images):
-            images.append(batches[b].image(i))
+            image = batches[b].image(i)
+            images.append(fit_video(image, self.max_frame_side) if image.ndim == 4 else image)
             captions.append(batches[b].caption(i))
 
         summary: dict[str, Any] = {"epoch": self.epoch, "global_step": global_step}
@@ -176,8 +286,15 @@ class ImageGridHook:
 
         if images and self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            grid = image_grid(torch.stack(images), captions)
+            stacked = torch.stack(images)
+            grid = image_grid(stacked, captions, max_frames=self.max_frames)
             grid.save(self.folder / f"epoch_{self.epoch:04d}.png")
+            animation = None
+            if stacked.ndim == 5:  # videos: the grid of their frames, frame by frame
+                animation = [image_grid(stacked[:, t], captions) for t in range(stacked.shape[1])]
+                save_animation(
+                    animation, self.folder / f"epoch_{self.epoch:04d}.webp", fps=self.fps
+                )
             log = self.folder / "epochs.jsonl"
             if not self._log_trimmed:
                 drop_epochs_from(log, self.epoch)
@@ -185,7 +302,10 @@ class ImageGridHook:
             with open(log, "a") as f:
                 f.write(json.dumps(summary) + "\n")
             if tracker is not None and hasattr(tracker, "log_images"):
-                wrap_tracker(tracker).log_images({"samples": [grid]}, step=global_step)
+                wrapped = wrap_tracker(tracker)
+                wrapped.log_images({"samples": [grid]}, step=global_step)
+                if animation is not None:
+                    wrapped.log_videos({"videos": animation}, step=global_step, fps=self.fps)
         if tracker is not None and hasattr(tracker, "log"):
             means = {f"reward_metadata/{k}": v for k, v in summary.items() if k.endswith("_mean")}
             if means:
@@ -242,7 +362,8 @@ class _Batch(NamedTuple):
     metadata: dict[str, list[Any]]
 
     def image(self, i: int) -> torch.Tensor:
-        """Sample ``i`` as a float ``(3, H, W)`` CPU tensor in [0, 1]."""
+        """Sample ``i`` as a float ``(3, H, W)`` CPU tensor in [0, 1] (a video:
+        ``(frames, 3, H, W)``)."""
         if not isinstance(self.images, list):
             return torch.as_tensor(self.images)[i].detach().float().cpu()
         array = to_uint8_nhwc([self.images[i]])[0]

@@ -172,10 +172,12 @@ class PolicyRollout(NamedTuple):
     (``K = T``, every step, for DDIM families; a window of consecutive steps for a flow policy).
 
     Attributes:
-        images: decoded images, float ``(batch, 3, H, W)`` in ``[0, 1]`` (with the graph of the
-            last ``grad_steps`` steps when the rollout kept it).
-        latents: the latents around the recorded transitions, ``(batch, K + 1, ...)``
-            (every latent, ``x_T`` first, when ``K = T``).
+        images: decoded images, float ``(batch, 3, H, W)`` in ``[0, 1]`` (a video family's
+            videos ``(batch, frames, 3, H, W)``; with the graph of the last ``grad_steps`` steps
+            when the rollout kept it).
+        latents: the latents around the recorded transitions, ``(batch, K + 1, C, h, w)``
+            (``(batch, K + 1, C, frames, h, w)`` for video; every latent, ``x_T`` first, when
+            ``K = T``).
         log_probs: the log-density of each recorded transition, ``(batch, K)``.
         timesteps: what names each recorded transition, in sampling order, ``(K,)``, for logs
             and error messages: the scheduler's timesteps (DDIM), the step indices (flow).
@@ -187,7 +189,7 @@ class PolicyRollout(NamedTuple):
             ``None`` where they are ``latents[:, -1]`` (a rollout that records every step).
     """
 
-    images: Float[Tensor, "batch 3 height width"]
+    images: Float[Tensor, "batch *frames 3 height width"]
     latents: Tensor
     log_probs: Trajectory
     timesteps: Int[Tensor, " steps"]

@@ -11,7 +11,9 @@ from torch import Tensor
 from ddpo._typing import PerSample, Trajectory
 from ddpo.policy import Conditioning
 
-StepLatents = Float[Tensor, "batch steps channels height width"]
+StepLatents = Float[Tensor, "batch steps channels *spatial"]
+"""Per-transition latents, ``(batch, steps, C, h, w)`` (``(batch, steps, C, frames, h, w)`` for
+video)."""
 
 
 @dataclass
@@ -26,7 +28,8 @@ class Trajectories:
         prompts: the prompt of each sample.
         conditioning: the model family's conditioning of each sample (opaque here).
         timesteps: each transition's timestep ``t``, ``(batch, T)``.
-        latents: ``x_t`` of each transition, ``(batch, T, C, h, w)``.
+        latents: ``x_t`` of each transition, ``(batch, T, C, h, w)`` (``(batch, T, C, frames,
+            h, w)`` for a video family).
         next_latents: the sampled ``x_{t-1}``, same shape.
         log_probs: the log-density of each transition when sampled, ``(batch, T)``.
         schedule: each transition's schedule values (`ddpo.policy.PolicyRollout.schedule`),
@@ -35,7 +38,8 @@ class Trajectories:
         advantages: ``(batch,)``, once computed.
         final_latents: the final (clean) latents ``x_0``, ``(batch, C, h, w)``, when the
             objective asks for them (`ObjectiveNeeds.final`).
-        images: the decoded images ``(batch, 3, H, W)`` in ``[0, 1]``, likewise.
+        images: the decoded images ``(batch, 3, H, W)`` (videos ``(batch, frames, 3, H, W)``)
+            in ``[0, 1]``, likewise.
         extras: what an objective attaches to each sample before training
             (``Objective.prepare_epoch``), by name, each tensor with the batch first (e.g. the
             noise and the old surrogate of Advantage Weighted Matching); selected, sliced and
@@ -52,7 +56,7 @@ class Trajectories:
     rewards: PerSample | None = None
     advantages: PerSample | None = None
     final_latents: Tensor | None = None
-    images: Float[Tensor, "batch 3 image_height image_width"] | None = None
+    images: Float[Tensor, "batch *frames 3 image_height image_width"] | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:

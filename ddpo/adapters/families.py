@@ -20,9 +20,11 @@ from ddpo.adapters.common.sources import (
     resolve_model_source,
 )
 from ddpo.adapters.flux.tiny import TINY_FLUX_NAME, tiny_flux_path
+from ddpo.adapters.qwenimage.tiny import TINY_QWENIMAGE_NAME, tiny_qwenimage_path
 from ddpo.adapters.sd.tiny import TINY_MODEL_NAME, tiny_pipeline_path
 from ddpo.adapters.sd3.tiny import TINY_SD3_NAME, tiny_sd3_path
 from ddpo.adapters.sdxl.tiny import TINY_SDXL_NAME, tiny_sdxl_path
+from ddpo.adapters.wan.tiny import TINY_WAN_NAME, tiny_wan_path
 
 FLOW_OPTIONS: tuple[str, ...] = (
     "noise_level",
@@ -78,6 +80,18 @@ def _flux() -> type:
     return DefaultDDPOFluxPipeline
 
 
+def _qwenimage() -> type:
+    from ddpo.adapters.qwenimage.policy import DefaultDDPOQwenImagePipeline
+
+    return DefaultDDPOQwenImagePipeline
+
+
+def _wan() -> type:
+    from ddpo.adapters.wan.policy import DefaultDDPOWanPipeline
+
+    return DefaultDDPOWanPipeline
+
+
 FAMILIES: tuple[Family, ...] = (
     Family("sd", ("StableDiffusionPipeline",), _sd, (), ((TINY_MODEL_NAME, tiny_pipeline_path),)),
     Family("sdxl", ("StableDiffusionXLPipeline",), _sdxl, (), ((TINY_SDXL_NAME, tiny_sdxl_path),)),
@@ -85,8 +99,17 @@ FAMILIES: tuple[Family, ...] = (
         "sd3", ("StableDiffusion3Pipeline",), _sd3, FLOW_OPTIONS, ((TINY_SD3_NAME, tiny_sd3_path),)
     ),
     Family("flux", ("FluxPipeline",), _flux, FLOW_OPTIONS, ((TINY_FLUX_NAME, tiny_flux_path),)),
+    Family(
+        "qwenimage",
+        ("QwenImagePipeline",),
+        _qwenimage,
+        FLOW_OPTIONS,
+        ((TINY_QWENIMAGE_NAME, tiny_qwenimage_path),),
+    ),
+    Family("wan", ("WanPipeline",), _wan, FLOW_OPTIONS, ((TINY_WAN_NAME, tiny_wan_path),)),
 )
-"""Every family ddpo trains: Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5 and FLUX.1."""
+"""Every family ddpo trains: Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5, FLUX.1, Qwen-Image and
+Wan2.1 text-to-video."""
 
 for _family in FAMILIES:
     for _name, _folder in _family.builtin_models:
@@ -122,7 +145,8 @@ def model_family(name: str | os.PathLike[str], revision: str = "main") -> Family
     known = [c for family in FAMILIES for c in family.pipeline_classes]
     raise ValueError(
         f"{os.fspath(name)!r} is a {class_name!r} model; ddpo trains the families {known} "
-        "(Stable Diffusion 1.x/2.x, Stable Diffusion XL base, Stable Diffusion 3/3.5, FLUX.1)"
+        "(Stable Diffusion 1.x/2.x, Stable Diffusion XL base, Stable Diffusion 3/3.5, FLUX.1, "
+        "Qwen-Image, Wan2.1 text-to-video)"
     )
 
 
@@ -146,7 +170,8 @@ def check_family_options(
             else " (its LoRA adapters are on the UNet's attention projections)"
         )
         raise ValueError(
-            f"{foreign} apply to the flow-matching families (SD3, FLUX); {os.fspath(name)!r} is "
+            f"{foreign} apply to the flow-matching families (SD3, FLUX, Qwen-Image, Wan2.1); "
+            f"{os.fspath(name)!r} is "
             f"a {family.name!r} model{hint}"
         )
     return family, given

@@ -2,7 +2,8 @@
 (`RewardFunction`, checked by `check_rewards`) and returns its rewards as a ``(batch,)`` tensor.
 
 :mod:`ddpo.rewards.registry` names them for ``ddpo train --reward``; :mod:`ddpo.rewards.remote`
-serves one over HTTP and scores through a server. The names below are imported on first use, so
+serves one over HTTP and scores through a server; :mod:`ddpo.rewards.video` scores videos (any
+image reward per frame, and temporal consistency). The names below are imported on first use, so
 that importing the registry does not import torch (and the aesthetic scorer, transformers).
 """
 
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
     from ddpo.rewards.ocr import OcrReward, ocr_reward
     from ddpo.rewards.pickscore import PickScoreReward, pickscore_reward
     from ddpo.rewards.remote import RemoteReward, RemoteRewardError, RemoteRewardUnavailable
+    from ddpo.rewards.video import (
+        PerFrameReward,
+        TemporalConsistency,
+        per_frame,
+        temporal_consistency,
+    )
 
 _LAZY: dict[str, str] = {
     "AestheticMLP": "ddpo.rewards.aesthetic",
@@ -57,6 +64,10 @@ _LAZY: dict[str, str] = {
     "RemoteReward": "ddpo.rewards.remote",
     "RemoteRewardError": "ddpo.rewards.remote",
     "RemoteRewardUnavailable": "ddpo.rewards.remote",
+    "PerFrameReward": "ddpo.rewards.video",
+    "TemporalConsistency": "ddpo.rewards.video",
+    "per_frame": "ddpo.rewards.video",
+    "temporal_consistency": "ddpo.rewards.video",
 }
 
 __all__ = [
@@ -66,11 +77,13 @@ __all__ = [
     "HPSReward",
     "ImageRewardFn",
     "OcrReward",
+    "PerFrameReward",
     "PickScoreReward",
     "RemoteReward",
     "RemoteRewardError",
     "RemoteRewardUnavailable",
     "RewardFunction",
+    "TemporalConsistency",
     "WeightedSumReward",
     "aesthetic_score",
     "alignment_accuracy",
@@ -86,7 +99,9 @@ __all__ = [
     "jpeg_incompressibility",
     "jpeg_size_kb",
     "ocr_reward",
+    "per_frame",
     "pickscore_reward",
+    "temporal_consistency",
     "weighted_sum",
 ]
 

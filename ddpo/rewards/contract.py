@@ -3,7 +3,9 @@
 A reward function is any callable
 ``reward_fn(images, prompts, prompt_metadata) -> (rewards, reward_metadata)`` (`RewardFunction`):
 
-- ``images``: a float tensor ``(batch, 3, H, W)`` with values in [0, 1], the decoded samples;
+- ``images``: a float tensor with values in [0, 1], the decoded samples: images
+  ``(batch, 3, H, W)``, or videos ``(batch, frames, 3, H, W)`` from a video family (one reward
+  per video, not per frame);
 - ``prompts``: one str per image (`DDPOTrainer` passes a tuple; a reward server passes None
   when its client sent none, and a reward that needs prompts then raises);
 - ``prompt_metadata``: the prompt function's metadata, one entry per image (a tuple), passed on
@@ -18,6 +20,11 @@ batch it scores, the reward server what its reward returns, and `ddpo.rewards.Re
 what a server answers. Every reward of :mod:`ddpo.rewards` is such a function. A reward
 function may also keep state for exact resumes (``state_dict``/``load_state_dict``, see
 `ddpo.trainer.contract`).
+
+Videos: an image reward scores a video frame by frame through `ddpo.rewards.video.per_frame`
+(the mean over all frames, or over a chosen set; `ddpo.rewards.registry.build_reward_fn` wraps
+every image reward in it, and it passes images through unchanged); a video reward, such as
+`ddpo.rewards.video.temporal_consistency`, reads the frames together and refuses images.
 """
 
 import numbers
@@ -26,14 +33,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
 from ddpo._callables import callable_name
+from ddpo._typing import ImagesOrVideos
 
 __all__ = ["RewardFunction", "RewardOutput", "Rewards", "check_rewards", "rewards_to_tensor"]
 
-Rewards = Tensor | np.ndarray | Sequence[float]
+Rewards = torch.Tensor | np.ndarray | Sequence[float]
 """One real number per image: a 1-D tensor, numpy array, or list or tuple of numbers."""
 RewardOutput = tuple[Rewards, Any]
 """``(rewards, reward_metadata)``: what a reward function returns."""
@@ -46,12 +52,12 @@ class RewardFunction(Protocol):
 
     def __call__(
         self,
-        images: Float[Tensor, "batch 3 height width"],
+        images: ImagesOrVideos,
         prompts: Sequence[str],
         prompt_metadata: Any,
         /,
     ) -> RewardOutput:
-        """Score a batch of images."""
+        """Score a batch of images ``(batch, 3, H, W)`` or videos ``(batch, frames, 3, H, W)``."""
         ...
 
 

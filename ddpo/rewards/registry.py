@@ -15,6 +15,11 @@ each reward of ``name`` that has none (``jpeg_*``, ``ocr``, ``remote``).
 
 `check_reward_weights` checks, before anything loads, that the files of every model-based reward
 can be had: in a local folder, in the Hugging Face cache, or (when not offline) on the Hub.
+
+Videos: every image reward is built wrapped in `ddpo.rewards.video.per_frame`, so that it scores
+a video ``(batch, frames, 3, H, W)`` frame by frame (`RewardOptions.video_frames`, reduced by
+`RewardOptions.video_reduce`) and an image batch as before; a video reward
+(`RewardSpec.video`: ``temporal_consistency``) is built as it is and refuses images.
 """
 
 import inspect
@@ -57,6 +62,7 @@ RewardName = Literal[
     "hps",
     "image_reward",
     "ocr",
+    "temporal_consistency",
     "remote",
 ]
 REWARDS: tuple[RewardName, ...] = get_args(RewardName)
@@ -94,6 +100,11 @@ class RewardOptions:
     """Bearer token sent to the reward server."""
     remote_timeout: float = 60.0
     """Seconds to wait for the reward server per request."""
+    video_frames: str | tuple[int, ...] = "all"
+    """Which frames of a video the image rewards score (`ddpo.rewards.video.FrameChoice`):
+    ``"all"``, ``"first"``, ``"middle"``, ``"last"`` or frame indices."""
+    video_reduce: str = "mean"
+    """How a video's per-frame image rewards become its reward: ``"mean"`` or ``"min"``."""
 
 
 MODEL_KEYS: tuple[str, ...] = (
@@ -104,8 +115,10 @@ MODEL_KEYS: tuple[str, ...] = (
     "hps_tokenizer",
     "image_reward",
     "image_reward_tokenizer",
+    "temporal_consistency",
 )
-"""The keys of `RewardOptions.models`."""
+"""The keys of `RewardOptions.models` (``temporal_consistency``: a CLIP model for its features,
+pixel features without one)."""
 
 
 class RewardSpec(NamedTuple):
@@ -118,6 +131,9 @@ class RewardSpec(NamedTuple):
     differentiable: Callable[[RewardOptions], RewardFn] | None = None
     """How its differentiable form is built (gradients from the rewards to float images), or
     None where it has none."""
+    video: bool = False
+    """It scores videos itself (refusing images); the others are image rewards, built wrapped in
+    `ddpo.rewards.video.per_frame`."""
 
 
 def _alignment(options: RewardOptions) -> RewardFn:
@@ -207,6 +223,13 @@ def _ocr(options: RewardOptions) -> RewardFn:
     return ocr_reward(device=options.device)
 
 
+def _temporal_consistency(options: RewardOptions, **extra: Any) -> RewardFn:
+    from ddpo.rewards.video import temporal_consistency
+
+    kwargs = _model_kwargs(options) | extra
+    return temporal_consistency(*_model_args(options, "temporal_consistency"), **kwargs)
+
+
 def _remote(options: RewardOptions) -> RewardFn:
     if not options.remote_url:
         raise ValueError(_REMOTE_URL_MISSING)
@@ -241,6 +264,12 @@ REWARD_SPECS: dict[RewardName, RewardSpec] = {
         _image_reward, differentiable=partial(_image_reward, differentiable=True)
     ),
     "ocr": RewardSpec(_ocr),
+    # `min_similarity`: the least similar pair of consecutive frames of each video.
+    "temporal_consistency": RewardSpec(
+        _temporal_consistency,
+        differentiable=partial(_temporal_consistency, differentiable=True),
+        video=True,
+    ),
     "remote": RewardSpec(_remote),
 }
 
@@ -249,7 +278,7 @@ DIFFERENTIABLE_REWARDS: tuple[RewardName, ...] = tuple(
     name for name in REWARDS if REWARD_SPECS[name].differentiable is not None
 )
 """The rewards with a differentiable form: alignment, aesthetic, brightness, clip_score,
-pickscore, hps, image_reward (not the JPEG sizes, ocr, remote)."""
+pickscore, hps, image_reward, temporal_consistency (not the JPEG sizes, ocr, remote)."""
 
 
 def is_differentiable(name: str) -> bool:
@@ -371,12 +400,14 @@ def build_reward_fn(
     gives that reward; a weighted sum (``pickscore:1.0,ocr:0.5``) a
     `ddpo.rewards.combine.WeightedSumReward` of them (one term of weight 1 is the plain reward).
     With ``differentiable``, each reward's differentiable form (`DIFFERENTIABLE_REWARDS`): float
-    images in, rewards with their gradients out (the sum stays differentiable).
+    images in, rewards with their gradients out (the sum stays differentiable). Every image
+    reward comes wrapped in `ddpo.rewards.video.per_frame` (videos scored frame by frame,
+    images passed through; see the module docstring).
 
     Raises:
-        ValueError: for a bad value or option (`check_reward_options`), or, with
-            ``differentiable``, naming the rewards without a differentiable form; before
-            anything loads.
+        ValueError: for a bad value or option (`check_reward_options`, ``video_frames``,
+            ``video_reduce``), or, with ``differentiable``, naming the rewards without a
+            differentiable form; before anything loads.
         ImportError: naming the extra to install when a reward's packages are missing.
     """
     options = options or RewardOptions()
@@ -389,11 +420,17 @@ def build_reward_fn(
                 f"the differentiable rewards are {DIFFERENTIABLE_REWARDS}"
             )
 
+    from ddpo.rewards.video import check_frame_choice, check_reduction, per_frame
+
+    frames = check_frame_choice(options.video_frames, argument="video_frames")
+    reduce = check_reduction(options.video_reduce, argument="video_reduce")
+
     def build(reward: RewardName) -> RewardFn:
         spec = REWARD_SPECS[reward]
         builder = spec.differentiable if differentiable else spec.build
         assert builder is not None  # checked above
-        return builder(options)
+        built = builder(options)
+        return built if spec.video else per_frame(built, frames=frames, reduce=reduce)
 
     if _is_plain(terms):
         return build(terms[0][0])
@@ -493,6 +530,9 @@ def reward_weights(text: str, options: RewardOptions) -> list[RewardWeights]:
             found.append(
                 RewardWeights(name, mlp_flag, options.aesthetic_mlp_weights, mlp_files, True)
             )
+        if name == "temporal_consistency" and name in options.models:  # else pixel features
+            flag = f"--reward_model {name} PATH"
+            found.append(RewardWeights(name, flag, options.models[name], _CLIP_MODEL_FILES))
         for key, default, files, single_file in keyed.get(name, []):
             source = options.models.get(key, default)
             flag = f"--reward_model {key} PATH"

@@ -5,15 +5,19 @@ value straight to ``SummaryWriter.add_images`` (one array or tensor, ``NCHW`` un
 image hook from TRL's DDPO documentation, which logs lists of PIL images, crashes there with
 ``NotImplementedError: Got <class 'list'>``; ``WandBTracker`` wants a list of images. The trainer
 hands its ``image_samples_hook`` the tracker wrapped by :func:`wrap_tracker`, which normalises
-the images for tensorboard and wandb and delegates everything else to the tracker.
+the images for tensorboard and wandb and delegates everything else to the tracker. Its
+``log_videos`` logs a video's frames as an animation on both, encoded by PIL (no moviepy).
 """
 
+import io
 from collections.abc import Mapping
 from typing import Any, final
 
 import numpy as np
 import torch
 from PIL import Image
+
+from ddpo._animation import encode_animation, video_frames
 
 __all__ = ["ImageTracker", "to_pil_images", "wrap_tracker"]
 
@@ -91,6 +95,55 @@ class ImageTracker:
 
         logged = {key: [wandb.Image(image) for image in batch] for key, batch in images.items()}
         return self.unwrapped.log(logged, step=step, **kwargs)
+
+    def log_videos(
+        self, values: Mapping[str, Any], step: int | None = None, *, fps: float = 16.0
+    ) -> Any:
+        """Log ``values`` (key -> one video: ``(frames, 3, H, W)`` float in [0, 1] or uint8, or a
+        list of PIL frames) at ``step``, each as a looping animated GIF at ``fps``:
+
+        - ``tensorboard``: an image summary holding the GIF (what ``SummaryWriter.add_video``
+          writes, there encoded by moviepy; here by PIL), shown animated by the images tab;
+        - ``wandb``: ``run.log({key: wandb.Video(gif, format="gif")}, step=step)``;
+        - a tracker with its own ``log_videos``: that, with the frames as PIL images;
+        - any other tracker: nothing (None).
+
+        Raises:
+            TypeError: if ``values`` is not a dict.
+            ValueError: if a value is not a video (`ddpo._animation.video_frames`).
+        """
+        if not isinstance(values, Mapping):
+            raise TypeError(f"log_videos: values must be a dict, got {type(values).__name__}")
+        frames = {key: video_frames(value) for key, value in values.items()}
+        name = getattr(self.unwrapped, "name", None)
+        if name == "tensorboard":
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            writer = self.unwrapped.writer
+            for key, video in frames.items():
+                gif = encode_animation(video, fps=fps, image_format="GIF")
+                width, height = video[0].size
+                image = Summary.Image(
+                    height=height, width=width, colorspace=3, encoded_image_string=gif
+                )
+                summary = Summary(value=[Summary.Value(tag=key, image=image)])
+                # as SummaryWriter.add_video does, through its (re)opened event file
+                writer._get_file_writer().add_summary(summary, step)
+            return None
+        if name == "wandb":
+            import wandb
+
+            logged = {
+                key: wandb.Video(
+                    io.BytesIO(encode_animation(video, fps=fps, image_format="GIF")),
+                    format="gif",
+                )
+                for key, video in frames.items()
+            }
+            return self.unwrapped.log(logged, step=step)
+        if callable(getattr(self.unwrapped, "log_videos", None)):
+            return self.unwrapped.log_videos(frames, step=step, fps=fps)
+        return None
 
 
 def to_pil_images(key: str, value: Any, *, layout: str | None = None) -> list[Image.Image]:

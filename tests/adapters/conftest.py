@@ -44,6 +44,22 @@ def flux_path(tiny_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qwenimage_path(tiny_cache: Path) -> Path:
+    """The built-in random tiny Qwen-Image model (seed 0), as ``sd3_path``."""
+    from ddpo.adapters.qwenimage.tiny import tiny_qwenimage_path
+
+    return tiny_qwenimage_path(tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def wan_path(tiny_cache: Path) -> Path:
+    """The built-in random tiny Wan2.1 text-to-video model (seed 0), as ``sd3_path``."""
+    from ddpo.adapters.wan.tiny import tiny_wan_path
+
+    return tiny_wan_path(tiny_cache)
+
+
+@pytest.fixture(scope="session")
 def sdxl_policy(sdxl_path: Path):  # type: ignore[no-untyped-def]
     """The tiny SDXL policy with fresh LoRA adapters (shared: tests must not change weights,
     and restore what they set, e.g. ``eta``)."""
@@ -70,6 +86,26 @@ def flux_policy(flux_path: Path):  # type: ignore[no-untyped-def]
     from ddpo.adapters import DefaultDDPOFluxPipeline
 
     pipe = DefaultDDPOFluxPipeline(flux_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def qwenimage_policy(qwenimage_path: Path):  # type: ignore[no-untyped-def]
+    """The tiny Qwen-Image policy with fresh LoRA adapters (shared, as ``sdxl_policy``)."""
+    from ddpo.adapters import DefaultDDPOQwenImagePipeline
+
+    pipe = DefaultDDPOQwenImagePipeline(qwenimage_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def wan_policy(wan_path: Path):  # type: ignore[no-untyped-def]
+    """The tiny Wan2.1 policy with fresh LoRA adapters (shared, as ``sdxl_policy``)."""
+    from ddpo.adapters import DefaultDDPOWanPipeline
+
+    pipe = DefaultDDPOWanPipeline(wan_path)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -1,10 +1,11 @@
-"""What every model family must do, one suite over the four tiny families (SD, SDXL, SD3,
-FLUX.1-dev), against stock diffusers: sampling draws the stock pipeline's images for the same
-generator, ``encode`` is the stock ``encode_prompt``, the same seed gives the same rollout, the
-reference policy is the model before fine-tuning (LoRA and full), LoRA and full saves load in
-stock diffusers (and in ours) and draw the same images, gradient checkpointing gives the same
-gradients, ``load_policy`` reads the family from ``model_index.json``, and each policy refuses
-another family's folder naming its class.
+"""What every model family must do, one suite over the six tiny families (SD, SDXL, SD3,
+FLUX.1-dev, Qwen-Image, Wan2.1 text-to-video), against stock diffusers: sampling draws the stock
+pipeline's images (Wan's videos) for the same generator, ``encode`` is the stock
+``encode_prompt``, the same seed gives the same rollout, the reference policy is the model before
+fine-tuning (LoRA and full), LoRA and full saves load in stock diffusers (and in ours) and draw
+the same images, gradient checkpointing gives the same gradients, ``load_policy`` reads the
+family from ``model_index.json``, and each policy refuses another family's folder naming its
+class.
 
 The boundary's other members have their suites beside this one: ``test_sampling_boundary.py``
 (re-scoring gives ratio 1, schedule rows, ``grad_steps``, per-call sizes, DDIM's ``eta``) and
@@ -22,23 +23,29 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusers import (
     DDIMScheduler,
     FluxPipeline,
+    QwenImagePipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
+    WanPipeline,
 )
 from torch import Tensor
 
 from ddpo.adapters import (
     DefaultDDPOFluxPipeline,
+    DefaultDDPOQwenImagePipeline,
     DefaultDDPOStableDiffusion3Pipeline,
     DefaultDDPOStableDiffusionPipeline,
     DefaultDDPOStableDiffusionXLPipeline,
+    DefaultDDPOWanPipeline,
     load_policy,
     model_family,
 )
+from ddpo.adapters.wan.checks import wan_euler_scheduler
 from ddpo.policy import PolicyRollout
 
 pytestmark = pytest.mark.slow
@@ -111,6 +118,45 @@ def stock_encode_flux(stock: Any, policy: Any, negative: str) -> dict[str, Tenso
     return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
 
 
+@_no_grad_encode
+def stock_encode_qwenimage(stock: Any, policy: Any, negative: str) -> dict[str, Tensor]:
+    # ours pads every row with masked zeros to the policy's max_sequence_length (so that rows
+    # encoded apart concatenate); the stock pads to the batch's longest prompt (no mask if none)
+    length, out = policy.max_sequence_length, {}
+    for prefix, texts in (("", PROMPTS), ("negative_", [negative] * len(PROMPTS))):
+        embeds, mask = stock.encode_prompt(texts, device="cpu", max_sequence_length=length)
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long)
+        missing = length - embeds.shape[1]
+        out[f"{prefix}prompt_embeds"] = F.pad(embeds, (0, 0, 0, missing))
+        out[f"{prefix}prompt_embeds_mask"] = F.pad(mask, (0, missing))
+    return out
+
+
+@_no_grad_encode
+def stock_encode_wan(stock: Any, policy: Any, negative: str) -> dict[str, Tensor]:
+    embeds, negative_embeds = stock.encode_prompt(
+        PROMPTS, negative_prompt=[negative] * 2 if negative else None, device="cpu",
+        max_sequence_length=policy.max_sequence_length,
+    )  # fmt: skip
+    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
+
+
+def stock_guidance_scale(guidance: float, negative: str) -> dict[str, Any]:
+    """The stock call's ``guidance_scale`` (and the negative prompt, where one is given)."""
+    return {"guidance_scale": guidance} | (
+        {"negative_prompt": [negative] * len(PROMPTS)} if negative else {}
+    )
+
+
+def stock_true_cfg_scale(guidance: float, negative: str) -> dict[str, Any]:
+    """Qwen-Image's stock call: ``true_cfg_scale``, which guides only with a negative prompt
+    (``""`` included; ours always has one)."""
+    return {"true_cfg_scale": guidance} | (
+        {"negative_prompt": [negative] * len(PROMPTS)} if guidance > 1 else {}
+    )
+
+
 @dataclass(frozen=True)
 class Family:
     """A family as this suite drives it.
@@ -129,6 +175,12 @@ class Family:
         negative_prompt: whether the family takes a negative prompt (not FLUX.1).
         stock_encode: the stock ``encode_prompt``, as ``encode``'s tensors.
         stock_call: extra arguments of the stock pipeline's call.
+        stock_guidance: the stock call's arguments for a guidance scale and a negative prompt
+            (Qwen-Image's true CFG: ``true_cfg_scale``, with a negative prompt to guide).
+        frames: the frame axis of its samples: ``()`` for images ``(batch, 3, H, W)``, Wan's
+            tiny ``(5,)`` for videos ``(batch, 5, 3, H, W)`` (the stock output's ``frames``).
+        stock_scheduler: the scheduler our flow policy samples with, from the stock one (Wan:
+            flow-matching Euler of the folder's UniPC ``flow_shift``); ``None``: the folder's.
     """
 
     name: str
@@ -141,6 +193,9 @@ class Family:
     negative_prompt: bool
     stock_encode: Callable[[Any, Any, str], dict[str, Tensor]]
     stock_call: dict[str, Any] = field(default_factory=dict)
+    stock_guidance: Callable[[float, str], dict[str, Any]] = stock_guidance_scale
+    frames: tuple[int, ...] = ()
+    stock_scheduler: Callable[[Any], Any] | None = None
 
     def __str__(self) -> str:
         return self.name
@@ -155,8 +210,14 @@ FAMILIES = (
            StableDiffusion3Pipeline, False, 5.0, True, stock_encode_sd3),
     Family("flux", "flux_path", "flux_policy", DefaultDDPOFluxPipeline, FluxPipeline, False,
            3.5, False, stock_encode_flux, {"max_sequence_length": 512}),  # ours' default
+    Family("qwenimage", "qwenimage_path", "qwenimage_policy", DefaultDDPOQwenImagePipeline,
+           QwenImagePipeline, False, 4.0, True, stock_encode_qwenimage,
+           stock_guidance=stock_true_cfg_scale),
+    Family("wan", "wan_path", "wan_policy", DefaultDDPOWanPipeline, WanPipeline, False, 5.0,
+           True, stock_encode_wan, {"num_frames": 5}, frames=(5,),
+           stock_scheduler=wan_euler_scheduler),
 )  # fmt: skip
-"""The four families; a new family adds a row (and its fixtures in conftest.py)."""
+"""The six families; a new family adds a row (and its fixtures in conftest.py)."""
 
 
 @pytest.fixture(params=FAMILIES, ids=str, scope="module")
@@ -214,10 +275,13 @@ def tuned(request: pytest.FixtureRequest, use_lora: bool) -> Any:
 
 def stock_pipeline(family: Family, folder: Path, *, ddim: bool = True) -> Any:
     """The stock pipeline of ``folder``; for a DDIM family with a DDIM scheduler from the
-    folder's config when ``ddim`` (the scheduler our policy samples with)."""
+    folder's config when ``ddim`` (the scheduler our policy samples with; Wan's flow-matching
+    Euler, its ``stock_scheduler``)."""
     stock = family.stock_class.from_pretrained(folder)
     if family.ddim and ddim:
         stock.scheduler = DDIMScheduler.from_config(stock.scheduler.config)
+    if family.stock_scheduler is not None and ddim:
+        stock.scheduler = family.stock_scheduler(stock.scheduler)
     stock.set_progress_bar_config(disable=True)
     return stock
 
@@ -227,18 +291,23 @@ def images(
 ) -> Any:
     """The images (and, for ours, the trajectory) of ``PROMPTS`` in the family's deterministic
     mode, ``STEPS`` steps at ``SIDE`` pixels."""
-    kwargs: dict[str, Any] = {"num_inference_steps": STEPS, "guidance_scale": guidance,
-                              "height": SIDE, "width": SIDE, "output_type": "pt"}  # fmt: skip
+    kwargs: dict[str, Any] = {"num_inference_steps": STEPS, "height": SIDE, "width": SIDE,
+                              "output_type": "pt"}  # fmt: skip
     if stock:
-        kwargs |= family.stock_call
-        if negative:
-            kwargs["negative_prompt"] = [negative] * len(PROMPTS)
+        kwargs |= family.stock_call | family.stock_guidance(guidance, negative)
     else:
         kwargs |= {"eta": 1.0} if family.ddim else {"noise_level": 0}
+        kwargs["guidance_scale"] = guidance
         if negative:
             kwargs["negative_prompt"] = negative
     out = pipe(PROMPTS, generator=torch.Generator().manual_seed(seed), **kwargs)
-    return out if not stock else out.images
+    return out if not stock else stock_samples(out)
+
+
+def stock_samples(out: Any) -> Tensor:
+    """A stock pipeline output's images, or a video pipeline's ``frames``."""
+    samples: Tensor = out.frames if hasattr(out, "frames") else out.images
+    return samples
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +342,7 @@ def test_sampling_draws_the_stock_images_for_the_same_generator(
     theirs = images(stock, family, stock=True, guidance=guidance, negative=negative)
     mine = images(shared, family, stock=False, guidance=guidance, negative=negative)
     torch.testing.assert_close(mine.images, theirs, atol=2e-5, rtol=0)
-    assert mine.images.shape == (2, 3, SIDE, SIDE)
+    assert mine.images.shape == (2, *family.frames, 3, SIDE, SIDE)
     assert float((mine.images - 0.5).abs().mean()) > 0.01  # not a blank image
     # every latent, x_T first: the generator's first draw, as in diffusers
     assert mine.latents.shape[:2] == (2, STEPS + 1)
@@ -291,8 +360,8 @@ def test_deterministic_images_are_the_stock_deterministic_sampler(
     image ``i`` from ``generators[i]``, so that an image depends on its own seed only."""
     stock = stock_pipeline(family, folder)
     seeds = [5, 9]
-    call = {"num_inference_steps": STEPS, "guidance_scale": family.guidance, "height": SIDE,
-            "width": SIDE, "output_type": "pt"}  # fmt: skip
+    call = {**family.stock_call, "num_inference_steps": STEPS, "height": SIDE, "width": SIDE,
+            "output_type": "pt", **family.stock_guidance(family.guidance, "")}  # fmt: skip
     if family.ddim:
         call["eta"] = 0.0
     with torch.no_grad():
@@ -303,7 +372,7 @@ def test_deterministic_images_are_the_stock_deterministic_sampler(
         guidance_scale=family.guidance,
         generators=[torch.Generator().manual_seed(s) for s in seeds],
     )
-    torch.testing.assert_close(mine, theirs.images.float(), atol=2e-5, rtol=0)
+    torch.testing.assert_close(mine, stock_samples(theirs).float(), atol=2e-5, rtol=0)
     alone = shared.deterministic_images(
         PROMPTS[1:],
         num_steps=STEPS,

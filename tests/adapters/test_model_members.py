@@ -4,9 +4,9 @@ against stock diffusers on the same inputs: the scheduler's ``add_noise`` / ``ge
 ``scale_noise``, the denoiser called with the stock pipeline's ``encode_prompt`` and guidance
 formula, the stock VAE decode and image post-processing, and the VAE's posterior mean.
 
-One suite over the four tiny families (SD, SDXL, SD3, FLUX.1-dev), each policy with fresh LoRA
-adapters; the stock reference calls the policy's own denoiser module, so what is compared is the
-conditioning, the timesteps, the guidance and the plumbing.
+One suite over the five tiny families (SD, SDXL, SD3, FLUX.1-dev, Qwen-Image), each policy with
+fresh LoRA adapters; the stock reference calls the policy's own denoiser module, so what is
+compared is the conditioning, the timesteps, the guidance and the plumbing.
 """
 
 from collections.abc import Callable
@@ -18,7 +18,7 @@ import beartype
 import jaxtyping
 import pytest
 import torch
-from diffusers import AutoencoderKL, FluxPipeline
+from diffusers import AutoencoderKL, FluxPipeline, QwenImagePipeline
 from torch import Tensor, nn
 
 from ddpo.adapters import DDPOStableDiffusionPipeline
@@ -34,7 +34,9 @@ from ddpo.policy import Conditioning, DiffusionPolicy, missing_members
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["a red circle", "a blue square"]
-FAMILIES = ("sd", "sdxl", "sd3", "flux")
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "qwenimage")
+FLOW_FAMILIES = ("sd3", "flux", "qwenimage")
+PACKED_FAMILIES = ("flux", "qwenimage")  # 2x2 latent patches as tokens: in_channels / 4
 TYPE_ERRORS = (jaxtyping.TypeCheckError, beartype.roar.BeartypeException)
 
 
@@ -152,8 +154,36 @@ def stock_flux(policy: Any, x: Tensor, t: Tensor, scale: float) -> Tensor:
     return FluxPipeline._unpack_latents(out, height * factor, width * factor, factor)
 
 
+def stock_qwenimage(policy: Any, x: Tensor, t: Tensor, scale: float) -> Tensor:
+    """The stock pipeline's two passes (prompt, then the negative prompt ``""``) and its true
+    CFG with the norm-preserving rescale, on packed latents."""
+    pipe = policy.pipeline
+    batch, channels, height, width = x.shape
+    packed = QwenImagePipeline._pack_latents(x, batch, channels, height, width)
+
+    def velocity(prompts: list[str]) -> Tensor:
+        embeds, mask = pipe.encode_prompt(prompts, device="cpu")
+        out: Tensor = policy.denoiser(
+            hidden_states=packed, timestep=t / 1000, encoder_hidden_states=embeds,
+            encoder_hidden_states_mask=mask, img_shapes=[[(1, height // 2, width // 2)]] * batch,
+        ).sample  # fmt: skip
+        return out
+
+    pred = velocity(PROMPTS)
+    if scale > 1:
+        negative = velocity([""] * batch)
+        combined = negative + scale * (pred - negative)
+        pred = combined * (
+            torch.norm(pred, dim=-1, keepdim=True) / torch.norm(combined, dim=-1, keepdim=True)
+        )
+    factor = pipe.vae_scale_factor
+    unpacked = QwenImagePipeline._unpack_latents(pred, height * factor, width * factor, factor)
+    return unpacked[:, :, 0]  # the VAE's one frame
+
+
 STOCK_PREDICT: dict[str, Callable[[Any, Tensor, Tensor, float], Tensor]] = {
     "sd": stock_sd, "sdxl": stock_sdxl, "sd3": stock_sd3, "flux": stock_flux,
+    "qwenimage": stock_qwenimage,
 }  # fmt: skip
 
 
@@ -169,6 +199,28 @@ def stock_decode(policy: Any, latents: Tensor) -> Tensor:
     return images
 
 
+def qwenimage_statistics(vae: Any) -> tuple[Tensor, Tensor]:
+    """The Qwen-Image VAE's ``latents_mean`` and ``latents_std``, ``(1, z_dim, 1, 1, 1)``."""
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean, std = (torch.tensor(v).view(shape) for v in (vae.config.latents_mean,
+                                                       vae.config.latents_std))  # fmt: skip
+    return mean, std
+
+
+def stock_decode_qwenimage(policy: Any, latents: Tensor) -> Tensor:
+    """``QwenImagePipeline``'s decode: one frame of ``latents / (1 / latents_std) +
+    latents_mean``, the video VAE, its first frame, ``postprocess(output_type="pt")``."""
+    pipe = policy.pipeline
+    mean, std = qwenimage_statistics(pipe.vae)
+    decoded = pipe.vae.decode(latents[:, :, None] / (1.0 / std) + mean, return_dict=False)[0]
+    images: Tensor = pipe.image_processor.postprocess(decoded[:, :, 0], output_type="pt")
+    return images
+
+
+STOCK_DECODE: dict[str, Callable[[Any, Tensor], Tensor]] = {"qwenimage": stock_decode_qwenimage}
+"""The families whose decode is not :func:`stock_decode`'s."""
+
+
 def latent_shape(policy: Any, family: str, batch: int) -> tuple[int, int, int, int]:
     factor = policy.pipeline.vae_scale_factor
     config = policy.denoiser.config
@@ -176,7 +228,7 @@ def latent_shape(policy: Any, family: str, batch: int) -> tuple[int, int, int, i
         side = config.sample_size
         return (batch, config.in_channels, side, side)
     height, width = policy.resolution[0] // factor, policy.resolution[1] // factor
-    channels = config.in_channels // 4 if family == "flux" else config.in_channels
+    channels = config.in_channels // 4 if family in PACKED_FAMILIES else config.in_channels
     return (batch, channels, height, width)
 
 
@@ -223,7 +275,7 @@ def test_the_policies_have_every_member(policy: Any, family: str) -> None:
     assert missing_members(policy) == []
     assert isinstance(policy, DiffusionPolicy)
     assert policy.num_train_timesteps == policy.scheduler.config.num_train_timesteps == 1000
-    expected = "flow" if family in ("sd3", "flux") else "epsilon"
+    expected = "flow" if family in FLOW_FAMILIES else "epsilon"
     assert policy.prediction_type == expected
 
 
@@ -258,7 +310,7 @@ def test_add_noise_equals_the_schedulers(policy: Any, family: str) -> None:
 def test_training_target_is_what_the_model_regresses_to(policy: Any, family: str) -> None:
     x = inputs(policy, family)
     target = policy.training_target(x.clean, x.noise, x.timesteps)
-    expected = x.noise - x.clean if family in ("sd3", "flux") else x.noise
+    expected = x.noise - x.clean if family in FLOW_FAMILIES else x.noise
     assert torch.equal(target, expected)
 
 
@@ -312,7 +364,7 @@ def test_decode_equals_the_stock_decode_and_is_differentiable(policy: Any, famil
     assert images.shape[:2] == (len(PROMPTS), 3)
     assert float(images.detach().min()) >= 0 and float(images.detach().max()) <= 1
     with torch.no_grad():
-        expected = stock_decode(policy, latents)
+        expected = STOCK_DECODE.get(family, stock_decode)(policy, latents)
     torch.testing.assert_close(images.detach(), expected)
     weights = torch.randn(images.shape, generator=torch.Generator().manual_seed(5))
     (grad,) = torch.autograd.grad((images * weights).sum(), latents)
@@ -328,13 +380,19 @@ def test_encode_images_is_the_stock_posterior_mean_normalised(policy: Any, famil
     latents = policy.encode_images(images)
     vae = policy.pipeline.vae
     config = vae.config
-    assert getattr(config, "latents_mean", None) is None  # the tiny VAEs have no mean/std
-    with torch.no_grad():
-        z = vae.encode(images * 2 - 1).latent_dist.mean
-    shift = config.shift_factor if family in ("sd3", "flux") else 0.0
-    assert family in ("sd", "sdxl") or shift != 0.0  # the tiny flow VAEs have a shift
     assert latents.dtype == torch.float32
-    torch.testing.assert_close(latents, (z - shift) * config.scaling_factor)
+    if family == "qwenimage":  # one frame; (z - mean) / std, as diffusers' Qwen-Image training
+        with torch.no_grad():
+            z = vae.encode((images * 2 - 1)[:, :, None]).latent_dist.mean
+        mean, std = qwenimage_statistics(vae)
+        torch.testing.assert_close(latents, ((z - mean) * (1.0 / std))[:, :, 0])
+    else:
+        assert getattr(config, "latents_mean", None) is None  # the tiny VAEs have no mean/std
+        with torch.no_grad():
+            z = vae.encode(images * 2 - 1).latent_dist.mean
+        shift = config.shift_factor if family in ("sd3", "flux") else 0.0
+        assert family in ("sd", "sdxl") or shift != 0.0  # the tiny flow VAEs have a shift
+        torch.testing.assert_close(latents, (z - shift) * config.scaling_factor)
     out = policy.rollout(
         policy.encode(PROMPTS, ""), num_steps=2, guidance_scale=1.0,
         generator=torch.Generator().manual_seed(8), height=height, width=width,

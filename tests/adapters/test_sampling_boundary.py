@@ -1,10 +1,10 @@
-"""The sampling side of the policy boundary, for every family (SD, SDXL, SD3, FLUX.1-dev):
-``rollout`` records each transition's schedule row and ``score`` re-scores a transition from its
-row alone (whatever was sampled since); rollouts keep the graph of their last ``grad_steps``
-steps; the image size is per call; DDIM's ``eta`` belongs to the policy; the initial noise may be
-drawn per row.
+"""The sampling side of the policy boundary, for every family (SD, SDXL, SD3, FLUX.1-dev,
+Qwen-Image): ``rollout`` records each transition's schedule row and ``score`` re-scores a
+transition from its row alone (whatever was sampled since); rollouts keep the graph of their last
+``grad_steps`` steps; the image size is per call; DDIM's ``eta`` belongs to the policy; the
+initial noise may be drawn per row.
 
-One suite over the four tiny families, each policy with fresh LoRA adapters (session fixtures:
+One suite over the five tiny families, each policy with fresh LoRA adapters (session fixtures:
 a test restores what it sets and leaves the weights and their gradients as they were).
 """
 
@@ -24,12 +24,12 @@ from ddpo.policy import Conditioning, DiffusionPolicy, PolicyRollout
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["a red circle", "a blue square"]
-FAMILIES = ("sd", "sdxl", "sd3", "flux")
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "qwenimage")
 DDIM_FAMILIES = ("sd", "sdxl")
-COLUMNS = {"sd": 4, "sdxl": 4, "sd3": 5, "flux": 5}
-SIZE_MULTIPLE = {"sd": 8, "sdxl": 8, "sd3": 16, "flux": 16}
+COLUMNS = {"sd": 4, "sdxl": 4, "sd3": 5, "flux": 5, "qwenimage": 5}
+SIZE_MULTIPLE = {"sd": 8, "sdxl": 8, "sd3": 16, "flux": 16, "qwenimage": 16}
 """What an image side must be a multiple of (the tiny models' VAE factor is 8; SD3's patch size
-and FLUX's packing are 2)."""
+and FLUX's and Qwen-Image's packing are 2)."""
 
 
 @pytest.fixture(params=FAMILIES)
@@ -140,7 +140,7 @@ def test_embedded_guidance_rescores_with_ratio_one_without_cfg(flux_policy: Any)
     )
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "qwenimage"])
 def test_where_values_cost_a_read_unguided_rows_keep_the_conditional_prediction(
     policy: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -311,8 +311,11 @@ def test_the_constructor_takes_eta_and_refuses_a_bad_one(
     assert policy_class(folder, eta=0.25).eta == 0.25
 
 
-def test_flow_policies_have_no_sample_eta(sd3_policy: Any, flux_policy: Any) -> None:
+def test_flow_policies_have_no_sample_eta(
+    sd3_policy: Any, flux_policy: Any, qwenimage_policy: Any
+) -> None:
     assert not sd3_policy.uses_sample_eta and not flux_policy.uses_sample_eta
+    assert not qwenimage_policy.uses_sample_eta
 
 
 # ---- the initial noise per row ----------------------------------------------------------------

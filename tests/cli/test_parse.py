@@ -64,7 +64,7 @@ def test_no_flags_train_on_the_preset_pool() -> None:
     yellow = "a yellow square on a gray background"
     purple = "a purple triangle in the center on a green background"
     assert prompts == ([yellow] * 16 + [purple] * 16) * 2
-    assert build_reward_fn(args) is alignment_reward_fn
+    assert build_reward_fn(args).reward_fn is alignment_reward_fn  # type: ignore[attr-defined]
 
 
 def test_nested_overrides() -> None:
@@ -278,6 +278,8 @@ FAMILIES = {
     "SDXL": "StableDiffusionXLPipeline",
     "SD3": "StableDiffusion3Pipeline",
     "FLUX.1": "FluxPipeline",
+    "Qwen-Image": "QwenImagePipeline",
+    "Wan2.1": "WanPipeline",
 }
 
 

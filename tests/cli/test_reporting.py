@@ -2,12 +2,14 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from ddpo.image_grid import fit_video, strip_frame_indices
 from ddpo.reporting import (
     ImageGridHook,
     epoch_table,
@@ -181,3 +183,83 @@ def test_run_summary_shows_the_rewards_own_metadata_means() -> None:
     without = np.asarray(run_curve(rows, (), title="t")).astype(int)
     assert (np.abs(with_extra - orange).sum(-1) < 10).sum() > 20
     assert (np.abs(without - orange).sum(-1) < 10).sum() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Videos: frame strips and the animated grid
+
+
+def _videos(batch: int, frames: int, height: int = 16, width: int = 24) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(batch, frames, 3, height, width, generator=generator)
+
+
+def test_strip_frame_indices_are_evenly_spaced() -> None:
+    assert strip_frame_indices(5, 8) == [0, 1, 2, 3, 4]
+    assert strip_frame_indices(20, 8) == [0, 3, 5, 8, 11, 14, 16, 19]
+    assert strip_frame_indices(81, 2) == [0, 80]
+    assert strip_frame_indices(81, 1) == [0]
+    with pytest.raises(ValueError, match="must be positive"):
+        strip_frame_indices(0, 8)
+
+
+def test_image_grid_shows_each_video_as_a_strip_of_its_frames() -> None:
+    videos = _videos(2, 12, height=32, width=40)
+    grid = image_grid(videos, ["first video", "second video"], max_frames=4, min_cell=1)
+    # one strip per row: 4 frames of 40 px with 2 px between them, 4 px of padding around
+    strip_width = 4 * 40 + 3 * 2
+    assert grid.width == strip_width + 2 * 4
+    pixels = np.asarray(grid)
+    chosen = strip_frame_indices(12, 4)
+    assert chosen == [0, 4, 7, 11]
+    for slot, frame in enumerate(chosen):
+        for row, video in enumerate(videos):
+            x = 4 + slot * (40 + 2)
+            y = 4 + row * (grid.height - 4) // 2
+            expected = (video[frame] * 255).round().byte().permute(1, 2, 0).numpy()
+            np.testing.assert_array_equal(pixels[y : y + 32, x : x + 40], expected)
+    # large frames are area-downscaled to max_frame_side, small ones upscaled to min_cell
+    big = image_grid(_videos(1, 3, height=64, width=128), ["v"], max_frame_side=32, min_cell=1)
+    assert big.width == 3 * 32 + 2 * 2 + 8
+    small = image_grid(_videos(1, 3, height=8, width=8), ["v"])  # min_cell 128: 16x per frame
+    assert small.width == 3 * 8 * 16 + 2 * 2 * 16 + 8
+    assert fit_video(_videos(1, 2, 64, 128)[0], 32).shape == (2, 3, 16, 32)
+    with pytest.raises(ValueError, match="captions"):
+        image_grid(videos, ["one"])
+
+
+def test_hook_writes_strips_and_an_animated_grid_for_videos(tmp_path: Path) -> None:
+    logged: list[tuple[str, Any, Any]] = []
+
+    class Tracker:
+        name = "aim"  # a tracker with its own image and video logging
+
+        def log_images(self, values: Any, step: int | None = None) -> None:
+            logged.append(("images", values, step))
+
+        def log_videos(self, values: Any, step: int | None = None, fps: float = 0.0) -> None:
+            logged.append(("videos", values, (step, fps)))
+
+        def log(self, values: Any, step: int | None = None) -> None:
+            pass
+
+    videos = _videos(2, 6)
+    batch = [videos, ("a red circle", "a blue square"), ({}, {}), torch.tensor([0.2, 0.4]), {}]
+    hook = ImageGridHook(tmp_path, max_frames=3, fps=8.0)
+    hook([batch], 4, Tracker())
+    with Image.open(tmp_path / "epoch_0000.png") as grid:
+        assert grid.width == 3 * 24 * 6 + 2 * 2 * 6 + 8  # 3 frames of 24 px upscaled 6x
+    with Image.open(tmp_path / "epoch_0000.webp") as animation:
+        assert animation.is_animated and animation.n_frames == 6
+        assert animation.size == image_grid(videos[:, 0], ["a", "b"]).size  # frame t of each
+    assert hook.epochs[0]["reward_mean"] == pytest.approx(0.3)
+    assert [kind for kind, _, _ in logged] == ["images", "videos"]
+    _, frames, (step, fps) = logged[1]
+    assert len(frames["videos"]) == 6 and (step, fps) == (4, 8.0)
+    # images still write no animation
+    images = [_images(2), ("a", "b"), ({}, {}), torch.tensor([0.0, 1.0]), {}]
+    hook([images], 5, None)
+    assert (tmp_path / "epoch_0001.png").is_file()
+    assert not (tmp_path / "epoch_0001.webp").exists()
+    with pytest.raises(ValueError, match="max_frames must be positive"):
+        ImageGridHook(tmp_path, max_frames=0)

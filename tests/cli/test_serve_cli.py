@@ -85,7 +85,8 @@ def test_flags_reach_the_server(
     assert main(argv) == 0
     assert main([*argv, "--max_image_pixels", "1024"]) == 0
     call, small = served
-    assert call["reward_fn"] is brightness and call["name"] == "brightness"
+    assert call["reward_fn"].reward_fn is brightness  # wrapped for videos (per_frame)
+    assert call["name"] == "brightness"
     assert call["host"] == "127.0.0.1" and call["port"] == 0 and call["token"] is None
     assert call["max_request_bytes"] == int(1.5 * 2**20)
     assert (

@@ -130,7 +130,8 @@ def test_ranks_noisy_renders_as_the_exact_score(sigma: float) -> None:
 def test_the_registry_builds_it_and_its_metadata_reports_the_exact_score() -> None:
     assert "alignment" in DIFFERENTIABLE_REWARDS
     reward_fn = build_reward_fn("alignment", differentiable=True)
-    assert reward_fn is differentiable_alignment_reward_fn
+    # wrapped to score videos frame by frame (ddpo.rewards.video.per_frame)
+    assert reward_fn.reward_fn is differentiable_alignment_reward_fn  # type: ignore[attr-defined]
     images, metas = _golden_images()
     prompts = ["unused"] * len(metas)  # the metadata names every attribute
     rewards, info = reward_fn(images.requires_grad_(True), prompts, metas)

@@ -163,7 +163,12 @@ def test_a_weighted_sum_of_differentiable_rewards_is_differentiable(
 
 def test_the_registry_names_the_differentiable_rewards() -> None:
     # alignment's form is tested in test_alignment_differentiable.py
-    assert set(DIFFERENTIABLE_REWARDS) == {*MODEL_REWARDS, "brightness", "alignment"}
+    assert set(DIFFERENTIABLE_REWARDS) == {
+        *MODEL_REWARDS,
+        "brightness",
+        "alignment",
+        "temporal_consistency",  # tested in test_video.py
+    }
     assert all(is_differentiable(name) == (name in DIFFERENTIABLE_REWARDS) for name in REWARDS)
     assert is_differentiable("pickscore:1.0,brightness:0.5")
     assert not is_differentiable("pickscore:1.0,ocr:0.5")

@@ -209,7 +209,8 @@ def test_weighted_sum_is_built_and_summed() -> None:
     torch.testing.assert_close(total, 2 * bright + 0.5 * jpeg)
     torch.testing.assert_close(info["brightness"], bright)
     # one term of weight 1 is the plain reward; of another weight, a sum of one term
-    assert build_reward_fn("brightness:1") is brightness
+    plain = build_reward_fn("brightness:1")  # wrapped to score videos frame by frame
+    assert plain.reward_fn is brightness  # type: ignore[attr-defined]
     scaled = build_reward_fn("brightness:3")
     torch.testing.assert_close(scaled(images, prompts, metas)[0], 3 * bright)
 
@@ -257,6 +258,7 @@ def test_new_names_are_registered() -> None:
         "hps_tokenizer",
         "image_reward",
         "image_reward_tokenizer",
+        "temporal_consistency",
     }
 
 

@@ -255,3 +255,81 @@ def test_wrapper_delegates_and_passes_other_trackers_through(tmp_path: Path) -> 
 
     blank = Blank()
     assert wrap_tracker(blank) is blank
+
+
+# ---------------------------------------------------------------------------------------------
+# Videos
+
+
+def _video(frames: int = 4) -> torch.Tensor:
+    return torch.rand(frames, 3, 10, 14, generator=torch.Generator().manual_seed(0))
+
+
+def test_tensorboard_logs_a_video_as_an_animated_gif(tmp_path: Path) -> None:
+    tracker = _tensorboard(tmp_path)
+    frames = [Image.new("RGB", (6, 4), (40 * i, 0, 0)) for i in range(3)]
+    wrap_tracker(tracker).log_videos({"clip": _video(), "pil": frames}, step=5, fps=8.0)
+    tracker.finish()
+    events = EventAccumulator(tracker.logging_dir, size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == ["clip", "pil"]
+    for tag, size, count in (("clip", (14, 10), 4), ("pil", (6, 4), 3)):
+        (event,) = events.Images(tag)
+        gif = Image.open(io.BytesIO(event.encoded_image_string))
+        assert event.step == 5 and (event.width, event.height) == size
+        assert gif.format == "GIF" and gif.size == size and gif.n_frames == count
+        assert gif.info["duration"] in (120, 130)  # 8 frames per second, in GIF's 10 ms steps
+
+
+def test_wandb_gets_a_gif_video_and_other_trackers_their_own(
+    fake_wandb: types.ModuleType,
+) -> None:
+    class FakeVideo:
+        def __init__(self, data: Any, format: str) -> None:
+            self.frames = Image.open(data).n_frames
+            self.format = format
+
+    fake_wandb.Video = FakeVideo  # type: ignore[attr-defined]
+
+    class Tracker:
+        name = "wandb"
+
+        def __init__(self) -> None:
+            self.run = _FakeRun()
+
+        def log(self, values: dict[str, Any], step: int | None = None, **kwargs: Any) -> None:
+            self.run.log(values, step=step, **kwargs)
+
+        def log_images(self, values: dict[str, Any], step: int | None = None) -> None: ...
+
+    tracker = Tracker()
+    wrap_tracker(tracker).log_videos({"clip": _video(5)}, step=2)
+    ((values, step, _),) = tracker.run.logged
+    assert step == 2 and values["clip"].frames == 5 and values["clip"].format == "gif"
+
+    class Own:
+        name = "aim"
+
+        def __init__(self) -> None:
+            self.logged: list[tuple[Any, ...]] = []
+
+        def log_images(self, values: Any, step: int | None = None) -> None: ...
+
+        def log_videos(self, values: Any, step: int | None = None, fps: float = 0) -> None:
+            self.logged.append((values, step, fps))
+
+    own = Own()
+    wrap_tracker(own).log_videos({"clip": _video(2)}, step=1, fps=4.0)
+    ((values, step, fps),) = own.logged
+    assert [f.size for f in values["clip"]] == [(14, 10)] * 2 and (step, fps) == (1, 4)
+
+    class Plain:
+        name = "mlflow"
+
+        def log_images(self, values: Any, step: int | None = None) -> None: ...
+
+    assert wrap_tracker(Plain()).log_videos({"clip": _video()}, step=1) is None
+    with pytest.raises(ValueError, match=r"video must be \(frames, 3, H, W\)"):
+        wrap_tracker(Plain()).log_videos({"clip": torch.rand(3, 8, 8)}, step=1)
+    with pytest.raises(TypeError):  # "values must be a dict" (or the runtime shape checker's)
+        wrap_tracker(Plain()).log_videos([_video()], step=1)  # type: ignore[arg-type]

@@ -52,18 +52,21 @@ def check_timesteps_shape(timesteps: Tensor, latents: Tensor, latents_name: str)
 
 
 def check_predict_args(
-    conditioning: Conditioning, latents: Tensor, timesteps: Real[Tensor, " batch"]
+    conditioning: Conditioning,
+    latents: Tensor,
+    timesteps: Real[Tensor, " batch"],
+    *,
+    ndim: int = 4,
 ) -> None:
-    """``latents`` is ``(batch, C, h, w)``, ``timesteps`` ``(batch,)`` and ``conditioning`` has
-    ``batch`` rows.
+    """``latents`` is ``(batch, C, h, w)`` (``ndim=5``: a video family's ``(batch, C, frames, h,
+    w)``), ``timesteps`` ``(batch,)`` and ``conditioning`` has ``batch`` rows.
 
     Raises:
         ValueError: naming the argument and the shapes.
     """
-    if latents.ndim != 4:
-        raise ValueError(
-            f"latents must be (batch, channels, height, width), got shape {tuple(latents.shape)}"
-        )
+    if latents.ndim != ndim:
+        axes = "channels, height, width" if ndim == 4 else "channels, frames, height, width"
+        raise ValueError(f"latents must be (batch, {axes}), got shape {tuple(latents.shape)}")
     check_timesteps_shape(timesteps, latents, "latents")
     if len(conditioning) != latents.shape[0]:
         raise ValueError(

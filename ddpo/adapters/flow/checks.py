@@ -13,6 +13,8 @@ FAMILY_HINTS: dict[str, str] = {
     "StableDiffusionXLPipeline": "an SDXL model: use DefaultDDPOStableDiffusionXLPipeline for it",
     "StableDiffusion3Pipeline": "an SD3 model: use DefaultDDPOStableDiffusion3Pipeline for it",
     "FluxPipeline": "a FLUX.1 model: use DefaultDDPOFluxPipeline for it",
+    "QwenImagePipeline": "a Qwen-Image model: use DefaultDDPOQwenImagePipeline for it",
+    "WanPipeline": "a Wan2.1 text-to-video model: use DefaultDDPOWanPipeline for it",
 }
 """Each family's pipeline class, with the policy class that trains it."""
 
@@ -36,8 +38,11 @@ def check_flow_pipeline(
     components: tuple[str, ...],
     family: str,
     transformer_class: str,
+    check_scheduler: bool = True,
 ) -> dict[str, Any]:
-    """The checks every flow family's folder passes first.
+    """The checks every flow family's folder passes first (the scheduler's class only with
+    ``check_scheduler``: a family whose folders ship another scheduler, Wan2.1's UniPC, checks
+    its own).
 
     Returns:
         The folder's ``model_index.json``.
@@ -60,7 +65,7 @@ def check_flow_pipeline(
             f"{transformer_class!r} ({class_name!r} is not a {family} pipeline)"
         )
     scheduler = folder_config(folder, "scheduler", family, "scheduler_config.json")
-    if scheduler.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
+    if check_scheduler and scheduler.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
         raise ValueError(
             f"{folder}: scheduler {scheduler.get('_class_name')!r} is not "
             f"'FlowMatchEulerDiscreteScheduler' (the flow-SDE policy needs {family}'s flow "

@@ -1,4 +1,5 @@
-"""The flow-matching base policy (SD3, FLUX): Flow-GRPO's SDE window inside an ODE rollout."""
+"""The flow-matching base policy (SD3, FLUX, Wan2.1): Flow-GRPO's SDE window inside an ODE
+rollout, over image latents ``(batch, C, h, w)`` or video latents ``(batch, C, frames, h, w)``."""
 
 import abc
 import contextlib
@@ -11,7 +12,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from jaxtyping import Float, Real
 from torch import Tensor, nn
 
-from ddpo._typing import Latents, PerSample
+from ddpo._typing import ImagesOrVideos, Latents, PerSample
 from ddpo.adapters.common.args import (
     OUTPUT_TYPES,
     Size,
@@ -115,9 +116,9 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         resolution; the shift may depend on it), setting ``scheduler``'s timesteps."""
 
     @abc.abstractmethod
-    def _latent_shape(self, batch: int, size: Size | None = None) -> tuple[int, int, int, int]:
+    def _latent_shape(self, batch: int, size: Size | None = None) -> tuple[int, ...]:
         """The (unpacked) initial latents' shape for ``batch`` images of ``size`` (``None``: the
-        resolution)."""
+        resolution): ``(batch, C, h, w)``, or a video family's ``(batch, C, frames, h, w)``."""
 
     @abc.abstractmethod
     def _size_multiple(self) -> tuple[int, str]:
@@ -135,6 +136,20 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     ) -> Latents:
         """The model's velocity at timesteps ``t`` (guided as the family guides; a per-sample
         scale is re-scoring's, whose rows sampled at or below 1 were not guided)."""
+
+    def _noise_dtype(self, conditioning: Conditioning) -> torch.dtype:
+        """The dtype the initial noise is drawn and the trajectory starts in: the text
+        embeddings', as diffusers' SD3/FLUX pipelines draw it (a family whose stock pipeline
+        draws float32, Wan2.1's, overrides it)."""
+        dtype: torch.dtype = conditioning["prompt_embeds"].dtype
+        return dtype
+
+    def _decode_output(self, latents: Latents, output_type: str) -> Any:
+        """Final latents decoded into ``output_type`` (``"latent"``: the latents themselves;
+        ``"pt"``: float32 in ``[0, 1]``, what :meth:`decode` gives), as the family's stock
+        pipeline decodes (SD3's and FLUX's VAE scaling here; a family with another VAE
+        overrides it)."""
+        return decode_flow_latents(self._sd, latents, output_type)
 
     def _call_size(self, height: int | None, width: int | None) -> Size:
         """A call's checked ``(height, width)`` (``None``: the side of the resolution)."""
@@ -230,8 +245,8 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         guided = guidance_scale > 1.0
         device = self.device
         with torch.no_grad():
-            dtype = conditioning["prompt_embeds"].dtype
-            if latents is None:  # drawn in the text embeddings' dtype, as diffusers does
+            dtype = self._noise_dtype(conditioning)
+            if latents is None:  # drawn in _noise_dtype, as the stock pipeline draws it
                 latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
             x = latents.to(device=device, dtype=dtype)
             schedule = self._flow_schedule(self.scheduler, num_steps, device, size)
@@ -256,7 +271,7 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
                 post_window_solver=self.post_window_solver if window is not None else "euler",
             )  # fmt: skip
             with torch.enable_grad() if grad_steps else contextlib.nullcontext():
-                images = decode_flow_latents(self._sd, trajectory.final, output_type)
+                images = self._decode_output(trajectory.final, output_type)
         output = DDPOPipelineOutput(images, trajectory.latents, trajectory.log_probs)
         return FlowSample(output, window, schedule, trajectory.final)
 
@@ -299,7 +314,7 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             initial_noise_generators,
             self._latent_shape(len(conditioning), size),
             device=self.device,
-            dtype=conditioning["prompt_embeds"].dtype,
+            dtype=self._noise_dtype(conditioning),
         )
         sample = self._sample(
             conditioning,
@@ -365,10 +380,11 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
         num_steps: int,
         guidance_scale: float,
         generators: Sequence[torch.Generator],
-    ) -> Float[Tensor, "batch 3 height width"]:
+    ) -> ImagesOrVideos:
         """Images in ``[0, 1]`` of ``prompts`` by the flow ODE everywhere (``noise_level=0``,
         the stock pipeline's sampler; `ddpo.policy.PolicyOptions`), image ``i``'s initial noise
-        drawn by ``generators[i]``, at the policy's resolution."""
+        drawn by ``generators[i]``, at the policy's resolution (a video family's videos
+        ``(batch, frames, 3, H, W)``)."""
         check_one_generator_per_prompt(prompts, generators)
         out = self(
             list(prompts),
@@ -455,7 +471,7 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
             ValueError: on shapes that disagree, timesteps outside the range or a guidance scale
                 that is not a finite number; before the transformer runs.
         """
-        check_predict_args(conditioning, latents, timesteps)
+        check_predict_args(conditioning, latents, timesteps, ndim=len(self._latent_shape(1)))
         scale = check_guidance_scale(guidance_scale)
         t = flow_model_timesteps(self.scheduler, timesteps)
         transformer = self._scoring_denoiser(denoiser)

@@ -351,7 +351,7 @@ class FlowTrajectory(NamedTuple):
     """Sampled latents: the recorded ones (the window's ``K + 1``, or every latent for the ODE),
     the window steps' log-densities ``(batch, K)``, and the final latents."""
 
-    latents: Float[Tensor, "batch recorded channels height width"]
+    latents: Float[Tensor, "batch recorded channels *spatial"]
     log_probs: Trajectory
     final: Latents
 
