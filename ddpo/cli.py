@@ -23,6 +23,7 @@ to the Hugging Face Hub after all of that is saved.
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -174,10 +175,25 @@ def parse_train_args(argv: Sequence[str] | None = None, *, prog: str = "ddpo tra
             _preset_name(args), num_processes=int(os.environ.get("WORLD_SIZE", "1"))
         )
         with _tyro_registry():
-            return tyro.cli(TrainArgs, args=args, prog=prog, use_underscores=True, default=default)
+            description = _help_description(TrainArgs, args)
+            return tyro.cli(TrainArgs, args=args, prog=prog, use_underscores=True,
+                            default=default, description=description)  # fmt: skip
     except (_ConfigError, ValueError) as err:
         print(f"ddpo: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _help_description(kind: type, args: Sequence[str]) -> str | None:
+    """With ``--help``: ``kind``'s documentation and the model families of the family table
+    (`ddpo.adapters.families.families_text`, so that a new family is named without an edit
+    here); otherwise ``None``, tyro's default (the table imports the models' libraries)."""
+    if not {"-h", "--help"} & set(args):
+        return None
+    from ddpo.adapters.families import families_text
+
+    text = inspect.getdoc(kind) or ""
+    families = f"Model families, read from a folder's model_index.json: {families_text()}."
+    return f"{text}\n\n{families}"
 
 
 def _preset_name(args: Sequence[str]) -> str:
@@ -200,7 +216,8 @@ def _parse_flags(kind: type[_Flags], argv: Sequence[str], prog: str) -> _Flags:
 
     try:
         with _tyro_registry():
-            return tyro.cli(kind, args=list(argv), prog=prog, use_underscores=True)
+            return tyro.cli(kind, args=list(argv), prog=prog, use_underscores=True,
+                            description=_help_description(kind, argv))  # fmt: skip
     except _ConfigError as err:
         print(f"ddpo: {err}", file=sys.stderr)
         raise SystemExit(2) from None

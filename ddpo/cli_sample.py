@@ -1,8 +1,7 @@
 """``ddpo sample``: write images from a (fine-tuned) model folder (parsed by :mod:`ddpo.cli`).
 
-Every family ``ddpo train`` trains samples: Stable Diffusion 1.x/2.x (StableDiffusionPipeline),
-SDXL (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline), FLUX.1 (FluxPipeline) and
-Qwen-Image (QwenImagePipeline), read from the folder's ``model_index.json``. Images are written
+Every family ``ddpo train`` trains samples (`ddpo.adapters.families.FAMILIES`), read from the
+folder's ``model_index.json``. Images are written
 as PNG files; a video family's samples (``(frames, 3, H, W)`` each) as animated WebP files at
 ``--fps``, with PIL (`write_sample`).
 """
@@ -32,9 +31,7 @@ class SampleArgs:
 
     model: str
     """Model folder (e.g. ``<output_dir>/final``), built-in name or hub id, of a family read from
-    its ``model_index.json``: Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL
-    (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline), FLUX.1 (FluxPipeline),
-    Qwen-Image (QwenImagePipeline) or Wan2.1 text-to-video (WanPipeline)."""
+    its ``model_index.json`` (the families are listed at the top of this help)."""
     prompt: list[str]
     """One or more prompts."""
     num_images: int = 4

@@ -83,13 +83,10 @@ class TrainArgs:
     preference_latents``, ``~/.cache`` without it); keyed by the image, the resolution and the
     VAE, so a changed model or size encodes again."""
     pretrained_model: str = DEFAULT_SETTINGS.pretrained_model
-    """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-shapes-flow``,
-    ``ddpo-tiny-random``, ``ddpo-tiny-sdxl-random``, ``ddpo-tiny-sd3-random``,
-    ``ddpo-tiny-flux-random``, ``ddpo-tiny-qwenimage-random``, ``ddpo-tiny-wan-random``), a local
-    diffusers folder, or a hub id. The family is read from the folder's ``model_index.json``:
-    Stable Diffusion 1.x/2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline), SD3/SD3.5
-    (StableDiffusion3Pipeline), FLUX.1 (FluxPipeline), Qwen-Image (QwenImagePipeline) or Wan2.1
-    text-to-video (WanPipeline)."""
+    """Model to fine-tune: a built-in name (``ddpo-tiny-shapes``, ``ddpo-tiny-shapes-flow``, or a
+    family's tiny random model, ``ddpo-tiny-<family>-random``), a local diffusers folder, or a
+    hub id. The family is read from the folder's ``model_index.json`` (the families are listed
+    at the top of this help, from `ddpo.adapters.families.FAMILIES`)."""
     pretrained_revision: str = "main"
     """Hub revision of ``pretrained_model``."""
     use_lora: bool = DEFAULT_SETTINGS.use_lora

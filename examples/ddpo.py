@@ -1,9 +1,7 @@
 """Fine-tune a text-to-image diffusion model with DDPO: the seed-style example script.
 
-Every family ``ddpo train`` trains works here: Stable Diffusion 1.x/2.x (StableDiffusionPipeline),
-SDXL (StableDiffusionXLPipeline), SD3/SD3.5 (StableDiffusion3Pipeline), FLUX.1 (FluxPipeline),
-Qwen-Image (QwenImagePipeline) and Wan2.1 text-to-video (WanPipeline), the family read from the
-model folder's ``model_index.json``.
+Every family ``ddpo train`` trains works here (``ddpo train --help`` lists them, from
+`ddpo.adapters.families.FAMILIES`), the family read from the model folder's ``model_index.json``.
 
 It takes the flags of ``ddpo train`` that a run needs (every `DDPOConfig` field as a nested
 flag), with the default preset's values as defaults, e.g.::
@@ -88,10 +86,9 @@ if __name__ == "__main__":
         prompt_pool=args.prompt_pool,
     )
 
-    # 3. The pipeline of the model's family (DefaultDDPOStableDiffusionPipeline,
-    #    DefaultDDPOStableDiffusionXLPipeline, DefaultDDPOStableDiffusion3Pipeline,
-    #    DefaultDDPOFluxPipeline, DefaultDDPOQwenImagePipeline or DefaultDDPOWanPipeline): LoRA
-    #    adapters or the whole denoiser (UNet or transformer).
+    # 3. The pipeline of the model's family (DefaultDDPOStableDiffusionPipeline, ...,
+    #    `ddpo.adapters.families.FAMILIES`): LoRA adapters or the whole denoiser (UNet or
+    #    transformer).
     pipeline = load_policy(
         args.pretrained_model,
         revision=args.pretrained_revision,

@@ -7,11 +7,13 @@ nothing else dispatches on the family. This module sits above the families: it i
 one (its tiny-model builder at import, its policy lazily), and nothing below imports it.
 """
 
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ddpo.adapters.common.hints import register_family_hint
 from ddpo.adapters.common.sources import (
     TINY_SHAPES_FLOW_NAME,
     TINY_SHAPES_NAME,
@@ -19,12 +21,6 @@ from ddpo.adapters.common.sources import (
     register_builtin_model,
     resolve_model_source,
 )
-from ddpo.adapters.flux.tiny import TINY_FLUX_NAME, tiny_flux_path
-from ddpo.adapters.qwenimage.tiny import TINY_QWENIMAGE_NAME, tiny_qwenimage_path
-from ddpo.adapters.sd.tiny import TINY_MODEL_NAME, tiny_pipeline_path
-from ddpo.adapters.sd3.tiny import TINY_SD3_NAME, tiny_sd3_path
-from ddpo.adapters.sdxl.tiny import TINY_SDXL_NAME, tiny_sdxl_path
-from ddpo.adapters.wan.tiny import TINY_WAN_NAME, tiny_wan_path
 
 FLOW_OPTIONS: tuple[str, ...] = (
     "noise_level",
@@ -41,82 +37,88 @@ passes them to those families only."""
 
 
 class Family(NamedTuple):
-    """A model family: its name, the diffusers pipeline classes of its folders, its policy class
-    (``policy_class()`` imports it), the family-specific options its constructor takes, and its
-    built-in models (name -> the function that gives the folder, building it on first use)."""
+    """A model family, one row of `FAMILIES`: its name, its title in help texts and messages,
+    the diffusers pipeline classes of its folders, its policy class and its built-in models
+    (each as ``"module:attribute"``, imported on first use), and the family-specific options
+    its constructor takes."""
 
     name: str
+    title: str
     pipeline_classes: tuple[str, ...]
-    policy_class: Callable[[], type]
+    policy: str
+    """``"module:Class"`` of the family's policy."""
     options: tuple[str, ...] = ()
-    builtin_models: tuple[tuple[str, Callable[[], Path]], ...] = ()
+    builtin_models: tuple[tuple[str, str], ...] = ()
+    """``(name, "module:function")``: the function gives the model's folder, building it on
+    first use."""
+
+    def policy_class(self) -> type:
+        """The family's policy class (imported now)."""
+        policy: type = _attribute(self.policy)
+        return policy
+
+    @property
+    def policy_name(self) -> str:
+        """The policy class's name, without importing it."""
+        return self.policy.rpartition(":")[2]
 
     def load(self, name: str, **options: Any) -> Any:
         """The family's policy for model ``name`` (``policy_class()(name, **options)``)."""
         return self.policy_class()(name, **options)
 
 
-def _sd() -> type:
-    from ddpo.adapters.sd.policy import DefaultDDPOStableDiffusionPipeline
-
-    return DefaultDDPOStableDiffusionPipeline
-
-
-def _sdxl() -> type:
-    from ddpo.adapters.sdxl.policy import DefaultDDPOStableDiffusionXLPipeline
-
-    return DefaultDDPOStableDiffusionXLPipeline
+def _attribute(path: str) -> Any:
+    """``module:attribute`` imported."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
-def _sd3() -> type:
-    from ddpo.adapters.sd3.policy import DefaultDDPOStableDiffusion3Pipeline
+def _lazy_folder(path: str) -> Callable[[], Path]:
+    """A function calling ``module:function`` (imported at the first call)."""
 
-    return DefaultDDPOStableDiffusion3Pipeline
+    def folder() -> Path:
+        result: Path = _attribute(path)()
+        return result
 
-
-def _flux() -> type:
-    from ddpo.adapters.flux.policy import DefaultDDPOFluxPipeline
-
-    return DefaultDDPOFluxPipeline
-
-
-def _qwenimage() -> type:
-    from ddpo.adapters.qwenimage.policy import DefaultDDPOQwenImagePipeline
-
-    return DefaultDDPOQwenImagePipeline
-
-
-def _wan() -> type:
-    from ddpo.adapters.wan.policy import DefaultDDPOWanPipeline
-
-    return DefaultDDPOWanPipeline
+    return folder
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("sd", ("StableDiffusionPipeline",), _sd, (), ((TINY_MODEL_NAME, tiny_pipeline_path),)),
-    Family("sdxl", ("StableDiffusionXLPipeline",), _sdxl, (), ((TINY_SDXL_NAME, tiny_sdxl_path),)),
-    Family(
-        "sd3", ("StableDiffusion3Pipeline",), _sd3, FLOW_OPTIONS, ((TINY_SD3_NAME, tiny_sd3_path),)
-    ),
-    Family("flux", ("FluxPipeline",), _flux, FLOW_OPTIONS, ((TINY_FLUX_NAME, tiny_flux_path),)),
-    Family(
-        "qwenimage",
-        ("QwenImagePipeline",),
-        _qwenimage,
-        FLOW_OPTIONS,
-        ((TINY_QWENIMAGE_NAME, tiny_qwenimage_path),),
-    ),
-    Family("wan", ("WanPipeline",), _wan, FLOW_OPTIONS, ((TINY_WAN_NAME, tiny_wan_path),)),
-)
-"""Every family ddpo trains: Stable Diffusion 1.x/2.x, SDXL, SD3/SD3.5, FLUX.1, Qwen-Image and
-Wan2.1 text-to-video."""
+    Family("sd", "Stable Diffusion 1.x/2.x", ("StableDiffusionPipeline",),
+           "ddpo.adapters.sd.policy:DefaultDDPOStableDiffusionPipeline", (),
+           (("ddpo-tiny-random", "ddpo.adapters.sd.tiny:tiny_pipeline_path"),)),
+    Family("sdxl", "SDXL", ("StableDiffusionXLPipeline",),
+           "ddpo.adapters.sdxl.policy:DefaultDDPOStableDiffusionXLPipeline", (),
+           (("ddpo-tiny-sdxl-random", "ddpo.adapters.sdxl.tiny:tiny_sdxl_path"),)),
+    Family("sd3", "SD3/SD3.5", ("StableDiffusion3Pipeline",),
+           "ddpo.adapters.sd3.policy:DefaultDDPOStableDiffusion3Pipeline", FLOW_OPTIONS,
+           (("ddpo-tiny-sd3-random", "ddpo.adapters.sd3.tiny:tiny_sd3_path"),)),
+    Family("flux", "FLUX.1", ("FluxPipeline",),
+           "ddpo.adapters.flux.policy:DefaultDDPOFluxPipeline", FLOW_OPTIONS,
+           (("ddpo-tiny-flux-random", "ddpo.adapters.flux.tiny:tiny_flux_path"),)),
+    Family("qwenimage", "Qwen-Image", ("QwenImagePipeline",),
+           "ddpo.adapters.qwenimage.policy:DefaultDDPOQwenImagePipeline", FLOW_OPTIONS,
+           (("ddpo-tiny-qwenimage-random", "ddpo.adapters.qwenimage.tiny:tiny_qwenimage_path"),)),
+    Family("wan", "Wan2.1 text-to-video", ("WanPipeline",),
+           "ddpo.adapters.wan.policy:DefaultDDPOWanPipeline", FLOW_OPTIONS,
+           (("ddpo-tiny-wan-random", "ddpo.adapters.wan.tiny:tiny_wan_path"),)),
+)  # fmt: skip
+"""Every family ddpo trains, one row each: a new family is its folder and its row here."""
+
+
+def families_text() -> str:
+    """The families as help texts name them: ``Title (PipelineClass)``, comma-separated."""
+    return ", ".join(f"{f.title} ({', '.join(f.pipeline_classes)})" for f in FAMILIES)
+
 
 for _family in FAMILIES:
     for _name, _folder in _family.builtin_models:
-        register_builtin_model(_name, _folder)
+        register_builtin_model(_name, _lazy_folder(_folder))
+    for _class in _family.pipeline_classes:  # what a policy given this folder names
+        register_family_hint(_class, f"a {_family.title} model: use {_family.policy_name} for it")
 
 BUILTIN_MODELS: tuple[str, ...] = (
-    TINY_MODEL_NAME,
+    FAMILIES[0].builtin_models[0][0],
     TINY_SHAPES_NAME,
     TINY_SHAPES_FLOW_NAME,
     *(name for family in FAMILIES[1:] for name, _ in family.builtin_models),
@@ -145,8 +147,7 @@ def model_family(name: str | os.PathLike[str], revision: str = "main") -> Family
     known = [c for family in FAMILIES for c in family.pipeline_classes]
     raise ValueError(
         f"{os.fspath(name)!r} is a {class_name!r} model; ddpo trains the families {known} "
-        "(Stable Diffusion 1.x/2.x, Stable Diffusion XL base, Stable Diffusion 3/3.5, FLUX.1, "
-        "Qwen-Image, Wan2.1 text-to-video)"
+        f"({', '.join(family.title for family in FAMILIES)})"
     )
 
 

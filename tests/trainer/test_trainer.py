@@ -1,8 +1,8 @@
 """DDPOTrainer end to end on the tiny random models (CPU, seconds per epoch).
 
-The tests marked with ``FAMILY_MODELS`` run on both model families (SD and SDXL) through the same
-trainer: sync/async rewards with per-prompt advantages, KL and checkpointing, exact resume, and
-two-process gradient sync."""
+The tests marked with ``FAMILY_MODELS`` run on every model family (SD, SDXL, SD3, FLUX.1,
+Qwen-Image and Wan2.1, whose rewards score videos) through the same trainer: sync/async rewards
+with per-prompt advantages, KL and checkpointing, exact resume, and two-process gradient sync."""
 
 import json
 import math
@@ -29,15 +29,19 @@ MODEL = "ddpo-tiny-random"
 SDXL_MODEL = "ddpo-tiny-sdxl-random"
 SD3_MODEL = "ddpo-tiny-sd3-random"
 FLUX_MODEL = "ddpo-tiny-flux-random"
+QWENIMAGE_MODEL = "ddpo-tiny-qwenimage-random"
+WAN_MODEL = "ddpo-tiny-wan-random"
 FAMILY_MODELS = pytest.mark.parametrize(
-    "model", [MODEL, SDXL_MODEL, SD3_MODEL, FLUX_MODEL], ids=["sd", "sdxl", "sd3", "flux"]
+    "model",
+    [MODEL, SDXL_MODEL, SD3_MODEL, FLUX_MODEL, QWENIMAGE_MODEL, WAN_MODEL],
+    ids=["sd", "sdxl", "sd3", "flux", "qwenimage", "wan"],
 )
 PROMPTS = ("a red circle", "a blue square", "a green star")
 
 
 def brightness(images: torch.Tensor, prompts: Any, metadata: Any) -> tuple[torch.Tensor, dict]:
-    """Mean pixel value: a cheap, deterministic reward."""
-    return images.mean(dim=(1, 2, 3)), {"kind": "brightness"}
+    """Mean pixel value (of every frame of a video): a cheap, deterministic reward."""
+    return images.flatten(1).mean(dim=1), {"kind": "brightness"}
 
 
 def pick_prompt() -> tuple[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ END_OF_WORD = "</w>"
 
 
 @lru_cache(maxsize=1)
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
     printable += list(range(ord("®"), ord("ÿ") + 1))
@@ -31,13 +31,13 @@ def _byte_to_unicode() -> dict[int, str]:
 
 
 def _word_symbols(word: str) -> list[str]:
-    table = _byte_to_unicode()
+    table = byte_to_unicode()
     chars = [table[b] for b in word.encode("utf-8")]
     chars[-1] += END_OF_WORD
     return chars
 
 
-def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+def apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Byte-pair encoding of one word: repeatedly join the adjacent pair of lowest merge rank."""
     while len(symbols) > 1:
         pairs = [(ranks.get((a, b)), i) for i, (a, b) in enumerate(itertools.pairwise(symbols))]
@@ -68,7 +68,7 @@ def build_clip_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[s
     Raises:
         ValueError: if a word is empty or contains whitespace.
     """
-    base = list(_byte_to_unicode().values())
+    base = list(byte_to_unicode().values())
     tokens = [*base, *(c + END_OF_WORD for c in base)]
     seen = set(tokens)
     merges: list[tuple[str, str]] = []
@@ -80,7 +80,7 @@ def build_clip_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[s
         # Merges of earlier words may already split this word; BPE applies merges by rank, so
         # the new merges (ranked after all existing ones) join whatever those leave, left to
         # right. They come after every earlier word's merges and so cannot change its tokens.
-        symbols = _apply_merges(_word_symbols(word), ranks)
+        symbols = apply_merges(_word_symbols(word), ranks)
         while len(symbols) > 1:
             pair = (symbols[0], symbols[1])
             ranks[pair] = len(merges)
@@ -88,7 +88,7 @@ def build_clip_vocab(words: Iterable[str]) -> tuple[dict[str, int], list[tuple[s
             if pair[0] + pair[1] not in seen:  # every merge result must be in the vocabulary
                 seen.add(pair[0] + pair[1])
                 tokens.append(pair[0] + pair[1])
-            symbols = _apply_merges(symbols, ranks)
+            symbols = apply_merges(symbols, ranks)
     tokens += [BOS, EOS]
     return {tok: i for i, tok in enumerate(tokens)}, merges
 

@@ -5,18 +5,8 @@ transformer class and the flow-matching Euler scheduler."""
 from pathlib import Path
 from typing import Any
 
+from ddpo.adapters.common.hints import family_hint
 from ddpo.adapters.common.sources import read_json_object, read_model_index
-
-FAMILY_HINTS: dict[str, str] = {
-    "StableDiffusionPipeline": "a Stable Diffusion 1.x/2.x model: use "
-    "DefaultDDPOStableDiffusionPipeline for it",
-    "StableDiffusionXLPipeline": "an SDXL model: use DefaultDDPOStableDiffusionXLPipeline for it",
-    "StableDiffusion3Pipeline": "an SD3 model: use DefaultDDPOStableDiffusion3Pipeline for it",
-    "FluxPipeline": "a FLUX.1 model: use DefaultDDPOFluxPipeline for it",
-    "QwenImagePipeline": "a Qwen-Image model: use DefaultDDPOQwenImagePipeline for it",
-    "WanPipeline": "a Wan2.1 text-to-video model: use DefaultDDPOWanPipeline for it",
-}
-"""Each family's pipeline class, with the policy class that trains it."""
 
 
 def folder_config(
@@ -54,10 +44,9 @@ def check_flow_pipeline(
     index_file = folder / "model_index.json"
     index = read_json_object(index_file) if index_file.is_file() else {}
     class_name = index.get("_class_name")
-    if class_name in FAMILY_HINTS and class_name != pipeline_class:
-        raise ValueError(
-            f"{folder} is {FAMILY_HINTS[class_name]} ({class_name!r}), not {pipeline_class}"
-        )
+    hint = family_hint(class_name)
+    if hint is not None and class_name != pipeline_class:
+        raise ValueError(f"{folder} is {hint} ({class_name!r}), not {pipeline_class}")
     index = read_model_index(folder, components, family)
     if index.get("transformer", [None, None])[1] != transformer_class:
         raise ValueError(
@@ -74,4 +63,4 @@ def check_flow_pipeline(
     return index
 
 
-__all__ = ["FAMILY_HINTS", "check_flow_pipeline", "folder_config"]
+__all__ = ["check_flow_pipeline", "folder_config"]

@@ -5,7 +5,7 @@ A DDPO flow policy for Qwen-Image needs ``QwenImagePipeline``'s components: a
 ``QwenImageTransformer2DModel``, the video-style ``AutoencoderKLQwenImage`` (one frame), the
 Qwen2.5-VL text encoder with its tokenizer, and a ``FlowMatchEulerDiscreteScheduler``. Other
 families' folders are refused with the class found; widths that do not fit are named. The
-latents are packed in 2x2 patches as FLUX.1's (:func:`ddpo.adapters.flux.checks.pack_latents`,
+latents are packed in 2x2 patches as FLUX.1's (:func:`ddpo.adapters.flow.packing.pack_latents`,
 the same layout as ``QwenImagePipeline._pack_latents``).
 """
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ddpo._typing import Latents, PerSample, PromptEmbeds
 from ddpo.adapters.common.args import unwrap
 from ddpo.adapters.common.sampling import keep_unguided_rows
-from ddpo.adapters.flux.checks import pack_latents, unpack_latents
+from ddpo.adapters.flow.packing import pack_latents, unpack_latents
 from ddpo.core import classifier_free_guidance
 
 MAX_TEXT_TOKENS = 1024

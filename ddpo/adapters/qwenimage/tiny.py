@@ -28,7 +28,7 @@ from diffusers import (
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
 
 from ddpo.adapters.common.tiny import TINY_WORDS, build_pipeline_folder, default_cache_dir
-from ddpo.adapters.common.tokenizer import _apply_merges, _byte_to_unicode
+from ddpo.adapters.common.tokenizer import apply_merges, byte_to_unicode
 from ddpo.adapters.qwenimage.checks import NATIVE_SIDE_KEY
 
 TINY_QWENIMAGE_NAME = "ddpo-tiny-qwenimage-random"
@@ -120,13 +120,13 @@ def build_byte_level_vocab(
     Returns:
         ``(vocab, merges)``: token -> id, and the ordered BPE merges.
     """
-    table = _byte_to_unicode()
+    table = byte_to_unicode()
     tokens = list(table.values())
     seen = set(tokens)
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}
     for piece in pieces:
-        symbols = _apply_merges([table[b] for b in piece.encode("utf-8")], ranks)
+        symbols = apply_merges([table[b] for b in piece.encode("utf-8")], ranks)
         while len(symbols) > 1:  # new merges rank after every earlier piece's: theirs stay
             pair = (symbols[0], symbols[1])
             ranks[pair] = len(merges)
@@ -134,7 +134,7 @@ def build_byte_level_vocab(
             if pair[0] + pair[1] not in seen:
                 seen.add(pair[0] + pair[1])
                 tokens.append(pair[0] + pair[1])
-            symbols = _apply_merges(symbols, ranks)
+            symbols = apply_merges(symbols, ranks)
     return {token: i for i, token in enumerate(tokens)}, merges
 
 
