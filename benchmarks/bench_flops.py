@@ -16,8 +16,9 @@ latent to the image. The epoch budget, every timestep trained once (``train_time
 the total implies at half of ``--peak-tflops`` (default: the measured dense matmul peak on CUDA,
 else 989 TFLOP/s, the dense bf16 data-sheet figure of the H100 SXM and of the H200, which has
 the same tensor cores). Cheap on any machine: seconds even for ``sdxl``. The flow presets
-(SD3, FLUX.1: transformer calls, CFG only where the family uses it, the stochastic window and the
-KL reference forward) are counted by :mod:`flow_flops`.
+(SD3, FLUX.1, Qwen-Image, Wan2.1: transformer calls, CFG only where the family uses it, the
+stochastic window, the KL reference forward, the text encoders and, for Wan2.1, the video's VAE
+decode) are counted by :mod:`flow_flops`.
 """
 
 import argparse

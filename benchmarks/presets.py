@@ -32,9 +32,22 @@ Presets:
 - ``flux``: FLUX.1-dev's architecture at 1024x1024 with the same settings except guidance 3.5,
   which goes to the guidance embedding (one transformer call per step, no CFG doubling;
   :data:`FLUX`), train batch 2.
+- ``qwenimage``, ``wan-1.3b``, ``wan-14b``: Qwen-Image (20 B) at 1024x1024 and Wan2.1
+  text-to-video 1.3B and 14B at 480x832 and 81 frames (their stock sizes; :mod:`flow_models`),
+  bf16, LoRA rank 4, the same Flow-GRPO sampler, loss and epoch (8 prompts x 24 samples, 10
+  steps, noise level 0.7, every step trained, ``train_cfg``, a KL term) with each model's stock
+  guidance: true CFG 4.0 (Qwen-Image's ``true_cfg_scale``) and CFG 5.0 (Wan2.1's), each a second
+  transformer pass per step (:data:`QWEN_IMAGE`, :data:`WAN`). For the ``flops`` benchmark only:
+  no random-weight folder is built for them (:data:`flow_models.FLOP_ONLY`). ``--resolution``
+  takes ``HxW`` (``240x416``) and ``--num-frames`` a Wan frame count ``4 k + 1``.
+- ``tiny-qwenimage`` / ``tiny-wan``: the built-in tiny Qwen-Image and Wan2.1 models (64x64;
+  Wan: 5 frames) with those settings at the ``tiny`` preset's sizes: the FLOP count of a real
+  folder on CPU (the sampling and training benchmarks' stock and bare contenders are SD3's and
+  FLUX.1's only, so ``prepare`` refuses these families).
 
 Every preset's pipeline is built by ``ddpo.adapters.load_policy``, which picks the family (SD,
-SDXL, SD3 or FLUX) from the model folder, so the same benchmark code measures every family.
+SDXL, SD3, FLUX, Qwen-Image or Wan2.1) from the model folder, so the same benchmark code measures
+every family.
 """
 
 import argparse
@@ -65,7 +78,10 @@ class Preset:
         warmup: untimed rounds (epochs, for the epoch benchmark) before timing.
         dtype: ``fp32``, ``bf16`` or ``fp16``.
         lora_rank: LoRA rank of the trained UNet (transformer).
-        resolution: image side in pixels (``None``: the model's native size).
+        resolution: image side in pixels, or ``(height, width)`` (``None``: the model's native
+            size).
+        num_frames: video families (Wan2.1) only: frames per video, ``4 k + 1`` (``None``: the
+            model's native count, 81).
         noise_level: flow families only: Flow-GRPO's SDE noise level ``a``.
         sde_window_size: flow families only: stochastic (recorded, trained) steps per rollout;
             ``None``: every step.
@@ -87,7 +103,8 @@ class Preset:
     warmup: int = 1
     dtype: str = "fp32"
     lora_rank: int = 4
-    resolution: int | None = None
+    resolution: int | tuple[int, int] | None = None
+    num_frames: int | None = None
     noise_level: float | None = None
     sde_window_size: int | None = None
     train_cfg: bool = True
@@ -106,6 +123,11 @@ FLOW_GRPO: dict[str, Any] = {
 FLUX: dict[str, Any] = {"guidance_scale": 3.5}
 """FLUX.1-dev's difference: its guidance-embedding default 3.5 (one transformer row per step,
 with or without ``train_cfg``)."""
+QWEN_IMAGE: dict[str, Any] = {"guidance_scale": 4.0}
+"""Qwen-Image's difference: ``QwenImagePipeline``'s ``true_cfg_scale`` 4.0, true classifier-free
+guidance (a second transformer pass for the negative prompt, as SD3's doubled batch)."""
+WAN: dict[str, Any] = {"guidance_scale": 5.0}
+"""Wan2.1's difference: ``WanPipeline``'s guidance 5.0 (classifier-free: a second pass)."""
 TINY_FLOW: dict[str, Any] = {
     **FLOW_GRPO,
     "sample_batch_size": 2,
@@ -189,7 +211,73 @@ PRESETS: dict[str, Preset] = {
         group_size=24,
         **{**FLOW_GRPO, **FLUX},
     ),
+    # The sd3/flux epoch (8 prompts x 24 samples, 10 steps) at each model's stock size, so that
+    # the epochs compare; smaller sampling batches for the larger activations.
+    "qwenimage": Preset(
+        name="qwenimage",
+        model="qwenimage",
+        sample_batch_size=4,
+        train_batch_size=1,
+        sample_num_batches_per_epoch=48,
+        repeats=3,
+        warmup=1,
+        dtype="bf16",
+        group_size=24,
+        **{**FLOW_GRPO, **QWEN_IMAGE},
+    ),
+    "wan-1.3b": Preset(
+        name="wan-1.3b",
+        model="wan-1.3b",
+        sample_batch_size=2,
+        train_batch_size=1,
+        sample_num_batches_per_epoch=96,
+        repeats=3,
+        warmup=1,
+        dtype="bf16",
+        group_size=24,
+        **{**FLOW_GRPO, **WAN},
+    ),
+    "wan-14b": Preset(
+        name="wan-14b",
+        model="wan-14b",
+        sample_batch_size=1,
+        train_batch_size=1,
+        sample_num_batches_per_epoch=192,
+        repeats=3,
+        warmup=1,
+        dtype="bf16",
+        group_size=24,
+        **{**FLOW_GRPO, **WAN},
+    ),
+    "tiny-qwenimage": Preset(
+        name="tiny-qwenimage", model="ddpo-tiny-qwenimage-random", **{**TINY_FLOW, **QWEN_IMAGE}
+    ),
+    "tiny-wan": Preset(name="tiny-wan", model="ddpo-tiny-wan-random", **{**TINY_FLOW, **WAN}),
 }
+
+FLOW_FAMILIES: tuple[str, ...] = ("sd3", "flux", "qwenimage", "wan")
+"""The flow-matching families (Flow-GRPO's sampler: ``--sde-window-size``, ``--noise-level``)."""
+VIDEO_FAMILIES: tuple[str, ...] = ("wan",)
+"""The families whose samples are videos (``--num-frames``)."""
+NO_CONTENDER_FAMILIES: tuple[str, ...] = ("qwenimage", "wan")
+"""Families without the sampling and training benchmarks' stock and bare contenders (written
+for SD 1.x, SDXL, SD3 and FLUX.1): their presets run the ``flops`` benchmark."""
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """``--resolution``: one side (``"512"``) or ``HxW`` (``"480x832"``), positive.
+
+    Raises:
+        ValueError: naming the value.
+    """
+    parts = text.lower().split("x")
+    try:
+        sides = [int(part) for part in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) <= 0:
+        raise ValueError(f"resolution must be a side or HxW in pixels, got {text!r}")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -228,7 +316,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="flops benchmark: peak to compare with"
     )
-    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels")
+    parser.add_argument(
+        "--resolution", type=parse_size, default=None, help="image side or HxW in pixels"
+    )
+    parser.add_argument(
+        "--num-frames", type=int, default=None, help="video presets (Wan2.1): frames, 4 k + 1"
+    )
     parser.add_argument(
         "--sde-window-size",
         type=int,
@@ -260,6 +353,7 @@ def resolve(args: argparse.Namespace) -> Preset:
         ("warmup", "warmup"),
         ("dtype", "dtype"),
         ("resolution", "resolution"),
+        ("num_frames", "num_frames"),
         ("noise_level", "noise_level"),
         ("kl_coef", "kl_coef"),
     ):
@@ -271,12 +365,19 @@ def resolve(args: argparse.Namespace) -> Preset:
         if window < 0:
             raise ValueError(f"sde_window_size must be >= 0 (0: every step), got {window}")
         overrides["sde_window_size"] = window or None
-    flow = family(preset.model) in ("sd3", "flux")
-    if not flow and (window is not None or getattr(args, "noise_level", None) is not None):
+    model_family = family(preset.model)
+    if model_family not in FLOW_FAMILIES and (
+        window is not None or getattr(args, "noise_level", None) is not None
+    ):
         raise ValueError(
-            f"--sde-window-size and --noise-level apply to the flow presets (sd3, flux), not "
-            f"to preset {name!r}"
+            f"--sde-window-size and --noise-level apply to the flow presets (sd3, flux, "
+            f"qwenimage, wan), not to preset {name!r}"
         )
+    frames = getattr(args, "num_frames", None)
+    if frames is not None and model_family not in VIDEO_FAMILIES:
+        raise ValueError(f"--num-frames applies to the video presets (wan), not to {name!r}")
+    if frames is not None and (frames < 1 or (frames - 1) % 4):
+        raise ValueError(f"num_frames must be 4 k + 1 (1, 5, ..., 81), got {frames}")
     preset = replace(preset, **overrides)
     if preset.sde_window_size is not None and not 1 <= preset.sde_window_size <= preset.num_steps:
         raise ValueError(
@@ -318,6 +419,7 @@ def describe(preset: Preset, args: argparse.Namespace, device: torch.device) -> 
         "warmup": preset.warmup,
         "lora_rank": preset.lora_rank,
         "resolution": preset.resolution,
+        "num_frames": preset.num_frames,
         "family": family(preset.model),
         "noise_level": preset.noise_level,
         "sde_window_size": preset.sde_window_size,
@@ -334,13 +436,22 @@ def describe(preset: Preset, args: argparse.Namespace, device: torch.device) -> 
 
 
 def is_flow(preset: Preset) -> bool:
-    """Whether the preset's model is a flow-matching family (SD3, FLUX)."""
-    return family(preset.model) in ("sd3", "flux")
+    """Whether the preset's model is a flow-matching family (SD3, FLUX, Qwen-Image, Wan2.1)."""
+    return family(preset.model) in FLOW_FAMILIES
 
 
 def model_location(preset: Preset) -> str:
     """The preset's model as ``load_policy`` takes it: the folder of a full-size random-weight
-    model (built on first use), or the built-in name / folder as given."""
+    model (built on first use), or the built-in name / folder as given.
+
+    Raises:
+        ValueError: for a FLOP-only architecture (``qwenimage``, ``wan-*``: no folder is built).
+    """
+    if preset.model in flow_models.FLOP_ONLY:
+        raise ValueError(
+            f"preset {preset.name!r}: no random-weight {preset.model!r} folder is built (it "
+            f"serves the flops benchmark, counted on the meta device: --only flops)"
+        )
     folders = {**models.MODEL_FOLDERS, **flow_models.MODEL_FOLDERS}
     if preset.model in folders:
         return str(folders[preset.model]())
@@ -354,6 +465,12 @@ def prepare(args: argparse.Namespace) -> tuple[Preset, torch.device, torch.dtype
     (after its FLOP count, which must see the eager UNet).
     """
     preset = resolve(args)
+    if family(preset.model) in NO_CONTENDER_FAMILIES:
+        raise ValueError(
+            f"preset {preset.name!r}: the sampling and training benchmarks compare against stock "
+            f"and bare loops written for SD 1.x, SDXL, SD3 and FLUX.1, not "
+            f"{family(preset.model)!r}; its preset runs the flops benchmark (--only flops)"
+        )
     device = harness.resolve_device(getattr(args, "device", "auto"))
     harness.set_threads(device, getattr(args, "threads", None))
     dtype = harness.resolve_dtype(preset.dtype)
@@ -374,7 +491,8 @@ def load_pipeline(
 ) -> Any:
     """Our DDPO pipeline for the preset, on ``device``: ``ddpo.adapters.load_policy`` picks
     ``DefaultDDPOStableDiffusionPipeline``, ``...XLPipeline``, ``...3Pipeline`` or
-    ``DefaultDDPOFluxPipeline`` from the model folder; a flow policy gets the preset's noise
+    ``DefaultDDPOFluxPipeline`` (or Qwen-Image's, Wan2.1's) from the model folder, at the
+    preset's resolution (and Wan2.1's frame count); a flow policy gets the preset's noise
     level and stochastic window (``sde_window_size`` overrides the window; ``None``: every
     step; ``flow_options``: other options of the flow families, e.g. ``post_window_solver``).
 
@@ -386,6 +504,11 @@ def load_pipeline(
 
     dtype = harness.resolve_dtype(preset.dtype)
     family_options = None
+    sizes: dict[str, Any] = {}
+    if preset.resolution is not None:
+        sizes["resolution"] = preset.resolution
+    if preset.num_frames is not None:
+        sizes["num_frames"] = preset.num_frames
     if is_flow(preset):
         window = preset.sde_window_size if sde_window_size == "preset" else sde_window_size
         family_options = {
@@ -395,13 +518,13 @@ def load_pipeline(
         }
     pipeline = load_policy(
         model_location(preset),
-        resolution=preset.resolution,
         family_options=family_options,
         use_lora=use_lora,
         lora_rank=preset.lora_rank,
         lora_alpha=preset.lora_rank,
         torch_dtype=dtype,
         device=device,
+        **sizes,
     )
     pipeline.set_progress_bar_config(disable=True)
     if getattr(pipeline, "uses_sample_eta", True):

@@ -1,7 +1,7 @@
 """Run ddpo's benchmarks, print a table per benchmark and write one JSON file each.
 
-    python benchmarks/run.py [--preset default|tiny|tiny-sdxl|tiny-sd3|tiny-flux|sd15|sdxl|sd3|flux]
-        [--only core,sampling]
+    python benchmarks/run.py [--preset default|tiny|tiny-sdxl|tiny-sd3|tiny-flux|sd15|sdxl|sd3|flux
+        |qwenimage|wan-1.3b|wan-14b|tiny-qwenimage|tiny-wan] [--only core,sampling]
 
 A benchmark is a module ``benchmarks/bench_<name>.py`` with a function ``run(args) -> dict``
 (``args`` the parsed command line: ``preset``, ``device``, ``out`` and the model-benchmark
@@ -24,7 +24,9 @@ of ``nox -s bench``), ``tiny`` (core at smoke sizes, model benchmarks on the tin
 models, CPU; core at smoke sizes), ``sd15``, ``sdxl``, ``sd3`` and ``flux`` (model benchmarks on
 the Stable Diffusion 1.5 / SDXL base / SD3.5 Medium / FLUX.1-dev architectures with random
 weights, for a GPU: ``--device cuda``; core at its realistic shapes). ``window`` runs on the flow
-presets only.
+presets only. ``qwenimage``, ``wan-1.3b`` and ``wan-14b`` (Qwen-Image, Wan2.1 1.3B and 14B at their
+stock sizes) and ``tiny-qwenimage``, ``tiny-wan`` run ``--only flops`` (counted on the ``meta``
+device: no weights, seconds on a CPU).
 """
 
 import argparse
@@ -56,6 +58,11 @@ PRESET_CHOICES = (
     "sdxl",
     "sd3",
     "flux",
+    "qwenimage",
+    "wan-1.3b",
+    "wan-14b",
+    "tiny-qwenimage",
+    "tiny-wan",
 )
 CORE_PRESET = {name: "tiny" if name.startswith("tiny") else "default" for name in PRESET_CHOICES}
 #: Benchmarks left out of the default ``--only`` (they take minutes): run when named.
@@ -85,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="default",
         help="'default' (CPU run), 'tiny' (quick smoke run), 'tiny-sdxl' / 'tiny-sd3' / "
         "'tiny-flux' (the tiny SDXL, SD3, FLUX.1 models, CPU), 'sd15' / 'sdxl' / 'sd3' / 'flux' "
-        "(SD 1.5 / SDXL base / SD3.5 Medium / FLUX.1-dev sizes, for a GPU)",
+        "(SD 1.5 / SDXL base / SD3.5 Medium / FLUX.1-dev sizes, for a GPU), 'qwenimage' / "
+        "'wan-1.3b' / 'wan-14b' / 'tiny-qwenimage' / 'tiny-wan' (--only flops)",
     )
     parser.add_argument(
         "--only",
