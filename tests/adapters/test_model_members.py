@@ -1,17 +1,21 @@
 """The boundary's model members of every family (``prediction_type``, ``num_train_timesteps``,
-``predict``, ``add_noise``, ``training_target``, ``decode``, the optional ``encode_images``),
-against stock diffusers on the same inputs: the scheduler's ``add_noise`` / ``get_velocity`` /
-``scale_noise``, the denoiser called with the stock pipeline's ``encode_prompt`` and guidance
-formula, the stock VAE decode and image post-processing, and the VAE's posterior mean.
+``predict``, ``add_noise``, ``training_target``, ``decode``, the optional ``encode_images`` and
+``predicted_clean``), against stock diffusers on the same inputs: the scheduler's ``add_noise`` /
+``get_velocity`` / ``scale_noise``, the denoiser called with the stock pipeline's
+``encode_prompt`` and guidance formula, the stock VAE decode and image (Wan: video)
+post-processing, and the VAE's posterior mean.
 
-One suite over the five tiny families (SD, SDXL, SD3, FLUX.1-dev, Qwen-Image), each policy with
-fresh LoRA adapters; the stock reference calls the policy's own denoiser module, so what is
-compared is the conditioning, the timesteps, the guidance and the plumbing.
+One suite over the six tiny families (SD, SDXL, SD3, FLUX.1-dev, Qwen-Image, Wan2.1
+text-to-video), each policy with fresh LoRA adapters (the session's, read only); the stock
+reference calls the policy's own denoiser module, so what is compared is the conditioning, the
+timesteps, the guidance and the plumbing. Latents have the shape of the policy's initial latents
+(Wan's with a frame axis, ``(batch, C, frames, h, w)``), images that of its samples (Wan's
+videos, ``(batch, frames, 3, H, W)``).
 """
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import beartype
@@ -34,31 +38,12 @@ from ddpo.policy import Conditioning, DiffusionPolicy, missing_members
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["a red circle", "a blue square"]
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "qwenimage")
-FLOW_FAMILIES = ("sd3", "flux", "qwenimage")
-PACKED_FAMILIES = ("flux", "qwenimage")  # 2x2 latent patches as tokens: in_channels / 4
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "qwenimage", "wan")
+DDIM_FAMILIES = ("sd", "sdxl")
+FLOW_FAMILIES = ("sd3", "flux", "qwenimage", "wan")
+FRAMES = {"wan": (5,)}
+"""The frame axis of a family's samples (the tiny Wan's 5 frames); ``()`` for images."""
 TYPE_ERRORS = (jaxtyping.TypeCheckError, beartype.roar.BeartypeException)
-
-
-@pytest.fixture(scope="module")
-def sdxl_policy(sdxl_path: Path) -> Any:
-    from ddpo.adapters import DefaultDDPOStableDiffusionXLPipeline
-
-    return DefaultDDPOStableDiffusionXLPipeline(sdxl_path)
-
-
-@pytest.fixture(scope="module")
-def sd3_policy(sd3_path: Path) -> Any:
-    from ddpo.adapters import DefaultDDPOStableDiffusion3Pipeline
-
-    return DefaultDDPOStableDiffusion3Pipeline(sd3_path)
-
-
-@pytest.fixture(scope="module")
-def flux_policy(flux_path: Path) -> Any:
-    from ddpo.adapters import DefaultDDPOFluxPipeline
-
-    return DefaultDDPOFluxPipeline(flux_path)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -181,9 +166,23 @@ def stock_qwenimage(policy: Any, x: Tensor, t: Tensor, scale: float) -> Tensor:
     return unpacked[:, :, 0]  # the VAE's one frame
 
 
+def stock_wan(policy: Any, x: Tensor, t: Tensor, scale: float) -> Tensor:
+    """``WanPipeline``'s two passes (prompt, then the negative prompt ``""``) on video latents,
+    combined by classifier-free guidance above 1."""
+    embeds, negative = policy.pipeline.encode_prompt(
+        PROMPTS, device="cpu", max_sequence_length=policy.max_sequence_length
+    )
+    transformer = policy.denoiser
+    cond: Tensor = transformer(hidden_states=x, timestep=t, encoder_hidden_states=embeds).sample
+    if scale <= 1:
+        return cond
+    uncond = transformer(hidden_states=x, timestep=t, encoder_hidden_states=negative).sample
+    return uncond + scale * (cond - uncond)
+
+
 STOCK_PREDICT: dict[str, Callable[[Any, Tensor, Tensor, float], Tensor]] = {
     "sd": stock_sd, "sdxl": stock_sdxl, "sd3": stock_sd3, "flux": stock_flux,
-    "qwenimage": stock_qwenimage,
+    "qwenimage": stock_qwenimage, "wan": stock_wan,
 }  # fmt: skip
 
 
@@ -199,8 +198,9 @@ def stock_decode(policy: Any, latents: Tensor) -> Tensor:
     return images
 
 
-def qwenimage_statistics(vae: Any) -> tuple[Tensor, Tensor]:
-    """The Qwen-Image VAE's ``latents_mean`` and ``latents_std``, ``(1, z_dim, 1, 1, 1)``."""
+def video_vae_statistics(vae: Any) -> tuple[Tensor, Tensor]:
+    """A video VAE's (Qwen-Image's, Wan's) ``latents_mean`` and ``latents_std``, ``(1, z_dim,
+    1, 1, 1)``."""
     shape = (1, vae.config.z_dim, 1, 1, 1)
     mean, std = (torch.tensor(v).view(shape) for v in (vae.config.latents_mean,
                                                        vae.config.latents_std))  # fmt: skip
@@ -211,31 +211,37 @@ def stock_decode_qwenimage(policy: Any, latents: Tensor) -> Tensor:
     """``QwenImagePipeline``'s decode: one frame of ``latents / (1 / latents_std) +
     latents_mean``, the video VAE, its first frame, ``postprocess(output_type="pt")``."""
     pipe = policy.pipeline
-    mean, std = qwenimage_statistics(pipe.vae)
+    mean, std = video_vae_statistics(pipe.vae)
     decoded = pipe.vae.decode(latents[:, :, None] / (1.0 / std) + mean, return_dict=False)[0]
     images: Tensor = pipe.image_processor.postprocess(decoded[:, :, 0], output_type="pt")
     return images
 
 
-STOCK_DECODE: dict[str, Callable[[Any, Tensor], Tensor]] = {"qwenimage": stock_decode_qwenimage}
+def stock_decode_wan(policy: Any, latents: Tensor) -> Tensor:
+    """``WanPipeline``'s decode: ``latents / (1 / latents_std) + latents_mean``, the video VAE,
+    ``video_processor.postprocess_video(output_type="pt")``."""
+    pipe = policy.pipeline
+    mean, std = video_vae_statistics(pipe.vae)
+    decoded = pipe.vae.decode(latents / (1.0 / std) + mean, return_dict=False)[0]
+    videos: Tensor = pipe.video_processor.postprocess_video(decoded, output_type="pt")
+    return videos
+
+
+STOCK_DECODE: dict[str, Callable[[Any, Tensor], Tensor]] = {
+    "qwenimage": stock_decode_qwenimage, "wan": stock_decode_wan,
+}  # fmt: skip
 """The families whose decode is not :func:`stock_decode`'s."""
 
 
-def latent_shape(policy: Any, family: str, batch: int) -> tuple[int, int, int, int]:
-    factor = policy.pipeline.vae_scale_factor
-    config = policy.denoiser.config
-    if family == "sd":
-        side = config.sample_size
-        return (batch, config.in_channels, side, side)
-    height, width = policy.resolution[0] // factor, policy.resolution[1] // factor
-    channels = config.in_channels // 4 if family in PACKED_FAMILIES else config.in_channels
-    return (batch, channels, height, width)
+def latent_shape(policy: Any, batch: int) -> tuple[int, ...]:
+    """The policy's (unpacked) initial latents for ``batch`` samples at its resolution."""
+    return tuple(policy._latent_shape(batch, getattr(policy, "resolution", None)))
 
 
 def random_timesteps(policy: Any, family: str, gen: torch.Generator) -> Tensor:
     """Two timesteps in the family's units, as floats (DDIM: whole numbers)."""
     num_train = policy.num_train_timesteps
-    if family in ("sd", "sdxl"):
+    if family in DDIM_FAMILIES:
         return torch.randint(0, num_train, (2,), generator=gen).to(torch.float32)
     return torch.rand(2, generator=gen) * num_train
 
@@ -251,6 +257,16 @@ class Wrapped(nn.Module):
         return self.module(*args, **kwargs)
 
 
+_ENCODED: weakref.WeakKeyDictionary[Any, Conditioning] = weakref.WeakKeyDictionary()
+
+
+def encoded(policy: Any) -> Conditioning:
+    """``policy.encode(PROMPTS, "")``, once per policy (its text encoders are frozen)."""
+    if policy not in _ENCODED:
+        _ENCODED[policy] = policy.encode(PROMPTS, "")
+    return _ENCODED[policy]
+
+
 @dataclass
 class Inputs:
     clean: Tensor
@@ -260,7 +276,7 @@ class Inputs:
 
 def inputs(policy: Any, family: str, seed: int = 0) -> Inputs:
     gen = torch.Generator().manual_seed(seed)
-    shape = latent_shape(policy, family, len(PROMPTS))
+    shape = latent_shape(policy, len(PROMPTS))
     return Inputs(
         torch.randn(shape, generator=gen),
         torch.randn(shape, generator=gen),
@@ -294,7 +310,7 @@ def test_sd_prediction_type_follows_the_scheduler(
 
 def test_add_noise_equals_the_schedulers(policy: Any, family: str) -> None:
     x = inputs(policy, family)
-    if family in ("sd", "sdxl"):
+    if family in DDIM_FAMILIES:
         expected = policy.scheduler.add_noise(x.clean, x.noise, x.timesteps.long())
     else:  # scale_noise looks the sigma up by timestep in its (fresh, 1000-entry) table
         scheduler = type(policy.scheduler).from_config(policy.scheduler.config)
@@ -314,6 +330,24 @@ def test_training_target_is_what_the_model_regresses_to(policy: Any, family: str
     assert torch.equal(target, expected)
 
 
+def test_predicted_clean_inverts_the_forward_process(policy: Any, family: str) -> None:
+    """The clean latents that the training target implies at ``add_noise(clean, noise, t)`` are
+    ``clean`` (DDIM: ``(x_t - sqrt(1 - a_t) eps) / sqrt(a_t)``; flow: ``x_sigma - sigma v``), and
+    the map is affine in the prediction."""
+    x = inputs(policy, family, seed=1)
+    noisy = policy.add_noise(x.clean, x.noise, x.timesteps)
+    target = policy.training_target(x.clean, x.noise, x.timesteps)
+    clean = policy.predicted_clean(noisy, target, x.timesteps)
+    assert clean.shape == x.clean.shape
+    torch.testing.assert_close(clean, x.clean, atol=1e-4, rtol=1e-4)
+    if family in FLOW_FAMILIES:
+        sigma = (x.timesteps / policy.num_train_timesteps).view(-1, *[1] * (noisy.ndim - 1))
+        torch.testing.assert_close(clean, noisy - sigma * target)
+    zero = policy.predicted_clean(noisy, torch.zeros_like(target), x.timesteps)
+    twice = policy.predicted_clean(noisy, 2 * target, x.timesteps)
+    torch.testing.assert_close(twice - clean, clean - zero, atol=1e-4, rtol=1e-4)
+
+
 def test_v_prediction_noises_and_targets_as_diffusers(
     lora_pipeline: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -329,14 +363,16 @@ def test_v_prediction_noises_and_targets_as_diffusers(
     torch.testing.assert_close(noisy[0], x.noise[0], atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("scale", [1.0, 4.5])
+@pytest.mark.parametrize("scale", [0.5, 1.0, 4.5])
 def test_predict_equals_the_stock_model_call(policy: Any, family: str, scale: float) -> None:
+    """As the stock pipelines, a guidance scale at or below 1 runs the conditional pass alone
+    (FLUX.1-dev's embedded guidance takes any scale)."""
     x = inputs(policy, family, seed=2)
     noisy = policy.add_noise(x.clean, x.noise, x.timesteps)
-    conditioning = policy.encode(PROMPTS, "")
+    conditioning = encoded(policy)
     out = policy.predict(conditioning, noisy, x.timesteps, guidance_scale=scale)
     with torch.no_grad():
-        t = x.timesteps.long() if family in ("sd", "sdxl") else x.timesteps
+        t = x.timesteps.long() if family in DDIM_FAMILIES else x.timesteps
         expected = STOCK_PREDICT[family](policy, noisy, t, scale)
     assert out.shape == noisy.shape
     torch.testing.assert_close(out.detach(), expected, atol=2e-5, rtol=1e-5)
@@ -347,7 +383,7 @@ def test_predict_equals_the_stock_model_call(policy: Any, family: str, scale: fl
 
 def test_predict_through_a_wrapped_denoiser(policy: Any, family: str) -> None:
     x = inputs(policy, family, seed=3)
-    conditioning = policy.encode(PROMPTS, "")
+    conditioning = encoded(policy)
     with torch.no_grad():
         own = policy.predict(conditioning, x.clean, x.timesteps, guidance_scale=2.0)
         wrapped = policy.predict(
@@ -361,7 +397,7 @@ def test_decode_equals_the_stock_decode_and_is_differentiable(policy: Any, famil
     latents = inputs(policy, family, seed=4).clean.requires_grad_(True)
     images = policy.decode(latents)
     assert images.dtype == torch.float32
-    assert images.shape[:2] == (len(PROMPTS), 3)
+    assert images.shape[:-2] == (len(PROMPTS), *FRAMES.get(family, ()), 3)
     assert float(images.detach().min()) >= 0 and float(images.detach().max()) <= 1
     with torch.no_grad():
         expected = STOCK_DECODE.get(family, stock_decode)(policy, latents)
@@ -374,9 +410,11 @@ def test_decode_equals_the_stock_decode_and_is_differentiable(policy: Any, famil
 def test_encode_images_is_the_stock_posterior_mean_normalised(policy: Any, family: str) -> None:
     """``encode_images`` is ``vae.encode(2 x - 1).latent_dist.mean`` normalised as the family's
     pipeline normalises (DDIM ``z * scaling_factor``; flow ``(z - shift_factor) *
-    scaling_factor``), in the shape of a rollout's final latents at the images' size."""
+    scaling_factor``; the video VAEs ``(z - latents_mean) / latents_std``), in the shape of a
+    rollout's final latents at the images' size."""
     height, width = 64, 32  # not square: a swapped side would show
-    images = torch.rand(len(PROMPTS), 3, height, width, generator=torch.Generator().manual_seed(7))
+    shape = (len(PROMPTS), *FRAMES.get(family, ()), 3, height, width)
+    images = torch.rand(shape, generator=torch.Generator().manual_seed(7))
     latents = policy.encode_images(images)
     vae = policy.pipeline.vae
     config = vae.config
@@ -384,8 +422,13 @@ def test_encode_images_is_the_stock_posterior_mean_normalised(policy: Any, famil
     if family == "qwenimage":  # one frame; (z - mean) / std, as diffusers' Qwen-Image training
         with torch.no_grad():
             z = vae.encode((images * 2 - 1)[:, :, None]).latent_dist.mean
-        mean, std = qwenimage_statistics(vae)
+        mean, std = video_vae_statistics(vae)
         torch.testing.assert_close(latents, ((z - mean) * (1.0 / std))[:, :, 0])
+    elif family == "wan":  # the video VAE takes channels before frames
+        with torch.no_grad():
+            z = vae.encode((images * 2 - 1).transpose(1, 2)).latent_dist.mean
+        mean, std = video_vae_statistics(vae)
+        torch.testing.assert_close(latents, (z - mean) * (1.0 / std))
     else:
         assert getattr(config, "latents_mean", None) is None  # the tiny VAEs have no mean/std
         with torch.no_grad():
@@ -394,7 +437,7 @@ def test_encode_images_is_the_stock_posterior_mean_normalised(policy: Any, famil
         assert family in ("sd", "sdxl") or shift != 0.0  # the tiny flow VAEs have a shift
         torch.testing.assert_close(latents, (z - shift) * config.scaling_factor)
     out = policy.rollout(
-        policy.encode(PROMPTS, ""), num_steps=2, guidance_scale=1.0,
+        encoded(policy), num_steps=2, guidance_scale=1.0,
         generator=torch.Generator().manual_seed(8), height=height, width=width,
     )  # fmt: skip
     final = out.final_latents if out.final_latents is not None else out.latents[:, -1]
@@ -482,7 +525,7 @@ def test_a_trl_style_pipeline_gets_the_members_from_trls(lora_pipeline: Any) -> 
 
 def test_bad_arguments_are_refused_by_name(policy: Any, family: str) -> None:
     x = inputs(policy, family)
-    conditioning = policy.encode(PROMPTS, "")
+    conditioning = encoded(policy)
     num_train = policy.num_train_timesteps
     # Shapes that disagree fail the suite's type check first (ValueError without it).
     with pytest.raises((ValueError, *TYPE_ERRORS)):
@@ -497,7 +540,7 @@ def test_bad_arguments_are_refused_by_name(policy: Any, family: str) -> None:
         policy.predict(conditioning, x.clean, x.timesteps, guidance_scale=float("nan"))
     with pytest.raises(ValueError, match="conditioning has 1 rows for latents of batch 2"):
         policy.predict(conditioning.select(slice(0, 1)), x.clean, x.timesteps)
-    if family in ("sd", "sdxl"):
+    if family in DDIM_FAMILIES:
         with pytest.raises(ValueError, match=r"whole numbers.*got timesteps=\[10\.5\]"):
             policy.add_noise(x.clean, x.noise, torch.tensor([10.5, 3.0]))
         with pytest.raises(ValueError, match=r"got timesteps=\[1000\]"):

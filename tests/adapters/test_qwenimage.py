@@ -42,8 +42,8 @@ def new_policy(folder: Path, **kwargs: Any) -> DefaultDDPOQwenImagePipeline:
     return pipe
 
 
-def ode_images(pipe: Any, *, guidance: float = 4.0, size: tuple[int, int] = (64, 64)) -> Any:
-    out = pipe(PROMPTS, num_inference_steps=3, guidance_scale=guidance, noise_level=0,
+def ode_images(pipe: Any, *, size: tuple[int, int] = (64, 64)) -> Any:
+    out = pipe(PROMPTS, num_inference_steps=3, guidance_scale=4.0, noise_level=0,
                height=size[0], width=size[1], output_type="pt",
                generator=torch.Generator().manual_seed(3))  # fmt: skip
     return out.images
@@ -131,12 +131,6 @@ def test_true_guidance_is_the_stock_norm_preserving_combination() -> None:
     per_sample = true_guidance(uncond, cond, torch.tensor([4.0, 1.0, 0.5]))
     torch.testing.assert_close(per_sample[0], out[0], atol=0, rtol=0)
     assert torch.equal(per_sample[1:], cond[1:])
-
-
-def test_guidance_acts_only_above_one(qwenimage_policy: Any) -> None:
-    low, one, high = (ode_images(qwenimage_policy, guidance=g) for g in (0.5, 1.0, 6.0))
-    torch.testing.assert_close(low, one, atol=0, rtol=0)  # one conditional pass both
-    assert not torch.allclose(one, high, atol=1e-5)
 
 
 def test_the_shifted_schedule_is_the_stock_pipelines(

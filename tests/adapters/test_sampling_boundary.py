@@ -1,13 +1,16 @@
 """The sampling side of the policy boundary, for every family (SD, SDXL, SD3, FLUX.1-dev,
-Qwen-Image): ``rollout`` records each transition's schedule row and ``score`` re-scores a
-transition from its row alone (whatever was sampled since); rollouts keep the graph of their last
-``grad_steps`` steps; the image size is per call; DDIM's ``eta`` belongs to the policy; the
-initial noise may be drawn per row.
+Qwen-Image, Wan2.1 text-to-video): ``rollout`` records each transition's schedule row and
+``score`` re-scores a transition from its row alone (whatever was sampled since); rollouts keep
+the graph of their last ``grad_steps`` steps; the image size is per call; DDIM's ``eta`` belongs
+to the policy; the initial noise may be drawn per row.
 
-One suite over the five tiny families, each policy with fresh LoRA adapters (session fixtures:
-a test restores what it sets and leaves the weights and their gradients as they were).
+One suite over the six tiny families, each policy with fresh LoRA adapters (session fixtures: a
+test restores what it sets and leaves the weights and their gradients as they were). Latents are
+``(batch, C, h, w)`` or Wan's video latents ``(batch, C, frames, h, w)``, samples images
+``(batch, 3, H, W)`` or Wan's videos ``(batch, frames, 3, H, W)`` (``FRAMES``).
 """
 
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +27,14 @@ from ddpo.policy import Conditioning, DiffusionPolicy, PolicyRollout
 pytestmark = pytest.mark.slow
 
 PROMPTS = ["a red circle", "a blue square"]
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "qwenimage")
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "qwenimage", "wan")
 DDIM_FAMILIES = ("sd", "sdxl")
-COLUMNS = {"sd": 4, "sdxl": 4, "sd3": 5, "flux": 5, "qwenimage": 5}
-SIZE_MULTIPLE = {"sd": 8, "sdxl": 8, "sd3": 16, "flux": 16, "qwenimage": 16}
-"""What an image side must be a multiple of (the tiny models' VAE factor is 8; SD3's patch size
-and FLUX's and Qwen-Image's packing are 2)."""
+COLUMNS = {"sd": 4, "sdxl": 4, "sd3": 5, "flux": 5, "qwenimage": 5, "wan": 5}
+SIZE_MULTIPLE = {"sd": 8, "sdxl": 8, "sd3": 16, "flux": 16, "qwenimage": 16, "wan": 16}
+"""What an image side must be a multiple of (the tiny models' VAE factor is 8; SD3's and Wan's
+patch size and FLUX's and Qwen-Image's packing are 2)."""
+FRAMES = {"wan": (5,)}
+"""The frame axis of a family's samples (the tiny Wan's 5 frames); ``()`` for images."""
 
 
 @pytest.fixture(params=FAMILIES)
@@ -49,11 +54,22 @@ def policy(family: str, request: pytest.FixtureRequest) -> Iterator[Any]:
         param.grad = None
 
 
+_ENCODED: weakref.WeakKeyDictionary[Any, Conditioning] = weakref.WeakKeyDictionary()
+
+
+def encoded(policy: Any) -> Conditioning:
+    """``policy.encode(PROMPTS, "")``, once per policy (its text encoders are frozen; Wan's
+    512-token UMT5 costs about half a rollout), reused as the trainer reuses its prompt cache."""
+    if policy not in _ENCODED:
+        _ENCODED[policy] = policy.encode(PROMPTS, "")
+    return _ENCODED[policy]
+
+
 def rollout(policy: Any, seed: int, **kwargs: Any) -> PolicyRollout:
     kwargs.setdefault("num_steps", 3)
     kwargs.setdefault("guidance_scale", 1.0)
     out: PolicyRollout = policy.rollout(
-        policy.encode(PROMPTS, ""), generator=torch.Generator().manual_seed(seed), **kwargs
+        encoded(policy), generator=torch.Generator().manual_seed(seed), **kwargs
     )
     return out
 
@@ -61,7 +77,7 @@ def rollout(policy: Any, seed: int, **kwargs: Any) -> PolicyRollout:
 def scores(policy: Any, out: PolicyRollout, *, cfg: bool = True) -> Tensor:
     """``score`` of every recorded transition, one call per step as the trainer calls it,
     ``(batch, K)``."""
-    conditioning = policy.encode(PROMPTS, "")
+    conditioning = encoded(policy)
     batch = len(PROMPTS)
     with torch.no_grad():
         columns = [
@@ -97,6 +113,7 @@ def test_a_rollout_records_one_schedule_row_per_transition(policy: Any, family: 
         assert torch.equal(out.schedule[:, 1], (t - step).double())
         assert out.schedule[:, 2].eq(policy.eta).all()
         assert out.final_latents is None
+        final = out.latents[:, -1]
     else:  # [timestep, sigma, sigma_next, sigma_max, guidance_scale]; the window is every step
         sigmas = policy.scheduler.sigmas.double()
         assert torch.equal(out.schedule[:, 1], sigmas[:-1])
@@ -104,6 +121,11 @@ def test_a_rollout_records_one_schedule_row_per_transition(policy: Any, family: 
         assert torch.equal(out.schedule[:, 0], policy.scheduler.timesteps.double())
         assert out.final_latents is not None
         assert torch.equal(out.final_latents, out.latents[:, -1])
+        final = out.final_latents
+    # the images (Wan: videos) are the decoded final latents
+    assert out.images.shape[:-3] == (2, *FRAMES.get(family, ()))
+    with torch.no_grad():
+        torch.testing.assert_close(out.images, policy.decode(final))
 
 
 def test_a_stored_batch_scores_the_same_after_another_rollout(policy: Any, family: str) -> None:
@@ -114,8 +136,8 @@ def test_a_stored_batch_scores_the_same_after_another_rollout(policy: Any, famil
     before = scores(policy, stored)
     if family in DDIM_FAMILIES:
         policy.eta = 0.5
-    side = 2 * SIZE_MULTIPLE[family] + 64
-    other = rollout(policy, 1, num_steps=5, guidance_scale=4.0, height=side, width=64)
+    side = 64 - SIZE_MULTIPLE[family]  # smaller than the resolution: cheaper
+    other = rollout(policy, 1, num_steps=4, guidance_scale=4.0, height=side, width=64)
     assert other.images.shape[-2:] == (side, 64)
     assert torch.equal(scores(policy, stored), before)
 
@@ -140,7 +162,7 @@ def test_embedded_guidance_rescores_with_ratio_one_without_cfg(flux_policy: Any)
     )
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "qwenimage"])
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "qwenimage", "wan"])
 def test_where_values_cost_a_read_unguided_rows_keep_the_conditional_prediction(
     policy: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -164,7 +186,7 @@ def test_where_values_cost_a_read_unguided_rows_keep_the_conditional_prediction(
 
 def test_schedule_rows_of_the_wrong_shape_or_type_are_refused(policy: Any, family: str) -> None:
     out = rollout(policy, 0)
-    args = (policy.encode(PROMPTS, ""), out.latents[:, 0], out.latents[:, 1])
+    args = (encoded(policy), out.latents[:, 0], out.latents[:, 1])
     columns = COLUMNS[family]
     with pytest.raises(ValueError, match=rf"schedule must be \(2, {columns}\).*got shape \(2, 3\)"):
         policy.score(*args, out.schedule[0].expand(2, -1)[:, :3])
@@ -229,15 +251,17 @@ def test_grad_steps_outside_zero_to_num_steps_are_refused(policy: Any, grad_step
 
 def test_height_and_width_per_call_give_images_of_that_size(policy: Any, family: str) -> None:
     height, width = 64 + SIZE_MULTIPLE[family], 64 - SIZE_MULTIPLE[family]
+    frames = FRAMES.get(family, ())
     out = rollout(policy, 0, num_steps=2, height=height, width=width)
-    assert out.images.shape == (2, 3, height, width)
+    assert out.images.shape == (2, *frames, 3, height, width)
     assert out.latents.shape[-2:] == (height // 8, width // 8)
     torch.testing.assert_close(scores(policy, out), out.log_probs, atol=1e-5, rtol=0)
 
     called = policy(PROMPTS[0], num_inference_steps=2, height=height, width=width,
                     output_type="pt")  # fmt: skip
-    assert called.images.shape == (1, 3, height, width)
-    assert rollout(policy, 0, num_steps=2).images.shape == (2, 3, 64, 64)  # the resolution
+    assert called.images.shape == (1, *frames, 3, height, width)
+    default = rollout(policy, 0, num_steps=2).images  # the resolution
+    assert default.shape == (2, *frames, 3, 64, 64)
 
 
 @pytest.mark.parametrize(
@@ -273,7 +297,7 @@ def test_eta_is_the_ddim_policys_own(policy: Any) -> None:
     assert not torch.allclose(half.latents[:, 1:], one.latents[:, 1:])  # the sampler uses it
     torch.testing.assert_close(scores(policy, half), half.log_probs, atol=1e-5, rtol=0)
     # the same trajectory as the pipeline's own call with eta=0.5
-    conditioning: Conditioning = policy.encode(PROMPTS, "")
+    conditioning = encoded(policy)
     call = {"num_inference_steps": 3, "guidance_scale": 1.0, "eta": 0.5, "output_type": "pt"}
     generator = torch.Generator().manual_seed(9)
     if isinstance(policy, DefaultDDPOStableDiffusionPipeline):
@@ -311,11 +335,9 @@ def test_the_constructor_takes_eta_and_refuses_a_bad_one(
     assert policy_class(folder, eta=0.25).eta == 0.25
 
 
-def test_flow_policies_have_no_sample_eta(
-    sd3_policy: Any, flux_policy: Any, qwenimage_policy: Any
-) -> None:
-    assert not sd3_policy.uses_sample_eta and not flux_policy.uses_sample_eta
-    assert not qwenimage_policy.uses_sample_eta
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in DDIM_FAMILIES])
+def test_flow_policies_have_no_sample_eta(policy: Any) -> None:
+    assert not policy.uses_sample_eta
 
 
 # ---- the initial noise per row ----------------------------------------------------------------
