@@ -39,7 +39,11 @@ from ddpo.adapters.flow.sampling import (
     FlowStepScore,
     Generators,
     check_noise_level,
+    check_ode_has_no_window,
+    check_post_window,
+    check_sde_type,
     check_window,
+    check_window_args,
     choose_window,
     decode_flow_latents,
     flow_rows,
@@ -98,6 +102,35 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     """MixGRPO-Flash's ``dpm_post_compress_ratio``: the steps after the window, compressed
     (:func:`ddpo.adapters.flow.sampling.post_window_schedule`); 1: as many as the schedule has."""
     resolution: Size
+
+    def _set_sampler(
+        self,
+        *,
+        noise_level: float | int,
+        sde_type: str,
+        sde_window_size: int | None,
+        sde_window_start: int | None,
+        sde_window_range: tuple[int, int] | None,
+        post_window_solver: str,
+        post_window_step_ratio: float | int,
+    ) -> None:
+        """Check and set the sampler options every flow family's constructor takes (Flow-GRPO's
+        noise level, SDE type and window, MixGRPO-Flash's steps after the window), before any
+        weights load.
+
+        Raises:
+            ValueError: naming the option and its value.
+        """
+        self.sde_type = check_sde_type(sde_type)
+        self.noise_level = check_noise_level(noise_level, allow_zero=True, sde_type=sde_type)
+        self.sde_window_range = check_window_args(
+            sde_window_size, sde_window_start, sde_window_range
+        )
+        check_ode_has_no_window(self.noise_level, sde_window_size, sde_window_range)
+        self.sde_window_size, self.sde_window_start = sde_window_size, sde_window_start
+        check_post_window(post_window_solver, post_window_step_ratio, sde_window_size)
+        self.post_window_solver = post_window_solver
+        self.post_window_step_ratio = float(post_window_step_ratio)
 
     @property
     def transformer(self) -> nn.Module:

@@ -29,11 +29,6 @@ from ddpo.adapters.flow.sampling import (
     LoraTargets,
     PostWindowSolver,
     SDEType,
-    check_noise_level,
-    check_ode_has_no_window,
-    check_post_window,
-    check_sde_type,
-    check_window_args,
     dynamic_shift_mu,
     flow_schedule,
     lora_target_modules,
@@ -159,16 +154,11 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
             torch_dtype=torch_dtype,
             lora_init_seed=lora_init_seed,
         )
-        self.sde_type = check_sde_type(sde_type)
-        self.noise_level = check_noise_level(noise_level, allow_zero=True, sde_type=sde_type)
-        self.sde_window_range = check_window_args(
-            sde_window_size, sde_window_start, sde_window_range
-        )
-        check_ode_has_no_window(self.noise_level, sde_window_size, sde_window_range)
-        self.sde_window_size, self.sde_window_start = sde_window_size, sde_window_start
-        check_post_window(post_window_solver, post_window_step_ratio, sde_window_size)
-        self.post_window_solver = post_window_solver
-        self.post_window_step_ratio = float(post_window_step_ratio)
+        self._set_sampler(
+            noise_level=noise_level, sde_type=sde_type, sde_window_size=sde_window_size,
+            sde_window_start=sde_window_start, sde_window_range=sde_window_range,
+            post_window_solver=post_window_solver, post_window_step_ratio=post_window_step_ratio,
+        )  # fmt: skip
         targets = lora_target_modules(SD3_LORA_TARGET_MODULES, lora_targets)
         if max_sequence_length is not None:
             if isinstance(max_sequence_length, bool) or not isinstance(max_sequence_length, int):

@@ -36,11 +36,6 @@ from ddpo.adapters.flow.sampling import (
     LoraTargets,
     PostWindowSolver,
     SDEType,
-    check_noise_level,
-    check_ode_has_no_window,
-    check_post_window,
-    check_sde_type,
-    check_window_args,
     flow_schedule,
     setup_trainable_transformer,
     transformer_lora_config,
@@ -195,16 +190,11 @@ class DefaultDDPOWanPipeline(FlowPipelinePolicy):
             torch_dtype=torch_dtype,
             lora_init_seed=lora_init_seed,
         )
-        self.sde_type = check_sde_type(sde_type)
-        self.noise_level = check_noise_level(noise_level, allow_zero=True, sde_type=sde_type)
-        self.sde_window_range = check_window_args(
-            sde_window_size, sde_window_start, sde_window_range
-        )
-        check_ode_has_no_window(self.noise_level, sde_window_size, sde_window_range)
-        self.sde_window_size, self.sde_window_start = sde_window_size, sde_window_start
-        check_post_window(post_window_solver, post_window_step_ratio, sde_window_size)
-        self.post_window_solver = post_window_solver
-        self.post_window_step_ratio = float(post_window_step_ratio)
+        self._set_sampler(
+            noise_level=noise_level, sde_type=sde_type, sde_window_size=sde_window_size,
+            sde_window_start=sde_window_start, sde_window_range=sde_window_range,
+            post_window_solver=post_window_solver, post_window_step_ratio=post_window_step_ratio,
+        )  # fmt: skip
         targets = _wan_lora_targets(lora_targets)
         self.max_sequence_length = check_max_sequence_length(max_sequence_length)
         size = check_size(resolution, "resolution")
