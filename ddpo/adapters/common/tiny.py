@@ -113,9 +113,10 @@ def check_complete_folder(folder: Path) -> None:
         )
 
 
-def tiny_t5_config(vocab_size: int, width: int) -> T5Config:
-    """A tiny T5 encoder's config: 2 layers, 4 heads of 8, feed-forward ``2 * width``."""
-    return T5Config(
+def tiny_t5_config(vocab_size: int, width: int, config_class: type[Any] = T5Config) -> Any:
+    """A tiny T5 encoder's config: 2 layers, 4 heads of 8, feed-forward ``2 * width``
+    (``config_class``: T5's, or a variant's with the same fields, e.g. ``UMT5Config``)."""
+    return config_class(
         vocab_size=vocab_size,
         d_model=width,
         d_kv=8,

@@ -141,6 +141,17 @@ def flow_decode_images(
     return images.to(torch.float32)
 
 
+def vae_channel_stats(vae: Any, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The VAE config's per-channel ``latents_mean`` and ``latents_std`` (the video VAEs of
+    Qwen-Image and Wan2.1), shaped ``(1, z_dim, 1, ...)`` to ``like``'s rank, on its device and
+    in its dtype, made as their stock pipelines make them."""
+    config = vae.config
+    shape = (1, int(config.z_dim), *([1] * (like.ndim - 2)))
+    mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
+    std = torch.tensor(config.latents_std).view(shape).to(like.device, like.dtype)
+    return mean, std
+
+
 __all__ = [
     "flow_add_noise_at",
     "flow_decode_images",
@@ -150,4 +161,5 @@ __all__ = [
     "flow_training_target",
     "flow_vae_decode",
     "flow_vae_encode",
+    "vae_channel_stats",
 ]

@@ -103,6 +103,20 @@ class FlowPipelinePolicy(WrappedPipelinePolicy):
     (:func:`ddpo.adapters.flow.sampling.post_window_schedule`); 1: as many as the schedule has."""
     resolution: Size
 
+    _negative: tuple[str, Any] | None = None
+    """The last negative prompt and its encoding (:meth:`_negative_encoding`)."""
+
+    def _encode_texts(self, texts: list[str]) -> Any:
+        """The family's text encoding of ``texts`` (a family with a negative prompt has one)."""
+        raise NotImplementedError(f"{type(self).__name__} encodes no negative prompt")
+
+    def _negative_encoding(self, negative_prompt: str) -> Any:
+        """``_encode_texts([negative_prompt])``, kept for the next call with the same prompt
+        (the run's negative prompt is encoded once)."""
+        if self._negative is None or self._negative[0] != negative_prompt:
+            self._negative = (negative_prompt, self._encode_texts([negative_prompt]))
+        return self._negative[1]
+
     def _set_sampler(
         self,
         *,

@@ -241,7 +241,6 @@ class DefaultDDPOQwenImagePipeline(FlowPipelinePolicy):
         self.lora_layers = sorted(set(lora_config.target_modules or ()))
         self.pretrained_model_name = source.base_name
         self.pretrained_model_revision = source.base_revision
-        self._negative: tuple[str, tuple[Tensor, Tensor]] | None = None
 
         # 3. Trainable parameters: LoRA adapters or the full transformer (frozen reference).
         self._frozen = setup_trainable_transformer(
@@ -301,9 +300,9 @@ class DefaultDDPOQwenImagePipeline(FlowPipelinePolicy):
         with masked zeros to ``max_sequence_length`` tokens, with the batch first."""
         texts = check_prompts(list(prompts), name="prompts")
         embeds, mask = self._encode_texts(texts)
-        if self._negative is None or self._negative[0] != negative_prompt:
-            self._negative = (negative_prompt, self._encode_texts([negative_prompt]))
-        negative, negative_mask = (t.to(embeds.device) for t in self._negative[1])
+        negative, negative_mask = (
+            t.to(embeds.device) for t in self._negative_encoding(negative_prompt)
+        )
         batch = len(texts)
         return Conditioning(
             {

@@ -16,18 +16,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ddpo._typing import Latents
+from ddpo.adapters.flow.denoiser import vae_channel_stats
 
 Images = Float[Tensor, "batch 3 image_height image_width"]
-
-
-def _channel_stats(vae: Any, like: Tensor) -> tuple[Tensor, Tensor]:
-    """``latents_mean`` and ``latents_std`` shaped ``(1, z_dim, 1, 1, 1)`` on ``like``'s device
-    and dtype."""
-    config = vae.config
-    shape = (1, int(config.z_dim), 1, 1, 1)
-    mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
-    std = torch.tensor(config.latents_std).view(shape).to(like.device, like.dtype)
-    return mean, std
 
 
 def qwenimage_vae_decode(vae: Any, latents: Latents) -> Images:
@@ -35,7 +26,7 @@ def qwenimage_vae_decode(vae: Any, latents: Latents) -> Images:
     ``latents std + mean`` (written, as the pipeline, as a division by ``1 / std``), in the
     VAE's dtype, in ``[-1, 1]``, differentiable."""
     z = latents.to(vae.dtype).unsqueeze(2)
-    mean, std = _channel_stats(vae, z)
+    mean, std = vae_channel_stats(vae, z)
     decoded: Tensor = vae.decode(z / (1.0 / std) + mean, return_dict=False)[0]
     return decoded[:, :, 0]
 
@@ -68,7 +59,7 @@ def qwenimage_vae_encode(vae: Any, images: Images) -> Latents:
     the VAE's device. The caller checks the images."""
     pixels = (images * 2 - 1).to(device=vae.device, dtype=vae.dtype).unsqueeze(2)
     z = vae.encode(pixels, return_dict=False)[0].mean.to(torch.float32)
-    mean, std = _channel_stats(vae, z)
+    mean, std = vae_channel_stats(vae, z)
     latents: Tensor = ((z - mean) * (1.0 / std))[:, :, 0]
     return latents
 

@@ -194,7 +194,6 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         self.lora_layers = sorted(set(lora_config.target_modules or ()))
         self.pretrained_model_name = source.base_name
         self.pretrained_model_revision = source.base_revision
-        self._negative: tuple[str, tuple[Tensor, Tensor]] | None = None
 
         # 3. Trainable parameters: LoRA adapters or the full transformer (frozen reference).
         self._frozen = setup_trainable_transformer(
@@ -274,9 +273,9 @@ class DefaultDDPOStableDiffusion3Pipeline(FlowPipelinePolicy):
         encoded as diffusers encodes it, ``""`` included), each with the batch first."""
         texts = check_prompts(list(prompts), name="prompts")
         embeds, pooled = self._encode_texts(texts)
-        if self._negative is None or self._negative[0] != negative_prompt:
-            self._negative = (negative_prompt, self._encode_texts([negative_prompt]))
-        negative, negative_pooled = (t.to(embeds.device) for t in self._negative[1])
+        negative, negative_pooled = (
+            t.to(embeds.device) for t in self._negative_encoding(negative_prompt)
+        )
         batch = len(texts)
         return Conditioning(
             {

@@ -227,7 +227,6 @@ class DefaultDDPOWanPipeline(FlowPipelinePolicy):
         self.lora_layers = sorted(set(lora_config.target_modules or ()))
         self.pretrained_model_name = source.base_name
         self.pretrained_model_revision = source.base_revision
-        self._negative: tuple[str, Tensor] | None = None
 
         # 3. Trainable parameters: LoRA adapters or the full transformer (frozen reference).
         self._frozen = setup_trainable_transformer(
@@ -286,9 +285,7 @@ class DefaultDDPOWanPipeline(FlowPipelinePolicy):
         batch first."""
         texts = check_prompts(list(prompts), name="prompts")
         embeds = self._encode_texts(texts)
-        if self._negative is None or self._negative[0] != negative_prompt:
-            self._negative = (negative_prompt, self._encode_texts([negative_prompt]))
-        negative = self._negative[1].to(embeds.device)
+        negative = self._negative_encoding(negative_prompt).to(embeds.device)
         return Conditioning(
             {
                 "prompt_embeds": embeds,

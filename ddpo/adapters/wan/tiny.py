@@ -30,6 +30,7 @@ from ddpo.adapters.common.tiny import (
     TINY_WORDS,
     build_pipeline_folder,
     default_cache_dir,
+    tiny_t5_config,
     tiny_t5_tokenizer,
 )
 
@@ -133,21 +134,10 @@ def tiny_wan_vae(config: TinyWanConfig) -> Any:
 
 
 def tiny_umt5_config(vocab_size: int, width: int) -> UMT5Config:
-    """A tiny UMT5 encoder's config: 2 layers, 4 heads of 8, gated-GELU feed-forward
-    ``2 * width`` (UMT5's own relative attention bias in every layer)."""
-    return UMT5Config(
-        vocab_size=vocab_size,
-        d_model=width,
-        d_kv=8,
-        d_ff=2 * width,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    """A tiny UMT5 encoder's config: `ddpo.adapters.common.tiny.tiny_t5_config`'s sizes, with
+    UMT5's gated-GELU feed-forward and its relative attention bias in every layer."""
+    config: UMT5Config = tiny_t5_config(vocab_size, width, UMT5Config)
+    return config
 
 
 def tiny_wan_components(

@@ -14,19 +14,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ddpo._typing import Latents, Videos
+from ddpo.adapters.flow.denoiser import vae_channel_stats
 
 DecodedVideos = Float[Tensor, "batch 3 frames image_height image_width"]
 """The VAE's output: channels before frames, in ``[-1, 1]``."""
-
-
-def _channel_stats(vae: Any, like: Tensor) -> tuple[Tensor, Tensor]:
-    """``latents_mean`` and ``latents_std`` shaped ``(1, z_dim, 1, 1, 1)`` on ``like``'s device
-    and dtype."""
-    config = vae.config
-    shape = (1, int(config.z_dim), 1, 1, 1)
-    mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
-    std = torch.tensor(config.latents_std).view(shape).to(like.device, like.dtype)
-    return mean, std
 
 
 def wan_vae_decode(vae: Any, latents: Latents) -> DecodedVideos:
@@ -34,7 +25,7 @@ def wan_vae_decode(vae: Any, latents: Latents) -> DecodedVideos:
     (written, as the pipeline, as a division by ``1 / std``), in the VAE's dtype; the video
     ``(batch, 3, frames, H, W)`` in ``[-1, 1]``, differentiable."""
     z = latents.to(vae.dtype)
-    mean, std = _channel_stats(vae, z)
+    mean, std = vae_channel_stats(vae, z)
     decoded: Tensor = vae.decode(z / (1.0 / std) + mean, return_dict=False)[0]
     return decoded
 
@@ -69,7 +60,7 @@ def wan_vae_encode(vae: Any, videos: Videos) -> Latents:
     product with ``1 / std``); float32, on the VAE's device. The caller checks the videos."""
     pixels = (videos * 2 - 1).transpose(1, 2).to(device=vae.device, dtype=vae.dtype)
     z = vae.encode(pixels, return_dict=False)[0].mean.to(torch.float32)
-    mean, std = _channel_stats(vae, z)
+    mean, std = vae_channel_stats(vae, z)
     latents: Tensor = (z - mean) * (1.0 / std)
     return latents
 
