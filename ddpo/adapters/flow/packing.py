@@ -32,4 +32,23 @@ def unpack_latents(packed: PackedLatents, height: int, width: int) -> Latents:
     return patches.permute(0, 3, 1, 4, 2, 5).reshape(batch, features // 4, height, width)
 
 
-__all__ = ["PackedLatents", "pack_latents", "unpack_latents"]
+def check_packed_resolution(
+    resolution: tuple[int, int], *, latent_factor: int, family: str
+) -> tuple[int, int]:
+    """``resolution`` checked to be positive multiples of ``2 * latent_factor`` per side (the
+    latents are packed in 2x2 patches; diffusers would silently round the size down).
+
+    Raises:
+        ValueError: naming ``resolution``, its value, the multiple needed and ``family``.
+    """
+    step = 2 * latent_factor
+    if min(resolution) <= 0 or resolution[0] % step or resolution[1] % step:
+        raise ValueError(
+            f"resolution must be positive multiples of {step} per side for this {family} model "
+            f"(the VAE's {latent_factor}x times the 2x2 latent packing), got "
+            f"resolution={resolution!r}"
+        )
+    return resolution
+
+
+__all__ = ["PackedLatents", "check_packed_resolution", "pack_latents", "unpack_latents"]

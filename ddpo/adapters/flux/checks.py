@@ -16,7 +16,12 @@ from torch import Tensor
 
 from ddpo.adapters.common.args import Size
 from ddpo.adapters.flow.checks import check_flow_pipeline, folder_config
-from ddpo.adapters.flow.packing import PackedLatents, pack_latents, unpack_latents
+from ddpo.adapters.flow.packing import (
+    PackedLatents,
+    check_packed_resolution,
+    pack_latents,
+    unpack_latents,
+)
 from ddpo.adapters.flow.sampling import FlowSchedule, flow_schedule
 
 FLUX_COMPONENTS: tuple[str, ...] = (
@@ -83,20 +88,8 @@ def flux_latent_factor(folder: Path) -> int:
 
 
 def check_flux_resolution(resolution: Size, *, latent_factor: int) -> Size:
-    """``resolution`` checked to be positive multiples of ``2 * latent_factor`` per side (the
-    latents are packed in 2x2 patches; diffusers would silently round the size down).
-
-    Raises:
-        ValueError: naming ``resolution``, its value and the multiple needed.
-    """
-    step = 2 * latent_factor
-    if min(resolution) <= 0 or resolution[0] % step or resolution[1] % step:
-        raise ValueError(
-            f"resolution must be positive multiples of {step} per side for this FLUX.1 model (the "
-            f"VAE's {latent_factor}x times FLUX's 2x2 latent packing), got "
-            f"resolution={resolution!r}"
-        )
-    return resolution
+    """`ddpo.adapters.flow.packing.check_packed_resolution` for FLUX.1."""
+    return check_packed_resolution(resolution, latent_factor=latent_factor, family="FLUX.1")
 
 
 def latent_image_ids(

@@ -17,6 +17,7 @@ import torch
 
 from ddpo.adapters.common.args import Size
 from ddpo.adapters.flow.checks import check_flow_pipeline, folder_config
+from ddpo.adapters.flow.packing import check_packed_resolution
 from ddpo.adapters.flow.sampling import FlowSchedule, flow_schedule
 
 QWENIMAGE_FAMILY = "Qwen-Image"
@@ -120,20 +121,8 @@ def qwenimage_native_side(folder: Path) -> int:
 
 
 def check_qwenimage_resolution(resolution: Size, *, latent_factor: int) -> Size:
-    """``resolution`` checked to be positive multiples of ``2 * latent_factor`` per side (the
-    latents are packed in 2x2 patches; diffusers would silently round the size down).
-
-    Raises:
-        ValueError: naming ``resolution``, its value and the multiple needed.
-    """
-    step = 2 * latent_factor
-    if min(resolution) <= 0 or resolution[0] % step or resolution[1] % step:
-        raise ValueError(
-            f"resolution must be positive multiples of {step} per side for this Qwen-Image model "
-            f"(the VAE's {latent_factor}x times the 2x2 latent packing), got "
-            f"resolution={resolution!r}"
-        )
-    return resolution
+    """`ddpo.adapters.flow.packing.check_packed_resolution` for Qwen-Image."""
+    return check_packed_resolution(resolution, latent_factor=latent_factor, family="Qwen-Image")
 
 
 def qwenimage_schedule(
